@@ -1,0 +1,1 @@
+"""The chipfit.io API: pydantic types (v1alpha1) and the CRDs generated from them (crd)."""

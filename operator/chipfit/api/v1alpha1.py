@@ -1,0 +1,593 @@
+"""chipfit.io/v1alpha1 API types: the single source of truth for the CRDs in crds/.
+
+Field names are snake_case in Python and camelCase on the wire (`ttft_p99_ms` <-> `ttftP99Ms`). Cross-field
+rules are CEL expressions attached to the schema (`x-kubernetes-validations`): the API server enforces them,
+and `chipfit validate` evaluates the very same expressions offline (chipfit.validation).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from placement import catalog
+
+GROUP = "chipfit.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes object names: RFC 1123 DNS subdomain (what metadata.name accepts for most kinds).
+DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_MAX_LENGTH = 253
+# Label values and condition reasons, as metav1 defines them.
+CONDITION_REASON_RE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# Upper bounds that keep CEL cost estimates inside the API server's budget and reject absurd input.
+MAX_LIST_ITEMS = 64
+MAX_PROFILE_POINTS = 256
+MAX_BUCKETS = 32
+MAX_NAME_LENGTH = 253
+MAX_TEXT_LENGTH = 4096
+# Largest context any catalog model supports is 128k (Llama 3.1); 10M leaves room for inline models.
+MAX_CONTEXT_TOKENS = 10_000_000
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry; field_path points the API server's error at the right field."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    if reason is not None:
+        entry["reason"] = reason
+    return entry
+
+
+def _enum_schema(values: list[str], description: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": values, "description": description})
+
+
+AcceleratorId = Annotated[
+    str,
+    _enum_schema(
+        sorted(catalog.ACCELERATORS),
+        "Accelerator id from the chipfit catalog: a whole device (h100, mi300x, inf2, ...) or a MIG slice "
+        "written <parent>/<profile> (h100/1g.10gb).",
+    ),
+]
+ModelId = Annotated[
+    str, _enum_schema(sorted(catalog.MODELS), "Model id from the chipfit catalog (llama-3.1-8b, ...).")
+]
+Precision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+Engine = Literal["vllm", "sglang", "trtllm", "tgi", "neuron"]
+ServingMode = Literal["aggregated", "disaggregated", "auto"]
+Role = Literal["aggregated", "prefill", "decode"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_SUBDOMAIN_RE)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields rejected, validated on assignment."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ObjectMeta(BaseModel):
+    """The part of metav1.ObjectMeta chipfit reads; server-populated fields are kept as they are."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True, extra="allow"
+    )
+
+    name: Name
+    namespace: Name | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    status: ConditionStatus
+    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_RE)]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=MAX_LIST_ITEMS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AcceleratorPool
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Taint(ApiModel):
+    """A taint the pool's nodes carry; serving pods placed there get the matching toleration."""
+
+    key: Annotated[str, Field(min_length=1, max_length=316)]
+    value: Annotated[str, Field(max_length=63)] = ""
+    effect: TaintEffect = "NoSchedule"
+
+
+class AcceleratorPoolSpec(ApiModel):
+    """A homogeneous group of nodes: one accelerator type (or MIG slice), a price, a capacity."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.accelerator.contains('/') || !has(self.resourceName) "
+                    "|| self.resourceName.startsWith('nvidia.com/mig-')",
+                    "a MIG slice pool must use an nvidia.com/mig-* resource name",
+                    ".resourceName",
+                ),
+            ]
+        }
+    )
+
+    accelerator: AcceleratorId
+    devices_per_node: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_LIST_ITEMS,
+            description="Devices (or MIG slices, for a slice pool) each node offers; a TP-N replica needs "
+            "N of them on one node.",
+        ),
+    ]
+    nodes: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100_000,
+            description="Nodes in the pool, used by `chipfit plan`; the operator uses the ready, "
+            "schedulable nodes it sees.",
+        ),
+    ]
+    price_per_device_hour: Annotated[
+        float | None,
+        Field(ge=0, description="US dollars per device-hour; defaults to the catalog's price."),
+    ] = None
+    spot: Annotated[bool, Field(description="Spot / preemptible capacity.")] = False
+    instance_type: Annotated[str, Field(max_length=63, description="Cloud instance type, informational.")] | (
+        None
+    ) = None
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63)]],
+        Field(max_length=MAX_LIST_ITEMS, description="Labels selecting this pool's nodes."),
+    ] = Field(default_factory=dict)
+    taints: Annotated[list[Taint], Field(max_length=MAX_LIST_ITEMS)] = Field(default_factory=list)
+    resource_name: Annotated[
+        str,
+        Field(
+            max_length=253,
+            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+            description="Extended resource the device plugin advertises; defaults to the catalog's.",
+        ),
+    ] | None = None
+
+
+class AcceleratorPoolStatus(ApiModel):
+    """What the operator sees of the pool's nodes."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    nodes_ready: Annotated[int, Field(ge=0)] | None = None
+    devices_total: Annotated[int, Field(ge=0)] | None = None
+    devices_allocated: Annotated[int, Field(ge=0)] | None = None
+    devices_free: Annotated[int, Field(ge=0)] | None = None
+    dollars_per_hour: Annotated[float, Field(ge=0)] | None = None
+    conditions: Conditions | None = None
+
+
+class AcceleratorPool(ApiModel):
+    """AcceleratorPool (cluster-scoped)."""
+
+    api_version: Literal["chipfit.io/v1alpha1"] = API_VERSION
+    kind: Literal["AcceleratorPool"] = "AcceleratorPool"
+    metadata: ObjectMeta
+    spec: AcceleratorPoolSpec
+    status: AcceleratorPoolStatus | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# InferenceService
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ModelArchitecture(ApiModel):
+    """A transformer defined inline, for models outside the catalog."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.numHeads % self.numKvHeads == 0",
+                    "numHeads must be a multiple of numKvHeads",
+                    ".numKvHeads",
+                ),
+                cel(
+                    "self.expertsPerToken <= self.numExperts",
+                    "expertsPerToken must not exceed numExperts",
+                    ".expertsPerToken",
+                ),
+            ]
+        }
+    )
+
+    num_layers: Annotated[int, Field(ge=1, le=1024)]
+    hidden_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    num_heads: Annotated[int, Field(ge=1, le=4096)]
+    num_kv_heads: Annotated[int, Field(ge=1, le=4096)]
+    head_dim: Annotated[int, Field(ge=1, le=4096)]
+    intermediate_size: Annotated[int, Field(ge=1, le=10_000_000)]
+    vocab_size: Annotated[int, Field(ge=1, le=10_000_000)]
+    num_experts: Annotated[int, Field(ge=1, le=1024)] = 1
+    experts_per_token: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_context_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
+
+
+class ModelRef(ApiModel):
+    """Either a catalog model (`id`) or an inline one (`name` + `architecture`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.id) != has(self.architecture)", "set exactly one of id and architecture"),
+                cel(
+                    "!has(self.architecture) || has(self.name)",
+                    "an inline architecture needs a name",
+                    ".architecture",
+                ),
+            ]
+        }
+    )
+
+    id: ModelId | None = None
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] | (
+        None
+    ) = None
+    architecture: ModelArchitecture | None = None
+    source: Annotated[
+        str,
+        Field(
+            max_length=MAX_TEXT_LENGTH,
+            description="Where the engine loads weights from (Hugging Face repo id or URI); defaults to "
+            "the catalog's repo.",
+        ),
+    ] | None = None
+
+
+class Slo(ApiModel):
+    """Latency objectives, both p99."""
+
+    ttft_p99_ms: Annotated[float, Field(gt=0, le=3_600_000, description="Time to first token, p99, ms.")]
+    itl_p99_ms: Annotated[float, Field(gt=0, le=60_000, description="Inter-token latency, p99, ms.")]
+
+
+class TokenDistribution(ApiModel):
+    """Tokens per request: mean and (optionally) p99; chipfit fits a log-normal to them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.p99) || self.p99 >= self.mean", "p99 must be at least mean", ".p99"),
+            ]
+        }
+    )
+
+    mean: Annotated[float, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
+    p99: Annotated[float, Field(ge=1, le=MAX_CONTEXT_TOKENS)] | None = None
+
+
+class Workload(ApiModel):
+    """Expected traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.maxContextTokens) || "
+                    "double(self.maxContextTokens) >= self.promptTokens.mean + self.outputTokens.mean",
+                    "maxContextTokens must hold a mean prompt plus a mean output",
+                    ".maxContextTokens",
+                ),
+            ]
+        }
+    )
+
+    requests_per_second: Annotated[float, Field(ge=0, le=1_000_000, description="Mean arrival rate.")]
+    prompt_tokens: TokenDistribution
+    output_tokens: TokenDistribution
+    max_context_tokens: Annotated[
+        int,
+        Field(ge=1, le=MAX_CONTEXT_TOKENS, description="Longest prompt + output to serve; engine max length."),
+    ] | None = None
+
+
+class Replicas(ApiModel):
+    """Bounds on replicas per role."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.max) || self.min <= self.max", "min must not exceed max", ".min"),
+                cel("!self.scaleToZero || self.min == 0", "scaleToZero needs min 0", ".scaleToZero"),
+            ]
+        }
+    )
+
+    min: Annotated[int, Field(ge=0, le=10_000)] = 0
+    max: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    scale_to_zero: bool = False
+
+
+AcceleratorList = Annotated[
+    list[AcceleratorId], Field(max_length=MAX_LIST_ITEMS, json_schema_extra={"x-kubernetes-list-type": "set"})
+]
+PoolList = Annotated[
+    list[Name], Field(max_length=MAX_LIST_ITEMS, json_schema_extra={"x-kubernetes-list-type": "set"})
+]
+
+
+class PlacementConstraints(ApiModel):
+    """Where the service may run, and how much it matters when capacity is short."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.allowedAccelerators) || !has(self.excludedAccelerators) || "
+                    "!self.allowedAccelerators.exists(a, a in self.excludedAccelerators)",
+                    "an accelerator cannot be both allowed and excluded",
+                    ".excludedAccelerators",
+                ),
+                cel(
+                    "!has(self.allowedPools) || !has(self.excludedPools) || "
+                    "!self.allowedPools.exists(p, p in self.excludedPools)",
+                    "a pool cannot be both allowed and excluded",
+                    ".excludedPools",
+                ),
+            ]
+        }
+    )
+
+    allowed_accelerators: AcceleratorList | None = None
+    excluded_accelerators: AcceleratorList | None = None
+    allowed_pools: PoolList | None = None
+    excluded_pools: PoolList | None = None
+    spot_allowed: Annotated[bool, Field(description="May run on spot pools.")] = True
+    priority: Annotated[
+        int,
+        Field(ge=0, le=1000, description="Higher wins when capacity is short; 0 is served last."),
+    ] = 100
+
+
+class Budget(ApiModel):
+    """Spending cap for this service."""
+
+    max_dollars_per_hour: Annotated[float, Field(gt=0, le=1_000_000)]
+
+
+class EnvVar(ApiModel):
+    """A plain environment variable for the engine container."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    value: Text = ""
+
+
+class EngineOverrides(ApiModel):
+    """Escape hatches: a different image, extra engine flags, extra environment."""
+
+    image: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)] | None = None
+    extra_args: Annotated[list[Text], Field(max_length=MAX_LIST_ITEMS)] | None = None
+    env: Annotated[list[EnvVar], Field(max_length=MAX_LIST_ITEMS)] | None = None
+
+
+class InferenceServiceSpec(ApiModel):
+    """A model to serve, its latency objectives and its traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.serving != 'disaggregated' || self.engine in ['vllm', 'sglang', 'trtllm']",
+                    "disaggregated serving needs engine vllm, sglang or trtllm",
+                    ".serving",
+                ),
+            ]
+        }
+    )
+
+    model: ModelRef
+    precisions: Annotated[
+        list[Precision],
+        Field(
+            min_length=1,
+            max_length=5,
+            description="Weight precisions chipfit may choose from.",
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = ["bf16"]  # noqa: RUF012  (pydantic copies defaults per instance)
+    engine: Engine = "vllm"
+    slo: Slo
+    workload: Workload
+    serving: ServingMode = "auto"
+    replicas: Replicas | None = None
+    placement: PlacementConstraints | None = None
+    budget: Budget | None = None
+    overrides: EngineOverrides | None = None
+
+
+class RolePlacement(ApiModel):
+    """Where one role of the service runs."""
+
+    role: Role
+    pool: Name
+    accelerator: AcceleratorId
+    precision: Precision
+    tensor_parallel: Annotated[int, Field(ge=1, le=64)]
+    replicas: Annotated[int, Field(ge=0)]
+    ready_replicas: Annotated[int, Field(ge=0)] | None = None
+
+
+class Prediction(ApiModel):
+    """What the performance model predicts for the placed service."""
+
+    ttft_p99_ms: Annotated[float, Field(ge=0)] | None = None
+    itl_p99_ms: Annotated[float, Field(ge=0)] | None = None
+    max_requests_per_second: Annotated[float, Field(ge=0)] | None = None
+    dollars_per_hour: Annotated[float, Field(ge=0)] | None = None
+    dollars_per_million_output_tokens: Annotated[float, Field(ge=0)] | None = None
+
+
+class InferenceServiceStatus(ApiModel):
+    """Placement, predictions and conditions, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    conditions: Conditions | None = None
+    placement: Annotated[list[RolePlacement], Field(max_length=MAX_LIST_ITEMS)] | None = None
+    accelerator_summary: Annotated[
+        str, Field(max_length=MAX_TEXT_LENGTH, description="e.g. 'h100x2 + l4x3' for kubectl get.")
+    ] | None = None
+    replicas_summary: Annotated[
+        str, Field(max_length=64, description="ready/desired over all roles, for kubectl get.")
+    ] | None = None
+    predicted: Prediction | None = None
+
+
+class InferenceService(ApiModel):
+    """InferenceService (namespaced)."""
+
+    api_version: Literal["chipfit.io/v1alpha1"] = API_VERSION
+    kind: Literal["InferenceService"] = "InferenceService"
+    metadata: ObjectMeta
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PerformanceProfile
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ProfilePoint(ApiModel):
+    """One measured load point of one replica at a fixed concurrency."""
+
+    concurrency: Annotated[int, Field(ge=1, le=100_000)]
+    prompt_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
+    output_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
+    requests_per_second: Annotated[float, Field(gt=0)] | None = None
+    output_tokens_per_second: Annotated[float, Field(gt=0)]
+    ttft_p50_ms: Annotated[float, Field(gt=0)] | None = None
+    ttft_p99_ms: Annotated[float, Field(gt=0)]
+    itl_p50_ms: Annotated[float, Field(gt=0)] | None = None
+    itl_p99_ms: Annotated[float, Field(gt=0)]
+
+
+class BucketTable(ApiModel):
+    """Mélange-style table: max req/s one replica sustains under `slo`, per prompt x output bucket."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.maxRequestsPerSecond.size() == self.promptTokenBuckets.size()",
+                    "maxRequestsPerSecond needs one row per prompt bucket",
+                    ".maxRequestsPerSecond",
+                ),
+                cel(
+                    "self.maxRequestsPerSecond.all(row, row.size() == self.outputTokenBuckets.size())",
+                    "every row of maxRequestsPerSecond needs one value per output bucket",
+                    ".maxRequestsPerSecond",
+                ),
+            ]
+        }
+    )
+
+    slo: Slo
+    prompt_token_buckets: Annotated[
+        list[Annotated[int, Field(ge=1)]],
+        Field(min_length=1, max_length=MAX_BUCKETS, description="Upper edge of each prompt-length bucket."),
+    ]
+    output_token_buckets: Annotated[
+        list[Annotated[int, Field(ge=1)]],
+        Field(min_length=1, max_length=MAX_BUCKETS, description="Upper edge of each output-length bucket."),
+    ]
+    max_requests_per_second: Annotated[
+        list[Annotated[list[Annotated[float, Field(ge=0)]], Field(max_length=MAX_BUCKETS)]],
+        Field(min_length=1, max_length=MAX_BUCKETS),
+    ]
+
+
+class ProfileSource(ApiModel):
+    """Where a measurement came from."""
+
+    description: Text
+    url: Annotated[str, Field(max_length=MAX_TEXT_LENGTH)] | None = None
+    measured_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+
+
+class PerformanceProfileSpec(ApiModel):
+    """Measured performance of one (model, accelerator, precision, engine, tp) replica."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.points) != has(self.bucketTable)", "set exactly one of points and bucketTable"),
+            ]
+        }
+    )
+
+    model: ModelId
+    accelerator: AcceleratorId
+    precision: Precision
+    engine: Engine = "vllm"
+    tensor_parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    source: ProfileSource
+    points: Annotated[list[ProfilePoint], Field(min_length=1, max_length=MAX_PROFILE_POINTS)] | None = None
+    bucket_table: BucketTable | None = None
+
+
+class PerformanceProfileStatus(ApiModel):
+    """How the operator used the profile."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    conditions: Conditions | None = None
+
+
+class PerformanceProfile(ApiModel):
+    """PerformanceProfile (cluster-scoped)."""
+
+    api_version: Literal["chipfit.io/v1alpha1"] = API_VERSION
+    kind: Literal["PerformanceProfile"] = "PerformanceProfile"
+    metadata: ObjectMeta
+    spec: PerformanceProfileSpec
+    status: PerformanceProfileStatus | None = None
+
+
+Resource = InferenceService | AcceleratorPool | PerformanceProfile
+
