@@ -83,11 +83,15 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[Pr
                 continue
             if not isinstance(body, dict):
                 problems.append(
-                    Problem(name, f"document {index + 1}", "", f"expected a mapping, got {type(body).__name__}")
+                    Problem(
+                        name, f"document {index + 1}", "", f"expected a mapping, got {type(body).__name__}"
+                    )
                 )
                 continue
             if body.get("kind") == "List" and isinstance(body.get("items"), list):
-                documents.extend(Document(name, index, item) for item in body["items"] if isinstance(item, dict))
+                documents.extend(
+                    Document(name, index, item) for item in body["items"] if isinstance(item, dict)
+                )
                 continue
             documents.append(Document(name, index, body))
     return documents, problems

@@ -15,11 +15,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import celpy
+import celpy.adapter
+import celpy.evaluation
 import jsonschema
 import pydantic
 
@@ -92,29 +95,40 @@ def _dotted(path: Iterable[Any]) -> str:
 
 def _schema_error(error: jsonschema.ValidationError) -> FieldError:
     field = _dotted(error.absolute_path)
-    value = error.instance
+    value = cast(Any, error.instance)
+    schema = cast(dict[str, Any], error.schema)
+    expected = cast(Any, error.validator_value)
     if error.validator == "required":
         missing = str(error.message).split("'")[1]
         return FieldError(f"{field}.{missing}" if field else missing, "required field is missing")
     if error.validator == "additionalProperties":
-        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        extra = sorted(set(value) - set(schema.get("properties", {})))
         name = extra[0] if extra else "?"
         return FieldError(f"{field}.{name}" if field else name, "unknown field")
     if error.validator == "type":
-        return FieldError(field, f"expected {error.validator_value}, got {_json_type(value)} {value!r}")
+        return FieldError(field, f"expected {expected}, got {_json_type(value)} {value!r}")
     if error.validator == "enum":
-        allowed = [str(v) for v in error.validator_value]
-        shown = ", ".join(allowed[:_ENUM_VALUES_SHOWN]) + (", ..." if len(allowed) > _ENUM_VALUES_SHOWN else "")
+        allowed = [str(v) for v in expected]
+        shown = ", ".join(allowed[:_ENUM_VALUES_SHOWN]) + (
+            ", ..." if len(allowed) > _ENUM_VALUES_SHOWN else ""
+        )
         return FieldError(field, f"unsupported value {value!r}; valid values: {shown}")
     if error.validator in ("minimum", "maximum"):
-        exclusive = error.schema.get(f"exclusive{error.validator.capitalize()}", False)
+        exclusive = schema.get(f"exclusive{error.validator.capitalize()}", False)
         relation = {("minimum", False): ">=", ("minimum", True): ">", ("maximum", False): "<="}
         op = relation.get((str(error.validator), bool(exclusive)), "<")
-        return FieldError(field, f"must be {op} {error.validator_value}, got {value!r}")
+        return FieldError(field, f"must be {op} {expected}, got {value!r}")
     if error.validator == "pattern":
-        return FieldError(field, f"{value!r} does not match {error.validator_value}")
-    if error.validator in ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"):
-        return FieldError(field, f"{error.validator} is {error.validator_value}")
+        return FieldError(field, f"{value!r} does not match {expected}")
+    if error.validator in (
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minProperties",
+        "maxProperties",
+    ):
+        return FieldError(field, f"{error.validator} is {expected}")
     return FieldError(field, str(error.message))
 
 
@@ -152,11 +166,13 @@ def _cel_program(rule: str) -> celpy.Runner:
 def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> Iterator[FieldError]:
     for rule in schema.get("x-kubernetes-validations", ()):
         try:
-            ok = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
-        except celpy.CELEvalError as exc:  # the API server reports an evaluation error the same way
+            ok = bool(_cel_program(rule["rule"]).evaluate({"self": celpy.adapter.json_to_cel(value)}))
+        except (
+            celpy.evaluation.CELEvalError
+        ) as exc:  # the API server reports an evaluation error the same way
             ok = False
             rule = {**rule, "message": f"{rule['message']} (rule failed to evaluate: {exc.args[0]})"}
-        if not bool(ok):
+        if not ok:
             sub = rule.get("fieldPath", "")
             yield FieldError(f"{path}{sub}" if path else sub.lstrip("."), rule["message"])
     if isinstance(value, dict):
@@ -286,7 +302,9 @@ def service_problems(
         constraints = spec.placement or v1alpha1.PlacementConstraints()
         for index, name in enumerate(constraints.allowed_pools or ()):
             if name not in known:
-                errors.append(FieldError(f"spec.placement.allowedPools[{index}]", f"no AcceleratorPool {name!r}"))
+                errors.append(
+                    FieldError(f"spec.placement.allowedPools[{index}]", f"no AcceleratorPool {name!r}")
+                )
     return errors
 
 
@@ -307,9 +325,7 @@ def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
     if pool.spec.resource_name is not None and chip.parent is not None:
         expected = chip.resource_name
         if pool.spec.resource_name != expected:
-            errors.append(
-                FieldError("spec.resourceName", f"a {chip.id} slice is advertised as {expected}")
-            )
+            errors.append(FieldError("spec.resourceName", f"a {chip.id} slice is advertised as {expected}"))
     return errors
 
 
@@ -327,7 +343,7 @@ def profile_problems(profile: v1alpha1.PerformanceProfile) -> list[FieldError]:
     if spec.bucket_table is not None:
         for axis in ("prompt_token_buckets", "output_token_buckets"):
             edges = getattr(spec.bucket_table, axis)
-            if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(edges)):
                 alias = v1alpha1.BucketTable.model_fields[axis].alias
                 errors.append(FieldError(f"spec.bucketTable.{alias}", "bucket edges must increase"))
     return errors
@@ -399,7 +415,9 @@ def _semantic(out: Validated, documents: Sequence[Document]) -> None:
     for profile in out.profiles:
         label = f"PerformanceProfile {profile.metadata.name}"
         for e in profile_problems(profile):
-            out.problems.append(Problem(files.get(("PerformanceProfile", label), "?"), label, e.field, e.reason))
+            out.problems.append(
+                Problem(files.get(("PerformanceProfile", label), "?"), label, e.field, e.reason)
+            )
     seen: dict[tuple[str, str | None, str], str] = {}
     for document in documents:
         body = document.body
@@ -408,7 +426,9 @@ def _semantic(out: Validated, documents: Sequence[Document]) -> None:
         key = (str(body.get("kind")), body["metadata"].get("namespace"), str(body["metadata"].get("name")))
         if key in seen:
             out.problems.append(
-                Problem(document.file, document.label, "metadata.name", f"duplicate of the one in {seen[key]}")
+                Problem(
+                    document.file, document.label, "metadata.name", f"duplicate of the one in {seen[key]}"
+                )
             )
         seen.setdefault(key, document.file)
 

@@ -7,16 +7,17 @@ and `chipfit validate` evaluates the very same expressions offline (chipfit.vali
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from placement import catalog
 
-GROUP = "chipfit.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+GROUP: Final = "chipfit.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = "chipfit.io/v1alpha1"
 
 # Kubernetes object names: RFC 1123 DNS subdomain (what metadata.name accepts for most kinds).
 DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -33,9 +34,9 @@ MAX_TEXT_LENGTH = 4096
 MAX_CONTEXT_TOKENS = 10_000_000
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry; field_path points the API server's error at the right field."""
-    entry = {"rule": rule, "message": message}
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path is not None:
         entry["fieldPath"] = field_path
     if reason is not None:
@@ -181,14 +182,17 @@ class AcceleratorPoolSpec(ApiModel):
         Field(max_length=MAX_LIST_ITEMS, description="Labels selecting this pool's nodes."),
     ] = Field(default_factory=dict)
     taints: Annotated[list[Taint], Field(max_length=MAX_LIST_ITEMS)] = Field(default_factory=list)
-    resource_name: Annotated[
-        str,
-        Field(
-            max_length=253,
-            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
-            description="Extended resource the device plugin advertises; defaults to the catalog's.",
-        ),
-    ] | None = None
+    resource_name: (
+        Annotated[
+            str,
+            Field(
+                max_length=253,
+                pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+                description="Extended resource the device plugin advertises; defaults to the catalog's.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class AcceleratorPoolStatus(ApiModel):
@@ -271,14 +275,17 @@ class ModelRef(ApiModel):
         None
     ) = None
     architecture: ModelArchitecture | None = None
-    source: Annotated[
-        str,
-        Field(
-            max_length=MAX_TEXT_LENGTH,
-            description="Where the engine loads weights from (Hugging Face repo id or URI); defaults to "
-            "the catalog's repo.",
-        ),
-    ] | None = None
+    source: (
+        Annotated[
+            str,
+            Field(
+                max_length=MAX_TEXT_LENGTH,
+                description="Where the engine loads weights from (Hugging Face repo id or URI); defaults to "
+                "the catalog's repo.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Slo(ApiModel):
@@ -322,10 +329,17 @@ class Workload(ApiModel):
     requests_per_second: Annotated[float, Field(ge=0, le=1_000_000, description="Mean arrival rate.")]
     prompt_tokens: TokenDistribution
     output_tokens: TokenDistribution
-    max_context_tokens: Annotated[
-        int,
-        Field(ge=1, le=MAX_CONTEXT_TOKENS, description="Longest prompt + output to serve; engine max length."),
-    ] | None = None
+    max_context_tokens: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=MAX_CONTEXT_TOKENS,
+                description="Longest prompt + output to serve; engine max length.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Replicas(ApiModel):
@@ -431,7 +445,7 @@ class InferenceServiceSpec(ApiModel):
             description="Weight precisions chipfit may choose from.",
             json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
-    ] = ["bf16"]  # noqa: RUF012  (pydantic copies defaults per instance)
+    ] = ["bf16"]
     engine: Engine = "vllm"
     slo: Slo
     workload: Workload
@@ -470,12 +484,14 @@ class InferenceServiceStatus(ApiModel):
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     conditions: Conditions | None = None
     placement: Annotated[list[RolePlacement], Field(max_length=MAX_LIST_ITEMS)] | None = None
-    accelerator_summary: Annotated[
-        str, Field(max_length=MAX_TEXT_LENGTH, description="e.g. 'h100x2 + l4x3' for kubectl get.")
-    ] | None = None
-    replicas_summary: Annotated[
-        str, Field(max_length=64, description="ready/desired over all roles, for kubectl get.")
-    ] | None = None
+    accelerator_summary: (
+        Annotated[str, Field(max_length=MAX_TEXT_LENGTH, description="e.g. 'h100x2 + l4x3' for kubectl get.")]
+        | None
+    ) = None
+    replicas_summary: (
+        Annotated[str, Field(max_length=64, description="ready/desired over all roles, for kubectl get.")]
+        | None
+    ) = None
     predicted: Prediction | None = None
 
 
@@ -590,4 +606,3 @@ class PerformanceProfile(ApiModel):
 
 
 Resource = InferenceService | AcceleratorPool | PerformanceProfile
-
