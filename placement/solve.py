@@ -1,0 +1,908 @@
+"""The fleet placement MILP: integer replicas per (service, role, pool, precision, tp) at minimum $/h.
+
+Three pure steps, as the style guide asks: `build` turns a `Problem` into matrices (c, A, bounds,
+integrality), `_run` hands them to HiGHS through scipy.optimize.milp and checks the status, `decode`
+turns the solution vector into a typed `Plan`. `solve` chains them, adding lexicographic stages only when
+capacity or budgets are short. Nothing here knows physics: every candidate carries its own SLO-bounded
+capacity per request-size bucket (from a measured profile or placement.perf, see placement.candidates).
+
+Traffic model (Mélange's, generalised): a service's demand is a rate per request-size bucket; a replica
+time-shares its capacity across buckets, so serving x_b req/s of bucket b with capacity cap_b costs
+x_b / cap_b of a replica. A bucket may be split across candidates (long prompts to one chip, short to
+another), and a request is served either by an aggregated replica or by a prefill and a decode replica.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
+
+Role = Literal["aggregated", "prefill", "decode"]
+ServingMode = Literal["aggregated", "disaggregated", "auto"]
+ROLES: tuple[Role, ...] = ("aggregated", "prefill", "decode")
+SERVING_MODES: tuple[ServingMode, ...] = ("aggregated", "disaggregated", "auto")
+
+# HiGHS's default primal feasibility tolerance is 1e-7; solution values are trusted to this much slack
+# when decoding and verifying (a replica loaded to 1 + 1e-6 is a rounding artefact, not an overload).
+FEASIBILITY_TOLERANCE = 1e-6
+# Slack on a priority level's pinned unmet rate: HiGHS's primal feasibility tolerance (1e-7).
+PIN_TOLERANCE = 1e-7
+# Default relative MIP gap: HiGHS stops when (objective - bound) / objective falls below this.
+DEFAULT_MIP_REL_GAP = 1e-4
+DEFAULT_TIME_LIMIT_S = 60.0
+# Above this many maximal node patterns a pool falls back to a device-count constraint (exact whenever
+# every TP size divides the node; patterns are only needed for odd shapes such as TP-4 on 6-device nodes).
+MAX_NODE_PATTERNS = 200
+
+
+class PlacementError(ValueError):
+    """Base of every error the solver raises; the message is one line naming the cause."""
+
+
+class InvalidProblemError(PlacementError):
+    """The problem is malformed (unknown pool, negative rate, mismatched bucket counts...)."""
+
+
+class InfeasibleError(PlacementError):
+    """No plan satisfies the hard constraints (replica minimums), even serving no traffic at all."""
+
+
+class SolverError(PlacementError):
+    """HiGHS stopped without a usable solution (time limit before any incumbent, numerical trouble)."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A set of identical nodes: `devices_per_node` devices (GPUs, MIG slices or NeuronCores) each."""
+
+    id: str
+    accelerator: str
+    devices_per_node: int
+    nodes: int
+    price_per_device_hour: float
+    spot: bool = False
+
+    @property
+    def devices_total(self) -> int:
+        """Devices in the whole pool."""
+        return self.devices_per_node * self.nodes
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run one replica of a service role: pool, precision, TP, and its capacity per bucket."""
+
+    service: str
+    role: Role
+    pool: str
+    accelerator: str
+    precision: str
+    tp: int
+    # Max req/s one replica sustains within the SLO for each of the service's buckets (0.0: cannot).
+    # For prefill this is the prompt rate within TTFT, for decode the request rate within ITL.
+    max_rps_per_bucket: tuple[float, ...]
+    price_per_hour: float
+    # Predicted p99 latencies at that max rate, per bucket (None where unknown or infeasible).
+    ttft_p99_ms_per_bucket: tuple[float | None, ...] = ()
+    itl_p99_ms_per_bucket: tuple[float | None, ...] = ()
+    engine: str = "vllm"
+    source: str = ""
+
+    @property
+    def devices(self) -> int:
+        """Devices one replica occupies (all on one node)."""
+        return self.tp
+
+    @property
+    def key(self) -> CandidateKey:
+        """Identity of this configuration, as used for the current placement."""
+        return CandidateKey(self.service, self.role, self.pool, self.precision, self.tp)
+
+
+@dataclass(frozen=True, order=True)
+class CandidateKey:
+    """(service, role, pool, precision, tp): what the stability penalty compares across plans."""
+
+    service: str
+    role: str
+    pool: str
+    precision: str
+    tp: int
+
+
+@dataclass(frozen=True)
+class ServiceDemand:
+    """A service's traffic per request-size bucket and its constraints."""
+
+    id: str
+    bucket_rps: tuple[float, ...]
+    # Mean output tokens of the requests in each bucket, for $/1M output tokens.
+    bucket_output_tokens: tuple[float, ...] = ()
+    serving: ServingMode = "aggregated"
+    min_replicas: int = 0
+    max_replicas: int | None = None
+    # Higher serves first when capacity is short (Kubernetes PriorityClass convention).
+    priority: int = 0
+    max_dollars_per_hour: float | None = None
+
+    @property
+    def requests_per_second(self) -> float:
+        """Total demand."""
+        return sum(self.bucket_rps)
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Knobs of the solve; defaults are exact (no heuristic pruning) with a 1e-4 relative gap."""
+
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    mip_rel_gap: float = DEFAULT_MIP_REL_GAP
+    # Cost, in $/h-equivalent per device, of removing one device of a currently running replica: with
+    # 0.0 the plan ignores the current placement; raise it so a small saving does not churn the fleet.
+    move_penalty_per_device_hour: float = 0.0
+    # Keep only the K cheapest candidates per (service, role, bucket) by $/(req/s); None keeps all
+    # (exact). A heuristic for very large fleets: the reported bound is then the pruned problem's.
+    max_candidates_per_bucket: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything one solve needs; build it with placement.candidates or by hand in tests."""
+
+    services: tuple[ServiceDemand, ...]
+    pools: tuple[Pool, ...]
+    candidates: tuple[Candidate, ...]
+    # Replicas running now per configuration (the stability penalty's reference point).
+    current_replicas: Mapping[CandidateKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Replicas of one configuration in the plan, and the traffic routed to them per bucket."""
+
+    service: str
+    role: Role
+    pool: str
+    accelerator: str
+    precision: str
+    tp: int
+    replicas: int
+    price_per_hour: float
+    # Request rate routed to these replicas per service bucket (the router's weights).
+    bucket_rps: tuple[float, ...]
+    # Fraction of the replicas' SLO-bounded capacity in use (<= 1).
+    utilization: float
+    ttft_p99_ms: float | None
+    itl_p99_ms: float | None
+    engine: str
+    source: str
+
+    @property
+    def devices(self) -> int:
+        """Devices these replicas occupy."""
+        return self.replicas * self.tp
+
+
+ServiceStatus = Literal["served", "partial", "unserved"]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """The plan of one service: its assignments, cost, and how much of its demand is served."""
+
+    service: str
+    mode: Literal["aggregated", "disaggregated", "none"]
+    status: ServiceStatus
+    assignments: tuple[Assignment, ...]
+    price_per_hour: float
+    demand_rps: float
+    served_rps: float
+    # $ per million output tokens at the served rate (None when nothing is served).
+    price_per_million_output_tokens: float | None
+    # Worst predicted p99 over the buckets served (None when unknown).
+    ttft_p99_ms: float | None
+    itl_p99_ms: float | None
+    # Why demand is unserved, in one sentence (None when fully served); placement.explain refines it.
+    reason: str | None
+
+    @property
+    def unmet_rps(self) -> float:
+        """Demand not served."""
+        return max(0.0, self.demand_rps - self.served_rps)
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """Devices of one pool used by the plan."""
+
+    pool: str
+    accelerator: str
+    devices_total: int
+    devices_used: int
+    price_per_hour: float
+
+    @property
+    def devices_free(self) -> int:
+        """Devices left."""
+        return self.devices_total - self.devices_used
+
+
+PlanStatus = Literal["optimal", "feasible"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The typed result of a solve."""
+
+    status: PlanStatus
+    services: tuple[ServicePlan, ...]
+    pools: tuple[PoolUsage, ...]
+    # Fleet $/h of the chosen replicas (what you pay).
+    price_per_hour: float
+    # Objective of the final stage: $/h plus stability penalties.
+    objective: float
+    # HiGHS's dual bound on that objective, and the relative gap (objective - bound) / objective.
+    bound: float
+    gap: float
+    solve_seconds: float
+    stages: int
+
+    def service(self, service_id: str) -> ServicePlan:
+        """The plan of one service by id."""
+        for s in self.services:
+            if s.service == service_id:
+                return s
+        raise KeyError(service_id)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step 0: validation and candidate pruning (pure, no solver).
+
+
+def validate(problem: Problem) -> None:
+    """Raise InvalidProblemError naming the first malformed field of the problem."""
+    pool_ids: set[str] = set()
+    for p in problem.pools:
+        if p.id in pool_ids:
+            raise InvalidProblemError(f"pools[{p.id}]: defined twice")
+        pool_ids.add(p.id)
+        if p.devices_per_node < 1:
+            raise InvalidProblemError(
+                f"pools[{p.id}].devices_per_node: must be >= 1, got {p.devices_per_node}"
+            )
+        if p.nodes < 0:
+            raise InvalidProblemError(f"pools[{p.id}].nodes: must be >= 0, got {p.nodes}")
+        if not (math.isfinite(p.price_per_device_hour) and p.price_per_device_hour >= 0.0):
+            raise InvalidProblemError(f"pools[{p.id}].price_per_device_hour: must be finite and >= 0")
+    services: dict[str, ServiceDemand] = {}
+    for s in problem.services:
+        if s.id in services:
+            raise InvalidProblemError(f"services[{s.id}]: defined twice")
+        services[s.id] = s
+        if any(not math.isfinite(r) or r < 0.0 for r in s.bucket_rps):
+            raise InvalidProblemError(f"services[{s.id}].bucket_rps: every rate must be finite and >= 0")
+        if s.bucket_output_tokens and len(s.bucket_output_tokens) != len(s.bucket_rps):
+            raise InvalidProblemError(f"services[{s.id}].bucket_output_tokens: one value per bucket expected")
+        if s.serving not in SERVING_MODES:
+            raise InvalidProblemError(f"services[{s.id}].serving: must be one of {', '.join(SERVING_MODES)}")
+        if s.min_replicas < 0:
+            raise InvalidProblemError(f"services[{s.id}].min_replicas: must be >= 0")
+        if s.max_replicas is not None and s.max_replicas < s.min_replicas:
+            raise InvalidProblemError(f"services[{s.id}].max_replicas: below min_replicas {s.min_replicas}")
+        if s.max_dollars_per_hour is not None and not s.max_dollars_per_hour >= 0.0:
+            raise InvalidProblemError(f"services[{s.id}].max_dollars_per_hour: must be >= 0")
+    pools = {p.id: p for p in problem.pools}
+    seen: set[CandidateKey] = set()
+    for c in problem.candidates:
+        where = f"candidates[{c.service}/{c.role}/{c.pool}/{c.precision}/tp{c.tp}]"
+        if c.key in seen:
+            raise InvalidProblemError(f"{where}: defined twice")
+        seen.add(c.key)
+        if c.service not in services:
+            raise InvalidProblemError(f"{where}.service: no service {c.service!r}")
+        if c.pool not in pools:
+            raise InvalidProblemError(f"{where}.pool: no pool {c.pool!r}")
+        if c.role not in ROLES:
+            raise InvalidProblemError(f"{where}.role: must be one of {', '.join(ROLES)}")
+        if c.tp < 1 or c.tp > pools[c.pool].devices_per_node:
+            raise InvalidProblemError(
+                f"{where}.tp: must be between 1 and the pool's devices per node "
+                f"({pools[c.pool].devices_per_node})"
+            )
+        if len(c.max_rps_per_bucket) != len(services[c.service].bucket_rps):
+            raise InvalidProblemError(f"{where}.max_rps_per_bucket: one value per service bucket expected")
+        if any(not math.isfinite(r) or r < 0.0 for r in c.max_rps_per_bucket):
+            raise InvalidProblemError(f"{where}.max_rps_per_bucket: every rate must be finite and >= 0")
+        if not (math.isfinite(c.price_per_hour) and c.price_per_hour >= 0.0):
+            raise InvalidProblemError(f"{where}.price_per_hour: must be finite and >= 0")
+        mode = services[c.service].serving
+        if (mode == "aggregated" and c.role != "aggregated") or (
+            mode == "disaggregated" and c.role == "aggregated"
+        ):
+            raise InvalidProblemError(f"{where}.role: {c.role} does not fit serving mode {mode}")
+    for key, replicas in problem.current_replicas.items():
+        if replicas < 0:
+            raise InvalidProblemError(f"current_replicas[{key}]: must be >= 0")
+
+
+def _dominates(a: Candidate, b: Candidate) -> bool:
+    """a serves every bucket at least as fast as b, costs no more and needs no more devices, same pool."""
+    return (
+        a.pool == b.pool
+        and a.tp <= b.tp
+        and a.price_per_hour <= b.price_per_hour
+        and all(x >= y for x, y in zip(a.max_rps_per_bucket, b.max_rps_per_bucket, strict=True))
+    )
+
+
+def prune(problem: Problem, options: SolveOptions) -> tuple[Candidate, ...]:
+    """Candidates worth a variable: useful, not dominated, and (optionally) among the K cheapest."""
+    demand = {s.id: s for s in problem.services}
+    groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for c in problem.candidates:
+        groups[(c.service, c.role)].append(c)
+    kept: list[Candidate] = []
+    for (service_id, _role), cands in groups.items():
+        s = demand[service_id]
+        current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0}
+        # Useless: cannot serve any bucket that has traffic (and no replica floor to satisfy).
+        useful = [
+            c
+            for c in cands
+            if c.key in current
+            or s.min_replicas > 0
+            or any(cap > 0.0 and r > 0.0 for cap, r in zip(c.max_rps_per_bucket, s.bucket_rps, strict=True))
+        ]
+        # Exact dominance within a pool: a smaller-or-equal, cheaper-or-equal, faster-everywhere
+        # configuration can replace the other replica for replica without using more of the pool.
+        survivors: list[Candidate] = []
+        for i, c in enumerate(useful):
+            dominated = c.key not in current and any(
+                _dominates(o, c) and (not _dominates(c, o) or j < i) for j, o in enumerate(useful) if j != i
+            )
+            if not dominated:
+                survivors.append(c)
+        k = options.max_candidates_per_bucket
+        if k is not None:
+            chosen: set[CandidateKey] = set(current)
+            for b, r in enumerate(s.bucket_rps):
+                if r <= 0.0:
+                    continue
+                able = [c for c in survivors if c.max_rps_per_bucket[b] > 0.0]
+                able.sort(key=lambda c, b=b: (c.price_per_hour / c.max_rps_per_bucket[b], c.key))  # type: ignore[misc]
+                chosen.update(c.key for c in able[:k])
+            if not any(r > 0.0 for r in s.bucket_rps) and survivors:
+                chosen.add(min(survivors, key=lambda c: (c.price_per_hour, c.key)).key)
+            survivors = [c for c in survivors if c.key in chosen]
+        kept.extend(survivors)
+    return tuple(kept)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step 1: build the matrices.
+
+
+def _node_patterns(sizes: Sequence[int], devices_per_node: int) -> list[dict[int, int]]:
+    """Maximal ways to fill one node with replicas of the given TP sizes ({size: count})."""
+    ordered = sorted(set(sizes), reverse=True)
+    patterns: list[dict[int, int]] = []
+
+    def extend(index: int, free: int, counts: dict[int, int]) -> None:
+        if len(patterns) > MAX_NODE_PATTERNS:
+            return
+        if index == len(ordered):
+            # Maximal: no size fits in what is left.
+            if all(t > free for t in ordered):
+                patterns.append({t: n for t, n in counts.items() if n > 0})
+            return
+        t = ordered[index]
+        for n in range(free // t, -1, -1):
+            counts[t] = n
+            extend(index + 1, free - n * t, counts)
+        counts[t] = 0
+
+    extend(0, devices_per_node, {})
+    return patterns
+
+
+def _divisibility_chain(sizes: Sequence[int], devices_per_node: int) -> bool:
+    """Every size divides the next larger and the node: then packing by device count is exact."""
+    ordered = sorted(set(sizes))
+    chain = [*ordered, devices_per_node]
+    return all(b % a == 0 for a, b in itertools.pairwise(chain))
+
+
+@dataclass(frozen=True)
+class Model:
+    """The MILP in matrix form plus the index maps decode needs."""
+
+    c: NDArray[np.float64]
+    a: sp.csr_matrix
+    row_lo: NDArray[np.float64]
+    row_hi: NDArray[np.float64]
+    var_lo: NDArray[np.float64]
+    var_hi: NDArray[np.float64]
+    integrality: NDArray[np.int8]
+    candidates: tuple[Candidate, ...]
+    n_index: tuple[int, ...]  # column of n_c per candidate
+    f_index: Mapping[tuple[int, int], int]  # (candidate, bucket) -> column of f_cb
+    u_index: Mapping[tuple[str, int], int]  # (service, bucket) -> column of u_sb
+    z_index: Mapping[str, int]  # service -> column of z_s (auto services only)
+    uncoverable: frozenset[tuple[str, int]]  # (service, bucket) with traffic no candidate can take
+    budget_rows: Mapping[str, int]  # service -> row of its budget constraint
+
+
+class _Builder:
+    """Accumulates columns and sparse rows."""
+
+    def __init__(self) -> None:
+        self.cost: list[float] = []
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        self.integer: list[int] = []
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.vals: list[float] = []
+        self.row_lo: list[float] = []
+        self.row_hi: list[float] = []
+
+    def var(self, cost: float, lo: float, hi: float, integer: bool) -> int:
+        self.cost.append(cost)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.integer.append(1 if integer else 0)
+        return len(self.cost) - 1
+
+    def row(self, terms: Iterable[tuple[int, float]], lo: float, hi: float) -> int:
+        r = len(self.row_lo)
+        for col, val in terms:
+            self.rows.append(r)
+            self.cols.append(col)
+            self.vals.append(val)
+        self.row_lo.append(lo)
+        self.row_hi.append(hi)
+        return r
+
+
+def build(problem: Problem, options: SolveOptions | None = None) -> Model:
+    """The MILP of `problem`: minimise $/h (+ stability penalty) with all traffic served where possible.
+
+    Unmet-demand variables u exist for every (service, bucket) but are fixed to 0 here unless no
+    candidate can take that bucket; `solve` frees them, by priority level, only when this is infeasible.
+    """
+    options = options or SolveOptions()
+    validate(problem)
+    candidates = prune(problem, options)
+    services = {s.id: s for s in problem.services}
+    pools = {p.id: p for p in problem.pools}
+    b = _Builder()
+    inf = math.inf
+
+    # n[c] in Z>=0: replicas of candidate c; costs price_c $/h each.
+    n_index = tuple(b.var(c.price_per_hour, 0.0, inf, True) for c in candidates)
+
+    # f[c, b] in [0, 1]: share of service bucket b's requests routed to candidate c.
+    f_index: dict[tuple[int, int], int] = {}
+    by_service_role: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, c in enumerate(candidates):
+        by_service_role[(c.service, c.role)].append(i)
+        rates = services[c.service].bucket_rps
+        for k, (cap, r) in enumerate(zip(c.max_rps_per_bucket, rates, strict=True)):
+            if cap > 0.0 and r > 0.0:
+                f_index[(i, k)] = b.var(0.0, 0.0, 1.0, False)
+
+    # u[s, b] in [0, 1]: share of service bucket b's requests left unserved (fixed to 0 unless no
+    # candidate can take the bucket, see the docstring).
+    u_index: dict[tuple[str, int], int] = {}
+    uncoverable: set[tuple[str, int]] = set()
+    z_index: dict[str, int] = {}
+    for s in problem.services:
+        agg = by_service_role.get((s.id, "aggregated"), [])
+        pre = by_service_role.get((s.id, "prefill"), [])
+        dec = by_service_role.get((s.id, "decode"), [])
+
+        # z[s] in {0, 1}: 1 when an `auto` service runs disaggregated (only when both modes are possible).
+        if s.serving == "auto" and agg and pre and dec:
+            z_index[s.id] = b.var(0.0, 0.0, 1.0, True)
+
+        for k, r in enumerate(s.bucket_rps):
+            if r <= 0.0:
+                continue
+            f_agg = [(f_index[(i, k)], 1.0) for i in agg if (i, k) in f_index]
+            f_pre = [(f_index[(i, k)], 1.0) for i in pre if (i, k) in f_index]
+            f_dec = [(f_index[(i, k)], 1.0) for i in dec if (i, k) in f_index]
+            coverable = bool(f_agg) or (bool(f_pre) and bool(f_dec))
+            if not coverable:
+                uncoverable.add((s.id, k))
+            u = b.var(0.0, 0.0, 0.0 if coverable else 1.0, False)
+            u_index[(s.id, k)] = u
+            # Coverage, every request served once: sum_agg f + sum_prefill f + u = 1 ...
+            b.row([*f_agg, *f_pre, (u, 1.0)], 1.0, 1.0)
+            if pre or dec:
+                # ... and every disaggregated request decoded too: sum_agg f + sum_decode f + u = 1,
+                # so sum_prefill f = sum_decode f (prefill and decode carry the same requests).
+                b.row([*f_agg, *f_dec, (u, 1.0)], 1.0, 1.0)
+            if s.id in z_index:
+                z = z_index[s.id]
+                # One mode per service: sum_agg f <= 1 - z and sum_prefill f <= z.
+                if f_agg:
+                    b.row([*f_agg, (z, 1.0)], -inf, 1.0)
+                if f_pre:
+                    b.row([*f_pre, (z, -1.0)], -inf, 0.0)
+
+    # Load: a replica time-shares its capacity across buckets (Mélange):
+    #   sum_b (r_b / cap_cb) f_cb <= n_c.
+    for i, c in enumerate(candidates):
+        rates = services[c.service].bucket_rps
+        terms = [
+            (f_index[(i, k)], rates[k] / c.max_rps_per_bucket[k])
+            for k in range(len(rates))
+            if (i, k) in f_index
+        ]
+        if terms:
+            b.row([*terms, (n_index[i], -1.0)], -inf, 0.0)
+
+    budget_rows: dict[str, int] = {}
+    for s in problem.services:
+        roles: dict[str, list[int]] = {
+            role: by_service_role.get((s.id, role), []) for role in ("aggregated", "prefill", "decode")
+        }
+        z_col = z_index.get(s.id)
+        # Replica floor: aggregated mode sum_agg n >= min; disaggregated sum_prefill n >= min and
+        # sum_decode n >= min; auto: sum_agg n >= min (1 - z), sum_prefill n >= min z, sum_decode n >= min z.
+        if s.min_replicas > 0:
+            m = float(s.min_replicas)
+            for role, idx in roles.items():
+                if not idx:
+                    continue
+                terms = [(n_index[i], 1.0) for i in idx]
+                if z_col is None:
+                    b.row(terms, m, inf)
+                elif role == "aggregated":
+                    b.row([*terms, (z_col, m)], m, inf)
+                else:
+                    b.row([*terms, (z_col, -m)], 0.0, inf)
+            if not any(roles.values()):
+                raise InfeasibleError(
+                    f"service {s.id}: replicas.min is {s.min_replicas} but no configuration fits"
+                )
+        # Replica ceiling per role: sum_role n <= max.
+        if s.max_replicas is not None:
+            for idx in roles.values():
+                if idx:
+                    b.row([(n_index[i], 1.0) for i in idx], -inf, float(s.max_replicas))
+        # Budget: sum_c price_c n_c <= max_dollars_per_hour.
+        if s.max_dollars_per_hour is not None:
+            idx = [i for group in roles.values() for i in group]
+            if idx:
+                budget_rows[s.id] = b.row(
+                    [(n_index[i], candidates[i].price_per_hour) for i in idx], -inf, s.max_dollars_per_hour
+                )
+
+    # Pool capacity in whole nodes. A TP-t replica needs t devices of one node. Let y_t = sum of n_c over
+    # the pool's candidates with tp t.
+    by_pool_tp: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, c in enumerate(candidates):
+        by_pool_tp[c.pool][c.tp].append(i)
+    for pool_id, tps in by_pool_tp.items():
+        pool = pools[pool_id]
+        sizes = sorted(tps)
+        if len(sizes) == 1:
+            # One size: y_t <= nodes * floor(devices_per_node / t).
+            t = sizes[0]
+            b.row([(n_index[i], 1.0) for i in tps[t]], -inf, float(pool.nodes * (pool.devices_per_node // t)))
+        elif _divisibility_chain(sizes, pool.devices_per_node):
+            # Sizes dividing each other and the node pack perfectly (first-fit decreasing leaves no hole
+            # a smaller size could not use): sum_t t y_t <= nodes * devices_per_node.
+            b.row([(n_index[i], float(t)) for t in sizes for i in tps[t]], -inf, float(pool.devices_total))
+        else:
+            patterns = _node_patterns(sizes, pool.devices_per_node)
+            if len(patterns) > MAX_NODE_PATTERNS:
+                raise InvalidProblemError(
+                    f"pools[{pool_id}]: TP sizes {sizes} on {pool.devices_per_node}-device nodes give more "
+                    f"than {MAX_NODE_PATTERNS} packings; use TP sizes that divide the node"
+                )
+            # k[p, pi] in Z>=0: nodes filled with pattern pi (a_{pi,t} replicas of size t):
+            #   sum_pi k_pi <= nodes  and  y_t <= sum_pi a_{pi,t} k_pi for every size t.
+            k_cols = [b.var(0.0, 0.0, float(pool.nodes), True) for _ in patterns]
+            b.row([(k, 1.0) for k in k_cols], -inf, float(pool.nodes))
+            for t in sizes:
+                terms = [(n_index[i], 1.0) for i in tps[t]]
+                terms += [
+                    (k, -float(pat.get(t, 0))) for k, pat in zip(k_cols, patterns, strict=True) if pat.get(t)
+                ]
+                b.row(terms, -inf, 0.0)
+
+    # Stability: d_c >= current_c - n_c, d_c >= 0, penalised move_penalty * devices_c per removed replica.
+    if options.move_penalty_per_device_hour > 0.0:
+        for i, c in enumerate(candidates):
+            now = problem.current_replicas.get(c.key, 0)
+            if now > 0:
+                d = b.var(options.move_penalty_per_device_hour * c.devices, 0.0, inf, False)
+                b.row([(n_index[i], 1.0), (d, 1.0)], float(now), inf)
+
+    a = sp.csr_matrix((b.vals, (b.rows, b.cols)), shape=(len(b.row_lo), len(b.cost)))
+    return Model(
+        c=np.asarray(b.cost, dtype=np.float64),
+        a=a,
+        row_lo=np.asarray(b.row_lo, dtype=np.float64),
+        row_hi=np.asarray(b.row_hi, dtype=np.float64),
+        var_lo=np.asarray(b.lo, dtype=np.float64),
+        var_hi=np.asarray(b.hi, dtype=np.float64),
+        integrality=np.asarray(b.integer, dtype=np.int8),
+        candidates=candidates,
+        n_index=n_index,
+        f_index=f_index,
+        u_index=u_index,
+        z_index=z_index,
+        uncoverable=frozenset(uncoverable),
+        budget_rows=budget_rows,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step 2: run HiGHS.
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A usable HiGHS answer."""
+
+    x: NDArray[np.float64]
+    objective: float
+    bound: float
+    optimal: bool
+
+
+# scipy.optimize.milp status codes (scipy docs, OptimizeResult.status).
+_MILP_OPTIMAL = 0
+_MILP_LIMIT = 1
+_MILP_INFEASIBLE = 2
+_MILP_UNBOUNDED = 3
+
+
+def _run(
+    model: Model,
+    c: NDArray[np.float64],
+    var_hi: NDArray[np.float64],
+    extra_rows: Sequence[tuple[NDArray[np.float64], float]],
+    options: SolveOptions,
+    deadline: float,
+) -> _Run | None:
+    """Solve with these objective and upper bounds; None when infeasible, SolverError when HiGHS fails."""
+    if c.size == 0:
+        # Nothing to decide (no traffic, no candidates): the empty plan is optimal.
+        return _Run(x=np.zeros(0), objective=0.0, bound=0.0, optimal=True)
+    constraints = [LinearConstraint(model.a, model.row_lo, model.row_hi)] if model.a.shape[0] else []
+    for row, hi in extra_rows:
+        constraints.append(LinearConstraint(row.reshape(1, -1), -math.inf, hi))
+    remaining = max(deadline - time.perf_counter(), 1.0)
+    res: OptimizeResult = milp(
+        c,
+        constraints=constraints,
+        integrality=model.integrality,
+        bounds=Bounds(model.var_lo, var_hi),
+        options={"time_limit": remaining, "mip_rel_gap": options.mip_rel_gap, "presolve": True},
+    )
+    if res.status == _MILP_INFEASIBLE:
+        return None
+    if res.status == _MILP_UNBOUNDED:
+        raise SolverError("solver: the problem is unbounded (a negative price?)")
+    if res.x is None:
+        raise SolverError(f"solver: HiGHS stopped without a solution (status {res.status}: {res.message})")
+    x = np.asarray(res.x, dtype=np.float64)
+    objective = float(res.fun)
+    bound = getattr(res, "mip_dual_bound", None)
+    bound_value = objective if bound is None or not math.isfinite(float(bound)) else float(bound)
+    return _Run(x=x, objective=objective, bound=bound_value, optimal=res.status == _MILP_OPTIMAL)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step 3: decode.
+
+
+def _worst(values: Iterable[float | None]) -> float | None:
+    """Largest known value, or None when none is known."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: float) -> Plan:
+    """The typed plan of a solution vector; verifies it never over-allocates a pool or a replica."""
+    x = run.x
+    services = {s.id: s for s in problem.services}
+    pools = {p.id: p for p in problem.pools}
+    assignments: dict[str, list[Assignment]] = defaultdict(list)
+    devices_used: dict[str, int] = defaultdict(int)
+    for i, c in enumerate(model.candidates):
+        replicas = round(float(x[model.n_index[i]]))
+        rates = services[c.service].bucket_rps
+        routed = tuple(
+            float(rates[k] * min(1.0, max(0.0, x[model.f_index[(i, k)]]))) if (i, k) in model.f_index else 0.0
+            for k in range(len(rates))
+        )
+        if replicas == 0:
+            if any(r > FEASIBILITY_TOLERANCE for r in routed):
+                raise SolverError(f"solver: traffic routed to {c.key} with zero replicas")
+            continue
+        load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
+        if load > replicas * (1.0 + FEASIBILITY_TOLERANCE) + FEASIBILITY_TOLERANCE:
+            raise SolverError(f"solver: {c.key} loaded to {load:.6f} replicas but has {replicas}")
+        used = [k for k, r in enumerate(routed) if r > 0.0]
+        ttft = _worst(c.ttft_p99_ms_per_bucket[k] for k in used) if c.ttft_p99_ms_per_bucket else None
+        itl = _worst(c.itl_p99_ms_per_bucket[k] for k in used) if c.itl_p99_ms_per_bucket else None
+        assignments[c.service].append(
+            Assignment(
+                service=c.service,
+                role=c.role,
+                pool=c.pool,
+                accelerator=c.accelerator,
+                precision=c.precision,
+                tp=c.tp,
+                replicas=replicas,
+                price_per_hour=replicas * c.price_per_hour,
+                bucket_rps=routed,
+                utilization=min(1.0, load / replicas),
+                ttft_p99_ms=ttft,
+                itl_p99_ms=itl,
+                engine=c.engine,
+                source=c.source,
+            )
+        )
+        devices_used[c.pool] += replicas * c.tp
+
+    pool_usage = []
+    for p in problem.pools:
+        in_use = devices_used.get(p.id, 0)
+        if in_use > p.devices_total:
+            raise SolverError(f"solver: pool {p.id} over-allocated ({in_use} of {p.devices_total} devices)")
+        pool_usage.append(
+            PoolUsage(p.id, p.accelerator, p.devices_total, in_use, in_use * p.price_per_device_hour)
+        )
+
+    plans = []
+    for s in problem.services:
+        mine = tuple(sorted(assignments.get(s.id, []), key=lambda a: (ROLES.index(a.role), a.pool, a.tp)))
+        unmet = sum(
+            s.bucket_rps[k] * min(1.0, max(0.0, float(x[col])))
+            for (sid, k), col in model.u_index.items()
+            if sid == s.id
+        )
+        demand = s.requests_per_second
+        served = max(0.0, demand - unmet)
+        price = sum(a.price_per_hour for a in mine)
+        roles = {a.role for a in mine}
+        mode: Literal["aggregated", "disaggregated", "none"] = (
+            "disaggregated" if roles & {"prefill", "decode"} else "aggregated" if roles else "none"
+        )
+        tol = FEASIBILITY_TOLERANCE * max(1.0, demand)
+        status: ServiceStatus = (
+            "served" if unmet <= tol else ("unserved" if served <= tol and demand > 0.0 else "partial")
+        )
+        out_tokens = _served_output_tokens_per_s(s, mine)
+        per_million = price / (out_tokens * 3600.0) * 1e6 if out_tokens > 0.0 else None
+        reason = None if status == "served" else _unmet_reason(s, model, run, pools)
+        plans.append(
+            ServicePlan(
+                service=s.id,
+                mode=mode,
+                status=status,
+                assignments=mine,
+                price_per_hour=price,
+                demand_rps=demand,
+                served_rps=served,
+                price_per_million_output_tokens=per_million,
+                ttft_p99_ms=_worst(a.ttft_p99_ms for a in mine),
+                itl_p99_ms=_worst(a.itl_p99_ms for a in mine),
+                reason=reason,
+            )
+        )
+    price_total = sum(p.price_per_hour for p in plans)
+    gap = 0.0 if run.objective <= 0.0 else max(0.0, (run.objective - run.bound) / abs(run.objective))
+    return Plan(
+        status="optimal" if run.optimal else "feasible",
+        services=tuple(plans),
+        pools=tuple(pool_usage),
+        price_per_hour=price_total,
+        objective=run.objective,
+        bound=run.bound,
+        gap=gap,
+        solve_seconds=seconds,
+        stages=stages,
+    )
+
+
+def _served_output_tokens_per_s(s: ServiceDemand, assignments: Sequence[Assignment]) -> float:
+    """Output tokens/s the plan serves for this service (decode or aggregated replicas carry them)."""
+    if not s.bucket_output_tokens:
+        return 0.0
+    total = 0.0
+    for a in assignments:
+        if a.role == "prefill":
+            continue
+        total += sum(r * o for r, o in zip(a.bucket_rps, s.bucket_output_tokens, strict=True))
+    return total
+
+
+def _unmet_reason(s: ServiceDemand, model: Model, run: _Run, pools: Mapping[str, Pool]) -> str:
+    """One sentence on why some of this service's demand is unserved."""
+    buckets = [k for (sid, k) in model.u_index if sid == s.id and (sid, k) in model.uncoverable]
+    if buckets:
+        return f"no candidate configuration meets the SLO for {len(buckets)} of its request-size buckets"
+    row = model.budget_rows.get(s.id)
+    if row is not None and s.max_dollars_per_hour is not None:
+        spent = float(model.a.getrow(row).dot(run.x)[0])
+        if spent >= s.max_dollars_per_hour - 1e-6 * max(1.0, s.max_dollars_per_hour):
+            return f"budget of ${s.max_dollars_per_hour:.2f}/h is exhausted"
+    mine = sorted({c.pool for c in model.candidates if c.service == s.id})
+    if not mine:
+        return "no candidate configuration meets the SLO"
+    return (
+        f"capacity of pools {', '.join(mine)} is taken by services of equal or higher priority "
+        f"(priority {s.priority})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The whole solve.
+
+
+def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
+    """Cheapest plan serving all traffic; when that is impossible, serve by priority, then minimise $/h.
+
+    Stage 0 asks for every coverable request to be served. If that is infeasible (capacity or budgets
+    short), for each priority level from the highest down we minimise that level's unmet req/s with all
+    lower levels free to go unserved, then pin it (sum r u <= U* ); the final stage minimises $/h under
+    those pins. Lexicographic stages, rather than big-M weights, keep the priority order exact: a
+    higher-priority service never loses capacity to a lower one, whatever the prices.
+    """
+    options = options or SolveOptions()
+    started = time.perf_counter()
+    deadline = started + options.time_limit_s
+    model = build(problem, options)
+    run = _run(model, model.c, model.var_hi, (), options, deadline)
+    stages = 1
+    if run is None:
+        var_hi = model.var_hi.copy()
+        for col in model.u_index.values():
+            var_hi[col] = 1.0
+        pins: list[tuple[NDArray[np.float64], float]] = []
+        services = {s.id: s for s in problem.services}
+        for level in sorted({s.priority for s in problem.services}, reverse=True):
+            unmet = np.zeros_like(model.c)
+            for (sid, k), col in model.u_index.items():
+                if services[sid].priority == level and (sid, k) not in model.uncoverable:
+                    unmet[col] = services[sid].bucket_rps[k]
+            if not unmet.any():
+                continue
+            level_run = _run(model, unmet, var_hi, pins, options, deadline)
+            stages += 1
+            if level_run is None:
+                raise InfeasibleError(_infeasible_reason(problem))
+            # Pin this level's unmet rate at its minimum, plus HiGHS's own feasibility slack so the pin
+            # cannot turn a feasible stage infeasible by rounding.
+            pins.append((unmet, level_run.objective + PIN_TOLERANCE * max(1.0, level_run.objective)))
+        run = _run(model, model.c, var_hi, pins, options, deadline)
+        stages += 1
+        if run is None:
+            raise InfeasibleError(_infeasible_reason(problem))
+    return decode(problem, model, run, stages=stages, seconds=time.perf_counter() - started)
+
+
+def _infeasible_reason(problem: Problem) -> str:
+    """One sentence for a problem infeasible even with all traffic unserved: replica floors."""
+    floors = [s for s in problem.services if s.min_replicas > 0]
+    if floors:
+        names = ", ".join(f"{s.id} (min {s.min_replicas})" for s in floors[:5])
+        return f"replica minimums cannot all be placed in the pools' capacity or budgets: {names}"
+    return "no plan satisfies the constraints"
