@@ -503,6 +503,16 @@ class OperatorMetrics:
         if error is not None:
             self.reconcile_errors.labels(kind=kind, error=error).inc()
 
+    def forget_plan(self) -> None:
+        """Drop every service and pool series, e.g. when this replica pauses in favour of a peering leader."""
+        with self._lock:
+            services = list(self._service_series)
+            pools = list(self._known_pools)
+        for namespace, service in services:
+            self.forget_service(namespace, service)
+        for pool in pools:
+            self.forget_pool(pool)
+
     def _remove_placement_series(self, key: tuple[str, ...]) -> None:
         """Drop one (service, role, accelerator, pool) from every per-placement gauge."""
         for gauge in (self.desired_replicas, self.ready_replicas, self.placement_cost, self.placement_tokens):
