@@ -42,11 +42,20 @@ cd "$E2E_DIR"
 # Static binaries, no cgo (as Kubernetes' own release build of these components); -trimpath and
 # stripped symbols keep the link step short on a small machine. -mod=readonly: go.sum is the pin.
 export CGO_ENABLED=0
-build_flags=(-mod=readonly -trimpath -ldflags=-s\ -w)
+# Kubernetes' release build stamps its version into component-base (what /version and kubectl report,
+# and what the API server's compatibility checks read); we stamp the pinned version the same way.
+kube_version="$(go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes)"
+kube_minor="$(echo "$kube_version" | cut -d. -f2)"
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor"
+  kube_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+build_flags=(-mod=readonly -trimpath)
 start_s=$(date +%s)
 echo "build: go build ${KUBE_PACKAGES[*]} -> $BIN_DIR ($(go version))"
-go build "${build_flags[@]}" -o "$BIN_DIR/" "${KUBE_PACKAGES[@]}"
+go build "${build_flags[@]}" -ldflags="$kube_ldflags" -o "$BIN_DIR/" "${KUBE_PACKAGES[@]}"
 echo "build: go build $ETCD_PACKAGE -> $BIN_DIR/etcd"
-go build "${build_flags[@]}" -o "$BIN_DIR/etcd" "$ETCD_PACKAGE"
+go build "${build_flags[@]}" -ldflags="-s -w" -o "$BIN_DIR/etcd" "$ETCD_PACKAGE"
 echo "$want" >"$STAMP"
 echo "build: control plane built in $(($(date +%s) - start_s)) s"
