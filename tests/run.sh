@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
-# Runs the whole pytest suite. pytest's exit code 5 ("no tests collected") counts as a failure here:
-# a CI run that tests nothing must not look green.
+# Runs the whole pytest suite around a private e2e cluster: build the control plane (cached), start it
+# (e2e/cluster.sh up), run pytest, stop it (e2e/cluster.sh down) whatever happened, leaving no process.
+# pytest's exit code 5 ("no tests collected") counts as a failure here: a CI run that tests nothing
+# must not look green. CHIPFIT_E2E=0 skips the cluster (e2e tests then skip locally, fail on CI).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
+  # A run folder of our own: ports are picked free, so a developer's cluster (e2e/.run) or another
+  # work tree's run does not clash with this one, and `down` stops only what this run started.
+  export CHIPFIT_E2E_RUN_DIR="$PWD/e2e/.run/test-$$"
+  cleanup() { bash e2e/cluster.sh down >/dev/null 2>&1 || true; }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM # exit through the EXIT trap
+  if ! bash e2e/cluster.sh up >/dev/null; then
+    echo "tests/run.sh: the e2e cluster did not come up (logs: $CHIPFIT_E2E_RUN_DIR/logs)" >&2
+    export CHIPFIT_E2E_NO_UP=1 # the fixture must not retry: e2e tests fail on CI, skip locally
+  fi
+fi
+
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "tests/run.sh: pytest collected no tests" >&2
-  exit 1
+  rc=1
+fi
+if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
+  cleanup
+  trap - EXIT
+  # Keep the component logs of a failed run for the post-mortem; drop those of a green one.
+  if [ "$rc" -eq 0 ]; then rm -rf "$CHIPFIT_E2E_RUN_DIR"; else echo "tests/run.sh: e2e logs kept in $CHIPFIT_E2E_RUN_DIR/logs" >&2; fi
 fi
 exit "$rc"
