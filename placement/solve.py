@@ -770,43 +770,15 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
             PoolUsage(p.id, p.accelerator, p.devices_total, in_use, in_use * p.price_per_device_hour)
         )
 
+    unmet_by_service: dict[str, float] = defaultdict(float)
+    for (sid, k), col in model.u_index.items():
+        unmet_by_service[sid] += services[sid].bucket_rps[k] * min(1.0, max(0.0, float(x[col])))
     plans = []
     for s in problem.services:
-        mine = tuple(sorted(assignments.get(s.id, []), key=lambda a: (ROLES.index(a.role), a.pool, a.tp)))
-        unmet = sum(
-            s.bucket_rps[k] * min(1.0, max(0.0, float(x[col])))
-            for (sid, k), col in model.u_index.items()
-            if sid == s.id
-        )
-        demand = s.requests_per_second
-        served = max(0.0, demand - unmet)
-        price = sum(a.price_per_hour for a in mine)
-        roles = {a.role for a in mine}
-        mode: Literal["aggregated", "disaggregated", "none"] = (
-            "disaggregated" if roles & {"prefill", "decode"} else "aggregated" if roles else "none"
-        )
-        tol = FEASIBILITY_TOLERANCE * max(1.0, demand)
-        status: ServiceStatus = (
-            "served" if unmet <= tol else ("unserved" if served <= tol and demand > 0.0 else "partial")
-        )
-        out_tokens = _served_output_tokens_per_s(s, mine)
-        per_million = price / (out_tokens * 3600.0) * 1e6 if out_tokens > 0.0 else None
-        reason = None if status == "served" else _unmet_reason(s, model, run, pools)
-        plans.append(
-            ServicePlan(
-                service=s.id,
-                mode=mode,
-                status=status,
-                assignments=mine,
-                price_per_hour=price,
-                demand_rps=demand,
-                served_rps=served,
-                price_per_million_output_tokens=per_million,
-                ttft_p99_ms=_worst(a.ttft_p99_ms for a in mine),
-                itl_p99_ms=_worst(a.itl_p99_ms for a in mine),
-                reason=reason,
-            )
-        )
+        mine = assignments.get(s.id, [])
+        unmet = unmet_by_service.get(s.id, 0.0)
+        reason = None if unmet <= _tolerance(s) else _unmet_reason(s, model, run, pools)
+        plans.append(service_plan(s, mine, unmet, reason))
     price_total = sum(p.price_per_hour for p in plans)
     gap = 0.0 if run.objective <= 0.0 else max(0.0, (run.objective - run.bound) / abs(run.objective))
     return Plan(
@@ -819,6 +791,43 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
         gap=gap,
         solve_seconds=seconds,
         stages=stages,
+    )
+
+
+def _tolerance(s: ServiceDemand) -> float:
+    """Unmet req/s below this is solver noise, not unserved demand."""
+    return FEASIBILITY_TOLERANCE * max(1.0, s.requests_per_second)
+
+
+def service_plan(
+    s: ServiceDemand, assignments: Iterable[Assignment], unmet_rps: float, reason: str | None
+) -> ServicePlan:
+    """A ServicePlan from its assignments and unmet demand (shared by the MILP and the baselines)."""
+    mine = tuple(sorted(assignments, key=lambda a: (ROLES.index(a.role), a.pool, a.tp, a.precision)))
+    demand = s.requests_per_second
+    served = max(0.0, demand - unmet_rps)
+    price = sum(a.price_per_hour for a in mine)
+    roles = {a.role for a in mine}
+    mode: Literal["aggregated", "disaggregated", "none"] = (
+        "disaggregated" if roles & {"prefill", "decode"} else "aggregated" if roles else "none"
+    )
+    tol = _tolerance(s)
+    status: ServiceStatus = (
+        "served" if unmet_rps <= tol else ("unserved" if served <= tol and demand > 0.0 else "partial")
+    )
+    out_tokens = _served_output_tokens_per_s(s, mine)
+    return ServicePlan(
+        service=s.id,
+        mode=mode,
+        status=status,
+        assignments=mine,
+        price_per_hour=price,
+        demand_rps=demand,
+        served_rps=served,
+        price_per_million_output_tokens=price / (out_tokens * 3600.0) * 1e6 if out_tokens > 0.0 else None,
+        ttft_p99_ms=_worst(a.ttft_p99_ms for a in mine),
+        itl_p99_ms=_worst(a.itl_p99_ms for a in mine),
+        reason=None if status == "served" else (reason or "demand left unserved"),
     )
 
 
@@ -836,7 +845,7 @@ def _served_output_tokens_per_s(s: ServiceDemand, assignments: Sequence[Assignme
 
 def _unmet_reason(s: ServiceDemand, model: Model, run: _Run, pools: Mapping[str, Pool]) -> str:
     """One sentence on why some of this service's demand is unserved."""
-    buckets = [k for (sid, k) in model.u_index if sid == s.id and (sid, k) in model.uncoverable]
+    buckets = [k for k in range(len(s.bucket_rps)) if (s.id, k) in model.uncoverable]
     if buckets:
         return f"no candidate configuration meets the SLO for {len(buckets)} of its request-size buckets"
     row = model.budget_rows.get(s.id)

@@ -1,0 +1,111 @@
+"""Baselines, and the Mélange known answers through chipfit's own profile-table path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from placement import baselines, candidates, solve
+from tests.unit.solver_helpers import cand, pool
+
+MELANGE = Path(__file__).resolve().parents[3] / "shared" / "data" / "melange" / "melange_profiles.json"
+
+
+def two_chip_problem() -> solve.Problem:
+    """Chip a is best at bucket 0, chip b at bucket 1."""
+    return solve.Problem(
+        services=(solve.ServiceDemand("s", (5.0, 5.0)),),
+        pools=(pool("a", nodes=2), pool("b", nodes=2)),
+        candidates=(cand("s", "a", [10.0, 1.0], 1.0), cand("s", "b", [1.0, 10.0], 1.0)),
+    )
+
+
+def test_best_single_type_prices_every_type() -> None:
+    result = baselines.best_single_type(two_chip_problem())
+    # a alone: 5/10 + 5/1 = 5.5 -> 6 replicas; same for b. Mixed (the MILP) needs 2.
+    assert result.price_per_hour_by_type == {"a": pytest.approx(6.0), "b": pytest.approx(6.0)}
+    assert result.plan is not None and result.plan.price_per_hour == pytest.approx(6.0)
+    assert solve.solve(two_chip_problem()).price_per_hour == pytest.approx(2.0)
+
+
+def test_single_type_that_cannot_serve_everything_is_none() -> None:
+    problem = solve.Problem(
+        services=(solve.ServiceDemand("s", (1.0, 1.0)),),
+        pools=(pool("a"), pool("b")),
+        candidates=(cand("s", "a", [1.0, 0.0], 1.0), cand("s", "b", [1.0, 1.0], 5.0)),
+    )
+    result = baselines.best_single_type(problem)
+    assert result.price_per_hour_by_type["a"] is None
+    assert result.accelerator == "b"
+
+
+def test_greedy_takes_cheapest_fitting_configuration_in_priority_order() -> None:
+    problem = solve.Problem(
+        services=(solve.ServiceDemand("low", (4.0,)), solve.ServiceDemand("high", (4.0,), priority=5)),
+        pools=(pool("cheap", devices_per_node=4), pool("dear", devices_per_node=8)),
+        candidates=(
+            cand("low", "cheap", [1.0], 1.0),
+            cand("low", "dear", [1.0], 3.0),
+            cand("high", "cheap", [1.0], 1.0),
+            cand("high", "dear", [1.0], 3.0),
+        ),
+    )
+    plan = baselines.greedy(problem)
+    # high goes first and takes the cheap pool; low gets what is left.
+    assert {a.pool for a in plan.service("high").assignments} == {"cheap"}
+    assert {a.pool for a in plan.service("low").assignments} == {"dear"}
+    assert plan.price_per_hour == pytest.approx(16.0)
+    assert all(p.devices_used <= p.devices_total for p in plan.pools)
+
+
+def test_greedy_never_splits_so_it_costs_more_than_the_milp() -> None:
+    plan = baselines.greedy(two_chip_problem())
+    assert plan.price_per_hour == pytest.approx(6.0)
+
+
+def test_greedy_reports_what_does_not_fit() -> None:
+    problem = solve.Problem(
+        services=(solve.ServiceDemand("s", (9.0,)),),
+        pools=(pool("a"),),
+        candidates=(cand("s", "a", [1.0], 1.0),),
+    )
+    plan = baselines.greedy(problem)
+    assert plan.service("s").status == "unserved"
+    assert plan.service("s").reason is not None
+
+
+def test_melange_formulation_on_the_toy_case() -> None:
+    result = baselines.melange(
+        {"A10G": [[5, 1], [10, 5]], "A100": [[20, 2], [50, 20]]},
+        {"A10G": 1.01, "A100": 3.67},
+        [[0.25, 0.5], [0.25, 0.25]],
+        16.0,
+    )
+    assert dict(result.gpus) == {"A10G": 10, "A100": 0}
+    assert result.price_per_hour == pytest.approx(10.10)
+
+
+@pytest.mark.skipif(not MELANGE.exists(), reason="needs ../shared/data")
+def test_melange_known_answers_through_chipfit_profile_path() -> None:
+    data = json.loads(MELANGE.read_text())
+    info = data["gpu_info_llama7b"]
+    published = data["published_notebook_output_commit_4acefed"]
+    gpu_info = {g: (info[g]["cost"], info[g]["tputs"]) for g in ("A10G", "A100")}
+    cset = candidates.from_melange_inputs(gpu_info, data["arena_distribution_1000convos_commit_4acefed"], 4.0)
+    plan = solve.solve(cset.problem)
+    replicas = {a.accelerator: a.replicas for a in plan.service("melange").assignments}
+    assert replicas == {"a10g": published["ILP"]["A10G"], "a100": published["ILP"]["A100"]}
+    assert plan.price_per_hour == pytest.approx(published["ILP"]["cost"])
+    singles = baselines.best_single_type(cset.problem).price_per_hour_by_type
+    assert singles["a100"] == pytest.approx(published["A100-only"]["cost"])
+    assert singles["a10g"] == pytest.approx(published["A10G-only"]["cost"])
+
+    toy = data["toy_example_output"]
+    toy_info = {g: (v["cost"], v["tputs"]) for g, v in toy["gpu_info"].items()}
+    # The toy grid is 2 x 2: its edges are the first three Mélange edges.
+    toy_set = candidates.from_melange_inputs(toy_info, toy["workload_distribution"], toy["overall_rate"])
+    toy_plan = solve.solve(toy_set.problem)
+    assert {a.accelerator: a.replicas for a in toy_plan.service("melange").assignments} == {"a10g": 10}
+    assert toy_plan.price_per_hour == pytest.approx(toy["result"]["cost"])
