@@ -1,0 +1,346 @@
+"""Pure reconcile decisions: what to apply, what to delete and when, and the status to write.
+
+Rollout order (safe changes): the Deployments of a new placement are applied at once; a Deployment the
+plan no longer wants is deleted only when every desired Deployment of its role is ready (all roles, when
+the serving mode changed), so serving capacity never drops below the plan's. The user-facing Service keeps
+its old selector until its new side is ready. No-op detection: each rendered object carries a hash of its
+content; an object whose live hash and replica count match is not applied again, and a status equal to the
+current one (transition times preserved) is not written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+from chipfit import render
+from chipfit.api import v1alpha1
+
+SPEC_HASH_ANNOTATION: Final = "chipfit.io/spec-hash"
+CONDITION_TYPES: Final = ("Placed", "Ready", "SLOAttainable", "Degraded")
+Served = Literal["served", "partial", "unserved"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveDeployment:
+    """What the cluster says about one Deployment the service owns."""
+
+    name: str
+    role: str
+    pool: str
+    replicas: int
+    ready_replicas: int
+    # The controller has rolled out the current template to every replica.
+    up_to_date: bool
+    spec_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveService:
+    """One Service the service owns."""
+
+    name: str
+    selector: Mapping[str, str]
+    spec_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceOutcome:
+    """The fleet plan's part for one service: placements (replicas > 0), prediction, how much is served."""
+
+    placements: tuple[v1alpha1.RolePlacement, ...]
+    prediction: v1alpha1.Prediction | None
+    served: Served
+    reason: str | None = None
+    slo_ttft_p99_ms: float | None = None
+    slo_itl_p99_ms: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Actions:
+    """One reconcile pass: objects to apply, (kind, name) to delete, and why anything waits."""
+
+    apply: tuple[dict[str, Any], ...]
+    delete: tuple[tuple[str, str], ...]
+    waiting: tuple[str, ...]
+
+    @property
+    def is_noop(self) -> bool:
+        """True when nothing needs writing."""
+        return not self.apply and not self.delete
+
+
+# --- hashing ---------------------------------------------------------------------------------------------
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    """sha256 over the object's content without its own hash annotation (canonical JSON)."""
+    body = json.loads(json.dumps(obj, sort_keys=True))
+    annotations = body.get("metadata", {}).get("annotations", {})
+    annotations.pop(SPEC_HASH_ANNOTATION, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` carrying its content hash as an annotation."""
+    out: dict[str, Any] = json.loads(json.dumps(obj))
+    out["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(obj)
+    return out
+
+
+# --- actions ---------------------------------------------------------------------------------------------
+
+
+def _role_of(obj: Mapping[str, Any]) -> str:
+    return str(obj["metadata"]["labels"].get(render.LABEL_ROLE, ""))
+
+
+def plan_actions(
+    desired: Sequence[dict[str, Any]],
+    deployments: Sequence[LiveDeployment],
+    services: Sequence[LiveService],
+) -> Actions:
+    """Apply what changed, delete what the plan dropped once its replacement is ready."""
+    stamped = [stamp(o) for o in desired]
+    live_deployments = {d.name: d for d in deployments}
+    live_services = {s.name: s for s in services}
+    desired_deployments = [o for o in stamped if o["kind"] == "Deployment"]
+    desired_names = {(o["kind"], o["metadata"]["name"]) for o in stamped}
+
+    # Readiness of the new placement per role: ready replicas of desired Deployments, capped at desired.
+    wanted: dict[str, int] = {}
+    ready: dict[str, int] = {}
+    for obj in desired_deployments:
+        role = _role_of(obj)
+        replicas = int(obj["spec"]["replicas"])
+        wanted[role] = wanted.get(role, 0) + replicas
+        live = live_deployments.get(obj["metadata"]["name"])
+        fresh = (
+            live is not None
+            and live.up_to_date
+            and live.spec_hash == obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        )
+        ready[role] = ready.get(role, 0) + (
+            min(live.ready_replicas, replicas) if live is not None and fresh else 0
+        )
+    role_ready = {role: ready.get(role, 0) >= count for role, count in wanted.items()}
+    all_ready = all(role_ready.values())
+
+    apply: list[dict[str, Any]] = []
+    waiting: list[str] = []
+    for obj in stamped:
+        name = obj["metadata"]["name"]
+        obj_hash = obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        if obj["kind"] == "Deployment":
+            live = live_deployments.get(name)
+            if live is None or live.spec_hash != obj_hash or live.replicas != obj["spec"]["replicas"]:
+                apply.append(obj)
+        elif obj["kind"] == "Service":
+            live_svc = live_services.get(name)
+            if live_svc is not None and live_svc.spec_hash == obj_hash:
+                continue
+            selector = obj["spec"]["selector"]
+            switching = live_svc is not None and dict(live_svc.selector) != selector
+            if switching and not all_ready:
+                # Keep routing users to the old side until the new one serves.
+                waiting.append(f"Service {name} keeps its selector until the new placement is ready")
+                continue
+            apply.append(obj)
+        else:
+            apply.append(obj)
+
+    delete: list[tuple[str, str]] = []
+    for live in deployments:
+        if ("Deployment", live.name) in desired_names:
+            continue
+        replaced = role_ready.get(live.role, all_ready) if live.role in wanted else all_ready
+        if replaced:
+            delete.append(("Deployment", live.name))
+        else:
+            waiting.append(f"Deployment {live.name} drains once the new {live.role} replicas are ready")
+    for live_svc in services:
+        if ("Service", live_svc.name) not in desired_names:
+            if all_ready:
+                delete.append(("Service", live_svc.name))
+            else:
+                waiting.append(f"Service {live_svc.name} is removed once the new placement is ready")
+    return Actions(apply=tuple(apply), delete=tuple(delete), waiting=tuple(waiting))
+
+
+# --- status ----------------------------------------------------------------------------------------------
+
+
+def _condition(
+    previous: Mapping[str, v1alpha1.Condition],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> v1alpha1.Condition:
+    """A condition whose lastTransitionTime moves only when its status flips."""
+    value: Literal["True", "False"] = "True" if status else "False"
+    old = previous.get(type_)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    return v1alpha1.Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message[: v1alpha1.MAX_TEXT_LENGTH],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def accelerator_summary(placements: Sequence[v1alpha1.RolePlacement]) -> str:
+    """`h100x4 + l4x3`: devices per accelerator over all roles, largest first (for kubectl get)."""
+    devices: dict[str, int] = {}
+    for p in placements:
+        devices[p.accelerator] = devices.get(p.accelerator, 0) + p.replicas * p.tensor_parallel
+    ordered = sorted(devices.items(), key=lambda kv: (-kv[1], kv[0]))
+    return " + ".join(f"{acc}x{count}" for acc, count in ordered if count > 0) or "none"
+
+
+def compute_status(
+    service: v1alpha1.InferenceService,
+    outcome: ServiceOutcome | None,
+    deployments: Sequence[LiveDeployment],
+    actions: Actions | None,
+    now: str,
+) -> v1alpha1.InferenceServiceStatus:
+    """Status after a reconcile: placement with ready counts, prediction, summaries and conditions."""
+    generation = service.metadata.generation
+    old_status = service.status or v1alpha1.InferenceServiceStatus()
+    previous = {c.type: c for c in old_status.conditions or ()}
+    live = {(d.role, d.pool): d for d in deployments}
+    if outcome is None:
+        conditions = [
+            _condition(previous, "Placed", False, "Planning", "waiting for the fleet plan", generation, now),
+            _condition(previous, "Ready", False, "Planning", "nothing placed yet", generation, now),
+            _condition(previous, "SLOAttainable", False, "Planning", "not planned yet", generation, now),
+            _condition(previous, "Degraded", False, "Planning", "not planned yet", generation, now),
+        ]
+        return v1alpha1.InferenceServiceStatus(observed_generation=generation, conditions=conditions)
+
+    placements = []
+    desired_total = ready_total = 0
+    for p in outcome.placements:
+        d = live.get((p.role, p.pool))
+        ready_count = min(d.ready_replicas, p.replicas) if d is not None and d.up_to_date else 0
+        placements.append(p.model_copy(update={"ready_replicas": ready_count}))
+        desired_total += p.replicas
+        ready_total += ready_count
+    draining = [
+        d for d in deployments if (d.role, d.pool) not in {(p.role, p.pool) for p in outcome.placements}
+    ]
+    waiting = list(actions.waiting) if actions is not None else []
+
+    # Placed: the plan gives the service replicas (or nothing is demanded).
+    if outcome.placements:
+        placed = _condition(
+            previous,
+            "Placed",
+            True,
+            "Planned",
+            f"placed on {accelerator_summary(placements)}",
+            generation,
+            now,
+        )
+    elif outcome.served == "served":
+        placed = _condition(previous, "Placed", True, "NoDemand", "no replicas needed", generation, now)
+    else:
+        placed = _condition(
+            previous, "Placed", False, "NoCapacity", outcome.reason or "no pool can host it", generation, now
+        )
+    # Ready: every planned replica ready and no old placement left to drain.
+    all_ready = ready_total >= desired_total and not draining
+    if all_ready:
+        ready = _condition(
+            previous,
+            "Ready",
+            True,
+            "ReplicasReady",
+            f"{ready_total}/{desired_total} replicas ready",
+            generation,
+            now,
+        )
+    else:
+        reason = "RollingOut" if draining else "ReplicasNotReady"
+        detail = f"{ready_total}/{desired_total} replicas ready" + (f"; {waiting[0]}" if waiting else "")
+        ready = _condition(previous, "Ready", False, reason, detail, generation, now)
+    # SLOAttainable: the plan serves the whole declared workload within the SLO.
+    if outcome.served == "served":
+        slo = _condition(
+            previous, "SLOAttainable", True, "PlanMeetsSLO", _prediction_text(outcome), generation, now
+        )
+    else:
+        reason = "CapacityShort" if outcome.served == "partial" else "Unattainable"
+        slo = _condition(
+            previous, "SLOAttainable", False, reason, outcome.reason or outcome.served, generation, now
+        )
+    # Degraded: serving less than planned for a reason other than a rollout in progress.
+    short = outcome.served == "partial"
+    was_ready = "Ready" in previous and previous["Ready"].status == "True"
+    was_lost = "Degraded" in previous and previous["Degraded"].reason == "ReplicasUnavailable"
+    lost = ready_total < desired_total and not draining and (was_ready or was_lost)
+    if short:
+        degraded = _condition(
+            previous, "Degraded", True, "CapacityShort", outcome.reason or "partly served", generation, now
+        )
+    elif lost:
+        degraded = _condition(
+            previous,
+            "Degraded",
+            True,
+            "ReplicasUnavailable",
+            f"{ready_total}/{desired_total} replicas ready",
+            generation,
+            now,
+        )
+    else:
+        degraded = _condition(previous, "Degraded", False, "AsPlanned", "serving as planned", generation, now)
+    return v1alpha1.InferenceServiceStatus(
+        observed_generation=generation,
+        conditions=[placed, ready, slo, degraded],
+        placement=placements,
+        accelerator_summary=accelerator_summary(placements),
+        replicas_summary=f"{ready_total}/{desired_total}",
+        predicted=outcome.prediction,
+    )
+
+
+def _prediction_text(outcome: ServiceOutcome) -> str:
+    p = outcome.prediction
+    if p is None or p.ttft_p99_ms is None or p.itl_p99_ms is None:
+        return "the plan serves the declared workload"
+    return f"predicted p99 TTFT {p.ttft_p99_ms:.0f} ms, ITL {p.itl_p99_ms:.1f} ms at the declared workload"
+
+
+def invalid_status(
+    service: v1alpha1.InferenceService, field: str, reason: str, now: str
+) -> v1alpha1.InferenceServiceStatus:
+    """Status of a spec chipfit cannot act on: Placed False with the field named, the rest kept."""
+    old = service.status or v1alpha1.InferenceServiceStatus()
+    previous = {c.type: c for c in old.conditions or ()}
+    generation = service.metadata.generation
+    placed = _condition(previous, "Placed", False, "InvalidSpec", f"{field}: {reason}", generation, now)
+    others = [c for c in old.conditions or () if c.type != "Placed"]
+    return old.model_copy(update={"conditions": [placed, *others], "observed_generation": generation})
+
+
+def status_patch(
+    old: v1alpha1.InferenceServiceStatus | None, new: v1alpha1.InferenceServiceStatus
+) -> dict[str, Any] | None:
+    """The status body to write, or None when it equals what is there (no churn)."""
+    new_wire = new.to_wire()
+    old_wire = old.to_wire() if old is not None else {}
+    if new_wire == old_wire:
+        return None
+    # Fields the new status drops are nulled so a merge patch removes them.
+    patch: dict[str, Any] = {key: None for key in old_wire if key not in new_wire}
+    patch.update(new_wire)
+    return patch
