@@ -80,8 +80,11 @@ class EngineTraits:
     max_batch: int
     # Prefill tokens one iteration carries (chunked prefill budget); None: whole prompts, no chunking.
     prefill_chunk_tokens: int | None
-    # Fraction of device memory the engine may use (weights + KV + reserve).
+    # Fraction of device memory the engine may use: of all memory (vLLM's gpu_memory_utilization: weights +
+    # KV + reserve within it) or, with `fraction_of_free`, of what weights and reserve leave (TensorRT-LLM's
+    # kv_cache_free_gpu_mem_fraction).
     memory_fraction: float
+    fraction_of_free: bool
     # True: KV for prompt + full output is reserved at admission (TensorRT-LLM's "guaranteed no evict");
     # False: paged KV grows with the sequence, so on average prompt + output / 2 is resident.
     reserves_full_sequence: bool
@@ -93,6 +96,7 @@ ENGINE_TRAITS: Final = {
         max_batch=2048,
         prefill_chunk_tokens=8192,
         memory_fraction=0.95,
+        fraction_of_free=True,
         reserves_full_sequence=True,
         source="trtllm-bench: max_num_tokens 8192, kv_cache_free_gpu_mem_fraction 0.95, guaranteed_no_evict",
     ),
@@ -100,6 +104,7 @@ ENGINE_TRAITS: Final = {
         max_batch=256,
         prefill_chunk_tokens=2048,
         memory_fraction=0.90,
+        fraction_of_free=False,
         reserves_full_sequence=False,
         source="vLLM defaults: max_num_seqs 256, gpu_memory_utilization 0.9, chunked prefill",
     ),
@@ -107,6 +112,7 @@ ENGINE_TRAITS: Final = {
         max_batch=1024,
         prefill_chunk_tokens=8192,
         memory_fraction=0.88,
+        fraction_of_free=False,
         reserves_full_sequence=False,
         source="SGLang defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88",
     ),
@@ -114,6 +120,7 @@ ENGINE_TRAITS: Final = {
         max_batch=256,
         prefill_chunk_tokens=4096,
         memory_fraction=0.90,
+        fraction_of_free=False,
         reserves_full_sequence=False,
         source="TGI v3: max_batch_prefill_tokens 4096, chunked prefill",
     ),
@@ -121,6 +128,7 @@ ENGINE_TRAITS: Final = {
         max_batch=64,
         prefill_chunk_tokens=None,
         memory_fraction=0.95,
+        fraction_of_free=True,
         reserves_full_sequence=True,
         source="NxD Inference: compiled batch sizes (<= 64 typical), KV reserved per sequence slot",
     ),
@@ -407,9 +415,13 @@ def _physics_cached(
     total_bytes = weight_bytes(model, precision)
     compute_precision = catalog.compute_precision(acc, precision)
     compute_eff = eff.compute_8bit if compute_precision in ("fp8", "int8") else eff.compute_16bit
-    budget = acc.memory_bytes * engine.memory_fraction - RUNTIME_RESERVE_BYTES
     kv_per_token = kv_bytes_per_token(model, precision, tp)
-    free_per_device = budget - total_bytes / tp
+    if engine.fraction_of_free:
+        budget = float(acc.memory_bytes - RUNTIME_RESERVE_BYTES)
+        free_per_device = (budget - total_bytes / tp) * engine.memory_fraction
+    else:
+        budget = acc.memory_bytes * engine.memory_fraction - RUNTIME_RESERVE_BYTES
+        free_per_device = budget - total_bytes / tp
     capacity = max(free_per_device, 0.0) * tp / kv_per_token
     fast_link = acc.interconnect_bytes_per_s > PCIE_CLASS_BYTES_PER_S
     attention_peak = acc.dense_flops_per_s.get("bf16", acc.peak_flops_per_s("fp16"))
@@ -432,7 +444,7 @@ def _physics_cached(
         expert_params=expert_params_all_layers,
         head_params=head_params,
         allreduce_latency_s=ALLREDUCE_LATENCY_FAST_S if fast_link else ALLREDUCE_LATENCY_PCIE_S,
-        link_bytes_per_s=acc.interconnect_bytes_per_s,
+        link_bytes_per_s=acc.interconnect_bytes_per_s * eff.interconnect,
     )
 
 
@@ -468,7 +480,7 @@ def step_time_s(
         # Experts a batch of T routed tokens touches per layer: E (1 - (1 - k/E)^T) in expectation.
         touched = model.experts * (1.0 - (1.0 - model.active_experts / model.experts) ** tokens)
         expert_flops = 2.0 * phys.expert_params * model.active_experts * tokens / tp
-        time_s += _gemm_time(phys, phys.expert_weight_bytes * touched, expert_flops)
+        time_s += _gemm_time(phys, phys.expert_weight_bytes * touched, expert_flops) / phys.eff.moe
     # Attention: stream every decode sequence's KV; FLOPs 4 d per cached token for decode, given for prefill.
     q_dim = model.heads * model.head_dim
     attention_flops = (4.0 * model.layers * q_dim * decode_context_tokens + prefill_attention_flops) / tp
@@ -514,6 +526,7 @@ def offline_throughput(
     prompt_tokens: float,
     output_tokens: float,
     *,
+    beam_width: int = 1,
     efficiency: perf_efficiency.Efficiency | None = None,
 ) -> OfflinePrediction:
     """Steady-state offline throughput of one replica with every request queued (trtllm-bench, MLPerf).
@@ -521,17 +534,20 @@ def offline_throughput(
     In steady state B sequences decode together and each iteration also prefills the B / output prompts
     that replace the finished ones, so an iteration carries B decode and B * prompt / output prefill tokens.
     B is the largest batch memory, the engine cap and the iteration token budget allow: throughput B / t(B)
-    only grows with B. Raises ValueError when the configuration cannot run (see `infeasibility`).
+    only grows with B. With beam search (`beam_width` > 1, MLPerf GPT-J) every request decodes that many
+    sequences, each holding its own KV, and counts one of them as output. Raises InvalidConfigError when
+    the configuration cannot run (see `infeasibility`).
     """
     reason = infeasibility(config)
     if reason is not None:
         raise InvalidConfigError(reason)
     phys = _physics(config, efficiency)
     model = phys.model
-    batch = _batch_limit(phys, prompt_tokens, output_tokens, phys.engine.reserves_full_sequence)
+    beams = float(beam_width)
+    batch = _batch_limit(phys, prompt_tokens, output_tokens, phys.engine.reserves_full_sequence) / beams
     chunk = phys.engine.prefill_chunk_tokens
     if chunk is not None:
-        batch = min(batch, max(1.0, chunk / (1.0 + prompt_tokens / output_tokens)))
+        batch = min(batch, max(1.0, chunk / (beams + prompt_tokens / output_tokens)))
     if batch < 1.0:
         # Not even one sequence of this length fits next to the weights.
         raise InvalidConfigError(
@@ -541,13 +557,13 @@ def offline_throughput(
     new_prompts = batch / output_tokens
     step_s = step_time_s(
         phys,
-        decode_tokens=batch,
-        decode_context_tokens=batch * (prompt_tokens + output_tokens / 2.0),
+        decode_tokens=batch * beams,
+        decode_context_tokens=batch * beams * (prompt_tokens + output_tokens / 2.0),
         prefill_tokens=new_prompts * prompt_tokens,
         prefill_attention_flops=prefill_attention_flops(model, prompt_tokens, new_prompts),
     )
     tokens_per_s = batch / step_s
-    kv_bytes = batch * _reserve_tokens(phys, prompt_tokens, output_tokens) * phys.kv_bytes_per_token
+    kv_bytes = batch * beams * _reserve_tokens(phys, prompt_tokens, output_tokens) * phys.kv_bytes_per_token
     ttft_s = _prefill_alone_s(phys, prompt_tokens)
     bound = _bound_of(phys, batch, prompt_tokens, output_tokens)
     return OfflinePrediction(
@@ -674,38 +690,48 @@ def _queue_tail(
     return quantile(0.5), quantile(TAIL_PROBABILITY), rho
 
 
+def _poisson_p99(mean: float) -> float:
+    """99th percentile of a Poisson count with this mean (normal approximation, 0 below a 1% chance)."""
+    if mean <= 0.0 or 1.0 - math.exp(-mean) < TAIL_PROBABILITY:
+        return 0.0
+    return max(1.0, mean + Z_P99 * math.sqrt(mean))
+
+
 def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
     """Continuous batching with chunked prefill: decode and prompts share every iteration."""
     steady = _steady_batch(phys, workload, rate, with_prefill=True)
     if steady is None:
         return None
     batch, step = steady
+    running = max(batch, 1.0)
     chunk = phys.engine.prefill_chunk_tokens
-    decode_only = _decode_step(phys, max(batch, 1.0), workload, 0.0, 0.0)
-    p99_prompt = workload.prompt_p99
-    if chunk is None:
-        # Whole prompts: a prefill iteration stalls every running decode for the full prompt.
-        full = _decode_step(phys, max(batch, 1.0), workload, p99_prompt, 1.0)
-        service_rate_tok = workload.prompt_tokens / max(
-            _decode_step(phys, max(batch, 1.0), workload, workload.prompt_tokens, 1.0) - decode_only, 1e-12
-        )
-    else:
-        full = _decode_step(phys, max(batch, 1.0), workload, float(chunk), chunk / workload.prompt_tokens)
-        # Prompt tokens drain at `chunk` per full iteration.
-        service_rate_tok = chunk / full
-    mean_service = workload.prompt_tokens / service_rate_tok
-    second_moment = workload.prompt_second_moment / service_rate_tok**2
-    tail = _queue_tail(rate, mean_service, second_moment)
+    mean_prompt, p99_prompt = workload.prompt_tokens, workload.prompt_p99
+    # Prompt tokens drain at the budget of each iteration: `chunk` tokens per iteration carrying a full
+    # chunk; engines without chunking run whole prompts (one per iteration, at least).
+    budget = float(chunk) if chunk is not None else max(p99_prompt, mean_prompt)
+    full = _decode_step(phys, running, workload, budget, budget / mean_prompt)
+    service_rate_tok = budget / full
+    tail = _queue_tail(
+        rate, mean_prompt / service_rate_tok, workload.prompt_second_moment / service_rate_tok**2
+    )
     if tail is None:
         return None
     wait_p50, wait_p99, rho = tail
-    # A new request first waits for the running iteration to end (up to one step).
-    ttft_p50 = wait_p50 + workload.prompt_tokens / service_rate_tok + step / 2.0
+    # TTFT: queueing for the prefill budget, the prompt's own prefill, and the iteration in flight.
+    ttft_p50 = wait_p50 + mean_prompt / service_rate_tok + step / 2.0
     ttft_p99 = wait_p99 + p99_prompt / service_rate_tok + step
-    # ITL: an iteration carries a prefill chunk with probability ≈ max(ρ, λ·t); p99 sees it above 1%.
-    stalled = max(rho, min(1.0, rate * step))
-    itl_p99 = full if stalled > TAIL_PROBABILITY else decode_only
-    itl_p50 = full if stalled > 0.5 else decode_only
+    # ITL: the prompt tokens one iteration carries are the arrivals during the previous iteration plus any
+    # backlog, capped by the budget; p99 takes the p99 arrival count (one of them a p99-long prompt) and
+    # the p99 backlog (tokens that arrive while a request waits its p99 queueing time).
+    arrivals_p99 = _poisson_p99(rate * step)
+    tokens_p99 = 0.0
+    if arrivals_p99 > 0.0:
+        tokens_p99 = (arrivals_p99 - 1.0) * mean_prompt + p99_prompt + wait_p99 * rate * mean_prompt
+    tokens_p50 = rate * step * mean_prompt + wait_p50 * rate * mean_prompt
+    tokens_p99 = min(tokens_p99, budget)
+    tokens_p50 = min(tokens_p50, budget)
+    itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
+    itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
     return LoadPrediction(
         rate_rps=rate,
         batch=batch,
@@ -787,6 +813,7 @@ def max_rate_under_slo(
     *,
     prompt_tokens_p99: float | None = None,
     output_tokens_p99: float | None = None,
+    itl_is_tpot: bool = False,
     efficiency: perf_efficiency.Efficiency | None = None,
 ) -> RatePrediction:
     """Highest Poisson request rate one replica serves within `slo`, with its latencies there.
@@ -794,15 +821,21 @@ def max_rate_under_slo(
     Role "aggregated": both SLOs. "prefill": prompts/s within the TTFT SLO, KV transfer included.
     "decode": requests/s within the ITL SLO. max_rps is 0.0 (with a reason) when the SLO cannot be met
     even at vanishing load or the model does not fit. Sizes are means; without p99s they are treated as
-    fixed (a bucket of equal-sized requests).
+    fixed (a bucket of equal-sized requests). `itl_is_tpot` reads the ITL objective as MLPerf's TPOT (p99
+    over requests of each request's mean inter-token time, i.e. about the mean iteration) instead of the
+    p99 of every single inter-token gap.
     """
     workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
-    return _max_rate_cached(config, workload, slo, efficiency)
+    return _max_rate_cached(config, workload, slo, itl_is_tpot, efficiency)
 
 
 @functools.lru_cache(maxsize=65536)
 def _max_rate_cached(
-    config: ReplicaConfig, workload: Workload, slo: Slo, efficiency: perf_efficiency.Efficiency | None
+    config: ReplicaConfig,
+    workload: Workload,
+    slo: Slo,
+    itl_is_tpot: bool,
+    efficiency: perf_efficiency.Efficiency | None,
 ) -> RatePrediction:
     """See max_rate_under_slo (memoized: the solver asks the same question for many pools)."""
     reason = infeasibility(config)
@@ -820,7 +853,8 @@ def _max_rate_cached(
         if load is None:
             return False
         ttft_ok = config.role == "decode" or load.ttft_p99_ms <= slo.ttft_p99_ms
-        itl_ok = config.role == "prefill" or load.itl_p99_ms <= slo.itl_p99_ms
+        itl_ms = load.step_ms if itl_is_tpot else load.itl_p99_ms
+        itl_ok = config.role == "prefill" or itl_ms <= slo.itl_p99_ms
         return ttft_ok and itl_ok
 
     def load_at(rate: float) -> LoadPrediction | None:
