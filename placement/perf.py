@@ -28,7 +28,9 @@ import functools
 import math
 from typing import Final
 
-from placement import catalog, perf_efficiency
+import numpy as np
+
+from placement import catalog, perf_efficiency, perf_profile
 
 # --- physical constants and engine traits (each with its source) ----------------------------------------
 
@@ -814,9 +816,13 @@ def max_rate_under_slo(
     prompt_tokens_p99: float | None = None,
     output_tokens_p99: float | None = None,
     itl_is_tpot: bool = False,
+    profiles: tuple[perf_profile.PerformanceProfile, ...] = (),
     efficiency: perf_efficiency.Efficiency | None = None,
 ) -> RatePrediction:
     """Highest Poisson request rate one replica serves within `slo`, with its latencies there.
+
+    A measured profile among `profiles` for this exact configuration takes precedence (see
+    `rate_from_profile`); otherwise the roofline + queueing model answers.
 
     Role "aggregated": both SLOs. "prefill": prompts/s within the TTFT SLO, KV transfer included.
     "decode": requests/s within the ITL SLO. max_rps is 0.0 (with a reason) when the SLO cannot be met
@@ -826,7 +832,93 @@ def max_rate_under_slo(
     p99 of every single inter-token gap.
     """
     workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
+    for profile in profiles:
+        if _profile_matches(profile, config):
+            measured = rate_from_profile(profile, config, workload, slo)
+            if measured is not None:
+                return measured
     return _max_rate_cached(config, workload, slo, itl_is_tpot, efficiency)
+
+
+def _profile_matches(profile: perf_profile.PerformanceProfile, config: ReplicaConfig) -> bool:
+    """True when the profile was measured on exactly this configuration."""
+    model_id = config.model if isinstance(config.model, str) else config.model.id
+    acc_id = config.accelerator if isinstance(config.accelerator, str) else config.accelerator.id
+    return profile.matches(model_id, acc_id, config.precision, config.tp, config.engine, config.role)
+
+
+# Concurrency samples per sweep segment when interpolating a measured profile.
+PROFILE_INTERPOLATION_SAMPLES: Final = 512
+# Request sizes within this relative distance of the sweep's are used as measured, without rescaling.
+PROFILE_SIZE_TOLERANCE: Final = 0.05
+
+
+def rate_from_profile(
+    profile: perf_profile.PerformanceProfile, config: ReplicaConfig, workload: Workload, slo: Slo
+) -> RatePrediction | None:
+    """The highest SLO-meeting rate a measured profile supports (None when it cannot answer).
+
+    Bucket table: the bucket holding the request size answers when the table was measured under an SLO at
+    least as strict as `slo`. Concurrency sweep: TTFT/ITL p99 and tokens/s are interpolated linearly in
+    concurrency and the largest concurrency meeting both objectives gives the rate (tokens/s / output
+    length). When the asked request size differs from the sweep's, the measured rate is rescaled by the
+    model's own ratio between the two sizes (measurement sets the level, physics the shape).
+    """
+    for bucket in profile.buckets:
+        strict_enough = (profile.bucket_ttft_p99_ms or math.inf) <= slo.ttft_p99_ms and (
+            profile.bucket_itl_p99_ms or math.inf
+        ) <= slo.itl_p99_ms
+        if strict_enough and bucket.contains(workload.prompt_tokens, workload.output_tokens):
+            return RatePrediction(
+                max_rps=bucket.max_rps,
+                ttft_p99_ms=profile.bucket_ttft_p99_ms or 0.0,
+                itl_p99_ms=profile.bucket_itl_p99_ms or 0.0,
+                max_batch=0,
+                output_tokens_per_s=bucket.max_rps * workload.output_tokens,
+                reason="measured bucket table"
+                if bucket.max_rps > 0
+                else "measured: SLO not met in this bucket",
+                source=f"profile:{profile.source}",
+            )
+    if not profile.points or profile.prompt_tokens is None or profile.output_tokens is None:
+        return None
+    points = profile.points
+    concurrency = np.array([p.concurrency for p in points])
+    grid = np.linspace(concurrency[0], concurrency[-1], PROFILE_INTERPOLATION_SAMPLES)
+    ttft = np.interp(grid, concurrency, [p.ttft_p99_ms for p in points])
+    itl = np.interp(grid, concurrency, [p.itl_p99_ms for p in points])
+    tokens = np.interp(grid, concurrency, [p.output_tokens_per_s for p in points])
+    ok = np.nonzero((ttft <= slo.ttft_p99_ms) & (itl <= slo.itl_p99_ms) & (tokens > 0))[0]
+    source = f"profile:{profile.source}"
+    if ok.size == 0:
+        return RatePrediction(
+            0.0, 0.0, 0.0, 0, 0.0, "measured: SLO not met at any measured concurrency", 0.0, 0.0, source
+        )
+    # The best SLO-meeting rate (tokens/s need not be monotone in concurrency).
+    best = int(ok[np.argmax(tokens[ok])])
+    rate = float(tokens[best]) / profile.output_tokens
+    scale = 1.0
+    same_prompt = abs(workload.prompt_tokens / profile.prompt_tokens - 1.0) <= PROFILE_SIZE_TOLERANCE
+    same_output = abs(workload.output_tokens / profile.output_tokens - 1.0) <= PROFILE_SIZE_TOLERANCE
+    if not (same_prompt and same_output) and infeasibility(config) is None:
+        try:
+            asked = offline_throughput(config, workload.prompt_tokens, workload.output_tokens).requests_per_s
+            measured_at = offline_throughput(
+                config, profile.prompt_tokens, profile.output_tokens
+            ).requests_per_s
+            scale = asked / measured_at
+        except InvalidConfigError:
+            return None
+    return RatePrediction(
+        max_rps=rate * scale,
+        ttft_p99_ms=float(ttft[best]),
+        itl_p99_ms=float(itl[best]),
+        max_batch=round(float(grid[best])),
+        output_tokens_per_s=rate * scale * workload.output_tokens,
+        reason="measured concurrency sweep"
+        + ("" if scale == 1.0 else f" rescaled x{scale:.2f} to this size"),
+        source=source,
+    )
 
 
 @functools.lru_cache(maxsize=65536)

@@ -1,0 +1,200 @@
+"""`chipfit predict`: what one replica of a model does on a chip (throughput, memory, latency, $/token)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from placement import catalog, perf
+
+# Exit code for unusable input (unknown ids, impossible combinations), as argparse uses for bad flags.
+EXIT_USAGE = 2
+TP_CANDIDATES = (1, 2, 4, 8)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict one replica's throughput, memory, latency and cost for a model on a chip",
+        description="Maximum offline output-token throughput of one replica (as TensorRT-LLM's and MLPerf's "
+        "offline benchmarks report it), the batch and memory there, TTFT and ITL; with --rps, "
+        "--ttft-p99-ms and --itl-p99-ms also whether that rate meets the SLO, the highest rate that does, "
+        "and $/1M output tokens. Unknown ids or impossible combinations exit 2 with a one-line error.",
+    )
+    parser.add_argument("--model", required=True, help=f"model id ({', '.join(catalog.MODELS)})")
+    parser.add_argument("--chip", required=True, help="accelerator or MIG slice id (e.g. h100, h100/3g.40gb)")
+    parser.add_argument(
+        "--precision", help="weight precision (default: bf16, or fp8 where bf16 is unsupported)"
+    )
+    parser.add_argument("--tp", type=int, help="tensor-parallel degree (default: the smallest that fits)")
+    parser.add_argument("--engine", default="vllm", help=f"serving engine ({', '.join(catalog.ENGINES)})")
+    parser.add_argument("--role", default="aggregated", help=f"replica role ({', '.join(catalog.ROLES)})")
+    parser.add_argument("--isl", type=float, required=True, help="input (prompt) tokens per request")
+    parser.add_argument("--osl", type=float, required=True, help="output tokens per request")
+    parser.add_argument("--rps", type=float, help="offered request rate to check against the SLO")
+    parser.add_argument("--ttft-p99-ms", type=float, help="TTFT p99 objective, ms")
+    parser.add_argument("--itl-p99-ms", type=float, help="inter-token latency p99 objective, ms")
+    parser.add_argument("--price", type=float, help="$ per device-hour (default: the catalog's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+class PredictError(ValueError):
+    """Unusable input; the message is the one line printed."""
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = predict(args)
+    except (PredictError, ValueError) as exc:
+        print(f"chipfit predict: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render_text(report))
+    return 0
+
+
+def _default_precision(acc: catalog.Accelerator) -> str:
+    """bf16 where the chip serves it, else its first supported precision."""
+    return "bf16" if "bf16" in acc.precisions else acc.precisions[0]
+
+
+def _choose_tp(
+    model: catalog.ModelArch, acc: catalog.Accelerator, precision: str, engine: str, role: str
+) -> int:
+    """The smallest tensor-parallel degree at which the model runs on this chip."""
+    reasons = []
+    for tp in TP_CANDIDATES:
+        if tp > acc.max_tp:
+            break
+        config = perf.ReplicaConfig(model, acc, precision, tp, role=role, engine=engine)
+        reason = perf.infeasibility(config)
+        if reason is None:
+            return tp
+        reasons.append(reason)
+    raise PredictError(reasons[-1] if reasons else f"{acc.id} allows no tensor-parallel degree")
+
+
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    """The report as a JSON-ready dict (raises PredictError/ValueError with a one-line message)."""
+    model = catalog.get_model(args.model)
+    acc = catalog.get_accelerator(args.chip)
+    precision = args.precision or _default_precision(acc)
+    if precision not in catalog.PRECISIONS:
+        raise PredictError(
+            f"--precision: unknown precision {precision!r}; valid: {', '.join(catalog.PRECISIONS)}"
+        )
+    if args.engine not in catalog.ENGINES:
+        raise PredictError(f"--engine: unknown engine {args.engine!r}; valid: {', '.join(catalog.ENGINES)}")
+    if args.role not in catalog.ROLES:
+        raise PredictError(f"--role: unknown role {args.role!r}; valid: {', '.join(catalog.ROLES)}")
+    for flag, value in (("--isl", args.isl), ("--osl", args.osl)):
+        if not value >= 1:
+            raise PredictError(f"{flag}: must be >= 1 token, got {value}")
+    slo_flags = (args.rps, args.ttft_p99_ms, args.itl_p99_ms)
+    if any(v is not None for v in slo_flags) and not all(v is not None for v in slo_flags):
+        raise PredictError("--rps, --ttft-p99-ms and --itl-p99-ms go together: give all three or none")
+    if args.rps is not None and args.rps < 0:
+        raise PredictError(f"--rps: must be >= 0, got {args.rps}")
+    tp = args.tp if args.tp is not None else _choose_tp(model, acc, precision, args.engine, args.role)
+    config = perf.ReplicaConfig(model, acc, precision, tp, role=args.role, engine=args.engine)
+    reason = perf.infeasibility(config)
+    if reason is not None:
+        raise PredictError(reason)
+    offline = perf.offline_throughput(config, args.isl, args.osl)
+    price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
+    if price_per_device_hour < 0:
+        raise PredictError(f"--price: must be >= 0, got {price_per_device_hour}")
+    gb = 1e9
+    report: dict[str, Any] = {
+        "model": model.id,
+        "chip": acc.id,
+        "precision": precision,
+        "tp": tp,
+        "engine": args.engine,
+        "role": args.role,
+        "isl": args.isl,
+        "osl": args.osl,
+        "output_tokens_per_s": round(offline.output_tokens_per_s, 2),
+        "requests_per_s": round(offline.requests_per_s, 4),
+        "batch": offline.batch,
+        "bound": offline.bound,
+        "weights_gb_per_device": round(offline.weights_bytes_per_device / gb, 3),
+        "kv_cache_gb_per_device": round(offline.kv_bytes_per_device / gb, 3),
+        "memory_gb_per_device": round(offline.memory_bytes_per_device / gb, 3),
+        "device_memory_gb": round(acc.memory_bytes / gb, 3),
+        "ttft_ms": round(offline.ttft_ms, 3),
+        "itl_ms": round(offline.itl_ms, 3),
+        "price_per_device_hour": price_per_device_hour,
+        "price_per_hour": round(price_per_device_hour * tp, 4),
+        "dollars_per_million_output_tokens": _round_cost(
+            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, offline.output_tokens_per_s)
+        ),
+    }
+    if args.rps is not None:
+        slo = perf.Slo(args.ttft_p99_ms, args.itl_p99_ms)
+        best = perf.max_rate_under_slo(config, args.isl, args.osl, slo)
+        load = (
+            perf.latency_at_rate(config, perf.Workload(args.isl, args.osl), args.rps)
+            if args.rps > 0
+            else None
+        )
+        report["slo"] = {"ttft_p99_ms": slo.ttft_p99_ms, "itl_p99_ms": slo.itl_p99_ms}
+        report["rps"] = args.rps
+        report["meets_rps"] = args.rps <= best.max_rps and (args.rps == 0 or best.max_rps > 0)
+        report["max_rps_under_slo"] = round(best.max_rps, 4)
+        report["binding"] = best.reason
+        report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms, 3)
+        report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
+        report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
+        report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
+        report["dollars_per_million_output_tokens_at_max_rps"] = _round_cost(
+            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, best.max_rps * args.osl)
+        )
+    return report
+
+
+def _round_cost(value: float) -> float | None:
+    """Round a $/1M figure; None (JSON null) when nothing is produced."""
+    return None if value == float("inf") else round(value, 4)
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The report as aligned lines for a person."""
+    lines = [
+        f"{report['model']} on {report['chip']} x{report['tp']} ({report['precision']}, {report['engine']}, "
+        f"{report['role']}), {report['isl']:.0f} in / {report['osl']:.0f} out",
+        f"  offline max      {report['output_tokens_per_s']:.0f} output tokens/s "
+        f"({report['requests_per_s']:.2f} req/s, batch {report['batch']}, {report['bound']}-bound)",
+        f"  memory / device  {report['memory_gb_per_device']:.1f} of {report['device_memory_gb']:.1f} GB "
+        f"(weights {report['weights_gb_per_device']:.1f}, KV {report['kv_cache_gb_per_device']:.1f})",
+        f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
+        f"  cost             ${report['price_per_hour']:.2f}/h, "
+        + _cost_text(report["dollars_per_million_output_tokens"])
+        + " at offline max",
+    ]
+    if "slo" in report:
+        verdict = "meets" if report["meets_rps"] else "misses"
+        lines += [
+            f"  at {report['rps']:g} req/s   {verdict} TTFT p99 <= {report['slo']['ttft_p99_ms']:g} ms, "
+            f"ITL p99 <= {report['slo']['itl_p99_ms']:g} ms" + _latency_text(report),
+            f"  max under SLO    {report['max_rps_under_slo']:.3f} req/s ({report['binding']}), "
+            + _cost_text(report["dollars_per_million_output_tokens_at_max_rps"]),
+        ]
+    return "\n".join(lines)
+
+
+def _cost_text(value: float | None) -> str:
+    """$/1M output tokens for a person."""
+    return "no output" if value is None else f"${value:.3f} per 1M output tokens"
+
+
+def _latency_text(report: dict[str, Any]) -> str:
+    """Latencies at the offered rate, or nothing when the replica cannot keep up with it."""
+    if report["ttft_p99_ms_at_rps"] is None:
+        return " (cannot keep up at that rate)"
+    return f" (TTFT p99 {report['ttft_p99_ms_at_rps']:.0f} ms, ITL p99 {report['itl_p99_ms_at_rps']:.1f} ms)"
