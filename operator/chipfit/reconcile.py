@@ -31,6 +31,7 @@ class LiveDeployment:
     name: str
     role: str
     pool: str
+    config: str
     replicas: int
     ready_replicas: int
     # The controller has rolled out the current template to every replica.
@@ -216,7 +217,7 @@ def compute_status(
     generation = service.metadata.generation
     old_status = service.status or v1alpha1.InferenceServiceStatus()
     previous = {c.type: c for c in old_status.conditions or ()}
-    live = {(d.role, d.pool): d for d in deployments}
+    live = {(d.role, d.pool, d.config): d for d in deployments}
     if outcome is None:
         conditions = [
             _condition(previous, "Placed", False, "Planning", "waiting for the fleet plan", generation, now),
@@ -229,13 +230,15 @@ def compute_status(
     placements = []
     desired_total = ready_total = 0
     for p in outcome.placements:
-        d = live.get((p.role, p.pool))
+        d = live.get(render.placement_key(p))
         ready_count = min(d.ready_replicas, p.replicas) if d is not None and d.up_to_date else 0
         placements.append(p.model_copy(update={"ready_replicas": ready_count}))
         desired_total += p.replicas
         ready_total += ready_count
     draining = [
-        d for d in deployments if (d.role, d.pool) not in {(p.role, p.pool) for p in outcome.placements}
+        d
+        for d in deployments
+        if (d.role, d.pool, d.config) not in {render.placement_key(p) for p in outcome.placements}
     ]
     waiting = list(actions.waiting) if actions is not None else []
 
@@ -344,3 +347,85 @@ def status_patch(
     patch: dict[str, Any] = {key: None for key in old_wire if key not in new_wire}
     patch.update(new_wire)
     return patch
+
+
+# --- reading the cluster (pure: dicts in, typed facts out) -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolCapacity:
+    """What a pool's ready, schedulable nodes offer."""
+
+    pool: str
+    nodes_ready: int
+    devices_total: int
+
+
+def _node_ready(node: Mapping[str, Any]) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _quantity_int(value: Any) -> int:
+    """An extended-resource quantity as an integer (device plugins advertise plain integers)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def pool_capacity(
+    pool: v1alpha1.AcceleratorPool, resource: str, units_per_device: int, nodes: Sequence[Mapping[str, Any]]
+) -> PoolCapacity:
+    """Ready, schedulable nodes matching the pool's nodeSelector, and the whole devices they allocate."""
+    selector = pool.spec.node_selector
+    ready_nodes = 0
+    devices = 0
+    for node in nodes:
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node):
+            continue
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        node_devices = _quantity_int(allocatable.get(resource, 0)) // units_per_device
+        if node_devices > 0:
+            ready_nodes += 1
+            devices += node_devices
+    return PoolCapacity(pool=pool.metadata.name, nodes_ready=ready_nodes, devices_total=devices)
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """True when `obj` has a controller ownerReference to the object with `uid`."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def live_deployment(obj: Mapping[str, Any]) -> LiveDeployment:
+    """The facts plan_actions and compute_status need from a Deployment body."""
+    meta = obj["metadata"]
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    updated = int(status.get("updatedReplicas") or 0)
+    observed = int(status.get("observedGeneration") or 0)
+    return LiveDeployment(
+        name=meta["name"],
+        role=(meta.get("labels") or {}).get(render.LABEL_ROLE, ""),
+        pool=(meta.get("labels") or {}).get(render.LABEL_POOL, ""),
+        config=(meta.get("labels") or {}).get(render.LABEL_CONFIG, ""),
+        replicas=replicas,
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        up_to_date=observed >= int(meta.get("generation") or 0) and updated >= replicas,
+        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+    )
+
+
+def live_service(obj: Mapping[str, Any]) -> LiveService:
+    """The facts plan_actions needs from a Service body."""
+    meta = obj["metadata"]
+    return LiveService(
+        name=meta["name"],
+        selector=dict((obj.get("spec") or {}).get("selector") or {}),
+        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+    )

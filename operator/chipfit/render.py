@@ -8,6 +8,7 @@ No I/O: chipfit.kube applies what these return.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -15,13 +16,16 @@ from typing import Any, Final
 
 from chipfit import engines
 from chipfit.api import v1alpha1
-from placement import catalog
+from placement import catalog, perf
 
 FIELD_MANAGER: Final = "chipfit"
 LABEL_SERVICE: Final = "chipfit.io/service"
 LABEL_ROLE: Final = "chipfit.io/role"
 LABEL_POOL: Final = "chipfit.io/pool"
 LABEL_ACCELERATOR: Final = "chipfit.io/accelerator"
+# Precision and tensor parallel of a Deployment: part of its name and selector, so a new configuration on
+# the same pool is a new Deployment that comes up before the old one drains.
+LABEL_CONFIG: Final = "chipfit.io/config"
 ROUTER_ROLE: Final = "router"
 MANAGED_BY: Final = "chipfit"
 # DNS-1035 label limit: Service names (and what we name after them) must fit in 63 characters.
@@ -85,9 +89,19 @@ def label_value(value: str) -> str:
     return f"{cleaned[: DNS_LABEL_MAX - NAME_HASH_CHARS - 1].rstrip('_.-')}-{digest}"
 
 
-def deployment_name(service: str, role: str, pool: str) -> str:
-    """Name of the Deployment serving one role of a service on one pool."""
-    return object_name(service, role, pool)
+def config_label(precision: str, tensor_parallel: int) -> str:
+    """`fp8-tp2`: the engine configuration of a Deployment."""
+    return f"{precision}-tp{tensor_parallel}"
+
+
+def placement_key(placement: v1alpha1.RolePlacement) -> tuple[str, str, str]:
+    """(role, pool, config): one Deployment per key."""
+    return placement.role, placement.pool, config_label(placement.precision, placement.tensor_parallel)
+
+
+def deployment_name(service: str, role: str, pool: str, config: str) -> str:
+    """Name of the Deployment serving one role of a service on one pool in one configuration."""
+    return object_name(service, role, pool, config)
 
 
 def role_service_name(service: str, role: str) -> str:
@@ -100,11 +114,15 @@ def router_name(service: str) -> str:
     return object_name(service, ROUTER_ROLE)
 
 
-def selector_labels(service: str, role: str, pool: str | None = None) -> dict[str, str]:
-    """Labels that select one (service, role[, pool]); a Deployment's immutable selector uses all three."""
+def selector_labels(
+    service: str, role: str, pool: str | None = None, config: str | None = None
+) -> dict[str, str]:
+    """Labels that select one (service, role[, pool, config]); a Deployment's immutable selector uses all."""
     labels = {LABEL_SERVICE: label_value(service), LABEL_ROLE: role}
     if pool is not None:
         labels[LABEL_POOL] = label_value(pool)
+    if config is not None:
+        labels[LABEL_CONFIG] = config
     return labels
 
 
@@ -169,6 +187,69 @@ def served_model_name(spec: v1alpha1.InferenceServiceSpec) -> str:
     if name is None:
         raise RenderError("spec.model.name", "an inline architecture needs a name")
     return name
+
+
+def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
+    """The model's architecture: the catalog entry, or the inline definition as a catalog type."""
+    if spec.model.id is not None:
+        return catalog.get_model(spec.model.id)
+    arch = spec.model.architecture
+    if arch is None:
+        raise RenderError("spec.model", "set exactly one of id and architecture")
+    return catalog.ModelArch(
+        id=served_model_name(spec),
+        layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        heads=arch.num_heads,
+        kv_heads=arch.num_kv_heads,
+        head_dim=arch.head_dim,
+        intermediate_size=arch.intermediate_size,
+        vocab_size=arch.vocab_size,
+        max_context_tokens=arch.max_context_tokens,
+        experts=arch.num_experts,
+        active_experts=arch.experts_per_token,
+    )
+
+
+def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
+    """Engine limits: max model length from the workload, max concurrent sequences from placement.perf.
+
+    The sequence cap is the batch one replica runs at its highest rate within the SLO: admitting more
+    would push inter-token latency past the SLO (or the KV cache past memory).
+    """
+    spec = service.spec
+    arch = model_arch(spec)
+    workload = spec.workload
+    prompt_p99 = workload.prompt_tokens.p99 or workload.prompt_tokens.mean
+    output_p99 = workload.output_tokens.p99 or workload.output_tokens.mean
+    max_len = workload.max_context_tokens or min(arch.max_context_tokens, math.ceil(prompt_p99 + output_p99))
+    config = perf.ReplicaConfig(
+        model=arch,
+        accelerator=placement.accelerator,
+        precision=placement.precision,
+        tp=placement.tensor_parallel,
+        role=placement.role,
+        engine=spec.engine,
+    )
+    prediction = perf.max_rate_under_slo(
+        config,
+        workload.prompt_tokens.mean,
+        workload.output_tokens.mean,
+        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        prompt_tokens_p99=workload.prompt_tokens.p99,
+        output_tokens_p99=workload.output_tokens.p99,
+    )
+    # When the SLO is out of reach the plan still asked for replicas: cap at what memory holds instead.
+    batch = prediction.max_batch or perf.max_batch(
+        config, workload.prompt_tokens.mean, workload.output_tokens.mean
+    )
+    if batch < 1:
+        reason = prediction.reason or "does not fit"
+        raise RenderError(
+            "status.placement",
+            f"{arch.id} on {placement.accelerator} tp{placement.tensor_parallel}: {reason}",
+        )
+    return engines.Sizing(max_model_len_tokens=int(max_len), max_concurrent_sequences=int(batch))
 
 
 # --- pods ------------------------------------------------------------------------------------------------
@@ -305,7 +386,8 @@ def render_deployment(
     except engines.UnsupportedLaunchError as exc:
         raise RenderError("spec.engine", str(exc)) from None
     name = service.metadata.name
-    selector = selector_labels(name, placement.role, pool.metadata.name)
+    config = config_label(placement.precision, placement.tensor_parallel)
+    selector = selector_labels(name, placement.role, pool.metadata.name, config)
     labels = {
         **_common_labels(service, placement.role, service.spec.engine),
         **selector,
@@ -338,7 +420,7 @@ def render_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(
-            service, deployment_name(name, placement.role, pool.metadata.name), labels, annotations
+            service, deployment_name(name, placement.role, pool.metadata.name, config), labels, annotations
         ),
         "spec": {
             "replicas": placement.replicas,
@@ -417,7 +499,7 @@ def render_all(
     service: v1alpha1.InferenceService,
     placements: Sequence[v1alpha1.RolePlacement],
     pools: Mapping[str, v1alpha1.AcceleratorPool],
-    sizings: Mapping[tuple[str, str], engines.Sizing],
+    sizings: Mapping[tuple[str, str, str], engines.Sizing],
 ) -> list[dict[str, Any]]:
     """Every object one service's placement needs: Deployments, role Services and, if split, a router."""
     objects: list[dict[str, Any]] = []
@@ -426,11 +508,10 @@ def render_all(
         pool = pools.get(placement.pool)
         if pool is None:
             raise RenderError(f"status.placement[{index}].pool", f"no AcceleratorPool {placement.pool!r}")
-        sizing = sizings.get((placement.role, placement.pool))
+        sizing = sizings.get(placement_key(placement))
         if sizing is None:
-            raise RenderError(
-                f"status.placement[{index}]", f"no engine sizing for {placement.role}/{placement.pool}"
-            )
+            key = "/".join(placement_key(placement))
+            raise RenderError(f"status.placement[{index}]", f"no engine sizing for {key}")
         deployment = render_deployment(service, placement, pool, sizing)
         objects.append(deployment)
         chip = catalog.get_accelerator(placement.accelerator)

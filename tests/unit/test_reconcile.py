@@ -16,7 +16,7 @@ T1 = "2026-01-01T00:05:00Z"
 def desired_for(
     service: v1alpha1.InferenceService, placements: list[v1alpha1.RolePlacement]
 ) -> list[dict[str, Any]]:
-    sizings = {(p.role, p.pool): SIZING for p in placements}
+    sizings = {render.placement_key(p): SIZING for p in placements}
     return render.render_all(service, placements, POOLS, sizings)
 
 
@@ -35,6 +35,7 @@ def live_of(
                     name=meta["name"],
                     role=meta["labels"][render.LABEL_ROLE],
                     pool=meta["labels"].get(render.LABEL_POOL, ""),
+                    config=meta["labels"].get(render.LABEL_CONFIG, ""),
                     replicas=replicas,
                     ready_replicas=(ready or {}).get(meta["name"], replicas),
                     up_to_date=True,
@@ -59,7 +60,7 @@ NEW = [placement("aggregated", "h100-p5", replicas=1)]
 
 def test_first_reconcile_applies_everything() -> None:
     actions = reconcile.plan_actions(desired_for(CHAT, OLD), [], [])
-    assert names(actions.apply) == {"chat-8b-aggregated-l4-g6", "chat-8b"}
+    assert names(actions.apply) == {"chat-8b-aggregated-l4-g6-bf16-tp1", "chat-8b"}
     assert actions.delete == ()
     assert all(reconcile.SPEC_HASH_ANNOTATION in o["metadata"]["annotations"] for o in actions.apply)
 
@@ -76,7 +77,7 @@ def test_replica_drift_is_corrected() -> None:
     deployments, services = live_of(desired)
     scaled = [d.__class__(**{**d.__dict__, "replicas": 1}) for d in deployments]
     actions = reconcile.plan_actions(desired, scaled, services)
-    assert names(actions.apply) == {"chat-8b-aggregated-l4-g6"}
+    assert names(actions.apply) == {"chat-8b-aggregated-l4-g6-bf16-tp1"}
 
 
 def test_new_placement_comes_up_before_the_old_drains() -> None:
@@ -84,17 +85,17 @@ def test_new_placement_comes_up_before_the_old_drains() -> None:
     desired = desired_for(CHAT, NEW)
     # Pass 1: new Deployment applied, old kept.
     actions = reconcile.plan_actions(desired, old_live, services)
-    assert names(actions.apply) == {"chat-8b-aggregated-h100-p5"}
+    assert names(actions.apply) == {"chat-8b-aggregated-h100-p5-bf16-tp1"}
     assert actions.delete == ()
     assert any("drains" in w for w in actions.waiting)
     # Pass 2: new exists but not ready: still nothing deleted.
-    new_live, _ = live_of(desired, ready={"chat-8b-aggregated-h100-p5": 0})
+    new_live, _ = live_of(desired, ready={"chat-8b-aggregated-h100-p5-bf16-tp1": 0})
     actions = reconcile.plan_actions(desired, old_live + new_live, services)
     assert actions.delete == ()
     # Pass 3: new ready: the old one goes.
     new_live, _ = live_of(desired)
     actions = reconcile.plan_actions(desired, old_live + new_live, services)
-    assert actions.delete == (("Deployment", "chat-8b-aggregated-l4-g6"),)
+    assert actions.delete == (("Deployment", "chat-8b-aggregated-l4-g6-bf16-tp1"),)
     assert actions.apply == ()
 
 
@@ -119,8 +120,8 @@ def test_switch_to_disaggregated_holds_user_service_until_ready() -> None:
     actions = reconcile.plan_actions(desired, old_live, old_services)
     assert "assistant-70b" not in names(actions.apply)  # the user Service keeps pointing at aggregated
     assert {
-        "assistant-70b-prefill-h100-p5",
-        "assistant-70b-decode-h200-p5e",
+        "assistant-70b-prefill-h100-p5-fp8-tp2",
+        "assistant-70b-decode-h200-p5e-fp8-tp2",
         "assistant-70b-router",
     } <= names(actions.apply)
     assert actions.delete == ()
@@ -130,13 +131,16 @@ def test_switch_to_disaggregated_holds_user_service_until_ready() -> None:
         desired, old_live + new_live, user_old + [s for s in new_services if s.name != "assistant-70b"]
     )
     assert "assistant-70b" in names(actions.apply)
-    assert ("Deployment", "assistant-70b-aggregated-h100-p5") in actions.delete
+    assert ("Deployment", "assistant-70b-aggregated-h100-p5-fp8-tp4") in actions.delete
 
 
 def test_unplanned_service_objects_are_deleted() -> None:
     live, services = live_of(desired_for(CHAT, OLD))
     actions = reconcile.plan_actions([], live, services)
-    assert set(actions.delete) == {("Deployment", "chat-8b-aggregated-l4-g6"), ("Service", "chat-8b")}
+    assert set(actions.delete) == {
+        ("Deployment", "chat-8b-aggregated-l4-g6-bf16-tp1"),
+        ("Service", "chat-8b"),
+    }
 
 
 def outcome(
@@ -181,7 +185,7 @@ def test_status_ready_placed_and_summaries() -> None:
 
 def test_status_rolling_out_then_noop() -> None:
     old_live, _ = live_of(desired_for(CHAT, OLD))
-    new_live, _ = live_of(desired_for(CHAT, NEW), ready={"chat-8b-aggregated-h100-p5": 0})
+    new_live, _ = live_of(desired_for(CHAT, NEW), ready={"chat-8b-aggregated-h100-p5-bf16-tp1": 0})
     status = reconcile.compute_status(CHAT, outcome(NEW), old_live + new_live, None, T0)
     c = conditions(status)
     assert c["Ready"].status == "False" and c["Ready"].reason == "RollingOut"
@@ -192,7 +196,7 @@ def test_status_rolling_out_then_noop() -> None:
 
 
 def test_transition_time_moves_only_on_flip() -> None:
-    live_not_ready, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6": 0})
+    live_not_ready, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6-bf16-tp1": 0})
     first = reconcile.compute_status(CHAT, outcome(OLD), live_not_ready, None, T0)
     live, _ = live_of(desired_for(CHAT, OLD))
     second = reconcile.compute_status(with_status(CHAT, first), outcome(OLD), live, None, T1)
@@ -205,7 +209,7 @@ def test_transition_time_moves_only_on_flip() -> None:
 def test_lost_replicas_degrade_and_stay_degraded() -> None:
     live, _ = live_of(desired_for(CHAT, OLD))
     ready = reconcile.compute_status(CHAT, outcome(OLD), live, None, T0)
-    lost, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6": 2})
+    lost, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6-bf16-tp1": 2})
     degraded = reconcile.compute_status(with_status(CHAT, ready), outcome(OLD), lost, None, T1)
     assert conditions(degraded)["Degraded"].status == "True"
     assert conditions(degraded)["Degraded"].reason == "ReplicasUnavailable"
@@ -241,3 +245,51 @@ def test_status_patch_removes_dropped_fields() -> None:
     old = v1alpha1.InferenceServiceStatus(observed_generation=1, accelerator_summary="l4x4")
     new = v1alpha1.InferenceServiceStatus(observed_generation=2)
     assert reconcile.status_patch(old, new) == {"acceleratorSummary": None, "observedGeneration": 2}
+
+
+def node(
+    name: str, labels: dict[str, str], allocatable: dict[str, str], ready: bool = True, cordoned: bool = False
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"unschedulable": True} if cordoned else {},
+        "status": {
+            "allocatable": allocatable,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_pool_capacity_counts_ready_schedulable_matching_nodes() -> None:
+    pool = POOLS["inf2-48xl"]
+    labels = dict(pool.spec.node_selector)
+    nodes = [
+        node("a", labels, {"aws.amazon.com/neuroncore": "24"}),
+        node("b", labels, {"aws.amazon.com/neuroncore": "24"}, ready=False),
+        node("c", labels, {"aws.amazon.com/neuroncore": "24"}, cordoned=True),
+        node("d", {"other": "x"}, {"aws.amazon.com/neuroncore": "24"}),
+        node("e", labels, {}),
+    ]
+    capacity = reconcile.pool_capacity(pool, "aws.amazon.com/neuroncore", 2, nodes)
+    assert (capacity.nodes_ready, capacity.devices_total) == (1, 12)
+
+
+def test_live_deployment_reads_rollout_state() -> None:
+    body = reconcile.stamp(desired_for(CHAT, OLD)[0])
+    body["metadata"]["generation"] = 2
+    body["status"] = {"observedGeneration": 2, "updatedReplicas": 4, "readyReplicas": 3}
+    live = reconcile.live_deployment(body)
+    assert (live.role, live.pool, live.config, live.replicas, live.ready_replicas) == (
+        "aggregated",
+        "l4-g6",
+        "bf16-tp1",
+        4,
+        3,
+    )
+    assert (
+        live.up_to_date and live.spec_hash == body["metadata"]["annotations"][reconcile.SPEC_HASH_ANNOTATION]
+    )
+    body["status"]["observedGeneration"] = 1
+    assert not reconcile.live_deployment(body).up_to_date
+    assert reconcile.owned_by(body, "0f7c7a4e-1f0e-4d55-9a49-2c1f5f0d8b11")
+    assert not reconcile.owned_by(body, "another")

@@ -60,7 +60,7 @@ def test_deployment_per_engine_and_vendor(
     assert c["resources"]["requests"] == {resource: units}
     assert deployment["spec"]["replicas"] == 2
     assert deployment["metadata"]["namespace"] == "ml-serving"
-    assert deployment["metadata"]["name"] == f"{name}-aggregated-{pool}"
+    assert deployment["metadata"]["name"] == f"{name}-aggregated-{pool}-bf16-tp{tp}"
 
 
 def test_affinity_tolerations_shm_probes_labels_owner() -> None:
@@ -163,14 +163,14 @@ def test_disaggregated_service_renders_roles_services_and_router(engine: str) ->
         placement("prefill", "h100-p5", tp=2, precision="fp8"),
         placement("decode", "h200-p5e", tp=2, precision="fp8"),
     ]
-    sizings = {("prefill", "h100-p5"): SIZING, ("decode", "h200-p5e"): SIZING}
+    sizings = {render.placement_key(p): SIZING for p in placements}
     objects = render.render_all(service, placements, POOLS, sizings)
     for obj in objects:
         validate_strict(obj)
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert names == {
-        ("Deployment", "assistant-70b-prefill-h100-p5"),
-        ("Deployment", "assistant-70b-decode-h200-p5e"),
+        ("Deployment", "assistant-70b-prefill-h100-p5-fp8-tp2"),
+        ("Deployment", "assistant-70b-decode-h200-p5e-fp8-tp2"),
         ("Deployment", "assistant-70b-router"),
         ("Service", "assistant-70b-prefill"),
         ("Service", "assistant-70b-decode"),
@@ -191,7 +191,7 @@ def test_disaggregated_service_renders_roles_services_and_router(engine: str) ->
 def test_aggregated_service_selects_all_pools_of_the_role() -> None:
     service = SERVICES["chat-8b"]
     placements = [placement("aggregated", "l4-g6"), placement("aggregated", "l40s-g6e")]
-    sizings = {("aggregated", "l4-g6"): SIZING, ("aggregated", "l40s-g6e"): SIZING}
+    sizings = {render.placement_key(p): SIZING for p in placements}
     objects = render.render_all(service, placements, POOLS, sizings)
     services = [o for o in objects if o["kind"] == "Service"]
     assert len(services) == 1
@@ -224,3 +224,19 @@ def test_long_and_odd_names_become_valid_dns_labels() -> None:
     assert long != render.object_name("a" * 60, "aggregated", "h100-mig-3g40gb")
     assert render.object_name("1st.model", "decode").startswith("x-1st-model-decode")
     assert render.label_value("h100/1g.10gb") == "h100_1g.10gb"
+
+
+def test_sizing_takes_context_from_workload_and_batch_from_perf() -> None:
+    chat = SERVICES["chat-8b"]
+    small = render.sizing(chat, placement("aggregated", "l4-g6"))
+    big = render.sizing(chat, placement("aggregated", "h100-p5", precision="fp8"))
+    assert small.max_model_len_tokens == big.max_model_len_tokens == 8192  # spec.workload.maxContextTokens
+    # An H100 at fp8 holds more concurrent sequences within the SLO than an L4 at bf16.
+    assert big.max_concurrent_sequences > small.max_concurrent_sequences >= 1
+    batch = SERVICES["batch-summarize"]  # no maxContextTokens: prompt p99 + output p99
+    assert render.sizing(batch, placement("aggregated", "h100-p5", tp=2)).max_model_len_tokens == 8000 + 1000
+
+
+def test_sizing_refuses_a_model_that_does_not_fit() -> None:
+    with pytest.raises(render.RenderError, match=r"status\.placement: llama-3\.1-8b on h100/1g\.10gb"):
+        render.sizing(SERVICES["chat-8b"], placement("aggregated", "h100-mig-1g10gb", precision="fp8"))
