@@ -729,11 +729,14 @@ def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPre
     tokens_p99 = 0.0
     if arrivals_p99 > 0.0:
         tokens_p99 = (arrivals_p99 - 1.0) * mean_prompt + p99_prompt + wait_p99 * rate * mean_prompt
-    tokens_p50 = rate * step * mean_prompt + wait_p50 * rate * mean_prompt
+    # The median iteration carries a prompt only when more than half of the iterations see an arrival.
+    arrivals_p50 = rate * step if 1.0 - math.exp(-rate * step) >= 0.5 else 0.0
+    tokens_p50 = (arrivals_p50 + wait_p50 * rate) * mean_prompt
     tokens_p99 = min(tokens_p99, budget)
     tokens_p50 = min(tokens_p50, budget)
     itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
+    itl_p99 = max(itl_p99, itl_p50)
     return LoadPrediction(
         rate_rps=rate,
         batch=batch,
