@@ -1,0 +1,91 @@
+"""`chipfit operator`: run the kopf operator against the current kubeconfig (or in-cluster account)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Final
+
+# Kopf peering object both replicas join; the one with the highest priority acts, the others wait.
+PEERING_NAME: Final = "chipfit"
+DEFAULT_LIVENESS: Final = "http://0.0.0.0:8080/healthz"
+# Prometheus port of the operator (the chart's ServiceMonitor scrapes it).
+DEFAULT_METRICS_PORT: Final = 9090
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the chipfit operator (kopf) against the current cluster",
+        description="Watch InferenceServices, AcceleratorPools, PerformanceProfiles and Nodes; plan the "
+        "fleet and reconcile serving Deployments and Services. Replicas elect one active peer via "
+        f"kopf peering (ClusterKopfPeering {PEERING_NAME!r}) unless --standalone.",
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster account, else KUBECONFIG)")
+    parser.add_argument("--standalone", action="store_true", help="no peering: act alone (one replica)")
+    parser.add_argument(
+        "--peering", default=PEERING_NAME, help="ClusterKopfPeering name (default: %(default)s)"
+    )
+    parser.add_argument("--priority", type=int, default=0, help="peering priority; highest acts (default: 0)")
+    parser.add_argument(
+        "--liveness", default=DEFAULT_LIVENESS, help="health endpoint URL (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus /metrics port, 0 = off"
+    )
+    parser.add_argument(
+        "--debounce-seconds",
+        type=float,
+        default=None,
+        help="wait this long after a change before re-planning",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the metrics server and kopf; returns when kopf stops (SIGTERM/SIGINT)."""
+    # Imported here: `chipfit --help` and the other commands need neither kopf nor the kubernetes client.
+    import kopf
+
+    from chipfit import handlers, kube, metrics
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    if args.kubeconfig:
+        if not os.path.exists(args.kubeconfig):
+            print(f"--kubeconfig: no such file {args.kubeconfig}", file=sys.stderr)
+            return 2
+        # kopf's own login reads KUBECONFIG; the client below gets the file explicitly.
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    try:
+        api_client = kube.new_api_client(args.kubeconfig)
+    except Exception as exc:  # the kubernetes client raises several unrelated types for a bad config
+        print(f"kubeconfig: {exc}", file=sys.stderr)
+        return 2
+    operator_metrics = metrics.OperatorMetrics()
+    server = (
+        metrics.start_metrics_server(args.metrics_port, operator_metrics.registry)
+        if args.metrics_port
+        else None
+    )
+    fleet = handlers.Fleet(cluster=kube.Kube(api_client), metrics=operator_metrics)
+    if args.debounce_seconds is not None:
+        fleet.debounce_s = args.debounce_seconds
+    try:
+        kopf.run(
+            clusterwide=True,
+            standalone=args.standalone,
+            peering_name=args.peering,
+            priority=args.priority,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(fleet=fleet),
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+        api_client.close()
+    return 0

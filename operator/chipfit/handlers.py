@@ -1,0 +1,579 @@
+"""kopf handlers and the debounced fleet re-plan they trigger.
+
+Handlers stay short: they parse, reject invalid specs (PermanentError, with the field in a condition and
+an Event), and ask the `Fleet` for work. The Fleet runs one worker task: a re-plan reads the whole fleet
+(services, pools, profiles, nodes), solves one placement, writes each service's part to its status and
+reconciles its objects; a service reconcile (on Deployment changes) re-renders from the last plan and
+advances its rollout. One worker means no two reconciles race; kopf's peering pauses the handlers, so a
+standby replica never triggers work. All state lives in the cluster: after a restart the resume handlers
+trigger a re-plan that starts from the placements recorded in the services' status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import kopf
+import pydantic
+
+from chipfit import kube, metrics, planning, reconcile, render, validation
+from chipfit.api import v1alpha1
+from placement import catalog, explain, solve
+
+GROUP: Final = v1alpha1.GROUP
+VERSION: Final = v1alpha1.VERSION
+# Coalesce bursts (`kubectl apply -f examples/`, a node pool scaling) into one solve.
+REPLAN_DEBOUNCE_S: Final = 2.0
+# Back-off after a transient API failure before the worker retries the same work.
+RETRY_DELAY_S: Final = 5.0
+# A moved replica restarts its engine: minutes of model loading on a device (~5 min at ~$1-6/device-h
+# is ~$0.1-0.5), so a move must save at least ~$0.25 per device-hour to be worth it.
+MOVE_PENALTY_PER_DEVICE_HOUR: Final = 0.25
+# The operator re-plans on every fleet change; a solve that takes longer than this returns its incumbent.
+SOLVER_TIME_LIMIT_S: Final = 30.0
+MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
+
+logger = logging.getLogger("chipfit.operator")
+
+
+def _plain(value: Any) -> Any:
+    """kopf bodies are mapping views; the typed models want plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_service(body: Mapping[str, Any]) -> v1alpha1.InferenceService:
+    """A typed InferenceService; status fields the model does not know are dropped, not fatal."""
+    raw = _plain(body)
+    raw.setdefault("apiVersion", v1alpha1.API_VERSION)
+    raw.setdefault("kind", "InferenceService")
+    try:
+        return v1alpha1.InferenceService.model_validate(raw)
+    except pydantic.ValidationError:
+        raw.pop("status", None)
+        return v1alpha1.InferenceService.model_validate(raw)
+
+
+def first_problem(
+    service: v1alpha1.InferenceService, pool_names: Sequence[str] | None
+) -> validation.FieldError | None:
+    """The first semantic problem of a spec (the API server already enforced the schema)."""
+    problems = validation.service_problems(service, pool_names)
+    return problems[0] if problems else None
+
+
+# --- plan -> per-service outcomes -------------------------------------------------------------------------
+
+
+def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
+    """A service's part of the solved plan as the reconciler sees it."""
+    replicas: dict[tuple[str, str, str, str, int], int] = {}
+    capacity_by_role: dict[str, float] = {}
+    for a in sp.assignments:
+        if a.replicas <= 0:
+            continue
+        key = (a.role, a.pool, a.accelerator, a.precision, a.tp)
+        replicas[key] = replicas.get(key, 0) + a.replicas
+        if a.utilization > 0:
+            capacity_by_role[a.role] = capacity_by_role.get(a.role, 0.0) + sum(a.bucket_rps) / a.utilization
+    placements = tuple(
+        v1alpha1.RolePlacement(
+            role=role,  # type: ignore[arg-type]
+            pool=pool,
+            accelerator=accelerator,
+            precision=precision,  # type: ignore[arg-type]
+            tensor_parallel=tp,
+            replicas=count,
+        )
+        for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
+    )
+    prediction = v1alpha1.Prediction(
+        ttft_p99_ms=sp.ttft_p99_ms,
+        itl_p99_ms=sp.itl_p99_ms,
+        # A split service is as fast as its slower side.
+        max_requests_per_second=min(capacity_by_role.values()) if capacity_by_role else None,
+        dollars_per_hour=round(sp.price_per_hour, 4),
+        dollars_per_million_output_tokens=(
+            round(sp.price_per_million_output_tokens, 4)
+            if sp.price_per_million_output_tokens is not None
+            else None
+        ),
+    )
+    return reconcile.ServiceOutcome(
+        placements=placements, prediction=prediction, served=sp.status, reason=sp.reason
+    )
+
+
+def _placement_text(placements: Sequence[v1alpha1.RolePlacement]) -> str:
+    return (
+        ", ".join(
+            f"{p.role} {p.replicas}x {p.accelerator} {p.precision} tp{p.tensor_parallel} on {p.pool}"
+            for p in placements
+        )
+        or "nothing"
+    )
+
+
+def _placement_keys(placements: Sequence[v1alpha1.RolePlacement] | None) -> set[tuple[Any, ...]]:
+    return {
+        (p.role, p.pool, p.accelerator, p.precision, p.tensor_parallel, p.replicas) for p in placements or ()
+    }
+
+
+# --- the fleet worker ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Fleet:
+    """The operator's single worker: debounced re-plans and per-service reconciles, in that order."""
+
+    cluster: kube.Kube
+    metrics: metrics.OperatorMetrics
+    debounce_s: float = REPLAN_DEBOUNCE_S
+    options: solve.SolveOptions = dataclasses.field(
+        default_factory=lambda: solve.SolveOptions(
+            time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
+        )
+    )
+    # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
+    outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
+    replan_requested: bool = False
+    services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    _wake: asyncio.Event | None = None
+    _task: asyncio.Task[None] | None = None
+
+    # -- triggers (called from handlers, on the event loop) --
+
+    def request_replan(self, why: str) -> None:
+        """Ask for a whole-fleet re-plan (debounced)."""
+        logger.debug("re-plan requested: %s", why)
+        self.replan_requested = True
+        self._signal()
+
+    def request_service(self, namespace: str, name: str) -> None:
+        """Ask for one service's reconcile (rollout progress, status)."""
+        self.services_requested.add((namespace, name))
+        self._signal()
+
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="chipfit-fleet")
+
+    async def stop(self) -> None:
+        """Cancel the worker and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            if self.replan_requested:
+                # Debounce: let a burst of changes land before solving once for all of them.
+                await asyncio.sleep(self.debounce_s)
+            self._wake.clear()
+            replan, self.replan_requested = self.replan_requested, False
+            services, self.services_requested = self.services_requested, set()
+            try:
+                if replan:
+                    await asyncio.to_thread(self.replan)
+                for namespace, name in sorted(services):
+                    await asyncio.to_thread(self.reconcile_one, namespace, name)
+            except kube.ApiError as exc:
+                logger.warning("fleet work failed, retrying in %.0f s: %s", RETRY_DELAY_S, exc)
+                self.replan_requested = self.replan_requested or replan
+                self.services_requested |= services
+                await asyncio.sleep(RETRY_DELAY_S)
+                self._wake.set()
+            except Exception:
+                logger.exception("fleet work failed unexpectedly; waiting for the next change")
+                self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
+
+    # -- work (runs in a worker thread) --
+
+    def replan(self) -> None:
+        """Solve the whole fleet on the capacity the nodes really offer, then reconcile every service."""
+        started = time.monotonic()
+        raw_services = [
+            s for s in self.cluster.list_inference_services() if not s["metadata"].get("deletionTimestamp")
+        ]
+        pools = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
+        profiles = [
+            v1alpha1.PerformanceProfile.model_validate(_plain(p)) for p in self.cluster.list_profiles()
+        ]
+        nodes = self.cluster.list_nodes()
+        pool_names = [p.metadata.name for p in pools]
+        by_name = {p.metadata.name: p for p in pools}
+
+        valid: list[v1alpha1.InferenceService] = []
+        for body in raw_services:
+            service = parse_service(body)
+            problem = first_problem(service, pool_names)
+            if problem is not None:
+                self.mark_invalid(service, problem.field, problem.reason)
+            else:
+                valid.append(service)
+
+        capacities = {p.metadata.name: self._capacity(p, nodes) for p in pools}
+        # The solver plans on the nodes that are really there, not on the declared planning capacity.
+        seen = [
+            p.model_copy(
+                update={"spec": p.spec.model_copy(update={"nodes": capacities[p.metadata.name].nodes_ready})}
+            )
+            for p in pools
+        ]
+        outcomes, explanations, usage = self._solve(valid, seen, profiles)
+        self.outcomes = outcomes
+        for service in valid:
+            sid = planning.service_id(service)
+            self.reconcile_service(service, outcomes.get(sid), explanations.get(sid), by_name)
+        for pool in pools:
+            self._write_pool_status(pool, capacities[pool.metadata.name], usage.get(pool.metadata.name))
+        self.metrics.observe_reconcile("fleet", time.monotonic() - started)
+
+    def _capacity(
+        self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]]
+    ) -> reconcile.PoolCapacity:
+        chip = catalog.get_accelerator(pool.spec.accelerator)
+        return reconcile.pool_capacity(
+            pool, render.resource_name(pool, chip), chip.resource_units_per_device, nodes
+        )
+
+    def _solve(
+        self,
+        services: Sequence[v1alpha1.InferenceService],
+        pools: Sequence[v1alpha1.AcceleratorPool],
+        profiles: Sequence[v1alpha1.PerformanceProfile],
+    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]]:
+        """Outcomes per service id, an explanation per service id, and pool usage; failures as outcomes."""
+        if not services:
+            return {}, {}, {}
+        started = time.monotonic()
+        try:
+            cset = planning.build_inputs(services, pools, profiles)
+            plan = solve.solve(cset.problem, self.options)
+        except (planning.PlanningError, solve.PlacementError) as exc:
+            status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
+            self.metrics.observe_solve(time.monotonic() - started, status)
+            logger.warning("fleet plan failed: %s", exc)
+            failed = reconcile.ServiceOutcome(
+                placements=(), prediction=None, served="unserved", reason=str(exc)
+            )
+            return {planning.service_id(s): failed for s in services}, {}, {}
+        self.metrics.observe_solve(
+            plan.solve_seconds,
+            plan.status,
+            gap_ratio=plan.gap,
+            objective_dollars_per_hour=plan.price_per_hour,
+        )
+        outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
+        explanations = {e.service: e.summary for e in explain.explain(cset, plan)}
+        return outcomes, explanations, {u.pool: u for u in plan.pools}
+
+    def reconcile_one(self, namespace: str, name: str) -> None:
+        """Advance one service's rollout from the last plan (a re-plan when there is none yet)."""
+        body = self.cluster.get_inference_service(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        service = parse_service(body)
+        outcome = self.outcomes.get(planning.service_id(service))
+        if outcome is None:
+            self.request_replan(f"no plan yet for {namespace}/{name}")
+            return
+        self.reconcile_service(service, outcome, None)
+
+    def reconcile_service(
+        self,
+        service: v1alpha1.InferenceService,
+        outcome: reconcile.ServiceOutcome | None,
+        explanation: str | None,
+        pools: Mapping[str, v1alpha1.AcceleratorPool] | None = None,
+    ) -> None:
+        """Render the service's placement, apply what changed, drain what is replaced, write status."""
+        started = time.monotonic()
+        namespace = service.metadata.namespace or "default"
+        name = service.metadata.name
+        body = service.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if outcome is None:
+            self._write_status(service, reconcile.compute_status(service, None, [], None, _now()))
+            return
+        if pools is None:
+            parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
+            pools = {p.metadata.name: p for p in parsed}
+        try:
+            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
+            desired = render.render_all(service, outcome.placements, pools, sizings)
+        except render.RenderError as exc:
+            self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))
+            self._write_status(service, reconcile.invalid_status(service, exc.field, exc.reason, _now()))
+            self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started, "permanent")
+            return
+        selector = f"{render.LABEL_SERVICE}={render.label_value(name)}"
+        raw_deployments, raw_services = self.cluster.list_owned(namespace, selector)
+        uid = service.metadata.uid or ""
+        deployments = [reconcile.live_deployment(d) for d in raw_deployments if reconcile.owned_by(d, uid)]
+        services = [reconcile.live_service(s) for s in raw_services if reconcile.owned_by(s, uid)]
+        actions = reconcile.plan_actions(desired, deployments, services)
+
+        previous = service.status.placement if service.status else None
+        if _placement_keys(previous) != _placement_keys(outcome.placements):
+            message = f"placed {_placement_text(outcome.placements)}"
+            if explanation:
+                message += f": {explanation}"
+            self.cluster.post_event(body, "Normal", "Placed", message)
+            for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
+                self.metrics.record_placement_change(namespace, name, role)
+        for obj in actions.apply:
+            self.cluster.apply(obj)
+        for kind, object_name in actions.delete:
+            api_version = "apps/v1" if kind == "Deployment" else "v1"
+            if self.cluster.delete(api_version, kind, namespace, object_name):
+                self.cluster.post_event(
+                    body, "Normal", "Drained", f"deleted {kind} {object_name}: replaced and ready"
+                )
+        status = reconcile.compute_status(service, outcome, deployments, actions, _now())
+        self._write_status(service, status)
+        self._record_metrics(service, outcome, status)
+        self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)
+
+    def mark_invalid(self, service: v1alpha1.InferenceService, field: str, reason: str) -> None:
+        """Condition Placed=False InvalidSpec naming the field, and a Warning Event when it is news."""
+        status = reconcile.invalid_status(service, field, reason, _now())
+        if self._write_status(service, status):
+            body = service.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self.cluster.post_event(body, "Warning", "InvalidSpec", f"{field}: {reason}")
+
+    def _write_status(
+        self, service: v1alpha1.InferenceService, status: v1alpha1.InferenceServiceStatus
+    ) -> bool:
+        patch = reconcile.status_patch(service.status, status)
+        if patch is None:
+            return False
+        self.cluster.patch_status(
+            kube.KINDS.inference_service, service.metadata.namespace, service.metadata.name, patch
+        )
+        return True
+
+    def _write_pool_status(
+        self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
+    ) -> None:
+        chip = catalog.get_accelerator(pool.spec.accelerator)
+        price = (
+            pool.spec.price_per_device_hour
+            if pool.spec.price_per_device_hour is not None
+            else chip.default_price_per_hour
+        )
+        used = usage.devices_used if usage is not None else 0
+        status = v1alpha1.AcceleratorPoolStatus(
+            observed_generation=pool.metadata.generation,
+            nodes_ready=capacity.nodes_ready,
+            devices_total=capacity.devices_total,
+            devices_allocated=used,
+            devices_free=max(0, capacity.devices_total - used),
+            dollars_per_hour=round(used * price, 4),
+            conditions=pool.status.conditions if pool.status else None,
+        )
+        old = pool.status.to_wire() if pool.status else {}
+        if status.to_wire() != old:
+            self.cluster.patch_status(kube.KINDS.pool, None, pool.metadata.name, status.to_wire())
+        self.metrics.record_pool(
+            metrics.PoolUsage(
+                pool=pool.metadata.name,
+                accelerator=pool.spec.accelerator,
+                devices_total=capacity.devices_total,
+                devices_allocated=used,
+                price_dollars_per_device_hour=price,
+            )
+        )
+
+    def _record_metrics(
+        self,
+        service: v1alpha1.InferenceService,
+        outcome: reconcile.ServiceOutcome,
+        status: v1alpha1.InferenceServiceStatus,
+    ) -> None:
+        p = outcome.prediction
+        namespace = service.metadata.namespace or "default"
+        if p is None or p.ttft_p99_ms is None or p.itl_p99_ms is None:
+            return
+        workload = service.spec.workload
+        output_rate = workload.requests_per_second * workload.output_tokens.mean
+        plan = metrics.ServicePlan(
+            namespace=namespace,
+            service=service.metadata.name,
+            predicted_cost_dollars_per_hour=p.dollars_per_hour or 0.0,
+            predicted_cost_dollars_per_million_output_tokens=p.dollars_per_million_output_tokens or 0.0,
+            predicted_ttft_p99_ms=p.ttft_p99_ms,
+            predicted_itl_p99_ms=p.itl_p99_ms,
+            slo_ttft_p99_ms=service.spec.slo.ttft_p99_ms,
+            slo_itl_p99_ms=service.spec.slo.itl_p99_ms,
+            workload_requests_per_second=workload.requests_per_second,
+            workload_output_tokens_per_second=output_rate,
+            predicted_capacity_requests_per_second=p.max_requests_per_second or 0.0,
+            placements=tuple(
+                metrics.RolePlacement(
+                    role=pl.role,
+                    accelerator=pl.accelerator,
+                    pool=pl.pool,
+                    desired_replicas=pl.replicas,
+                    cost_dollars_per_hour=0.0,
+                    served_output_tokens_per_second=0.0,
+                )
+                for pl in _merge_by_pool(outcome.placements)
+            ),
+        )
+        self.metrics.record_plan(plan)
+        for pl in _merge_by_pool(status.placement or ()):
+            self.metrics.record_ready_replicas(
+                namespace, service.metadata.name, pl.role, pl.accelerator, pl.pool, pl.ready_replicas or 0
+            )
+
+    # -- nodes --
+
+    def node_changed(self, body: Mapping[str, Any], deleted: bool) -> bool:
+        """True (and a re-plan requested) when a node change can change some pool's capacity."""
+        name = body["metadata"]["name"]
+        if deleted:
+            changed = self.node_fingerprints.pop(name, None) is not None
+        else:
+            status = body.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+            )
+            fingerprint = (
+                ready,
+                bool((body.get("spec") or {}).get("unschedulable")),
+                tuple(sorted((status.get("allocatable") or {}).items())),
+                tuple(sorted(((body.get("metadata") or {}).get("labels") or {}).items())),
+            )
+            changed = self.node_fingerprints.get(name) != fingerprint
+            self.node_fingerprints[name] = fingerprint
+        if changed:
+            self.request_replan(f"node {name} changed")
+        return changed
+
+
+def _merge_by_pool(placements: Sequence[v1alpha1.RolePlacement]) -> list[v1alpha1.RolePlacement]:
+    """One entry per (role, accelerator, pool): metrics label series do not distinguish configurations."""
+    merged: dict[tuple[str, str, str], v1alpha1.RolePlacement] = {}
+    for p in placements:
+        key = (p.role, p.accelerator, p.pool)
+        if key in merged:
+            old = merged[key]
+            merged[key] = old.model_copy(
+                update={
+                    "replicas": old.replicas + p.replicas,
+                    "ready_replicas": (old.ready_replicas or 0) + (p.ready_replicas or 0),
+                }
+            )
+        else:
+            merged[key] = p
+    return list(merged.values())
+
+
+# --- kopf wiring -------------------------------------------------------------------------------------------
+
+
+def _fleet(memo: Any) -> Fleet:
+    fleet: Fleet = memo.fleet
+    return fleet
+
+
+@kopf.on.startup()
+async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations (the CRDs' status schema has no room for it) and start."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled")
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    # Our Events are posted by chipfit.kube with reasons that explain placements; kopf adds its own only
+    # for handler failures.
+    settings.posting.level = logging.WARNING
+    _fleet(memo).start()
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: Any, **_: Any) -> None:
+    """Stop the fleet worker."""
+    await _fleet(memo).stop()
+
+
+@kopf.on.create(GROUP, VERSION, "inferenceservices")
+@kopf.on.update(GROUP, VERSION, "inferenceservices", field="spec")
+@kopf.on.resume(GROUP, VERSION, "inferenceservices")
+async def inferenceservice_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Parse and check the spec; a valid one triggers a fleet re-plan, an invalid one fails permanently."""
+    fleet = _fleet(memo)
+    service = parse_service(body)
+    problem = first_problem(service, None)
+    if problem is not None:
+        await asyncio.to_thread(fleet.mark_invalid, service, problem.field, problem.reason)
+        fleet.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
+        raise kopf.PermanentError(f"{problem.field}: {problem.reason}")
+    fleet.request_replan(f"InferenceService {service.metadata.namespace}/{service.metadata.name}")
+
+
+@kopf.on.delete(GROUP, VERSION, "inferenceservices", optional=True)
+async def inferenceservice_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Owned objects go with the service (ownerReferences); its capacity returns to the fleet."""
+    fleet = _fleet(memo)
+    namespace, name = body["metadata"].get("namespace", "default"), body["metadata"]["name"]
+    fleet.outcomes.pop(f"{namespace}/{name}", None)
+    fleet.metrics.forget_service(namespace, name)
+    fleet.request_replan(f"InferenceService {namespace}/{name} deleted")
+
+
+@kopf.on.create(GROUP, VERSION, "acceleratorpools")
+@kopf.on.update(GROUP, VERSION, "acceleratorpools", field="spec")
+@kopf.on.resume(GROUP, VERSION, "acceleratorpools")
+@kopf.on.delete(GROUP, VERSION, "acceleratorpools", optional=True)
+async def acceleratorpool_changed(body: kopf.Body, memo: Any, reason: str, **_: Any) -> None:
+    """Any pool change re-plans the fleet."""
+    fleet = _fleet(memo)
+    if reason == "delete":
+        fleet.metrics.forget_pool(body["metadata"]["name"])
+    fleet.request_replan(f"AcceleratorPool {body['metadata']['name']} {reason}")
+
+
+@kopf.on.create(GROUP, VERSION, "performanceprofiles")
+@kopf.on.update(GROUP, VERSION, "performanceprofiles", field="spec")
+@kopf.on.delete(GROUP, VERSION, "performanceprofiles", optional=True)
+async def performanceprofile_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Measured capacity changed: re-plan."""
+    _fleet(memo).request_replan(f"PerformanceProfile {body['metadata']['name']}")
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Ready, cordon, allocatable or label changes of a node re-plan the fleet (debounced)."""
+    _fleet(memo).node_changed(_plain(body), deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY_LABEL)
+async def deployment_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A serving Deployment changed (replicas became ready, pods lost): advance its service's rollout."""
+    namespace = body["metadata"].get("namespace", "default")
+    for ref in body["metadata"].get("ownerReferences") or ():
+        if ref.get("kind") == "InferenceService" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            _fleet(memo).request_service(namespace, ref["name"])
