@@ -81,6 +81,9 @@ MLPERF_ACCELERATORS: Final = {
     "AMD Instinct MI300X-NPS1-SPX-192GB-750W": "mi300x",
     "AMD MI300X-NPS1-SPX-192GB-750W": "mi300x",
 }
+# MLPerf "MaxQ" systems run under a power cap (the power category): another operating point of the chip
+# than the datasheet peaks the model uses, like the CTS variant above. Left out.
+MAXQ_SUFFIX: Final = "_MaxQ"
 TRTLLM_ACCELERATORS: Final = {
     "H100-SXM-80GB": "h100",
     "H100": "h100",
@@ -193,6 +196,8 @@ def mlperf_points(scenarios: Iterable[str] = ("Offline",)) -> list[CalibrationPo
         acc_id = MLPERF_ACCELERATORS.get(row["accelerator"])
         benchmark = row["used_model"].removesuffix("-99.9").removesuffix("-99")
         if row["division"] != "closed" or acc_id is None or row["scenario"] not in wanted:
+            continue
+        if row["platform"].endswith(MAXQ_SUFFIX):
             continue
         workload = MLPERF_WORKLOADS.get(benchmark)
         precision = _mlperf_precision(row)

@@ -76,13 +76,13 @@ AMD_VLLM_PRIOR: Final = Efficiency(
 # step_overhead_s.
 NVIDIA_TRTLLM: Final = Efficiency(
     bandwidth=0.95,
-    compute_16bit=0.6838,
-    compute_8bit=0.6329,
+    compute_16bit=0.6868,
+    compute_8bit=0.6441,
     overlap_penalty=1,
-    interconnect=0.4086,
-    moe=0.7898,
-    step_overhead_s=0.003162,
-    source="fitted 2026-11-22 on 253 rows, rms log error 0.163 -> 0.109",
+    interconnect=0.4017,
+    moe=0.7874,
+    step_overhead_s=0.003145,
+    source="fitted 2026-11-22 on 251 rows, rms log error 0.161 -> 0.102",
 )
 # AMD_VLLM: fitted bandwidth, compute_8bit.
 AMD_VLLM: Final = Efficiency(

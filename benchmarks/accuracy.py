@@ -1,0 +1,274 @@
+"""Accuracy of placement.perf against published measurements; prints (or --write) benchmarks/REPORT_accuracy.md.
+
+    .venv/bin/python benchmarks/accuracy.py           # print the report
+    .venv/bin/python benchmarks/accuracy.py --write   # also write benchmarks/REPORT_accuracy.md
+
+Datasets (placement/data, copied from ../shared/data/calibration unless noted):
+- TensorRT-LLM v0.17 / v1.0 offline grid on H100 (FP8) and A100 (FP16): output tokens/s of one replica.
+- MLPerf Inference v4.1 closed division, Offline (and Server) rows on H100-SXM, H200-SXM, MI300X, L40S:
+  tokens/s per accelerator (n_accel = per node x nodes); NVIDIA rows declared fp16 ran FP8.
+- Held out (never fitted on): the H200 and L40S columns of the same TensorRT-LLM v0.17 table.
+Targets (issue 3): median |error| <= 15%, p90 <= 35%, right chip order for >= 95% of pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import itertools
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from placement import calibration, perf_efficiency
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPORT = ROOT / "benchmarks" / "REPORT_accuracy.md"
+MEDIAN_TARGET_PCT = 15.0
+P90_TARGET_PCT = 35.0
+ORDER_TARGET_PCT = 95.0
+# Two chips whose measured throughputs differ by less than this are a tie: no order to get right.
+TIE_TOLERANCE = 0.03
+
+Point = calibration.CalibrationPoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A point with its prediction."""
+
+    point: Point
+    predicted: float
+
+    @property
+    def error_pct(self) -> float:
+        """Signed percentage error of the prediction."""
+        return (self.predicted / self.point.measured_tokens_per_s_per_device - 1.0) * 100.0
+
+
+def score(
+    points: Sequence[Point], efficiency_for: Callable[[Point], perf_efficiency.Efficiency | None]
+) -> list[Scored]:
+    """Predict every point (with the given efficiency override per point, None = calibrated constants)."""
+    return [Scored(p, calibration.predict(p, efficiency_for(p))) for p in points]
+
+
+def stats(rows: Sequence[Scored]) -> tuple[int, float, float, float]:
+    """(n, median |err| %, p90 |err| %, median signed err %)."""
+    if not rows:
+        return 0, float("nan"), float("nan"), float("nan")
+    errors = np.array([r.error_pct for r in rows])
+    return (
+        len(rows),
+        float(np.median(np.abs(errors))),
+        float(np.percentile(np.abs(errors), 90)),
+        float(np.median(errors)),
+    )
+
+
+def verdict(median: float, p90: float) -> str:
+    """Whether a group meets both error targets."""
+    return "meets" if median <= MEDIAN_TARGET_PCT and p90 <= P90_TARGET_PCT else "misses"
+
+
+def table(groups: dict[str, list[Scored]]) -> list[str]:
+    """Markdown table of error statistics per group."""
+    lines = [
+        "| group | n | median abs err | p90 abs err | median signed err | targets |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, rows in groups.items():
+        n, med, p90, signed = stats(rows)
+        lines.append(f"| {name} | {n} | {med:.1f}% | {p90:.1f}% | {signed:+.1f}% | {verdict(med, p90)} |")
+    return lines
+
+
+def order_pairs(rows: Sequence[Scored]) -> tuple[int, int, list[str]]:
+    """Chip pairs measured on the same workload: (pairs, rightly ordered, wrong ones described).
+
+    MLPerf has many systems per chip: their median per (chip, benchmark, scenario) is compared.
+    """
+    cases: dict[tuple[object, ...], dict[str, list[Scored]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for r in rows:
+        p = r.point
+        source = p.dataset.split()[0]
+        tp = p.tp_choices if source.startswith("trtllm") else ()
+        key = (source, p.model.id, tp, p.prompt_tokens, p.output_tokens, p.scenario)
+        cases[key][p.accelerator].append(r)
+    total = right = 0
+    wrong = []
+    for key, by_chip in cases.items():
+        medians = {
+            chip: (
+                float(np.median([r.point.measured_tokens_per_s_per_device for r in rs])),
+                float(np.median([r.predicted for r in rs])),
+            )
+            for chip, rs in by_chip.items()
+        }
+        for a, b in itertools.combinations(sorted(medians), 2):
+            (ma, pa), (mb, pb) = medians[a], medians[b]
+            if abs(ma / mb - 1.0) < TIE_TOLERANCE:
+                continue
+            total += 1
+            if (ma > mb) == (pa > pb):
+                right += 1
+            else:
+                wrong.append(f"{key[1]} {key[3]:.0f}/{key[4]:.0f} {key[5]} ({key[0]}): {a} vs {b} measured "
+                             f"{ma:.0f} vs {mb:.0f}, predicted {pa:.0f} vs {pb:.0f}")  # fmt: skip
+    return total, right, wrong
+
+
+def group_by(rows: Sequence[Scored], key: Callable[[Scored], str]) -> dict[str, list[Scored]]:
+    """Rows grouped by a label, in sorted label order."""
+    groups: dict[str, list[Scored]] = collections.defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return dict(sorted(groups.items()))
+
+
+def dataset_of(r: Scored) -> str:
+    """Short dataset label."""
+    return r.point.dataset.split()[0].replace("_perf_overview", "").replace("_perf", "")
+
+
+def cross_validation() -> list[str]:
+    """Leave-one-group-out refits of the NVIDIA TensorRT-LLM factors: each group predicted by a fit without it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import calibrate  # noqa: PLC0415  (the fitting sets live next to this script)
+
+    points = calibrate.fit_sets()["NVIDIA_TRTLLM"]
+    groups: dict[str, Callable[[Point], bool]] = {
+        "chip a100-80gb": lambda p: p.accelerator == "a100-80gb",
+        "chip h100": lambda p: p.accelerator == "h100",
+        "chip h200 (MLPerf)": lambda p: p.accelerator == "h200",
+        "chip l40s (MLPerf)": lambda p: p.accelerator == "l40s",
+        "model llama-3.1-8b": lambda p: p.model.id == "llama-3.1-8b",
+        "model llama-3.1-70b": lambda p: p.model.id == "llama-3.1-70b",
+        "model llama-3.1-405b": lambda p: p.model.id == "llama-3.1-405b",
+        "model mixtral-8x7b": lambda p: p.model.id == "mixtral-8x7b",
+        "model mixtral-8x22b": lambda p: p.model.id == "mixtral-8x22b",
+        "model mistral-7b": lambda p: p.model.id == "mistral-7b",
+        "MLPerf llama-2-70b + gpt-j": lambda p: p.dataset.startswith("mlperf"),
+    }
+    lines = [
+        "| left out | n | median abs err | p90 abs err | median signed err | targets |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, held in groups.items():
+        train = [p for p in points if not held(p)]
+        test = [p for p in points if held(p)]
+        fitted = calibration.fit_efficiency(train, perf_efficiency.NVIDIA_TRTLLM_PRIOR).efficiency
+        n, med, p90, signed = stats(score(test, lambda _p, eff=fitted: eff))
+        lines.append(f"| {name} | {n} | {med:.1f}% | {p90:.1f}% | {signed:+.1f}% | {verdict(med, p90)} |")
+    return lines
+
+
+def build_report(with_cv: bool) -> str:
+    """The whole markdown report."""
+    fit_set = score(calibration.trtllm_points() + calibration.mlperf_points(("Offline",)), lambda _p: None)
+    heldout = score(calibration.trtllm_points(calibration.HELDOUT_CSV), lambda _p: None)
+    server = score([p for p in calibration.mlperf_points(("Server",)) if p.beam_width == 1], lambda _p: None)
+    shared_groups = group_by(fit_set, lambda r: f"{r.point.accelerator} / {dataset_of(r)}")
+    shared_groups = {"**all rows of ../shared/data/calibration (Offline)**": fit_set, **shared_groups}
+    chip_groups = group_by(fit_set, lambda r: r.point.accelerator)
+    pairs, right, wrong = order_pairs(fit_set)
+    all_pairs, all_right, all_wrong = order_pairs(fit_set + heldout)
+    out = [
+        "# Performance model accuracy",
+        "",
+        "Generated by `.venv/bin/python benchmarks/accuracy.py --write` from the calibrated constants in",
+        "`placement/perf_efficiency.py` (fitted by `benchmarks/calibrate.py`). Error = predicted / measured - 1",
+        "on output tokens/s per device. Targets: median |err| <= 15%, p90 <= 35%, chip order right for >= 95%",
+        "of pairs.",
+        "",
+        "## Offline throughput on ../shared/data/calibration",
+        "",
+        "TensorRT-LLM grid: one replica at the published tp. MLPerf closed Offline: per accelerator, the model",
+        "takes the best tp a submitter could pick on its node (1, 2, 4, 8 up to devices per node);",
+        "`n_accel` = per node x nodes; NVIDIA v4.1 rows declared fp16 ran FP8 (`precision_hint`).",
+        "",
+        *table(shared_groups),
+        "",
+        "Per chip:",
+        "",
+        *table(chip_groups),
+        "",
+        f"Chip order (same model, request size and tp; MLPerf: median per chip): **{right}/{pairs} pairs "
+        f"right ({100.0 * right / max(pairs, 1):.1f}%)**, target >= {ORDER_TARGET_PCT:.0f}%.",
+        "",
+        *[f"- wrong: {w}" for w in wrong],
+        "",
+        "## Held out: TensorRT-LLM v0.17 H200 and L40S columns (never fitted on)",
+        "",
+        "Same table as the H100/A100 grid (NVIDIA/TensorRT-LLM perf-overview.md @258c7540), the columns the",
+        "shared CSV leaves out; `placement/data/heldout_trtllm_v0.17_h200_l40s.csv` (H100/A100 cells of the",
+        "transcription were checked to match the shared CSV exactly).",
+        "",
+        *table({"all held-out rows": heldout, **group_by(heldout, lambda r: r.point.accelerator)}),
+        "",
+        f"Chip order over fit and held-out rows together: **{all_right}/{all_pairs} pairs right "
+        f"({100.0 * all_right / max(all_pairs, 1):.1f}%)**.",
+        "",
+        *[f"- wrong: {w}" for w in all_wrong if w not in wrong],
+        "",
+    ]
+    if with_cv:
+        out += [
+            "## Leave-one-group-out cross-validation (NVIDIA + TensorRT-LLM factors)",
+            "",
+            "Each row refits the seven NVIDIA/TensorRT-LLM factors without the group and predicts the group:",
+            "how the model does on a chip or model it has never been calibrated on.",
+            "",
+            *cross_validation(),
+            "",
+        ]
+    out += [
+        "## MLPerf Server: highest rate under TTFT p99 2 s / TPOT p99 200 ms (max_rate_under_slo)",
+        "",
+        "Not fitted on. The TPOT limit is read as MLPerf defines it (p99 over requests of each request's",
+        "mean inter-token time, `itl_is_tpot=True`); GPT-J (beam search, which the serving model does not",
+        "represent) is left out.",
+        "",
+        *table(
+            {
+                "all Server rows": server,
+                **group_by(server, lambda r: f"{r.point.accelerator} / {r.point.model.id}"),
+            }
+        ),
+        "",
+        "## Known gaps",
+        "",
+        "- MLPerf request sizes: Llama-2-70B output 291 tokens comes from the v4.1 Server logs (completed",
+        "  tokens/s / samples/s); its input mean (294) and both Mixtral means (300 / 180) are estimates, not",
+        "  derived from the datasets here. Mixtral MLPerf rows are therefore reported but not fitted on.",
+        "- NeuralMagic's closed L40S vLLM row (118 tokens/s per GPU on Llama-2-70B, the MLPerf reference",
+        "  harness) and RedHat's L40S row run far below what the engine reaches elsewhere; they are kept.",
+        "- The NVIDIA H200 `_MaxQ` rows are power-capped systems; the model has no power cap.",
+        "- Server predictions sit close to Offline ones: the model puts no admission queue before the KV limit,",
+        "  while MLPerf Server runs land ~5-15% below Offline.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> int:
+    """Print or write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"write {REPORT.relative_to(ROOT)}")
+    parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation refits")
+    args = parser.parse_args()
+    report = build_report(with_cv=not args.no_cv)
+    print(report)
+    if args.write:
+        REPORT.write_text(report, encoding="utf-8")
+        print(f"wrote {REPORT.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
