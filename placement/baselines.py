@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -27,11 +27,33 @@ class SingleTypeResult:
     accelerator: str | None
     plan: solve.Plan | None
     price_per_hour_by_type: Mapping[str, float | None]
+    # Set by best_single_type_per_service: the one type each service uses (accelerator is then None).
+    per_service: Mapping[str, str] = field(default_factory=dict)
 
 
 def _served_fully(plan: solve.Plan, reference: Mapping[str, float]) -> bool:
     """Every service serves at least what the reference serves (the demand any plan can serve)."""
     return all(s.served_rps >= reference.get(s.service, 0.0) * (1 - 1e-6) - 1e-9 for s in plan.services)
+
+
+def uncapped(problem: solve.Problem) -> solve.Problem:
+    """The same problem with every pool given more nodes than any plan could use (sizing a new fleet)."""
+    demand = {s.id: s for s in problem.services}
+    devices: dict[str, int] = defaultdict(int)
+    per_service: dict[tuple[str, str], int] = defaultdict(int)
+    for c in problem.candidates:
+        s = demand[c.service]
+        load = sum(r / cap for r, cap in zip(s.bucket_rps, c.max_rps_per_bucket, strict=True) if cap > 0.0)
+        need = (math.ceil(load) + s.min_replicas) * c.tp
+        key = (c.pool, c.service + "/" + c.role)
+        per_service[key] = max(per_service[key], need)
+    for (pool_id, _), need in per_service.items():
+        devices[pool_id] += need
+    pools = tuple(
+        replace(p, nodes=max(p.nodes, math.ceil(devices[p.id] / p.devices_per_node) + 1))
+        for p in problem.pools
+    )
+    return replace(problem, pools=pools)
 
 
 def best_single_type(
@@ -43,7 +65,7 @@ def best_single_type(
     """Cheapest whole-fleet plan on one accelerator type that serves what `reference` serves.
 
     Without a reference the bar is all demand. MIG slices of a chip count as their own types, as each
-    slice size is a separate pool.
+    slice size is a separate pool. Pass `uncapped(problem)` to size a single-type fleet from scratch.
     """
     bar = (
         {s.service: s.served_rps for s in reference.services}
@@ -75,6 +97,61 @@ def best_single_type(
     if best is None:
         return SingleTypeResult(None, None, by_type)
     return SingleTypeResult(best[1], best[2], by_type)
+
+
+def best_single_type_per_service(
+    problem: solve.Problem,
+    options: solve.SolveOptions | None = None,
+    *,
+    reference: solve.Plan | None = None,
+) -> SingleTypeResult:
+    """Each service on its own cheapest single accelerator type, pool sizes ignored (sized to order).
+
+    The fallback when no one type can serve the whole fleet (a 70B model does not fit an L4, a service
+    excludes a vendor): it is how fleets are usually run, one chip type per model.
+    """
+    grown = uncapped(problem)
+    bar = (
+        {s.service: s.served_rps for s in reference.services}
+        if reference is not None
+        else {s.id: s.requests_per_second for s in problem.services}
+    )
+    chosen: dict[str, str] = {}
+    plans: list[solve.ServicePlan] = []
+    for s in problem.services:
+        best: tuple[float, str, solve.ServicePlan] | None = None
+        for acc in sorted({p.accelerator for p in grown.pools}):
+            ids = {p.id for p in grown.pools if p.accelerator == acc}
+            mine = tuple(c for c in grown.candidates if c.service == s.id and c.pool in ids)
+            if not mine:
+                continue
+            sub = solve.Problem(
+                services=(s,), pools=tuple(p for p in grown.pools if p.id in ids), candidates=mine
+            )
+            try:
+                plan = solve.solve(sub, options)
+            except solve.InfeasibleError:
+                continue
+            if not _served_fully(plan, bar) or (best is not None and plan.price_per_hour >= best[0]):
+                continue
+            best = (plan.price_per_hour, acc, plan.services[0])
+        if best is None:
+            return SingleTypeResult(None, None, {}, {})
+        chosen[s.id] = best[1]
+        plans.append(best[2])
+    used: dict[str, int] = defaultdict(int)
+    for sp in plans:
+        for a in sp.assignments:
+            used[a.pool] += a.devices
+    pools = tuple(
+        solve.PoolUsage(
+            p.id, p.accelerator, p.devices_total, used[p.id], used[p.id] * p.price_per_device_hour
+        )
+        for p in grown.pools
+    )
+    price = sum(sp.price_per_hour for sp in plans)
+    plan = solve.Plan("optimal", tuple(plans), pools, price, price, math.nan, math.nan, 0.0, len(plans))
+    return SingleTypeResult(None, plan, {}, chosen)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class Query:
     itl_p99_ms: float
     # Inline architecture for models not in the catalog.
     model_arch: catalog.ModelArch | None = None
+    # Mean sizes of the bucket's requests (prompt_tokens/output_tokens are its largest, i.e. its p99 and
+    # beyond); None means every request has the largest size.
+    prompt_mean_tokens: float | None = None
+    output_mean_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class Capacity:
     # Latencies at (near) zero load, known when the SLO is missed even there: the explanations quote them.
     zero_load_ttft_p99_ms: float | None = None
     zero_load_itl_p99_ms: float | None = None
+    # True when the oracle vouches that larger requests (prompt and output both at least as long) can
+    # never do better: then candidates skip asking about them once this size fails.
+    size_monotone: bool = False
 
 
 CapacityOracle = Callable[[Query], Capacity]
@@ -63,9 +70,19 @@ def perf_oracle(query: Query) -> Capacity:
             model, query.accelerator, query.precision, query.tp, query.role, query.engine
         )
         slo = perf.Slo(query.ttft_p99_ms, query.itl_p99_ms)
-        rate = perf.max_rate_under_slo(config, query.prompt_tokens, query.output_tokens, slo)
+        # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
+        prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
+        output_mean = query.output_mean_tokens or float(query.output_tokens)
+        rate = perf.max_rate_under_slo(
+            config,
+            max(1.0, prompt_mean),
+            max(1.0, output_mean),
+            slo,
+            prompt_tokens_p99=max(float(query.prompt_tokens), prompt_mean, 1.0),
+            output_tokens_p99=max(float(query.output_tokens), output_mean, 1.0),
+        )
     except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
-        return Capacity(0.0, None, None, str(error), "perf")
+        return Capacity(0.0, None, None, str(error), "perf", size_monotone=True)
     if rate.max_rps > 0.0:
         return Capacity(
             rate.max_rps,
@@ -82,7 +99,8 @@ def perf_oracle(query: Query) -> Capacity:
         )
         if load is not None:
             zero_ttft, zero_itl = load.ttft_p99_ms, load.itl_p99_ms
-    return Capacity(0.0, None, None, rate.reason, "perf", zero_ttft, zero_itl)
+    # Longer prompts and outputs only add compute, KV and queueing in the model: monotone.
+    return Capacity(0.0, None, None, rate.reason, "perf", zero_ttft, zero_itl, size_monotone=True)
 
 
 def profile_oracle(
@@ -155,6 +173,8 @@ class Rejection:
     reason: str
     zero_load_ttft_p99_ms: float | None = None
     zero_load_itl_p99_ms: float | None = None
+    # Prompt size (bucket upper edge) of the smallest request the reason was found for.
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -274,13 +294,22 @@ def _candidate(
     spec: ServiceSpec, pool: solve.Pool, role: solve.Role, precision: str, tp: int, oracle: CapacityOracle
 ) -> tuple[solve.Candidate | None, Rejection | None]:
     """The candidate for one configuration, or the reason it cannot serve any bucket."""
-    caps: list[float] = []
-    ttfts: list[float | None] = []
-    itls: list[float | None] = []
-    sources: set[str] = set()
-    worst: Capacity | None = None
+    buckets = spec.workload.buckets
     rates = spec.workload.bucket_rps
-    for bucket, rate in zip(spec.workload.buckets, rates, strict=True):
+    caps: list[float] = [0.0] * len(buckets)
+    ttfts: list[float | None] = [None] * len(buckets)
+    itls: list[float | None] = [None] * len(buckets)
+    sources: set[str] = set()
+    first_miss: tuple[Capacity, int] | None = None
+    # Smallest requests first: when the oracle vouches that bigger requests never do better
+    # (size_monotone), a bucket at least as large as a failed one fails without another question.
+    failed: list[tuple[int, int]] = []
+    for k in sorted(
+        range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k)
+    ):
+        bucket = buckets[k]
+        if any(bucket.prompt_tokens >= p and bucket.output_tokens >= o for p, o in failed):
+            continue
         answer = oracle(
             Query(
                 model=spec.model,
@@ -294,14 +323,20 @@ def _candidate(
                 ttft_p99_ms=spec.ttft_p99_ms,
                 itl_p99_ms=spec.itl_p99_ms,
                 model_arch=spec.model_arch,
+                prompt_mean_tokens=bucket.prompt_mean,
+                output_mean_tokens=bucket.output_mean_tokens or None,
             )
         )
-        caps.append(answer.max_rps)
-        ttfts.append(answer.ttft_p99_ms)
-        itls.append(answer.itl_p99_ms)
+        caps[k] = answer.max_rps
+        ttfts[k] = answer.ttft_p99_ms
+        itls[k] = answer.itl_p99_ms
         sources.add(answer.source)
-        if answer.max_rps <= 0.0 and (worst is None or rate > 0.0):
-            worst = answer
+        if answer.max_rps <= 0.0:
+            if answer.size_monotone:
+                failed.append((bucket.prompt_tokens, bucket.output_tokens))
+            if first_miss is None or (rates[first_miss[1]] <= 0.0 < rates[k]):
+                first_miss = (answer, k)
+    worst = first_miss[0] if first_miss is not None else None
     if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0):
         return (
             solve.Candidate(
@@ -331,6 +366,7 @@ def _candidate(
         reason=reason,
         zero_load_ttft_p99_ms=worst.zero_load_ttft_p99_ms if worst is not None else None,
         zero_load_itl_p99_ms=worst.zero_load_itl_p99_ms if worst is not None else None,
+        prompt_tokens=buckets[first_miss[1]].prompt_tokens if first_miss is not None else None,
     )
 
 

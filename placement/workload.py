@@ -24,8 +24,17 @@ class Bucket:
     prompt_hi_tokens: int
     output_lo_tokens: int
     output_hi_tokens: int
-    # Mean output length of the requests in this bucket, for $/1M output tokens.
+    # Mean output length of the requests in this bucket, for $/1M output tokens and throughput.
     output_mean_tokens: float
+    # Mean prompt length (0.0: unknown, use the midpoint).
+    prompt_mean_tokens: float = 0.0
+
+    @property
+    def prompt_mean(self) -> float:
+        """Mean prompt length, the midpoint when unknown."""
+        if self.prompt_mean_tokens > 0.0:
+            return self.prompt_mean_tokens
+        return (self.prompt_lo_tokens + self.prompt_hi_tokens) / 2.0
 
     @property
     def prompt_tokens(self) -> int:
@@ -81,21 +90,11 @@ TAIL_QUANTILE = 0.999
 # z-score of the 99th percentile of a standard normal.
 Z_P99 = float(stats.norm.ppf(0.99))
 
-# Default bucket edges: powers of two, as serving engines' own buckets (e.g. vLLM CUDA-graph sizes) are.
-DEFAULT_PROMPT_EDGES_TOKENS: tuple[int, ...] = (
-    0,
-    256,
-    512,
-    1024,
-    2048,
-    4096,
-    8192,
-    16384,
-    32768,
-    65536,
-    131072,
-)
-DEFAULT_OUTPUT_EDGES_TOKENS: tuple[int, ...] = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Default bucket edges: powers of four. Capacity is predicted at each bucket's mean size with its upper
+# edge as the p99, so a bucket spanning 4x is sized accurately for throughput and safely for tail latency;
+# powers of two doubled the buckets (and with them the performance-model calls and MILP columns).
+DEFAULT_PROMPT_EDGES_TOKENS: tuple[int, ...] = (0, 256, 1024, 4096, 16384, 65536, 131072)
+DEFAULT_OUTPUT_EDGES_TOKENS: tuple[int, ...] = (0, 64, 256, 1024, 4096, 16384)
 
 
 @dataclass(frozen=True)
@@ -162,12 +161,13 @@ def _used_edges(edges: Sequence[int], top_tokens: float) -> list[int]:
 
 
 def _fold_small(
-    grid: list[list[float]], means: list[list[float]]
-) -> tuple[list[tuple[int, int]], list[float], list[float]]:
+    grid: list[list[float]], prompt_means: list[list[float]], output_means: list[list[float]]
+) -> tuple[list[tuple[int, int]], list[float], list[float], list[float]]:
     """Cells with at least MIN_BUCKET_FRACTION of traffic; smaller cells fold into the next larger cell."""
     rows, cols = len(grid), len(grid[0])
     mass = [row[:] for row in grid]
-    out_mass = [[m * f for m, f in zip(mr, gr, strict=True)] for mr, gr in zip(means, grid, strict=True)]
+    p_mass = [[m * f for m, f in zip(mr, gr, strict=True)] for mr, gr in zip(prompt_means, grid, strict=True)]
+    o_mass = [[m * f for m, f in zip(mr, gr, strict=True)] for mr, gr in zip(output_means, grid, strict=True)]
     kept: list[tuple[int, int]] = []
     for i in range(rows):
         for j in range(cols):
@@ -181,11 +181,13 @@ def _fold_small(
             # conservatively, never less.
             ni, nj = (i, j + 1) if j + 1 < cols else (i + 1, j)
             mass[ni][nj] += mass[i][j]
-            out_mass[ni][nj] += out_mass[i][j]
+            p_mass[ni][nj] += p_mass[i][j]
+            o_mass[ni][nj] += o_mass[i][j]
             mass[i][j] = 0.0
     fractions = [mass[i][j] for i, j in kept]
-    out_means = [out_mass[i][j] / mass[i][j] if mass[i][j] > 0 else 0.0 for i, j in kept]
-    return kept, fractions, out_means
+    p_avg = [p_mass[i][j] / mass[i][j] for i, j in kept]
+    o_avg = [o_mass[i][j] / mass[i][j] for i, j in kept]
+    return kept, fractions, p_avg, o_avg
 
 
 def _build(
@@ -193,14 +195,15 @@ def _build(
     prompt_edges: list[int],
     output_edges: list[int],
     grid: list[list[float]],
-    means: list[list[float]],
+    prompt_means: list[list[float]],
+    output_means: list[list[float]],
 ) -> BucketedWorkload:
-    """BucketedWorkload from a [prompt][output] probability grid and per-cell output means."""
+    """BucketedWorkload from a [prompt][output] probability grid and per-cell mean lengths."""
     total = sum(sum(row) for row in grid)
     if total <= 0.0:
         raise WorkloadError("workload: no probability mass in any bucket")
     grid = [[v / total for v in row] for row in grid]
-    kept, fractions, out_means = _fold_small(grid, means)
+    kept, fractions, p_avg, o_avg = _fold_small(grid, prompt_means, output_means)
     norm = sum(fractions)
     buckets = tuple(
         Bucket(
@@ -208,9 +211,10 @@ def _build(
             prompt_hi_tokens=prompt_edges[i + 1],
             output_lo_tokens=output_edges[j],
             output_hi_tokens=output_edges[j + 1],
-            output_mean_tokens=m,
+            output_mean_tokens=om,
+            prompt_mean_tokens=pm,
         )
-        for (i, j), m in zip(kept, out_means, strict=True)
+        for (i, j), pm, om in zip(kept, p_avg, o_avg, strict=True)
     )
     return BucketedWorkload(rps, buckets, tuple(f / norm for f in fractions))
 
@@ -246,9 +250,16 @@ def from_mean_p99(
     o_mass = [output.cdf(hi) - output.cdf(lo) for lo, hi in itertools.pairwise(o_edges)]
     o_mass[-1] += 1.0 - output.cdf(o_edges[-1])
     o_means = [output.partial_mean(lo, hi) for lo, hi in itertools.pairwise(o_edges)]
+    p_means = [prompt.partial_mean(lo, hi) for lo, hi in itertools.pairwise(p_edges)]
     grid = [[pm * om for om in o_mass] for pm in p_mass]
-    means = [o_means[:] for _ in p_mass]
-    return _build(requests_per_second, p_edges, o_edges, grid, means)
+    return _build(
+        requests_per_second,
+        p_edges,
+        o_edges,
+        grid,
+        [[m] * len(o_means) for m in p_means],
+        [o_means[:] for _ in p_mass],
+    )
 
 
 def from_samples(
@@ -273,10 +284,15 @@ def from_samples(
     oi = np.clip(np.searchsorted(o_edges, outputs, side="left") - 1, 0, len(o_edges) - 2)
     counts = np.zeros((len(p_edges) - 1, len(o_edges) - 1))
     out_sum = np.zeros_like(counts)
+    prompt_sum = np.zeros_like(counts)
     np.add.at(counts, (pi, oi), 1.0)
     np.add.at(out_sum, (pi, oi), outputs)
-    means = np.divide(out_sum, counts, out=np.zeros_like(out_sum), where=counts > 0)
-    return _build(requests_per_second, p_edges, o_edges, counts.tolist(), means.tolist())
+    np.add.at(prompt_sum, (pi, oi), prompts)
+    out_means = np.divide(out_sum, counts, out=np.zeros_like(out_sum), where=counts > 0)
+    prompt_means = np.divide(prompt_sum, counts, out=np.zeros_like(prompt_sum), where=counts > 0)
+    return _build(
+        requests_per_second, p_edges, o_edges, counts.tolist(), prompt_means.tolist(), out_means.tolist()
+    )
 
 
 def from_grid(

@@ -73,7 +73,7 @@ def test_from_samples_counts_each_request_once() -> None:
     w = workload.from_samples(4.0, prompts, outputs)
     assert sum(w.bucket_rps) == pytest.approx(4.0)
     by_size = {(b.prompt_tokens, b.output_tokens): r for b, r in zip(w.buckets, w.bucket_rps, strict=True)}
-    assert by_size[(512, 128)] == pytest.approx(2.0)
+    assert by_size[(1024, 256)] == pytest.approx(2.0)
     # The top bucket ends at the largest request, not at the next power of two.
     assert max(b.prompt_tokens for b in w.buckets) == 5000
     assert max(b.output_tokens for b in w.buckets) == 900

@@ -1,0 +1,222 @@
+"""`chipfit plan`: the cheapest fleet plan meeting every SLO, from the same manifests users apply."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from chipfit import planning, validation
+from placement import solve
+
+# A person notices a pause after about a second: only then is a progress display worth drawing.
+PROGRESS_AFTER_S = 1.0
+# Width of the table when stdout is not a terminal (files, pipes, CI logs): every column unabridged.
+PIPE_WIDTH_COLUMNS = 180
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="solve the cheapest placement of every InferenceService on the AcceleratorPools",
+        description="Read pools, services and profiles from manifests, predict capacity, solve one MILP for "
+        "the fleet and print the plan, its savings against the best single-chip-type plan and why each "
+        "service landed where it did. Invalid input: one line per problem and exit 1.",
+    )
+    parser.add_argument(
+        "-f", "--filename", dest="paths", action="append", nargs="+", required=True, metavar="FILE_OR_DIR"
+    )
+    parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
+    parser.add_argument(
+        "--move-penalty",
+        type=float,
+        default=0.0,
+        metavar="DOLLARS_PER_DEVICE_HOUR",
+        help="cost of moving a running replica's device, so small savings do not churn the fleet",
+    )
+    parser.add_argument("--time-limit", type=float, default=solve.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+    parser.set_defaults(func=run)
+
+
+class _Phase:
+    """The label of the phase planning is in (written by the worker, read by the progress display)."""
+
+    def __init__(self) -> None:
+        self.label = "starting"
+
+    def __call__(self, label: str) -> None:
+        self.label = label
+
+
+def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated, console: Console) -> Any:
+    """Run planning in a worker; draw a progress display only if it takes more than a second."""
+    phase = _Phase()
+    options = solve.SolveOptions(time_limit_s=args.time_limit, move_penalty_per_device_hour=args.move_penalty)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(
+            planning.plan_fleet,
+            loaded.services,
+            loaded.pools,
+            loaded.profiles,
+            options=options,
+            progress=phase,
+        )
+        try:
+            return future.result(timeout=PROGRESS_AFTER_S)
+        except concurrent.futures.TimeoutError:
+            pass
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(phase.label, total=None)
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except concurrent.futures.TimeoutError:
+                    progress.update(task, description=phase.label)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = [p for group in args.paths for p in group]
+    loaded = validation.load_and_validate(paths)
+    for problem in loaded.problems:
+        print(problem)
+    if loaded.problems:
+        print(f"{len(loaded.problems)} problem(s); fix them and plan again", file=sys.stderr)
+        return 1
+    if not loaded.services:
+        print(f"no InferenceService found in {', '.join(paths)}", file=sys.stderr)
+        return 1
+    err = Console(stderr=True)
+    try:
+        result: planning.FleetPlan = _solve_with_progress(args, loaded, err)
+    except (planning.PlanningError, solve.PlacementError) as error:
+        print(f"chipfit plan: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(_jsonable(to_json(result)), indent=2))
+    else:
+        # Piped output gets a wide table instead of rich's 80-column default.
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=PIPE_WIDTH_COLUMNS)
+        print_plan(result, out)
+    return 0
+
+
+def to_json(result: planning.FleetPlan) -> dict[str, Any]:
+    """The typed result as plain data."""
+    single = result.single_type
+    return {
+        "plan": dataclasses.asdict(result.plan),
+        "singleType": {
+            "accelerator": single.accelerator,
+            "kind": result.single_type_kind,
+            "perService": dict(single.per_service),
+            "pricePerHour": single.plan.price_per_hour if single.plan else None,
+            "pricePerHourByType": dict(single.price_per_hour_by_type),
+        },
+        "savingsVsSingleType": result.savings_vs_single_type,
+        "explanations": [dataclasses.asdict(e) for e in result.explanations],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _ms(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_plan(result: planning.FleetPlan, console: Console) -> None:
+    """The plan table, the fleet total, the savings and the explanations."""
+    plan = result.plan
+    table = Table(title="chipfit fleet plan", title_justify="left")
+    for name, justify in (
+        ("service", "left"),
+        ("role", "left"),
+        ("pool", "left"),
+        ("chip", "left"),
+        ("prec", "left"),
+        ("TP", "right"),
+        ("replicas", "right"),
+        ("$/h", "right"),
+        ("$/1M out tok", "right"),
+        ("TTFT p99 ms", "right"),
+        ("ITL p99 ms", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for sp in plan.services:
+        if not sp.assignments:
+            table.add_row(sp.service, "-", "-", "-", "-", "-", "0", "0.00", "-", "-", "-", style="red")
+            continue
+        for i, a in enumerate(sp.assignments):
+            per_million = sp.price_per_million_output_tokens if i == 0 else None
+            table.add_row(
+                sp.service if i == 0 else "",
+                a.role,
+                a.pool,
+                a.accelerator,
+                a.precision,
+                str(a.tp),
+                str(a.replicas),
+                f"{a.price_per_hour:.2f}",
+                "" if per_million is None else f"{per_million:.3f}",
+                _ms(a.ttft_p99_ms),
+                _ms(a.itl_p99_ms, 1),
+            )
+    console.print(table)
+    served = sum(s.served_rps for s in plan.services)
+    demand = sum(s.demand_rps for s in plan.services)
+    console.print(
+        f"fleet total: [bold]${plan.price_per_hour:,.2f}/h[/bold]  "
+        f"serving {served:,.2f} of {demand:,.2f} req/s  "
+        f"({plan.status}, gap {plan.gap:.2%}, {plan.solve_seconds:.2f} s, {plan.stages} stage(s))"
+    )
+    single = result.single_type
+    if single.plan is not None and result.savings_vs_single_type is not None:
+        if result.single_type_kind == "per-service":
+            what = "one chip type per service (no single type serves every service; sized to order)"
+        elif result.single_type_kind == "fleet-sized":
+            what = f"{single.accelerator} for everything (sized to order: it does not fit the pools as sized)"
+        else:
+            what = f"{single.accelerator} for everything"
+        console.print(
+            f"best single-chip-type plan: {what}: ${single.plan.price_per_hour:,.2f}/h -> "
+            f"chipfit saves [bold]{result.savings_vs_single_type:.1%}[/bold]"
+        )
+    else:
+        console.print("best single-chip-type plan: none serves what this plan serves")
+    used = [p for p in plan.pools if p.devices_used]
+    if used:
+        console.print(
+            "pools: " + ", ".join(f"{p.pool} {p.devices_used}/{p.devices_total}" for p in used) + " devices"
+        )
+    console.print("\n[bold]why[/bold]")
+    for e in result.explanations:
+        console.print(f"- {e.service}: {e.summary}")
+        for r in e.runners_up:
+            what = (
+                f"${r.price_per_hour:,.2f}/h alone" if r.price_per_hour is not None else f"misses: {r.misses}"
+            )
+            console.print(f"    {r.accelerator} (tp{r.tp} {r.precision}, pool {r.pool}): {what}")

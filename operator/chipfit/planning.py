@@ -1,0 +1,226 @@
+"""Typed API objects -> placement inputs -> a fleet plan. Pure (no I/O): the CLI and the operator share it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from chipfit.api import v1alpha1
+from placement import baselines, candidates, catalog, explain, profiles, solve, workload
+
+
+class PlanningError(ValueError):
+    """An object cannot be turned into a placement input; the message names the object and field."""
+
+
+def service_id(service: v1alpha1.InferenceService) -> str:
+    """`namespace/name`, the id a service has in the plan."""
+    ns = service.metadata.namespace or "default"
+    return f"{ns}/{service.metadata.name}"
+
+
+def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
+    """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
+    spec = pool.spec
+    price = spec.price_per_device_hour
+    if price is None:
+        acc = catalog.ACCELERATORS.get(spec.accelerator)
+        if acc is None:
+            raise PlanningError(
+                f"AcceleratorPool {pool.metadata.name}: spec.pricePerDeviceHour: required for "
+                f"{spec.accelerator}, which has no catalog price"
+            )
+        price = acc.default_price_per_hour
+    return solve.Pool(
+        id=pool.metadata.name,
+        accelerator=spec.accelerator,
+        devices_per_node=spec.devices_per_node,
+        nodes=spec.nodes,
+        price_per_device_hour=float(price),
+        spot=spec.spot,
+    )
+
+
+def _model(ref: v1alpha1.ModelRef) -> tuple[str, catalog.ModelArch | None]:
+    """Model id for profiles and the performance model, plus the inline architecture if any."""
+    if ref.id is not None:
+        return ref.id, None
+    arch = ref.architecture
+    name = ref.name or "inline"
+    if arch is None:
+        raise PlanningError("spec.model: set id or architecture")
+    return name, catalog.ModelArch(
+        id=name,
+        layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        heads=arch.num_heads,
+        kv_heads=arch.num_kv_heads,
+        head_dim=arch.head_dim,
+        intermediate_size=arch.intermediate_size,
+        vocab_size=arch.vocab_size,
+        max_context_tokens=arch.max_context_tokens,
+        experts=arch.num_experts,
+        active_experts=arch.experts_per_token,
+    )
+
+
+def to_workload(wl: v1alpha1.Workload) -> workload.BucketedWorkload:
+    """Lognormal prompt and output lengths from mean and p99 (no p99: every request is the mean)."""
+    prompt_p99 = wl.prompt_tokens.p99 if wl.prompt_tokens.p99 is not None else wl.prompt_tokens.mean
+    output_p99 = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
+    return workload.from_mean_p99(
+        wl.requests_per_second,
+        wl.prompt_tokens.mean,
+        prompt_p99,
+        wl.output_tokens.mean,
+        output_p99,
+        max_context_tokens=wl.max_context_tokens,
+    )
+
+
+def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
+    """The placement layer's view of one InferenceService."""
+    spec = service.spec
+    sid = service_id(service)
+    model, arch = _model(spec.model)
+    placement = spec.placement or v1alpha1.PlacementConstraints()
+    replicas = spec.replicas or v1alpha1.Replicas()
+    try:
+        wl = to_workload(spec.workload)
+    except workload.WorkloadError as error:
+        raise PlanningError(f"InferenceService {sid}: spec.workload.{error}") from error
+    return candidates.ServiceSpec(
+        id=sid,
+        model=model,
+        model_arch=arch,
+        precisions=tuple(spec.precisions),
+        ttft_p99_ms=spec.slo.ttft_p99_ms,
+        itl_p99_ms=spec.slo.itl_p99_ms,
+        workload=wl,
+        engine=spec.engine,
+        serving=spec.serving,
+        min_replicas=replicas.min,
+        max_replicas=replicas.max,
+        priority=placement.priority,
+        max_dollars_per_hour=spec.budget.max_dollars_per_hour if spec.budget else None,
+        allowed_accelerators=frozenset(placement.allowed_accelerators)
+        if placement.allowed_accelerators is not None
+        else None,
+        excluded_accelerators=frozenset(placement.excluded_accelerators or ()),
+        allowed_pools=frozenset(placement.allowed_pools) if placement.allowed_pools is not None else None,
+        excluded_pools=frozenset(placement.excluded_pools or ()),
+        spot_allowed=placement.spot_allowed,
+    )
+
+
+def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.BucketProfile]:
+    """Bucket-table profiles (point profiles calibrate the performance model instead)."""
+    out = []
+    for item in items:
+        spec = item.spec
+        table = spec.bucket_table
+        if table is None:
+            continue
+        try:
+            out.append(
+                profiles.BucketProfile(
+                    model=spec.model,
+                    accelerator=spec.accelerator,
+                    precision=spec.precision,
+                    tp=spec.tensor_parallel,
+                    prompt_edges_tokens=(0, *table.prompt_token_buckets),
+                    output_edges_tokens=(0, *table.output_token_buckets),
+                    max_rps=tuple(tuple(row) for row in table.max_requests_per_second),
+                    engine=spec.engine,
+                    ttft_p99_ms=table.slo.ttft_p99_ms,
+                    itl_p99_ms=table.slo.itl_p99_ms,
+                    source=f"PerformanceProfile {item.metadata.name}",
+                )
+            )
+        except profiles.ProfileError as error:
+            raise PlanningError(
+                f"PerformanceProfile {item.metadata.name}: spec.bucketTable: {error}"
+            ) from error
+    return out
+
+
+def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[solve.CandidateKey, int]:
+    """What runs now, from each service's status.placement (the stability penalty's reference)."""
+    out: dict[solve.CandidateKey, int] = {}
+    for service in services:
+        placed = service.status.placement if service.status else None
+        for p in placed or ():
+            key = solve.CandidateKey(service_id(service), p.role, p.pool, p.precision, p.tensor_parallel)
+            out[key] = out.get(key, 0) + p.replicas
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetPlan:
+    """A solved plan with what explains it: candidates, the best single-type baseline, explanations."""
+
+    candidates: candidates.CandidateSet
+    plan: solve.Plan
+    single_type: baselines.SingleTypeResult
+    explanations: tuple[explain.Explanation, ...]
+    # How the baseline was found: "fleet" (one type for everything, in the pools as sized), "fleet-sized"
+    # (one type, pool sizes ignored) or "per-service" (each service its own type, pool sizes ignored).
+    single_type_kind: str = "fleet"
+
+    @property
+    def savings_vs_single_type(self) -> float | None:
+        """Fraction of $/h saved against the best single-type plan (None when no single type suffices)."""
+        base = self.single_type.plan
+        if base is None or base.price_per_hour <= 0.0:
+            return None
+        return 1.0 - self.plan.price_per_hour / base.price_per_hour
+
+
+def build_inputs(
+    services: Sequence[v1alpha1.InferenceService],
+    pools: Sequence[v1alpha1.AcceleratorPool],
+    performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
+    *,
+    oracle: candidates.CapacityOracle | None = None,
+) -> candidates.CandidateSet:
+    """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
+    table = to_profiles(performance_profiles)
+    capacity = oracle if oracle is not None else candidates.profile_oracle(table)
+    return candidates.build(
+        [to_spec(s) for s in services],
+        [to_pool(p) for p in pools],
+        oracle=capacity,
+        current_replicas=current_replicas(services),
+    )
+
+
+def plan_fleet(
+    services: Sequence[v1alpha1.InferenceService],
+    pools: Sequence[v1alpha1.AcceleratorPool],
+    performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
+    *,
+    options: solve.SolveOptions | None = None,
+    oracle: candidates.CapacityOracle | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FleetPlan:
+    """The cheapest plan for the fleet, its best single-type baseline and the explanations.
+
+    `progress` is called with a short label before each phase (the CLI drives its progress bar with it).
+    Raises PlanningError for inputs the API schema cannot catch, solve.PlacementError when no plan exists.
+    """
+    step = progress or (lambda _label: None)
+    step("predicting capacity")
+    cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
+    step("solving the fleet MILP")
+    plan = solve.solve(cset.problem, options)
+    step("solving the single-type baselines")
+    single = baselines.best_single_type(cset.problem, options, reference=plan)
+    kind = "fleet"
+    if single.plan is None:
+        single = baselines.best_single_type(baselines.uncapped(cset.problem), options, reference=plan)
+        kind = "fleet-sized"
+    if single.plan is None:
+        single = baselines.best_single_type_per_service(cset.problem, options, reference=plan)
+        kind = "per-service"
+    step("explaining")
+    return FleetPlan(cset, plan, single, explain.explain(cset, plan), kind)
