@@ -38,6 +38,8 @@ RETRY_DELAY_S: Final = 5.0
 MOVE_PENALTY_PER_DEVICE_HOUR: Final = 0.25
 # The operator re-plans on every fleet change; a solve that takes longer than this returns its incumbent.
 SOLVER_TIME_LIMIT_S: Final = 30.0
+# Predicted latencies are shown to 0.1 ms: finer digits are solver noise and would churn the status.
+PREDICTION_DECIMALS: Final = 1
 MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
 
 logger = logging.getLogger("chipfit.operator")
@@ -102,10 +104,10 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
     prediction = v1alpha1.Prediction(
-        ttft_p99_ms=sp.ttft_p99_ms,
-        itl_p99_ms=sp.itl_p99_ms,
+        ttft_p99_ms=_round(sp.ttft_p99_ms, PREDICTION_DECIMALS),
+        itl_p99_ms=_round(sp.itl_p99_ms, PREDICTION_DECIMALS),
         # A split service is as fast as its slower side.
-        max_requests_per_second=min(capacity_by_role.values()) if capacity_by_role else None,
+        max_requests_per_second=_round(min(capacity_by_role.values()), 3) if capacity_by_role else None,
         dollars_per_hour=round(sp.price_per_hour, 4),
         dollars_per_million_output_tokens=(
             round(sp.price_per_million_output_tokens, 4)
@@ -116,6 +118,10 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
     return reconcile.ServiceOutcome(
         placements=placements, prediction=prediction, served=sp.status, reason=sp.reason
     )
+
+
+def _round(value: float | None, decimals: int) -> float | None:
+    return None if value is None else round(value, decimals)
 
 
 def _placement_text(placements: Sequence[v1alpha1.RolePlacement]) -> str:
@@ -236,7 +242,8 @@ class Fleet:
             else:
                 valid.append(service)
 
-        capacities = {p.metadata.name: self._capacity(p, nodes) for p in pools}
+        owners = reconcile.node_owners(pools, nodes)
+        capacities = {p.metadata.name: self._capacity(p, nodes, owners) for p in pools}
         # The solver plans on the nodes that are really there, not on the declared planning capacity.
         seen = [
             p.model_copy(
@@ -254,12 +261,11 @@ class Fleet:
         self.metrics.observe_reconcile("fleet", time.monotonic() - started)
 
     def _capacity(
-        self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]]
+        self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]], owners: Mapping[str, str]
     ) -> reconcile.PoolCapacity:
         chip = catalog.get_accelerator(pool.spec.accelerator)
-        return reconcile.pool_capacity(
-            pool, render.resource_name(pool, chip), chip.resource_units_per_device, nodes
-        )
+        resource = render.resource_name(pool, chip)
+        return reconcile.pool_capacity(pool, resource, chip.resource_units_per_device, nodes, owners)
 
     def _solve(
         self,

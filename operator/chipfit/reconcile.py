@@ -235,11 +235,13 @@ def compute_status(
         placements.append(p.model_copy(update={"ready_replicas": ready_count}))
         desired_total += p.replicas
         ready_total += ready_count
+    planned = {render.placement_key(p) for p in outcome.placements}
+    routers = [d for d in deployments if d.role == render.ROUTER_ROLE]
     draining = [
-        d
-        for d in deployments
-        if (d.role, d.pool, d.config) not in {render.placement_key(p) for p in outcome.placements}
+        d for d in deployments if d.role != render.ROUTER_ROLE and (d.role, d.pool, d.config) not in planned
     ]
+    split = any(p.role != "aggregated" for p in outcome.placements)
+    router_ready = not split or any(d.up_to_date and d.ready_replicas >= max(d.replicas, 1) for d in routers)
     waiting = list(actions.waiting) if actions is not None else []
 
     # Placed: the plan gives the service replicas (or nothing is demanded).
@@ -260,7 +262,7 @@ def compute_status(
             previous, "Placed", False, "NoCapacity", outcome.reason or "no pool can host it", generation, now
         )
     # Ready: every planned replica ready and no old placement left to drain.
-    all_ready = ready_total >= desired_total and not draining
+    all_ready = ready_total >= desired_total and not draining and router_ready
     if all_ready:
         ready = _condition(
             previous,
@@ -272,8 +274,17 @@ def compute_status(
             now,
         )
     else:
-        reason = "RollingOut" if draining else "ReplicasNotReady"
-        detail = f"{ready_total}/{desired_total} replicas ready" + (f"; {waiting[0]}" if waiting else "")
+        reason = (
+            "RollingOut"
+            if draining
+            else "ReplicasNotReady"
+            if ready_total < desired_total
+            else "RouterNotReady"
+        )
+        detail = f"{ready_total}/{desired_total} replicas ready" + (
+            "" if router_ready else "; router not ready"
+        )
+        detail += f"; {waiting[0]}" if waiting else ""
         ready = _condition(previous, "Ready", False, reason, detail, generation, now)
     # SLOAttainable: the plan serves the whole declared workload within the SLO.
     if outcome.served == "served":
@@ -374,16 +385,44 @@ def _quantity_int(value: Any) -> int:
         return 0
 
 
+def _matches(selector: Mapping[str, str], node: Mapping[str, Any]) -> bool:
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def node_owners(
+    pools: Sequence[v1alpha1.AcceleratorPool], nodes: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Node name -> the pool whose nodeSelector matches it most specifically (most labels; then name).
+
+    Selectors nest in practice (a spot pool adds a capacity-type label to the on-demand pool's selector):
+    a node belongs to one pool only, so its devices are never counted twice.
+    """
+    owners: dict[str, str] = {}
+    ranked = sorted(pools, key=lambda p: (-len(p.spec.node_selector), p.metadata.name))
+    for node in nodes:
+        for pool in ranked:
+            if _matches(pool.spec.node_selector, node):
+                owners[node["metadata"]["name"]] = pool.metadata.name
+                break
+    return owners
+
+
 def pool_capacity(
-    pool: v1alpha1.AcceleratorPool, resource: str, units_per_device: int, nodes: Sequence[Mapping[str, Any]]
+    pool: v1alpha1.AcceleratorPool,
+    resource: str,
+    units_per_device: int,
+    nodes: Sequence[Mapping[str, Any]],
+    owners: Mapping[str, str] | None = None,
 ) -> PoolCapacity:
-    """Ready, schedulable nodes matching the pool's nodeSelector, and the whole devices they allocate."""
-    selector = pool.spec.node_selector
+    """Ready, schedulable nodes of the pool (per `owners`, else by its nodeSelector) and their devices."""
     ready_nodes = 0
     devices = 0
     for node in nodes:
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        if any(labels.get(k) != v for k, v in selector.items()):
+        if owners is not None:
+            if owners.get(node["metadata"]["name"]) != pool.metadata.name:
+                continue
+        elif not _matches(pool.spec.node_selector, node):
             continue
         if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node):
             continue

@@ -76,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
     if args.debounce_seconds is not None:
         fleet.debounce_s = args.debounce_seconds
     try:
+        # A peering name makes kopf's peering mandatory (its ClusterKopfPeering CRD must be installed), so
+        # it is passed only when peering is wanted.
+        peering = {} if args.standalone else {"peering_name": args.peering, "priority": args.priority}
         kopf.run(
             clusterwide=True,
             standalone=args.standalone,
-            peering_name=args.peering,
-            priority=args.priority,
+            **peering,
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(fleet=fleet),
         )
