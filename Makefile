@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 # The main job on the embedded example fleet.
 demo: install
 	$(VENV)/bin/chipfit validate -f examples/
+	$(VENV)/bin/chipfit plan -f examples/
 
 # Regenerate crds/ (and the chart's copy) from the pydantic API models.
 crds: install
