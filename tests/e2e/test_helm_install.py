@@ -9,14 +9,18 @@ the chart's crds/ folder, which helm never deletes (nor upgrades): docs/operatio
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any, Final
 
+import httpx
 import pytest
 import yaml
+from prometheus_client import parser
 
 from chipfit import rbac
 
@@ -25,6 +29,8 @@ from .conftest import COMMAND_TIMEOUT_S, REPO_DIR, Cluster
 pytestmark = pytest.mark.e2e
 
 CHART_DIR: Final = REPO_DIR / "charts" / "chipfit"
+EXAMPLES_DIR: Final = REPO_DIR / "examples"
+LOOPBACK: Final = "127.0.0.1"
 CHIPFIT_CRDS: Final = (
     "acceleratorpools.chipfit.io",
     "inferenceservices.chipfit.io",
@@ -166,3 +172,141 @@ def test_helm_install_creates_the_operator_and_uninstall_removes_it(
     # helm never deletes what it installed from crds/: they stay, Established, with whatever CRs exist.
     for crd in CHIPFIT_CRDS:
         assert exists(cluster, "crd", crd), f"{crd} was deleted by helm uninstall"
+
+
+def _free_port() -> int:
+    """A currently free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: pathlib.Path) -> None:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token), nothing more."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration", "1h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    cluster_entry = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster_entry],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [
+                    {"name": account, "context": {"cluster": cluster_entry["name"], "user": account}}
+                ],
+                "current-context": account,
+            }
+        )
+    )
+
+
+def _forbidden_lines(log_text: str) -> list[str]:
+    """Operator log lines reporting an API call the authorizer refused."""
+    return [line for line in log_text.splitlines() if "Forbidden" in line or " 403 " in line]
+
+
+def _example_docs(file_name: str, kind: str) -> list[dict[str, Any]]:
+    """The documents of one kind in examples/<file_name>."""
+    docs = yaml.safe_load_all((EXAMPLES_DIR / file_name).read_text())
+    return [doc for doc in docs if doc and doc["kind"] == kind]
+
+
+def _scrape(url: str) -> dict[str, list[Any]]:
+    """Prometheus samples by name from a /metrics endpoint; empty when it does not answer yet."""
+    try:
+        response = httpx.get(url, timeout=5.0)
+    except httpx.HTTPError:
+        return {}
+    samples: dict[str, list[Any]] = {}
+    for family in parser.text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def test_operator_runs_with_exactly_the_charts_rbac_and_exports_metrics(
+    cluster: Cluster, release: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
+    """`chipfit operator`, authenticated as the chart's ServiceAccount, plans the example fleet: no call is
+    forbidden, /healthz answers, and /metrics carries the plan, the pools, the solve and the reconciles."""
+    name, namespace = release["name"], release["namespace"]
+    values = yaml.safe_load(release["values_file"].read_text())
+    values["acceleratorPools"] = []  # the example fleet below is the fleet
+    release["values_file"].write_text(yaml.safe_dump(values))
+    helm(cluster, "install", name, str(CHART_DIR), "-n", namespace, "--create-namespace",
+         "-f", str(release["values_file"]))  # fmt: skip
+
+    # The example fleet (the cluster's fake nodes are registered from it) and its services, moved into
+    # this test's namespace so that deleting the namespace removes them and what the operator made.
+    cluster.kubectl("apply", "-f", str(EXAMPLES_DIR / "10-fleet.yaml"))
+    services = [
+        {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
+        for doc in _example_docs("20-services.yaml", "InferenceService")
+    ]
+    assert services
+    cluster.apply_objects(services)
+
+    sa_kubeconfig = tmp_path / "service-account.kubeconfig"
+    _service_account_kubeconfig(cluster, namespace, name, sa_kubeconfig)
+    health_port, metrics_port = _free_port(), _free_port()
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [
+                str(REPO_DIR / ".venv" / "bin" / "chipfit"), "operator",
+                "--kubeconfig", str(sa_kubeconfig),
+                f"--peering={name}",
+                f"--liveness=http://{LOOPBACK}:{health_port}/healthz",
+                f"--metrics-port={metrics_port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "POD_ID": f"{name}-local"},
+        )  # fmt: skip
+    try:
+        metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
+
+        def planned() -> dict[str, list[Any]]:
+            forbidden = _forbidden_lines(log_path.read_text())
+            if forbidden:
+                pytest.fail(
+                    "the chart's RBAC refused the operator:\n" + "\n".join(forbidden[:10]), pytrace=False
+                )
+            if operator.poll() is not None:
+                pytest.fail(f"the operator exited: {log_path.read_text()[-2000:]}", pytrace=False)
+            samples = _scrape(metrics_url)
+            costs = [
+                s for s in samples.get("chipfit_service_predicted_cost_dollars_per_hour", [])
+                if s.labels["namespace"] == namespace
+            ]  # fmt: skip
+            return samples if len(costs) == len(services) else {}
+
+        samples = cluster.wait_until("the operator's metrics to show every service's plan", planned)
+        assert operator.poll() is None, log_path.read_text()[-2000:]
+        assert httpx.get(f"http://{LOOPBACK}:{health_port}/healthz", timeout=5.0).status_code == 200
+        assert all(s.value > 0 for s in samples["chipfit_service_predicted_cost_dollars_per_hour"])
+        service_names = {doc["metadata"]["name"] for doc in services}
+        for metric in ("chipfit_service_predicted_ttft_p99_seconds", "chipfit_service_slo_ttft_p99_seconds"):
+            labelled = {s.labels["service"] for s in samples[metric] if s.labels["namespace"] == namespace}
+            assert labelled == service_names, metric
+        pools = {doc["metadata"]["name"] for doc in _example_docs("10-fleet.yaml", "AcceleratorPool")}
+        assert pools <= {s.labels["pool"] for s in samples["chipfit_pool_capacity_devices"]}
+        assert sum(s.value for s in samples["chipfit_solver_runs_total"]) >= 1
+        assert sum(s.value for s in samples["chipfit_reconciles_total"]) >= 1
+        assert [s.value for s in samples["chipfit_build_info"]] == [1.0]
+        # This replica joined the release's peering object under its POD_ID.
+        peering = cluster.get_json("clusterkopfpeering", name)
+        assert f"{name}-local" in peering.get("status", {})
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+    # The chart's ClusterRole was enough for everything the operator did.
+    forbidden = _forbidden_lines(log_path.read_text())
+    assert not forbidden, "\n".join(forbidden[:10])
