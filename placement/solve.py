@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, linprog, milp
 
 Role = Literal["aggregated", "prefill", "decode"]
 ServingMode = Literal["aggregated", "disaggregated", "auto"]
@@ -150,9 +150,12 @@ class SolveOptions:
     # Cost, in $/h-equivalent per device, of removing one device of a currently running replica: with
     # 0.0 the plan ignores the current placement; raise it so a small saving does not churn the fleet.
     move_penalty_per_device_hour: float = 0.0
-    # Keep only the K cheapest candidates per (service, role, bucket) by $/(req/s); None keeps all
-    # (exact). A heuristic for very large fleets: the reported bound is then the pruned problem's.
+    # Column generation: keep the candidates the full LP relaxation uses plus the K best per (service,
+    # bucket) at its shadow prices; None keeps all (exact). The bound reported is then the full LP's.
     max_candidates_per_bucket: int | None = None
+    # "milp": one MILP; "decompose": per-service decomposition with pool pricing (large fleets);
+    # "auto": decompose from DECOMPOSE_MIN_SERVICES services when the problem allows it, else MILP.
+    method: Literal["milp", "decompose", "auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,7 @@ class PoolUsage:
 
 
 PlanStatus = Literal["optimal", "feasible"]
+BoundSource = Literal["milp", "full-lp", "restricted-milp", "per-service", "none"]
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,10 @@ class Plan:
     gap: float
     solve_seconds: float
     stages: int
+    # "milp": HiGHS's bound on this MILP; "full-lp": LP relaxation over every candidate (after pruning);
+    # "restricted-milp": HiGHS's bound on the pruned MILP only (not a bound for the full problem);
+    # "per-service": decompose's sum of per-service bounds (capacity ignored: valid, weaker).
+    bound_source: BoundSource = "milp"
 
     def service(self, service_id: str) -> ServicePlan:
         """The plan of one service by id."""
@@ -335,23 +343,64 @@ def validate(problem: Problem) -> None:
             raise InvalidProblemError(f"current_replicas[{key}]: must be >= 0")
 
 
-def _dominates(a: Candidate, b: Candidate) -> bool:
-    """a serves every bucket at least as fast as b, costs no more and needs no more devices, same pool."""
-    return (
-        a.pool == b.pool
-        and a.tp <= b.tp
-        and a.price_per_hour <= b.price_per_hour
-        and all(x >= y for x, y in zip(a.max_rps_per_bucket, b.max_rps_per_bucket, strict=True))
+def _undominated(cands: Sequence[Candidate], current: set[CandidateKey]) -> list[Candidate]:
+    """Drop candidates another one of the same pool beats: tp and price no higher, capacity no lower.
+
+    Exact: the better configuration can replace the other replica for replica without using more of the
+    pool. Ties keep the first. Vectorised, as a service can have a hundred configurations.
+    """
+    n = len(cands)
+    if n < 2:
+        return list(cands)
+    caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64)
+    price = np.array([c.price_per_hour for c in cands])
+    tp = np.array([c.tp for c in cands])
+    pools = np.array([c.pool for c in cands])
+    # beats[i, j]: candidate i is at least as good as j everywhere.
+    beats = (
+        (pools[:, None] == pools[None, :])
+        & (tp[:, None] <= tp[None, :])
+        & (price[:, None] <= price[None, :])
+        & (caps[:, None, :] >= caps[None, :, :]).all(axis=2)
     )
+    np.fill_diagonal(beats, False)
+    # Of two equal candidates, only the later one is dropped.
+    equal = beats & beats.T
+    strictly = beats & ~equal
+    earlier_equal = np.triu(equal, k=1)
+    dominated = strictly.any(axis=0) | earlier_equal.any(axis=0)
+    return [c for i, c in enumerate(cands) if not dominated[i] or c.key in current]
 
 
-def prune(problem: Problem, options: SolveOptions) -> tuple[Candidate, ...]:
-    """Candidates worth a variable: useful, not dominated, and (optionally) among the K cheapest."""
+@dataclass(frozen=True)
+class Pruned:
+    """Candidates kept for the MILP, and what the LP relaxation of the full problem said."""
+
+    candidates: tuple[Candidate, ...]
+    # LP relaxation optimum over all candidates (a valid lower bound on the full MILP), when computed
+    # and when it serves all traffic.
+    full_lp_bound: float | None
+    # The LP relaxation cannot serve all coverable traffic: the full-service MILP is infeasible.
+    lp_needs_unmet: bool
+    # Column generation chose the candidates (the MILP is restricted).
+    restricted: bool = False
+
+
+# Column generation: at most this many LP rounds, and columns priced below -tolerance enter.
+COLUMN_ROUNDS = 30
+REDUCED_COST_TOLERANCE = 1e-9
+# Unmet demand in the column-generation LP costs this multiple of the dearest $/(req/s) of any column,
+# so the LP serves everything it can before leaving anything out.
+UNMET_PENALTY_FACTOR = 100.0
+
+
+def prune(problem: Problem, options: SolveOptions) -> Pruned:
+    """Candidates worth a variable: useful, not dominated, and (optionally) selected by column generation."""
     demand = {s.id: s for s in problem.services}
     groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for c in problem.candidates:
         groups[(c.service, c.role)].append(c)
-    kept: list[Candidate] = []
+    survivors: list[Candidate] = []
     for (service_id, _role), cands in groups.items():
         s = demand[service_id]
         current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0}
@@ -363,29 +412,177 @@ def prune(problem: Problem, options: SolveOptions) -> tuple[Candidate, ...]:
             or s.min_replicas > 0
             or any(cap > 0.0 and r > 0.0 for cap, r in zip(c.max_rps_per_bucket, s.bucket_rps, strict=True))
         ]
-        # Exact dominance within a pool: a smaller-or-equal, cheaper-or-equal, faster-everywhere
-        # configuration can replace the other replica for replica without using more of the pool.
-        survivors: list[Candidate] = []
-        for i, c in enumerate(useful):
-            dominated = c.key not in current and any(
-                _dominates(o, c) and (not _dominates(c, o) or j < i) for j, o in enumerate(useful) if j != i
-            )
-            if not dominated:
-                survivors.append(c)
-        k = options.max_candidates_per_bucket
-        if k is not None:
-            chosen: set[CandidateKey] = set(current)
-            for b, r in enumerate(s.bucket_rps):
-                if r <= 0.0:
-                    continue
-                able = [c for c in survivors if c.max_rps_per_bucket[b] > 0.0]
-                able.sort(key=lambda c, b=b: (c.price_per_hour / c.max_rps_per_bucket[b], c.key))  # type: ignore[misc]
-                chosen.update(c.key for c in able[:k])
-            if not any(r > 0.0 for r in s.bucket_rps) and survivors:
-                chosen.add(min(survivors, key=lambda c: (c.price_per_hour, c.key)).key)
-            survivors = [c for c in survivors if c.key in chosen]
-        kept.extend(survivors)
-    return tuple(kept)
+        survivors.extend(_undominated(useful, current))
+    k = options.max_candidates_per_bucket
+    if k is None:
+        return Pruned(tuple(survivors), None, False)
+    return _column_generation(problem, survivors, k)
+
+
+def _column_generation(problem: Problem, cands: Sequence[Candidate], k: int) -> Pruned:
+    """Keep the columns the full LP relaxation needs, plus the K best per bucket at its shadow prices.
+
+    The LP is the MILP without integrality, mode choice, floors, ceilings and budgets, in the eliminated
+    form x[c, b] = share of bucket b on c, cost price_c r_b / cap_cb, pool use tp_c r_b / cap_cb. Columns
+    enter while their reduced cost c - A^T y is negative, so the final LP optimum is the LP optimum over
+    every candidate: a valid lower bound for the full problem, whatever was pruned.
+    """
+    services = {s.id: s for s in problem.services}
+    pool_index = {p.id: i for i, p in enumerate(problem.pools)}
+    # Row numbering: front coverage per (service, bucket) with traffic, then back coverage for services
+    # with prefill/decode candidates, then pools.
+    has_pd = {c.service for c in cands if c.role != "aggregated"}
+    front: dict[tuple[str, int], int] = {}
+    for s in problem.services:
+        for b, r in enumerate(s.bucket_rps):
+            if r > 0.0:
+                front[(s.id, b)] = len(front)
+    back: dict[tuple[str, int], int] = {}
+    for sid, b in front:
+        if sid in has_pd:
+            back[(sid, b)] = len(front) + len(back)
+    first_pool_row = len(front) + len(back)
+    n_rows = first_pool_row + len(problem.pools)
+
+    col_cand: list[int] = []
+    col_front: list[int] = []
+    col_back: list[int] = []
+    col_cost: list[float] = []
+    col_use: list[float] = []
+    col_pool: list[int] = []
+    col_rate: list[float] = []
+    for i, c in enumerate(cands):
+        rates = services[c.service].bucket_rps
+        for b, (cap, r) in enumerate(zip(c.max_rps_per_bucket, rates, strict=True)):
+            if cap <= 0.0 or r <= 0.0:
+                continue
+            col_cand.append(i)
+            col_front.append(front[(c.service, b)] if c.role != "decode" else -1)
+            col_back.append(back.get((c.service, b), -1) if c.role != "prefill" else -1)
+            col_cost.append(c.price_per_hour * r / cap)
+            col_rate.append(r)
+            col_use.append(c.tp * r / cap)
+            col_pool.append(pool_index[c.pool])
+    if not col_cand:
+        return Pruned(tuple(cands), None, bool(front))
+    cand_of = np.asarray(col_cand)
+    f_row = np.asarray(col_front)
+    b_row = np.asarray(col_back)
+    cost = np.asarray(col_cost)
+    use = np.asarray(col_use)
+    pool_of = np.asarray(col_pool)
+    # The bucket a column covers, as its front or back row.
+    cover_row = np.where(f_row >= 0, f_row, b_row)
+
+    # Unmet columns: one per (service, bucket), in its front and back rows.
+    unmet_rows_front = np.array(list(front.values()), dtype=np.int64)
+    unmet_rows_back = np.array([back.get(key, -1) for key in front], dtype=np.int64)
+    rate_of_row = np.array([services[sid].bucket_rps[b] for (sid, b) in front])
+    # $/h per req/s of the dearest column, times the factor, per req/s left unmet.
+    penalty_per_rps = UNMET_PENALTY_FACTOR * float((cost / np.asarray(col_rate)).max())
+    unmet_cost = penalty_per_rps * rate_of_row
+    capacity = np.array([p.devices_total for p in problem.pools], dtype=np.float64)
+
+    # Start: the K cheapest columns per covered row.
+    active = np.zeros(cost.size, dtype=bool)
+    order = np.lexsort((cost, cover_row))
+    starts = np.searchsorted(cover_row[order], np.arange(n_rows))
+    ends = np.searchsorted(cover_row[order], np.arange(n_rows), side="right")
+    for row in range(first_pool_row):
+        active[order[starts[row] : min(ends[row], starts[row] + k)]] = True
+
+    x = np.zeros(cost.size)
+    y = np.zeros(n_rows)
+    objective = math.inf
+    unmet_total = math.inf
+    for _ in range(COLUMN_ROUNDS):
+        cols = np.flatnonzero(active)
+        n_cols = cols.size
+        local = np.arange(n_cols)
+        n_unmet = unmet_rows_front.size
+        u_local = n_cols + np.arange(n_unmet)
+        m = f_row[cols] >= 0
+        mb = b_row[cols] >= 0
+        mu = unmet_rows_back >= 0
+        # (row, column, value) blocks: front coverage, back coverage, pool use, unmet in both coverages.
+        blocks = [
+            (f_row[cols][m], local[m], np.ones(int(m.sum()))),
+            (b_row[cols][mb], local[mb], np.ones(int(mb.sum()))),
+            (first_pool_row + pool_of[cols], local, use[cols]),
+            (unmet_rows_front, u_local, np.ones(n_unmet)),
+            (unmet_rows_back[mu], u_local[mu], np.ones(int(mu.sum()))),
+        ]
+        rows = [blk[0] for blk in blocks]
+        colidx = [blk[1] for blk in blocks]
+        vals = [blk[2] for blk in blocks]
+        a = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(colidx))),
+            shape=(n_rows, n_cols + n_unmet),
+        )
+        a_eq, a_ub = a[:first_pool_row], a[first_pool_row:]
+        res = linprog(
+            np.concatenate([cost[cols], unmet_cost]),
+            A_ub=a_ub,
+            b_ub=capacity,
+            A_eq=a_eq,
+            b_eq=np.ones(first_pool_row),
+            bounds=(0, None),
+            method="highs",
+        )
+        if res.status != 0:
+            # Numerical trouble: fall back to the starting columns; no bound is claimed.
+            return Pruned(_chosen(cands, cand_of, active, cost, cover_row, k, problem), None, False, True)
+        x = np.zeros(cost.size)
+        x[cols] = res.x[:n_cols]
+        unmet_total = float((res.x[n_cols:] * rate_of_row).sum())
+        objective = float(np.dot(cost[cols], res.x[:n_cols]))
+        y = np.concatenate([res.eqlin.marginals, res.ineqlin.marginals])
+        # Reduced cost of every column: c - A^T y.
+        reduced = cost - np.where(f_row >= 0, y[np.maximum(f_row, 0)], 0.0)
+        reduced -= np.where(b_row >= 0, y[np.maximum(b_row, 0)], 0.0)
+        reduced -= use * y[first_pool_row + pool_of]
+        entering = (~active) & (reduced < -REDUCED_COST_TOLERANCE * np.maximum(1.0, np.abs(cost)))
+        if not entering.any():
+            break
+        active |= entering
+    needs_unmet = unmet_total > FEASIBILITY_TOLERANCE * max(1.0, float(rate_of_row.sum()))
+    # Shadow-priced cost of each column: what it really costs once congested pools charge for devices.
+    priced = cost - use * y[first_pool_row + pool_of]
+    keep = active & (x > FEASIBILITY_TOLERANCE)
+    chosen = _chosen(cands, cand_of, keep, priced, cover_row, k, problem)
+    return Pruned(chosen, None if needs_unmet else objective, needs_unmet, True)
+
+
+def _chosen(
+    cands: Sequence[Candidate],
+    cand_of: NDArray[np.int64],
+    keep: NDArray[np.bool_],
+    score: NDArray[np.float64],
+    cover_row: NDArray[np.int64],
+    k: int,
+    problem: Problem,
+) -> tuple[Candidate, ...]:
+    """Candidates of the kept columns, the K best-scored per covered row, and those running now."""
+    picked = set(cand_of[keep].tolist())
+    order = np.lexsort((score, cover_row))
+    sorted_rows = cover_row[order]
+    boundaries = np.flatnonzero(np.diff(sorted_rows)) + 1
+    for group in np.split(order, boundaries):
+        picked.update(cand_of[group[:k]].tolist())
+    for i, c in enumerate(cands):
+        if problem.current_replicas.get(c.key, 0) > 0:
+            picked.add(i)
+    # Services with no traffic keep their cheapest candidate per role (for replica floors).
+    covered = {(cands[i].service, cands[i].role) for i in picked}
+    cheapest: dict[tuple[str, str], int] = {}
+    for i, c in enumerate(cands):
+        key = (c.service, c.role)
+        if key not in covered and (
+            key not in cheapest or c.price_per_hour < cands[cheapest[key]].price_per_hour
+        ):
+            cheapest[key] = i
+    picked.update(cheapest.values())
+    return tuple(cands[i] for i in sorted(picked))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -440,6 +637,11 @@ class Model:
     z_index: Mapping[str, int]  # service -> column of z_s (auto services only)
     uncoverable: frozenset[tuple[str, int]]  # (service, bucket) with traffic no candidate can take
     budget_rows: Mapping[str, int]  # service -> row of its budget constraint
+    # From column generation (max_candidates_per_bucket): the full problem's LP bound, and whether the
+    # LP already shows that not all traffic can be served.
+    full_lp_bound: float | None = None
+    lp_needs_unmet: bool = False
+    restricted: bool = False
 
 
 class _Builder:
@@ -482,7 +684,8 @@ def build(problem: Problem, options: SolveOptions | None = None) -> Model:
     """
     options = options or SolveOptions()
     validate(problem)
-    candidates = prune(problem, options)
+    pruned = prune(problem, options)
+    candidates = pruned.candidates
     services = {s.id: s for s in problem.services}
     pools = {p.id: p for p in problem.pools}
     b = _Builder()
@@ -647,6 +850,9 @@ def build(problem: Problem, options: SolveOptions | None = None) -> Model:
         z_index=z_index,
         uncoverable=frozenset(uncoverable),
         budget_rows=budget_rows,
+        full_lp_bound=pruned.full_lp_bound,
+        lp_needs_unmet=pruned.lp_needs_unmet,
+        restricted=pruned.restricted,
     )
 
 
@@ -780,17 +986,26 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
         reason = None if unmet <= _tolerance(s) else _unmet_reason(s, model, run, pools)
         plans.append(service_plan(s, mine, unmet, reason))
     price_total = sum(p.price_per_hour for p in plans)
-    gap = 0.0 if run.objective <= 0.0 else max(0.0, (run.objective - run.bound) / abs(run.objective))
+    # With pruning, the restricted MILP's bound says nothing about dropped columns; the full LP bound
+    # from column generation does (only valid for the all-served, penalty-free objective: stage 1).
+    bound = run.bound
+    bound_source: BoundSource = "milp"
+    if model.full_lp_bound is not None and stages == 1:
+        bound, bound_source = model.full_lp_bound, "full-lp"
+    elif model.restricted:
+        bound_source = "restricted-milp"
+    gap = 0.0 if run.objective <= 0.0 else max(0.0, (run.objective - bound) / abs(run.objective))
     return Plan(
         status="optimal" if run.optimal else "feasible",
         services=tuple(plans),
         pools=tuple(pool_usage),
         price_per_hour=price_total,
         objective=run.objective,
-        bound=run.bound,
+        bound=bound,
         gap=gap,
         solve_seconds=seconds,
         stages=stages,
+        bound_source=bound_source,
     )
 
 
@@ -876,11 +1091,18 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
     higher-priority service never loses capacity to a lower one, whatever the prices.
     """
     options = options or SolveOptions()
+    if options.method == "decompose" or (
+        options.method == "auto"
+        and len(problem.services) >= DECOMPOSE_MIN_SERVICES
+        and decomposable(problem, options)
+    ):
+        return decompose(problem, options)
     started = time.perf_counter()
     deadline = started + options.time_limit_s
     model = build(problem, options)
-    run = _run(model, model.c, model.var_hi, (), options, deadline)
-    stages = 1
+    # Column generation already proved full service impossible: go straight to the priority stages.
+    run = None if model.lp_needs_unmet else _run(model, model.c, model.var_hi, (), options, deadline)
+    stages = 0 if model.lp_needs_unmet else 1
     if run is None:
         var_hi = model.var_hi.copy()
         for col in model.u_index.values():
@@ -915,3 +1137,314 @@ def _infeasible_reason(problem: Problem) -> str:
         names = ", ".join(f"{s.id} (min {s.min_replicas})" for s in floors[:5])
         return f"replica minimums cannot all be placed in the pools' capacity or budgets: {names}"
     return "no plan satisfies the constraints"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Large fleets: per-service decomposition.
+
+# From this many services `auto` decomposes: one MILP over hundreds of services spends its time
+# rounding replicas service by service (benchmarks/REPORT_solver.md).
+DECOMPOSE_MIN_SERVICES = 200
+# Candidates per service the decomposition considers: the best by $/(req/s) per bucket, at most this many.
+DECOMPOSE_CANDIDATES = 5
+# Plus this many cheapest-per-replica candidates per bucket, fillers that absorb a fractional replica.
+# Off: on the scale benchmark two fillers cut the price by 0.05% and doubled the time.
+DECOMPOSE_FILLERS = 0
+# Rounds of raising the device price of over-full pools before falling back to the MILP.
+DECOMPOSE_PRICE_ROUNDS = 25
+# Each round raises an over-full pool's device price by this share of the fleet's mean device price.
+DECOMPOSE_PRICE_STEP = 0.1
+
+
+def decomposable(problem: Problem, options: SolveOptions) -> bool:
+    """Services are independent but for pool capacity: aggregated only, no floors, ceilings, budgets or
+    stability penalty, and every pool's TP sizes pack by device count."""
+    if options.move_penalty_per_device_hour > 0.0 and problem.current_replicas:
+        return False
+    if any(
+        s.serving != "aggregated" or s.min_replicas or s.max_replicas is not None or s.max_dollars_per_hour
+        for s in problem.services
+    ):
+        return False
+    if any(c.role != "aggregated" for c in problem.candidates):
+        return False
+    pools = {p.id: p for p in problem.pools}
+    sizes: dict[str, set[int]] = defaultdict(set)
+    for c in problem.candidates:
+        sizes[c.pool].add(c.tp)
+    return all(_divisibility_chain(sorted(t), pools[p].devices_per_node) for p, t in sizes.items())
+
+
+@dataclass(frozen=True)
+class _ServiceChoice:
+    """A service's replicas per candidate and routed rate per bucket, at a cost under some device prices."""
+
+    replicas: tuple[int, ...]
+    routed: tuple[tuple[float, ...], ...]
+    score: float
+
+
+def _best_pair(
+    rates: NDArray[np.float64], caps: NDArray[np.float64], score: NDArray[np.float64]
+) -> _ServiceChoice:
+    """Cheapest plan (by `score` per replica) using one candidate, or a primary plus a filler candidate.
+
+    For a pair (a, b) and n_a replicas of a, the buckets a is relatively best at (cap_a / cap_b) fill a's
+    capacity first, fractionally (optimal for two machines), and b takes the rest with ceil(load) replicas.
+    """
+    n_cand, n_b = caps.shape
+    with np.errstate(divide="ignore"):
+        load = np.where(caps > 0.0, rates[None, :] / np.where(caps > 0.0, caps, 1.0), np.inf)  # replica-units
+    load = np.where(rates[None, :] > 0.0, load, 0.0)
+    best: _ServiceChoice | None = None
+    for a in range(n_cand):
+        alone = float(load[a].sum())
+        if math.isfinite(alone):
+            n = math.ceil(alone - FEASIBILITY_TOLERANCE)
+            cost = n * float(score[a])
+            if best is None or cost < best.score:
+                reps = [0] * n_cand
+                reps[a] = n
+                routed = [tuple(0.0 for _ in range(n_b)) for _ in range(n_cand)]
+                routed[a] = tuple(float(r) for r in rates)
+                best = _ServiceChoice(tuple(reps), tuple(routed), cost)
+        for b in range(n_cand):
+            if a == b:
+                continue
+            # Buckets b cannot serve must go to a; a must be able to serve them.
+            must_a = ~np.isfinite(load[b]) & (rates > 0.0)
+            if (must_a & ~np.isfinite(load[a])).any():
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(np.isfinite(load[a]), load[b] / np.where(load[a] > 0, load[a], 1.0), -np.inf)
+            ratio = np.where(must_a, np.inf, ratio)
+            order = np.argsort(-ratio, kind="stable")
+            w_a = np.where(np.isfinite(load[a][order]), load[a][order], 0.0)
+            w_b = np.where(np.isfinite(load[b][order]), load[b][order], 0.0)
+            forced = float(w_a[must_a[order]].sum())
+            top = math.ceil(float(w_a.sum()) - FEASIBILITY_TOLERANCE)
+            lo = math.ceil(forced - FEASIBILITY_TOLERANCE)
+            if top < max(lo, 1):
+                continue
+            n_a = np.arange(max(lo, 1), top + 1, dtype=np.float64)
+            prev = np.concatenate([[0.0], np.cumsum(w_a)[:-1]])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.clip(
+                    (n_a[:, None] - prev[None, :]) / np.where(w_a > 0, w_a, 1.0)[None, :], 0.0, 1.0
+                )
+            frac = np.where(w_a[None, :] > 0, frac, np.where(must_a[order][None, :], 1.0, 0.0))
+            rest = ((1.0 - frac) * w_b[None, :]).sum(axis=1)
+            n_b_reps = np.ceil(rest - FEASIBILITY_TOLERANCE).clip(min=0)
+            cost = n_a * float(score[a]) + n_b_reps * float(score[b])
+            i = int(np.argmin(cost))
+            if best is None or cost[i] < best.score - 1e-12:
+                reps = [0] * n_cand
+                reps[a], reps[b] = int(n_a[i]), int(n_b_reps[i])
+                share_a = np.zeros(n_b)
+                share_a[order] = frac[i]
+                routed = [tuple(0.0 for _ in range(n_b)) for _ in range(n_cand)]
+                routed[a] = tuple(float(x) for x in rates * share_a)
+                routed[b] = tuple(float(x) for x in rates * (1.0 - share_a))
+                if reps[b] == 0:
+                    routed[b] = tuple(0.0 for _ in range(n_b))
+                best = _ServiceChoice(tuple(reps), tuple(routed), float(cost[i]))
+    if best is None:
+        raise SolverError("decompose: no candidate combination covers the service")
+    return best
+
+
+def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
+    """Large fleets: each service on its cheapest single or primary+filler configuration, with device
+    prices raised on over-full pools until everything fits; falls back to the MILP if it never fits.
+
+    The bound is per service: max(its LP value, the price of one replica), summed; it ignores pool
+    capacity, so it is a valid lower bound for the real problem (capacity only adds cost).
+    """
+    options = options or SolveOptions()
+    started = time.perf_counter()
+    validate(problem)
+    if not decomposable(problem, options):
+        raise InvalidProblemError("decompose: needs aggregated services without floors, ceilings or budgets")
+    pools = {p.id: p for p in problem.pools}
+    by_service: dict[str, list[Candidate]] = defaultdict(list)
+    for c in problem.candidates:
+        by_service[c.service].append(c)
+    mean_device_price = (
+        float(np.mean([p.price_per_device_hour for p in problem.pools])) if problem.pools else 1.0
+    )
+    step = DECOMPOSE_PRICE_STEP * mean_device_price
+
+    shortlist: dict[str, list[Candidate]] = {}
+    bound_total = 0.0
+    unmet: dict[str, float] = {}
+    for s in problem.services:
+        rates = np.asarray(s.bucket_rps, dtype=np.float64)
+        cands = by_service.get(s.id, [])
+        caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64).reshape(
+            len(cands), len(rates)
+        )
+        price = np.array([c.price_per_hour for c in cands])
+        coverable = (caps > 0.0).any(axis=0) if cands else np.zeros(len(rates), dtype=bool)
+        unmet[s.id] = float(rates[~coverable].sum())
+        live = rates * coverable
+        if not live.any():
+            shortlist[s.id] = []
+            continue
+        with np.errstate(divide="ignore"):
+            per_rps = np.where(caps > 0.0, price[:, None] / np.where(caps > 0.0, caps, 1.0), np.inf)
+        # Valid per-service lower bound: each bucket at its cheapest $/(req/s), and at least one replica.
+        lp_s = float((live * np.where(live > 0, per_rps.min(axis=0), 0.0)).sum())
+        able = (caps[:, live > 0] > 0.0).any(axis=1)
+        bound_total += max(lp_s, float(price[able].min()))
+        keep: set[int] = set()
+        for b in np.flatnonzero(live > 0):
+            # Workhorses (cheapest per req/s) and fillers (cheapest per replica) for each bucket.
+            keep.update(np.argsort(per_rps[:, b], kind="stable")[:DECOMPOSE_CANDIDATES].tolist())
+            able_b = np.flatnonzero(caps[:, b] > 0.0)
+            keep.update(able_b[np.argsort(price[able_b], kind="stable")[:DECOMPOSE_FILLERS]].tolist())
+        shortlist[s.id] = [cands[i] for i in sorted(keep)]
+
+    surcharge: dict[str, float] = defaultdict(float)
+    services = {s.id: s for s in problem.services}
+
+    def choose(sid: str) -> _ServiceChoice | None:
+        cands = shortlist[sid]
+        if not cands:
+            return None
+        s = services[sid]
+        rates = np.asarray(s.bucket_rps, dtype=np.float64) * np.asarray(
+            _coverable(cands, len(s.bucket_rps)), dtype=np.float64
+        )
+        caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64)
+        score = np.array([c.price_per_hour + surcharge[c.pool] * c.tp for c in cands])
+        return _best_pair(rates, caps, score)
+
+    def devices_of(sid: str, ch: _ServiceChoice) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for c, n in zip(shortlist[sid], ch.replicas, strict=True):
+            out[c.pool] += n * c.tp
+        return out
+
+    def true_price(sid: str, ch: _ServiceChoice) -> float:
+        return sum(n * c.price_per_hour for c, n in zip(shortlist[sid], ch.replicas, strict=True))
+
+    choices: dict[str, _ServiceChoice] = {}
+    for sid in services:
+        ch = choose(sid)
+        if ch is not None:
+            choices[sid] = ch
+    used: dict[str, int] = defaultdict(int)
+    for sid, ch in choices.items():
+        for pool_id, d in devices_of(sid, ch).items():
+            used[pool_id] += d
+    for _ in range(DECOMPOSE_PRICE_ROUNDS):
+        over = {p for p, u in used.items() if u > pools[p].devices_total}
+        if not over:
+            break
+        # Raise the device price of over-full pools, then move the services whose move costs least
+        # (in real $/h) one at a time, only while their pool is still over-full: moving everyone at
+        # once would just empty the pool.
+        for p in over:
+            surcharge[p] += step
+        movers = []
+        for sid, ch in choices.items():
+            if any(devices_of(sid, ch).get(p, 0) > 0 for p in over):
+                alt = choose(sid)
+                if alt is not None:
+                    movers.append((true_price(sid, alt) - true_price(sid, ch), sid, alt))
+        movers.sort(key=lambda m: (m[0], m[1]))
+        for _regret, sid, alt in movers:
+            before = devices_of(sid, choices[sid])
+            after = devices_of(sid, alt)
+            relieves = any(
+                after.get(p, 0) < before.get(p, 0) and used[p] > pools[p].devices_total for p in over
+            )
+            if not relieves:
+                continue
+            for pool_id, d in before.items():
+                used[pool_id] -= d
+            for pool_id, d in after.items():
+                used[pool_id] += d
+            choices[sid] = alt
+    if any(u > pools[p].devices_total for p, u in used.items()):
+        # Prices never made it fit: the MILP (with column generation) decides.
+        return solve(problem, replace_options(options))
+
+    assignments: dict[str, list[Assignment]] = defaultdict(list)
+    for sid, ch in choices.items():
+        for c, n, routed in zip(shortlist[sid], ch.replicas, ch.routed, strict=True):
+            if n <= 0:
+                continue
+            load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
+            served_k = [k for k, r in enumerate(routed) if r > 0.0]
+            assignments[sid].append(
+                Assignment(
+                    service=sid,
+                    role=c.role,
+                    pool=c.pool,
+                    accelerator=c.accelerator,
+                    precision=c.precision,
+                    tp=c.tp,
+                    replicas=n,
+                    price_per_hour=n * c.price_per_hour,
+                    bucket_rps=routed,
+                    utilization=min(1.0, load / n),
+                    ttft_p99_ms=_worst(c.ttft_p99_ms_per_bucket[k] for k in served_k)
+                    if c.ttft_p99_ms_per_bucket
+                    else None,
+                    itl_p99_ms=_worst(c.itl_p99_ms_per_bucket[k] for k in served_k)
+                    if c.itl_p99_ms_per_bucket
+                    else None,
+                    engine=c.engine,
+                    source=c.source,
+                )
+            )
+    plans = tuple(
+        service_plan(
+            s,
+            assignments.get(s.id, []),
+            unmet[s.id],
+            None if unmet[s.id] <= 0 else "no candidate configuration meets the SLO for some request sizes",
+        )
+        for s in problem.services
+    )
+    devices: dict[str, int] = defaultdict(int)
+    for sp_ in plans:
+        for a in sp_.assignments:
+            devices[a.pool] += a.devices
+    usage = tuple(
+        PoolUsage(
+            p.id, p.accelerator, p.devices_total, devices[p.id], devices[p.id] * p.price_per_device_hour
+        )
+        for p in problem.pools
+    )
+    fleet_price = float(sum(sp_.price_per_hour for sp_ in plans))
+    gap = 0.0 if fleet_price <= 0.0 else max(0.0, (fleet_price - bound_total) / fleet_price)
+    return Plan(
+        status="feasible",
+        services=plans,
+        pools=usage,
+        price_per_hour=fleet_price,
+        objective=fleet_price,
+        bound=bound_total,
+        gap=gap,
+        solve_seconds=time.perf_counter() - started,
+        stages=1,
+        bound_source="per-service",
+    )
+
+
+def _coverable(cands: Sequence[Candidate], n_buckets: int) -> list[bool]:
+    """Which buckets some candidate can serve."""
+    return [any(c.max_rps_per_bucket[k] > 0.0 for c in cands) for k in range(n_buckets)]
+
+
+def replace_options(options: SolveOptions) -> SolveOptions:
+    """Options for the MILP fallback of decompose: the MILP method, with column generation."""
+    return SolveOptions(
+        time_limit_s=options.time_limit_s,
+        mip_rel_gap=options.mip_rel_gap,
+        move_penalty_per_device_hour=options.move_penalty_per_device_hour,
+        max_candidates_per_bucket=options.max_candidates_per_bucket or DECOMPOSE_CANDIDATES,
+        method="milp",
+    )

@@ -356,3 +356,53 @@ def test_generated_problems_never_crash_or_over_allocate(problem: solve.Problem)
         if s.price_per_hour > 0 and s.status == "served":
             budget = next(d.max_dollars_per_hour for d in problem.services if d.id == s.service)
             assert budget is None or s.price_per_hour <= budget + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Column generation and the large-fleet decomposition against the exact MILP.
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_problems())
+def test_column_generation_keeps_plans_valid_and_bounds_honest(problem: solve.Problem) -> None:
+    exact = solve.solve(problem, solve.SolveOptions(method="milp"))
+    pruned = solve.solve(problem, solve.SolveOptions(method="milp", max_candidates_per_bucket=1))
+    _check_plan(problem, pruned)
+    if all(s.status == "served" for s in pruned.services):
+        assert pruned.price_per_hour >= exact.price_per_hour - 1e-6
+    if pruned.bound_source == "full-lp" and all(s.status == "served" for s in exact.services):
+        assert pruned.bound <= exact.price_per_hour + 1e-6
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_problems())
+def test_decomposition_is_feasible_and_its_bound_valid(problem: solve.Problem) -> None:
+    options = solve.SolveOptions(method="decompose")
+    if not solve.decomposable(problem, options):
+        with pytest.raises(solve.InvalidProblemError):
+            solve.decompose(problem, options)
+        return
+    plan = solve.solve(problem, options)
+    _check_plan(problem, plan)
+    exact = solve.solve(problem, solve.SolveOptions(method="milp"))
+    if all(s.status == "served" for s in exact.services) and all(s.status == "served" for s in plan.services):
+        assert plan.price_per_hour >= exact.price_per_hour - 1e-6
+        assert plan.bound <= exact.price_per_hour + 1e-6
+
+
+def test_decomposition_prices_full_pools_out() -> None:
+    # Both services prefer pool a (cheaper per req/s) but it holds only one of them.
+    problem = solve.Problem(
+        services=(demand("s1", 4.0), demand("s2", 4.0)),
+        pools=(pool("a", devices_per_node=4, nodes=1), pool("b", devices_per_node=8, nodes=1)),
+        candidates=(
+            cand("s1", "a", [1.0], 1.0),
+            cand("s2", "a", [1.0], 1.0),
+            cand("s1", "b", [1.0], 1.5),
+            cand("s2", "b", [1.0], 1.5),
+        ),
+    )
+    plan = solve.decompose(problem)
+    _check_plan(problem, plan)
+    assert plan.price_per_hour == pytest.approx(10.0)
+    assert {a.pool for s in plan.services for a in s.assignments} == {"a", "b"}
