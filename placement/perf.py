@@ -136,6 +136,27 @@ ENGINE_TRAITS: Final = {
     ),
 }
 
+# vLLM (V1) raises its serving defaults on devices with >= 70 GiB that are not A100s: max_num_seqs 1024
+# and max_num_batched_tokens 8192 for the OpenAI server (vllm/engine/arg_utils.py, get_batch_defaults;
+# A100 excluded after vLLM PR #17885 measured a regression there).
+VLLM_LARGE_DEVICE_BYTES: Final = 70 * catalog.GIB
+VLLM_LARGE_DEVICE_MAX_BATCH: Final = 1024
+VLLM_LARGE_DEVICE_CHUNK_TOKENS: Final = 8192
+
+
+def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
+    """The engine's scheduler limits on this accelerator (defaults can depend on the device)."""
+    traits = ENGINE_TRAITS[engine]
+    parent = acc.parent or acc.id
+    if engine == "vllm" and acc.memory_bytes >= VLLM_LARGE_DEVICE_BYTES and not parent.startswith("a100"):
+        return dataclasses.replace(
+            traits,
+            max_batch=VLLM_LARGE_DEVICE_MAX_BATCH,
+            prefill_chunk_tokens=VLLM_LARGE_DEVICE_CHUNK_TOKENS,
+            source=traits.source + "; >= 70 GiB non-A100 device: max_num_seqs 1024, 8192 batched tokens",
+        )
+    return traits
+
 
 # --- public types ------------------------------------------------------------------------------------------
 
@@ -403,7 +424,7 @@ def _physics_cached(
     efficiency: perf_efficiency.Efficiency | None,
 ) -> _Physics:
     """See _physics."""
-    engine = ENGINE_TRAITS[engine_name]
+    engine = engine_traits(engine_name, acc)
     eff = efficiency if efficiency is not None else efficiency_for(acc, engine_name)
     per_param = _bytes_per_param(precision)
     head_params = float(model.vocab_size * model.hidden_size)

@@ -86,14 +86,14 @@ NVIDIA_TRTLLM: Final = Efficiency(
 )
 # AMD_VLLM: fitted bandwidth, compute_8bit.
 AMD_VLLM: Final = Efficiency(
-    bandwidth=0.737,
+    bandwidth=0.7095,
     compute_16bit=0.4,
-    compute_8bit=0.3903,
+    compute_8bit=0.3472,
     overlap_penalty=0.5,
     interconnect=0.7,
     moe=0.8,
     step_overhead_s=0.003,
-    source="fitted 2026-11-22 on 4 rows, rms log error 0.225 -> 0.029",
+    source="fitted 2026-11-22 on 4 rows, rms log error 0.137 -> 0.029",
 )
 
 # --- end fitted --------------------------------------------------------------------------------------------
