@@ -26,6 +26,9 @@ KUBECONFIG_OUT="$RUN_DIR/kubeconfig"
 KIND_CLUSTER_NAME="chipfit-e2e"
 # How long `up` waits for each component to report healthy; the whole start is measured < 60 s.
 HEALTH_TIMEOUT_S="${CHIPFIT_E2E_HEALTH_TIMEOUT_S:-90}"
+# A concurrent `up` may include a cold build of the control plane; a `down` takes seconds.
+UP_LOCK_TIMEOUT_S=3600
+DOWN_LOCK_TIMEOUT_S=30
 # Service and pod address ranges exist only inside the API server's bookkeeping: nothing is routed.
 SERVICE_CIDR="10.96.0.0/16"
 POD_CIDR="10.244.0.0/16"
@@ -147,7 +150,8 @@ start() { # component args...: start detached in its own session, record its PID
   shift
   # setsid: the component survives the calling shell and owns its process group, so `down` can
   # stop it (and nothing else) by PID.
-  setsid "$BIN_DIR/$name" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  # 9>&-: the component must not inherit the lock of `up`, or it would hold it for its lifetime.
+  setsid "$BIN_DIR/$name" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name"
   log "started $name (pid $!)"
 }
@@ -281,11 +285,13 @@ cmd_up() {
     # Leftovers of a crashed run: stop what it recorded, start clean.
     cmd_down >/dev/null 2>&1 || true
   fi
-  if [ "$m" = local ]; then "$E2E_DIR/build.sh" >&2; else "$E2E_DIR/install-helm.sh" >/dev/null; fi
-  mkdir -p "$RUN_DIR" "$LOGS" "$PIDS"
+  # Elsewhere only kwok runs here, against that cluster.
+  if [ "$m" = local ]; then "$E2E_DIR/build.sh" >&2; else "$E2E_DIR/build.sh" kwok >&2; fi
+  mkdir -p "$LOGS" "$PIDS"
   echo "$m" >"$RUN_DIR/mode"
-  # From here on, any failure stops everything already started.
+  # From here on, any failure or interruption stops everything already started.
   trap 'rc=$?; if [ $rc -ne 0 ]; then log "up failed; logs:"; tail_logs; cmd_down >/dev/null 2>&1 || true; fi' EXIT
+  trap 'exit 130' INT TERM HUP
   case "$m" in
     local) start_local_control_plane ;;
     external)
@@ -327,6 +333,14 @@ stop_pid() { # component: TERM, then KILL after a grace period, only if it is st
   if alive "$name"; then
     log "$name (pid $pid) ignored SIGTERM; killing"
     kill -KILL "$pid" 2>/dev/null || true
+    for i in $(seq 25); do
+      alive "$name" || break
+      sleep 0.2
+    done
+  fi
+  if alive "$name"; then
+    log "error: $name (pid $pid) is still running"
+    return 1
   fi
   log "stopped $name (pid $pid)"
 }
@@ -339,11 +353,15 @@ cmd_down() {
     # On a cluster we do not own, remove the fake nodes we registered (their pods go with them).
     kctl delete node -l kwok.x-k8s.io/fleet=chipfit --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_pid "${COMPONENTS[$i]}"; done
+  local left=0
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_pid "${COMPONENTS[$i]}" || left=1; done
   if [ -f "$RUN_DIR/kind-cluster" ]; then kind delete cluster --name "$(cat "$RUN_DIR/kind-cluster")" >&2 || true; fi
-  # Keep the logs of the last run for post-mortems; everything else goes.
+  # Keep the logs of the last run for post-mortems; everything else goes (the PIDs only when all
+  # stopped, so a second `down` can retry).
+  [ "$left" -eq 0 ] || return 1
   rm -rf "$RUN_DIR/etcd" "$PKI" "$PIDS" "$RUN_DIR/ports" "$RUN_DIR/mode" "$RUN_DIR/kind-cluster" \
     "$KUBECONFIG_OUT" "$RUN_DIR"/*.kubeconfig "$RUN_DIR/fleet.yaml"
+  return "$left"
 }
 
 cmd_status() {
@@ -368,9 +386,23 @@ cmd_status() {
   return "$ok"
 }
 
+lock() { # timeout-seconds
+  # One `up` or `down` at a time per run folder (two shells of one work tree may race otherwise).
+  mkdir -p "$RUN_DIR"
+  exec 9>"$RUN_DIR/.lock"
+  flock -w "$1" 9
+}
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up)
+    lock "$UP_LOCK_TIMEOUT_S" || die "another up/down holds $RUN_DIR/.lock"
+    cmd_up
+    ;;
+  down)
+    # Stopping must not hang: after a short wait, stop what is recorded even without the lock.
+    lock "$DOWN_LOCK_TIMEOUT_S" || log "warning: $RUN_DIR/.lock still held; stopping anyway"
+    cmd_down
+    ;;
   status) cmd_status ;;
   *)
     echo "usage: $0 up|down|status" >&2

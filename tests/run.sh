@@ -10,7 +10,13 @@ if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
   # A run folder of our own: ports are picked free, so a developer's cluster (e2e/.run) or another
   # work tree's run does not clash with this one, and `down` stops only what this run started.
   export CHIPFIT_E2E_RUN_DIR="$PWD/e2e/.run/test-$$"
-  cleanup() { bash e2e/cluster.sh down >/dev/null 2>&1 || true; }
+  down_failed=0
+  cleanup() {
+    if ! bash e2e/cluster.sh down >/dev/null; then
+      echo "tests/run.sh: e2e/cluster.sh down failed; processes may be left (see $CHIPFIT_E2E_RUN_DIR/pids)" >&2
+      down_failed=1
+    fi
+  }
   trap cleanup EXIT
   trap 'exit 130' INT TERM # exit through the EXIT trap
   if ! bash e2e/cluster.sh up >/dev/null; then
@@ -26,9 +32,15 @@ if [ "$rc" -eq 5 ]; then
   rc=1
 fi
 if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
-  cleanup
   trap - EXIT
+  cleanup
+  # A process left behind is a failure too.
+  [ "$down_failed" -eq 0 ] || rc=1
   # Keep the component logs of a failed run for the post-mortem; drop those of a green one.
-  if [ "$rc" -eq 0 ]; then rm -rf "$CHIPFIT_E2E_RUN_DIR"; else echo "tests/run.sh: e2e logs kept in $CHIPFIT_E2E_RUN_DIR/logs" >&2; fi
+  if [ "$rc" -eq 0 ]; then
+    rm -rf "$CHIPFIT_E2E_RUN_DIR"
+  else
+    echo "tests/run.sh: e2e logs kept in $CHIPFIT_E2E_RUN_DIR/logs" >&2
+  fi
 fi
 exit "$rc"

@@ -26,7 +26,7 @@ REPO_DIR: Final = pathlib.Path(__file__).resolve().parents[2]
 E2E_DIR: Final = REPO_DIR / "e2e"
 BIN_DIR: Final = E2E_DIR / ".cache" / "bin"
 CLUSTER_SH: Final = E2E_DIR / "cluster.sh"
-BUILD_STAMP: Final = BIN_DIR / ".control-plane.sha256"
+BUILD_STAMP: Final = BIN_DIR / ".kube-apiserver.sha256"
 FIXTURES_DIR: Final = pathlib.Path(__file__).resolve().parent / "fixtures"
 # Bound on waiting for the scheduler or a controller to act; they act within seconds, the bound only
 # keeps a broken cluster from hanging the run (this is a timeout, not a timing assertion).
