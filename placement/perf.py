@@ -566,6 +566,11 @@ def offline_throughput(
         raise InvalidConfigError(reason)
     phys = _physics(config, efficiency)
     model = phys.model
+    if prompt_tokens + output_tokens > model.max_context_tokens:
+        raise InvalidConfigError(
+            f"{prompt_tokens:.0f}+{output_tokens:.0f} tokens exceed the {model.max_context_tokens}-token "
+            f"context of {model.id}"
+        )
     beams = float(beam_width)
     batch = _batch_limit(phys, prompt_tokens, output_tokens, phys.engine.reserves_full_sequence) / beams
     chunk = phys.engine.prefill_chunk_tokens
@@ -959,6 +964,11 @@ def _max_rate_cached(
         return _zero(reason)
     phys = _physics(config, efficiency)
     context = workload.prompt_p99 + workload.output_p99
+    if context > phys.model.max_context_tokens:
+        return _zero(
+            f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context of "
+            f"{phys.model.id}"
+        )
     if config.role != "prefill" and phys.kv_capacity_tokens < context:
         return _zero(
             f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "

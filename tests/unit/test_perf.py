@@ -342,3 +342,17 @@ def test_efficiencies_are_physical_fractions() -> None:
             assert 0.0 < getattr(eff, name) <= 1.0
     with pytest.raises(ValueError, match="bandwidth"):
         dataclasses.replace(IDEAL, bandwidth=1.2)
+
+
+def test_sequences_longer_than_the_model_context_are_refused() -> None:
+    # Llama-2 has a 4096-token context.
+    cfg = config("llama-2-7b", "h100", "fp8")
+    result = perf.max_rate_under_slo(cfg, 4000, 200, perf.Slo(5000, 100))
+    assert result.max_rps == 0.0 and result.reason is not None and "context" in result.reason
+    with pytest.raises(perf.InvalidConfigError, match="context"):
+        perf.offline_throughput(cfg, 4000, 200)
+
+
+def test_zero_rate_has_no_queueing() -> None:
+    load = perf.latency_at_rate(config(), perf.Workload(500, 100), 0.0)
+    assert load is not None and load.prefill_utilization == 0.0 and load.batch == 0.0
