@@ -14,11 +14,14 @@ another), and a request is served either by an aggregated replica or by a prefil
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -870,6 +873,29 @@ class _Run:
     optimal: bool
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1 while HiGHS runs.
+
+    Some HiGHS builds print MIP debug lines ("HighsMipSolverData::transformNewIntegerFeasibleSolution")
+    straight to the C stdout, which would corrupt `chipfit plan --json`.
+    """
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 # scipy.optimize.milp status codes (scipy docs, OptimizeResult.status).
 _MILP_OPTIMAL = 0
 _MILP_LIMIT = 1
@@ -893,13 +919,14 @@ def _run(
     for row, hi in extra_rows:
         constraints.append(LinearConstraint(row.reshape(1, -1), -math.inf, hi))
     remaining = max(deadline - time.perf_counter(), 1.0)
-    res: OptimizeResult = milp(
-        c,
-        constraints=constraints,
-        integrality=model.integrality,
-        bounds=Bounds(model.var_lo, var_hi),
-        options={"time_limit": remaining, "mip_rel_gap": options.mip_rel_gap, "presolve": True},
-    )
+    with _quiet_stdout():
+        res: OptimizeResult = milp(
+            c,
+            constraints=constraints,
+            integrality=model.integrality,
+            bounds=Bounds(model.var_lo, var_hi),
+            options={"time_limit": remaining, "mip_rel_gap": options.mip_rel_gap, "presolve": True},
+        )
     if res.status == _MILP_INFEASIBLE:
         return None
     if res.status == _MILP_UNBOUNDED:
