@@ -16,13 +16,12 @@ Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete"]
 CORE: Final = ""
 CHIPFIT: Final = "chipfit.io"
 APPS: Final = "apps"
-EVENTS: Final = "events.k8s.io"
 KOPF: Final = "kopf.dev"
 APIEXTENSIONS: Final = "apiextensions.k8s.io"
 
-READ: Final[tuple[Verb, ...]] = ("get", "list", "watch")
-# Server-side apply is a PATCH; create covers the first apply of an object kopf has not seen yet.
-OWN: Final[tuple[Verb, ...]] = ("get", "list", "watch", "create", "patch", "delete")
+WATCH: Final[tuple[Verb, ...]] = ("list", "watch")
+# Server-side apply is a PATCH, and also needs create when the object does not exist yet.
+APPLY: Final[tuple[Verb, ...]] = ("create", "patch")
 
 # When a permission is needed only with a chart feature on, the values key that turns it on.
 Condition = Literal["leaderElection.enabled"]
@@ -40,29 +39,28 @@ class Permission:
 
 
 OPERATOR_PERMISSIONS: Final[tuple[Permission, ...]] = (
-    # chipfit's own resources: kopf watches them and patches finalizers and its progress annotations.
-    Permission(CHIPFIT, "inferenceservices", ("get", "list", "watch", "patch"), "watch services, finalizers"),
-    Permission(CHIPFIT, "inferenceservices/status", ("get", "patch"), "write placement and conditions"),
-    Permission(CHIPFIT, "acceleratorpools", ("get", "list", "watch", "patch"), "watch the fleet, finalizers"),
-    Permission(CHIPFIT, "acceleratorpools/status", ("get", "patch"), "write nodes/devices seen, allocated"),
-    Permission(CHIPFIT, "performanceprofiles", ("get", "list", "watch", "patch"), "read measured profiles"),
-    Permission(CHIPFIT, "performanceprofiles/status", ("get", "patch"), "report whether a profile is used"),
-    # What a placement becomes: one Deployment and one Service per (service, role, pool).
-    Permission(APPS, "deployments", OWN, "serving replicas (server-side apply, drain old placements)"),
-    Permission(CORE, "services", OWN, "stable endpoints per role for the router and users"),
-    # The fleet as it really is.
-    Permission(CORE, "nodes", READ, "pool capacity: allocatable extended resources, cordons"),
-    Permission(CORE, "pods", ("list", "watch"), "ready replicas and where the scheduler bound them"),
-    # Events explaining placements; kopf posts core/v1 events, the kubernetes client events.k8s.io ones.
-    Permission(CORE, "events", ("create", "patch"), "kopf's handler events and placement explanations"),
-    Permission(EVENTS, "events", ("create", "patch"), "placement events through the events.k8s.io API"),
-    # kopf itself.
-    Permission(APIEXTENSIONS, "customresourcedefinitions", READ, "kopf discovers and watches its CRDs"),
+    # chipfit's own resources: kopf lists and watches them and patches its annotations (progress, last
+    # handled spec); the fleet re-plan lists them and reads one service by name.
+    Permission(CHIPFIT, "inferenceservices", ("get", *WATCH, "patch"), "kopf handlers, fleet re-plan"),
+    Permission(CHIPFIT, "inferenceservices/status", ("patch",), "placement, predictions, conditions"),
+    Permission(CHIPFIT, "acceleratorpools", (*WATCH, "patch"), "kopf handlers, fleet re-plan"),
+    Permission(CHIPFIT, "acceleratorpools/status", ("patch",), "nodes and devices seen, allocated"),
+    Permission(CHIPFIT, "performanceprofiles", (*WATCH, "patch"), "kopf handlers, measured capacity"),
+    # What a placement becomes: Deployments (watched to advance rollouts) and Services per role and pool,
+    # applied server-side and deleted when a placement moves.
+    Permission(APPS, "deployments", (*WATCH, *APPLY, "delete"), "serving replicas; rollout progress"),
+    Permission(CORE, "services", ("list", *APPLY, "delete"), "stable endpoints per role for the router"),
+    # The fleet as it really is: ready, schedulable nodes and their allocatable devices.
+    Permission(CORE, "nodes", WATCH, "pool capacity, cordons, node loss"),
+    # Events explaining placements (chipfit.kube) and handler failures (kopf), both core/v1.
+    Permission(CORE, "events", ("create",), "explain placements and failures"),
+    # kopf itself: it watches CRDs to notice resources appearing or changing.
+    Permission(APIEXTENSIONS, "customresourcedefinitions", WATCH, "kopf's resource scanning"),
     Permission(
         KOPF,
         "clusterkopfpeerings",
-        ("get", "list", "watch", "patch"),
-        "kopf peering: replicas see each other; only the highest priority acts",
+        (*WATCH, "patch"),
+        "kopf peering: replicas heartbeat here; only the highest priority acts",
         only_when="leaderElection.enabled",
     ),
 )
