@@ -152,6 +152,22 @@ def test_helm_install_creates_the_operator_and_uninstall_removes_it(
         for body in cm["data"].values():
             assert json.loads(body)["uid"]
 
+    # An upgrade re-renders everything; the peering hook re-creates the peering object.
+    helm(
+        cluster,
+        "upgrade",
+        name,
+        str(CHART_DIR),
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set",
+        "extraArgs={--verbose}",
+    )
+    upgraded = cluster.get_json("deployment", name, "-n", namespace)
+    assert upgraded["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--verbose"
+    assert exists(cluster, "clusterkopfpeering", name)
+
     helm(cluster, "uninstall", name, "-n", namespace, "--wait")
 
     gone = (
