@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import statistics
 from typing import Final
 
 import numpy as np
@@ -69,6 +70,7 @@ KV_TRANSFER_LATENCY_S: Final = 1e-3
 TAIL_PROBABILITY: Final = 0.01
 # z-score of the 99th percentile of a standard normal (lognormal fits of mean + p99).
 Z_P99: Final = 2.3263478740408408
+_STANDARD_NORMAL: Final = statistics.NormalDist()
 # Bisection steps when searching the highest SLO-meeting rate: 2^-30 of the bracket.
 RATE_SEARCH_STEPS: Final = 30
 FIXED_POINT_STEPS: Final = 60
@@ -718,11 +720,26 @@ def _queue_tail(
     return quantile(0.5), quantile(TAIL_PROBABILITY), rho
 
 
-def _poisson_p99(mean: float) -> float:
-    """99th percentile of a Poisson count with this mean (normal approximation, 0 below a 1% chance)."""
-    if mean <= 0.0 or 1.0 - math.exp(-mean) < TAIL_PROBABILITY:
+def _arrival_tokens_quantile(arrivals_mean: float, workload: Workload, tail: float) -> float:
+    """Prompt tokens arriving in one iteration that are exceeded with probability `tail`.
+
+    Arrivals are Poisson (mean `arrivals_mean`) with lognormal prompt lengths. At most one prompt
+    arrives in most iterations when the mean is small: then P(X > x) ≈ P(any arrival) · P(L > x), so x
+    is the prompt-length quantile at tail / P(any arrival). Many arrivals: the compound sum is about
+    normal with mean λt·E[L] and variance λt·E[L²]. The larger of the two is taken.
+    """
+    any_arrival = 1.0 - math.exp(-arrivals_mean)
+    if any_arrival <= tail:
         return 0.0
-    return max(1.0, mean + Z_P99 * math.sqrt(mean))
+    mean = workload.prompt_tokens
+    sigma = lognormal_sigma(mean, workload.prompt_p99)
+    single = mean
+    if sigma > 0.0:
+        z = _STANDARD_NORMAL.inv_cdf(1.0 - tail / any_arrival)
+        single = math.exp(math.log(mean) - sigma**2 / 2.0 + sigma * z)
+    z_tail = _STANDARD_NORMAL.inv_cdf(1.0 - tail)
+    summed = arrivals_mean * mean + z_tail * math.sqrt(arrivals_mean * workload.prompt_second_moment)
+    return max(single, summed)
 
 
 def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
@@ -748,18 +765,13 @@ def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPre
     # TTFT: queueing for the prefill budget, the prompt's own prefill, and the iteration in flight.
     ttft_p50 = wait_p50 + mean_prompt / service_rate_tok + step / 2.0
     ttft_p99 = wait_p99 + p99_prompt / service_rate_tok + step
-    # ITL: the prompt tokens one iteration carries are the arrivals during the previous iteration plus any
-    # backlog, capped by the budget; p99 takes the p99 arrival count (one of them a p99-long prompt) and
-    # the p99 backlog (tokens that arrive while a request waits its p99 queueing time).
-    arrivals_p99 = _poisson_p99(rate * step)
-    tokens_p99 = 0.0
-    if arrivals_p99 > 0.0:
-        tokens_p99 = (arrivals_p99 - 1.0) * mean_prompt + p99_prompt + wait_p99 * rate * mean_prompt
-    # The median iteration carries a prompt only when more than half of the iterations see an arrival.
-    arrivals_p50 = rate * step if 1.0 - math.exp(-rate * step) >= 0.5 else 0.0
-    tokens_p50 = (arrivals_p50 + wait_p50 * rate) * mean_prompt
-    tokens_p99 = min(tokens_p99, budget)
-    tokens_p50 = min(tokens_p50, budget)
+    # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
+    # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
+    # iteration whose prefill load has a 1% chance of being exceeded.
+    backlog_p99 = wait_p99 * rate * mean_prompt
+    backlog_p50 = wait_p50 * rate * mean_prompt
+    tokens_p99 = min(_arrival_tokens_quantile(rate * step, workload, TAIL_PROBABILITY) + backlog_p99, budget)
+    tokens_p50 = min(_arrival_tokens_quantile(rate * step, workload, 0.5) + backlog_p50, budget)
     itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = max(itl_p99, itl_p50)
