@@ -14,8 +14,9 @@ The model, in three layers (docs/performance-model.md has the derivation and its
 3. Serving under load: at arrival rate λ, Little's law gives the decode batch B = λ · output · t_step
    (a fixed point, since t_step grows with B); prompts are an M/G/1 queue served by the prefill token
    budget of each iteration (chunked prefill), whose Pollaczek-Khinchine mean wait and exponential tail
-   give TTFT p50/p99; ITL p99 is the iteration that carries a full prefill chunk whenever prompts queue
-   more than 1% of the time. The highest rate meeting both SLOs is found by bisection.
+   give TTFT p50/p99; ITL p99 is the iteration whose prefill load (compound-Poisson prompt arrivals plus
+   backlog, capped by the chunk budget) is exceeded 1% of the time. The highest rate meeting both SLOs
+   is found by bisection.
 
 Prefill-only and decode-only replicas (disaggregated serving) drop the other phase's work; a prefill
 replica's TTFT includes shipping the prompt's KV cache to the decode side over the network.
