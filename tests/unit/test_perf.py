@@ -356,3 +356,53 @@ def test_sequences_longer_than_the_model_context_are_refused() -> None:
 def test_zero_rate_has_no_queueing() -> None:
     load = perf.latency_at_rate(config(), perf.Workload(500, 100), 0.0)
     assert load is not None and load.prefill_utilization == 0.0 and load.batch == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model_id=st.sampled_from(MODELS),
+    chip=st.sampled_from(sorted(catalog.ACCELERATORS)),
+    precision=st.sampled_from(catalog.PRECISIONS),
+    tp=st.sampled_from((1, 2, 4, 8)),
+    role=st.sampled_from(catalog.ROLES),
+    prompt=st.integers(1, 8000),
+    output=st.integers(1, 2000),
+    spread=st.floats(1.0, 4.0),
+    ttft_ms=st.floats(100, 10000),
+    itl_ms=st.floats(10, 300),
+)
+def test_the_rate_returned_meets_the_slo_it_was_asked_for(
+    model_id: str,
+    chip: str,
+    precision: str,
+    tp: int,
+    role: str,
+    prompt: int,
+    output: int,
+    spread: float,
+    ttft_ms: float,
+    itl_ms: float,
+) -> None:
+    cfg = config(model_id, chip, precision, tp, role=role, engine="vllm")
+    slo = perf.Slo(ttft_ms, itl_ms)
+    result = perf.max_rate_under_slo(
+        cfg, prompt, output, slo, prompt_tokens_p99=prompt * spread, output_tokens_p99=output * spread
+    )
+    assert result.max_rps >= 0.0 and result.reason
+    if result.max_rps == 0.0:
+        return
+    load = perf.latency_at_rate(
+        cfg, perf.Workload(prompt, output, prompt * spread, output * spread), result.max_rps
+    )
+    assert load is not None
+    if role != "decode":
+        assert load.ttft_p99_ms <= ttft_ms * (1 + 1e-6)
+    if role != "prefill":
+        assert load.itl_p99_ms <= itl_ms * (1 + 1e-6)
+
+
+def test_every_engine_and_vendor_pair_has_efficiency_factors() -> None:
+    for engine, vendors in catalog.ENGINE_VENDORS.items():
+        for vendor in vendors:
+            eff = perf_efficiency.EFFICIENCIES[(vendor, engine)]
+            assert eff.source
