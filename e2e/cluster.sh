@@ -300,8 +300,9 @@ cmd_up() {
       start_kwok
       ;;
     kind)
-      kind create cluster --name "$KIND_CLUSTER_NAME" --kubeconfig "$KUBECONFIG_OUT" --wait 120s >&2
+      # Recorded first, so a failed or interrupted create is deleted by the cleanup too.
       echo "$KIND_CLUSTER_NAME" >"$RUN_DIR/kind-cluster"
+      kind create cluster --name "$KIND_CLUSTER_NAME" --kubeconfig "$KUBECONFIG_OUT" --wait 120s >&2
       start_kwok
       ;;
   esac
