@@ -922,32 +922,31 @@ def rate_from_profile(
                 else "measured: SLO not met in this bucket",
                 source=f"profile:{profile.source}",
             )
-    if not profile.points or profile.prompt_tokens is None or profile.output_tokens is None:
+    sweep_prompt, sweep_output = profile.sweep_prompt_tokens, profile.sweep_output_tokens
+    if not profile.points or sweep_prompt is None or sweep_output is None:
         return None
     points = profile.points
     concurrency = np.array([p.concurrency for p in points])
     grid = np.linspace(concurrency[0], concurrency[-1], PROFILE_INTERPOLATION_SAMPLES)
     ttft = np.interp(grid, concurrency, [p.ttft_p99_ms for p in points])
     itl = np.interp(grid, concurrency, [p.itl_p99_ms for p in points])
-    tokens = np.interp(grid, concurrency, [p.output_tokens_per_s for p in points])
-    ok = np.nonzero((ttft <= slo.ttft_p99_ms) & (itl <= slo.itl_p99_ms) & (tokens > 0))[0]
+    rates = np.interp(grid, concurrency, [profile.point_rate_rps(p) for p in points])
+    ok = np.nonzero((ttft <= slo.ttft_p99_ms) & (itl <= slo.itl_p99_ms) & (rates > 0))[0]
     source = f"profile:{profile.source}"
     if ok.size == 0:
         return RatePrediction(
             0.0, 0.0, 0.0, 0, 0.0, "measured: SLO not met at any measured concurrency", 0.0, 0.0, source
         )
-    # The best SLO-meeting rate (tokens/s need not be monotone in concurrency).
-    best = int(ok[np.argmax(tokens[ok])])
-    rate = float(tokens[best]) / profile.output_tokens
+    # The best SLO-meeting rate (throughput need not be monotone in concurrency).
+    best = int(ok[np.argmax(rates[ok])])
+    rate = float(rates[best])
     scale = 1.0
-    same_prompt = abs(workload.prompt_tokens / profile.prompt_tokens - 1.0) <= PROFILE_SIZE_TOLERANCE
-    same_output = abs(workload.output_tokens / profile.output_tokens - 1.0) <= PROFILE_SIZE_TOLERANCE
+    same_prompt = abs(workload.prompt_tokens / sweep_prompt - 1.0) <= PROFILE_SIZE_TOLERANCE
+    same_output = abs(workload.output_tokens / sweep_output - 1.0) <= PROFILE_SIZE_TOLERANCE
     if not (same_prompt and same_output) and infeasibility(config) is None:
         try:
             asked = offline_throughput(config, workload.prompt_tokens, workload.output_tokens).requests_per_s
-            measured_at = offline_throughput(
-                config, profile.prompt_tokens, profile.output_tokens
-            ).requests_per_s
+            measured_at = offline_throughput(config, sweep_prompt, sweep_output).requests_per_s
             scale = asked / measured_at
         except InvalidConfigError:
             return None

@@ -26,6 +26,10 @@ class ProfilePoint:
     itl_p99_ms: float
     ttft_p50_ms: float | None = None
     itl_p50_ms: float | None = None
+    # Request size and rate of this point when the sweep recorded them per point.
+    prompt_tokens: float | None = None
+    output_tokens: float | None = None
+    requests_per_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +78,12 @@ class PerformanceProfile:
         if self.tp < 1:
             raise ProfileError(f"{name}: tp must be >= 1, got {self.tp}")
         if self.points:
-            if self.prompt_tokens is None or self.output_tokens is None:
-                raise ProfileError(f"{name}: a concurrency sweep needs prompt_tokens and output_tokens")
-            if self.prompt_tokens < 1 or self.output_tokens < 1:
+            if self.sweep_prompt_tokens is None or self.sweep_output_tokens is None:
+                raise ProfileError(
+                    f"{name}: a concurrency sweep needs prompt_tokens and output_tokens (on the profile "
+                    "or on every point)"
+                )
+            if self.sweep_prompt_tokens < 1 or self.sweep_output_tokens < 1:
                 raise ProfileError(f"{name}: prompt_tokens and output_tokens must be >= 1")
         last = 0.0
         for i, point in enumerate(self.points):
@@ -95,6 +102,71 @@ class PerformanceProfile:
                 raise ProfileError(f"{name}: buckets[{i}] output range must satisfy 0 <= lo < hi")
             if not (math.isfinite(bucket.max_rps) and bucket.max_rps >= 0):
                 raise ProfileError(f"{name}: buckets[{i}].max_rps must be finite and >= 0")
+
+    @property
+    def sweep_prompt_tokens(self) -> float | None:
+        """Prompt size of the sweep: the profile's, else the mean over points that recorded one."""
+        return self._sweep_size(self.prompt_tokens, [p.prompt_tokens for p in self.points])
+
+    @property
+    def sweep_output_tokens(self) -> float | None:
+        """Output size of the sweep: the profile's, else the mean over points that recorded one."""
+        return self._sweep_size(self.output_tokens, [p.output_tokens for p in self.points])
+
+    @staticmethod
+    def _sweep_size(whole: float | None, per_point: list[float | None]) -> float | None:
+        """The profile-level size, or the mean of per-point sizes when every point has one."""
+        if whole is not None:
+            return whole
+        if per_point and all(v is not None for v in per_point):
+            return sum(v for v in per_point if v is not None) / len(per_point)
+        return None
+
+    def point_rate_rps(self, point: ProfilePoint) -> float:
+        """Requests/s at a point: as recorded, else output tokens/s over the point's (or sweep's) output."""
+        if point.requests_per_s is not None:
+            return point.requests_per_s
+        output = point.output_tokens or self.sweep_output_tokens or 1.0
+        return point.output_tokens_per_s / output
+
+    @classmethod
+    def from_bucket_edges(
+        cls,
+        model: str,
+        accelerator: str,
+        precision: str,
+        tp: int,
+        engine: str,
+        prompt_upper_edges: tuple[int, ...],
+        output_upper_edges: tuple[int, ...],
+        max_rps: tuple[tuple[float, ...], ...],
+        ttft_p99_ms: float,
+        itl_p99_ms: float,
+        source: str = "",
+    ) -> PerformanceProfile:
+        """A bucket-table profile from upper bucket edges (each bucket starts where the previous ends)."""
+        if len(max_rps) != len(prompt_upper_edges) or any(len(r) != len(output_upper_edges) for r in max_rps):
+            raise ProfileError(
+                f"profile {model}/{accelerator}: max_rps needs {len(prompt_upper_edges)} rows of "
+                f"{len(output_upper_edges)} values (one per prompt x output bucket)"
+            )
+        buckets = []
+        for i, prompt_hi in enumerate(prompt_upper_edges):
+            prompt_lo = prompt_upper_edges[i - 1] if i else 0
+            for j, output_hi in enumerate(output_upper_edges):
+                output_lo = output_upper_edges[j - 1] if j else 0
+                buckets.append(BucketRate(prompt_lo, prompt_hi, output_lo, output_hi, max_rps[i][j]))
+        return cls(
+            model=model,
+            accelerator=accelerator,
+            precision=precision,
+            tp=tp,
+            engine=engine,
+            buckets=tuple(buckets),
+            bucket_ttft_p99_ms=ttft_p99_ms,
+            bucket_itl_p99_ms=itl_p99_ms,
+            source=source,
+        )
 
     def matches(self, model: str, accelerator: str, precision: str, tp: int, engine: str, role: str) -> bool:
         """True for the exact configuration the profile was measured on."""

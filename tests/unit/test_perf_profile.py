@@ -101,3 +101,34 @@ def test_bucket_table_answers_only_under_an_slo_at_least_as_strict() -> None:
 def test_malformed_profiles_name_the_field(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(perf_profile.ProfileError, match=message):
         sweep(**overrides)
+
+
+def test_per_point_sizes_and_rates_as_the_api_records_them() -> None:
+    points = (
+        perf_profile.ProfilePoint(
+            1, 50.0, 60, 20, prompt_tokens=1000, output_tokens=200, requests_per_s=0.25
+        ),
+        perf_profile.ProfilePoint(
+            32, 1000.0, 400, 36, prompt_tokens=1000, output_tokens=200, requests_per_s=5.0
+        ),
+        perf_profile.ProfilePoint(
+            64, 1400.0, 1200, 52, prompt_tokens=1000, output_tokens=200, requests_per_s=7.0
+        ),
+    )
+    profile = sweep(prompt_tokens=None, output_tokens=None, points=points)
+    assert profile.sweep_prompt_tokens == 1000 and profile.sweep_output_tokens == 200
+    # ITL 40 ms is a quarter of the way from concurrency 32 to 64: 5.0 + 2.0 x 0.25 = 5.5 req/s.
+    result = perf.max_rate_under_slo(CONFIG, 1000, 200, perf.Slo(2000, 40), profiles=(profile,))
+    assert result.max_rps == pytest.approx(5.5, rel=0.01)
+
+
+def test_bucket_table_from_upper_edges() -> None:
+    table = perf_profile.PerformanceProfile.from_bucket_edges(
+        "llama-3.1-8b", "l40s", "fp8", 1, "vllm", (512, 2048), (256, 1024), ((9.0, 3.0), (4.0, 1.5)), 1000, 40
+    )
+    assert len(table.buckets) == 4
+    assert perf.max_rate_under_slo(CONFIG, 1000, 500, perf.Slo(1000, 40), profiles=(table,)).max_rps == 1.5
+    with pytest.raises(perf_profile.ProfileError, match="max_rps needs 2 rows"):
+        perf_profile.PerformanceProfile.from_bucket_edges(
+            "llama-3.1-8b", "l40s", "fp8", 1, "vllm", (512, 2048), (256,), ((9.0,),), 1000, 40
+        )
