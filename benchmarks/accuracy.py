@@ -259,8 +259,9 @@ def build_report(with_cv: bool) -> str:
         "  harness) and RedHat's L40S row run far below what the engine reaches elsewhere; they are kept.",
         "- Power-capped `_MaxQ` systems and the 1000 W H200 `-CTS` variant are left out: the model uses",
         "  datasheet peaks at the standard power limit.",
-        "- Server predictions sit close to Offline ones: the model puts no admission queue before the KV",
-        "  limit, while MLPerf Server runs land ~5-15% below Offline.",
+        "- Server predictions sit close to Offline ones: with ~1000 batch slots the admission queue",
+        "  (Erlang C) only binds above ~99% utilization, while MLPerf Server runs land ~5-15% below",
+        "  Offline (output-length variance and KV reserved for the maximum output are not modelled).",
         "",
     ]
     return "\n".join(out)

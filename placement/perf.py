@@ -743,6 +743,44 @@ def _arrival_tokens_quantile(arrivals_mean: float, workload: Workload, tail: flo
     return max(single, summed)
 
 
+# Below this many batch slots the Erlang C probability is computed exactly; above, Halfin-Whitt's
+# many-server approximation (exact in the limit, within a few percent from ~50 servers).
+ERLANG_EXACT_MAX_SERVERS: Final = 64
+
+
+def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float, float]:
+    """(p50, p99) wait for a free batch slot: M/M/c with c = KV/engine slots, each held `hold_s`.
+
+    A request is admitted only when a sequence slot (KV capacity, engine max batch) is free; `offered`
+    is the mean number of slots in use (λ · hold). Erlang C gives the chance to wait; the wait is then
+    exponential with rate c/hold - λ.
+    """
+    servers = math.floor(slots)
+    if servers < 1 or offered <= 0.0:
+        return 0.0, 0.0
+    if offered >= servers:
+        return math.inf, math.inf
+    if servers <= ERLANG_EXACT_MAX_SERVERS:
+        blocking = 1.0
+        for k in range(1, servers + 1):
+            blocking = offered * blocking / (k + offered * blocking)
+        utilization = offered / servers
+        p_wait = blocking / (1.0 - utilization * (1.0 - blocking))
+    else:
+        beta = (servers - offered) / math.sqrt(offered)
+        density = _STANDARD_NORMAL.pdf(beta)
+        if density <= 0.0:
+            # Far from saturation (beta beyond ~38): no request ever waits.
+            return 0.0, 0.0
+        p_wait = 1.0 / (1.0 + beta * _STANDARD_NORMAL.cdf(beta) / density)
+    drain_rate = servers / hold_s - offered / hold_s
+
+    def quantile(tail: float) -> float:
+        return math.log(p_wait / tail) / drain_rate if p_wait > tail else 0.0
+
+    return quantile(0.5), quantile(TAIL_PROBABILITY)
+
+
 def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
     """Continuous batching with chunked prefill: decode and prompts share every iteration."""
     steady = _steady_batch(phys, workload, rate, with_prefill=True)
@@ -763,9 +801,14 @@ def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPre
     if tail is None:
         return None
     wait_p50, wait_p99, rho = tail
-    # TTFT: queueing for the prefill budget, the prompt's own prefill, and the iteration in flight.
-    ttft_p50 = wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = wait_p99 + p99_prompt / service_rate_tok + step
+    # Admission: a request first needs a free sequence slot (KV capacity, engine batch cap).
+    limit = _batch_limit(phys, mean_prompt, workload.output_tokens, phys.engine.reserves_full_sequence)
+    admit_p50, admit_p99 = _admission_wait(limit, batch, workload.output_tokens * step)
+    if math.isinf(admit_p99):
+        return None
+    # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
+    ttft_p50 = admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
+    ttft_p99 = admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
     # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
     # iteration whose prefill load has a 1% chance of being exceeded.
@@ -800,11 +843,14 @@ def _decode_load(phys: _Physics, workload: Workload, rate: float) -> LoadPredict
         phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
     )
     step_p99 = _decode_step(phys, max(min(batch_p99, limit), 1.0), workload, 0.0, 0.0)
+    admit_p50, admit_p99 = _admission_wait(limit, batch, workload.output_tokens * step)
+    if math.isinf(admit_p99):
+        return None
     return LoadPrediction(
         rate_rps=rate,
         batch=batch,
-        ttft_p50_ms=step * 1e3,
-        ttft_p99_ms=step_p99 * 1e3,
+        ttft_p50_ms=(admit_p50 + step) * 1e3,
+        ttft_p99_ms=(admit_p99 + step_p99) * 1e3,
         itl_p50_ms=step * 1e3,
         itl_p99_ms=step_p99 * 1e3,
         prefill_utilization=0.0,

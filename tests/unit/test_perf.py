@@ -406,3 +406,15 @@ def test_every_engine_and_vendor_pair_has_efficiency_factors() -> None:
         for vendor in vendors:
             eff = perf_efficiency.EFFICIENCIES[(vendor, engine)]
             assert eff.source
+
+
+def test_admission_wait_known_values() -> None:
+    # One slot (M/M/1) at half load, 1 s hold: P(wait) = 0.5, wait ~ exp(rate 1/s - 0.5/s) beyond that:
+    # p99 = ln(0.5 / 0.01) / 0.5 s, p50 = 0 (half the requests never wait).
+    p50, p99 = perf._admission_wait(1, 0.5, 1.0)
+    assert p50 == 0.0 and p99 == pytest.approx(math.log(50) / 0.5)
+    # Two slots at offered load 1 (Erlang C = 1/3): p99 = ln((1/3) / 0.01) / (2 - 1).
+    assert perf._admission_wait(2, 1.0, 1.0)[1] == pytest.approx(math.log(100 / 3))
+    # Many slots far from full: nobody waits; at or beyond capacity: unstable.
+    assert perf._admission_wait(1000, 500, 10.0) == (0.0, 0.0)
+    assert math.isinf(perf._admission_wait(10, 10, 1.0)[1])
