@@ -1172,13 +1172,17 @@ def _infeasible_reason(problem: Problem) -> str:
 # From this many services `auto` decomposes: one MILP over hundreds of services spends its time
 # rounding replicas service by service (benchmarks/REPORT_solver.md).
 DECOMPOSE_MIN_SERVICES = 200
+# Score added to a pool with no room while looking for somewhere to move a service ($/h per replica):
+# far above any real price, finite so a service with nowhere else to go still gets an answer.
+CLOSED_POOL_SURCHARGE = 1e9
 # Candidates per service the decomposition considers: the best by $/(req/s) per bucket, at most this many.
 DECOMPOSE_CANDIDATES = 5
 # Plus this many cheapest-per-replica candidates per bucket, fillers that absorb a fractional replica.
 # Off: on the scale benchmark two fillers cut the price by 0.05% and doubled the time.
 DECOMPOSE_FILLERS = 0
-# Rounds of raising the device price of over-full pools before falling back to the MILP.
-DECOMPOSE_PRICE_ROUNDS = 25
+# Rounds of raising the device price of over-full pools before falling back to the MILP (the step
+# doubles each round a pool stays over-full, so 40 rounds reach any price that matters).
+DECOMPOSE_PRICE_ROUNDS = 40
 # Each round raises an over-full pool's device price by this share of the fleet's mean device price.
 DECOMPOSE_PRICE_STEP = 0.1
 
@@ -1334,7 +1338,7 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     surcharge: dict[str, float] = defaultdict(float)
     services = {s.id: s for s in problem.services}
 
-    def choose(sid: str) -> _ServiceChoice | None:
+    def choose(sid: str, closed: frozenset[str] = frozenset()) -> _ServiceChoice | None:
         cands = shortlist[sid]
         if not cands:
             return None
@@ -1343,7 +1347,14 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
             _coverable(cands, len(s.bucket_rps)), dtype=np.float64
         )
         caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64)
-        score = np.array([c.price_per_hour + surcharge[c.pool] * c.tp for c in cands])
+        score = np.array(
+            [
+                c.price_per_hour
+                + surcharge[c.pool] * c.tp
+                + (CLOSED_POOL_SURCHARGE if c.pool in closed else 0.0)
+                for c in cands
+            ]
+        )
         return _best_pair(rates, caps, score)
 
     def devices_of(sid: str, ch: _ServiceChoice) -> dict[str, int]:
@@ -1364,6 +1375,7 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     for sid, ch in choices.items():
         for pool_id, d in devices_of(sid, ch).items():
             used[pool_id] += d
+    strikes: dict[str, int] = defaultdict(int)
     for _ in range(DECOMPOSE_PRICE_ROUNDS):
         over = {p for p, u in used.items() if u > pools[p].devices_total}
         if not over:
@@ -1372,11 +1384,15 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
         # (in real $/h) one at a time, only while their pool is still over-full: moving everyone at
         # once would just empty the pool.
         for p in over:
-            surcharge[p] += step
+            # Escalate: a pool still over-full after a round doubles its surcharge step.
+            surcharge[p] += step * 2.0 ** strikes[p]
+            strikes[p] += 1
+        # Alternatives avoid pools with no room left (full or over-full).
+        closed = frozenset(p for p, u in used.items() if u >= pools[p].devices_total)
         movers = []
         for sid, ch in choices.items():
             if any(devices_of(sid, ch).get(p, 0) > 0 for p in over):
-                alt = choose(sid)
+                alt = choose(sid, closed)
                 if alt is not None:
                     movers.append((true_price(sid, alt) - true_price(sid, ch), sid, alt))
         movers.sort(key=lambda m: (m[0], m[1]))
@@ -1386,7 +1402,13 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
             relieves = any(
                 after.get(p, 0) < before.get(p, 0) and used[p] > pools[p].devices_total for p in over
             )
-            if not relieves:
+            # A move must not overfill the pools it goes to.
+            fits = all(
+                used[p] - before.get(p, 0) + d <= pools[p].devices_total
+                for p, d in after.items()
+                if d > before.get(p, 0)
+            )
+            if not (relieves and fits):
                 continue
             for pool_id, d in before.items():
                 used[pool_id] -= d
