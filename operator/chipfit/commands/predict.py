@@ -51,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
     except (PredictError, ValueError) as exc:
         print(f"chipfit predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(render_text(report))
+    text = json.dumps(report, indent=2, sort_keys=True) if args.json else render_text(report)
+    try:
+        print(text)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: nothing left to say, not an error of ours.
+        sys.stderr.close()
     return 0
 
 
