@@ -13,6 +13,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any, Final
@@ -275,7 +276,7 @@ def test_operator_runs_with_exactly_the_charts_rbac_and_exports_metrics(
     with log_path.open("w") as log:
         operator = subprocess.Popen(
             [
-                str(REPO_DIR / ".venv" / "bin" / "chipfit"), "operator",
+                sys.executable, "-m", "chipfit.cli", "operator",
                 "--kubeconfig", str(sa_kubeconfig),
                 f"--peering={name}",
                 f"--liveness=http://{LOOPBACK}:{health_port}/healthz",
@@ -305,10 +306,16 @@ def test_operator_runs_with_exactly_the_charts_rbac_and_exports_metrics(
             ]  # fmt: skip
             return samples if len(costs) == len(services) else {}
 
-        samples = cluster.wait_until("the operator's metrics to show every service's plan", planned)
+        try:
+            samples = cluster.wait_until("the operator's metrics to show every service's plan", planned)
+        except pytest.fail.Exception as failure:
+            tail = "\n".join(log_path.read_text().splitlines()[-30:])
+            pytest.fail(f"{failure}\noperator log tail:\n{tail}", pytrace=False)
         assert operator.poll() is None, log_path.read_text()[-2000:]
         assert httpx.get(f"http://{LOOPBACK}:{health_port}/healthz", timeout=5.0).status_code == 200
-        assert all(s.value > 0 for s in samples["chipfit_service_predicted_cost_dollars_per_hour"])
+        cost_samples = samples["chipfit_service_predicted_cost_dollars_per_hour"]
+        costs = [s.value for s in cost_samples if s.labels["namespace"] == namespace]
+        assert all(cost > 0 for cost in costs), costs
         service_names = {doc["metadata"]["name"] for doc in services}
         for metric in ("chipfit_service_predicted_ttft_p99_seconds", "chipfit_service_slo_ttft_p99_seconds"):
             labelled = {s.labels["service"] for s in samples[metric] if s.labels["namespace"] == namespace}
