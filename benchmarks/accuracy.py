@@ -136,6 +136,23 @@ def dataset_of(r: Scored) -> str:
     return r.point.dataset.split()[0].replace("_perf_overview", "").replace("_perf", "")
 
 
+def _outliers(rows: Sequence[Scored]) -> list[str]:
+    """One line per distinct badly predicted case: what, measured, predicted, error."""
+    seen: set[tuple[str, float]] = set()
+    lines = []
+    for r in sorted(rows, key=lambda r: -abs(r.error_pct)):
+        key = (r.point.label, round(r.predicted))
+        if abs(r.error_pct) <= P90_TARGET_PCT or key in seen:
+            continue
+        seen.add(key)
+        lines.append(
+            f"- {r.point.label} ({r.point.dataset}): measured "
+            f"{r.point.measured_tokens_per_s_per_device:.0f}, predicted {r.predicted:.0f} "
+            f"({r.error_pct:+.0f}%)"
+        )
+    return lines
+
+
 def _mixtral_mlperf(r: Scored) -> bool:
     """An MLPerf Mixtral row (request sizes estimated, not derived)."""
     return r.point.model.id == "mixtral-8x7b" and r.point.dataset.startswith("mlperf")
@@ -211,6 +228,10 @@ def build_report(with_cv: bool) -> str:
         f"right ({100.0 * right / max(pairs, 1):.1f}%)**, target >= {ORDER_TARGET_PCT:.0f}%.",
         "",
         *[f"- wrong: {w}" for w in wrong],
+        "",
+        f"Rows of the fit set off by more than {P90_TARGET_PCT:.0f}% (deduplicated by prediction):",
+        "",
+        *_outliers(fit_set),
         "",
         "## Held out: TensorRT-LLM v0.17 H200 and L40S columns (never fitted on)",
         "",
