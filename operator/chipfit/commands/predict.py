@@ -131,6 +131,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "device_memory_gb": round(acc.memory_bytes / gb, 3),
         "ttft_ms": round(offline.ttft_ms, 3),
         "itl_ms": round(offline.itl_ms, 3),
+        "efficiency_source": perf.efficiency_for(acc, args.engine).source,
         "price_per_device_hour": price_per_device_hour,
         "price_per_hour": round(price_per_device_hour * tp, 4),
         "dollars_per_million_output_tokens": _round_cost(
@@ -175,6 +176,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"  memory / device  {report['memory_gb_per_device']:.1f} of {report['device_memory_gb']:.1f} GB "
         f"(weights {report['weights_gb_per_device']:.1f}, KV {report['kv_cache_gb_per_device']:.1f})",
         f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
+        f"  calibration      {report['efficiency_source']}",
         f"  cost             ${report['price_per_hour']:.2f}/h, "
         + _cost_text(report["dollars_per_million_output_tokens"])
         + " at offline max",
