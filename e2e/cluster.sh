@@ -23,7 +23,8 @@ PKI="$RUN_DIR/pki"
 LOGS="$RUN_DIR/logs"
 PIDS="$RUN_DIR/pids"
 KUBECONFIG_OUT="$RUN_DIR/kubeconfig"
-KIND_CLUSTER_NAME="chipfit-e2e"
+# Unique per `up`, so a cleanup never deletes a kind cluster someone else created.
+KIND_CLUSTER_NAME="chipfit-e2e-$$"
 # How long `up` waits for each component to report healthy; the whole start is measured < 60 s.
 HEALTH_TIMEOUT_S="${CHIPFIT_E2E_HEALTH_TIMEOUT_S:-90}"
 # A concurrent `up` may include a cold build of the control plane; a `down` takes seconds.
