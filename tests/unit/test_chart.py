@@ -343,6 +343,16 @@ def test_rbac_table_is_well_formed() -> None:
     assert table[("", "events")] == {"create"}
 
 
+def test_docs_list_the_rbac_table() -> None:
+    text = (REPO_DIR / "docs" / "operations.md").read_text()
+    text = text[text.index("### RBAC") :].split("\n###", 1)[0]
+    rows = set(re.findall(r"^\| ([a-z0-9.]+) \| ([a-z/]+) \| ([a-z, ]+) \|", text, flags=re.MULTILINE))
+    table = {
+        (p.api_group or "core", p.resource, ", ".join(sorted(p.verbs))) for p in rbac.OPERATOR_PERMISSIONS
+    }
+    assert rows == table
+
+
 def test_rbac_can_be_left_to_the_cluster_admin(helm: pathlib.Path, tmp_path: pathlib.Path) -> None:
     docs = render(
         helm, tmp_path, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "x"}}
