@@ -238,7 +238,8 @@ _FULL_CHIPS: Final[tuple[Accelerator, ...]] = (
         id="l4",
         vendor="nvidia",
         display_name="NVIDIA L4 24GB",
-        memory_bytes=24 * GIB,
+        # GDDR6 boards: "24 GB" is decimal (nvidia-smi reports 23034 MiB = 24.15e9 bytes).
+        memory_bytes=24 * GB,
         mem_bandwidth_bytes_per_s=300 * GB,
         dense_flops_per_s=MappingProxyType(
             {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp8": 242.5 * TERA, "int8": 242.5 * TERA}
@@ -258,7 +259,8 @@ _FULL_CHIPS: Final[tuple[Accelerator, ...]] = (
         id="l40s",
         vendor="nvidia",
         display_name="NVIDIA L40S 48GB",
-        memory_bytes=48 * GIB,
+        # "48 GB" is decimal (nvidia-smi reports 46068 MiB = 48.3e9 bytes).
+        memory_bytes=48 * GB,
         mem_bandwidth_bytes_per_s=864 * GB,
         dense_flops_per_s=MappingProxyType(
             {"bf16": 362 * TERA, "fp16": 362 * TERA, "fp8": 733 * TERA, "int8": 733 * TERA}

@@ -76,13 +76,13 @@ AMD_VLLM_PRIOR: Final = Efficiency(
 # step_overhead_s.
 NVIDIA_TRTLLM: Final = Efficiency(
     bandwidth=0.95,
-    compute_16bit=0.6868,
-    compute_8bit=0.6441,
+    compute_16bit=0.6863,
+    compute_8bit=0.6437,
     overlap_penalty=1,
-    interconnect=0.4017,
-    moe=0.7874,
-    step_overhead_s=0.003145,
-    source="fitted 2026-11-22 on 251 rows, rms log error 0.161 -> 0.102",
+    interconnect=0.4028,
+    moe=0.7864,
+    step_overhead_s=0.003107,
+    source="fitted 2026-11-22 on 251 rows, rms log error 0.161 -> 0.103",
 )
 # AMD_VLLM: fitted bandwidth, compute_8bit.
 AMD_VLLM: Final = Efficiency(
