@@ -7,6 +7,7 @@ import json
 import pathlib
 import re
 import subprocess
+import time
 import types
 import uuid
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from .conftest import COMMAND_TIMEOUT_S, REPO_DIR, Cluster
+from .conftest import COMMAND_TIMEOUT_S, POLL_INTERVAL_S, REPO_DIR, SETTLE_TIMEOUT_S, Cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -58,21 +59,35 @@ def _pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
-def _schedule(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
-    """Create the pod and wait for the scheduler's verdict: bound, or PodScheduled=False."""
+def _schedule(cluster: Cluster, namespace: str, pod: dict[str, Any], expect_bound: bool) -> dict[str, Any]:
+    """Create the pod and wait for the scheduler's verdict: bound, or refused (PodScheduled=False).
+
+    A pod expected to bind may be refused for a moment while pods of earlier tests still hold devices
+    (their namespaces are deleted asynchronously), so only binding ends that wait; a refusal of a pod
+    that no node can ever fit is final, so it ends the other wait.
+    """
     cluster.apply_objects([pod], "-n", namespace)
     name = pod["metadata"]["name"]
+    last: dict[str, Any] = {}
 
     def verdict() -> dict[str, Any] | None:
         current: dict[str, Any] = cluster.get_json("pod", name, "-n", namespace)
+        last.update(current)
         if current["spec"].get("nodeName"):
             return current
-        for condition in current.get("status", {}).get("conditions", []):
-            if condition["type"] == "PodScheduled" and condition["status"] == "False":
-                return current
+        if not expect_bound and _unschedulable_message(current):
+            return current
         return None
 
-    result: dict[str, Any] = cluster.wait_until(f"the scheduler to place pod {namespace}/{name}", verdict)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while (result := verdict()) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"pod {namespace}/{name} not {'bound' if expect_bound else 'refused'} after "
+                f"{SETTLE_TIMEOUT_S:.0f} s; scheduler: {_unschedulable_message(last) or 'no verdict'}",
+                pytrace=False,
+            )
+        time.sleep(POLL_INTERVAL_S)
     return result
 
 
@@ -214,7 +229,9 @@ def test_gpu_pod_binds_only_to_a_node_of_the_requested_product(
 ) -> None:
     accelerator = _pool(fixture_fleet, pool_name).accelerator
     selector = {accelerator.product_label_key: accelerator.product_label}
-    pod = _schedule(cluster, namespace, _pod("gpu", {"nvidia.com/gpu": 1}, selector, tolerate=True))
+    pod = _schedule(
+        cluster, namespace, _pod("gpu", {"nvidia.com/gpu": 1}, selector, tolerate=True), expect_bound=True
+    )
     assert pod["spec"].get("nodeName"), _unschedulable_message(pod)
     node = cluster.get_json("node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"][accelerator.product_label_key] == accelerator.product_label
@@ -229,6 +246,7 @@ def test_vendor_device_pod_binds_to_the_node_advertising_it(
         cluster,
         namespace,
         _pod("dev", {pool.resource_name: 1}, {"chipfit.io/pool": pool.name}, tolerate=True),
+        expect_bound=True,
     )
     assert pod["spec"].get("nodeName"), _unschedulable_message(pod)
     node = cluster.get_json("node", pod["spec"]["nodeName"])
@@ -243,12 +261,18 @@ def test_scheduler_refuses_more_devices_than_a_node_has_and_binds_what_fits(
     # Other nodes (the examples' pools) have 8 GPUs; the selector keeps the pod on this pool's 4-GPU nodes.
     selector = {"chipfit.io/pool": l4.name}
     too_big = _schedule(
-        cluster, namespace, _pod("too-big", {"nvidia.com/gpu": l4.devices_per_node + 1}, selector, True)
+        cluster,
+        namespace,
+        _pod("too-big", {"nvidia.com/gpu": l4.devices_per_node + 1}, selector, True),
+        expect_bound=False,
     )
     assert not too_big["spec"].get("nodeName")
     assert "Insufficient nvidia.com/gpu" in _unschedulable_message(too_big)
     fits = _schedule(
-        cluster, namespace, _pod("fits", {"nvidia.com/gpu": l4.devices_per_node}, selector, True)
+        cluster,
+        namespace,
+        _pod("fits", {"nvidia.com/gpu": l4.devices_per_node}, selector, True),
+        expect_bound=True,
     )
     assert fits["spec"].get("nodeName", "").startswith(f"kwok-{l4.name}-")
 
@@ -260,7 +284,9 @@ def test_pod_asking_more_devices_than_any_node_has_stays_pending(
         int(n["status"].get("allocatable", {}).get("nvidia.com/gpu", "0"))
         for n in cluster.get_json("nodes")["items"]
     )
-    pod = _schedule(cluster, namespace, _pod("huge", {"nvidia.com/gpu": most + 1}, {}, tolerate=True))
+    pod = _schedule(
+        cluster, namespace, _pod("huge", {"nvidia.com/gpu": most + 1}, {}, tolerate=True), expect_bound=False
+    )
     assert not pod["spec"].get("nodeName")
     assert pod["status"]["phase"] == "Pending"
     assert "Insufficient nvidia.com/gpu" in _unschedulable_message(pod)
@@ -273,6 +299,7 @@ def test_pool_taint_keeps_out_pods_without_toleration(
         cluster,
         namespace,
         _pod("intolerant", {"nvidia.com/gpu": 1}, {"chipfit.io/pool": "e2e-h100-spot"}, tolerate=False),
+        expect_bound=False,
     )
     assert not pod["spec"].get("nodeName")
     assert "untolerated taint" in _unschedulable_message(pod)
