@@ -123,7 +123,8 @@ sign() { # name subject extfile
 }
 
 write_kubeconfig() { # path user
-  local server="https://127.0.0.1:$(port apiserver)"
+  local server
+  server="https://127.0.0.1:$(port apiserver)"
   cat >"$1" <<EOF
 apiVersion: v1
 kind: Config
@@ -195,7 +196,9 @@ start_local_control_plane() {
   write_kubeconfig "$RUN_DIR/controller-manager.kubeconfig" controller-manager
   write_kubeconfig "$RUN_DIR/scheduler.kubeconfig" scheduler
 
-  local etcd_url="http://127.0.0.1:$(port etcd)" peer_url="http://127.0.0.1:$(port etcd-peer)"
+  local etcd_url peer_url
+  etcd_url="http://127.0.0.1:$(port etcd)"
+  peer_url="http://127.0.0.1:$(port etcd-peer)"
   # --unsafe-no-fsync: test data is thrown away, and fsync on a shared disk is the slow part.
   start etcd --name chipfit-e2e --data-dir "$RUN_DIR/etcd" \
     --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
@@ -291,6 +294,7 @@ cmd_up() {
   mkdir -p "$LOGS" "$PIDS"
   echo "$m" >"$RUN_DIR/mode"
   # From here on, any failure or interruption stops everything already started.
+  # shellcheck disable=SC2154 # rc is assigned inside the trap
   trap 'rc=$?; if [ $rc -ne 0 ]; then log "up failed; logs:"; tail_logs; cmd_down >/dev/null 2>&1 || true; fi' EXIT
   trap 'exit 130' INT TERM HUP
   case "$m" in

