@@ -260,15 +260,34 @@ def test_operator_runs_with_exactly_the_charts_rbac_and_exports_metrics(
          "-f", str(release["values_file"]))  # fmt: skip
 
     # The example fleet (the cluster's fake nodes are registered from it) and its services, moved into
-    # this test's namespace so that deleting the namespace removes them and what the operator made.
-    cluster.kubectl("apply", "-f", str(EXAMPLES_DIR / "10-fleet.yaml"))
+    # this test's namespace. Both are removed afterwards (pools only if this test created them), so that
+    # later tests' operators see neither.
+    pools = {doc["metadata"]["name"] for doc in _example_docs("10-fleet.yaml", "AcceleratorPool")}
+    created_pools = {pool for pool in pools if not exists(cluster, "acceleratorpool", pool)}
     services = [
         {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
         for doc in _example_docs("20-services.yaml", "InferenceService")
     ]
     assert services
-    cluster.apply_objects(services)
+    try:
+        cluster.kubectl("apply", "-f", str(EXAMPLES_DIR / "10-fleet.yaml"))
+        cluster.apply_objects(services)
+        _run_operator_and_scrape(cluster, name, namespace, services, pools, tmp_path)
+    finally:
+        cluster.kubectl("delete", "inferenceservices", "--all", "-n", namespace, "--timeout=60s", check=False)
+        for pool in sorted(created_pools):
+            cluster.kubectl("delete", "acceleratorpool", pool, "--ignore-not-found", check=False)
 
+
+def _run_operator_and_scrape(
+    cluster: Cluster,
+    name: str,
+    namespace: str,
+    services: list[dict[str, Any]],
+    pools: set[str],
+    tmp_path: pathlib.Path,
+) -> None:
+    """Start `chipfit operator` as the release's ServiceAccount, check what it serves, stop it."""
     sa_kubeconfig = tmp_path / "service-account.kubeconfig"
     _service_account_kubeconfig(cluster, namespace, name, sa_kubeconfig)
     health_port, metrics_port = _free_port(), _free_port()
@@ -320,7 +339,6 @@ def test_operator_runs_with_exactly_the_charts_rbac_and_exports_metrics(
         for metric in ("chipfit_service_predicted_ttft_p99_seconds", "chipfit_service_slo_ttft_p99_seconds"):
             labelled = {s.labels["service"] for s in samples[metric] if s.labels["namespace"] == namespace}
             assert labelled == service_names, metric
-        pools = {doc["metadata"]["name"] for doc in _example_docs("10-fleet.yaml", "AcceleratorPool")}
         assert pools <= {s.labels["pool"] for s in samples["chipfit_pool_capacity_devices"]}
         assert sum(s.value for s in samples["chipfit_solver_runs_total"]) >= 1
         assert sum(s.value for s in samples["chipfit_reconciles_total"]) >= 1
