@@ -1286,7 +1286,8 @@ def _best_pair(
 
 def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     """Large fleets: each service on its cheapest single or primary+filler configuration, with device
-    prices raised on over-full pools until everything fits; falls back to the MILP if it never fits.
+    prices raised on over-full pools until everything fits; what still does not fit is shed, lowest
+    priority first, and reported unserved (never over-allocated).
 
     The bound is per service: max(its LP value, the price of one replica), summed; it ignores pool
     capacity, so it is a valid lower bound for the real problem (capacity only adds cost).
@@ -1415,9 +1416,32 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
             for pool_id, d in after.items():
                 used[pool_id] += d
             choices[sid] = alt
-    if any(u > pools[p].devices_total for p, u in used.items()):
-        # Prices never made it fit: the MILP (with column generation) decides.
-        return solve(problem, replace_options(options))
+    # Prices never made it fit (no room anywhere for some services): shed, explicitly. On each
+    # over-full pool the lowest-priority services lose their replicas there, until the pool fits; their
+    # traffic on it is reported unserved. A MILP at this size would not finish in time to do better.
+    shed_reason: dict[str, str] = {}
+    for p in sorted(pid for pid, u in used.items() if u > pools[pid].devices_total):
+        victims = sorted(
+            (sid for sid, ch in choices.items() if devices_of(sid, ch).get(p, 0) > 0),
+            key=lambda sid: (services[sid].priority, services[sid].requests_per_second, sid),
+        )
+        for sid in victims:
+            if used[p] <= pools[p].devices_total:
+                break
+            ch = choices[sid]
+            reps = list(ch.replicas)
+            flows = list(ch.routed)
+            for i, c in enumerate(shortlist[sid]):
+                if c.pool == p and reps[i] > 0:
+                    used[p] -= reps[i] * c.tp
+                    unmet[sid] += sum(flows[i])
+                    reps[i] = 0
+                    flows[i] = tuple(0.0 for _ in flows[i])
+            choices[sid] = _ServiceChoice(tuple(reps), tuple(flows), ch.score)
+            shed_reason[sid] = (
+                f"pool {p} is full and no other pool has room (priority {services[sid].priority} "
+                "yields first)"
+            )
 
     assignments: dict[str, list[Assignment]] = defaultdict(list)
     for sid, ch in choices.items():
@@ -1453,7 +1477,12 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
             s,
             assignments.get(s.id, []),
             unmet[s.id],
-            None if unmet[s.id] <= 0 else "no candidate configuration meets the SLO for some request sizes",
+            shed_reason.get(s.id)
+            or (
+                None
+                if unmet[s.id] <= 0
+                else "no candidate configuration meets the SLO for some request sizes"
+            ),
         )
         for s in problem.services
     )
@@ -1486,14 +1515,3 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
 def _coverable(cands: Sequence[Candidate], n_buckets: int) -> list[bool]:
     """Which buckets some candidate can serve."""
     return [any(c.max_rps_per_bucket[k] > 0.0 for c in cands) for k in range(n_buckets)]
-
-
-def replace_options(options: SolveOptions) -> SolveOptions:
-    """Options for the MILP fallback of decompose: the MILP method, with column generation."""
-    return SolveOptions(
-        time_limit_s=options.time_limit_s,
-        mip_rel_gap=options.mip_rel_gap,
-        move_penalty_per_device_hour=options.move_penalty_per_device_hour,
-        max_candidates_per_bucket=options.max_candidates_per_bucket or DECOMPOSE_CANDIDATES,
-        method="milp",
-    )
