@@ -251,11 +251,23 @@ class Fleet:
             )
             for p in pools
         ]
-        outcomes, explanations, usage = self._solve(valid, seen, profiles)
+        solved = self._solve(valid, seen, profiles)
+        if solved is None:
+            # No plan at all (solver failure): leave every service as it runs now.
+            self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
+            return
+        outcomes, explanations, usage = solved
         self.outcomes = outcomes
         for service in valid:
             sid = planning.service_id(service)
-            self.reconcile_service(service, outcomes.get(sid), explanations.get(sid), by_name)
+            try:
+                self.reconcile_service(service, outcomes.get(sid), explanations.get(sid), by_name)
+            except kube.ApiError as exc:
+                if exc.transient:
+                    raise
+                # One service's rejected object must not stop the others' reconciles.
+                logger.error("reconcile of %s failed: %s", sid, exc)
+                self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
         for pool in pools:
             self._write_pool_status(pool, capacities[pool.metadata.name], usage.get(pool.metadata.name))
         self.metrics.observe_reconcile("fleet", time.monotonic() - started)
@@ -272,22 +284,32 @@ class Fleet:
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
-    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]]:
-        """Outcomes per service id, an explanation per service id, and pool usage; failures as outcomes."""
+    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]] | None:
+        """Outcomes and explanations per service id and pool usage; None when no plan could be made.
+
+        Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
+        without a plan, the fleet is solved again with the minimums relaxed, and the services whose
+        minimum is missed are reported with the solver's reason.
+        """
         if not services:
             return {}, {}, {}
         started = time.monotonic()
+        relaxed_reason: str | None = None
         try:
-            cset = planning.build_inputs(services, pools, profiles)
-            plan = solve.solve(cset.problem, self.options)
+            try:
+                cset = planning.build_inputs(services, pools, profiles)
+                plan = solve.solve(cset.problem, self.options)
+            except solve.InfeasibleError as exc:
+                relaxed_reason = str(exc)
+                logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
+                relaxed = [_without_minimum(s) for s in services]
+                cset = planning.build_inputs(relaxed, pools, profiles)
+                plan = solve.solve(cset.problem, self.options)
         except (planning.PlanningError, solve.PlacementError) as exc:
             status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
             self.metrics.observe_solve(time.monotonic() - started, status)
-            logger.warning("fleet plan failed: %s", exc)
-            failed = reconcile.ServiceOutcome(
-                placements=(), prediction=None, served="unserved", reason=str(exc)
-            )
-            return {planning.service_id(s): failed for s in services}, {}, {}
+            logger.warning("fleet plan failed, keeping the current placement: %s", exc)
+            return None
         self.metrics.observe_solve(
             plan.solve_seconds,
             plan.status,
@@ -295,6 +317,15 @@ class Fleet:
             objective_dollars_per_hour=plan.price_per_hour,
         )
         outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
+        if relaxed_reason is not None:
+            for service in services:
+                sid = planning.service_id(service)
+                minimum = service.spec.replicas.min if service.spec.replicas else 0
+                outcome = outcomes.get(sid)
+                planned = sum(p.replicas for p in outcome.placements) if outcome is not None else 0
+                if outcome is not None and minimum > 0 and planned < minimum:
+                    reason = f"spec.replicas.min {minimum} cannot be met ({planned} placed): {relaxed_reason}"
+                    outcomes[sid] = dataclasses.replace(outcome, served="unserved", reason=reason)
         explanations = {e.service: e.summary for e in explain.explain(cset, plan)}
         return outcomes, explanations, {u.pool: u for u in plan.pools}
 
@@ -339,6 +370,15 @@ class Fleet:
         selector = f"{render.LABEL_SERVICE}={render.label_value(name)}"
         raw_deployments, raw_services = self.cluster.list_owned(namespace, selector)
         uid = service.metadata.uid or ""
+        for kind, api_version, stale in [
+            ("Deployment", "apps/v1", raw_deployments),
+            ("Service", "v1", raw_services),
+        ]:
+            for obj in stale:
+                if not reconcile.owned_by(obj, uid) and reconcile.controlled_by_other_service(obj, name, uid):
+                    # Left by a deleted namesake of this service (the garbage collector has not reached it
+                    # yet): it would refuse our ownerReference, so it goes now.
+                    self.cluster.delete(api_version, kind, namespace, obj["metadata"]["name"])
         deployments = [reconcile.live_deployment(d) for d in raw_deployments if reconcile.owned_by(d, uid)]
         services = [reconcile.live_service(s) for s in raw_services if reconcile.owned_by(s, uid)]
         actions = reconcile.plan_actions(desired, deployments, services)
@@ -479,6 +519,15 @@ class Fleet:
         if changed:
             self.request_replan(f"node {name} changed")
         return changed
+
+
+def _without_minimum(service: v1alpha1.InferenceService) -> v1alpha1.InferenceService:
+    """The service with spec.replicas.min relaxed to 0 (max and scale-to-zero kept)."""
+    replicas = service.spec.replicas
+    if replicas is None or replicas.min == 0:
+        return service
+    relaxed = replicas.model_copy(update={"min": 0})
+    return service.model_copy(update={"spec": service.spec.model_copy(update={"replicas": relaxed})})
 
 
 def _merge_by_pool(placements: Sequence[v1alpha1.RolePlacement]) -> list[v1alpha1.RolePlacement]:

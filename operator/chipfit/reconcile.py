@@ -197,6 +197,15 @@ def _condition(
     )
 
 
+def _same_placement(
+    old: Sequence[v1alpha1.RolePlacement] | None, new: Sequence[v1alpha1.RolePlacement]
+) -> bool:
+    """Same roles, pools, chips, precisions, TP and replicas (ready counts aside)."""
+    return sorted((*render.placement_key(p), p.accelerator, str(p.replicas)) for p in old or ()) == sorted(
+        (*render.placement_key(p), p.accelerator, str(p.replicas)) for p in new
+    )
+
+
 def accelerator_summary(placements: Sequence[v1alpha1.RolePlacement]) -> str:
     """`h100x4 + l4x3`: devices per accelerator over all roles, largest first (for kubectl get)."""
     devices: dict[str, int] = {}
@@ -227,6 +236,13 @@ def compute_status(
         ]
         return v1alpha1.InferenceServiceStatus(observed_generation=generation, conditions=conditions)
 
+    if (
+        _same_placement(old_status.placement, outcome.placements)
+        and old_status.observed_generation == generation
+    ):
+        # Equivalent solves route traffic differently (LP degeneracy), moving the predicted p99 a little;
+        # the prediction refreshes when the placement or the spec changes, not on every re-plan.
+        outcome = dataclasses.replace(outcome, prediction=old_status.predicted or outcome.prediction)
     placements = []
     desired_total = ready_total = 0
     for p in outcome.placements:
@@ -262,7 +278,8 @@ def compute_status(
             previous, "Placed", False, "NoCapacity", outcome.reason or "no pool can host it", generation, now
         )
     # Ready: every planned replica ready and no old placement left to drain.
-    all_ready = ready_total >= desired_total and not draining and router_ready
+    unplaced = not outcome.placements and outcome.served != "served"
+    all_ready = ready_total >= desired_total and not draining and router_ready and not unplaced
     if all_ready:
         ready = _condition(
             previous,
@@ -274,13 +291,12 @@ def compute_status(
             now,
         )
     else:
-        reason = (
-            "RollingOut"
-            if draining
-            else "ReplicasNotReady"
-            if ready_total < desired_total
-            else "RouterNotReady"
-        )
+        if unplaced:
+            reason = "NotPlaced"
+        elif draining:
+            reason = "RollingOut"
+        else:
+            reason = "ReplicasNotReady" if ready_total < desired_total else "RouterNotReady"
         detail = f"{ready_total}/{desired_total} replicas ready" + (
             "" if router_ready else "; router not ready"
         )
@@ -438,6 +454,18 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """True when `obj` has a controller ownerReference to the object with `uid`."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def controlled_by_other_service(obj: Mapping[str, Any], name: str, uid: str) -> bool:
+    """True when an InferenceService named `name` but with another uid (a deleted predecessor) controls it."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(
+        r.get("controller")
+        and r.get("kind") == "InferenceService"
+        and r.get("name") == name
+        and r.get("uid") != uid
+        for r in refs
+    )
 
 
 def live_deployment(obj: Mapping[str, Any]) -> LiveDeployment:

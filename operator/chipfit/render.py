@@ -46,6 +46,8 @@ LIVENESS_PERIOD_S: Final = 10
 LIVENESS_FAILURES: Final = 6
 # In-flight requests finish (streams up to a few thousand tokens at >= 20 tok/s) before SIGKILL.
 TERMINATION_GRACE_S: Final = 120
+# Preferred-affinity weights range 1..100 (PodSpec API); the packing preference is the strongest one.
+PACKING_AFFINITY_WEIGHT: Final = 100
 # Gated Hugging Face models read a token from this Secret when it exists (optional: public models work).
 HF_TOKEN_SECRET: Final = "chipfit-hf-token"
 HF_TOKEN_KEY: Final = "token"

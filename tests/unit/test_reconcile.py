@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from chipfit import engines, reconcile, render
@@ -231,6 +232,7 @@ def test_unserved_is_not_placed() -> None:
     )
     c = conditions(status)
     assert c["Placed"].status == "False" and c["Placed"].reason == "NoCapacity"
+    assert c["Ready"].status == "False" and c["Ready"].reason == "NotPlaced"
     assert status.accelerator_summary == "none"
 
 
@@ -293,3 +295,26 @@ def test_live_deployment_reads_rollout_state() -> None:
     assert not reconcile.live_deployment(body).up_to_date
     assert reconcile.owned_by(body, "0f7c7a4e-1f0e-4d55-9a49-2c1f5f0d8b11")
     assert not reconcile.owned_by(body, "another")
+
+
+def test_prediction_kept_while_placement_and_spec_are_unchanged() -> None:
+    live, _ = live_of(desired_for(CHAT, OLD))
+    first = reconcile.compute_status(CHAT, outcome(OLD), live, None, T0)
+    jittered = dataclasses.replace(
+        outcome(OLD), prediction=v1alpha1.Prediction(ttft_p99_ms=250.0, itl_p99_ms=31.0)
+    )
+    again = reconcile.compute_status(with_status(CHAT, first), jittered, live, None, T1)
+    assert reconcile.status_patch(first, again) is None
+    moved = reconcile.compute_status(
+        with_status(CHAT, first), dataclasses.replace(jittered, placements=tuple(NEW)), live, None, T1
+    )
+    assert moved.predicted is not None and moved.predicted.ttft_p99_ms == 250.0
+
+
+def test_objects_of_a_deleted_namesake_are_recognised() -> None:
+    body = desired_for(CHAT, OLD)[0]
+    assert not reconcile.controlled_by_other_service(
+        body, "chat-8b", body["metadata"]["ownerReferences"][0]["uid"]
+    )
+    assert reconcile.controlled_by_other_service(body, "chat-8b", "a-new-uid")
+    assert not reconcile.controlled_by_other_service(body, "other-service", "a-new-uid")

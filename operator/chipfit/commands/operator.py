@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO (nodes heartbeat constantly); keep failures only.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             print(f"--kubeconfig: no such file {args.kubeconfig}", file=sys.stderr)
