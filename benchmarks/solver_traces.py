@@ -183,6 +183,9 @@ def _report(
         "solve_s": round(plan.solve_seconds, 2),
         "chipfit": chip,
         "best_single_type": {"accelerator": single.accelerator, **(base or {})},
+        "single_type_prices": {
+            acc: None if v is None else round(v, 2) for acc, v in single.price_per_hour_by_type.items()
+        },
         "greedy": greed,
         "savings_vs_single_type": None if savings is None else round(savings, 4),
         "savings_vs_greedy": round(1.0 - plan.price_per_hour / greedy.price_per_hour, 4)
