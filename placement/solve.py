@@ -22,7 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -159,6 +159,9 @@ class SolveOptions:
     # "milp": one MILP; "decompose": per-service decomposition with pool pricing (large fleets);
     # "auto": decompose from DECOMPOSE_MIN_SERVICES services when the problem allows it, else MILP.
     method: Literal["milp", "decompose", "auto"] = "auto"
+    # Load each replica to at most this share of its SLO-bounded capacity: headroom for bursts the
+    # sizing rate does not show (1.0 plans right up to the SLO bound).
+    max_utilization: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -1118,6 +1121,12 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
     higher-priority service never loses capacity to a lower one, whatever the prices.
     """
     options = options or SolveOptions()
+    if not 0.0 < options.max_utilization <= 1.0:
+        raise InvalidProblemError(
+            f"options.max_utilization: must be in (0, 1], got {options.max_utilization}"
+        )
+    if options.max_utilization < 1.0:
+        return _derated(problem, options)
     if options.method == "decompose" or (
         options.method == "auto"
         and len(problem.services) >= DECOMPOSE_MIN_SERVICES
@@ -1155,6 +1164,24 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
         if run is None:
             raise InfeasibleError(_infeasible_reason(problem))
     return decode(problem, model, run, stages=stages, seconds=time.perf_counter() - started)
+
+
+def _derated(problem: Problem, options: SolveOptions) -> Plan:
+    """Solve with every capacity scaled by max_utilization; report utilisation of the real capacity."""
+    u = options.max_utilization
+    scaled = replace(
+        problem,
+        candidates=tuple(
+            replace(c, max_rps_per_bucket=tuple(r * u for r in c.max_rps_per_bucket))
+            for c in problem.candidates
+        ),
+    )
+    plan = solve(scaled, replace(options, max_utilization=1.0))
+    services = tuple(
+        replace(sp_, assignments=tuple(replace(a, utilization=a.utilization * u) for a in sp_.assignments))
+        for sp_ in plan.services
+    )
+    return replace(plan, services=services)
 
 
 def _infeasible_reason(problem: Problem) -> str:

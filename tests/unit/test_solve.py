@@ -406,3 +406,17 @@ def test_decomposition_prices_full_pools_out() -> None:
     _check_plan(problem, plan)
     assert plan.price_per_hour == pytest.approx(10.0)
     assert {a.pool for s in plan.services for a in s.assignments} == {"a", "b"}
+
+
+def test_max_utilization_leaves_headroom_and_reports_real_utilization() -> None:
+    problem = solve.Problem(
+        services=(demand("s", 10.0),),
+        pools=(pool("a", nodes=4),),
+        candidates=(cand("s", "a", [3.0], 2.0),),
+    )
+    plan = solve.solve(problem, solve.SolveOptions(max_utilization=0.5))
+    (a,) = plan.service("s").assignments
+    assert a.replicas == 7  # ceil(10 / (3 x 0.5))
+    assert a.utilization == pytest.approx(10.0 / (7 * 3.0))
+    with pytest.raises(solve.InvalidProblemError, match="max_utilization"):
+        solve.solve(problem, solve.SolveOptions(max_utilization=0.0))

@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DOLLARS_PER_DEVICE_HOUR",
         help="cost of moving a running replica's device, so small savings do not churn the fleet",
     )
+    parser.add_argument(
+        "--max-utilization",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="load replicas to at most this share of their SLO-bounded capacity (headroom for bursts)",
+    )
     parser.add_argument("--time-limit", type=float, default=solve.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
     parser.set_defaults(func=run)
 
@@ -59,7 +66,11 @@ class _Phase:
 def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated, console: Console) -> Any:
     """Run planning in a worker; draw a progress display only if it takes more than a second."""
     phase = _Phase()
-    options = solve.SolveOptions(time_limit_s=args.time_limit, move_penalty_per_device_hour=args.move_penalty)
+    options = solve.SolveOptions(
+        time_limit_s=args.time_limit,
+        move_penalty_per_device_hour=args.move_penalty,
+        max_utilization=args.max_utilization,
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(
             planning.plan_fleet,
