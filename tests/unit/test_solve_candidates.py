@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from placement import candidates, explain, profiles, solve, workload
+from placement import candidates, explain, perf, profiles, solve, workload
 
 
 def wl(rps: float = 4.0) -> workload.BucketedWorkload:
@@ -153,3 +153,33 @@ def test_roles_follow_the_serving_mode(mode: str) -> None:
     )
     assert roles == want
     assert solve.solve(cset.problem).service("ns/svc").status == "served"
+
+
+def test_slos_reported_met_are_met_by_the_performance_model() -> None:
+    # A real plan on perf-model capacities: re-ask the model for every bucket each assignment carries and
+    # check the time-shared load fits in its replicas (what "SLO met" means for a plan).
+    wl_ = workload.from_mean_p99(6.0, 800, 3000, 150, 500)
+    svc = spec(
+        model="llama-3.1-8b", precisions=("bf16", "fp8"), workload=wl_, tp_degrees=(1, 2), serving="auto"
+    )
+    pools = (solve.Pool("l40s", "l40s", 8, 2, 1.84), solve.Pool("h100", "h100", 8, 1, 4.92))
+    cset = candidates.build([svc], pools)
+    plan = solve.solve(cset.problem)
+    assert plan.service("ns/svc").status == "served"
+    slo = perf.Slo(svc.ttft_p99_ms, svc.itl_p99_ms)
+    for a in plan.service("ns/svc").assignments:
+        load = 0.0
+        for b, routed in zip(wl_.buckets, a.bucket_rps, strict=True):
+            if routed <= 0.0:
+                continue
+            rate = perf.max_rate_under_slo(
+                perf.ReplicaConfig("llama-3.1-8b", a.accelerator, a.precision, a.tp, a.role),
+                b.prompt_mean,
+                b.output_mean_tokens,
+                slo,
+                prompt_tokens_p99=float(b.prompt_tokens),
+                output_tokens_p99=float(b.output_tokens),
+            )
+            assert rate.max_rps > 0.0
+            load += routed / rate.max_rps
+        assert load <= a.replicas * (1 + 1e-6)
