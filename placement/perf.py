@@ -72,8 +72,10 @@ TAIL_PROBABILITY: Final = 0.01
 # z-score of the 99th percentile of a standard normal (lognormal fits of mean + p99).
 Z_P99: Final = 2.3263478740408408
 _STANDARD_NORMAL: Final = statistics.NormalDist()
-# Bisection steps when searching the highest SLO-meeting rate: 2^-30 of the bracket.
+# Bisection when searching the highest SLO-meeting rate: at most 2^-30 of the bracket, stopping once the
+# bracket is within 1e-4 of the rate (far below the model's own error; the solver rounds replicas anyway).
 RATE_SEARCH_STEPS: Final = 30
+RATE_RELATIVE_TOLERANCE: Final = 1e-4
 FIXED_POINT_STEPS: Final = 60
 
 
@@ -94,6 +96,12 @@ class EngineTraits:
     # False: paged KV grows with the sequence, so on average prompt + output / 2 is resident.
     reserves_full_sequence: bool
     source: str
+    # The engine option that sets the chunked-prefill budget (None: the engine does not chunk prefill).
+    prefill_chunk_option: str | None = None
+    # True: the budget counts every token an iteration schedules, one per decoding sequence included
+    # (vLLM's max_num_batched_tokens, which must also be >= max_num_seqs; TensorRT-LLM's max_num_tokens);
+    # False: it bounds prefill tokens only (SGLang's chunked_prefill_size, TGI's max_batch_prefill_tokens).
+    budget_counts_decode: bool = False
 
 
 ENGINE_TRAITS: Final = {
@@ -104,6 +112,8 @@ ENGINE_TRAITS: Final = {
         fraction_of_free=True,
         reserves_full_sequence=True,
         source="trtllm-bench: max_num_tokens 8192, kv_cache_free_gpu_mem_fraction 0.95, guaranteed_no_evict",
+        prefill_chunk_option="max_num_tokens",
+        budget_counts_decode=True,
     ),
     "vllm": EngineTraits(
         max_batch=256,
@@ -112,6 +122,8 @@ ENGINE_TRAITS: Final = {
         fraction_of_free=False,
         reserves_full_sequence=False,
         source="vLLM defaults: max_num_seqs 256, gpu_memory_utilization 0.9, chunked prefill",
+        prefill_chunk_option="--max-num-batched-tokens",
+        budget_counts_decode=True,
     ),
     "sglang": EngineTraits(
         max_batch=1024,
@@ -120,6 +132,8 @@ ENGINE_TRAITS: Final = {
         fraction_of_free=False,
         reserves_full_sequence=False,
         source="SGLang defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88",
+        prefill_chunk_option="--chunked-prefill-size",
+        budget_counts_decode=False,
     ),
     "tgi": EngineTraits(
         max_batch=256,
@@ -128,6 +142,8 @@ ENGINE_TRAITS: Final = {
         fraction_of_free=False,
         reserves_full_sequence=False,
         source="TGI v3: max_batch_prefill_tokens 4096, chunked prefill",
+        prefill_chunk_option="--max-batch-prefill-tokens",
+        budget_counts_decode=False,
     ),
     "neuron": EngineTraits(
         max_batch=64,
@@ -216,6 +232,11 @@ class RatePrediction:
     ttft_p50_ms: float = 0.0
     itl_p50_ms: float = 0.0
     source: str = "model"
+    # Chunked-prefill token budget this prediction assumes, to pass to the engine as
+    # `engine_traits(engine, acc).prefill_chunk_option` (vLLM --max-num-batched-tokens, SGLang
+    # --chunked-prefill-size, ...). None: the engine does not chunk, the role does not prefill (decode),
+    # the answer is zero, or it comes from a measured profile.
+    prefill_chunk_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +302,7 @@ class Workload:
         """p99 output length; deterministic sizes when no p99 was given."""
         return self.output_tokens if self.output_tokens_p99 is None else self.output_tokens_p99
 
-    @property
+    @functools.cached_property
     def prompt_second_moment(self) -> float:
         """E[prompt^2] of a lognormal with this mean and p99 (Pollaczek-Khinchine needs it)."""
         return self.prompt_tokens**2 * math.exp(lognormal_sigma(self.prompt_tokens, self.prompt_p99) ** 2)
@@ -487,12 +508,14 @@ def step_time_s(
     decode_context_tokens: float,
     prefill_tokens: float,
     prefill_attention_flops: float,
+    prefill_context_tokens: float = 0.0,
 ) -> float:
     """Seconds of one engine iteration on one device of the replica.
 
     decode_tokens sequences each produce one token while reading `decode_context_tokens` KV entries in
     total; `prefill_tokens` prompt tokens are processed alongside, whose causal attention costs
-    `prefill_attention_flops` (whole replica).
+    `prefill_attention_flops` (whole replica) and reads the `prefill_context_tokens` KV entries earlier
+    chunks of those prompts wrote (chunked prefill re-reads them once per chunk).
     """
     model, tp = phys.model, phys.tp
     tokens = decode_tokens + prefill_tokens
@@ -510,7 +533,7 @@ def step_time_s(
     # Attention: stream every decode sequence's KV; FLOPs 4 d per cached token for decode, given for prefill.
     q_dim = model.heads * model.head_dim
     attention_flops = (4.0 * model.layers * q_dim * decode_context_tokens + prefill_attention_flops) / tp
-    time_s += decode_context_tokens * phys.kv_bytes_per_token / phys.bandwidth
+    time_s += (decode_context_tokens + prefill_context_tokens) * phys.kv_bytes_per_token / phys.bandwidth
     time_s += attention_flops / phys.attention_flops_rate
     if tp > 1:
         # Two all-reduces per layer (after attention and after the MLP), ring algorithm.
@@ -541,7 +564,13 @@ def max_batch(config: ReplicaConfig, prompt_tokens: float, output_tokens: float)
 def _batch_limit(phys: _Physics, prompt: float, output: float, full_reservation: bool) -> float:
     """Concurrency bound from KV capacity and the engine's batch cap (fractional)."""
     per_sequence = prompt + output if full_reservation else prompt + output / 2.0
-    return min(float(phys.engine.max_batch), phys.kv_capacity_tokens / per_sequence)
+    slots = float(phys.engine.max_batch)
+    chunk = phys.engine.prefill_chunk_tokens
+    if phys.engine.budget_counts_decode and chunk is not None:
+        # Every running sequence takes one token of the iteration budget (vLLM also refuses
+        # max_num_seqs above max_num_batched_tokens).
+        slots = min(slots, float(chunk))
+    return min(slots, phys.kv_capacity_tokens / per_sequence)
 
 
 # --- offline throughput ------------------------------------------------------------------------------------
@@ -641,7 +670,7 @@ def _prefill_alone_s(phys: _Physics, prompt_tokens: float) -> float:
             * per_chunk
             * (2.0 * done + per_chunk)
         )
-        total += step_time_s(phys, 0.0, 0.0, per_chunk, attn)
+        total += step_time_s(phys, 0.0, 0.0, per_chunk, attn, prefill_context_tokens=done)
     return total
 
 
@@ -654,12 +683,19 @@ def latency_at_rate(
     rate_rps: float,
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
+    prefill_chunk_tokens: int | None = None,
 ) -> LoadPrediction | None:
-    """TTFT and ITL p50/p99 of one replica at `rate_rps` arrivals (Poisson); None when it cannot keep up."""
+    """TTFT and ITL p50/p99 of one replica at `rate_rps` arrivals (Poisson); None when it cannot keep up.
+
+    `prefill_chunk_tokens` runs the engine with that chunked-prefill budget (default: the engine's own).
+    """
+    _validate_chunk(config, prefill_chunk_tokens)
     reason = infeasibility(config)
     if reason is not None:
         raise InvalidConfigError(reason)
     phys = _physics(config, efficiency)
+    if prefill_chunk_tokens is not None:
+        phys = _with_chunk(phys, prefill_chunk_tokens)
     if config.role == "prefill":
         return _prefill_load(phys, workload, rate_rps)
     if config.role == "decode":
@@ -671,12 +707,27 @@ def _decode_step(phys: _Physics, batch: float, workload: Workload, prefill: floa
     """Iteration time with `batch` decoding sequences and `prefill` prompt tokens from `prompts` prompts."""
     context = batch * (workload.prompt_tokens + workload.output_tokens / 2.0)
     attn = 0.0
+    earlier_chunks = 0.0
     if prompts > 0:
         attn = prompts * 2.0 * phys.model.layers * phys.model.heads * phys.model.head_dim
         attn *= workload.prompt_second_moment * min(
             1.0, prefill / max(prompts * workload.prompt_tokens, 1e-9)
         )
-    return step_time_s(phys, batch, context, prefill, attn)
+        budget = _prefill_budget(phys, batch)
+        if budget is not None and budget > 0.0:
+            # A prompt of L tokens cut into chunks of c re-reads L²/(2c) - L/2 earlier KV entries in all:
+            # per prefilled token (token-weighted over lognormal L) E[L²] / (2 c E[L]) - 1/2.
+            per_token = workload.prompt_second_moment / (2.0 * budget * workload.prompt_tokens) - 0.5
+            earlier_chunks = prefill * max(per_token, 0.0)
+    return step_time_s(phys, batch, context, prefill, attn, earlier_chunks)
+
+
+def _prefill_budget(phys: _Physics, running: float) -> float | None:
+    """Prompt tokens one iteration may carry next to `running` decoding sequences (None: whole prompts)."""
+    chunk = phys.engine.prefill_chunk_tokens
+    if chunk is None:
+        return None
+    return float(chunk) - running if phys.engine.budget_counts_decode else float(chunk)
 
 
 def _steady_batch(
@@ -788,11 +839,15 @@ def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPre
         return None
     batch, step = steady
     running = max(batch, 1.0)
-    chunk = phys.engine.prefill_chunk_tokens
+    chunk_budget = _prefill_budget(phys, running)
     mean_prompt, p99_prompt = workload.prompt_tokens, workload.prompt_p99
-    # Prompt tokens drain at the budget of each iteration: `chunk` tokens per iteration carrying a full
-    # chunk; engines without chunking run whole prompts (one per iteration, at least).
-    budget = float(chunk) if chunk is not None else max(p99_prompt, mean_prompt)
+    # Prompt tokens drain at the budget of each iteration: the chunk budget (less the decode tokens where
+    # the engine counts them) per iteration carrying a full chunk; engines without chunking run whole
+    # prompts (one per iteration, at least).
+    budget = chunk_budget if chunk_budget is not None else max(p99_prompt, mean_prompt)
+    if budget < 1.0:
+        # Decoding sequences fill the whole token budget: prompts never get in.
+        return None
     full = _decode_step(phys, running, workload, budget, budget / mean_prompt)
     service_rate_tok = budget / full
     tail = _queue_tail(
@@ -906,6 +961,8 @@ def max_rate_under_slo(
     itl_is_tpot: bool = False,
     profiles: tuple[perf_profile.PerformanceProfile, ...] = (),
     efficiency: perf_efficiency.Efficiency | None = None,
+    prefill_chunk_tokens: int | None = None,
+    choose_prefill_chunk: bool = True,
 ) -> RatePrediction:
     """Highest Poisson request rate one replica serves within `slo`, with its latencies there.
 
@@ -918,14 +975,42 @@ def max_rate_under_slo(
     fixed (a bucket of equal-sized requests). `itl_is_tpot` reads the ITL objective as MLPerf's TPOT (p99
     over requests of each request's mean inter-token time, i.e. about the mean iteration) instead of the
     p99 of every single inter-token gap.
+
+    Chunked prefill: by default (`choose_prefill_chunk`) the model picks the engine's token budget per
+    configuration among `prefill_chunk_candidates` (the engine default and smaller powers of two), the one
+    serving the highest rate within the SLO: a smaller budget caps the prefill work that lands in one
+    iteration (lower ITL p99) but re-reads weights and pays the step overhead more often (less prefill
+    throughput, longer TTFT). The choice is `RatePrediction.prefill_chunk_tokens`; it never serves less
+    than the engine default. `prefill_chunk_tokens` fixes the budget instead; `choose_prefill_chunk=False`
+    keeps the engine default.
     """
     workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
+    _validate_chunk(config, prefill_chunk_tokens)
     for profile in profiles:
         if _profile_matches(profile, config):
             measured = rate_from_profile(profile, config, workload, slo)
             if measured is not None:
                 return measured
-    return _max_rate_cached(config, workload, slo, itl_is_tpot, efficiency)
+    return _max_rate_cached(
+        config, workload, slo, itl_is_tpot, efficiency, prefill_chunk_tokens, choose_prefill_chunk
+    )
+
+
+def _validate_chunk(config: ReplicaConfig, prefill_chunk_tokens: int | None) -> None:
+    """Reject a chunked-prefill budget that is not a positive integer or that the engine cannot take."""
+    if prefill_chunk_tokens is None:
+        return
+    if (
+        not isinstance(prefill_chunk_tokens, int)
+        or isinstance(prefill_chunk_tokens, bool)
+        or prefill_chunk_tokens < 1
+    ):
+        raise InvalidConfigError(
+            f"prefill_chunk_tokens must be a positive integer, got {prefill_chunk_tokens!r}"
+        )
+    _validate_names(config)
+    if engine_traits(config.engine, config.accelerator_spec).prefill_chunk_tokens is None:
+        raise InvalidConfigError(f"prefill_chunk_tokens: engine {config.engine} does not chunk prefill")
 
 
 def _profile_matches(profile: perf_profile.PerformanceProfile, config: ReplicaConfig) -> bool:
@@ -1008,6 +1093,37 @@ def rate_from_profile(
     )
 
 
+# Chunked-prefill budgets the model chooses among: a half-octave grid (multiples of 128 tokens) from 256
+# up to the engine's own default (only trading down: activation memory is reserved for the default, so
+# larger budgets are not offered). vLLM, SGLang, TensorRT-LLM and TGI accept any budget in this range; 256
+# is vLLM's default max_num_seqs (its budget must hold one token per running sequence) and the smallest
+# chunk the Sarathi-Serve paper (Agrawal et al., OSDI 2024) sweeps: below it the per-iteration weight
+# read and step overhead dominate the prefill cost. Half octaves keep the best budget within ~20% of the
+# continuous optimum (the largest chunk whose iteration still meets the ITL objective).
+PREFILL_CHUNK_CANDIDATES: Final = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# A budget other than the engine default is chosen only when it serves at least this much more (a
+# deployment keeps the engine's own setting unless the change pays).
+PREFILL_CHUNK_MIN_GAIN: Final = 0.01
+
+
+def prefill_chunk_candidates(engine: EngineTraits) -> tuple[int, ...]:
+    """Budgets the model tries for an engine, its default first (empty when the engine does not chunk)."""
+    default = engine.prefill_chunk_tokens
+    if default is None:
+        return ()
+    smaller = sorted((c for c in PREFILL_CHUNK_CANDIDATES if c < default), reverse=True)
+    return (default, *smaller)
+
+
+def _with_chunk(phys: _Physics, chunk_tokens: int) -> _Physics:
+    """The same replica run with a different chunked-prefill budget."""
+    if chunk_tokens == phys.engine.prefill_chunk_tokens:
+        return phys
+    return dataclasses.replace(
+        phys, engine=dataclasses.replace(phys.engine, prefill_chunk_tokens=chunk_tokens)
+    )
+
+
 @functools.lru_cache(maxsize=65536)
 def _max_rate_cached(
     config: ReplicaConfig,
@@ -1015,6 +1131,8 @@ def _max_rate_cached(
     slo: Slo,
     itl_is_tpot: bool,
     efficiency: perf_efficiency.Efficiency | None,
+    prefill_chunk_tokens: int | None = None,
+    choose_prefill_chunk: bool = True,
 ) -> RatePrediction:
     """See max_rate_under_slo (memoized: the solver asks the same question for many pools)."""
     reason = infeasibility(config)
@@ -1032,6 +1150,38 @@ def _max_rate_cached(
             f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
             f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
         )
+    if prefill_chunk_tokens is not None:
+        budgets: tuple[int | None, ...] = (prefill_chunk_tokens,)
+    elif choose_prefill_chunk and config.role != "decode":
+        budgets = prefill_chunk_candidates(phys.engine) or (None,)
+    else:
+        budgets = (None,)
+    # The engine default is searched in full; another budget only needs to beat the best so far, so it is
+    # tested there first and searched above it only when it meets the SLO there.
+    best: RatePrediction | None = None
+    for chunk in budgets:
+        candidate = phys if chunk is None else _with_chunk(phys, chunk)
+        floor = 0.0 if best is None else best.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
+        found = _search_rate(config, candidate, workload, slo, itl_is_tpot, floor)
+        if best is None or (found is not None and found.max_rps > 0.0):
+            best = found
+    assert best is not None, "the first budget is searched from zero and always answers"
+    return best
+
+
+def _search_rate(
+    config: ReplicaConfig,
+    phys: _Physics,
+    workload: Workload,
+    slo: Slo,
+    itl_is_tpot: bool,
+    floor_rps: float,
+) -> RatePrediction | None:
+    """Bisection for the highest SLO-meeting rate of one physical replica.
+
+    With `floor_rps` > 0, None unless the replica meets the SLO at that rate (the search then starts
+    there); with 0, an answer always (max_rps 0.0 and the reason when even a vanishing rate misses).
+    """
 
     def meets(load: LoadPrediction | None) -> bool:
         if load is None:
@@ -1062,13 +1212,23 @@ def _max_rate_cached(
         )
         step = _decode_step(phys, max(limit, 1.0), workload, 0.0, 0.0)
         ceiling = max(limit, 1.0) / step / workload.output_tokens
-    low_rate = ceiling * 1e-6
-    low = load_at(low_rate)
-    if not meets(low):
-        return _zero(_why_not(config, slo, low))
+    if floor_rps > 0.0:
+        if floor_rps >= ceiling:
+            return None
+        low_rate = floor_rps
+        low = load_at(low_rate)
+        if not meets(low):
+            return None
+    else:
+        low_rate = ceiling * 1e-6
+        low = load_at(low_rate)
+        if not meets(low):
+            return _zero(_why_not(config, slo, low))
     lo, hi = low_rate, ceiling
     best = low
     for _ in range(RATE_SEARCH_STEPS):
+        if hi - lo <= RATE_RELATIVE_TOLERANCE * lo:
+            break
         mid = 0.5 * (lo + hi)
         load = load_at(mid)
         if meets(load):
@@ -1086,6 +1246,7 @@ def _max_rate_cached(
         reason=binding,
         ttft_p50_ms=best.ttft_p50_ms,
         itl_p50_ms=best.itl_p50_ms,
+        prefill_chunk_tokens=phys.engine.prefill_chunk_tokens if config.role != "decode" else None,
     )
 
 

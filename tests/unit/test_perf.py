@@ -391,8 +391,12 @@ def test_the_rate_returned_meets_the_slo_it_was_asked_for(
     assert result.max_rps >= 0.0 and result.reason
     if result.max_rps == 0.0:
         return
+    # The prediction holds at the chunked-prefill budget it chose.
     load = perf.latency_at_rate(
-        cfg, perf.Workload(prompt, output, prompt * spread, output * spread), result.max_rps
+        cfg,
+        perf.Workload(prompt, output, prompt * spread, output * spread),
+        result.max_rps,
+        prefill_chunk_tokens=result.prefill_chunk_tokens,
     )
     assert load is not None
     if role != "decode":
