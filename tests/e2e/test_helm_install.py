@@ -323,10 +323,14 @@ def _run_operator_and_scrape(
                 s for s in samples.get("chipfit_service_predicted_cost_dollars_per_hour", [])
                 if s.labels["namespace"] == namespace
             ]  # fmt: skip
-            return samples if len(costs) == len(services) else {}
+            pool_labels = {s.labels["pool"] for s in samples.get("chipfit_pool_capacity_devices", [])}
+            # Service plans and pool usage are recorded one after the other: wait for both.
+            return samples if len(costs) == len(services) and pools <= pool_labels else {}
 
         try:
-            samples = cluster.wait_until("the operator's metrics to show every service's plan", planned)
+            samples = cluster.wait_until(
+                "the operator's metrics to show every service's plan and pool", planned
+            )
         except pytest.fail.Exception as failure:
             tail = "\n".join(log_path.read_text().splitlines()[-30:])
             pytest.fail(f"{failure}\noperator log tail:\n{tail}", pytrace=False)
