@@ -173,8 +173,8 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
         ("replicas", "right"),
         ("$/h", "right"),
         ("$/1M out tok", "right"),
-        ("TTFT p99 ms", "right"),
-        ("ITL p99 ms", "right"),
+        ("TTFT p99 ms*", "right"),
+        ("ITL p99 ms*", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for sp in plan.services:
@@ -197,6 +197,9 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
                 _ms(a.itl_p99_ms, 1),
             )
     console.print(table)
+    console.print(
+        "* predicted p99 with the replicas at their SLO-bounded capacity: a bound at the planned load"
+    )
     served = sum(s.served_rps for s in plan.services)
     demand = sum(s.demand_rps for s in plan.services)
     console.print(
