@@ -142,7 +142,12 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         slo = perf.Slo(args.ttft_p99_ms, args.itl_p99_ms)
         best = perf.max_rate_under_slo(config, args.isl, args.osl, slo)
         load = (
-            perf.latency_at_rate(config, perf.Workload(args.isl, args.osl), args.rps)
+            perf.latency_at_rate(
+                config,
+                perf.Workload(args.isl, args.osl),
+                args.rps,
+                prefill_chunk_tokens=best.prefill_chunk_tokens,
+            )
             if args.rps > 0
             else None
         )
@@ -151,6 +156,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["meets_rps"] = args.rps <= best.max_rps and (args.rps == 0 or best.max_rps > 0)
         report["max_rps_under_slo"] = round(best.max_rps, 4)
         report["binding"] = best.reason
+        report["prefill_chunk_tokens"] = best.prefill_chunk_tokens
         report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms, 3)
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
@@ -189,6 +195,8 @@ def render_text(report: dict[str, Any]) -> str:
             f"  max under SLO    {report['max_rps_under_slo']:.3f} req/s ({report['binding']}), "
             + _cost_text(report["dollars_per_million_output_tokens_at_max_rps"]),
         ]
+        if report["prefill_chunk_tokens"] is not None:
+            lines.append(f"  prefill chunk    {report['prefill_chunk_tokens']} tokens per iteration")
     return "\n".join(lines)
 
 
