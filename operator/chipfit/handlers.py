@@ -258,7 +258,9 @@ class Fleet:
             return
         outcomes, explanations, usage = solved
         self.outcomes = outcomes
-        for service in valid:
+        # Services with the widest replicas first: their pods reach the scheduler first and take whole
+        # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
+        for service in sorted(valid, key=lambda s: -_widest(outcomes.get(planning.service_id(s)))):
             sid = planning.service_id(service)
             try:
                 self.reconcile_service(service, outcomes.get(sid), explanations.get(sid), by_name)
@@ -391,7 +393,7 @@ class Fleet:
             self.cluster.post_event(body, "Normal", "Placed", message)
             for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
                 self.metrics.record_placement_change(namespace, name, role)
-        for obj in actions.apply:
+        for obj in sorted(actions.apply, key=lambda o: -reconcile.device_units_of(o)):
             self.cluster.apply(obj)
         for kind, object_name in actions.delete:
             api_version = "apps/v1" if kind == "Deployment" else "v1"
@@ -519,6 +521,11 @@ class Fleet:
         if changed:
             self.request_replan(f"node {name} changed")
         return changed
+
+
+def _widest(outcome: reconcile.ServiceOutcome | None) -> int:
+    """Largest tensor-parallel degree of a service's plan (0 when it has none)."""
+    return max((p.tensor_parallel for p in outcome.placements), default=0) if outcome is not None else 0
 
 
 def _without_minimum(service: v1alpha1.InferenceService) -> v1alpha1.InferenceService:

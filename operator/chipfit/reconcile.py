@@ -99,6 +99,15 @@ def _role_of(obj: Mapping[str, Any]) -> str:
     return str(obj["metadata"]["labels"].get(render.LABEL_ROLE, ""))
 
 
+def device_units_of(obj: Mapping[str, Any]) -> int:
+    """Extended-resource units one pod of a rendered Deployment requests (0 for anything else)."""
+    if obj.get("kind") != "Deployment":
+        return 0
+    containers = obj["spec"]["template"]["spec"]["containers"]
+    limits = (containers[0].get("resources") or {}).get("limits") or {}
+    return sum(int(v) for k, v in limits.items() if "/" in k)
+
+
 def plan_actions(
     desired: Sequence[dict[str, Any]],
     deployments: Sequence[LiveDeployment],

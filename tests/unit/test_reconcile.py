@@ -318,3 +318,9 @@ def test_objects_of_a_deleted_namesake_are_recognised() -> None:
     )
     assert reconcile.controlled_by_other_service(body, "chat-8b", "a-new-uid")
     assert not reconcile.controlled_by_other_service(body, "other-service", "a-new-uid")
+
+
+def test_device_units_of_rendered_objects() -> None:
+    objects = desired_for(SERVICES["rag-70b"], [placement("aggregated", "h100-p5", tp=4, precision="fp8")])
+    units = {o["kind"]: reconcile.device_units_of(o) for o in objects}
+    assert units == {"Deployment": 4, "Service": 0}
