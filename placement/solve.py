@@ -392,6 +392,8 @@ class Pruned:
     restricted: bool = False
 
 
+# When the pruned MILP cannot serve what the LP serves, K grows by this factor per retry.
+COLUMN_WIDENING = 4
 # Column generation: at most this many LP rounds, and columns priced below -tolerance enter.
 COLUMN_ROUNDS = 30
 REDUCED_COST_TOLERANCE = 1e-9
@@ -555,7 +557,10 @@ def _column_generation(problem: Problem, cands: Sequence[Candidate], k: int) -> 
     # Shadow-priced cost of each column: what it really costs once congested pools charge for devices.
     priced = cost - use * y[first_pool_row + pool_of]
     keep = active & (x > FEASIBILITY_TOLERANCE)
-    chosen = _chosen(cands, cand_of, keep, priced, cover_row, k, problem)
+    # Pools the LP leaves with room (no shadow price): each row also keeps its best column there, so
+    # the integer problem has somewhere to put the replicas rounding adds.
+    slack = y[first_pool_row + pool_of] > -REDUCED_COST_TOLERANCE
+    chosen = _chosen(cands, cand_of, keep, priced, cover_row, k, problem, pool_of, slack)
     return Pruned(chosen, None if needs_unmet else objective, needs_unmet, True)
 
 
@@ -567,14 +572,30 @@ def _chosen(
     cover_row: NDArray[np.int64],
     k: int,
     problem: Problem,
+    pool_of: NDArray[np.int64] | None = None,
+    slack: NDArray[np.bool_] | None = None,
 ) -> tuple[Candidate, ...]:
-    """Candidates of the kept columns, the K best-scored per covered row, and those running now."""
+    """Candidates of the kept columns, the K best-scored per covered row on K different pools, the best
+    on a pool with room, and those running now."""
     picked = set(cand_of[keep].tolist())
     order = np.lexsort((score, cover_row))
     sorted_rows = cover_row[order]
     boundaries = np.flatnonzero(np.diff(sorted_rows)) + 1
     for group in np.split(order, boundaries):
-        picked.update(cand_of[group[:k]].tolist())
+        if pool_of is None:
+            picked.update(cand_of[group[:k]].tolist())
+            continue
+        seen_pools: set[int] = set()
+        for col in group:
+            if len(seen_pools) >= k:
+                break
+            if int(pool_of[col]) not in seen_pools:
+                seen_pools.add(int(pool_of[col]))
+                picked.add(int(cand_of[col]))
+        if slack is not None:
+            roomy = group[slack[group]]
+            if roomy.size:
+                picked.add(int(cand_of[roomy[0]]))
     for i, c in enumerate(cands):
         if problem.current_replicas.get(c.key, 0) > 0:
             picked.add(i)
@@ -1133,11 +1154,26 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
         and decomposable(problem, options)
     ):
         return decompose(problem, options)
+    if (
+        options.method == "auto"
+        and options.max_candidates_per_bucket is None
+        and len(problem.candidates) > AUTO_COLUMN_GENERATION_CANDIDATES
+    ):
+        # Too many columns for one exact MILP in interactive time: let the LP pick them.
+        options = replace(options, max_candidates_per_bucket=AUTO_CANDIDATES_PER_BUCKET)
     started = time.perf_counter()
     deadline = started + options.time_limit_s
     model = build(problem, options)
     # Column generation already proved full service impossible: go straight to the priority stages.
     run = None if model.lp_needs_unmet else _run(model, model.c, model.var_hi, (), options, deadline)
+    k = options.max_candidates_per_bucket
+    while run is None and model.restricted and not model.lp_needs_unmet and k is not None:
+        # The LP serves everything but the pruned integer problem cannot: widen the columns and retry,
+        # finally with all of them, rather than report demand unserved because of pruning.
+        k = k * COLUMN_WIDENING if k * COLUMN_WIDENING < len(problem.candidates) else None
+        options = replace(options, max_candidates_per_bucket=k)
+        model = build(problem, options)
+        run = _run(model, model.c, model.var_hi, (), options, deadline)
     stages = 0 if model.lp_needs_unmet else 1
     if run is None:
         var_hi = model.var_hi.copy()
@@ -1196,6 +1232,10 @@ def _infeasible_reason(problem: Problem) -> str:
 # ----------------------------------------------------------------------------------------------------
 # Large fleets: per-service decomposition.
 
+# Above this many candidates `auto` turns on column generation for the MILP, keeping this many per
+# (service, bucket) besides what the LP uses (the examples' 6 services have ~250 candidates).
+AUTO_COLUMN_GENERATION_CANDIDATES = 5000
+AUTO_CANDIDATES_PER_BUCKET = 3
 # From this many services `auto` decomposes: one MILP over hundreds of services spends its time
 # rounding replicas service by service (benchmarks/REPORT_solver.md).
 DECOMPOSE_MIN_SERVICES = 200

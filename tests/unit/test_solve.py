@@ -420,3 +420,25 @@ def test_max_utilization_leaves_headroom_and_reports_real_utilization() -> None:
     assert a.utilization == pytest.approx(10.0 / (7 * 3.0))
     with pytest.raises(solve.InvalidProblemError, match="max_utilization"):
         solve.solve(problem, solve.SolveOptions(max_utilization=0.0))
+
+
+def test_auto_turns_on_column_generation_for_many_candidates() -> None:
+    # 60 disaggregated services x 2 roles x 50 pools = 6,000 candidates: above the auto threshold.
+    pools = tuple(solve.Pool(f"p{j}", f"chip{j % 5}", 8, 4, 1.0 + 0.1 * (j % 7)) for j in range(50))
+    services = tuple(
+        solve.ServiceDemand(f"s{i}", (1.0 + i % 3, 2.0), serving="disaggregated") for i in range(60)
+    )
+    cands = tuple(
+        cand(s.id, p.id, [1.0 + (j % 4), 0.5 + (j % 3)], p.price_per_device_hour, role=role)
+        for s in services
+        for j, p in enumerate(pools)
+        for role in ("prefill", "decode")
+    )
+    problem = solve.Problem(services, pools, cands)
+    assert len(cands) > solve.AUTO_COLUMN_GENERATION_CANDIDATES
+    # Small integer services make the LP bound weak and HiGHS slow to prove optimality: any incumbent will do.
+    plan = solve.solve(problem, solve.SolveOptions(time_limit_s=3.0))
+    _check_plan(problem, plan)
+    assert plan.bound_source == "full-lp"
+    assert plan.bound <= plan.price_per_hour + 1e-6
+    assert all(s.status == "served" for s in plan.services)
