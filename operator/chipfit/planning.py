@@ -164,7 +164,8 @@ class FleetPlan:
     single_type: baselines.SingleTypeResult
     explanations: tuple[explain.Explanation, ...]
     # How the baseline was found: "fleet" (one type for everything, in the pools as sized), "fleet-sized"
-    # (one type, pool sizes ignored) or "per-service" (each service its own type, pool sizes ignored).
+    # (one type, pool sizes ignored), "per-service" (each service its own type, pool sizes ignored) or
+    # "none" (not computed).
     single_type_kind: str = "fleet"
 
     @property
@@ -202,10 +203,13 @@ def plan_fleet(
     options: solve.SolveOptions | None = None,
     oracle: candidates.CapacityOracle | None = None,
     progress: Callable[[str], None] | None = None,
+    with_baseline: bool = True,
 ) -> FleetPlan:
     """The cheapest plan for the fleet, its best single-type baseline and the explanations.
 
     `progress` is called with a short label before each phase (the CLI drives its progress bar with it).
+    `with_baseline=False` skips the single-type baselines (the operator's reconcile loop needs only the
+    plan).
     Raises PlanningError for inputs the API schema cannot catch, solve.PlacementError when no plan exists.
     """
     step = progress or (lambda _label: None)
@@ -213,14 +217,17 @@ def plan_fleet(
     cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
-    step("solving the single-type baselines")
-    single = baselines.best_single_type(cset.problem, options, reference=plan)
-    kind = "fleet"
-    if single.plan is None:
-        single = baselines.best_single_type(baselines.uncapped(cset.problem), options, reference=plan)
-        kind = "fleet-sized"
-    if single.plan is None:
-        single = baselines.best_single_type_per_service(cset.problem, options, reference=plan)
-        kind = "per-service"
+    kind = "none"
+    single = baselines.SingleTypeResult(None, None, {})
+    if with_baseline:
+        step("solving the single-type baselines")
+        single = baselines.best_single_type(cset.problem, options, reference=plan)
+        kind = "fleet"
+        if single.plan is None:
+            single = baselines.best_single_type(baselines.uncapped(cset.problem), options, reference=plan)
+            kind = "fleet-sized"
+        if single.plan is None:
+            single = baselines.best_single_type_per_service(cset.problem, options, reference=plan)
+            kind = "per-service"
     step("explaining")
     return FleetPlan(cset, plan, single, explain.explain(cset, plan), kind)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chipfit import cli, planning
+from chipfit import cli, planning, validation
 from chipfit.api import v1alpha1
 from placement import catalog
 
@@ -84,3 +84,11 @@ def test_pool_capacity_and_price_default() -> None:
     p = planning.to_pool(pool)
     assert p.devices_total == 24
     assert p.price_per_device_hour == catalog.get_accelerator("h100").default_price_per_hour
+
+
+def test_plan_fleet_without_baseline(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_text(FLEET)
+    loaded = validation.load_and_validate([tmp_path])
+    result = planning.plan_fleet(loaded.services, loaded.pools, loaded.profiles, with_baseline=False)
+    assert result.single_type_kind == "none" and result.savings_vs_single_type is None
+    assert result.plan.service("team/chat").status == "served"
