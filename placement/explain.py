@@ -80,7 +80,7 @@ def _alternatives(cset: candidates.CandidateSet, service: str) -> list[RunnerUp]
         if rej.service != service or rej.accelerator in servable:
             continue
         known = misses.get(rej.accelerator)
-        if known is None or _overshoot(cset, rej) < _overshoot(cset, known):
+        if known is None or (_overshoot(cset, rej), -rej.tp) < (_overshoot(cset, known), -known.tp):
             misses[rej.accelerator] = rej
     for acc, rej in misses.items():
         out.append(RunnerUp(acc, rej.pool, rej.tp, rej.precision, None, rej.reason))
@@ -103,11 +103,12 @@ def _unplaceable(cset: candidates.CandidateSet, service: str) -> str:
     """One sentence: the binding reason no configuration serves this service at all."""
     spec = cset.specs[service]
     if service in cset.excluded:
-        return f"{service} cannot be placed: {cset.excluded[service]}."
+        return f"cannot be placed: {cset.excluded[service]}."
     rejections = [r for r in cset.rejections if r.service == service]
     if not rejections:
-        return f"{service} cannot be placed: no pool offers a configuration for {spec.model}."
-    best = min(rejections, key=lambda r: _overshoot(cset, r))
+        return f"cannot be placed: no pool offers a configuration for {spec.model}."
+    # Closest to the SLO; among misses without latencies (does not fit), the most devices per replica.
+    best = min(rejections, key=lambda r: (_overshoot(cset, r), -r.tp))
     prompt = best.prompt_tokens or (
         max(b.prompt_tokens for b in spec.workload.buckets) if spec.workload.buckets else 0
     )
@@ -154,7 +155,8 @@ def explain(
     """An explanation per service of the plan, in the plan's order."""
     out = []
     for sp in plan.services:
-        alternatives = _alternatives(cset, sp.service) if sp.service in cset.specs else []
+        idle = sp.demand_rps <= 0.0
+        alternatives = _alternatives(cset, sp.service) if sp.service in cset.specs and not idle else []
         chosen = {a.accelerator for a in sp.assignments}
         others = tuple(r for r in alternatives if r.accelerator not in chosen)[:runners_up]
         if (
