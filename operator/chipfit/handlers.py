@@ -25,7 +25,7 @@ import pydantic
 
 from chipfit import kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
-from placement import catalog, explain, solve
+from placement import catalog, solve
 
 GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
@@ -299,14 +299,17 @@ class Fleet:
         relaxed_reason: str | None = None
         try:
             try:
-                cset = planning.build_inputs(services, pools, profiles)
-                plan = solve.solve(cset.problem, self.options)
+                fleet_plan = planning.plan_fleet(
+                    services, pools, profiles, options=self.options, with_baseline=False
+                )
             except solve.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
-                cset = planning.build_inputs(relaxed, pools, profiles)
-                plan = solve.solve(cset.problem, self.options)
+                fleet_plan = planning.plan_fleet(
+                    relaxed, pools, profiles, options=self.options, with_baseline=False
+                )
+            plan = fleet_plan.plan
         except (planning.PlanningError, solve.PlacementError) as exc:
             status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
             self.metrics.observe_solve(time.monotonic() - started, status)
@@ -328,7 +331,7 @@ class Fleet:
                 if outcome is not None and minimum > 0 and planned < minimum:
                     reason = f"spec.replicas.min {minimum} cannot be met ({planned} placed): {relaxed_reason}"
                     outcomes[sid] = dataclasses.replace(outcome, served="unserved", reason=reason)
-        explanations = {e.service: e.summary for e in explain.explain(cset, plan)}
+        explanations = {e.service: e.summary for e in fleet_plan.explanations}
         return outcomes, explanations, {u.pool: u for u in plan.pools}
 
     def reconcile_one(self, namespace: str, name: str) -> None:
