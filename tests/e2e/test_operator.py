@@ -61,23 +61,27 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
         self.metrics_port = _free_port()
         self.process = subprocess.Popen(
-            [
-                str(CHIPFIT),
-                "operator",
-                "--standalone",
-                "--kubeconfig",
-                str(self.cluster.kubeconfig),
-                "--liveness",
-                f"http://127.0.0.1:{_free_port()}/healthz",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--debounce-seconds",
-                DEBOUNCE_S,
-            ],
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+    def command(self) -> list[str]:
+        """The operator's command line (standalone; subclasses add peering)."""
+        return [
+            str(CHIPFIT),
+            "operator",
+            *(["--standalone"] if type(self) is Operator else []),
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            "--liveness",
+            f"http://127.0.0.1:{_free_port()}/healthz",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--debounce-seconds",
+            DEBOUNCE_S,
+        ]
 
     def kill(self) -> None:
         """SIGKILL: no cleanup runs, as when a node dies under the operator."""
@@ -93,16 +97,19 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def metrics_text(self) -> str:
+        """The operator's /metrics page ("" while it does not serve)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text: str = response.read().decode()
+                return text
+        except OSError:
+            return ""
+
     def fleet_reconciles(self) -> float:
         """chipfit_reconciles_total{kind="fleet"} from the operator's /metrics (0 before it serves)."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-            ) as response:
-                text = response.read().decode()
-        except OSError:
-            return 0.0
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith('chipfit_reconciles_total{kind="fleet"}'):
                 return float(line.split()[-1])
         return 0.0
