@@ -188,7 +188,8 @@ def _replicas_alone(c: solve.Candidate, rates: Sequence[float]) -> int | None:
             return None
         load += r / cap
     # Float noise: a load of 3.0000000001 replicas is 3 replicas.
-    return math.ceil(load - solve.FEASIBILITY_TOLERANCE)
+    # Any traffic needs a whole replica, however small the load.
+    return max(1, math.ceil(load - solve.FEASIBILITY_TOLERANCE)) if load > 0.0 else 0
 
 
 def _assignment(c: solve.Candidate, replicas: int, rates: Sequence[float]) -> solve.Assignment:

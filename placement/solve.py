@@ -38,8 +38,13 @@ SERVING_MODES: tuple[ServingMode, ...] = ("aggregated", "disaggregated", "auto")
 # HiGHS's default primal feasibility tolerance is 1e-7; solution values are trusted to this much slack
 # when decoding and verifying (a replica loaded to 1 + 1e-6 is a rounding artefact, not an overload).
 FEASIBILITY_TOLERANCE = 1e-6
-# Slack on a priority level's pinned unmet rate: HiGHS's primal feasibility tolerance (1e-7).
-PIN_TOLERANCE = 1e-7
+# Slack on a priority level's pinned unmet rate, relative to the level's demand: ten times HiGHS's
+# primal feasibility tolerance (1e-7), and PIN_RETRY_FACTOR times that when a stage still fails.
+PIN_TOLERANCE = 1e-6
+PIN_RETRY_FACTOR = 100.0
+# A share of a bucket's traffic below this on a configuration with no replicas is solver noise (within
+# the feasibility tolerance of the activation row), not traffic: it is dropped.
+SHARE_NOISE = 1e-5
 # Default relative MIP gap: HiGHS stops when (objective - bound) / objective falls below this.
 DEFAULT_MIP_REL_GAP = 1e-4
 DEFAULT_TIME_LIMIT_S = 60.0
@@ -781,6 +786,9 @@ def build(problem: Problem, options: SolveOptions | None = None) -> Model:
         ]
         if terms:
             b.row([*terms, (n_index[i], -1.0)], -inf, 0.0)
+            # Activation: any traffic at all needs a replica, sum_b f_cb <= B_c n_c. With a tiny rate the
+            # load row's coefficients fall below HiGHS's tolerance; this row's are O(1).
+            b.row([*((col, 1.0) for col, _ in terms), (n_index[i], -float(len(terms)))], -inf, 0.0)
 
     budget_rows: dict[str, int] = {}
     for s in problem.services:
@@ -989,7 +997,7 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
             for k in range(len(rates))
         )
         if replicas == 0:
-            if any(r > FEASIBILITY_TOLERANCE for r in routed):
+            if any(r > SHARE_NOISE * max(1.0, rate) for r, rate in zip(routed, rates, strict=True)):
                 raise SolverError(f"solver: traffic routed to {c.key} with zero replicas")
             continue
         load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
@@ -1188,18 +1196,42 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
                     unmet[col] = services[sid].bucket_rps[k]
             if not unmet.any():
                 continue
-            level_run = _run(model, unmet, var_hi, pins, options, deadline)
+            level_run = _pinned_run(model, unmet, var_hi, pins, options, deadline)
             stages += 1
             if level_run is None:
                 raise InfeasibleError(_infeasible_reason(problem))
-            # Pin this level's unmet rate at its minimum, plus HiGHS's own feasibility slack so the pin
-            # cannot turn a feasible stage infeasible by rounding.
-            pins.append((unmet, level_run.objective + PIN_TOLERANCE * max(1.0, level_run.objective)))
-        run = _run(model, model.c, var_hi, pins, options, deadline)
+            # Pin this level's unmet rate at its minimum, plus slack above HiGHS's own feasibility
+            # tolerance so the pin cannot turn a feasible stage infeasible by rounding.
+            slack = PIN_TOLERANCE * max(1.0, level_run.objective, float(unmet.sum()))
+            pins.append((unmet, level_run.objective + slack))
+        run = _pinned_run(model, model.c, var_hi, pins, options, deadline)
         stages += 1
         if run is None:
             raise InfeasibleError(_infeasible_reason(problem))
     return decode(problem, model, run, stages=stages, seconds=time.perf_counter() - started)
+
+
+def _pinned_run(
+    model: Model,
+    c: NDArray[np.float64],
+    var_hi: NDArray[np.float64],
+    pins: list[tuple[NDArray[np.float64], float]],
+    options: SolveOptions,
+    deadline: float,
+) -> _Run | None:
+    """_run under priority pins; on infeasibility or numerical failure, retry once with looser pins.
+
+    A pin is a rounded optimum; HiGHS occasionally finds the next stage a hair infeasible or fails on
+    it numerically. Loosening by PIN_RETRY_FACTOR gives up a negligible amount of the level's service.
+    """
+    try:
+        run = _run(model, c, var_hi, pins, options, deadline)
+    except SolverError:
+        run = None
+    if run is not None or not pins:
+        return run
+    loose = [(row, hi + PIN_TOLERANCE * PIN_RETRY_FACTOR * max(1.0, float(row.sum()))) for row, hi in pins]
+    return _run(model, c, var_hi, loose, options, deadline)
 
 
 def _derated(problem: Problem, options: SolveOptions) -> Plan:
@@ -1283,6 +1315,10 @@ class _ServiceChoice:
     score: float
 
 
+# Load (replica-units) left to a filler below this is float noise from 1 - share, not traffic.
+REST_NOISE = 1e-12
+
+
 def _best_pair(
     rates: NDArray[np.float64], caps: NDArray[np.float64], score: NDArray[np.float64]
 ) -> _ServiceChoice:
@@ -1299,7 +1335,8 @@ def _best_pair(
     for a in range(n_cand):
         alone = float(load[a].sum())
         if math.isfinite(alone):
-            n = math.ceil(alone - FEASIBILITY_TOLERANCE)
+            # Any traffic needs a whole replica, however small the load.
+            n = max(1, math.ceil(alone - FEASIBILITY_TOLERANCE)) if alone > 0.0 else 0
             cost = n * float(score[a])
             if best is None or cost < best.score:
                 reps = [0] * n_cand
@@ -1333,10 +1370,12 @@ def _best_pair(
                 )
             frac = np.where(w_a[None, :] > 0, frac, np.where(must_a[order][None, :], 1.0, 0.0))
             rest = ((1.0 - frac) * w_b[None, :]).sum(axis=1)
-            n_b_reps = np.ceil(rest - FEASIBILITY_TOLERANCE).clip(min=0)
-            cost = n_a * float(score[a]) + n_b_reps * float(score[b])
-            i = int(np.argmin(cost))
-            if best is None or cost[i] < best.score - 1e-12:
+            n_b_reps = np.where(
+                rest > REST_NOISE, np.maximum(1.0, np.ceil(rest - FEASIBILITY_TOLERANCE)), 0.0
+            )
+            costs = n_a * float(score[a]) + n_b_reps * float(score[b])
+            i = int(np.argmin(costs))
+            if best is None or costs[i] < best.score - 1e-12:
                 reps = [0] * n_cand
                 reps[a], reps[b] = int(n_a[i]), int(n_b_reps[i])
                 share_a = np.zeros(n_b)
@@ -1346,7 +1385,7 @@ def _best_pair(
                 routed[b] = tuple(float(x) for x in rates * (1.0 - share_a))
                 if reps[b] == 0:
                     routed[b] = tuple(0.0 for _ in range(n_b))
-                best = _ServiceChoice(tuple(reps), tuple(routed), float(cost[i]))
+                best = _ServiceChoice(tuple(reps), tuple(routed), float(costs[i]))
     if best is None:
         raise SolverError("decompose: no candidate combination covers the service")
     return best

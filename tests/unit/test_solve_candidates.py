@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from placement import candidates, explain, perf, profiles, solve, workload
 
@@ -183,3 +185,74 @@ def test_slos_reported_met_are_met_by_the_performance_model() -> None:
             assert rate.max_rps > 0.0
             load += routed / rate.max_rps
         assert load <= a.replicas * (1 + 1e-6)
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> tuple[list[candidates.ServiceSpec], list[solve.Pool]]:
+    """Random services (lognormal workloads, modes, constraints) and pools, for the whole pipeline."""
+    accs = ["l4", "h100", "h100/3g.40gb", "mi300x"]
+    pools = [
+        solve.Pool(
+            f"p{i}",
+            draw(st.sampled_from(accs)),
+            draw(st.sampled_from([1, 4, 8])),
+            draw(st.integers(0, 2)),
+            draw(st.floats(0.1, 10)),
+            spot=draw(st.booleans()),
+        )
+        for i in range(draw(st.integers(0, 3)))
+    ]
+    specs = []
+    for i in range(draw(st.integers(1, 3))):
+        mean_p = draw(st.floats(10, 8000))
+        mean_o = draw(st.floats(5, 1000))
+        specs.append(
+            spec(
+                id=f"ns/s{i}",
+                workload=workload.from_mean_p99(
+                    draw(st.floats(0, 50)),
+                    mean_p,
+                    mean_p * draw(st.floats(1, 5)),
+                    mean_o,
+                    mean_o * draw(st.floats(1, 5)),
+                ),
+                serving=draw(st.sampled_from(["aggregated", "disaggregated", "auto"])),
+                priority=draw(st.integers(0, 2)),
+                max_dollars_per_hour=draw(st.none() | st.floats(0.5, 100)),
+                spot_allowed=draw(st.booleans()),
+                tp_degrees=(1, 2, 4),
+            )
+        )
+    return specs, pools
+
+
+def _synthetic(q: candidates.Query) -> candidates.Capacity:
+    """Capacity falling with request size, zero for the 3g slice above 4k-token prompts."""
+    if q.accelerator == "h100/3g.40gb" and q.prompt_tokens > 4096:
+        return candidates.Capacity(
+            0.0, None, None, "TTFT p99 900 ms > 500 ms at zero load", "test", 900.0, 9.0, True
+        )
+    base = {"l4": 2.0, "h100": 20.0, "h100/3g.40gb": 8.0, "mi300x": 25.0}[q.accelerator] * q.tp
+    return candidates.Capacity(
+        base * 1000.0 / (q.prompt_tokens + 10 * q.output_tokens), 100.0, 20.0, None, "test"
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_pipeline_never_crashes_and_explains_every_service(
+    fleet: tuple[list[candidates.ServiceSpec], list[solve.Pool]],
+) -> None:
+    specs, pools = fleet
+    cset = candidates.build(specs, pools, oracle=_synthetic)
+    plan = solve.solve(cset.problem, solve.SolveOptions(time_limit_s=10.0))
+    explanations = explain.explain(cset, plan)
+    assert [e.service for e in explanations] == [s.id for s in specs]
+    for e, sp in zip(explanations, plan.services, strict=True):
+        assert e.summary
+        assert (sp.status == "served") == (sp.reason is None)
+    used = {p.id: 0 for p in pools}
+    for sp in plan.services:
+        for a in sp.assignments:
+            used[a.pool] += a.devices
+    assert all(used[p.id] <= p.devices_total for p in pools)
