@@ -42,6 +42,9 @@ FEASIBILITY_TOLERANCE = 1e-6
 # primal feasibility tolerance (1e-7), and PIN_RETRY_FACTOR times that when a stage still fails.
 PIN_TOLERANCE = 1e-6
 PIN_RETRY_FACTOR = 100.0
+# Unmet demand below this share of a service's rate is reported as served: ten times the pin slack,
+# which the final cost stage may use (giving up a millionth of a level's demand to save a replica).
+UNMET_NOISE = 1e-5
 # A share of a bucket's traffic below this on a configuration with no replicas is solver noise (within
 # the feasibility tolerance of the activation row), not traffic: it is dropped.
 SHARE_NOISE = 1e-5
@@ -1069,8 +1072,8 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
 
 
 def _tolerance(s: ServiceDemand) -> float:
-    """Unmet req/s below this is solver noise, not unserved demand."""
-    return FEASIBILITY_TOLERANCE * max(1.0, s.requests_per_second)
+    """Unmet req/s below this is solver noise or priority-pin slack, not unserved demand."""
+    return UNMET_NOISE * max(1.0, s.requests_per_second)
 
 
 def service_plan(
