@@ -85,9 +85,14 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
     capacity_by_role: dict[str, float] = {}
+    cost: dict[tuple[str, str, str], float] = {}
+    routed: dict[tuple[str, str, str], float] = {}
     for a in sp.assignments:
         if a.replicas <= 0:
             continue
+        series = (a.role, a.accelerator, a.pool)
+        cost[series] = cost.get(series, 0.0) + a.price_per_hour
+        routed[series] = routed.get(series, 0.0) + sum(a.bucket_rps)
         key = (a.role, a.pool, a.accelerator, a.precision, a.tp)
         replicas[key] = replicas.get(key, 0) + a.replicas
         if a.utilization > 0:
@@ -116,7 +121,12 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
         ),
     )
     return reconcile.ServiceOutcome(
-        placements=placements, prediction=prediction, served=sp.status, reason=sp.reason
+        placements=placements,
+        prediction=prediction,
+        served=sp.status,
+        reason=sp.reason,
+        cost_dollars_per_hour=cost,
+        routed_requests_per_second=routed,
     )
 
 
@@ -489,8 +499,14 @@ class Fleet:
                     accelerator=pl.accelerator,
                     pool=pl.pool,
                     desired_replicas=pl.replicas,
-                    cost_dollars_per_hour=0.0,
-                    served_output_tokens_per_second=0.0,
+                    cost_dollars_per_hour=outcome.cost_dollars_per_hour.get(
+                        (pl.role, pl.accelerator, pl.pool), 0.0
+                    ),
+                    # Every request routed here (prefilled or decoded here) yields its mean output tokens.
+                    served_output_tokens_per_second=outcome.routed_requests_per_second.get(
+                        (pl.role, pl.accelerator, pl.pool), 0.0
+                    )
+                    * workload.output_tokens.mean,
                 )
                 for pl in _merge_by_pool(outcome.placements)
             ),

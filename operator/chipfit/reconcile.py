@@ -56,8 +56,9 @@ class ServiceOutcome:
     prediction: v1alpha1.Prediction | None
     served: Served
     reason: str | None = None
-    slo_ttft_p99_ms: float | None = None
-    slo_itl_p99_ms: float | None = None
+    # Per (role, accelerator, pool): the plan's $/h and the request rate routed there (metrics).
+    cost_dollars_per_hour: Mapping[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
+    routed_requests_per_second: Mapping[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

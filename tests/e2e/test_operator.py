@@ -490,3 +490,38 @@ def test_killed_operator_restarts_and_converges_without_duplicates(
         assert any(r["uid"] in uids for r in d["metadata"].get("ownerReferences") or ()), d["metadata"][
             "name"
         ]
+
+
+def _series(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of `metric` in a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            body, value = line[len(metric) + 1 :].rsplit("} ", 1)
+            labels = dict(pair.split("=", 1) for pair in body.split(","))
+            out.append(({k: v.strip('"') for k, v in labels.items()}, float(value)))
+    return out
+
+
+def test_metrics_report_the_plan_and_ready_replicas(cluster: Cluster, operator: Operator) -> None:
+    names = example_services()
+    services = wait_for(operator, "every example service Ready", lambda: all_converged(cluster, names))
+    text = wait_for(
+        operator,
+        "per-service series on /metrics",
+        lambda: (lambda t: t if "chipfit_service_ready_replicas{" in t else None)(operator.metrics_text()),
+    )
+    for metric in ("chipfit_service_desired_replicas", "chipfit_service_ready_replicas"):
+        series = {tuple(sorted(labels.items())): value for labels, value in _series(text, metric)}
+        for name in names:
+            for p in services[name]["status"]["placement"]:
+                key = {
+                    "namespace": NAMESPACE,
+                    "service": name,
+                    "role": p["role"],
+                    "accelerator": p["accelerator"],
+                }
+                key["pool"] = p["pool"]
+                assert tuple(sorted(key.items())) in series, (metric, key)
+    solves = [line for line in text.splitlines() if line.startswith("chipfit_solver_runs_total{")]
+    assert any(float(line.split()[-1]) > 0 for line in solves if "optimal" in line or "feasible" in line)

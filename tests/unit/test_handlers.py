@@ -61,6 +61,10 @@ def test_outcome_merges_assignments_and_rounds_predictions() -> None:
     # Prefill sustains 2 / 0.5 = 4 req/s, decode 2 / 0.8 = 2.5: the split service does the smaller.
     assert outcome.prediction.max_requests_per_second == 2.5
     assert outcome.served == "served"
+    # Metrics series per (role, chip, pool): the plan's $/h and the rate routed there.
+    assert outcome.cost_dollars_per_hour[("prefill", "h100", "h100-p5")] == 2.0
+    assert outcome.routed_requests_per_second[("decode", "h200", "h200-p5e")] == 2.0
+    assert ("decode", "l4", "l4-g6") not in outcome.cost_dollars_per_hour
 
 
 def node(
