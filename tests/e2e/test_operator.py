@@ -392,16 +392,37 @@ def test_slo_change_replans_and_rolls_out(cluster: Cluster, operator: Operator) 
         "-p",
         '{"spec":{"slo":{"ttftP99Ms":150,"itlP99Ms":20}}}',
     )
-    service = wait_for(
-        operator,
-        "chat-8b re-planned for its new SLO",
-        lambda: (lambda s: s if converged(s) else None)(services_by_name(cluster)["chat-8b"]),
-    )
+    # Watch the rollout: every sample records each serving Deployment's (replicas, ready replicas).
+    samples: list[dict[str, tuple[int, int]]] = []
+
+    def settled() -> dict[str, Any] | None:
+        chat = services_by_name(cluster)["chat-8b"]
+        samples.append(
+            {
+                d["metadata"]["name"]: (d["spec"]["replicas"], d.get("status", {}).get("readyReplicas") or 0)
+                for d in owned_deployments(cluster, chat)
+                if d["metadata"]["labels"]["chipfit.io/role"] != "router"
+            }
+        )
+        if not converged(chat):
+            return None
+        planned = {(p[0], p[1], f"{p[3]}-tp{p[4]}") for p in placement_of(chat)}
+        return chat if live_keys(cluster, chat) == planned else None
+
+    service = wait_for(operator, "chat-8b re-planned for its new SLO and rolled out", settled)
     predicted = service["status"]["predicted"]
     assert predicted["ttftP99Ms"] <= 150 and predicted["itlP99Ms"] <= 20
-    # The rollout finishes: exactly the planned Deployments, no leftover of the old placement.
-    planned = {(p[0], p[1], f"{p[3]}-tp{p[4]}") for p in placement_of(service)}
-    wait_for(operator, "old chat-8b Deployments drained", lambda: live_keys(cluster, service) == planned)
+    final = samples[-1]
+    # Serving never stopped, and an old Deployment disappeared only once the new ones were all ready.
+    assert all(sum(ready for _, ready in sample.values()) >= 1 for sample in samples)
+    seen_old: set[str] = set()
+    for sample in samples:
+        gone = seen_old - set(sample)
+        if gone:
+            new_ready = all(sample.get(n, (0, 0))[1] >= replicas for n, (replicas, _) in final.items())
+            assert new_ready, f"{sorted(gone)} deleted before the new placement was ready: {sample}"
+        seen_old |= set(sample) - set(final)
+        seen_old -= gone
 
 
 def test_invalid_spec_is_reported_with_its_field(cluster: Cluster, operator: Operator) -> None:
