@@ -414,7 +414,11 @@ class Fleet:
                 self.cluster.post_event(
                     body, "Normal", "Drained", f"deleted {kind} {object_name}: replaced and ready"
                 )
-        status = reconcile.compute_status(service, outcome, deployments, actions, _now())
+        unschedulable = None
+        if any(d.ready_replicas < d.replicas for d in deployments):
+            # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
+            unschedulable = reconcile.unschedulable_reason(self.cluster.list_pods(namespace, selector))
+        status = reconcile.compute_status(service, outcome, deployments, actions, _now(), unschedulable)
         self._write_status(service, status)
         self._record_metrics(service, outcome, status)
         self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)

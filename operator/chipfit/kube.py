@@ -143,6 +143,10 @@ class Kube:
             self._list(KINDS.service, namespace, label_selector),
         )
 
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods in `namespace` matching a label selector."""
+        return self._list(KINDS.pod, namespace, label_selector)
+
     def get_inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One InferenceService, None when it is gone."""
         resource = self._resource(*KINDS.inference_service)

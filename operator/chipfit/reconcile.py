@@ -231,6 +231,7 @@ def compute_status(
     deployments: Sequence[LiveDeployment],
     actions: Actions | None,
     now: str,
+    unschedulable: str | None = None,
 ) -> v1alpha1.InferenceServiceStatus:
     """Status after a reconcile: placement with ready counts, prediction, summaries and conditions."""
     generation = service.metadata.generation
@@ -311,6 +312,7 @@ def compute_status(
             "" if router_ready else "; router not ready"
         )
         detail += f"; {waiting[0]}" if waiting else ""
+        detail += f"; {unschedulable}" if unschedulable else ""
         ready = _condition(previous, "Ready", False, reason, detail, generation, now)
     # SLOAttainable: the plan serves the whole declared workload within the SLO.
     if outcome.served == "served":
@@ -464,6 +466,26 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """True when `obj` has a controller ownerReference to the object with `uid`."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def unschedulable_reason(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The scheduler's message for the first Pending pod it could not place (None when there is none)."""
+    stuck = 0
+    message = None
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or ():
+            if (
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ):
+                stuck += 1
+                message = message or str(c.get("message", "")).split(" preemption:")[0]
+    if not stuck:
+        return None
+    return f"{stuck} pod(s) unschedulable: {message}"
 
 
 def controlled_by_other_service(obj: Mapping[str, Any], name: str, uid: str) -> bool:

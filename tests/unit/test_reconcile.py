@@ -324,3 +324,26 @@ def test_device_units_of_rendered_objects() -> None:
     objects = desired_for(SERVICES["rag-70b"], [placement("aggregated", "h100-p5", tp=4, precision="fp8")])
     units = {o["kind"]: reconcile.device_units_of(o) for o in objects}
     assert units == {"Deployment": 4, "Service": 0}
+
+
+def test_unschedulable_pods_are_explained_in_ready() -> None:
+    pending = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2",
+                }
+            ],
+        }
+    }
+    running = {"status": {"phase": "Running"}}
+    reason = reconcile.unschedulable_reason([running, pending, pending])
+    assert reason == "2 pod(s) unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    assert reconcile.unschedulable_reason([running]) is None
+    live, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6-bf16-tp1": 2})
+    status = reconcile.compute_status(CHAT, outcome(OLD), live, None, T0, reason)
+    assert "Insufficient nvidia.com/gpu" in conditions(status)["Ready"].message
