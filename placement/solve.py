@@ -48,6 +48,8 @@ UNMET_NOISE = 1e-5
 # A share of a bucket's traffic below this on a configuration with no replicas is solver noise (within
 # the feasibility tolerance of the activation row), not traffic: it is dropped.
 SHARE_NOISE = 1e-5
+# Request rates at or below this (one request in ~30 years) are float debris, not traffic.
+RATE_NOISE_RPS = 1e-9
 # Default relative MIP gap: HiGHS stops when (objective - bound) / objective falls below this.
 DEFAULT_MIP_REL_GAP = 1e-4
 DEFAULT_TIME_LIMIT_S = 60.0
@@ -1153,6 +1155,7 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
     higher-priority service never loses capacity to a lower one, whatever the prices.
     """
     options = options or SolveOptions()
+    problem = _without_noise(problem)
     if not 0.0 < options.max_utilization <= 1.0:
         raise InvalidProblemError(
             f"options.max_utilization: must be in (0, 1], got {options.max_utilization}"
@@ -1212,6 +1215,17 @@ def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
         if run is None:
             raise InfeasibleError(_infeasible_reason(problem))
     return decode(problem, model, run, stages=stages, seconds=time.perf_counter() - started)
+
+
+def _without_noise(problem: Problem) -> Problem:
+    """Bucket rates below RATE_NOISE_RPS become 0: no replica is bought for a request per century."""
+    if not any(0.0 < r <= RATE_NOISE_RPS for s in problem.services for r in s.bucket_rps):
+        return problem
+    services = tuple(
+        replace(s, bucket_rps=tuple(0.0 if r <= RATE_NOISE_RPS else r for r in s.bucket_rps))
+        for s in problem.services
+    )
+    return replace(problem, services=services)
 
 
 def _pinned_run(
@@ -1291,16 +1305,11 @@ DECOMPOSE_PRICE_STEP = 0.1
 
 
 def decomposable(problem: Problem, options: SolveOptions) -> bool:
-    """Services are independent but for pool capacity: aggregated only, no floors, ceilings, budgets or
-    stability penalty, and every pool's TP sizes pack by device count."""
+    """Services are independent but for pool capacity: no replica ceilings, budgets or stability penalty,
+    and every pool's TP sizes pack by device count (any serving mode, replica floors allowed)."""
     if options.move_penalty_per_device_hour > 0.0 and problem.current_replicas:
         return False
-    if any(
-        s.serving != "aggregated" or s.min_replicas or s.max_replicas is not None or s.max_dollars_per_hour
-        for s in problem.services
-    ):
-        return False
-    if any(c.role != "aggregated" for c in problem.candidates):
+    if any(s.max_replicas is not None or s.max_dollars_per_hour is not None for s in problem.services):
         return False
     pools = {p.id: p for p in problem.pools}
     sizes: dict[str, set[int]] = defaultdict(set)
@@ -1394,6 +1403,66 @@ def _best_pair(
     return best
 
 
+@dataclass(frozen=True)
+class _RoleShortlist:
+    """One role's shortlisted candidates and a valid lower bound on its cost."""
+
+    cands: list[Candidate]
+    bound: float
+
+
+def _role_shortlist(cands: list[Candidate], rates: NDArray[np.float64], floor: int) -> _RoleShortlist:
+    """Workhorses and fillers per bucket for one role, and the bound max(LP, floor x cheapest replica)."""
+    if not cands:
+        return _RoleShortlist([], 0.0)
+    caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64).reshape(len(cands), len(rates))
+    price = np.array([c.price_per_hour for c in cands])
+    live = rates * (caps > 0.0).any(axis=0)
+    if not live.any():
+        # No traffic this role can take: keep the cheapest replica for a floor.
+        cheapest = int(np.argmin(price))
+        return _RoleShortlist([cands[cheapest]], float(price[cheapest]) * floor)
+    with np.errstate(divide="ignore"):
+        per_rps = np.where(caps > 0.0, price[:, None] / np.where(caps > 0.0, caps, 1.0), np.inf)
+    lp = float((live * np.where(live > 0, per_rps.min(axis=0), 0.0)).sum())
+    able = (caps[:, live > 0] > 0.0).any(axis=1)
+    keep: set[int] = set()
+    for b in np.flatnonzero(live > 0):
+        # Workhorses: cheapest per req/s.
+        keep.update(np.argsort(per_rps[:, b], kind="stable")[:DECOMPOSE_CANDIDATES].tolist())
+        # Fillers: cheapest to carry this bucket alone in whole replicas (a small cheap chip that takes
+        # one bucket beats a fraction of a big one).
+        able_b = np.flatnonzero(caps[:, b] > 0.0)
+        whole = np.ceil(live[b] / caps[able_b, b] - FEASIBILITY_TOLERANCE) * price[able_b]
+        keep.update(able_b[np.argsort(whole, kind="stable")[:DECOMPOSE_FILLERS]].tolist())
+    cheapest_price = float(price[able].min())
+    return _RoleShortlist([cands[i] for i in sorted(keep)], max(lp, cheapest_price * max(1, floor)))
+
+
+def _role_choice(
+    cands: list[Candidate], s: ServiceDemand, score: NDArray[np.float64], mask: Sequence[bool] | None = None
+) -> _ServiceChoice | None:
+    """Best single/pair plan for one role's candidates (buckets in `mask` only), topped up to the floor."""
+    usable = _coverable(cands, len(s.bucket_rps)) if mask is None else mask
+    rates = np.asarray(s.bucket_rps, dtype=np.float64) * np.asarray(usable, dtype=np.float64)
+    caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64)
+    if rates.any():
+        try:
+            ch = _best_pair(rates, caps, score)
+        except SolverError:
+            return None
+    else:
+        ch = _ServiceChoice(tuple(0 for _ in cands), tuple(tuple(0.0 for _ in rates) for _ in cands), 0.0)
+    short = s.min_replicas - sum(ch.replicas)
+    if short > 0:
+        # Top up the floor with the cheapest replicas (idle capacity the floor pays for).
+        i = int(np.argmin(score))
+        replicas = list(ch.replicas)
+        replicas[i] += short
+        ch = _ServiceChoice(tuple(replicas), ch.routed, ch.score + short * float(score[i]))
+    return ch
+
+
 def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     """Large fleets: each service on its cheapest single or primary+filler configuration, with device
     prices raised on over-full pools until everything fits; what still does not fit is shed, lowest
@@ -1404,9 +1473,10 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     """
     options = options or SolveOptions()
     started = time.perf_counter()
+    problem = _without_noise(problem)
     validate(problem)
     if not decomposable(problem, options):
-        raise InvalidProblemError("decompose: needs aggregated services without floors, ceilings or budgets")
+        raise InvalidProblemError("decompose: needs services without replica ceilings, budgets or stability")
     pools = {p.id: p for p in problem.pools}
     by_service: dict[str, list[Candidate]] = defaultdict(list)
     for c in problem.candidates:
@@ -1416,38 +1486,46 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
     )
     step = DECOMPOSE_PRICE_STEP * mean_device_price
 
+    # Per service: its candidates in a fixed order (aggregated, prefill, decode shortlists) and, per mode,
+    # the index ranges of the roles that mode uses.
     shortlist: dict[str, list[Candidate]] = {}
+    role_slices: dict[str, dict[str, slice]] = {}
     bound_total = 0.0
     unmet: dict[str, float] = {}
     for s in problem.services:
         rates = np.asarray(s.bucket_rps, dtype=np.float64)
-        cands = by_service.get(s.id, [])
-        caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64).reshape(
-            len(cands), len(rates)
-        )
-        price = np.array([c.price_per_hour for c in cands])
-        coverable = (caps > 0.0).any(axis=0) if cands else np.zeros(len(rates), dtype=bool)
-        unmet[s.id] = float(rates[~coverable].sum())
-        live = rates * coverable
-        if not live.any():
-            shortlist[s.id] = []
-            continue
-        with np.errstate(divide="ignore"):
-            per_rps = np.where(caps > 0.0, price[:, None] / np.where(caps > 0.0, caps, 1.0), np.inf)
-        # Valid per-service lower bound: each bucket at its cheapest $/(req/s), and at least one replica.
-        lp_s = float((live * np.where(live > 0, per_rps.min(axis=0), 0.0)).sum())
-        able = (caps[:, live > 0] > 0.0).any(axis=1)
-        bound_total += max(lp_s, float(price[able].min()))
-        keep: set[int] = set()
-        for b in np.flatnonzero(live > 0):
-            # Workhorses (cheapest per req/s) and fillers (cheapest per replica) for each bucket.
-            keep.update(np.argsort(per_rps[:, b], kind="stable")[:DECOMPOSE_CANDIDATES].tolist())
-            # Fillers: cheapest to carry this bucket alone in whole replicas (a small cheap chip that
-            # takes one bucket beats a fraction of a big one).
-            able_b = np.flatnonzero(caps[:, b] > 0.0)
-            whole = np.ceil(live[b] / caps[able_b, b] - FEASIBILITY_TOLERANCE) * price[able_b]
-            keep.update(able_b[np.argsort(whole, kind="stable")[:DECOMPOSE_FILLERS]].tolist())
-        shortlist[s.id] = [cands[i] for i in sorted(keep)]
+        mine = by_service.get(s.id, [])
+        by_role = {r: [c for c in mine if c.role == r] for r in ROLES}
+        agg = _role_shortlist(by_role["aggregated"], rates, s.min_replicas)
+        pre = _role_shortlist(by_role["prefill"], rates, s.min_replicas)
+        dec = _role_shortlist(by_role["decode"], rates, s.min_replicas)
+        # Bucket b is servable by aggregated replicas, or by prefill and decode together.
+        agg_ok = _coverable(agg.cands, len(rates)) if agg.cands else [False] * len(rates)
+        pd_ok = [
+            a and b
+            for a, b in zip(
+                _coverable(pre.cands, len(rates)) if pre.cands else [False] * len(rates),
+                _coverable(dec.cands, len(rates)) if dec.cands else [False] * len(rates),
+                strict=True,
+            )
+        ]
+        coverable = np.array([a or b for a, b in zip(agg_ok, pd_ok, strict=True)])
+        unmet[s.id] = float(rates[~coverable].sum()) if rates.size else 0.0
+        # Valid per-service bound: the cheaper mode's bound (aggregated alone, or prefill + decode).
+        bounds = []
+        if agg.cands:
+            bounds.append(agg.bound)
+        if pre.cands and dec.cands:
+            bounds.append(pre.bound + dec.bound)
+        if bounds and (coverable.any() or s.min_replicas > 0):
+            bound_total += min(bounds)
+        shortlist[s.id] = [*agg.cands, *pre.cands, *dec.cands]
+        n_a, n_p = len(agg.cands), len(pre.cands)
+        role_slices[s.id] = {
+            "aggregated": slice(0, n_a),
+            "prefill": slice(n_a, n_a + n_p),
+            "decode": slice(n_a + n_p, n_a + n_p + len(dec.cands)),
+        }
 
     surcharge: dict[str, float] = defaultdict(float)
     services = {s.id: s for s in problem.services}
@@ -1457,10 +1535,6 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
         if not cands:
             return None
         s = services[sid]
-        rates = np.asarray(s.bucket_rps, dtype=np.float64) * np.asarray(
-            _coverable(cands, len(s.bucket_rps)), dtype=np.float64
-        )
-        caps = np.array([c.max_rps_per_bucket for c in cands], dtype=np.float64)
         score = np.array(
             [
                 c.price_per_hour
@@ -1469,7 +1543,41 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
                 for c in cands
             ]
         )
-        return _best_pair(rates, caps, score)
+        spans = role_slices[sid]
+        options_: list[list[tuple[slice, _ServiceChoice]]] = []
+        if s.serving in ("aggregated", "auto") and spans["aggregated"].stop > spans["aggregated"].start:
+            ch = _role_choice(cands[spans["aggregated"]], s, score[spans["aggregated"]])
+            if ch is not None:
+                options_.append([(spans["aggregated"], ch)])
+        pre_span, dec_span = spans["prefill"], spans["decode"]
+        if (
+            s.serving in ("disaggregated", "auto")
+            and pre_span.stop > pre_span.start
+            and dec_span.stop > dec_span.start
+        ):
+            # Only buckets both stages can take: a request prefilled but never decoded is not served.
+            both = [
+                a and b
+                for a, b in zip(
+                    _coverable(cands[pre_span], len(s.bucket_rps)),
+                    _coverable(cands[dec_span], len(s.bucket_rps)),
+                    strict=True,
+                )
+            ]
+            pre = _role_choice(cands[pre_span], s, score[pre_span], both)
+            dec = _role_choice(cands[dec_span], s, score[dec_span], both)
+            if pre is not None and dec is not None:
+                options_.append([(pre_span, pre), (dec_span, dec)])
+        if not options_:
+            return None
+        best = min(options_, key=lambda mode: sum(ch.score for _, ch in mode))
+        replicas = [0] * len(cands)
+        routed: list[tuple[float, ...]] = [tuple(0.0 for _ in s.bucket_rps) for _ in cands]
+        for span, ch in best:
+            for offset, (n, flow) in enumerate(zip(ch.replicas, ch.routed, strict=True)):
+                replicas[span.start + offset] = n
+                routed[span.start + offset] = flow
+        return _ServiceChoice(tuple(replicas), tuple(routed), sum(ch.score for _, ch in best))
 
     def devices_of(sid: str, ch: _ServiceChoice) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -1547,7 +1655,6 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
             for i, c in enumerate(shortlist[sid]):
                 if c.pool == p and reps[i] > 0:
                     used[p] -= reps[i] * c.tp
-                    unmet[sid] += sum(flows[i])
                     reps[i] = 0
                     flows[i] = tuple(0.0 for _ in flows[i])
             choices[sid] = _ServiceChoice(tuple(reps), tuple(flows), ch.score)
@@ -1555,6 +1662,45 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
                 f"pool {p} is full and no other pool has room (priority {services[sid].priority} "
                 "yields first)"
             )
+
+    # Replica floors are hard, as in the MILP: if shedding (or a role with no configuration) broke one,
+    # say so; the caller may plan again without floors.
+    for s_ in problem.services:
+        if s_.min_replicas <= 0:
+            continue
+        ch = choices.get(s_.id)
+        per_role: dict[str, int] = defaultdict(int)
+        if ch is not None:
+            for c, n in zip(shortlist[s_.id], ch.replicas, strict=True):
+                per_role[c.role] += n
+        if not any(count >= s_.min_replicas for count in per_role.values()) or any(
+            0 < count < s_.min_replicas for count in per_role.values()
+        ):
+            raise InfeasibleError(_infeasible_reason(problem))
+
+    # A shed stage leaves its partner carrying requests that are no longer served end to end: trim the
+    # other stage's flows to what passes both (front = aggregated + prefill, back = aggregated + decode).
+    for sid, ch in list(choices.items()):
+        roles = [c.role for c in shortlist[sid]]
+        if "prefill" not in roles and "decode" not in roles:
+            continue
+        stage_flows = np.array(ch.routed, dtype=np.float64)
+        is_front = np.array([r != "decode" for r in roles])
+        is_back = np.array([r != "prefill" for r in roles])
+        front = stage_flows[is_front].sum(axis=0)
+        back = stage_flows[is_back].sum(axis=0)
+        keep = np.minimum(front, back)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pre_scale = np.where(front > 0, keep / np.where(front > 0, front, 1.0), 0.0)
+            dec_scale = np.where(back > 0, keep / np.where(back > 0, back, 1.0), 0.0)
+        for i, role in enumerate(roles):
+            if role == "prefill":
+                stage_flows[i] *= pre_scale
+            elif role == "decode":
+                stage_flows[i] *= dec_scale
+        choices[sid] = _ServiceChoice(
+            ch.replicas, tuple(tuple(float(x) for x in row) for row in stage_flows), ch.score
+        )
 
     assignments: dict[str, list[Assignment]] = defaultdict(list)
     for sid, ch in choices.items():
@@ -1585,6 +1731,18 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
                     source=c.source,
                 )
             )
+    # Served per bucket = what passes both stages: min(aggregated + prefill, aggregated + decode).
+    for s in problem.services:
+        front = np.zeros(len(s.bucket_rps))
+        back = np.zeros(len(s.bucket_rps))
+        for a in assignments.get(s.id, []):
+            flow = np.asarray(a.bucket_rps)
+            if a.role != "decode":
+                front += flow
+            if a.role != "prefill":
+                back += flow
+        served_rps = float(np.minimum(front, back).sum())
+        unmet[s.id] = max(0.0, s.requests_per_second - served_rps)
     plans = tuple(
         service_plan(
             s,
