@@ -10,6 +10,11 @@ Traffic model (Mélange's, generalised): a service's demand is a rate per reques
 time-shares its capacity across buckets, so serving x_b req/s of bucket b with capacity cap_b costs
 x_b / cap_b of a replica. A bucket may be split across candidates (long prompts to one chip, short to
 another), and a request is served either by an aggregated replica or by a prefill and a decode replica.
+
+Scale: above AUTO_COLUMN_GENERATION_CANDIDATES candidates, column generation keeps the columns the LP
+relaxation needs (`prune`); from DECOMPOSE_MIN_SERVICES services, when no ceiling, budget or stability
+penalty couples a service's choices, `decompose` plans services one by one with pool prices instead of
+one MILP (benchmarks/REPORT_solver.md has the measurements behind both).
 """
 
 from __future__ import annotations
