@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from chipfit import handlers
 from placement import solve
 from tests.unit.chipfit_builders import SERVICES
@@ -125,3 +127,26 @@ def test_invalid_spec_is_found_with_its_field() -> None:
     problem = handlers.first_problem(chat, None)
     assert problem is not None and problem.field == "spec.workload.maxContextTokens"
     assert handlers.first_problem(SERVICES["chat-8b"], None) is None
+
+
+def test_operator_command_rejects_a_missing_kubeconfig_in_one_line(tmp_path: Any, capsys: Any) -> None:
+    from chipfit import cli
+
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["operator", "--standalone", "--kubeconfig", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"--kubeconfig: no such file {missing}"]
+
+
+def test_operator_command_rejects_a_broken_kubeconfig_in_one_line(
+    tmp_path: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chipfit import cli
+
+    # The command exports KUBECONFIG for kopf; monkeypatch restores the test process's value afterwards.
+    monkeypatch.setenv("KUBECONFIG", "unused")
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    assert cli.main(["operator", "--standalone", "--kubeconfig", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kubeconfig: ")
