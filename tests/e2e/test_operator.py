@@ -546,3 +546,38 @@ def test_metrics_report_the_plan_and_ready_replicas(cluster: Cluster, operator: 
                 assert tuple(sorted(key.items())) in series, (metric, key)
     solves = [line for line in text.splitlines() if line.startswith("chipfit_solver_runs_total{")]
     assert any(float(line.split()[-1]) > 0 for line in solves if "optimal" in line or "feasible" in line)
+
+
+def test_deleting_a_service_removes_what_it_owns_and_nothing_else(
+    cluster: Cluster, operator: Operator
+) -> None:
+    names = example_services()
+    services = wait_for(operator, "every example service Ready", lambda: all_converged(cluster, names))
+    victim = "batch-summarize"
+    before_deployments = {
+        n: {d["metadata"]["name"] for d in owned_deployments(cluster, services[n])}
+        for n in names
+        if n != victim
+    }
+    cluster.kubectl("delete", "inferenceservice", victim, "-n", NAMESPACE)
+    try:
+
+        def gone() -> bool:
+            labelled = f"chipfit.io/service={victim}"
+            left = cluster.get_json("deployments,services", "-n", NAMESPACE, "-l", labelled)["items"]
+            return not left
+
+        wait_for(operator, f"{victim}'s Deployments and Services garbage-collected", gone)
+        rest = [n for n in names if n != victim]
+        after = wait_for(operator, "the other services Ready", lambda: all_converged(cluster, rest))
+        remaining = {d["metadata"]["name"] for d in cluster.get_json("deployments", "-n", NAMESPACE)["items"]}
+        for n in rest:
+            planned = {(p[0], p[1], f"{p[3]}-tp{p[4]}") for p in placement_of(after[n])}
+            assert live_keys(cluster, after[n]) == planned, n
+        # A service whose plan did not move keeps the very same Deployments.
+        for n in rest:
+            if placement_of(after[n]) == placement_of(services[n]):
+                lost = before_deployments[n] - remaining
+                assert not lost, f"{n} lost {sorted(lost)} although its placement did not change"
+    finally:
+        cluster.kubectl("apply", "-f", str(EXAMPLES_DIR / "20-services.yaml"))
