@@ -536,6 +536,7 @@ class Fleet:
             fingerprint = (
                 ready,
                 bool((body.get("spec") or {}).get("unschedulable")),
+                repr((body.get("spec") or {}).get("taints") or []),
                 tuple(sorted((status.get("allocatable") or {}).items())),
                 tuple(sorted(((body.get("metadata") or {}).get("labels") or {}).items())),
             )

@@ -418,6 +418,17 @@ def _matches(selector: Mapping[str, str], node: Mapping[str, Any]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _repels(pool: v1alpha1.AcceleratorPool, node: Mapping[str, Any]) -> bool:
+    """True when the node carries a NoSchedule/NoExecute taint the pool's pods do not tolerate."""
+    tolerated = {(t.key, t.value, t.effect) for t in pool.spec.taints}
+    for taint in (node.get("spec") or {}).get("taints") or ():
+        if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+            continue
+        if (taint.get("key"), taint.get("value", ""), taint.get("effect")) not in tolerated:
+            return True
+    return False
+
+
 def node_owners(
     pools: Sequence[v1alpha1.AcceleratorPool], nodes: Sequence[Mapping[str, Any]]
 ) -> dict[str, str]:
@@ -452,7 +463,7 @@ def pool_capacity(
                 continue
         elif not _matches(pool.spec.node_selector, node):
             continue
-        if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node):
+        if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node) or _repels(pool, node):
             continue
         allocatable = (node.get("status") or {}).get("allocatable") or {}
         node_devices = _quantity_int(allocatable.get(resource, 0)) // units_per_device

@@ -99,6 +99,9 @@ def test_only_capacity_relevant_node_changes_request_a_replan() -> None:
     assert f.node_changed(node("n1", ready=False), deleted=False)
     assert f.node_changed(node("n1", gpus="4"), deleted=False)
     assert f.node_changed(node("n1", gpus="4", labels={"pool": "b"}), deleted=False)
+    tainted = node("n1", gpus="4", labels={"pool": "b"})
+    tainted["spec"]["taints"] = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]
+    assert f.node_changed(tainted, deleted=False)
     assert f.node_changed(node("n1"), deleted=True)
     assert not f.node_changed(node("n1"), deleted=True)
     assert f.replan_requested

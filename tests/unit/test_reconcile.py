@@ -274,6 +274,13 @@ def test_pool_capacity_counts_ready_schedulable_matching_nodes() -> None:
     ]
     capacity = reconcile.pool_capacity(pool, "aws.amazon.com/neuroncore", 2, nodes)
     assert (capacity.nodes_ready, capacity.devices_total) == (1, 12)
+    # The pool's own taint is tolerated; an unreachable node's taint is not.
+    nodes[0]["spec"]["taints"] = [
+        {"key": "aws.amazon.com/neuron", "value": "present", "effect": "NoSchedule"}
+    ]
+    assert reconcile.pool_capacity(pool, "aws.amazon.com/neuroncore", 2, nodes).nodes_ready == 1
+    nodes[0]["spec"]["taints"].append({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"})
+    assert reconcile.pool_capacity(pool, "aws.amazon.com/neuroncore", 2, nodes).nodes_ready == 0
 
 
 def test_live_deployment_reads_rollout_state() -> None:
