@@ -38,6 +38,7 @@ RETRY_DELAY_S: Final = 5.0
 MOVE_PENALTY_PER_DEVICE_HOUR: Final = 0.25
 # The operator re-plans on every fleet change; a solve that takes longer than this returns its incumbent.
 SOLVER_TIME_LIMIT_S: Final = 30.0
+HTTP_FORBIDDEN: Final = 403
 # Predicted latencies are shown to 0.1 ms: finer digits are solver noise and would churn the status.
 PREDICTION_DECIMALS: Final = 1
 MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
@@ -167,6 +168,8 @@ class Fleet:
     )
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
+    # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
+    explain_pods: bool = True
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
@@ -415,9 +418,16 @@ class Fleet:
                     body, "Normal", "Drained", f"deleted {kind} {object_name}: replaced and ready"
                 )
         unschedulable = None
-        if any(d.ready_replicas < d.replicas for d in deployments):
+        if self.explain_pods and any(d.ready_replicas < d.replicas for d in deployments):
             # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
-            unschedulable = reconcile.unschedulable_reason(self.cluster.list_pods(namespace, selector))
+            try:
+                unschedulable = reconcile.unschedulable_reason(self.cluster.list_pods(namespace, selector))
+            except kube.ApiError as exc:
+                if exc.status != HTTP_FORBIDDEN:
+                    raise
+                # The chart grants no access to pods; without it Ready just omits the scheduler's reason.
+                self.explain_pods = False
+                logger.info("listing pods is not permitted: Ready will not quote the scheduler's reasons")
         status = reconcile.compute_status(service, outcome, deployments, actions, _now(), unschedulable)
         self._write_status(service, status)
         self._record_metrics(service, outcome, status)
