@@ -68,6 +68,9 @@ class Sizing:
 
     max_model_len_tokens: int
     max_concurrent_sequences: int
+    # Chunked-prefill token budget per iteration the performance model chose to meet the ITL SLO; None
+    # leaves the engine's default (the model only sets it where it measurably helps).
+    prefill_chunk_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +132,9 @@ def _vllm_like(req: LaunchRequest, image: str, parallel_size: int, extra: Sequen
         f"--max-model-len={req.sizing.max_model_len_tokens}",
         f"--max-num-seqs={req.sizing.max_concurrent_sequences}",
     ]
+    if req.sizing.prefill_chunk_tokens is not None:
+        # Counts decode tokens too and must be >= max-num-seqs; placement.perf already keeps it so.
+        args.append(f"--max-num-batched-tokens={req.sizing.prefill_chunk_tokens}")
     if req.precision == "fp8":
         # Dynamic FP8 weight quantization on load (vLLM "FP8 W8A8" docs).
         args.append("--quantization=fp8")
@@ -188,6 +194,8 @@ def _sglang(req: LaunchRequest) -> Launch:
         f"--max-running-requests={req.sizing.max_concurrent_sequences}",
         "--enable-metrics",
     ]
+    if req.sizing.prefill_chunk_tokens is not None:
+        args.append(f"--chunked-prefill-size={req.sizing.prefill_chunk_tokens}")
     if req.precision == "fp8":
         args.append("--quantization=fp8")
     extra_ports: tuple[tuple[str, int], ...] = ()
@@ -221,6 +229,8 @@ def _trtllm(req: LaunchRequest) -> Launch:
         f"--max_batch_size={req.sizing.max_concurrent_sequences}",
         f"--max_seq_len={req.sizing.max_model_len_tokens}",
     ]
+    if req.sizing.prefill_chunk_tokens is not None:
+        args.append(f"--max_num_tokens={req.sizing.prefill_chunk_tokens}")
     if req.role == "aggregated":
         return Launch(
             image=TRTLLM_IMAGE, command=("trtllm-serve",), args=tuple(args), env=(), port=TRTLLM_PORT
@@ -268,6 +278,8 @@ def _tgi(req: LaunchRequest) -> Launch:
         f"--max-input-tokens={max_len - 1}",
         f"--max-concurrent-requests={req.sizing.max_concurrent_sequences}",
     ]
+    if req.sizing.prefill_chunk_tokens is not None:
+        args.append(f"--max-batch-prefill-tokens={req.sizing.prefill_chunk_tokens}")
     if req.precision in _TGI_QUANTIZE:
         args.append(f"--quantize={_TGI_QUANTIZE[req.precision]}")
     elif req.precision in _TORCH_DTYPE:

@@ -251,7 +251,11 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
             "status.placement",
             f"{arch.id} on {placement.accelerator} tp{placement.tensor_parallel}: {reason}",
         )
-    return engines.Sizing(max_model_len_tokens=int(max_len), max_concurrent_sequences=int(batch))
+    return engines.Sizing(
+        max_model_len_tokens=int(max_len),
+        max_concurrent_sequences=int(batch),
+        prefill_chunk_tokens=prediction.prefill_chunk_tokens if prediction.max_rps > 0 else None,
+    )
 
 
 # --- pods ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from chipfit import engines, render
 from chipfit.api import v1alpha1
-from placement import catalog
+from placement import catalog, perf
 from tests.unit.chipfit_builders import POOLS, SERVICES, UID, placement
 
 # The e2e control plane runs Kubernetes 1.33 (e2e/go.mod); validate against the same schema.
@@ -292,3 +292,43 @@ def test_any_supported_placement_renders_a_valid_deployment(
     }
     assert deployment["spec"]["replicas"] == replicas
     assert len(deployment["metadata"]["name"]) <= render.DNS_LABEL_MAX
+
+
+# (engine, pool, flag the engine reads its chunked-prefill token budget from)
+CHUNK_FLAGS = [
+    ("vllm", "h100-p5", "--max-num-batched-tokens"),
+    ("sglang", "h100-p5", "--chunked-prefill-size"),
+    ("trtllm", "h100-p5", "--max_num_tokens"),
+    ("tgi", "h100-p5", "--max-batch-prefill-tokens"),
+]
+
+
+@pytest.mark.parametrize(("engine", "pool", "flag"), CHUNK_FLAGS)
+def test_prefill_chunk_budget_reaches_the_engine(engine: str, pool: str, flag: str) -> None:
+    sized = engines.Sizing(max_model_len_tokens=8192, max_concurrent_sequences=64, prefill_chunk_tokens=768)
+    deployment = render.render_deployment(
+        with_engine("chat-8b", engine), placement("aggregated", pool), POOLS[pool], sized
+    )
+    assert f"{flag}=768" in container(deployment)["args"]
+    default = render.render_deployment(
+        with_engine("chat-8b", engine), placement("aggregated", pool), POOLS[pool], SIZING
+    )
+    assert not any(arg.startswith(flag) for arg in container(default)["args"])
+
+
+def test_sizing_carries_the_chunk_the_plan_priced() -> None:
+    # code-complete's tight ITL makes the performance model pick a smaller chunk than vLLM's default; the
+    # pods must run with that chunk, or they miss the ITL the plan promised.
+    service = with_engine("code-complete", "vllm")
+    chosen = render.sizing(service, placement("aggregated", "h100-p5", precision="fp8"))
+    spec = service.spec
+    prediction = perf.max_rate_under_slo(
+        perf.ReplicaConfig("mistral-7b", "h100", "fp8", 1, "aggregated", "vllm"),
+        spec.workload.prompt_tokens.mean,
+        spec.workload.output_tokens.mean,
+        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        prompt_tokens_p99=spec.workload.prompt_tokens.p99,
+        output_tokens_p99=spec.workload.output_tokens.p99,
+    )
+    assert prediction.prefill_chunk_tokens is not None
+    assert chosen.prefill_chunk_tokens == prediction.prefill_chunk_tokens

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
-from typing import Final
+from typing import Any, Final
 
 # Kopf peering object both replicas join; the one with the highest priority acts, the others wait.
 PEERING_NAME: Final = "chipfit"
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8080/healthz"
 # Prometheus port of the operator (the chart's ServiceMonitor scrapes it).
 DEFAULT_METRICS_PORT: Final = 9090
+# kopf pauses every peer when the highest priority is shared, and a chart cannot give each replica of one
+# Deployment its own number: without --priority each process draws one from this range (a collision,
+# one in ~10^9 per pair, resolves on the next restart).
+RANDOM_PRIORITY_RANGE: Final = (1, 2**30)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--peering", default=PEERING_NAME, help="ClusterKopfPeering name (default: %(default)s)"
     )
-    parser.add_argument("--priority", type=int, default=0, help="peering priority; highest acts (default: 0)")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest acts (default: random, so replicas of one Deployment differ)",
+    )
     parser.add_argument(
         "--liveness", default=DEFAULT_LIVENESS, help="health endpoint URL (default: %(default)s)"
     )
@@ -62,8 +72,14 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.exists(args.kubeconfig):
             print(f"--kubeconfig: no such file {args.kubeconfig}", file=sys.stderr)
             return 2
-        # kopf's own login reads KUBECONFIG; the client below gets the file explicitly.
+        # kopf's default login goes through the kubernetes client, whose default kubeconfig path is fixed at
+        # import (~/.kube/config unless KUBECONFIG was set then): log kopf in with this file explicitly.
         os.environ["KUBECONFIG"] = args.kubeconfig
+
+        @kopf.on.login()
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            return kopf.login_with_kubeconfig(**kwargs)
+
     try:
         api_client = kube.new_api_client(args.kubeconfig)
     except Exception as exc:  # the kubernetes client raises several unrelated types for a bad config
@@ -81,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # A peering name makes kopf's peering mandatory (its ClusterKopfPeering CRD must be installed), so
         # it is passed only when peering is wanted.
-        peering = {} if args.standalone else {"peering_name": args.peering, "priority": args.priority}
+        priority = args.priority if args.priority is not None else random.randint(*RANDOM_PRIORITY_RANGE)
+        peering = {} if args.standalone else {"peering_name": args.peering, "priority": priority}
         kopf.run(
             clusterwide=True,
             standalone=args.standalone,
