@@ -233,11 +233,35 @@ start_local_control_plane() {
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-cidr "$POD_CIDR" --service-cluster-ip-range "$SERVICE_CIDR" \
     --controllers '*' --profiling=false
-  start kube-scheduler --kubeconfig "$RUN_DIR/scheduler.kubeconfig" \
+  # GPU clusters bin-pack: score nodes by how full they get (MostAllocated) so small replicas fill the
+  # nodes already in use and whole nodes stay free for wide tensor-parallel replicas, as the solver's
+  # per-node packing assumes. (The default, LeastAllocated, spreads replicas and strands wide ones.)
+  cat >"$RUN_DIR/scheduler-config.yaml" <<CONFIG
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $RUN_DIR/scheduler.kubeconfig
+leaderElection:
+  leaderElect: false
+profiles:
+  - schedulerName: default-scheduler
+    pluginConfig:
+      - name: NodeResourcesFit
+        args:
+          scoringStrategy:
+            type: MostAllocated
+            resources:
+              - {name: cpu, weight: 1}
+              - {name: memory, weight: 1}
+              - {name: nvidia.com/gpu, weight: 10}
+              - {name: amd.com/gpu, weight: 10}
+              - {name: aws.amazon.com/neuroncore, weight: 10}
+CONFIG
+  start kube-scheduler --config "$RUN_DIR/scheduler-config.yaml" \
     --authentication-kubeconfig "$RUN_DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig "$RUN_DIR/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$(port scheduler)" \
-    --leader-elect=false --profiling=false
+    --profiling=false
   start_kwok
   wait_for kube-controller-manager insecure_ok "$(port controller-manager)" /healthz
   wait_for kube-scheduler insecure_ok "$(port scheduler)" /healthz
