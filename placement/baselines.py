@@ -192,33 +192,6 @@ def _replicas_alone(c: solve.Candidate, rates: Sequence[float]) -> int | None:
     return max(1, math.ceil(load - solve.FEASIBILITY_TOLERANCE)) if load > 0.0 else 0
 
 
-def _assignment(c: solve.Candidate, replicas: int, rates: Sequence[float]) -> solve.Assignment:
-    """All of the service's traffic on `replicas` replicas of c."""
-    load = sum(r / cap for r, cap in zip(rates, c.max_rps_per_bucket, strict=True) if r > 0.0)
-    served = [k for k, r in enumerate(rates) if r > 0.0]
-
-    def worst(values: Sequence[float | None]) -> float | None:
-        known = [values[k] for k in served if k < len(values) and values[k] is not None]
-        return max(v for v in known if v is not None) if known else None
-
-    return solve.Assignment(
-        service=c.service,
-        role=c.role,
-        pool=c.pool,
-        accelerator=c.accelerator,
-        precision=c.precision,
-        tp=c.tp,
-        replicas=replicas,
-        price_per_hour=replicas * c.price_per_hour,
-        bucket_rps=tuple(rates),
-        utilization=min(1.0, load / replicas) if replicas else 0.0,
-        ttft_p99_ms=worst(c.ttft_p99_ms_per_bucket),
-        itl_p99_ms=worst(c.itl_p99_ms_per_bucket),
-        engine=c.engine,
-        source=c.source,
-    )
-
-
 def greedy(problem: solve.Problem) -> solve.Plan:
     """Each service (priority first, then largest demand) on its cheapest single configuration that fits.
 
@@ -257,7 +230,7 @@ def greedy(problem: solve.Problem) -> solve.Plan:
             )
         else:
             plans[s.id] = solve.service_plan(
-                s, [_assignment(c, n, rates) for c, n in chosen if n > 0], 0.0, None
+                s, [solve.assign(c, n, rates) for c, n in chosen if n > 0], 0.0, None
             )
     ordered = tuple(plans[s.id] for s in problem.services)
     used: dict[str, int] = defaultdict(int)

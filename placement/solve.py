@@ -992,6 +992,32 @@ def _worst(values: Iterable[float | None]) -> float | None:
     return max(known) if known else None
 
 
+def assign(c: Candidate, replicas: int, routed: Sequence[float]) -> Assignment:
+    """`replicas` replicas of c carrying `routed` req/s per bucket, with their load and worst p99s."""
+    load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
+    used = [k for k, r in enumerate(routed) if r > 0.0]
+
+    def worst(per_bucket: Sequence[float | None]) -> float | None:
+        return _worst(per_bucket[k] for k in used if k < len(per_bucket)) if per_bucket else None
+
+    return Assignment(
+        service=c.service,
+        role=c.role,
+        pool=c.pool,
+        accelerator=c.accelerator,
+        precision=c.precision,
+        tp=c.tp,
+        replicas=replicas,
+        price_per_hour=replicas * c.price_per_hour,
+        bucket_rps=tuple(routed),
+        utilization=min(1.0, load / replicas) if replicas else 0.0,
+        ttft_p99_ms=worst(c.ttft_p99_ms_per_bucket),
+        itl_p99_ms=worst(c.itl_p99_ms_per_bucket),
+        engine=c.engine,
+        source=c.source,
+    )
+
+
 def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: float) -> Plan:
     """The typed plan of a solution vector; verifies it never over-allocates a pool or a replica."""
     x = run.x
@@ -1013,27 +1039,7 @@ def decode(problem: Problem, model: Model, run: _Run, *, stages: int, seconds: f
         load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
         if load > replicas * (1.0 + FEASIBILITY_TOLERANCE) + FEASIBILITY_TOLERANCE:
             raise SolverError(f"solver: {c.key} loaded to {load:.6f} replicas but has {replicas}")
-        used = [k for k, r in enumerate(routed) if r > 0.0]
-        ttft = _worst(c.ttft_p99_ms_per_bucket[k] for k in used) if c.ttft_p99_ms_per_bucket else None
-        itl = _worst(c.itl_p99_ms_per_bucket[k] for k in used) if c.itl_p99_ms_per_bucket else None
-        assignments[c.service].append(
-            Assignment(
-                service=c.service,
-                role=c.role,
-                pool=c.pool,
-                accelerator=c.accelerator,
-                precision=c.precision,
-                tp=c.tp,
-                replicas=replicas,
-                price_per_hour=replicas * c.price_per_hour,
-                bucket_rps=routed,
-                utilization=min(1.0, load / replicas),
-                ttft_p99_ms=ttft,
-                itl_p99_ms=itl,
-                engine=c.engine,
-                source=c.source,
-            )
-        )
+        assignments[c.service].append(assign(c, replicas, routed))
         devices_used[c.pool] += replicas * c.tp
 
     pool_usage = []
@@ -1712,30 +1718,7 @@ def decompose(problem: Problem, options: SolveOptions | None = None) -> Plan:
         for c, n, routed in zip(shortlist[sid], ch.replicas, ch.routed, strict=True):
             if n <= 0:
                 continue
-            load = sum(r / cap for r, cap in zip(routed, c.max_rps_per_bucket, strict=True) if r > 0.0)
-            served_k = [k for k, r in enumerate(routed) if r > 0.0]
-            assignments[sid].append(
-                Assignment(
-                    service=sid,
-                    role=c.role,
-                    pool=c.pool,
-                    accelerator=c.accelerator,
-                    precision=c.precision,
-                    tp=c.tp,
-                    replicas=n,
-                    price_per_hour=n * c.price_per_hour,
-                    bucket_rps=routed,
-                    utilization=min(1.0, load / n),
-                    ttft_p99_ms=_worst(c.ttft_p99_ms_per_bucket[k] for k in served_k)
-                    if c.ttft_p99_ms_per_bucket
-                    else None,
-                    itl_p99_ms=_worst(c.itl_p99_ms_per_bucket[k] for k in served_k)
-                    if c.itl_p99_ms_per_bucket
-                    else None,
-                    engine=c.engine,
-                    source=c.source,
-                )
-            )
+            assignments[sid].append(assign(c, n, routed))
     # Served per bucket = what passes both stages: min(aggregated + prefill, aggregated + decode).
     for s in problem.services:
         front = np.zeros(len(s.bucket_rps))

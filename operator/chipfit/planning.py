@@ -49,19 +49,7 @@ def _model(ref: v1alpha1.ModelRef) -> tuple[str, catalog.ModelArch | None]:
     name = ref.name or "inline"
     if arch is None:
         raise PlanningError("spec.model: set id or architecture")
-    return name, catalog.ModelArch(
-        id=name,
-        layers=arch.num_layers,
-        hidden_size=arch.hidden_size,
-        heads=arch.num_heads,
-        kv_heads=arch.num_kv_heads,
-        head_dim=arch.head_dim,
-        intermediate_size=arch.intermediate_size,
-        vocab_size=arch.vocab_size,
-        max_context_tokens=arch.max_context_tokens,
-        experts=arch.num_experts,
-        active_experts=arch.experts_per_token,
-    )
+    return name, arch.to_catalog(name)
 
 
 def to_workload(wl: v1alpha1.Workload) -> workload.BucketedWorkload:

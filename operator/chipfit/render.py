@@ -198,19 +198,7 @@ def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
     arch = spec.model.architecture
     if arch is None:
         raise RenderError("spec.model", "set exactly one of id and architecture")
-    return catalog.ModelArch(
-        id=served_model_name(spec),
-        layers=arch.num_layers,
-        hidden_size=arch.hidden_size,
-        heads=arch.num_heads,
-        kv_heads=arch.num_kv_heads,
-        head_dim=arch.head_dim,
-        intermediate_size=arch.intermediate_size,
-        vocab_size=arch.vocab_size,
-        max_context_tokens=arch.max_context_tokens,
-        experts=arch.num_experts,
-        active_experts=arch.experts_per_token,
-    )
+    return arch.to_catalog(served_model_name(spec))
 
 
 def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:

@@ -253,6 +253,22 @@ class ModelArchitecture(ApiModel):
     experts_per_token: Annotated[int, Field(ge=1, le=1024)] = 1
     max_context_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
 
+    def to_catalog(self, name: str) -> catalog.ModelArch:
+        """The architecture as the performance model's type, under the service's model name."""
+        return catalog.ModelArch(
+            id=name,
+            layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            heads=self.num_heads,
+            kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            vocab_size=self.vocab_size,
+            max_context_tokens=self.max_context_tokens,
+            experts=self.num_experts,
+            active_experts=self.experts_per_token,
+        )
+
 
 class ModelRef(ApiModel):
     """Either a catalog model (`id`) or an inline one (`name` + `architecture`)."""
