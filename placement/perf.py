@@ -553,11 +553,23 @@ def _reserve_tokens(phys: _Physics, prompt: float, output: float) -> float:
     return prompt + output if phys.engine.reserves_full_sequence else prompt + output / 2.0
 
 
-def max_batch(config: ReplicaConfig, prompt_tokens: float, output_tokens: float) -> int:
-    """Largest number of concurrent sequences of this size the replica holds (0: does not fit)."""
+def max_batch(
+    config: ReplicaConfig,
+    prompt_tokens: float,
+    output_tokens: float,
+    *,
+    prefill_chunk_tokens: int | None = None,
+) -> int:
+    """Largest number of concurrent sequences of this size the replica holds (0: does not fit).
+
+    These are the sequence slots the admission queue of `max_rate_under_slo` assumes; pass the chunk it
+    chose (`RatePrediction.prefill_chunk_tokens`), since a budget that counts decode tokens caps them.
+    """
     if infeasibility(config) is not None:
         return 0
     phys = _physics(config, None)
+    if prefill_chunk_tokens is not None:
+        phys = _with_chunk(phys, prefill_chunk_tokens)
     return int(_batch_limit(phys, prompt_tokens, output_tokens, phys.engine.reserves_full_sequence))
 
 

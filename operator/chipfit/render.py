@@ -204,8 +204,8 @@ def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
 def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
     """Engine limits: max model length from the workload, max concurrent sequences from placement.perf.
 
-    The sequence cap is the batch one replica runs at its highest rate within the SLO: admitting more
-    would push inter-token latency past the SLO (or the KV cache past memory).
+    The sequence cap is the slot count the performance model priced the replica with (KV capacity and the
+    engine's limit under the chosen prefill chunk); the chunk itself goes to the engine too.
     """
     spec = service.spec
     arch = model_arch(spec)
@@ -229,9 +229,12 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
         prompt_tokens_p99=workload.prompt_tokens.p99,
         output_tokens_p99=workload.output_tokens.p99,
     )
-    # When the SLO is out of reach the plan still asked for replicas: cap at what memory holds instead.
-    batch = prediction.max_batch or perf.max_batch(
-        config, workload.prompt_tokens.mean, workload.output_tokens.mean
+    # The engine's sequence cap is the slot count the performance model's admission queue assumed (KV
+    # capacity and engine limit, under the chosen chunk), not the mean decode batch at the planned rate
+    # (prediction.max_batch): capping slots at the mean makes admission unstable exactly at that rate.
+    chunk = prediction.prefill_chunk_tokens if prediction.max_rps > 0 else None
+    batch = perf.max_batch(
+        config, workload.prompt_tokens.mean, workload.output_tokens.mean, prefill_chunk_tokens=chunk
     )
     if batch < 1:
         reason = prediction.reason or "does not fit"
@@ -242,7 +245,7 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
     return engines.Sizing(
         max_model_len_tokens=int(max_len),
         max_concurrent_sequences=int(batch),
-        prefill_chunk_tokens=prediction.prefill_chunk_tokens if prediction.max_rps > 0 else None,
+        prefill_chunk_tokens=chunk,
     )
 
 

@@ -332,3 +332,33 @@ def test_sizing_carries_the_chunk_the_plan_priced() -> None:
     )
     assert prediction.prefill_chunk_tokens is not None
     assert chosen.prefill_chunk_tokens == prediction.prefill_chunk_tokens
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_sequence_cap_is_the_slot_count_the_plan_priced_not_the_mean_batch(engine: str) -> None:
+    # At its SLO-bounded rate a replica runs a mean batch (Little's law); the admission queue the
+    # performance model priced has the KV/engine slots as servers. Capping the engine at the mean batch
+    # would make admission unstable exactly at the planned rate.
+    service = with_engine("code-complete", engine)
+    spec = service.spec
+    config = perf.ReplicaConfig("mistral-7b", "h100", "fp8", 2, "aggregated", engine)
+    prediction = perf.max_rate_under_slo(
+        config,
+        spec.workload.prompt_tokens.mean,
+        spec.workload.output_tokens.mean,
+        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        prompt_tokens_p99=spec.workload.prompt_tokens.p99,
+        output_tokens_p99=spec.workload.output_tokens.p99,
+    )
+    sized = render.sizing(service, placement("aggregated", "h100-p5", tp=2, precision="fp8"))
+    slots = perf.max_batch(
+        config,
+        spec.workload.prompt_tokens.mean,
+        spec.workload.output_tokens.mean,
+        prefill_chunk_tokens=prediction.prefill_chunk_tokens,
+    )
+    assert sized.max_concurrent_sequences == slots
+    assert sized.max_concurrent_sequences > prediction.max_batch
+    if engine == "vllm" and prediction.prefill_chunk_tokens is not None:
+        # vLLM refuses max_num_seqs above max_num_batched_tokens.
+        assert sized.max_concurrent_sequences <= prediction.prefill_chunk_tokens
