@@ -10,18 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement import catalog, perf, perf_efficiency
+from tests.unit.perf_fixtures import IDEAL
 
-# An "ideal" engine: every factor at the physical peak, no overhead; hand computations use it.
-IDEAL = perf_efficiency.Efficiency(
-    bandwidth=1.0,
-    compute_16bit=1.0,
-    compute_8bit=1.0,
-    overlap_penalty=0.0,
-    interconnect=1.0,
-    moe=1.0,
-    step_overhead_s=0.0,
-    source="test: physical peak",
-)
 H100 = catalog.get_accelerator("h100")
 MODELS = sorted(catalog.MODELS)
 FULL_CHIPS = sorted(a for a in catalog.ACCELERATORS if "/" not in a)

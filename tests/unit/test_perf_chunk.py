@@ -9,19 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement import catalog, perf, perf_efficiency
+from placement import catalog, perf
+from tests.unit.perf_fixtures import IDEAL
 
-# Every factor at the physical peak, no step overhead: the hand computations below use it.
-IDEAL = perf_efficiency.Efficiency(
-    bandwidth=1.0,
-    compute_16bit=1.0,
-    compute_8bit=1.0,
-    overlap_penalty=0.0,
-    interconnect=1.0,
-    moe=1.0,
-    step_overhead_s=0.0,
-    source="test: physical peak",
-)
 MISTRAL_H100_SGLANG = perf.ReplicaConfig("mistral-7b", "h100", "fp8", 1, engine="sglang")
 # Fixed-size requests (no p99 spread) keep the hand computation exact.
 HAND_WORKLOAD = perf.Workload(4096, 64)
