@@ -234,6 +234,19 @@ def _example_docs(file_name: str, kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc and doc["kind"] == kind]
 
 
+def _plan_exported(samples: dict[str, list[Any]], namespace: str, services: int, pools: set[str]) -> bool:
+    """The scrape holds a cost for each of the namespace's services and capacity for every pool.
+
+    Service plans and pool usage are recorded one after the other: both must be there.
+    """
+    costs = [
+        s for s in samples.get("chipfit_service_predicted_cost_dollars_per_hour", [])
+        if s.labels["namespace"] == namespace
+    ]  # fmt: skip
+    pool_labels = {s.labels["pool"] for s in samples.get("chipfit_pool_capacity_devices", [])}
+    return len(costs) == services and pools <= pool_labels
+
+
 def _scrape(url: str) -> dict[str, list[Any]]:
     """Prometheus samples by name from a /metrics endpoint; empty when it does not answer yet."""
     try:
@@ -319,13 +332,7 @@ def _run_operator_and_scrape(
             if operator.poll() is not None:
                 pytest.fail(f"the operator exited: {log_path.read_text()[-2000:]}", pytrace=False)
             samples = _scrape(metrics_url)
-            costs = [
-                s for s in samples.get("chipfit_service_predicted_cost_dollars_per_hour", [])
-                if s.labels["namespace"] == namespace
-            ]  # fmt: skip
-            pool_labels = {s.labels["pool"] for s in samples.get("chipfit_pool_capacity_devices", [])}
-            # Service plans and pool usage are recorded one after the other: wait for both.
-            return samples if len(costs) == len(services) and pools <= pool_labels else {}
+            return samples if _plan_exported(samples, namespace, len(services), pools) else {}
 
         try:
             samples = cluster.wait_until(

@@ -24,7 +24,15 @@ import pytest
 import yaml
 
 from .conftest import COMMAND_TIMEOUT_S, REPO_DIR, SETTLE_TIMEOUT_S, Cluster, unavailable
-from .test_helm_install import EXAMPLES_DIR, LOOPBACK, _example_docs, _free_port, _scrape, exists
+from .test_helm_install import (
+    EXAMPLES_DIR,
+    LOOPBACK,
+    _example_docs,
+    _free_port,
+    _plan_exported,
+    _scrape,
+    exists,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -149,12 +157,7 @@ def planned_operator(
             if operator.poll() is not None:
                 pytest.fail(f"the operator exited: {log_path.read_text()[-2000:]}", pytrace=False)
             samples = _scrape(metrics_url)
-            costs = [
-                s for s in samples.get("chipfit_service_predicted_cost_dollars_per_hour", [])
-                if s.labels["namespace"] == namespace
-            ]  # fmt: skip
-            pool_labels = {s.labels["pool"] for s in samples.get("chipfit_pool_capacity_devices", [])}
-            return samples if len(costs) == len(services) and pools <= pool_labels else {}
+            return samples if _plan_exported(samples, namespace, len(services), pools) else {}
 
         _wait("the operator to plan every example service and pool", planned, SETTLE_TIMEOUT_S, log_path)
         yield {

@@ -1,4 +1,4 @@
-"""Layering rules that keep the codebase honest: a pure `placement`, a stdlib `operator` left alone."""
+"""Layering: a pure `placement`, Kubernetes I/O in chipfit/kube.py only, the stdlib `operator` unshadowed."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CHIPFIT = ROOT / "operator" / "chipfit"
+KUBE_MODULE = CHIPFIT / "kube.py"
 # placement is the pure core: numpy, scipy and the standard library, nothing else.
 PLACEMENT_ALLOWED_THIRD_PARTY = {"numpy", "scipy", "placement"}
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+def imported_roots(source: str) -> set[str]:
+    """Top-level package names a module imports (absolute imports only, at any depth of the module)."""
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -23,22 +26,35 @@ def _imported_roots(path: Path) -> set[str]:
 
 
 def test_placement_imports_only_numpy_scipy_and_stdlib() -> None:
-    offenders = {}
-    for path in sorted((ROOT / "placement").rglob("*.py")):
-        foreign = {
-            root
-            for root in _imported_roots(path)
-            if root not in sys.stdlib_module_names and root not in PLACEMENT_ALLOWED_THIRD_PARTY
-        }
-        if foreign:
-            offenders[str(path.relative_to(ROOT))] = sorted(foreign)
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(foreign)
+        for path in sorted((ROOT / "placement").rglob("*.py"))
+        if (
+            foreign := imported_roots(path.read_text())
+            - PLACEMENT_ALLOWED_THIRD_PARTY
+            - set(sys.stdlib_module_names)
+        )
+    }
     assert offenders == {}
 
 
-def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
-    module = tmp_path / "bad.py"
-    module.write_text("import numpy\nfrom pydantic import BaseModel\nimport kubernetes.client\n")
-    assert _imported_roots(module) == {"numpy", "pydantic", "kubernetes"}
+def test_only_kube_module_imports_the_kubernetes_client() -> None:
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for path in CHIPFIT.rglob("*.py")
+        if path != KUBE_MODULE and "kubernetes" in imported_roots(path.read_text())
+    )
+    assert offenders == []
+    assert "kubernetes" in imported_roots(KUBE_MODULE.read_text())
+
+
+def test_checker_sees_forbidden_imports_at_any_depth() -> None:
+    source = (
+        "import numpy\nfrom pydantic import BaseModel\n"
+        "def f():\n    import kubernetes.client\n"
+        "from kubernetes.dynamic import DynamicClient\n"
+    )
+    assert imported_roots(source) == {"numpy", "pydantic", "kubernetes"}
 
 
 def test_stdlib_operator_is_not_shadowed_from_repo_root() -> None:

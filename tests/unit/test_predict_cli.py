@@ -29,28 +29,23 @@ def test_json_report_has_the_offline_throughput_key(capsys: pytest.CaptureFixtur
     assert report["dollars_per_million_output_tokens"] > 0
 
 
+# llama-3.1-70b fp8 on one H200, 1,000-token prompts and 200-token outputs.
+H200_70B_1000_200 = (
+    *("--model", "llama-3.1-70b", "--chip", "h200", "--precision", "fp8"),
+    *("--isl", "1000", "--osl", "200"),
+)
+
+
 def test_slo_flags_report_the_rate_verdict_and_cost(capsys: pytest.CaptureFixture[str]) -> None:
-    base = [
-        "--model",
-        "llama-3.1-70b",
-        "--chip",
-        "h200",
-        "--precision",
-        "fp8",
-        "--isl",
-        "1000",
-        "--osl",
-        "200",
-    ]
     slo = ["--ttft-p99-ms", "2000", "--itl-p99-ms", "200", "--json"]
-    code, out, _ = run(capsys, *base, "--rps", "1", *slo)
+    code, out, _ = run(capsys, *H200_70B_1000_200, "--rps", "1", *slo)
     assert code == 0
     report = json.loads(out)
     assert report["meets_rps"] is True
     assert report["max_rps_under_slo"] > 1
     assert report["itl_p99_ms_at_rps"] <= 200
     assert report["dollars_per_million_output_tokens_at_max_rps"] > 0
-    code, out, _ = run(capsys, *base, "--rps", "500", *slo)
+    code, out, _ = run(capsys, *H200_70B_1000_200, "--rps", "500", *slo)
     assert code == 0 and json.loads(out)["meets_rps"] is False
 
 
@@ -59,19 +54,9 @@ def test_prefill_interference_sets_itl_p99(capsys: pytest.CaptureFixture[str]) -
     # prefill. Even the smallest chunked-prefill budget the model may choose (256 tokens, ~30 ms of prefill
     # on top of a ~22 ms decode step) misses a 40 ms ITL p99 once prompts arrive in more than 1% of the
     # iterations.
-    base = [
-        "--model",
-        "llama-3.1-70b",
-        "--chip",
-        "h200",
-        "--precision",
-        "fp8",
-        "--isl",
-        "1000",
-        "--osl",
-        "200",
-    ]
-    code, out, _ = run(capsys, *base, "--rps", "1", "--ttft-p99-ms", "2000", "--itl-p99-ms", "40", "--json")
+    code, out, _ = run(
+        capsys, *H200_70B_1000_200, "--rps", "1", "--ttft-p99-ms", "2000", "--itl-p99-ms", "40", "--json"
+    )
     assert code == 0
     report = json.loads(out)
     assert report["meets_rps"] is False and report["itl_p99_ms_at_rps"] > 40
