@@ -59,6 +59,8 @@ class EngineInstall:
     python: pathlib.Path
     vllm: pathlib.Path
     model: pathlib.Path
+    # SGLang's argument parser (a venv on top of the engine's; no SGLang engine runs here).
+    sglang_python: pathlib.Path | None = None
 
     @property
     def served_name(self) -> str:
@@ -86,6 +88,7 @@ def find_install(install: bool = False) -> EngineInstall:
         python=pathlib.Path(values["CHIPFIT_ENGINE_PYTHON"]),
         vllm=pathlib.Path(values["CHIPFIT_ENGINE_VLLM"]),
         model=pathlib.Path(values["CHIPFIT_ENGINE_MODEL"]),
+        sglang_python=pathlib.Path(values["CHIPFIT_SGLANG_PYTHON"]),
     )
 
 
