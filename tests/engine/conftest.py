@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
+from chipfit import handlers, validation
+from chipfit.commands import render as render_command
 from engine import harness
+
+REPO_DIR = pathlib.Path(__file__).resolve().parents[2]
 
 # More than two engines on 2 cores starve each other (and everything else on the machine).
 MAX_ENGINES_AT_ONCE = 2
@@ -74,3 +78,13 @@ def start_engines(
     yield start
     for context in reversed(stack):
         context.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def rendered_examples() -> list[tuple[str, dict[str, Any]]]:
+    """(service id, object) of all `chipfit render -f examples/` prints (the operator's plan and render)."""
+    loaded = validation.load_and_validate([str(REPO_DIR / "examples")])
+    assert not loaded.problems, loaded.problems
+    solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, handlers.solve_options())
+    objects, _ = render_command.rendered_objects(loaded, solved)
+    return objects

@@ -11,6 +11,8 @@ tests check: lengths, batch and chunk limits, dtype, served name, quantization) 
   and this machine has 2 cores.
 - --kv-transfer-config (NixlConnector) -> dropped: it needs the nixl package, UCX and a peer engine;
   the rendered line is parse-checked with it.
+- --quantization=fp8 -> dropped: vLLM's CPU build has no FP8 kernels (serving fails in
+  `_C::static_scaled_fp8_quant`); the rendered line is parse-checked with it. The weights run in --dtype.
 - (nothing) -> --enforce-eager added: no graph compilation, so start-up is ~2x faster on CPU.
 
 Flags not in this list pass through unchanged, so a new rendered flag is exercised by default.
@@ -24,6 +26,8 @@ from typing import Final
 LOOPBACK: Final = "127.0.0.1"
 # Flags left out of the line this machine runs (parse-checked on the rendered line only).
 _DROPPED_FLAGS: Final = ("--kv-transfer-config",)
+# Exact arguments left out (the flag with other values would pass through).
+_DROPPED_ARGS: Final = ("--quantization=fp8",)
 ADDED_FLAGS: Final = ("--enforce-eager",)
 
 
@@ -31,7 +35,7 @@ def _name(arg: str) -> str:
     return arg.split("=", 1)[0]
 
 
-def vllm_cpu_args(args: Sequence[str], *, model_dir: str, port: int) -> tuple[str, ...]:
+def vllm_cpu_args(args: Sequence[str], *, model_dir: str, port: int | str) -> tuple[str, ...]:
     """The arguments after `vllm serve` for this CPU, from the rendered container args (see the table)."""
     if not args or args[0].startswith("-"):
         raise ValueError(f"a rendered vLLM command line starts with the model, got {list(args[:1])}")
@@ -42,7 +46,7 @@ def vllm_cpu_args(args: Sequence[str], *, model_dir: str, port: int) -> tuple[st
     out = [model_dir]
     for arg in args[1:]:
         name = _name(arg)
-        if name in _DROPPED_FLAGS:
+        if name in _DROPPED_FLAGS or arg in _DROPPED_ARGS:
             continue
         if name == "--host":
             out.append(f"--host={LOOPBACK}")

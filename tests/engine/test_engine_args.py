@@ -20,8 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-from chipfit import engines, handlers, render, validation
-from chipfit.commands import render as render_command
+from chipfit import engines, render
 from engine import cpu_equivalents, harness
 from placement import catalog
 from tests.unit.chipfit_builders import POOLS, SERVICES, placement
@@ -89,17 +88,11 @@ def matrix_lines() -> Iterator[Line]:
                             yield _container_line(case, engine, chip.vendor, deployment)
 
 
-def example_lines() -> Iterator[Line]:
+def example_lines(objects: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[Line]:
     """The engine containers `chipfit render -f examples/` prints (the plan's own sizes)."""
-    loaded = validation.load_and_validate([str(REPO / "examples")])
-    assert not loaded.problems, loaded.problems
-    solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, handlers.solve_options())
-    objects, _ = render_command.rendered_objects(loaded, solved)
     for sid, obj in objects:
-        if (
-            obj["kind"] != "Deployment"
-            or obj["metadata"]["labels"].get(render.LABEL_ROLE) == render.ROUTER_ROLE
-        ):
+        role = obj["metadata"]["labels"].get(render.LABEL_ROLE)
+        if obj["kind"] != "Deployment" or role == render.ROUTER_ROLE:
             continue
         engine = obj["metadata"]["labels"]["app.kubernetes.io/name"]
         accelerator = obj["metadata"]["labels"][render.LABEL_ACCELERATOR]
@@ -108,8 +101,8 @@ def example_lines() -> Iterator[Line]:
 
 
 @pytest.fixture(scope="module")
-def lines() -> list[Line]:
-    return [*matrix_lines(), *example_lines()]
+def lines(rendered_examples: list[tuple[str, dict[str, Any]]]) -> list[Line]:
+    return [*matrix_lines(), *example_lines(rendered_examples)]
 
 
 def _run_checker(
