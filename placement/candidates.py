@@ -70,7 +70,7 @@ def perf_oracle(query: Query) -> Capacity:
         config = perf.ReplicaConfig(
             model, query.accelerator, query.precision, query.tp, query.role, query.engine
         )
-        slo = perf.Slo(query.ttft_p99_ms, query.itl_p99_ms)
+        slo = perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms)
         # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
         prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
         output_mean = query.output_mean_tokens or float(query.output_tokens)
@@ -96,7 +96,7 @@ def perf_oracle(query: Query) -> Capacity:
     zero_itl: float | None = None
     if perf.infeasibility(config) is None:
         load = perf.latency_at_rate(
-            config, perf.Workload(query.prompt_tokens, query.output_tokens), ZERO_LOAD_RPS
+            config, perf.RequestSizes(query.prompt_tokens, query.output_tokens), ZERO_LOAD_RPS
         )
         if load is not None:
             zero_ttft, zero_itl = load.ttft_p99_ms, load.itl_p99_ms

@@ -517,7 +517,7 @@ class Fleet:
             workload_output_tokens_per_second=output_rate,
             predicted_capacity_requests_per_second=p.max_requests_per_second or 0.0,
             placements=tuple(
-                metrics.RolePlacement(
+                metrics.PlannedRole(
                     role=pl.role,
                     accelerator=pl.accelerator,
                     pool=pl.pool,

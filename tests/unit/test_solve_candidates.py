@@ -169,7 +169,7 @@ def test_slos_reported_met_are_met_by_the_performance_model() -> None:
     cset = candidates.build([svc], pools)
     plan = solve.solve(cset.problem)
     assert plan.service("ns/svc").status == "served"
-    slo = perf.Slo(svc.ttft_p99_ms, svc.itl_p99_ms)
+    slo = perf.LatencySlo(svc.ttft_p99_ms, svc.itl_p99_ms)
     for a in plan.service("ns/svc").assignments:
         load = 0.0
         for b, routed in zip(wl_.buckets, a.bucket_rps, strict=True):
