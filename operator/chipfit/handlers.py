@@ -25,7 +25,8 @@ import pydantic
 
 from chipfit import kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
-from placement import catalog, solve
+from placement import catalog
+from placement.solver import allocation, inputs
 
 GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
@@ -82,7 +83,7 @@ def first_problem(
 # --- plan -> per-service outcomes -------------------------------------------------------------------------
 
 
-def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
+def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
     capacity_by_role: dict[str, float] = {}
@@ -135,9 +136,9 @@ def _round(value: float | None, decimals: int) -> float | None:
     return None if value is None else round(value, decimals)
 
 
-def solve_options() -> solve.SolveOptions:
+def solve_options() -> inputs.SolveOptions:
     """How the operator solves: bounded time, and a move must pay for the engine restart it causes."""
-    return solve.SolveOptions(
+    return inputs.SolveOptions(
         time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
     )
 
@@ -146,7 +147,7 @@ def solve_options() -> solve.SolveOptions:
 class Solved:
     """One fleet solve as the operator acts on it: the plan, each service's outcome and explanation."""
 
-    plan: solve.Plan
+    plan: allocation.Plan
     outcomes: dict[str, reconcile.ServiceOutcome]
     explanations: dict[str, str]
 
@@ -155,18 +156,18 @@ def plan_outcomes(
     services: Sequence[v1alpha1.InferenceService],
     pools: Sequence[v1alpha1.AcceleratorPool],
     profiles: Sequence[v1alpha1.PerformanceProfile],
-    options: solve.SolveOptions,
+    options: inputs.SolveOptions,
 ) -> Solved:
     """Solve the fleet and split the plan per service (the operator's re-plan and `chipfit render`).
 
     Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
     without a plan, the fleet is solved again with the minimums relaxed, and the services whose minimum is
-    missed are reported with the solver's reason. Raises PlanningError or solve.PlacementError otherwise.
+    missed are reported with the solver's reason. Raises PlanningError or inputs.PlacementError otherwise.
     """
     relaxed_reason: str | None = None
     try:
         fleet_plan = planning.plan_fleet(services, pools, profiles, options=options, with_baseline=False)
-    except solve.InfeasibleError as exc:
+    except inputs.InfeasibleError as exc:
         relaxed_reason = str(exc)
         logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
         relaxed = [_without_minimum(s) for s in services]
@@ -212,7 +213,7 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: solve.SolveOptions = dataclasses.field(default_factory=lambda: solve_options())
+    options: inputs.SolveOptions = dataclasses.field(default_factory=lambda: solve_options())
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
@@ -346,15 +347,20 @@ class Fleet:
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
-    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]] | None:
+    ) -> (
+        tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
+        | None
+    ):
         """Outcomes and explanations per service id and pool usage; None when no plan could be made."""
         if not services:
             return {}, {}, {}
         started = time.monotonic()
         try:
             solved = plan_outcomes(services, pools, profiles, self.options)
-        except (planning.PlanningError, solve.PlacementError) as exc:
-            status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
+        except (planning.PlanningError, inputs.PlacementError) as exc:
+            status: metrics.SolverStatus = (
+                "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
+            )
             self.metrics.observe_solve(time.monotonic() - started, status)
             logger.warning("fleet plan failed, keeping the current placement: %s", exc)
             return None
@@ -471,7 +477,10 @@ class Fleet:
         return True
 
     def _write_pool_status(
-        self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
+        self,
+        pool: v1alpha1.AcceleratorPool,
+        capacity: reconcile.PoolCapacity,
+        usage: allocation.PoolAllocation | None,
     ) -> None:
         chip = catalog.get_accelerator(pool.spec.accelerator)
         price = (
@@ -527,7 +536,7 @@ class Fleet:
             workload_output_tokens_per_second=output_rate,
             predicted_capacity_requests_per_second=p.max_requests_per_second or 0.0,
             placements=tuple(
-                metrics.RolePlacement(
+                metrics.PlannedRole(
                     role=pl.role,
                     accelerator=pl.accelerator,
                     pool=pl.pool,

@@ -16,7 +16,7 @@ from typing import Any, Final
 import yaml
 
 from chipfit import handlers, planning, render, validation
-from placement import solve
+from placement.solver import inputs
 
 # A service read from files has no uid; render.owner_reference needs one. It is dropped from the output.
 _UNAPPLIED_UID: Final = "00000000-0000-0000-0000-000000000000"
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         options = handlers.solve_options()
         solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, options)
         objects, notes = rendered_objects(loaded, solved)
-    except (planning.PlanningError, solve.PlacementError, render.RenderError) as error:
+    except (planning.PlanningError, inputs.PlacementError, render.RenderError) as error:
         print(f"chipfit render: {error}", file=sys.stderr)
         return 1
     for note in notes:
