@@ -86,5 +86,5 @@ def rendered_examples() -> list[tuple[str, dict[str, Any]]]:
     loaded = validation.load_and_validate([str(REPO_DIR / "examples")])
     assert not loaded.problems, loaded.problems
     solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, handlers.solve_options())
-    objects, _ = render_command.rendered_objects(loaded, solved)
+    objects, _, _ = render_command.rendered_objects(loaded, solved)
     return objects

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Validate and plan the manifests as `chipfit plan` does, then print the Deployments and "
         "Services the operator would apply for the plan: the engine command lines, resources, probes and "
         "scheduling constraints, for review before anything runs. Services the plan cannot place are named "
-        "on stderr. Invalid input: one line per problem and exit 1.",
+        "on stderr; a planned service that cannot be rendered is named on stderr with its field and the "
+        "exit code is 1 (the rest is printed). Invalid input: one line per problem and exit 1.",
     )
     parser.add_argument(
         "-f", "--filename", dest="paths", action="append", nargs="+", required=True, metavar="FILE_OR_DIR"
@@ -49,11 +50,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def rendered_objects(
     loaded: validation.Validated, solved: handlers.Solved
-) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """(service id, object) for every placed service in input order, and a note per unplaced service."""
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str], list[str]]:
+    """(service id, object) for every placed service in input order, a note per unplaced service, and an
+    error per service whose placement cannot be rendered (the operator reports those as RenderFailed and
+    goes on with the others; so does this)."""
     pools = {p.metadata.name: p for p in loaded.pools}
     objects: list[tuple[str, dict[str, Any]]] = []
     notes: list[str] = []
+    errors: list[str] = []
     for service in loaded.services:
         sid = planning.service_id(service)
         outcome = solved.outcomes.get(sid)
@@ -65,10 +69,15 @@ def rendered_objects(
             update={"uid": _UNAPPLIED_UID, "namespace": service.metadata.namespace or DEFAULT_NAMESPACE}
         )
         planned = service.model_copy(update={"metadata": meta})
-        for obj in render.render_planned(planned, outcome.placements, pools):
+        try:
+            rendered = render.render_planned(planned, outcome.placements, pools)
+        except render.RenderError as error:
+            errors.append(f"{sid}: {error}")
+            continue
+        for obj in rendered:
             obj["metadata"].pop("ownerReferences", None)
             objects.append((sid, obj))
-    return objects, notes
+    return objects, notes, errors
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = handlers.solve_options()
         solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, options)
-        objects, notes = rendered_objects(loaded, solved)
-    except (planning.PlanningError, inputs.PlacementError, render.RenderError) as error:
+        objects, notes, errors = rendered_objects(loaded, solved)
+    except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit render: {error}", file=sys.stderr)
         return 1
     for note in notes:
         print(f"chipfit render: {note}", file=sys.stderr)
+    for message in errors:
+        print(f"chipfit render: cannot render {message}", file=sys.stderr)
     if args.output == "json":
         items = [obj for _, obj in objects]
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
@@ -99,4 +110,5 @@ def run(args: argparse.Namespace) -> int:
             # `# Source:` as helm template marks where each document comes from.
             sys.stdout.write(f"---\n# Source: InferenceService {sid}\n")
             sys.stdout.write(yaml.safe_dump(obj, sort_keys=False, width=YAML_WIDTH))
-    return 0
+    # What could be rendered is printed; a service the operator could not deploy fails the command.
+    return 1 if errors else 0
