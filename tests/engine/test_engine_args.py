@@ -95,7 +95,7 @@ def example_lines(objects: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[Lin
         if obj["kind"] != "Deployment" or role == render.ROUTER_ROLE:
             continue
         engine = obj["metadata"]["labels"]["app.kubernetes.io/name"]
-        accelerator = obj["metadata"]["labels"][render.LABEL_ACCELERATOR]
+        accelerator = obj["metadata"]["annotations"]["chipfit.io/accelerator"]
         vendor = catalog.get_accelerator(accelerator).vendor
         yield _container_line(f"examples:{sid}:{obj['metadata']['name']}", engine, vendor, obj)
 

@@ -148,8 +148,13 @@ def test_engine_enforces_the_rendered_limits(served: harness.EngineProcess, rend
 
 
 def exposed_names(text: str) -> set[str]:
-    """Every sample name in a Prometheus text exposition (histogram _bucket/_sum/_count included)."""
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    """Every family and sample name in a Prometheus text exposition (a histogram's own name, its
+    _bucket/_sum/_count; a counter's name with and without _total)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
 
 
 def _exprs(node: Any) -> Iterator[str]:
