@@ -36,7 +36,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from placement import catalog, perf_efficiency, perf_profile
+from placement import catalog, perf_efficiency
+from placement import profiles as measured
 
 # --- physical constants and engine traits (each with its source) ----------------------------------------
 
@@ -185,7 +186,7 @@ def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
 
 
 @dataclasses.dataclass(frozen=True)
-class Slo:
+class LatencySlo:
     """Latency objectives: p99 time to first token and p99 inter-token latency, milliseconds."""
 
     ttft_p99_ms: float
@@ -274,7 +275,7 @@ class LoadPrediction:
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class RequestSizes:
     """Request sizes (mean and p99 tokens) of a traffic stream."""
 
     prompt_tokens: float
@@ -554,7 +555,7 @@ class _Rows:
     limit: FloatArray
 
     @classmethod
-    def of(cls, items: Sequence[tuple[_Physics, Workload]]) -> _Rows:
+    def of(cls, items: Sequence[tuple[_Physics, RequestSizes]]) -> _Rows:
         """Columns for (physics, workload) pairs."""
         phys = np.array([_physics_vector(p) for p, _ in items], dtype=np.float64).reshape(len(items), -1)
         sizes = np.array(
@@ -745,10 +746,10 @@ def _prefill_budget_v(r: _Rows, running: FloatArray | float) -> FloatArray:
 
 
 # Request sizes for row helpers whose formula does not read them.
-_UNIT_WORKLOAD: Final = Workload(1.0, 1.0)
+_UNIT_WORKLOAD: Final = RequestSizes(1.0, 1.0)
 
 
-def _one(phys: _Physics, workload: Workload | None = None) -> _Rows:
+def _one(phys: _Physics, workload: RequestSizes | None = None) -> _Rows:
     """One row (sizes irrelevant when `workload` is None)."""
     return _Rows.of([(phys, workload or _UNIT_WORKLOAD)])
 
@@ -1197,7 +1198,7 @@ def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
 
 def latency_at_rate(
     config: ReplicaConfig,
-    workload: Workload,
+    workload: RequestSizes,
     rate_rps: float,
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
@@ -1219,7 +1220,9 @@ def latency_at_rate(
     return _prediction(loads)
 
 
-def _decode_step(phys: _Physics, batch: float, workload: Workload, prefill: float, prompts: float) -> float:
+def _decode_step(
+    phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
+) -> float:
     """Iteration time with `batch` decoding sequences and `prefill` prompt tokens from `prompts` prompts."""
     with np.errstate(all="ignore"):
         return float(
@@ -1242,12 +1245,12 @@ def max_rate_under_slo(
     config: ReplicaConfig,
     prompt_tokens: float,
     output_tokens: float,
-    slo: Slo,
+    slo: LatencySlo,
     *,
     prompt_tokens_p99: float | None = None,
     output_tokens_p99: float | None = None,
     itl_is_tpot: bool = False,
-    profiles: tuple[perf_profile.PerformanceProfile, ...] = (),
+    profiles: tuple[measured.MeasuredProfile, ...] = (),
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
     choose_prefill_chunk: bool = True,
@@ -1272,7 +1275,7 @@ def max_rate_under_slo(
     than the engine default. `prefill_chunk_tokens` fixes the budget instead; `choose_prefill_chunk=False`
     keeps the engine default.
     """
-    workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
+    workload = RequestSizes(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
     _validate_chunk(config, prefill_chunk_tokens)
     for profile in profiles:
         if _profile_matches(profile, config):
@@ -1302,7 +1305,7 @@ def _validate_chunk(config: ReplicaConfig, prefill_chunk_tokens: int | None) -> 
         raise InvalidConfigError(f"prefill_chunk_tokens: engine {config.engine} does not chunk prefill")
 
 
-def _profile_matches(profile: perf_profile.PerformanceProfile, config: ReplicaConfig) -> bool:
+def _profile_matches(profile: measured.MeasuredProfile, config: ReplicaConfig) -> bool:
     """True when the profile was measured on exactly this configuration."""
     model_id = config.model if isinstance(config.model, str) else config.model.id
     acc_id = config.accelerator if isinstance(config.accelerator, str) else config.accelerator.id
@@ -1316,7 +1319,7 @@ PROFILE_SIZE_TOLERANCE: Final = 0.05
 
 
 def rate_from_profile(
-    profile: perf_profile.PerformanceProfile, config: ReplicaConfig, workload: Workload, slo: Slo
+    profile: measured.MeasuredProfile, config: ReplicaConfig, workload: RequestSizes, slo: LatencySlo
 ) -> RatePrediction | None:
     """The highest SLO-meeting rate a measured profile supports (None when it cannot answer).
 
@@ -1421,8 +1424,8 @@ class RateQuestion:
     """One capacity question: everything that determines max_rate_under_slo's model answer (its cache key)."""
 
     config: ReplicaConfig
-    workload: Workload
-    slo: Slo
+    workload: RequestSizes
+    slo: LatencySlo
     itl_is_tpot: bool = False
     efficiency: perf_efficiency.Efficiency | None = None
     prefill_chunk_tokens: int | None = None
@@ -1716,7 +1719,7 @@ def _zero(reason: str) -> RatePrediction:
     )
 
 
-def _why_not(role: str, slo: Slo, load: LoadPrediction | None) -> str:
+def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:
     """Explain why even a vanishing rate misses the SLO."""
     if load is None:
         return "the replica cannot hold even one request of this size"
@@ -1728,7 +1731,7 @@ def _why_not(role: str, slo: Slo, load: LoadPrediction | None) -> str:
     return "; ".join(parts) or "SLO not met at zero load"
 
 
-def _binding(role: str, slo: Slo, above: LoadPrediction | None) -> str:
+def _binding(role: str, slo: LatencySlo, above: LoadPrediction | None) -> str:
     """Which limit stops a higher rate: the first SLO exceeded just above the maximum, or saturation."""
     if above is None:
         return "saturated: memory or prefill capacity binds before the SLO"
