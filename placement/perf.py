@@ -1712,6 +1712,10 @@ def _assign(target: _Loads, index: npt.NDArray[np.intp], source: _Loads, mask: B
     return target
 
 
+# The reason a rate search gives when no objective binds: the replica saturates first.
+SATURATED_REASON: Final = "saturated: memory or prefill capacity binds before the SLO"
+
+
 def _zero(reason: str) -> RatePrediction:
     """An infeasible answer: no rate meets the SLO (or nothing fits)."""
     return RatePrediction(
@@ -1734,12 +1738,12 @@ def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:
 def _binding(role: str, slo: LatencySlo, above: LoadPrediction | None) -> str:
     """Which limit stops a higher rate: the first SLO exceeded just above the maximum, or saturation."""
     if above is None:
-        return "saturated: memory or prefill capacity binds before the SLO"
+        return SATURATED_REASON
     if role != "decode" and above.ttft_p99_ms > slo.ttft_p99_ms:
         return "ttft_p99 binds"
     if role != "prefill" and above.itl_p99_ms > slo.itl_p99_ms:
         return "itl_p99 binds"
-    return "saturated: memory or prefill capacity binds before the SLO"
+    return SATURATED_REASON
 
 
 # --- cost ------------------------------------------------------------------------------------------------
