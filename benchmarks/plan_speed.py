@@ -217,6 +217,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     """Operator path on one fleet: parse, validate, plan (no baselines), status out. Returns timings."""
     from chipfit import handlers, planning, reconcile
     from chipfit.api import v1alpha1
+
     try:  # the solver package (from wave 2 on)
         from placement.solver import inputs as solver_inputs
         from placement.solver import solve as solver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from chipfit.api import v1alpha1
@@ -67,6 +68,18 @@ def to_workload(wl: v1alpha1.Workload) -> workload.BucketedWorkload:
     )
 
 
+def max_model_len(service: v1alpha1.InferenceService) -> int:
+    """Longest prompt + output the engine admits: maxContextTokens, else the p99s capped by the model."""
+    wl = service.spec.workload
+    if wl.max_context_tokens is not None:
+        return wl.max_context_tokens
+    name, arch = _model(service.spec.model)
+    model_max = arch.max_context_tokens if arch is not None else catalog.get_model(name).max_context_tokens
+    prompt_p99 = wl.prompt_tokens.p99 if wl.prompt_tokens.p99 is not None else wl.prompt_tokens.mean
+    output_p99 = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
+    return min(model_max, math.ceil(prompt_p99 + output_p99))
+
+
 def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
     """The placement layer's view of one InferenceService."""
     spec = service.spec
@@ -99,6 +112,9 @@ def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
         allowed_pools=frozenset(placement.allowed_pools) if placement.allowed_pools is not None else None,
         excluded_pools=frozenset(placement.excluded_pools or ()),
         spot_allowed=placement.spot_allowed,
+        max_model_len=max_model_len(service),
+        prompt_mean_tokens=spec.workload.prompt_tokens.mean,
+        output_mean_tokens=spec.workload.output_tokens.mean,
     )
 
 

@@ -77,7 +77,7 @@ def test_monotone_answers_skip_larger_buckets() -> None:
     # Once 1000-token prompts fail and the oracle vouches that larger requests never do better
     # (size_monotone), the 8000-token bucket's answer is not used, even when the oracle (asked about every
     # bucket in one batch) gives one.
-    oracle, asked = oracle_from({("l4", 1): (0.0, 5.0)})
+    oracle, _ = oracle_from({("l4", 1): (0.0, 5.0)})
     cset = candidates.build([spec(tp_degrees=(1,))], POOLS[:1], oracle=oracle)
     assert cset.problem.candidates == ()
     assert [r.prompt_tokens for r in cset.rejections] == [1000]
