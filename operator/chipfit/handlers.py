@@ -181,6 +181,8 @@ class Fleet:
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # Candidates and plans cached across re-plans: only what a change touches is priced again.
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -323,16 +325,13 @@ class Fleet:
         relaxed_reason: str | None = None
         try:
             try:
-                fleet_plan = planning.plan_fleet(
-                    services, pools, profiles, options=self.options, with_baseline=False
-                )
+                self.planner.options = self.options
+                fleet_plan = self.planner.plan(services, pools, profiles)
             except inputs.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
-                fleet_plan = planning.plan_fleet(
-                    relaxed, pools, profiles, options=self.options, with_baseline=False
-                )
+                fleet_plan = self.planner.plan(relaxed, pools, profiles)
             plan = fleet_plan.plan
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
