@@ -86,6 +86,7 @@ def first_problem(
 def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
+    engine: dict[tuple[str, str, str, str, int], v1alpha1.PricedEngineConfig] = {}
     capacity_by_role: dict[str, float] = {}
     cost: dict[tuple[str, str, str], float] = {}
     routed: dict[tuple[str, str, str], float] = {}
@@ -97,6 +98,11 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
         routed[series] = routed.get(series, 0.0) + sum(a.bucket_rps)
         key = (a.role, a.pool, a.accelerator, a.precision, a.tp)
         replicas[key] = replicas.get(key, 0) + a.replicas
+        engine[key] = v1alpha1.PricedEngineConfig(
+            prefill_chunk_tokens=a.engine_config.prefill_chunk_tokens,
+            max_num_seqs=a.engine_config.max_num_seqs,
+            max_model_len=a.engine_config.max_model_len,
+        )
         if a.utilization > 0:
             capacity_by_role[a.role] = capacity_by_role.get(a.role, 0.0) + sum(a.bucket_rps) / a.utilization
     placements = tuple(
@@ -107,6 +113,7 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
             precision=precision,  # type: ignore[arg-type]
             tensor_parallel=tp,
             replicas=count,
+            engine_config=engine[(role, pool, accelerator, precision, tp)],
         )
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
@@ -156,7 +163,7 @@ def plan_outcomes(
     services: Sequence[v1alpha1.InferenceService],
     pools: Sequence[v1alpha1.AcceleratorPool],
     profiles: Sequence[v1alpha1.PerformanceProfile],
-    options: inputs.SolveOptions,
+    planner: planning.Planner,
 ) -> Solved:
     """Solve the fleet and split the plan per service (the operator's re-plan and `chipfit render`).
 
@@ -166,12 +173,12 @@ def plan_outcomes(
     """
     relaxed_reason: str | None = None
     try:
-        fleet_plan = planning.plan_fleet(services, pools, profiles, options=options, with_baseline=False)
+        fleet_plan = planner.plan(services, pools, profiles)
     except inputs.InfeasibleError as exc:
         relaxed_reason = str(exc)
         logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
         relaxed = [_without_minimum(s) for s in services]
-        fleet_plan = planning.plan_fleet(relaxed, pools, profiles, options=options, with_baseline=False)
+        fleet_plan = planner.plan(relaxed, pools, profiles)
     plan = fleet_plan.plan
     outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
     if relaxed_reason is not None:
@@ -221,6 +228,8 @@ class Fleet:
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # Candidates and plans cached across re-plans: only what a change touches is priced again.
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -356,7 +365,8 @@ class Fleet:
             return {}, {}, {}
         started = time.monotonic()
         try:
-            solved = plan_outcomes(services, pools, profiles, self.options)
+            self.planner.options = self.options
+            solved = plan_outcomes(services, pools, profiles, self.planner)
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
                 "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"

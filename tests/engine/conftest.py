@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from chipfit import handlers, validation
+from chipfit import handlers, planning, validation
 from chipfit.commands import render as render_command
 from engine import harness
 
@@ -85,6 +85,8 @@ def rendered_examples() -> list[tuple[str, dict[str, Any]]]:
     """(service id, object) of all `chipfit render -f examples/` prints (the operator's plan and render)."""
     loaded = validation.load_and_validate([str(REPO_DIR / "examples")])
     assert not loaded.problems, loaded.problems
-    solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, handlers.solve_options())
+    solved = handlers.plan_outcomes(
+        loaded.services, loaded.pools, loaded.profiles, planning.Planner(handlers.solve_options())
+    )
     objects, _, _ = render_command.rendered_objects(loaded, solved)
     return objects

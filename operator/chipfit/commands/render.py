@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"no InferenceService found in {', '.join(paths)}", file=sys.stderr)
         return 1
     try:
-        options = handlers.solve_options()
-        solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, options)
+        planner = planning.Planner(handlers.solve_options())
+        solved = handlers.plan_outcomes(loaded.services, loaded.pools, loaded.profiles, planner)
         objects, notes, errors = rendered_objects(loaded, solved)
     except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit render: {error}", file=sys.stderr)
