@@ -220,7 +220,7 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: inputs.SolveOptions = dataclasses.field(default_factory=lambda: solve_options())
+    options: inputs.SolveOptions = dataclasses.field(default_factory=solve_options)
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
