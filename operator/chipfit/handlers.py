@@ -23,7 +23,7 @@ from typing import Any, Final
 import kopf
 import pydantic
 
-from chipfit import kube, metrics, planning, reconcile, render, validation
+from chipfit import kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
 from placement import catalog, solve
 
@@ -454,12 +454,7 @@ class Fleet:
     def _write_pool_status(
         self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
     ) -> None:
-        chip = catalog.get_accelerator(pool.spec.accelerator)
-        price = (
-            pool.spec.price_per_device_hour
-            if pool.spec.price_per_device_hour is not None
-            else chip.default_price_per_hour
-        )
+        price = rules.price_per_device_hour(pool.spec)
         used = usage.devices_used if usage is not None else 0
         status = v1alpha1.AcceleratorPoolStatus(
             observed_generation=pool.metadata.generation,

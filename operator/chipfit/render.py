@@ -8,13 +8,12 @@ No I/O: chipfit.kube applies what these return.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from chipfit import engines
+from chipfit import engines, rules
 from chipfit.api import v1alpha1
 from placement import catalog, perf
 
@@ -51,18 +50,13 @@ PACKING_AFFINITY_WEIGHT: Final = 100
 # Gated Hugging Face models read a token from this Secret when it exists (optional: public models work).
 HF_TOKEN_SECRET: Final = "chipfit-hf-token"
 HF_TOKEN_KEY: Final = "token"
-_HF_PREFIX: Final = "https://huggingface.co/"
 _INVALID_NAME_CHARS: Final = re.compile(r"[^a-z0-9-]+")
 _INVALID_LABEL_CHARS: Final = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class RenderError(ValueError):
-    """The service cannot be rendered; `field` is the dotted path of the offending spec field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+# The service cannot be rendered; `field` is the dotted path of the offending field. The same type as the
+# rules' errors, so a spec the rules refuse is a render failure naming its field.
+RenderError = rules.RuleError
 
 
 # --- names and labels ------------------------------------------------------------------------------------
@@ -167,38 +161,7 @@ def _metadata(
     return meta
 
 
-# --- model -----------------------------------------------------------------------------------------------
-
-
-def model_source(spec: v1alpha1.InferenceServiceSpec) -> str:
-    """Where the engine loads weights from: spec.model.source, else the catalog model's Hugging Face repo."""
-    if spec.model.source:
-        return spec.model.source
-    if spec.model.id is None:
-        raise RenderError("spec.model.source", "is required for an inline architecture")
-    source = catalog.get_model(spec.model.id).source
-    if not source.startswith(_HF_PREFIX):
-        raise RenderError("spec.model.source", f"catalog model {spec.model.id} names no Hugging Face repo")
-    # https://huggingface.co/<org>/<repo>/blob/main/config.json -> <org>/<repo>
-    return "/".join(source[len(_HF_PREFIX) :].split("/")[:2])
-
-
-def served_model_name(spec: v1alpha1.InferenceServiceSpec) -> str:
-    """The model name clients send in the OpenAI API: the catalog id or the inline model's name."""
-    name = spec.model.id or spec.model.name
-    if name is None:
-        raise RenderError("spec.model.name", "an inline architecture needs a name")
-    return name
-
-
-def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
-    """The model's architecture: the catalog entry, or the inline definition as a catalog type."""
-    if spec.model.id is not None:
-        return catalog.get_model(spec.model.id)
-    arch = spec.model.architecture
-    if arch is None:
-        raise RenderError("spec.model", "set exactly one of id and architecture")
-    return arch.to_catalog(served_model_name(spec))
+# --- model (what a field means is decided in chipfit.rules, shared with validate and plan) ------------
 
 
 def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
@@ -208,11 +171,9 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
     engine's limit under the chosen prefill chunk); the chunk itself goes to the engine too.
     """
     spec = service.spec
-    arch = model_arch(spec)
+    arch = rules.model_arch(spec.model)
     workload = spec.workload
-    prompt_p99 = workload.prompt_tokens.p99 or workload.prompt_tokens.mean
-    output_p99 = workload.output_tokens.p99 or workload.output_tokens.mean
-    max_len = workload.max_context_tokens or min(arch.max_context_tokens, math.ceil(prompt_p99 + output_p99))
+    max_len = rules.max_model_len_tokens(spec)
     config = perf.ReplicaConfig(
         model=arch,
         accelerator=placement.accelerator,
@@ -352,8 +313,8 @@ def launch_request(
     return engines.LaunchRequest(
         engine=service.spec.engine,
         vendor=chip.vendor,
-        model_source=model_source(service.spec),
-        served_model_name=served_model_name(service.spec),
+        model_source=rules.model_source(service.spec.model),
+        served_model_name=rules.model_name(service.spec.model),
         precision=placement.precision,
         tensor_parallel=placement.tensor_parallel,
         # Neuron counts NeuronCores; the device plugin's units per device are exactly that.
@@ -462,7 +423,7 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
         launch = engines.router_launch(
             engines.RouterRequest(
                 engine=service.spec.engine,
-                served_model_name=served_model_name(service.spec),
+                served_model_name=rules.model_name(service.spec.model),
                 prefill_urls=(service_url(service, "prefill"),),
                 decode_urls=(service_url(service, "decode"),),
             )

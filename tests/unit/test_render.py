@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import kubernetes_validate
 import pytest
 
-from chipfit import engines, render
+from chipfit import engines, render, rules
 from chipfit.api import v1alpha1
 from placement import catalog, perf
 from tests.unit.chipfit_builders import POOLS, SERVICES, UID, placement
@@ -126,7 +126,7 @@ def test_engine_args_come_from_spec_and_sizing() -> None:
 def test_catalog_source_when_spec_has_none() -> None:
     service = SERVICES["chat-8b"].model_copy(deep=True)
     service.spec.model = v1alpha1.ModelRef(id="mistral-7b")
-    assert render.model_source(service.spec) == "mistralai/Mistral-7B-v0.3"
+    assert rules.model_source(service.spec.model) == "mistralai/Mistral-7B-v0.3"
 
 
 def test_overrides_replace_image_append_args_and_env() -> None:
