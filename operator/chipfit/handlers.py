@@ -378,8 +378,7 @@ class Fleet:
             parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
             pools = {p.metadata.name: p for p in parsed}
         try:
-            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
-            desired = render.render_all(service, outcome.placements, pools, sizings)
+            desired = render.render_planned(service, outcome.placements, pools)
         except render.RenderError as exc:
             self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))
             self._write_status(service, reconcile.invalid_status(service, exc.field, exc.reason, _now()))

@@ -350,10 +350,13 @@ class Workload(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                # A p99 defaults to the mean, as chipfit.rules.tokens_p99 says (the planner needs the p99
+                # request to fit).
                 cel(
-                    "!has(self.maxContextTokens) || "
-                    "double(self.maxContextTokens) >= self.promptTokens.mean + self.outputTokens.mean",
-                    "maxContextTokens must hold a mean prompt plus a mean output",
+                    "!has(self.maxContextTokens) || double(self.maxContextTokens) >= "
+                    "(has(self.promptTokens.p99) ? self.promptTokens.p99 : self.promptTokens.mean) + "
+                    "(has(self.outputTokens.p99) ? self.outputTokens.p99 : self.outputTokens.mean)",
+                    "maxContextTokens must hold a p99 prompt plus a p99 output (the mean where no p99 is given)",
                     ".maxContextTokens",
                 ),
             ]
