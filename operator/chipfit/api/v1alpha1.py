@@ -192,7 +192,10 @@ class AcceleratorPoolSpec(ApiModel):
         list[Taint],
         Field(
             max_length=MAX_LIST_ITEMS,
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["key", "effect"]},
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["key", "effect"],
+            },
         ),
     ] = Field(default_factory=list)
     resource_name: (
@@ -356,7 +359,7 @@ class Workload(ApiModel):
                     "!has(self.maxContextTokens) || double(self.maxContextTokens) >= "
                     "(has(self.promptTokens.p99) ? self.promptTokens.p99 : self.promptTokens.mean) + "
                     "(has(self.outputTokens.p99) ? self.outputTokens.p99 : self.outputTokens.mean)",
-                    "maxContextTokens must hold a p99 prompt plus a p99 output (the mean where no p99 is given)",
+                    "maxContextTokens must hold a p99 prompt plus a p99 output (a missing p99 is the mean)",
                     ".maxContextTokens",
                 ),
             ]
