@@ -59,6 +59,8 @@ class Validated:
     profiles: list[v1alpha1.PerformanceProfile] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
     documents_checked: int = 0
+    # The document each typed object came from (by object identity), so a problem names its own file.
+    origins: dict[int, Document] = dataclasses.field(default_factory=dict, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,6 +429,7 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
             for err in exc.errors():
                 out.problems.append(Problem(document.file, document.label, _dotted(err["loc"]), err["msg"]))
             continue
+        out.origins[id(parsed)] = document
         if isinstance(parsed, v1alpha1.InferenceService):
             out.services.append(parsed)
         elif isinstance(parsed, v1alpha1.AcceleratorPool):
@@ -438,25 +441,18 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
 
 
 def _semantic(out: Validated, documents: Sequence[Document]) -> None:
-    files = {(d.body.get("kind"), d.label): d.file for d in documents}
     pool_names = [p.metadata.name for p in out.pools] or None
+
+    def report(obj: pydantic.BaseModel, errors: Iterable[FieldError]) -> None:
+        document = out.origins[id(obj)]
+        out.problems.extend(Problem(document.file, document.label, e.field, e.reason) for e in errors)
+
     for service in out.services:
-        label = f"InferenceService {service.metadata.namespace}/{service.metadata.name}"
-        if service.metadata.namespace is None:
-            label = f"InferenceService {service.metadata.name}"
-        file = files.get(("InferenceService", label), "?")
-        for e in service_problems(service, pool_names):
-            out.problems.append(Problem(file, label, e.field, e.reason))
+        report(service, service_problems(service, pool_names))
     for pool in out.pools:
-        label = f"AcceleratorPool {pool.metadata.name}"
-        for e in pool_problems(pool):
-            out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
+        report(pool, pool_problems(pool))
     for profile in out.profiles:
-        label = f"PerformanceProfile {profile.metadata.name}"
-        for e in profile_problems(profile):
-            out.problems.append(
-                Problem(files.get(("PerformanceProfile", label), "?"), label, e.field, e.reason)
-            )
+        report(profile, profile_problems(profile))
     seen: dict[tuple[str, str | None, str], str] = {}
     for document in documents:
         body = document.body

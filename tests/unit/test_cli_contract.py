@@ -1,5 +1,5 @@
-"""The CLI's contract: typed plan output with its schema, exit codes, flags checked before any work, errors
-attributed to the right file, a fast --help, and `crds --write` that never writes into a stranger directory."""
+"""The CLI's contract: typed plan output with its schema, exit codes, flags checked before any work,
+errors attributed to the right file, a fast --help, and a `crds --write` that stays in its checkout."""
 
 from __future__ import annotations
 
