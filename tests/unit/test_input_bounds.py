@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from chipfit import cli, manifests, planning, validation
-from placement import solve
+from placement.solver import inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 # Validation of one mutated manifest allocates well under this (peak measured ~2 MB).
@@ -246,11 +246,11 @@ def test_mutated_manifests_are_rejected_with_a_field_or_planned(body: dict[str, 
     hypothesis.event("accepted")
     if not result.services:
         return
-    options = solve.SolveOptions(time_limit_s=SOLVE_TIME_LIMIT_S)
+    options = inputs.SolveOptions(time_limit_s=SOLVE_TIME_LIMIT_S)
     try:
         planning.plan_fleet(
             result.services, result.pools, result.profiles, options=options, with_baseline=False
         )
-    except solve.InfeasibleError:
+    except inputs.InfeasibleError:
         replicas = result.services[0].spec.replicas
         assert replicas is not None and replicas.min > 0

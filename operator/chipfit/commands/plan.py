@@ -136,11 +136,11 @@ def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated,
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from chipfit import planning
-    from placement import solve
+    from placement.solver import inputs
 
     phase = _Phase()
-    options = solve.SolveOptions(
-        time_limit_s=args.time_limit if args.time_limit is not None else solve.DEFAULT_TIME_LIMIT_S,
+    options = inputs.SolveOptions(
+        time_limit_s=args.time_limit if args.time_limit is not None else inputs.DEFAULT_TIME_LIMIT_S,
         move_penalty_per_device_hour=args.move_penalty,
         max_utilization=args.max_utilization,
     )
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from chipfit import plan_output, planning, validation
-    from placement import solve
+    from placement.solver import inputs
 
     paths = [p for group in args.paths for p in group]
     loaded = validation.load_and_validate(paths)
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         result: planning.FleetPlan = _solve_with_progress(args, loaded, err)
-    except (planning.PlanningError, solve.PlacementError) as error:
+    except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit plan: {error}", file=sys.stderr)
         return EXIT_INVALID
     output = plan_output.from_result(result)
