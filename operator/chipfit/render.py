@@ -386,7 +386,14 @@ def render_deployment(
             # Surge, never reduce: a template change brings a new replica up before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {**_scrape_annotations(launch), **annotations}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        **_scrape_annotations(launch),
+                        **annotations,
+                        **dict(launch.pod_annotations),
+                    },
+                },
                 "spec": pod_spec,
             },
         },
@@ -417,8 +424,13 @@ def service_url(service: v1alpha1.InferenceService, role: str) -> str:
 
 
 def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
-    """Deployment and Service of a disaggregated service's prefill/decode router (the user endpoint)."""
+    """Deployment and Service of a disaggregated service's prefill/decode router (the user endpoint).
+
+    A router that discovers the prefill and decode pods itself also gets a ServiceAccount allowed to
+    watch pods in the service's namespace (Role and RoleBinding), all owned by the InferenceService.
+    """
     name = service.metadata.name
+    namespace = service.metadata.namespace or "default"
     try:
         launch = engines.router_launch(
             engines.RouterRequest(
@@ -426,6 +438,11 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
                 served_model_name=rules.model_name(service.spec.model),
                 prefill_urls=(service_url(service, "prefill"),),
                 decode_urls=(service_url(service, "decode"),),
+                discovery=engines.PodDiscovery(
+                    namespace=namespace,
+                    prefill_selector=tuple(sorted(selector_labels(name, "prefill").items())),
+                    decode_selector=tuple(sorted(selector_labels(name, "decode").items())),
+                ),
             )
         )
     except engines.UnsupportedLaunchError as exc:
@@ -434,6 +451,12 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
     labels = {**_common_labels(service, ROUTER_ROLE, service.spec.engine), **selector}
     container = _container(launch, None)
     container["env"] = [e for e in container["env"] if e["name"] != "HF_TOKEN"]
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    rbac: list[dict[str, Any]] = []
+    if launch.watches_pods:
+        account = router_name(name)
+        pod_spec["serviceAccountName"] = account
+        rbac = render_pod_reader(service, account, labels)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -444,13 +467,36 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": labels, "annotations": _scrape_annotations(launch)},
-                "spec": {"containers": [container]},
+                "spec": pod_spec,
             },
         },
     }
     svc = render_service(service, "aggregated", launch, selected_role=ROUTER_ROLE)
     svc["metadata"]["labels"].update({LABEL_ROLE: ROUTER_ROLE, "app.kubernetes.io/component": ROUTER_ROLE})
-    return [deployment, svc]
+    return [*rbac, deployment, svc]
+
+
+def render_pod_reader(
+    service: v1alpha1.InferenceService, account: str, labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """ServiceAccount `account` with get/list/watch on pods in the service's namespace (Role + binding)."""
+    namespace = service.metadata.namespace
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(service, account, labels, {})},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(service, account, labels, {}),
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(service, account, labels, {}),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
 
 
 def render_all(
