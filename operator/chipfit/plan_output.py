@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from chipfit import planning
+from placement import baselines
 
 API_VERSION: Final = "chipfit.io/v1alpha1"
 KIND: Final = "FleetPlan"
@@ -94,8 +95,9 @@ class Baseline(_Out):
     kind: Annotated[
         str,
         Field(
-            description="fleet: one type in the pools as sized; fleet-sized: one type, pool sizes ignored; "
-            "per-service: each service its own type; none: not computed."
+            description="baseline: fleet (one type for everything, in the pools as sized), per-service "
+            "(each service its own type, in the pools), none (not computed or none fits); "
+            "baselineSizedToOrder (pool sizes ignored): fleet-sized, per-service-sized or none."
         ),
     ]
     accelerator: str | None = None
@@ -140,7 +142,12 @@ class Solver(_Out):
     """How the plan was found."""
 
     status: Literal["optimal", "feasible"]
-    gap: Annotated[float, Field(ge=0, description="Relative gap to the solver's bound, 0-1.")]
+    gap: Annotated[
+        float | None, Field(ge=0, description="Relative gap to the solver's bound, 0-1; null: no bound.")
+    ]
+    bound_source: Annotated[
+        str, Field(description="What bounds the gap: milp, full-lp, restricted-milp, per-service or none.")
+    ]
     seconds: Annotated[float, Field(ge=0)]
     stages: Annotated[int, Field(ge=0)]
 
@@ -154,7 +161,13 @@ class FleetPlan(_Out):
     solver: Solver
     services: list[ServicePlan]
     pools: list[PoolUsage]
-    baseline: Baseline
+    baseline: Annotated[
+        Baseline,
+        Field(description="Headline comparison: single-type plans under the plan's own pool capacity."),
+    ]
+    baseline_sized_to_order: Annotated[
+        Baseline, Field(description="The same with pool sizes ignored (a single-type fleet sized to order).")
+    ]
     explanations: list[Explanation]
 
 
@@ -206,16 +219,9 @@ def from_result(result: planning.FleetPlan) -> FleetPlan:
         )
         for sp in plan.services
     ]
-    single = result.single_type
-    baseline = Baseline(
-        kind=result.single_type_kind,
-        accelerator=single.accelerator,
-        dollars_per_hour=_r(single.plan.price_per_hour, DOLLAR_DECIMALS) if single.plan else None,
-        dollars_per_hour_by_type={
-            k: _r(v, DOLLAR_DECIMALS) for k, v in sorted(single.price_per_hour_by_type.items())
-        },
-        per_service=dict(sorted(single.per_service.items())),
-        savings=_r(result.savings_vs_single_type, SHARE_DECIMALS),
+    baseline = _baseline(result.single_type, result.single_type_kind, result.savings_vs_single_type)
+    sized = _baseline(
+        result.single_type_sized, result.single_type_sized_kind, result.savings_vs_single_type_sized
     )
     demand = sum(s.demand_rps for s in plan.services)
     served = sum(s.served_rps for s in plan.services)
@@ -228,7 +234,8 @@ def from_result(result: planning.FleetPlan) -> FleetPlan:
         ),
         solver=Solver(
             status=plan.status,
-            gap=_d(plan.gap, SHARE_DECIMALS),
+            gap=_r(plan.gap, SHARE_DECIMALS),
+            bound_source=plan.bound_source,
             seconds=_d(plan.solve_seconds, SECONDS_DECIMALS),
             stages=plan.stages,
         ),
@@ -244,6 +251,7 @@ def from_result(result: planning.FleetPlan) -> FleetPlan:
             for p in plan.pools
         ],
         baseline=baseline,
+        baseline_sized_to_order=sized,
         explanations=[
             Explanation(
                 service=e.service,
@@ -262,6 +270,19 @@ def from_result(result: planning.FleetPlan) -> FleetPlan:
             )
             for e in result.explanations
         ],
+    )
+
+
+def _baseline(single: baselines.SingleTypeResult, kind: str, savings: float | None) -> Baseline:
+    return Baseline(
+        kind=kind,
+        accelerator=single.accelerator,
+        dollars_per_hour=_r(single.plan.price_per_hour, DOLLAR_DECIMALS) if single.plan else None,
+        dollars_per_hour_by_type={
+            k: _r(v, DOLLAR_DECIMALS) for k, v in sorted(single.price_per_hour_by_type.items())
+        },
+        per_service=dict(sorted(single.per_service.items())),
+        savings=_r(savings, SHARE_DECIMALS),
     )
 
 
