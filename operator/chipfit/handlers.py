@@ -47,7 +47,7 @@ SOLVER_TIME_LIMIT_S: Final = 30.0
 HTTP_FORBIDDEN: Final = 403
 # Predicted latencies are shown to 0.1 ms: finer digits are solver noise and would churn the status.
 PREDICTION_DECIMALS: Final = 1
-# The kopf indexes a re-plan reads (the indexing functions below carry these names).
+# The kopf indexes a re-plan reads, in FleetView's order (the indexing functions below carry these names).
 INDEX_NAMES: Final = (
     "inferenceservice_index",
     "acceleratorpool_index",
@@ -316,12 +316,8 @@ class Fleet:
         """A copy of what the indexes hold now; None without indexes (the re-plan lists instead)."""
         if self.indexes is None:
             return None
-        return FleetView(
-            services=_index_values(self.indexes["inferenceservice_index"]),
-            pools=_index_values(self.indexes["acceleratorpool_index"]),
-            profiles=_index_values(self.indexes["performanceprofile_index"]),
-            nodes=_index_values(self.indexes["node_index"]),
-        )
+        services, pools, profiles, nodes = (_index_values(self.indexes[name]) for name in INDEX_NAMES)
+        return FleetView(services=services, pools=pools, profiles=profiles, nodes=nodes)
 
     # -- work (runs in a worker thread) --
 
