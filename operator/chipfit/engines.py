@@ -16,6 +16,8 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
+from placement import catalog
+
 # --- Images (pinned; `spec.overrides.image` replaces them per service) ---------------------------------
 # vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker").
 VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.10.1.1"
@@ -344,6 +346,11 @@ def launch(req: LaunchRequest) -> Launch:
         raise UnsupportedLaunchError(f"unknown engine {req.engine!r}; valid: {', '.join(_BUILDERS)}")
     if req.engine == "neuron" and req.vendor != "aws":
         raise UnsupportedLaunchError(f"engine neuron: runs on AWS Inferentia2 only, not {req.vendor}")
+    if req.role != "aggregated" and not catalog.engine_supports_vendor(req.engine, req.vendor, req.role):
+        # The same table the planner prices with: a split it could not deploy is never planned.
+        raise UnsupportedLaunchError(
+            f"engine {req.engine}: disaggregated prefill/decode is not supported on {req.vendor}"
+        )
     if req.tensor_parallel < 1:
         raise UnsupportedLaunchError(f"tensor parallel must be >= 1, got {req.tensor_parallel}")
     if req.sizing.max_model_len_tokens < 2 or req.sizing.max_concurrent_sequences < 1:

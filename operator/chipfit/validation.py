@@ -326,6 +326,16 @@ def service_problems(
             )
         )
         return errors
+    if spec.serving == "disaggregated" and not any(
+        catalog.engine_supports(spec.engine, c, "prefill") for c in usable
+    ):
+        errors.append(
+            FieldError(
+                "spec.serving",
+                f"engine {spec.engine} splits prefill and decode on none of the allowed accelerators "
+                f"({', '.join(c.id for c in usable[:8])}{', ...' if len(usable) > 8 else ''})",
+            )
+        )
     if not any(p in c.precisions for c in usable for p in spec.precisions):
         errors.append(
             FieldError(

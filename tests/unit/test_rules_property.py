@@ -194,3 +194,42 @@ def _validate_plan_render(body: dict[str, Any]) -> None:
         outcome = handlers.outcome_of(sp)
         objects = render.render_planned(service, outcome.placements, pools)
         assert len(objects) >= 2 * bool(outcome.placements)
+
+
+def test_a_split_is_planned_only_where_the_engine_can_deploy_it() -> None:
+    # vLLM runs on Inferentia2 (Neuron backend) but cannot split prefill and decode there: the planner
+    # and the renderer read one table (catalog.ENGINE_DISAGGREGATED_VENDORS), so the cheap inf2 pool
+    # gets no prefill or decode replica and the plan renders.
+    spec = {
+        "model": {"id": "llama-3.1-8b"},
+        "precisions": ["bf16"],
+        "engine": "vllm",
+        "serving": "disaggregated",
+        "slo": {"ttftP99Ms": 1500, "itlP99Ms": 60},
+        "workload": {"requestsPerSecond": 3, "promptTokens": {"mean": 1000}, "outputTokens": {"mean": 200}},
+    }
+    pools = [
+        {"name": "inf2", "accelerator": "inf2", "devicesPerNode": 12, "nodes": 2, "pricePerDeviceHour": 0.1},
+        {"name": "h100", "accelerator": "h100", "devicesPerNode": 8, "nodes": 1},
+    ]
+    documents = [manifests.Document("svc.yaml", 0, _body(spec)), *(_pool_doc(p) for p in pools)]
+    result = validation.validate_documents(documents)
+    assert not result.problems
+    plan = planning.plan_fleet(result.services, result.pools, with_baseline=False)
+    (sp,) = plan.plan.services
+    assert sp.status == "served" and {a.pool for a in sp.assignments} == {"h100"}
+    outcome = handlers.outcome_of(sp)
+    render.render_planned(result.services[0], outcome.placements, {p.metadata.name: p for p in result.pools})
+
+
+def test_validate_refuses_a_split_no_allowed_chip_can_run() -> None:
+    spec = {
+        "model": {"id": "llama-3.1-8b"},
+        "engine": "vllm",
+        "serving": "disaggregated",
+        "slo": {"ttftP99Ms": 1500, "itlP99Ms": 60},
+        "workload": {"requestsPerSecond": 3, "promptTokens": {"mean": 1000}, "outputTokens": {"mean": 200}},
+        "placement": {"allowedAccelerators": ["inf2"]},
+    }
+    result = validation.validate_documents([manifests.Document("svc.yaml", 0, _body(spec))])
+    assert [p.field for p in result.problems] == ["spec.serving"]
