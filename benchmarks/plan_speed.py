@@ -243,7 +243,21 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     cset = planning.build_inputs(services, pools)
     t2 = time.perf_counter()
     options = solver_inputs.SolveOptions(time_limit_s=time_limit_s)
-    plan = solver.solve(cset.problem, options)
+    try:
+        plan = solver.solve(cset.problem, options)
+    except solver_inputs.PlacementError as error:  # the solver's failure is a result here, not a crash
+        t3 = time.perf_counter()
+        return {
+            "services": len(raw_services),
+            "invalid": invalid,
+            "candidates": len(cset.problem.candidates),
+            "parse_s": t1 - t0,
+            "candidates_s": t2 - t1,
+            "solve_s": t3 - t2,
+            "status_s": 0.0,
+            "total_s": t3 - t0,
+            "solver_status": f"error: {error}",
+        }
     t3 = time.perf_counter()
     outcomes = {sp.service: handlers.outcome_of(sp) for sp in plan.services}
     statuses = [

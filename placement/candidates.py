@@ -87,27 +87,45 @@ def ask(oracle: CapacityOracle, queries: Sequence[Query]) -> list[Capacity]:
     return [oracle(q) for q in queries]
 
 
-def _perf_question(query: Query) -> perf.RateQuestion:
-    """The performance model's question for a query (raises for malformed ids and values)."""
-    model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
-    config = perf.ReplicaConfig(model, query.accelerator, query.precision, query.tp, query.role, query.engine)
-    # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
-    prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
-    output_mean = query.output_mean_tokens or float(query.output_tokens)
-    sizes = perf.RequestSizes(
-        max(1.0, prompt_mean),
-        max(1.0, output_mean),
-        max(float(query.prompt_tokens), prompt_mean, 1.0),
-        max(float(query.output_tokens), output_mean, 1.0),
-    )
-    # Malformed names raise here, once per question, rather than inside the batch.
-    perf.infeasibility(config)
-    return perf.RateQuestion(
-        config,
-        sizes,
-        perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms),
-        prefill_chunk_tokens=query.prefill_chunk_tokens,
-    )
+class _Questions:
+    """Builds the performance model's questions for queries, each configuration, SLO and size once."""
+
+    def __init__(self) -> None:
+        """Empty memos (one batch's worth)."""
+        self.configs: dict[tuple[object, ...], perf.ReplicaConfig] = {}
+        self.slos: dict[tuple[float, float], perf.LatencySlo] = {}
+        self.sizes: dict[tuple[float, float, float, float], perf.RequestSizes] = {}
+
+    def __call__(self, query: Query) -> perf.RateQuestion:
+        """The question for a query (raises for malformed ids and values)."""
+        model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
+        key = (model, query.accelerator, query.precision, query.tp, query.role, query.engine)
+        config = self.configs.get(key)
+        if config is None:
+            config = perf.ReplicaConfig(
+                model, query.accelerator, query.precision, query.tp, query.role, query.engine
+            )
+            # Malformed names raise here, once per configuration, rather than inside the batch.
+            perf.infeasibility(config)
+            self.configs[key] = config
+        slo = self.slos.get((query.ttft_p99_ms, query.itl_p99_ms))
+        if slo is None:
+            slo = self.slos[(query.ttft_p99_ms, query.itl_p99_ms)] = perf.LatencySlo(
+                query.ttft_p99_ms, query.itl_p99_ms
+            )
+        # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
+        prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
+        output_mean = query.output_mean_tokens or float(query.output_tokens)
+        size_key = (
+            max(1.0, prompt_mean),
+            max(1.0, output_mean),
+            max(float(query.prompt_tokens), prompt_mean, 1.0),
+            max(float(query.output_tokens), output_mean, 1.0),
+        )
+        sizes = self.sizes.get(size_key)
+        if sizes is None:
+            sizes = self.sizes[size_key] = perf.RequestSizes(*size_key)
+        return perf.RateQuestion(config, sizes, slo, prefill_chunk_tokens=query.prefill_chunk_tokens)
 
 
 class PerfOracle:
@@ -121,9 +139,10 @@ class PerfOracle:
         """Many queries: one vectorized, cached performance-model call for all of them."""
         answers: list[Capacity | None] = [None] * len(queries)
         asked: list[tuple[int, perf.RateQuestion]] = []
+        question = _Questions()
         for i, query in enumerate(queries):
             try:
-                asked.append((i, _perf_question(query)))
+                asked.append((i, question(query)))
             except (catalog.UnknownIdError, perf.InvalidConfigError, ValueError) as error:
                 answers[i] = Capacity(0.0, None, None, str(error), "perf", size_monotone=True, any_size=True)
         rates = perf.max_rates([q for _, q in asked])

@@ -1539,7 +1539,8 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     pending: dict[int, _Pending] = {}
     for i, q in enumerate(questions):
         config, workload = q.config, q.workload
-        _validate_chunk(config, q.prefill_chunk_tokens)
+        if q.prefill_chunk_tokens is not None:
+            _validate_chunk(config, q.prefill_chunk_tokens)
         reason = infeasibility(config)
         if reason is not None:
             answers[i] = _zero(reason)
