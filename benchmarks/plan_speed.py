@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pstats
+import resource
 import subprocess
 import sys
 import tempfile
@@ -240,8 +241,10 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         else:
             services.append(service)
     t1 = time.perf_counter()
+    c1 = _cpu_s()
     cset = planning.build_inputs(services, pools)
     t2 = time.perf_counter()
+    c2 = _cpu_s()
     options = solver_inputs.SolveOptions(time_limit_s=time_limit_s)
     try:
         plan = solver.solve(cset.problem, options)
@@ -253,6 +256,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
             "candidates": len(cset.problem.candidates),
             "parse_s": t1 - t0,
             "candidates_s": t2 - t1,
+            "candidates_cpu_s": c2 - c1,
             "solve_s": t3 - t2,
             "status_s": 0.0,
             "total_s": t3 - t0,
@@ -272,6 +276,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         "candidates": len(cset.problem.candidates),
         "parse_s": t1 - t0,
         "candidates_s": t2 - t1,
+        "candidates_cpu_s": c2 - c1,
         "solve_s": t3 - t2,
         "status_s": t4 - t3,
         "total_s": t4 - t0,
@@ -283,6 +288,13 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         "served": served,
         "statuses": len(statuses),
     }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the machine is shared: wall time is noisy)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _worker_main(argv: list[str]) -> None:
@@ -374,12 +386,21 @@ def main() -> None:
                     part = _run_subprocess(prev, fleet, subset, args.time_limit, 3600.0)
                     assert part is not None
                     per_service = part["candidates_s"] / subset
+                    per_service_cpu = part.get("candidates_cpu_s", part["candidates_s"]) / subset
                     row["previous_subset"] = part
                     row["previous_kind"] = f"extrapolated from {subset} services (lower bound)"
-                    row["previous"] = {"total_s": per_service * n, "candidates_s": per_service * n}
+                    row["previous"] = {
+                        "total_s": per_service * n,
+                        "candidates_s": per_service * n,
+                        "candidates_cpu_s": per_service_cpu * n,
+                    }
                 print(f"[{n}] previous ({row['previous_kind']}): {json.dumps(row['previous'])}", flush=True)
                 row["speedup_total"] = row["previous"]["total_s"] / row["current"]["total_s"]
                 row["speedup_candidates"] = row["previous"]["candidates_s"] / row["current"]["candidates_s"]
+                if "candidates_cpu_s" in row["previous"] and "candidates_cpu_s" in row["current"]:
+                    row["speedup_candidates_cpu"] = (
+                        row["previous"]["candidates_cpu_s"] / row["current"]["candidates_cpu_s"]
+                    )
                 print(
                     f"[{n}] speed-up: total x{row['speedup_total']:.1f}, "
                     f"candidates x{row['speedup_candidates']:.1f}",

@@ -1731,7 +1731,8 @@ def _search(
     else:
         stable, batch = _batch_at_rate(r, role, low_rate)
         low = _loads_at(r, role, batch, pre)
-        low = dataclasses.replace(low, ok=low.ok & stable)
+        # A search from a floor starts exactly there (the batch solves λ(B) = floor to 1e-9).
+        low = dataclasses.replace(low, ok=low.ok & stable, rate=np.where(from_zero, low.rate, floors))
     low_meets = _meets(role, low, ttft_slo, itl_slo, tpot) & (from_zero | (floors < ceiling))
     results: list[RatePrediction | None] = [None] * n
     for i in np.nonzero(~low_meets[:, 0])[0]:
