@@ -8,12 +8,13 @@ physics; unit tests pass synthetic oracles.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from placement import catalog, perf, profiles, workload
 from placement.solver import inputs
@@ -278,6 +279,14 @@ class ServiceSpec:
     prompt_mean_tokens: float | None = None
     output_mean_tokens: float | None = None
 
+    def __hash__(self) -> int:
+        """Hash of every field, computed once (specs key the candidate cache across re-plans)."""
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in fields(self)))
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -408,11 +417,12 @@ def build(
                 else "the fleet has no pools"
             )
         allowed_by_spec.append(allowed)
+    shape_of = {pool.id: _pool_shape(pool) for pool in pools}
     missing: dict[ServiceSpec, dict[inputs.Pool, None]] = {}
     for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
         for pool in allowed:
-            if (spec, _pool_shape(pool)) not in store:
-                missing.setdefault(spec, {})[_pool_shape(pool)] = None
+            if (spec, shape_of[pool.id]) not in store:
+                missing.setdefault(spec, {})[shape_of[pool.id]] = None
     if missing:
         work = [(spec, tuple(shapes)) for spec, shapes in missing.items()]
         for (spec, shapes), results in zip(work, _price_all(work, oracle, workers), strict=True):
@@ -422,7 +432,7 @@ def build(
     rejections: list[Rejection] = []
     for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
         for pool in allowed:
-            for cand, rejection in store[(spec, _pool_shape(pool))]:
+            for cand, rejection in store[(spec, shape_of[pool.id])]:
                 if cand is not None:
                     cands.append(cand if cand.pool == pool.id else replace(cand, pool=pool.id))
                 elif rejection is not None:
