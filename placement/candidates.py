@@ -451,6 +451,9 @@ def build(
 # Pricing runs in worker processes only from this many (service, pool) pairs: below it, starting processes
 # costs more than it saves (a few hundred ms each).
 PARALLEL_MIN_PAIRS = 4000
+# Services priced in one batch: large enough for numpy to amortise its per-call cost, small enough to
+# bound memory (a batch's arrays grow with its questions) and to balance the worker processes.
+PRICE_SLICE_SERVICES = 50
 
 
 def parallel_workers(pairs: int) -> int:
@@ -466,21 +469,16 @@ Work = Sequence[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]
 
 
 def _price_all(work: Work, oracle: CapacityOracle, workers: int | None) -> list[list[PoolResults]]:
-    """_price over `work`, split over worker processes when it pays and the oracle can travel."""
+    """_price over `work` in slices of PRICE_SLICE_SERVICES services (bounded memory), over worker
+    processes when it pays and the oracle can travel (fork keeps the parent's performance-model cache)."""
     pairs = sum(len(shapes) for _, shapes in work)
     count = parallel_workers(pairs) if workers is None else workers
-    if count <= 1 or len(work) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
-        return _price(work, oracle)
-    # Contiguous slices balanced by pairs; fork keeps the parent's performance-model cache.
-    slices: list[list[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]] = [[] for _ in range(count)]
-    per_slice = pairs / count
-    done = 0
-    for item in work:
-        slices[min(count - 1, int(done / per_slice))].append(item)
-        done += len(item[1])
+    slices = [work[i : i + PRICE_SLICE_SERVICES] for i in range(0, len(work), PRICE_SLICE_SERVICES)]
+    if count <= 1 or len(slices) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
+        return [result for piece in slices for result in _price(piece, oracle)]
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=context) as executor:
-        parts = list(executor.map(_price, [s for s in slices if s], itertools.repeat(oracle)))
+        parts = list(executor.map(_price, slices, itertools.repeat(oracle)))
     return [result for part in parts for result in part]
 
 

@@ -1509,18 +1509,19 @@ def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     Raises InvalidConfigError (or catalog.UnknownIdError) for the first malformed question.
     """
     keys = [_canonical(q) for q in questions]
-    missing = list(dict.fromkeys(k for k in keys if k not in _RATE_CACHE))
+    cache = _RATE_CACHE
+    missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    fresh: dict[RateQuestion, RatePrediction] = {}
     if missing:
         with np.errstate(all="ignore"):
-            answers = _solve_rates(missing)
-        for key, answer in zip(missing, answers, strict=True):
-            _RATE_CACHE[key] = answer
-        overflow = len(_RATE_CACHE) - RATE_CACHE_MAX_ENTRIES
-        if overflow > 0:
-            for key in list(itertools.islice(iter(_RATE_CACHE), overflow)):
-                del _RATE_CACHE[key]
-    cache = _RATE_CACHE
-    return [cache[k] if k in cache else _solve_rates([k])[0] for k in keys]
+            fresh = dict(zip(missing, _solve_rates(missing), strict=True))
+    out = [fresh[k] if k in fresh else cache[k] for k in keys]
+    cache.update(fresh)
+    overflow = len(cache) - RATE_CACHE_MAX_ENTRIES
+    if overflow > 0:
+        for key in list(itertools.islice(iter(cache), overflow)):
+            del cache[key]
+    return out
 
 
 @dataclasses.dataclass
