@@ -734,7 +734,9 @@ def _candidate(
         ):
             first_miss = (answer, k)
     worst = first_miss[0] if first_miss is not None else None
-    if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0):
+    # With no demand a replica floor still needs somewhere to run: any configuration that can run at all.
+    runnable = not any(a is not None and a.any_size for a in answers)
+    if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0 and runnable):
         modelled = any(a is not None and a.modelled for a in answers)
         return (
             inputs.Candidate(
