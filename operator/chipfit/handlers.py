@@ -339,6 +339,7 @@ class Fleet:
             plan.status,
             gap_ratio=plan.gap,
             objective_dollars_per_hour=plan.price_per_hour,
+            bound_source=plan.bound_source,
         )
         outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
         if relaxed_reason is not None:
