@@ -127,6 +127,23 @@ def instance(n_services: int, seed: int, serving: str, headroom: float) -> input
     return inputs.FleetProblem(tuple(services), sized, tuple(cands), current)
 
 
+def grid_instance(n_services: int) -> inputs.FleetProblem:
+    """Disaggregated services on 50 near-equal pools, no coupling constraints (tests/unit's case)."""
+    pools = tuple(inputs.Pool(f"p{j}", f"chip{j % 5}", 8, 4, 1.0 + 0.1 * (j % 7)) for j in range(50))
+    services = tuple(
+        inputs.ServiceDemand(f"s{i}", (1.0 + i % 3, 2.0), serving="disaggregated") for i in range(n_services)
+    )
+    cands = tuple(
+        inputs.Candidate(
+            s.id, role, p.id, p.id, "bf16", 1, (1.0 + (j % 4), 0.5 + (j % 3)), p.price_per_device_hour
+        )
+        for s in services
+        for j, p in enumerate(pools)
+        for role in ("prefill", "decode")
+    )
+    return inputs.FleetProblem(services, pools, cands)
+
+
 def load_previous(ref: str) -> ModuleType:
     """placement/solve.py as of git `ref` (the solver before the split), as a module."""
     text = subprocess.run(
@@ -195,11 +212,18 @@ def main() -> int:
         help="git revision of the previous solver, before the split ('' to skip)",
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--generator", choices=("coupled", "grid"), default="coupled", help="grid: the uncoupled test case"
+    )
     args = parser.parse_args()
     old = load_previous(args.before) if args.before else None
     rows = []
     for seed in range(args.seeds):
-        problem = instance(args.services, seed, args.serving, args.headroom)
+        problem = (
+            grid_instance(args.services)
+            if args.generator == "grid"
+            else instance(args.services, seed, args.serving, args.headroom)
+        )
         options = inputs.SolveOptions(
             time_limit_s=args.time_limit, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
         )
@@ -207,6 +231,7 @@ def main() -> int:
         row: dict[str, Any] = {
             "services": args.services,
             "serving": args.serving,
+            "generator": args.generator,
             "seed": seed,
             "candidates": len(problem.candidates),
             "budgets": sum(1 for s in problem.services if s.max_dollars_per_hour is not None),

@@ -44,7 +44,7 @@ from placement.solver import allocation, formulation, highs, inputs, stages
 # Column-generation rounds per stage, at most (each round prices every service once); a priority level's
 # stage only needs a good pin, so it gets fewer.
 MAX_ROUNDS = 40
-MAX_LEVEL_ROUNDS = 5
+MAX_LEVEL_ROUNDS = 3
 # A column enters when its reduced cost is below -REDUCED_COST_TOLERANCE x max(1, |objective|).
 REDUCED_COST_TOLERANCE = 1e-7
 # Cost per device of the master's artificial overflow variables (pool capacity exceeded): far above any
@@ -133,9 +133,10 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         services.append(svc)
 
     levels = sorted({s.priority for s in problem.services}, reverse=True)
-    # Time: stage 0 may take half (it is the whole solve when everything fits); a level stage only needs a
-    # pin, so each takes a share that leaves the final cost stage at least two shares.
-    n_stages_left = 2
+    # Time: stage 0 may take a third (it is the whole solve when everything fits, and its column
+    # generation stops early when converged); a level stage only needs a pin, so each takes a share that
+    # leaves the final cost stage at least three.
+    n_stages_left = 3
     # Stage 0: everything coverable served (u fixed at 0, or at a service's own floor when its budget or
     # ceiling rules out full service: no fleet plan can serve it more), cost minimised.
     result = _stage(services, capacity, [], "cost", None, False, options, started, deadline, n_stages_left)
@@ -147,7 +148,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         for n_done, level in enumerate(levels):
             if not any(s.demand.priority == level and s.unmet.any() for s in services):
                 continue
-            left = len(levels) - n_done + 2
+            left = len(levels) - n_done + 3
             level_result = _stage(
                 services, capacity, pins, "unmet", level, True, options, started, deadline, left
             )
@@ -242,14 +243,14 @@ def _stage(
     zero = np.zeros(len(capacity))
     for j in sorted(range(len(services)), key=lambda j: (-services[j].demand.priority, j)):
         svc = services[j]
-        if allow_unmet:
+        if allow_unmet and not any(c.unmet_rps > 0.0 and not c.devices for c in pool[j]):
             # Also each service's smallest plan (fewest devices: its floors only), so the master can
-            # always shed a service to make room.
+            # always shed a service to make room (once: it is the same plan in every stage).
             small, _ = _price(svc, -np.ones(len(capacity)), {}, "none", None, True, options, pricing_deadline)
             if small is not None and not _known(pool[j], small):
                 pool[j].append(small)
                 svc.columns.append(small)
-        if allow_unmet and len(pool[j]) > 1:
+        if allow_unmet and (len(pool[j]) > 1 or (pool[j] and time.perf_counter() > pricing_deadline)):
             continue  # columns from the earlier stages already give this service plans
         column, _ = _price(svc, zero, {}, kind, level, allow_unmet, options, pricing_deadline, left)
         if column is None:
@@ -271,6 +272,9 @@ def _stage(
         bound_sum = value
         added = 0
         for j, svc in enumerate(services):
+            if time.perf_counter() > stage_deadline:
+                bound_sum = -math.inf  # out of time mid-round: this round proves nothing
+                break
             key = (
                 kind,
                 level,
