@@ -55,6 +55,8 @@ OVERFLOW_COST = 1e7
 CONVERGED_SHARE = 0.5
 # Share of the stage's time the column generation may use; the rest is for the integer master.
 PRICING_TIME_SHARE = 0.6
+# Seconds a pricing MILP may still take when it found no plan by the stage's deadline.
+PRICING_GRACE_S = 10.0
 # Passes of the local search that re-plans one service at a time in what the others leave.
 IMPROVE_PASSES = 2
 
@@ -444,7 +446,12 @@ def _price(
         rows += [(vec, max(0.0, float(devices_left[row]))) for row, vec in svc.device_rows]
     if max_unmet_rps is not None:
         rows.append((svc.unmet, max_unmet_rps))
-    run = highs.run(model, c, var_hi, rows, options, deadline)
+    try:
+        run = highs.run(model, c, var_hi, rows, options, deadline)
+    except inputs.SolverError:
+        # No incumbent before the (stage) deadline: a pricing problem is small, give it a fixed grace
+        # rather than lose the service's column (a second failure is a real solver error).
+        run = highs.run(model, c, var_hi, rows, options, time.perf_counter() + PRICING_GRACE_S)
     if run is None:
         return None, math.inf
     x = run.x
