@@ -57,6 +57,8 @@ CONVERGED_SHARE = 0.5
 PRICING_TIME_SHARE = 0.6
 # Seconds a pricing MILP may still take when it found no plan by the stage's deadline.
 PRICING_GRACE_S = 10.0
+# Stage 0 resumes its column generation when it finished with at least this many seconds left.
+MIN_RESUME_S = 2.0
 # Passes of the local search that re-plans one service at a time in what the others leave.
 IMPROVE_PASSES = 2
 
@@ -143,6 +145,13 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # ceiling rules out full service: no fleet plan can serve it more), cost minimised.
     result = _stage(services, capacity, [], "cost", None, False, options, started, deadline, n_stages_left)
     stage_count = 1
+    if result is not None and deadline - time.perf_counter() > MIN_RESUME_S:
+        # Everything fits, so stage 0 is the whole solve: spend the rest of the time on more rounds from
+        # the columns so far (a better bound, and a plan at least as good).
+        more = _stage(services, capacity, [], "cost", None, False, options, started, deadline, 1)
+        if more is not None:
+            best = more if more.objective < result.objective else result
+            result = _StageResult(best.chosen, best.objective, max(result.bound, more.bound))
     pins: list[tuple[int, float]] = []
     if result is None:
         # Not everything can be served: by priority level, highest first, minimise the level's unmet
@@ -252,7 +261,9 @@ def _stage(
             if small is not None and not _known(pool[j], small):
                 pool[j].append(small)
                 svc.columns.append(small)
-        if allow_unmet and (len(pool[j]) > 1 or (pool[j] and time.perf_counter() > pricing_deadline)):
+        if (not allow_unmet and pool[j]) or (
+            allow_unmet and (len(pool[j]) > 1 or (pool[j] and time.perf_counter() > pricing_deadline))
+        ):
             continue  # columns from the earlier stages already give this service plans
         column, _ = _price(svc, zero, {}, kind, level, allow_unmet, options, pricing_deadline, left)
         if column is None:
