@@ -494,6 +494,7 @@ class Fleet:
             plan.status,
             gap_ratio=plan.gap,
             objective_dollars_per_hour=plan.price_per_hour,
+            bound_source=plan.bound_source,
         )
         return solved.outcomes, solved.explanations, {u.pool: u for u in plan.pools}
 
