@@ -1,0 +1,536 @@
+"""Autoscaling decisions on live traffic: forecast demand, size it through the fleet solver, stabilize.
+
+One pure function, `decide`, is what the operator's timer and the trace-replay simulator both call, so the
+benchmark measures the code that runs. Each decision:
+
+1. per service, updates a Holt (level + trend) forecast of the request rate from the observation, and
+   sizes for the higher of the forecast one start-up time ahead and the highest rate seen within a short
+   peak window, plus headroom, divided by the online capacity correction;
+2. spreads that rate over the service's request-size buckets with the observed size mix;
+3. solves the same fleet MILP the planner uses (placement.solve), warm-started from what runs now: the
+   move penalty is the churn cost, so scale-up lands on the cheapest pool with room that meets the SLO,
+   a full pool spills to the next chip type and load moves back when the solver finds it cheaper by more
+   than the penalty; prefill and decode are separate roles of the same solve;
+4. stabilizes per configuration: increases apply at once; a decrease applies only to the highest
+   recommendation of the last `scale_down_window_s`, never within `reversal_window_s` of an increase of
+   that configuration, never while replicas of the service are still starting, and never by less than
+   the tolerance (hysteresis). Missing metrics hold the last decision; nothing goes to zero unless the
+   service opted in and saw no traffic for `idle_to_zero_s`.
+
+The capacity model is the solver's: each candidate's SLO-bounded max req/s per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from placement import solve
+
+Direction = Literal["up", "down", "hold", "move"]
+
+# Defaults, with where they come from. Kubernetes' HPA syncs every 15 s and KEDA polls every 30 s; 30 s
+# leaves Prometheus' default 15 s scrape two samples per decision.
+DEFAULT_INTERVAL_S = 30.0
+# Pod start-up of a vLLM replica (node already up): image present, weights from a node-local cache, CUDA
+# graph capture; 1-3 min in vLLM's and llm-d's own guides. The forecast looks this far ahead.
+DEFAULT_STARTUP_S = 120.0
+# HPA's default scale-down stabilization window (--horizontal-pod-autoscaler-downscale-stabilization).
+DEFAULT_SCALE_DOWN_WINDOW_S = 300.0
+# HPA's default tolerance: changes of capacity within 10% are ignored (hysteresis).
+DEFAULT_TOLERANCE = 0.1
+
+
+class AutoscaleError(ValueError):
+    """Bad policy or observation; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Knobs of the autoscaler; the defaults are documented in docs/autoscaling.md."""
+
+    interval_s: float = DEFAULT_INTERVAL_S
+    startup_s: float = DEFAULT_STARTUP_S
+    # Holt smoothing per decision: level and trend (a short horizon: bursts matter more than the day).
+    level_alpha: float = 0.6
+    trend_beta: float = 0.3
+    # Size at least for the highest observed rate within this window: Azure's code trace swings 0 -> 10
+    # req/s within a minute, faster than a pod starts, so a burst seen once is kept for a while.
+    peak_window_s: float = 240.0
+    # Extra capacity over the sized rate (Poisson noise within the observation window).
+    headroom: float = 0.15
+    scale_down_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
+    # No decrease of a configuration within this long of its last increase (no direction reversal).
+    reversal_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
+    tolerance: float = DEFAULT_TOLERANCE
+    # Opted-in services go to zero after this long without a request (KEDA's cooldownPeriod is 300 s).
+    idle_to_zero_s: float = 600.0
+    # Online capacity correction: bounds, step per decision, and the model utilization above which an
+    # observation says something about capacity.
+    correction_min: float = 0.5
+    correction_max: float = 1.25
+    correction_step: float = 0.05
+    correction_min_utilization: float = 0.6
+    # Churn cost: $/h-equivalent per device removed from a running replica (solve.SolveOptions).
+    move_penalty_per_device_hour: float = 2.0
+    solve_time_limit_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Every knob in range, named when not."""
+        positive = ("interval_s", "scale_down_window_s", "solve_time_limit_s")
+        for name in positive:
+            if not getattr(self, name) > 0.0:
+                raise AutoscaleError(f"policy.{name}: must be > 0, got {getattr(self, name)}")
+        non_negative = (
+            "startup_s",
+            "peak_window_s",
+            "headroom",
+            "reversal_window_s",
+            "tolerance",
+            "idle_to_zero_s",
+            "move_penalty_per_device_hour",
+            "correction_step",
+        )
+        for name in non_negative:
+            if not getattr(self, name) >= 0.0:
+                raise AutoscaleError(f"policy.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("level_alpha", "trend_beta"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise AutoscaleError(f"policy.{name}: must be in (0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.correction_min <= 1.0 <= self.correction_max:
+            raise AutoscaleError(
+                "policy.correction_min/correction_max: need 0 < min <= 1 <= max, got "
+                f"{self.correction_min}, {self.correction_max}"
+            )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the metrics say about one service over the last window; None means the metric is missing."""
+
+    requests_per_second: float | None
+    # Share of requests per bucket of the service's workload (sums to 1), None: keep the last known mix.
+    bucket_share: tuple[float, ...] | None = None
+    ttft_p99_ms: float | None = None
+    itl_p99_ms: float | None = None
+    waiting: float | None = None
+    running: float | None = None
+    kv_usage: float | None = None
+
+    @property
+    def missing(self) -> bool:
+        """No usable rate: the decision holds."""
+        rps = self.requests_per_second
+        return rps is None or not math.isfinite(rps) or rps < 0.0
+
+
+@dataclass(frozen=True)
+class ServiceTraits:
+    """What the autoscaler needs to know about a service beyond the solver's demand."""
+
+    ttft_p99_ms: float
+    itl_p99_ms: float
+    scale_to_zero: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The autoscaler's memory of one service."""
+
+    level_rps: float | None = None
+    trend_rps_per_s: float = 0.0
+    last_observed_s: float | None = None
+    # (time, rate) of the observations within the peak window.
+    recent: tuple[tuple[float, float], ...] = ()
+    bucket_share: tuple[float, ...] | None = None
+    correction: float = 1.0
+    last_traffic_s: float | None = None
+    # The rate the last decision sized for (what a decision without metrics keeps sizing for).
+    sized_rps: float | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """The autoscaler's memory: per service, and the recent recommendations per configuration."""
+
+    services: Mapping[str, ServiceState] = field(default_factory=dict)
+    # (time, solver target per configuration) within the scale-down window.
+    recommendations: tuple[tuple[float, Mapping[solve.CandidateKey, int]], ...] = ()
+    last_increase_s: Mapping[solve.CandidateKey, float] = field(default_factory=dict)
+    last_decrease_s: Mapping[solve.CandidateKey, float] = field(default_factory=dict)
+    # The last applied targets: what a decision without metrics holds.
+    targets: Mapping[solve.CandidateKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceDecision:
+    """One service's part of a decision, with why."""
+
+    service: str
+    direction: Direction
+    reason: str
+    observed_rps: float | None
+    forecast_rps: float
+    sizing_rps: float
+    correction: float
+    replicas: int
+    price_per_hour: float
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Targets per configuration (absent: 0), what each service decided and why, and the next state."""
+
+    time_s: float
+    targets: Mapping[solve.CandidateKey, int]
+    services: tuple[ServiceDecision, ...]
+    state: State
+    plan: solve.Plan | None
+    solver_targets: Mapping[solve.CandidateKey, int]
+
+
+def forecast(state: ServiceState, horizon_s: float) -> float:
+    """Holt's linear forecast `horizon_s` ahead, never below zero."""
+    if state.level_rps is None:
+        return 0.0
+    return max(0.0, state.level_rps + state.trend_rps_per_s * horizon_s)
+
+
+def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy) -> ServiceState:
+    """Fold one observation into the service's forecast (unchanged when the rate is missing)."""
+    if obs.missing:
+        return state
+    rps = float(obs.requests_per_second or 0.0)
+    if state.level_rps is None or state.last_observed_s is None:
+        level, trend = rps, 0.0
+    else:
+        dt = max(now_s - state.last_observed_s, 1e-9)
+        # Holt's double exponential smoothing with irregular steps: trend per second.
+        predicted = state.level_rps + state.trend_rps_per_s * dt
+        level = policy.level_alpha * rps + (1.0 - policy.level_alpha) * predicted
+        trend = policy.trend_beta * (level - state.level_rps) / dt + (1.0 - policy.trend_beta) * (
+            state.trend_rps_per_s
+        )
+    recent = (*((t, r) for t, r in state.recent if t > now_s - policy.peak_window_s), (now_s, rps))
+    share = state.bucket_share
+    if obs.bucket_share is not None and sum(obs.bucket_share) > 0.0 and rps > 0.0:
+        total = sum(obs.bucket_share)
+        new = tuple(max(0.0, s) / total for s in obs.bucket_share)
+        share = (
+            new
+            if share is None or len(share) != len(new)
+            else tuple(
+                policy.level_alpha * a + (1.0 - policy.level_alpha) * b
+                for a, b in zip(new, share, strict=True)
+            )
+        )
+    last_traffic = now_s if rps > 0.0 or (obs.waiting or 0.0) > 0.0 else state.last_traffic_s
+    return replace(
+        state,
+        level_rps=level,
+        trend_rps_per_s=trend,
+        last_observed_s=now_s,
+        recent=recent,
+        bucket_share=share,
+        last_traffic_s=last_traffic,
+    )
+
+
+def serving_capacity_rps(
+    candidates: Mapping[solve.CandidateKey, solve.Candidate],
+    replicas: Mapping[solve.CandidateKey, int],
+    service: str,
+    share: Sequence[float],
+) -> float:
+    """Req/s the service's ready replicas sustain within the SLO at this size mix (min over stages)."""
+    front = 0.0
+    back = 0.0
+    has_back = False
+    for key, n in replicas.items():
+        if key.service != service or n <= 0 or key not in candidates:
+            continue
+        caps = candidates[key].max_rps_per_bucket
+        # Harmonic mix: one req/s of this mix uses sum_b share_b / cap_b replica-seconds per second.
+        load = sum(s / c if c > 0.0 else math.inf for s, c in zip(share, caps, strict=False) if s > 0.0)
+        rate = n / load if load > 0.0 else 0.0
+        if key.role == "decode":
+            back += rate
+            has_back = True
+        else:
+            front += rate
+    return min(front, back) if has_back else front
+
+
+def correct(
+    state: ServiceState,
+    obs: Observation,
+    traits: ServiceTraits,
+    model_utilization: float,
+    policy: Policy,
+) -> ServiceState:
+    """Online capacity correction from observed p99 latency vs the model's promise at the observed load.
+
+    The model promises p99 TTFT and ITL within the SLO at any load up to its SLO-bounded capacity. A p99
+    above the SLO at model utilization u < 1 says the true capacity is at most u times the modelled one:
+    the factor drops to that (at least one step). A p99 well within the SLO (half of it) at u >= 0.8 says
+    the model is conservative here: the factor rises one step. Bounded by policy.correction_min/max.
+    """
+    if obs.missing or model_utilization < policy.correction_min_utilization:
+        return state
+    ratios = [
+        observed / slo
+        for observed, slo in ((obs.ttft_p99_ms, traits.ttft_p99_ms), (obs.itl_p99_ms, traits.itl_p99_ms))
+        if observed is not None and math.isfinite(observed) and slo > 0.0
+    ]
+    if not ratios:
+        return state
+    worst = max(ratios)
+    factor = state.correction
+    if worst > 1.0 and model_utilization < 1.0:
+        factor = min(factor * (1.0 - policy.correction_step), factor * model_utilization)
+    elif worst <= 0.5 and model_utilization >= 0.8:
+        factor = factor * (1.0 + policy.correction_step)
+    factor = min(policy.correction_max, max(policy.correction_min, factor))
+    return replace(state, correction=factor)
+
+
+def sizing_rps(state: ServiceState, policy: Policy) -> tuple[float, float]:
+    """(forecast one start-up ahead, rate to size for: peak-window max or forecast, plus headroom)."""
+    ahead = forecast(state, policy.startup_s + policy.interval_s)
+    peak = max((r for _, r in state.recent), default=0.0)
+    now = state.level_rps or 0.0
+    base = max(ahead, peak, now)
+    return ahead, base * (1.0 + policy.headroom) / state.correction
+
+
+def _idle(state: ServiceState, traits: ServiceTraits, now_s: float, policy: Policy) -> bool:
+    """Opted in to scale to zero and no request seen for the idle period."""
+    if not traits.scale_to_zero:
+        return False
+    if state.last_traffic_s is None:
+        return state.last_observed_s is not None and state.level_rps == 0.0
+    return now_s - state.last_traffic_s >= policy.idle_to_zero_s
+
+
+def _demand(
+    base: solve.ServiceDemand, rps: float, share: Sequence[float] | None, *, floor: int
+) -> solve.ServiceDemand:
+    """The service's demand at `rps` with this size mix (the spec's mix when none was observed)."""
+    spec_total = sum(base.bucket_rps)
+    mix = (
+        list(share)
+        if share is not None and len(share) == len(base.bucket_rps) and sum(share) > 0.0
+        else [r / spec_total if spec_total > 0.0 else 1.0 / len(base.bucket_rps) for r in base.bucket_rps]
+    )
+    total = sum(mix)
+    bucket_rps = tuple(rps * m / total for m in mix)
+    max_replicas = base.max_replicas
+    min_replicas = max(base.min_replicas, floor)
+    if max_replicas is not None:
+        min_replicas = min(min_replicas, max_replicas)
+    return replace(base, bucket_rps=bucket_rps, min_replicas=min_replicas)
+
+
+def _solve(
+    problem: solve.Problem,
+    demands: Sequence[solve.ServiceDemand],
+    current: Mapping[solve.CandidateKey, int],
+    policy: Policy,
+) -> solve.Plan:
+    """The fleet solve at the sized demand, warm-started from (and penalised for leaving) `current`."""
+    sized = replace(problem, services=tuple(demands), current_replicas=dict(current))
+    options = solve.SolveOptions(
+        time_limit_s=policy.solve_time_limit_s,
+        move_penalty_per_device_hour=policy.move_penalty_per_device_hour,
+    )
+    return solve.solve(sized, options)
+
+
+def _plan_targets(plan: solve.Plan) -> dict[solve.CandidateKey, int]:
+    """Replicas per configuration in a plan."""
+    out: dict[solve.CandidateKey, int] = {}
+    for sp in plan.services:
+        for a in sp.assignments:
+            key = solve.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
+            out[key] = out.get(key, 0) + a.replicas
+    return out
+
+
+Replicas = Mapping[solve.CandidateKey, int]
+
+
+def direction(before: Replicas, after: Replicas) -> Direction:
+    """up / down when replicas only rise / fall, move when some rise and others fall, else hold."""
+    keys = set(before) | set(after)
+    rise = any(after.get(k, 0) > before.get(k, 0) for k in keys)
+    fall = any(after.get(k, 0) < before.get(k, 0) for k in keys)
+    if rise and fall:
+        return "move"
+    return "up" if rise else "down" if fall else "hold"
+
+
+def decide(
+    problem: solve.Problem,
+    traits: Mapping[str, ServiceTraits],
+    state: State,
+    observations: Mapping[str, Observation],
+    current: Mapping[solve.CandidateKey, int],
+    now_s: float,
+    policy: Policy | None = None,
+    *,
+    starting: Mapping[solve.CandidateKey, int] | None = None,
+) -> Decision:
+    """One autoscaling decision for the fleet.
+
+    `problem` is the planner's (its candidates carry the SLO-bounded capacity per bucket; its services'
+    bucket rates are the spec's and give the size mix until one is observed). `current` is what exists now
+    (ready or starting, i.e. the Deployments' replicas), `starting` the part of it not ready yet. A
+    service absent from `observations`, or with a missing rate, holds its last targets.
+    """
+    policy = policy or Policy()
+    starting = starting or {}
+    cands = {c.key: c for c in problem.candidates}
+    service_states = dict(state.services)
+    demands: list[solve.ServiceDemand] = []
+    held: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
+    for base in problem.services:
+        sid = base.id
+        t = traits[sid]
+        s = service_states.get(sid, ServiceState())
+        obs = observations.get(sid)
+        notes[sid] = []
+        if obs is None or obs.missing:
+            held[sid] = "metrics missing: holding the last decision"
+            service_states[sid] = s
+            # The solver still sees the service at its last sized rate, so other services' plans leave
+            # its pools alone; its targets are then replaced by the last ones below.
+            last_rate = s.sized_rps if s.sized_rps is not None else base.requests_per_second
+            demands.append(_demand(base, last_rate, s.bucket_share, floor=1))
+            continue
+        share = obs.bucket_share or s.bucket_share or base.bucket_rps
+        ready = {k: n - starting.get(k, 0) for k, n in current.items()}
+        capacity = serving_capacity_rps(cands, ready, sid, share) * s.correction
+        utilization = (obs.requests_per_second or 0.0) / capacity if capacity > 0.0 else 0.0
+        before = s.correction
+        s = correct(observe(s, obs, now_s, policy), obs, t, utilization, policy)
+        if s.correction != before:
+            notes[sid].append(
+                f"capacity correction {before:.2f} -> {s.correction:.2f} "
+                f"(p99 TTFT {obs.ttft_p99_ms or 0:.0f}/{t.ttft_p99_ms:.0f} ms, "
+                f"ITL {obs.itl_p99_ms or 0:.0f}/{t.itl_p99_ms:.0f} ms at {utilization:.0%} model load)"
+            )
+        service_states[sid] = s
+        idle = _idle(s, t, now_s, policy)
+        _, rate = sizing_rps(s, policy)
+        if idle:
+            rate = 0.0
+            notes[sid].append(f"idle for {policy.idle_to_zero_s:.0f} s: scale to zero")
+        s = replace(s, sized_rps=rate)
+        service_states[sid] = s
+        demands.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
+
+    last = dict(state.targets) or dict(current)
+    plan: solve.Plan | None
+    try:
+        plan = _solve(problem, demands, current, policy)
+        solver_targets = _plan_targets(plan)
+    except solve.PlacementError as error:
+        plan = None
+        solver_targets = {}
+        for d in demands:
+            held.setdefault(d.id, f"no plan at the sized demand ({error}): holding the last decision")
+    for sid in held:
+        solver_targets = {k: n for k, n in solver_targets.items() if k.service != sid}
+        solver_targets.update({k: n for k, n in last.items() if k.service == sid})
+
+    # Stabilize per configuration.
+    window = (
+        *((t, r) for t, r in state.recommendations if t > now_s - policy.scale_down_window_s),
+        (now_s, dict(solver_targets)),
+    )
+    last_up = dict(state.last_increase_s)
+    last_down = dict(state.last_decrease_s)
+    targets: dict[solve.CandidateKey, int] = {}
+    starting_services = {k.service for k, n in starting.items() if n > 0}
+    for key in set(current) | set(solver_targets):
+        have = current.get(key, 0)
+        want = solver_targets.get(key, 0)
+        if key.service in held:
+            targets[key] = last.get(key, have)
+            continue
+        if want >= have:
+            targets[key] = want
+            continue
+        # A decrease: to the highest recommendation in the window, and only when allowed.
+        highest = max(r.get(key, 0) for _, r in window)
+        reason = None
+        if now_s - last_up.get(key, -math.inf) < policy.reversal_window_s:
+            reason = "within the reversal window of an increase"
+        elif key.service in starting_services:
+            reason = "replicas still starting"
+        elif highest >= have:
+            reason = "stabilization window"
+        elif want > 0 and (have - highest) < policy.tolerance * have:
+            reason = "within tolerance"
+        if reason is not None:
+            targets[key] = have
+            notes[key.service].append(f"keeps {have} on {key.pool}: {reason}")
+        else:
+            targets[key] = highest
+    for key, n in targets.items():
+        if n > current.get(key, 0):
+            last_up[key] = now_s
+        elif n < current.get(key, 0):
+            last_down[key] = now_s
+    targets = {k: n for k, n in targets.items() if n > 0}
+
+    decisions: list[ServiceDecision] = []
+    for base in problem.services:
+        sid = base.id
+        s = service_states[sid]
+        mine_before = {k: n for k, n in current.items() if k.service == sid}
+        mine_after = {k: n for k, n in targets.items() if k.service == sid}
+        ahead, rate = sizing_rps(s, policy)
+        moved = direction(mine_before, mine_after)
+        obs = observations.get(sid)
+        observed = (obs.requests_per_second or 0.0) if obs is not None else 0.0
+        if sid in held:
+            reason = held[sid]
+        else:
+            change = ", ".join(
+                f"{k.role}@{k.pool}/{k.precision}/tp{k.tp} {mine_before.get(k, 0)}->{mine_after.get(k, 0)}"
+                for k in sorted(set(mine_before) | set(mine_after))
+                if mine_before.get(k, 0) != mine_after.get(k, 0)
+            )
+            reason = f"sized for {rate:.2f} req/s (observed {observed:.2f}, forecast {ahead:.2f})" + (
+                f": {change}" if change else ": no change"
+            )
+            if notes[sid]:
+                reason += "; " + "; ".join(notes[sid])
+        price = sum(n * cands[k].price_per_hour for k, n in mine_after.items() if k in cands)
+        decisions.append(
+            ServiceDecision(
+                service=sid,
+                direction=moved,
+                reason=reason,
+                observed_rps=None if obs is None or obs.missing else obs.requests_per_second,
+                forecast_rps=ahead,
+                sizing_rps=rate,
+                correction=s.correction,
+                replicas=sum(mine_after.values()),
+                price_per_hour=price,
+                held=sid in held,
+            )
+        )
+    new_state = State(
+        services=service_states,
+        recommendations=window,
+        last_increase_s=last_up,
+        last_decrease_s=last_down,
+        targets=dict(targets),
+    )
+    return Decision(now_s, dict(targets), tuple(decisions), new_state, plan, dict(solver_targets))
