@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from placement import solve
+from placement.solver import allocation, inputs, solve
 
 Direction = Literal["up", "down", "hold", "move"]
 
@@ -73,7 +73,7 @@ class Policy:
     correction_max: float = 1.25
     correction_step: float = 0.05
     correction_min_utilization: float = 0.6
-    # Churn cost: $/h-equivalent per device removed from a running replica (solve.SolveOptions).
+    # Churn cost: $/h-equivalent per device removed from a running replica (inputs.SolveOptions).
     move_penalty_per_device_hour: float = 2.0
     solve_time_limit_s: float = 10.0
 
@@ -157,11 +157,11 @@ class State:
 
     services: Mapping[str, ServiceState] = field(default_factory=dict)
     # (time, solver target per configuration) within the scale-down window.
-    recommendations: tuple[tuple[float, Mapping[solve.CandidateKey, int]], ...] = ()
-    last_increase_s: Mapping[solve.CandidateKey, float] = field(default_factory=dict)
-    last_decrease_s: Mapping[solve.CandidateKey, float] = field(default_factory=dict)
+    recommendations: tuple[tuple[float, Mapping[inputs.CandidateKey, int]], ...] = ()
+    last_increase_s: Mapping[inputs.CandidateKey, float] = field(default_factory=dict)
+    last_decrease_s: Mapping[inputs.CandidateKey, float] = field(default_factory=dict)
     # The last applied targets: what a decision without metrics holds.
-    targets: Mapping[solve.CandidateKey, int] = field(default_factory=dict)
+    targets: Mapping[inputs.CandidateKey, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,11 @@ class Decision:
     """Targets per configuration (absent: 0), what each service decided and why, and the next state."""
 
     time_s: float
-    targets: Mapping[solve.CandidateKey, int]
+    targets: Mapping[inputs.CandidateKey, int]
     services: tuple[ServiceDecision, ...]
     state: State
-    plan: solve.Plan | None
-    solver_targets: Mapping[solve.CandidateKey, int]
+    plan: allocation.Plan | None
+    solver_targets: Mapping[inputs.CandidateKey, int]
 
 
 def forecast(state: ServiceState, horizon_s: float) -> float:
@@ -240,8 +240,8 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
 
 
 def serving_capacity_rps(
-    candidates: Mapping[solve.CandidateKey, solve.Candidate],
-    replicas: Mapping[solve.CandidateKey, int],
+    candidates: Mapping[inputs.CandidateKey, inputs.Candidate],
+    replicas: Mapping[inputs.CandidateKey, int],
     service: str,
     share: Sequence[float],
 ) -> float:
@@ -316,8 +316,8 @@ def _idle(state: ServiceState, traits: ServiceTraits, now_s: float, policy: Poli
 
 
 def _demand(
-    base: solve.ServiceDemand, rps: float, share: Sequence[float] | None, *, floor: int
-) -> solve.ServiceDemand:
+    base: inputs.ServiceDemand, rps: float, share: Sequence[float] | None, *, floor: int
+) -> inputs.ServiceDemand:
     """The service's demand at `rps` with this size mix (the spec's mix when none was observed)."""
     spec_total = sum(base.bucket_rps)
     mix = (
@@ -335,31 +335,31 @@ def _demand(
 
 
 def _solve(
-    problem: solve.Problem,
-    demands: Sequence[solve.ServiceDemand],
-    current: Mapping[solve.CandidateKey, int],
+    problem: inputs.FleetProblem,
+    demands: Sequence[inputs.ServiceDemand],
+    current: Mapping[inputs.CandidateKey, int],
     policy: Policy,
-) -> solve.Plan:
+) -> allocation.Plan:
     """The fleet solve at the sized demand, warm-started from (and penalised for leaving) `current`."""
     sized = replace(problem, services=tuple(demands), current_replicas=dict(current))
-    options = solve.SolveOptions(
+    options = inputs.SolveOptions(
         time_limit_s=policy.solve_time_limit_s,
         move_penalty_per_device_hour=policy.move_penalty_per_device_hour,
     )
     return solve.solve(sized, options)
 
 
-def _plan_targets(plan: solve.Plan) -> dict[solve.CandidateKey, int]:
+def _plan_targets(plan: allocation.Plan) -> dict[inputs.CandidateKey, int]:
     """Replicas per configuration in a plan."""
-    out: dict[solve.CandidateKey, int] = {}
+    out: dict[inputs.CandidateKey, int] = {}
     for sp in plan.services:
         for a in sp.assignments:
-            key = solve.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
+            key = inputs.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
             out[key] = out.get(key, 0) + a.replicas
     return out
 
 
-Replicas = Mapping[solve.CandidateKey, int]
+Replicas = Mapping[inputs.CandidateKey, int]
 
 
 def direction(before: Replicas, after: Replicas) -> Direction:
@@ -373,15 +373,15 @@ def direction(before: Replicas, after: Replicas) -> Direction:
 
 
 def decide(
-    problem: solve.Problem,
+    problem: inputs.FleetProblem,
     traits: Mapping[str, ServiceTraits],
     state: State,
     observations: Mapping[str, Observation],
-    current: Mapping[solve.CandidateKey, int],
+    current: Mapping[inputs.CandidateKey, int],
     now_s: float,
     policy: Policy | None = None,
     *,
-    starting: Mapping[solve.CandidateKey, int] | None = None,
+    starting: Mapping[inputs.CandidateKey, int] | None = None,
 ) -> Decision:
     """One autoscaling decision for the fleet.
 
@@ -394,7 +394,7 @@ def decide(
     starting = starting or {}
     cands = {c.key: c for c in problem.candidates}
     service_states = dict(state.services)
-    demands: list[solve.ServiceDemand] = []
+    demands: list[inputs.ServiceDemand] = []
     held: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
     for base in problem.services:
@@ -434,11 +434,11 @@ def decide(
         demands.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
 
     last = dict(state.targets) or dict(current)
-    plan: solve.Plan | None
+    plan: allocation.Plan | None
     try:
         plan = _solve(problem, demands, current, policy)
         solver_targets = _plan_targets(plan)
-    except solve.PlacementError as error:
+    except inputs.PlacementError as error:
         plan = None
         solver_targets = {}
         for d in demands:
@@ -454,7 +454,7 @@ def decide(
     )
     last_up = dict(state.last_increase_s)
     last_down = dict(state.last_decrease_s)
-    targets: dict[solve.CandidateKey, int] = {}
+    targets: dict[inputs.CandidateKey, int] = {}
     starting_services = {k.service for k, n in starting.items() if n > 0}
     for key in set(current) | set(solver_targets):
         have = current.get(key, 0)

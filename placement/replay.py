@@ -31,14 +31,55 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from placement import autoscale, simulate, solve, workload
+from placement import autoscale, simulate, workload
+from placement.solver import allocation, inputs
 
-Targets = Mapping[solve.CandidateKey, int]
-# (now, observation, replicas per configuration (alive), starting ones) -> target replicas.
-Controller = Callable[[float, autoscale.Observation, Targets, Targets], Targets]
+Targets = Mapping[inputs.CandidateKey, int]
+# Req/s per bucket the plan routes to each configuration (the solver's Assignment.bucket_rps).
+Routing = Mapping[inputs.CandidateKey, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Control:
+    """A controller's answer: replicas per configuration and, when it has a plan, its routing."""
+
+    targets: Targets
+    routing: Routing | None = None
+
+
+# (now, observation, replicas per configuration (alive), starting ones) -> what to run.
+Controller = Callable[[float, autoscale.Observation, Targets, Targets], Control]
+
+
+def targets_of(plan: allocation.Plan) -> dict[inputs.CandidateKey, int]:
+    """Replicas per configuration in a plan."""
+    out: dict[inputs.CandidateKey, int] = {}
+    for sp in plan.services:
+        for a in sp.assignments:
+            if a.replicas:
+                key = inputs.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
+                out[key] = out.get(key, 0) + a.replicas
+    return out
+
+
+def routing_of(plan: allocation.Plan) -> dict[inputs.CandidateKey, tuple[float, ...]]:
+    """The plan's req/s per bucket per configuration."""
+    out: dict[inputs.CandidateKey, tuple[float, ...]] = {}
+    for sp in plan.services:
+        for a in sp.assignments:
+            key = inputs.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
+            old = out.get(key)
+            out[key] = (
+                a.bucket_rps if old is None else tuple(x + y for x, y in zip(old, a.bucket_rps, strict=True))
+            )
+    return out
+
 
 # Prometheus' rate() window most dashboards and autoscaler guides use: rate(...[1m]).
 OBSERVATION_WINDOW_S = 60.0
+# Admission waits up to this share of the TTFT SLO count as the queueing the capacity model already
+# priced (its max req/s keeps p99 TTFT, queueing included, within the SLO); longer waits add to the TTFT.
+DEFAULT_QUEUE_TOLERANCE = 0.25
 
 
 class ReplayError(ValueError):
@@ -88,7 +129,7 @@ class Step:
     """The fleet at one decision."""
 
     time_s: float
-    replicas: Mapping[solve.CandidateKey, int]
+    replicas: Mapping[inputs.CandidateKey, int]
     ready: int
     observed_rps: float
     price_per_hour: float
@@ -119,19 +160,24 @@ class Result:
 
 @dataclass
 class _Replica:
-    key: solve.CandidateKey
+    key: inputs.CandidateKey
     created_s: float
     ready_s: float
-    free: float = 1.0
-    inflight: int = 0
+    # When each batch slot frees (a min-heap): the replica runs `slots` requests at once.
+    lanes: list[float] = field(default_factory=list)
+    # The last admitted request finishes decoding at this time (the drain ends then).
+    last_finish_s: float = 0.0
     draining: bool = False
     ended_s: float | None = None
+
+    def serving(self, now: float) -> bool:
+        return not self.draining and self.ended_s is None and self.ready_s <= now
 
 
 @dataclass(frozen=True)
 class _Config:
-    cap: NDArray[np.float64]  # max req/s per bucket
-    units: NDArray[np.float64]  # batch share per request, per bucket
+    work_s: NDArray[np.float64]  # replica-seconds per request, per bucket: 1 / max req/s (inf: cannot)
+    slots: int  # concurrent requests at capacity (Little's law over the workload's mix)
     ttft_s: NDArray[np.float64]
     itl_s: NDArray[np.float64]
     price_per_hour: float
@@ -139,10 +185,12 @@ class _Config:
 
 
 def _configs(
-    problem: solve.Problem, wl: workload.BucketedWorkload, slo: Slo
-) -> dict[solve.CandidateKey, _Config]:
-    """Per aggregated candidate: capacity, batch share, TTFT and ITL per bucket."""
-    out: dict[solve.CandidateKey, _Config] = {}
+    problem: inputs.FleetProblem, wl: workload.BucketedWorkload, slo: Slo
+) -> dict[inputs.CandidateKey, _Config]:
+    """Per aggregated candidate: work, TTFT and ITL per bucket, and its batch slots."""
+    out: dict[inputs.CandidateKey, _Config] = {}
+    share = np.asarray(wl.bucket_rps, dtype=np.float64)
+    share = share / share.sum() if share.sum() > 0.0 else np.full(share.size, 1.0 / max(share.size, 1))
     out_mean = np.array([b.output_mean_tokens for b in wl.buckets], dtype=np.float64)
     for c in problem.candidates:
         if c.role != "aggregated":
@@ -154,17 +202,21 @@ def _configs(
             vals = list(values) + [None] * (n - len(values))
             return np.array([(v if v is not None else default_ms) / 1000.0 for v in vals[:n]])
 
+        with np.errstate(divide="ignore"):
+            work = np.where(cap > 0.0, 1.0 / np.maximum(cap, 1e-300), np.inf)
         ttft = per_bucket(c.ttft_p99_ms_per_bucket, slo.ttft_p99_ms)
         itl = per_bucket(c.itl_p99_ms_per_bucket, slo.itl_p99_ms)
-        hold = ttft + out_mean * itl
-        with np.errstate(divide="ignore"):
-            units = np.where(cap > 0.0, 1.0 / np.maximum(cap * hold, 1e-300), np.inf)
-        out[c.key] = _Config(cap, units, ttft, itl, c.price_per_hour, c.devices)
+        served = (cap > 0.0) & (share > 0.0)
+        # Little's law at capacity over the buckets it serves: rate x time in the engine.
+        mix = share[served] / share[served].sum() if served.any() else share[served]
+        rate = 1.0 / float((mix * work[served]).sum()) if served.any() else 0.0
+        hold = float((mix * (ttft[served] + out_mean[served] * itl[served])).sum()) if served.any() else 0.0
+        out[c.key] = _Config(work, max(1, round(rate * hold)), ttft, itl, c.price_per_hour, c.devices)
     return out
 
 
 def replay(
-    problem: solve.Problem,
+    problem: inputs.FleetProblem,
     wl: workload.BucketedWorkload,
     slo: Slo,
     trace: Trace,
@@ -174,15 +226,20 @@ def replay(
     interval_s: float = autoscale.DEFAULT_INTERVAL_S,
     startup_s: float = autoscale.DEFAULT_STARTUP_S,
     reversal_window_s: float = autoscale.DEFAULT_SCALE_DOWN_WINDOW_S,
+    initial_routing: Routing | None = None,
+    queue_tolerance: float = DEFAULT_QUEUE_TOLERANCE,
+    seed: int = 0,
 ) -> Result:
     """Replay `trace` through the fleet of `problem`'s single service, scaled by `controller`.
 
-    `initial` replicas are ready at time 0. The replay runs until the last request finishes.
+    `initial` replicas are ready at time 0; the controller runs every `interval_s` until the last arrival.
     """
     if len(problem.services) != 1:
         raise ReplayError(f"problem.services: replay models one service, got {len(problem.services)}")
     if interval_s <= 0.0 or startup_s < 0.0:
         raise ReplayError("interval_s must be > 0 and startup_s >= 0")
+    if not 0.0 <= queue_tolerance <= 1.0:
+        raise ReplayError(f"queue_tolerance: must be in [0, 1], got {queue_tolerance}")
     configs = _configs(problem, wl, slo)
     for key in initial:
         if key not in configs:
@@ -190,52 +247,97 @@ def replay(
     n = trace.ts.size
     buckets = simulate.bucket_of(wl, trace.prompt, trace.output)
     n_buckets = len(wl.buckets)
+    tolerance_s = queue_tolerance * slo.ttft_p99_ms / 1000.0
 
-    replicas: list[_Replica] = []
-    for key, count in initial.items():
-        replicas.extend(_Replica(key, 0.0, 0.0) for _ in range(count))
-    completions: list[tuple[float, int, int, float]] = []  # (time, seq, replica index, units)
-    readies: list[tuple[float, int]] = []
-    seq = 0
+    def new_replica(key: inputs.CandidateKey, created: float, ready: float) -> _Replica:
+        return _Replica(key, created, ready, lanes=[ready] * configs[key].slots)
+
+    replicas: list[_Replica] = [
+        new_replica(key, 0.0, 0.0) for key, count in initial.items() for _ in range(count)
+    ]
+    readies: list[float] = []
     queue: deque[int] = deque()
+    route: list[Routing | None] = [initial_routing]
+    rng = np.random.default_rng(seed)
     start_s = np.full(n, np.nan)
+    wait_s = np.full(n, np.inf)
     ttft_ms = np.full(n, np.inf)
     itl_ms = np.full(n, np.inf)
+    rep_of = np.full(n, -1, dtype=np.int64)
+    work_of = np.zeros(n)
 
-    def try_start(r: int, now: float) -> bool:
-        nonlocal seq
+    def pick(b: int, now: float, only: inputs.CandidateKey | None) -> int:
+        # Configuration `only`: its ready replica with the shortest work queue. Any configuration: the
+        # cheapest place for this request ($ x its work) among those that admit it within tolerance,
+        # else the shortest wait.
+        best = -1
+        best_score = (math.inf, math.inf, math.inf)
+        for i, rep in enumerate(replicas):
+            if not rep.serving(now) or (only is not None and rep.key != only):
+                continue
+            cfg = configs[rep.key]
+            work = cfg.work_s[b]
+            if not math.isfinite(work):
+                continue
+            wait = max(0.0, rep.lanes[0] - now)
+            score = (
+                (0.0, 0.0, wait)
+                if only is not None
+                else (float(wait > tolerance_s), cfg.price_per_hour * work, wait)
+            )
+            if score < best_score:
+                best, best_score = i, score
+        return best
+
+    def admit(r: int, now: float, routed: bool = True) -> bool:
         b = int(buckets[r])
         if b < 0:
             return False
         best = -1
-        best_free = -math.inf
-        for i, rep in enumerate(replicas):
-            if rep.draining or rep.ended_s is not None or rep.ready_s > now:
-                continue
-            u = configs[rep.key].units[b]
-            if rep.free + 1e-12 >= u and rep.free > best_free:
-                best, best_free = i, rep.free
+        weights = route[0]
+        if routed and weights:
+            # The plan's routing for this bucket: a configuration drawn with its share of the bucket.
+            keys = [k for k, w in weights.items() if b < len(w) and w[b] > 0.0]
+            if keys:
+                w = np.array([weights[k][b] for k in keys])
+                best = pick(b, now, keys[int(rng.choice(len(keys), p=w / w.sum()))])
+        # A routed configuration that cannot admit it within tolerance (the mix shifted since the plan):
+        # the gateway sends it to the cheapest replica that can.
+        if best < 0 or replicas[best].lanes[0] - now > tolerance_s:
+            other = pick(b, now, None)
+            if other >= 0 and (best < 0 or replicas[other].lanes[0] < replicas[best].lanes[0]):
+                best = other
         if best < 0:
             return False
         rep = replicas[best]
         cfg = configs[rep.key]
-        u = float(cfg.units[b])
-        rep.free -= u
-        rep.inflight += 1
-        start_s[r] = now
-        ttft_ms[r] = (now - trace.ts[r] + cfg.ttft_s[b]) * 1000.0
-        itl_ms[r] = cfg.itl_s[b] * 1000.0
-        done = now + float(cfg.ttft_s[b] + trace.output[r] * cfg.itl_s[b])
-        seq += 1
-        heapq.heappush(completions, (done, seq, best, u))
+        # The slot that frees first takes it for its share of the replica's throughput: slots x work.
+        begin = max(now, rep.lanes[0])
+        heapq.heapreplace(rep.lanes, begin + cfg.slots * float(cfg.work_s[b]))
+        wait = begin - float(trace.ts[r])
+        rep.last_finish_s = max(
+            rep.last_finish_s,
+            begin + float(cfg.ttft_s[b] + trace.output[r] * cfg.itl_s[b]),
+            rep.lanes[-1],
+        )
+        start_s[r] = begin
+        wait_s[r] = wait
+        rep_of[r] = best
+        work_of[r] = float(cfg.work_s[b])
+        # Waits within the tolerance are the queueing the capacity model already priced; beyond it they
+        # add to the model's TTFT.
+        ttft_ms[r] = (float(cfg.ttft_s[b]) + max(0.0, wait - tolerance_s)) * 1000.0
+        itl_ms[r] = float(cfg.itl_s[b]) * 1000.0
         return True
 
     def drain_queue(now: float) -> None:
-        while queue and try_start(queue[0], now):
-            queue.popleft()
+        for _ in range(len(queue)):
+            r = queue.popleft()
+            if not admit(r, now, routed=False):
+                queue.append(r)
 
-    def alive() -> dict[solve.CandidateKey, int]:
-        out: dict[solve.CandidateKey, int] = {}
+    def alive() -> dict[inputs.CandidateKey, int]:
+        out: dict[inputs.CandidateKey, int] = {}
         for rep in replicas:
             if not rep.draining and rep.ended_s is None:
                 out[rep.key] = out.get(rep.key, 0) + 1
@@ -247,86 +349,88 @@ def replay(
                 raise ReplayError(f"controller: {key} is not an aggregated candidate of the problem")
         have = alive()
         for key in set(have) | set(targets):
-            want = max(0, int(targets.get(key, 0)))
-            diff = want - have.get(key, 0)
+            diff = max(0, int(targets.get(key, 0))) - have.get(key, 0)
             if diff > 0:
                 for _ in range(diff):
-                    replicas.append(_Replica(key, now, now + startup_s))
-                    heapq.heappush(readies, (now + startup_s, len(replicas) - 1))
+                    replicas.append(new_replica(key, now, now + startup_s))
+                    heapq.heappush(readies, now + startup_s)
             elif diff < 0:
                 mine = [
                     i
                     for i, rep in enumerate(replicas)
                     if rep.key == key and not rep.draining and rep.ended_s is None
                 ]
-                # Cancel starting replicas first, then the least busy ready ones.
-                mine.sort(key=lambda i: (replicas[i].ready_s <= now, replicas[i].inflight))
+                # Cancel starting replicas first, then the least busy ready ones; they drain.
+                mine.sort(key=lambda i: (replicas[i].ready_s <= now, replicas[i].last_finish_s))
                 for i in mine[:-diff]:
                     rep = replicas[i]
                     rep.draining = True
-                    if rep.inflight == 0:
-                        rep.ended_s = now
+                    rep.ended_s = now if rep.ready_s > now else max(now, rep.last_finish_s)
 
     steps: list[Step] = []
-    history: dict[solve.CandidateKey, list[tuple[float, int]]] = {}
+    history: dict[inputs.CandidateKey, list[tuple[float, int]]] = {}
     t_next_tick = interval_s
     i_arrival = 0
     now = 0.0
     end_of_trace = trace.duration_s
     while True:
         t_arr = float(trace.ts[i_arrival]) if i_arrival < n else math.inf
-        t_done = completions[0][0] if completions else math.inf
-        t_ready = readies[0][0] if readies else math.inf
+        t_ready = readies[0] if readies else math.inf
         t_tick = t_next_tick if t_next_tick <= end_of_trace else math.inf
-        now = min(t_arr, t_done, t_ready, t_tick)
-        if now == math.inf:
+        t_event = min(t_arr, t_ready, t_tick)
+        if t_event == math.inf:
             break
-        if now == t_done:
-            _, _, i, u = heapq.heappop(completions)
-            rep = replicas[i]
-            rep.free += u
-            rep.inflight -= 1
-            if rep.draining and rep.inflight == 0:
-                rep.ended_s = now
-            drain_queue(now)
-        elif now == t_ready:
+        now = t_event
+        if now == t_ready:
             heapq.heappop(readies)
             drain_queue(now)
         elif now == t_arr:
             r = i_arrival
             i_arrival += 1
-            if queue or not try_start(r, now):
+            if not admit(r, now):
                 queue.append(r)
-                drain_queue(now)
         else:
             t_next_tick += interval_s
-            obs = _observation(trace, buckets, n_buckets, start_s, ttft_ms, itl_ms, queue, replicas, now)
+            obs = _observation(
+                trace,
+                buckets,
+                n_buckets,
+                start_s,
+                wait_s,
+                ttft_ms,
+                itl_ms,
+                rep_of,
+                work_of,
+                queue,
+                replicas,
+                now,
+            )
             current = alive()
-            starting = {k: 0 for k in current}
+            starting: dict[inputs.CandidateKey, int] = {}
             for rep in replicas:
                 if not rep.draining and rep.ended_s is None and rep.ready_s > now:
-                    starting[rep.key] += 1
-            targets = dict(controller(now, obs, current, {k: v for k, v in starting.items() if v}))
-            apply(targets, now)
+                    starting[rep.key] = starting.get(rep.key, 0) + 1
+            control = controller(now, obs, current, starting)
+            if control.routing is not None:
+                route[0] = control.routing
+            apply(control.targets, now)
             after = alive()
             for key in set(current) | set(after):
                 if after.get(key, 0) != current.get(key, 0):
                     history.setdefault(key, []).append((now, after.get(key, 0) - current.get(key, 0)))
             price = sum(configs[k].price_per_hour * v for k, v in after.items())
-            ready = sum(
-                1 for rep in replicas if rep.ended_s is None and not rep.draining and rep.ready_s <= now
-            )
+            ready = sum(1 for rep in replicas if rep.serving(now))
             moved = autoscale.direction(current, after)
             steps.append(Step(now, after, ready, obs.requests_per_second or 0.0, price, moved))
-            drain_queue(now)
-    end = max(now, end_of_trace)
+    end = max(end_of_trace, max((rep.last_finish_s for rep in replicas), default=0.0))
     dollars = 0.0
     device_hours = 0.0
     for rep in replicas:
-        hours = ((rep.ended_s if rep.ended_s is not None else end) - rep.created_s) / 3600.0
+        stop = rep.ended_s if rep.ended_s is not None else max(end_of_trace, rep.last_finish_s)
+        hours = max(0.0, stop - rep.created_s) / 3600.0
         dollars += hours * configs[rep.key].price_per_hour
         device_hours += hours * configs[rep.key].devices
-    met = int(((ttft_ms <= slo.ttft_p99_ms * (1.0 + 1e-9)) & (itl_ms <= slo.itl_p99_ms * (1.0 + 1e-9))).sum())
+    met = int(((ttft_ms <= slo.ttft_p99_ms * (1 + 1e-9)) & (itl_ms <= slo.itl_p99_ms * (1 + 1e-9))).sum())
     return Result(
         requests=n,
         met=met,
@@ -340,7 +444,7 @@ def replay(
     )
 
 
-def _reversals(history: Mapping[solve.CandidateKey, list[tuple[float, int]]], window_s: float) -> int:
+def _reversals(history: Mapping[inputs.CandidateKey, list[tuple[float, int]]], window_s: float) -> int:
     """Changes of one configuration opposite in sign to its previous change, within the window."""
     count = 0
     for changes in history.values():
@@ -355,8 +459,11 @@ def _observation(
     buckets: NDArray[np.int64],
     n_buckets: int,
     start_s: NDArray[np.float64],
+    wait_s: NDArray[np.float64],
     ttft_ms: NDArray[np.float64],
     itl_ms: NDArray[np.float64],
+    rep_of: NDArray[np.int64],
+    work_of: NDArray[np.float64],
     queue: deque[int],
     replicas: Sequence[_Replica],
     now: float,
@@ -370,23 +477,31 @@ def _observation(
     if b.size and (b >= 0).any():
         counts = np.bincount(b[b >= 0], minlength=n_buckets).astype(np.float64)
         share = tuple(float(x) for x in counts / counts.sum())
-    started = np.flatnonzero((start_s >= now - OBSERVATION_WINDOW_S) & (start_s <= now))
-    # Requests still queued have waited at least this long for their first token.
+    admitted = lo + np.flatnonzero(rep_of[lo:hi] >= 0)
+    # Engines report TTFT when the first token comes out: requests whose turn came within the window.
+    started = admitted[start_s[admitted] <= now]
+    # Requests waiting in a replica's queue or the gateway's now (vllm:num_requests_waiting).
+    waiting = int((start_s[admitted] > now).sum()) + len(queue)
     ttfts = np.concatenate([ttft_ms[started], [(now - float(trace.ts[r])) * 1000.0 for r in queue]])
-    ready = [rep for rep in replicas if rep.ended_s is None and not rep.draining and rep.ready_s <= now]
+    # Busy share of each serving replica over the window (KV-cache usage's stand-in: the batch the
+    # capacity model lets it hold).
+    serving = [i for i, rep in enumerate(replicas) if rep.serving(now)]
+    busy = np.zeros(len(replicas))
+    np.add.at(busy, rep_of[admitted], work_of[admitted])
+    kv = float(np.mean(np.minimum(1.0, busy[serving] / window))) if serving else None
     return autoscale.Observation(
         requests_per_second=(hi - lo) / window,
         bucket_share=share,
         ttft_p99_ms=float(np.percentile(ttfts, 99)) if ttfts.size else None,
         itl_p99_ms=float(np.percentile(itl_ms[started], 99)) if started.size else None,
-        waiting=float(len(queue)),
-        running=float(sum(rep.inflight for rep in replicas)),
-        kv_usage=1.0 - sum(rep.free for rep in ready) / len(ready) if ready else None,
+        waiting=float(waiting),
+        running=float(started.size),
+        kv_usage=kv,
     )
 
 
 def autoscaler(
-    problem: solve.Problem,
+    problem: inputs.FleetProblem,
     traits: Mapping[str, autoscale.ServiceTraits],
     policy: autoscale.Policy | None = None,
     *,
@@ -396,23 +511,23 @@ def autoscaler(
     state = [autoscale.State()]
     sid = problem.services[0].id
 
-    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Targets:
+    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Control:
         decision = autoscale.decide(
             problem, traits, state[0], {sid: obs}, current, now, policy, starting=starting
         )
         state[0] = decision.state
         if log is not None:
             log.append(decision)
-        return decision.targets
+        return Control(decision.targets, routing_of(decision.plan) if decision.plan is not None else None)
 
     return control
 
 
-def static(targets: Targets) -> Controller:
-    """A fixed fleet."""
-    fixed = dict(targets)
+def static(plan: allocation.Plan) -> Controller:
+    """A fixed fleet: the plan's replicas and routing."""
+    fixed = Control(targets_of(plan), routing_of(plan))
 
-    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Targets:
+    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Control:
         return fixed
 
     return control
@@ -426,7 +541,7 @@ THRESHOLD_WAITING_PER_REPLICA = 2.0
 
 
 def threshold(
-    key: solve.CandidateKey,
+    key: inputs.CandidateKey,
     *,
     kv_target: float = THRESHOLD_KV_USAGE,
     waiting_target: float = THRESHOLD_WAITING_PER_REPLICA,
@@ -438,7 +553,7 @@ def threshold(
     """The HPA algorithm on KV usage and queue length for one configuration (what KEDA users set up)."""
     recommendations: list[tuple[float, int]] = []
 
-    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Targets:
+    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Control:
         have = current.get(key, 0)
         ready = max(have - starting.get(key, 0), 1)
         desired = have
@@ -457,6 +572,6 @@ def threshold(
         # HPA scale-down stabilization: the highest recommendation in the window.
         if desired < have:
             desired = min(have, max(r for _, r in recommendations))
-        return {key: desired}
+        return Control({key: desired})
 
     return control
