@@ -43,6 +43,11 @@ DEFAULT_SCALE_DOWN_WINDOW_S = 300.0
 DEFAULT_TOLERANCE = 0.1
 
 
+# Move penalty while a service may not shrink: far above any device price, so the solver keeps every
+# running replica of it and only adds.
+KEEP_PENALTY_PER_DEVICE_HOUR = 1e4
+
+
 class AutoscaleError(ValueError):
     """Bad policy or observation; the message names the field."""
 
@@ -73,6 +78,9 @@ class Policy:
     correction_max: float = 1.25
     correction_step: float = 0.05
     correction_min_utilization: float = 0.6
+    # The fleet must have stood still this long (one Prometheus rate window plus a scrape) before an
+    # observation feeds the correction.
+    correction_settle_s: float = 90.0
     # Churn cost: $/h-equivalent per device removed from a running replica (inputs.SolveOptions).
     move_penalty_per_device_hour: float = 2.0
     solve_time_limit_s: float = 10.0
@@ -147,20 +155,22 @@ class ServiceState:
     bucket_share: tuple[float, ...] | None = None
     correction: float = 1.0
     last_traffic_s: float | None = None
-    # The rate the last decision sized for (what a decision without metrics keeps sizing for).
+    # The rate the last decision sized for, and the raw sized rates of the scale-down window.
     sized_rps: float | None = None
+    sized_history: tuple[tuple[float, float], ...] = ()
+    first_decision_s: float | None = None
+    # The last solve's replicas for this service (a move completes towards it).
+    planned: tuple[tuple[inputs.CandidateKey, int], ...] = ()
+    last_increase_s: float = -math.inf
+    last_change_s: float = -math.inf
 
 
 @dataclass(frozen=True)
 class State:
-    """The autoscaler's memory: per service, and the recent recommendations per configuration."""
+    """The autoscaler's memory, per service."""
 
     services: Mapping[str, ServiceState] = field(default_factory=dict)
-    # (time, solver target per configuration) within the scale-down window.
-    recommendations: tuple[tuple[float, Mapping[inputs.CandidateKey, int]], ...] = ()
-    last_increase_s: Mapping[inputs.CandidateKey, float] = field(default_factory=dict)
-    last_decrease_s: Mapping[inputs.CandidateKey, float] = field(default_factory=dict)
-    # The last applied targets: what a decision without metrics holds.
+    # The last applied targets.
     targets: Mapping[inputs.CandidateKey, int] = field(default_factory=dict)
 
 
@@ -274,9 +284,10 @@ def correct(
     """Online capacity correction from observed p99 latency vs the model's promise at the observed load.
 
     The model promises p99 TTFT and ITL within the SLO at any load up to its SLO-bounded capacity. A p99
-    above the SLO at model utilization u < 1 says the true capacity is at most u times the modelled one:
-    the factor drops to that (at least one step). A p99 well within the SLO (half of it) at u >= 0.8 says
-    the model is conservative here: the factor rises one step. Bounded by policy.correction_min/max.
+    above the SLO at model utilization u < 1 says the true capacity is below the modelled one: the factor
+    drops one step (repeated violations keep lowering it; one noisy window moves it little). A p99 well
+    within the SLO (half of it) at u >= 0.8 says the model is conservative here: the factor rises one
+    step. Bounded by policy.correction_min/max.
     """
     if obs.missing or model_utilization < policy.correction_min_utilization:
         return state
@@ -290,7 +301,7 @@ def correct(
     worst = max(ratios)
     factor = state.correction
     if worst > 1.0 and model_utilization < 1.0:
-        factor = min(factor * (1.0 - policy.correction_step), factor * model_utilization)
+        factor = factor * (1.0 - policy.correction_step)
     elif worst <= 0.5 and model_utilization >= 0.8:
         factor = factor * (1.0 + policy.correction_step)
     factor = min(policy.correction_max, max(policy.correction_min, factor))
@@ -372,6 +383,20 @@ def direction(before: Replicas, after: Replicas) -> Direction:
     return "up" if rise else "down" if fall else "hold"
 
 
+def _pools_without(
+    pools: Sequence[inputs.Pool], held: Mapping[inputs.CandidateKey, int]
+) -> tuple[inputs.Pool, ...]:
+    """Pools minus the whole nodes that held services' replicas may occupy (conservative: rounds up)."""
+    used: dict[str, int] = {}
+    for key, n in held.items():
+        used[key.pool] = used.get(key.pool, 0) + n * key.tp
+    out = []
+    for pool in pools:
+        taken = math.ceil(used.get(pool.id, 0) / pool.devices_per_node) if pool.devices_per_node else 0
+        out.append(replace(pool, nodes=max(0, pool.nodes - taken)))
+    return tuple(out)
+
+
 def decide(
     problem: inputs.FleetProblem,
     traits: Mapping[str, ServiceTraits],
@@ -388,113 +413,170 @@ def decide(
     `problem` is the planner's (its candidates carry the SLO-bounded capacity per bucket; its services'
     bucket rates are the spec's and give the size mix until one is observed). `current` is what exists now
     (ready or starting, i.e. the Deployments' replicas), `starting` the part of it not ready yet. A
-    service absent from `observations`, or with a missing rate, holds its last targets.
+    service absent from `observations`, or with a missing rate, holds its current replicas.
+
+    Per service: the rate to size for is the highest sized rate of the last `scale_down_window_s` (HPA's
+    scale-down stabilization, on the rate rather than on replicas, so a move between pools does not keep
+    both); within `tolerance` below what runs now, nothing changes (hysteresis); above it, or below by
+    more, the services that change are re-solved together on what the others leave free, warm-started
+    from (and charged the move penalty for leaving) what runs. Decreases wait while replicas of the
+    service are starting and for `reversal_window_s` after its last increase.
     """
     policy = policy or Policy()
     starting = starting or {}
     cands = {c.key: c for c in problem.candidates}
     service_states = dict(state.services)
-    demands: list[inputs.ServiceDemand] = []
     held: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
+    changing: list[inputs.ServiceDemand] = []
+    may_decrease: dict[str, bool] = {}
+    starting_now: dict[str, bool] = {}
+    completing: dict[str, dict[inputs.CandidateKey, int]] = {}
     for base in problem.services:
         sid = base.id
         t = traits[sid]
         s = service_states.get(sid, ServiceState())
+        if s.first_decision_s is None:
+            s = replace(s, first_decision_s=now_s)
         obs = observations.get(sid)
         notes[sid] = []
+        mine = {k: n for k, n in current.items() if k.service == sid and n > 0}
         if obs is None or obs.missing:
             held[sid] = "metrics missing: holding the last decision"
             service_states[sid] = s
-            # The solver still sees the service at its last sized rate, so other services' plans leave
-            # its pools alone; its targets are then replaced by the last ones below.
-            last_rate = s.sized_rps if s.sized_rps is not None else base.requests_per_second
-            demands.append(_demand(base, last_rate, s.bucket_share, floor=1))
             continue
         share = obs.bucket_share or s.bucket_share or base.bucket_rps
-        ready = {k: n - starting.get(k, 0) for k, n in current.items()}
-        capacity = serving_capacity_rps(cands, ready, sid, share) * s.correction
-        utilization = (obs.requests_per_second or 0.0) / capacity if capacity > 0.0 else 0.0
+        ready = {k: n - starting.get(k, 0) for k, n in mine.items()}
+        ready_capacity = serving_capacity_rps(cands, ready, sid, share) * s.correction
+        utilization = (obs.requests_per_second or 0.0) / ready_capacity if ready_capacity > 0.0 else 0.0
         before = s.correction
-        s = correct(observe(s, obs, now_s, policy), obs, t, utilization, policy)
+        s = observe(s, obs, now_s, policy)
+        # Only a fleet that stood still over the observation window says something about its capacity.
+        settled = now_s - s.last_change_s >= policy.correction_settle_s and not any(
+            starting.get(k, 0) > 0 for k in mine
+        )
+        if settled:
+            s = correct(s, obs, t, utilization, policy)
         if s.correction != before:
             notes[sid].append(
                 f"capacity correction {before:.2f} -> {s.correction:.2f} "
                 f"(p99 TTFT {obs.ttft_p99_ms or 0:.0f}/{t.ttft_p99_ms:.0f} ms, "
                 f"ITL {obs.itl_p99_ms or 0:.0f}/{t.itl_p99_ms:.0f} ms at {utilization:.0%} model load)"
             )
-        service_states[sid] = s
         idle = _idle(s, t, now_s, policy)
-        _, rate = sizing_rps(s, policy)
+        _, raw = sizing_rps(s, policy)
         if idle:
-            rate = 0.0
-            notes[sid].append(f"idle for {policy.idle_to_zero_s:.0f} s: scale to zero")
-        s = replace(s, sized_rps=rate)
+            raw = 0.0
+        history = (*((ts, r) for ts, r in s.sized_history if ts > now_s - policy.scale_down_window_s),)
+        history = (*history, (now_s, raw))
+        rate = 0.0 if idle else max(r for _, r in history)
+        capacity = serving_capacity_rps(cands, mine, sid, s.bucket_share or share) * s.correction
+        s = replace(s, sized_history=history, sized_rps=rate)
         service_states[sid] = s
-        demands.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
+        warming = now_s - (s.first_decision_s or now_s) < policy.scale_down_window_s
+        recently_up = now_s - s.last_increase_s < policy.reversal_window_s
+        is_starting = any(starting.get(k, 0) > 0 for k in mine)
+        may_decrease[sid] = not (warming or recently_up or is_starting) or idle
+        starting_now[sid] = is_starting and not idle
+        planned = dict(s.planned)
+        pending = (
+            not is_starting
+            and planned != mine
+            and all(n <= mine.get(k, 0) for k, n in planned.items())
+            and serving_capacity_rps(cands, planned, sid, s.bucket_share or share) * s.correction >= rate
+        )
+        if idle and mine:
+            notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
+        elif pending and rate <= capacity:
+            # The last move's new replicas are ready: drop what it replaced (not a scale-down).
+            completing[sid] = planned
+            notes[sid].append("completes the move: the replaced replicas go")
+            continue
+        elif rate > capacity or not mine:
+            pass
+        elif rate >= capacity * (1.0 - policy.tolerance):
+            held[sid] = (
+                f"sized for {rate:.2f} req/s, within {policy.tolerance:.0%} of the {capacity:.2f} req/s "
+                "running: no change"
+            )
+            continue
+        elif not may_decrease[sid]:
+            why = (
+                "replicas still starting"
+                if is_starting
+                else "within the reversal window of an increase"
+                if recently_up
+                else "stabilization window not yet full"
+            )
+            held[sid] = f"sized for {rate:.2f} req/s below the {capacity:.2f} req/s running; holds: {why}"
+            continue
+        changing.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
 
-    last = dict(state.targets) or dict(current)
-    plan: allocation.Plan | None
-    try:
-        plan = _solve(problem, demands, current, policy)
-        solver_targets = _plan_targets(plan)
-    except inputs.PlacementError as error:
-        plan = None
-        solver_targets = {}
-        for d in demands:
-            held.setdefault(d.id, f"no plan at the sized demand ({error}): holding the last decision")
-    for sid in held:
-        solver_targets = {k: n for k, n in solver_targets.items() if k.service != sid}
-        solver_targets.update({k: n for k, n in last.items() if k.service == sid})
-
-    # Stabilize per configuration.
-    window = (
-        *((t, r) for t, r in state.recommendations if t > now_s - policy.scale_down_window_s),
-        (now_s, dict(solver_targets)),
+    # Services with replicas still starting are solved first with a prohibitive move penalty, so the
+    # solver keeps every replica and only adds (no second move on top of one in flight); then the others
+    # with the policy's churn cost, on what is left.
+    ids_changing = {d.id for d in changing}
+    targets: dict[inputs.CandidateKey, int] = {
+        k: n for k, n in current.items() if k.service not in ids_changing | set(completing) and n > 0
+    }
+    for done in completing.values():
+        targets.update(done)
+    plan: allocation.Plan | None = None
+    solver_targets: dict[inputs.CandidateKey, int] = {}
+    groups = (
+        ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR),
+        ([d for d in changing if not starting_now[d.id]], policy.move_penalty_per_device_hour),
     )
-    last_up = dict(state.last_increase_s)
-    last_down = dict(state.last_decrease_s)
-    targets: dict[inputs.CandidateKey, int] = {}
-    starting_services = {k.service for k, n in starting.items() if n > 0}
-    for key in set(current) | set(solver_targets):
-        have = current.get(key, 0)
-        want = solver_targets.get(key, 0)
-        if key.service in held:
-            targets[key] = last.get(key, have)
+    for group, penalty in groups:
+        if not group:
             continue
-        if want >= have:
-            targets[key] = want
+        ids = {d.id for d in group}
+        others = {k: n for k, n in current.items() if k.service in ids_changing - ids and n > 0}
+        sub = replace(
+            problem,
+            services=tuple(group),
+            pools=_pools_without(problem.pools, {**targets, **others}),
+            candidates=tuple(c for c in problem.candidates if c.service in ids),
+        )
+        mine = {k: n for k, n in current.items() if k.service in ids}
+        try:
+            plan = _solve(sub, group, mine, replace(policy, move_penalty_per_device_hour=penalty))
+        except inputs.PlacementError as error:
+            for d in group:
+                held[d.id] = f"no plan at the sized demand ({error}): holding"
+            targets.update({k: n for k, n in mine.items() if n > 0})
             continue
-        # A decrease: to the highest recommendation in the window, and only when allowed.
-        highest = max(r.get(key, 0) for _, r in window)
-        reason = None
-        if now_s - last_up.get(key, -math.inf) < policy.reversal_window_s:
-            reason = "within the reversal window of an increase"
-        elif key.service in starting_services:
-            reason = "replicas still starting"
-        elif highest >= have:
-            reason = "stabilization window"
-        elif want > 0 and (have - highest) < policy.tolerance * have:
-            reason = "within tolerance"
-        if reason is not None:
-            targets[key] = have
-            notes[key.service].append(f"keeps {have} on {key.pool}: {reason}")
-        else:
-            targets[key] = highest
-    for key, n in targets.items():
-        if n > current.get(key, 0):
-            last_up[key] = now_s
-        elif n < current.get(key, 0):
-            last_down[key] = now_s
+        got = _plan_targets(plan)
+        solver_targets.update(got)
+        for d in group:
+            service_states[d.id] = replace(
+                service_states[d.id], planned=tuple((k, n) for k, n in got.items() if k.service == d.id)
+            )
+        for d in group:
+            want = {k: n for k, n in got.items() if k.service == d.id}
+            adds = any(n > mine.get(k, 0) for k, n in want.items())
+            if adds or starting_now[d.id]:
+                # Make before break: a replica the plan drops (a move to another pool) goes only once
+                # nothing of the service is starting, in a later decision.
+                if any(want.get(k, 0) < n for k, n in mine.items()):
+                    notes[d.id].append("removals wait for the new replicas (make before break)")
+                want = {k: max(want.get(k, 0), n) for k, n in {**mine, **want}.items() if k.service == d.id}
+            targets.update(want)
     targets = {k: n for k, n in targets.items() if n > 0}
 
     decisions: list[ServiceDecision] = []
     for base in problem.services:
         sid = base.id
         s = service_states[sid]
-        mine_before = {k: n for k, n in current.items() if k.service == sid}
+        mine_before = {k: n for k, n in current.items() if k.service == sid and n > 0}
         mine_after = {k: n for k, n in targets.items() if k.service == sid}
-        ahead, rate = sizing_rps(s, policy)
+        if any(mine_after.get(k, 0) > mine_before.get(k, 0) for k in mine_after):
+            s = replace(s, last_increase_s=now_s)
+        if mine_after != mine_before:
+            s = replace(s, last_change_s=now_s)
+        service_states[sid] = s
+        ahead, _ = sizing_rps(s, policy)
+        rate = s.sized_rps or 0.0
         moved = direction(mine_before, mine_after)
         obs = observations.get(sid)
         observed = (obs.requests_per_second or 0.0) if obs is not None else 0.0
@@ -509,8 +591,8 @@ def decide(
             reason = f"sized for {rate:.2f} req/s (observed {observed:.2f}, forecast {ahead:.2f})" + (
                 f": {change}" if change else ": no change"
             )
-            if notes[sid]:
-                reason += "; " + "; ".join(notes[sid])
+        if notes[sid]:
+            reason += "; " + "; ".join(notes[sid])
         price = sum(n * cands[k].price_per_hour for k, n in mine_after.items() if k in cands)
         decisions.append(
             ServiceDecision(
@@ -526,11 +608,49 @@ def decide(
                 held=sid in held,
             )
         )
-    new_state = State(
-        services=service_states,
-        recommendations=window,
-        last_increase_s=last_up,
-        last_decrease_s=last_down,
-        targets=dict(targets),
-    )
+    new_state = State(services=service_states, targets=dict(targets))
     return Decision(now_s, dict(targets), tuple(decisions), new_state, plan, dict(solver_targets))
+
+
+def cdf_at(le: Sequence[float], cumulative: Sequence[float], x: float) -> float:
+    """P(X <= x) from a Prometheus histogram's cumulative bucket counts (linear within a bucket)."""
+    total = cumulative[-1] if cumulative else 0.0
+    if total <= 0.0:
+        return 0.0
+    lo_edge, lo_count = 0.0, 0.0
+    for edge, count in zip(le, cumulative, strict=True):
+        if x <= edge:
+            if math.isinf(edge) or edge <= lo_edge:
+                return lo_count / total
+            return (lo_count + (count - lo_count) * (x - lo_edge) / (edge - lo_edge)) / total
+        lo_edge, lo_count = edge, count
+    return 1.0
+
+
+def bucket_share(
+    buckets: Sequence[tuple[float, float, float, float]],
+    prompt: tuple[Sequence[float], Sequence[float]],
+    output: tuple[Sequence[float], Sequence[float]],
+) -> tuple[float, ...] | None:
+    """Share of requests per (prompt_lo, prompt_hi, output_lo, output_hi] bucket from the engines'
+    prompt- and output-token histograms ((le, cumulative count) each).
+
+    Engines export the two marginals, not their joint: the shares assume prompt and output lengths
+    independent. Mass beyond the last bucket goes to the buckets at the edge (they are sized for the
+    largest requests). None when either histogram is empty.
+    """
+    if not prompt[1] or not output[1] or prompt[1][-1] <= 0.0 or output[1][-1] <= 0.0:
+        return None
+
+    def mass(hist: tuple[Sequence[float], Sequence[float]], lo: float, hi: float, last: bool) -> float:
+        upper = 1.0 if last else cdf_at(hist[0], hist[1], hi)
+        return max(0.0, upper - cdf_at(hist[0], hist[1], lo))
+
+    p_top = max(b[1] for b in buckets)
+    o_top = max(b[3] for b in buckets)
+    shares = [
+        mass(prompt, p_lo, p_hi, p_hi >= p_top) * mass(output, o_lo, o_hi, o_hi >= o_top)
+        for p_lo, p_hi, o_lo, o_hi in buckets
+    ]
+    total = sum(shares)
+    return tuple(s / total for s in shares) if total > 0.0 else None
