@@ -60,12 +60,12 @@ class Policy:
     startup_s: float = DEFAULT_STARTUP_S
     # Holt smoothing per decision: level and trend (a short horizon: bursts matter more than the day).
     level_alpha: float = 0.6
-    trend_beta: float = 0.3
-    # Size at least for the highest observed rate within this window: Azure's code trace swings 0 -> 10
-    # req/s within a minute, faster than a pod starts, so a burst seen once is kept for a while.
-    peak_window_s: float = 240.0
-    # Extra capacity over the sized rate (Poisson noise within the observation window).
-    headroom: float = 0.15
+    trend_beta: float = 0.1
+    # Size at least for the highest observed rate within this window (two decisions).
+    peak_window_s: float = 60.0
+    # Extra capacity over the sized rate: the minute-to-minute swing a start-up time hides (the Azure
+    # conversation trace moves +-15% minute to minute; tuned on it, benchmarks/REPORT_autoscaling.md).
+    headroom: float = 0.3
     scale_down_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
     # No decrease of a configuration within this long of its last increase (no direction reversal).
     reversal_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
@@ -82,7 +82,7 @@ class Policy:
     # observation feeds the correction.
     correction_settle_s: float = 90.0
     # Churn cost: $/h-equivalent per device removed from a running replica (inputs.SolveOptions).
-    move_penalty_per_device_hour: float = 2.0
+    move_penalty_per_device_hour: float = 5.0
     solve_time_limit_s: float = 10.0
 
     def __post_init__(self) -> None:
