@@ -152,18 +152,33 @@ class FleetPlan:
     plan: allocation.Plan
     single_type: baselines.SingleTypeResult
     explanations: tuple[explain.Explanation, ...]
-    # How the baseline was found: "fleet" (one type for everything, in the pools as sized), "fleet-sized"
-    # (one type, pool sizes ignored), "per-service" (each service its own type, pool sizes ignored) or
-    # "none" (not computed).
+    # How the headline baseline was found, always in the pools as sized (the plan's own capacity): "fleet"
+    # (one type for everything), "per-service" (each service its own type) or "none" (not computed, or no
+    # single-type plan fits the pools).
     single_type_kind: str = "fleet"
+    # The same comparison with pool sizes ignored (a single-type fleet sized to order), reported beside
+    # the headline and labelled: "fleet-sized", "per-service-sized" or "none".
+    single_type_sized: baselines.SingleTypeResult = dataclasses.field(
+        default_factory=lambda: baselines.SingleTypeResult(None, None, {})
+    )
+    single_type_sized_kind: str = "none"
 
     @property
     def savings_vs_single_type(self) -> float | None:
-        """Fraction of $/h saved against the best single-type plan (None when no single type suffices)."""
-        base = self.single_type.plan
-        if base is None or base.price_per_hour <= 0.0:
-            return None
-        return 1.0 - self.plan.price_per_hour / base.price_per_hour
+        """Fraction of $/h saved against the best single-type plan in the same pools (None: none fits)."""
+        return _savings(self.plan, self.single_type)
+
+    @property
+    def savings_vs_single_type_sized(self) -> float | None:
+        """Fraction of $/h saved against the best single-type fleet sized to order (pool sizes ignored)."""
+        return _savings(self.plan, self.single_type_sized)
+
+
+def _savings(plan: allocation.Plan, baseline: baselines.SingleTypeResult) -> float | None:
+    """1 - plan $/h / baseline $/h (None without a baseline plan)."""
+    if baseline.plan is None or baseline.plan.price_per_hour <= 0.0:
+        return None
+    return 1.0 - plan.price_per_hour / baseline.plan.price_per_hour
 
 
 def build_inputs(
@@ -206,17 +221,31 @@ def plan_fleet(
     cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
-    kind = "none"
-    single = baselines.SingleTypeResult(None, None, {})
+    kind, sized_kind = "none", "none"
+    single = sized = baselines.SingleTypeResult(None, None, {})
     if with_baseline:
         step("solving the single-type baselines")
-        single = baselines.best_single_type(cset.problem, options, reference=plan)
-        kind = "fleet"
-        if single.plan is None:
-            single = baselines.best_single_type(baselines.uncapped(cset.problem), options, reference=plan)
-            kind = "fleet-sized"
+        # Headline: single-type plans under the same pool capacity as the plan (like with like).
+        single, kind = baselines.best_single_type(cset.problem, options, reference=plan), "fleet"
         if single.plan is None:
             single = baselines.best_single_type_per_service(cset.problem, options, reference=plan)
-            kind = "per-service"
+            kind = "per-service" if single.plan is not None else "none"
+        # Beside it, labelled: the same with pool sizes ignored (what a single-type fleet sized to order
+        # would cost).
+        grown = baselines.uncapped(cset.problem)
+        sized, sized_kind = baselines.best_single_type(grown, options, reference=plan), "fleet-sized"
+        if sized.plan is None:
+            sized = baselines.best_single_type_per_service(
+                cset.problem, options, reference=plan, sized_to_order=True
+            )
+            sized_kind = "per-service-sized" if sized.plan is not None else "none"
     step("explaining")
-    return FleetPlan(cset, plan, single, explain.explain(cset, plan), kind)
+    return FleetPlan(
+        cset,
+        plan,
+        single,
+        explain.explain(cset, plan),
+        kind,
+        single_type_sized=sized,
+        single_type_sized_kind=sized_kind,
+    )

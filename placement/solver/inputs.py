@@ -150,6 +150,9 @@ class SolveOptions:
     # Load each replica to at most this share of its SLO-bounded capacity: headroom for bursts the
     # sizing rate does not show (1.0 plans right up to the SLO bound).
     max_utilization: float = 1.0
+    # Each service runs all its replicas (every role) on one accelerator type: how fleets are run by hand,
+    # and the single-type baseline under the same pool capacity (placement.baselines).
+    one_accelerator_per_service: bool = False
 
 
 @dataclass(frozen=True)
