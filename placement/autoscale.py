@@ -256,6 +256,10 @@ def serving_capacity_rps(
     share: Sequence[float],
 ) -> float:
     """Req/s the service's ready replicas sustain within the SLO at this size mix (min over stages)."""
+    total = sum(share)
+    if total <= 0.0:
+        return 0.0
+    share = [x / total for x in share]
     front = 0.0
     back = 0.0
     has_back = False
@@ -321,9 +325,8 @@ def _idle(state: ServiceState, traits: ServiceTraits, now_s: float, policy: Poli
     """Opted in to scale to zero and no request seen for the idle period."""
     if not traits.scale_to_zero:
         return False
-    if state.last_traffic_s is None:
-        return state.last_observed_s is not None and state.level_rps == 0.0
-    return now_s - state.last_traffic_s >= policy.idle_to_zero_s
+    since = state.last_traffic_s if state.last_traffic_s is not None else state.first_decision_s
+    return since is not None and now_s - since >= policy.idle_to_zero_s
 
 
 def _demand(
@@ -432,6 +435,7 @@ def decide(
     may_decrease: dict[str, bool] = {}
     starting_now: dict[str, bool] = {}
     completing: dict[str, dict[inputs.CandidateKey, int]] = {}
+    mode: dict[str, str] = {}
     for base in problem.services:
         sid = base.id
         t = traits[sid]
@@ -473,33 +477,42 @@ def decide(
         capacity = serving_capacity_rps(cands, mine, sid, s.bucket_share or share) * s.correction
         s = replace(s, sized_history=history, sized_rps=rate)
         service_states[sid] = s
-        warming = now_s - (s.first_decision_s or now_s) < policy.scale_down_window_s
+        warming = (
+            now_s - (now_s if s.first_decision_s is None else s.first_decision_s) < policy.scale_down_window_s
+        )
         recently_up = now_s - s.last_increase_s < policy.reversal_window_s
         is_starting = any(starting.get(k, 0) > 0 for k in mine)
         may_decrease[sid] = not (warming or recently_up or is_starting) or idle
         starting_now[sid] = is_starting and not idle
         planned = dict(s.planned)
         pending = (
-            not is_starting
+            bool(planned)
+            and not is_starting
             and planned != mine
             and all(n <= mine.get(k, 0) for k, n in planned.items())
             and serving_capacity_rps(cands, planned, sid, s.bucket_share or share) * s.correction >= rate
         )
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
+            mode[sid] = "down"
         elif pending and rate <= capacity:
             # The last move's new replicas are ready: drop what it replaced (not a scale-down).
             completing[sid] = planned
             notes[sid].append("completes the move: the replaced replicas go")
             continue
         elif rate > capacity or not mine:
-            pass
+            mode[sid] = "up"
         elif rate >= capacity * (1.0 - policy.tolerance):
-            held[sid] = (
-                f"sized for {rate:.2f} req/s, within {policy.tolerance:.0%} of the {capacity:.2f} req/s "
-                "running: no change"
-            )
-            continue
+            settled_for = now_s - max(s.last_change_s, s.first_decision_s or now_s)
+            if is_starting or settled_for < policy.reversal_window_s:
+                held[sid] = (
+                    f"sized for {rate:.2f} req/s, within {policy.tolerance:.0%} of the {capacity:.2f} req/s "
+                    "running: no change"
+                )
+                continue
+            # Steady for a window: re-solve with the churn cost, so load moves back to a cheaper pool
+            # that has freed up when the saving beats the move penalty.
+            mode[sid] = "rebalance"
         elif not may_decrease[sid]:
             why = (
                 "replicas still starting"
@@ -510,6 +523,8 @@ def decide(
             )
             held[sid] = f"sized for {rate:.2f} req/s below the {capacity:.2f} req/s running; holds: {why}"
             continue
+        else:
+            mode[sid] = "down"
         changing.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
 
     # Services with replicas still starting are solved first with a prohibitive move penalty, so the
@@ -523,11 +538,19 @@ def decide(
         targets.update(done)
     plan: allocation.Plan | None = None
     solver_targets: dict[inputs.CandidateKey, int] = {}
+    # Scale-down keeps to the configurations running (penalty 0: the solver drops the replicas whose
+    # removal saves the most, i.e. the most expensive per req/s first); scale-up and rebalancing may
+    # open any configuration, charged the churn cost for what they replace.
     groups = (
-        ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR),
-        ([d for d in changing if not starting_now[d.id]], policy.move_penalty_per_device_hour),
+        ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR, False),
+        (
+            [d for d in changing if not starting_now[d.id] and mode.get(d.id) != "down"],
+            policy.move_penalty_per_device_hour,
+            False,
+        ),
+        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) == "down"], 0.0, True),
     )
-    for group, penalty in groups:
+    for group, penalty, only_running in groups:
         if not group:
             continue
         ids = {d.id for d in group}
@@ -536,7 +559,11 @@ def decide(
             problem,
             services=tuple(group),
             pools=_pools_without(problem.pools, {**targets, **others}),
-            candidates=tuple(c for c in problem.candidates if c.service in ids),
+            candidates=tuple(
+                c
+                for c in problem.candidates
+                if c.service in ids and (not only_running or current.get(c.key, 0) > 0)
+            ),
         )
         mine = {k: n for k, n in current.items() if k.service in ids}
         try:
