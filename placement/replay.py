@@ -523,6 +523,16 @@ def autoscaler(
     return control
 
 
+def static_targets(targets: Targets, routing: Routing | None = None) -> Controller:
+    """A fixed fleet of these replicas."""
+    fixed = Control(dict(targets), routing)
+
+    def control(now: float, obs: autoscale.Observation, current: Targets, starting: Targets) -> Control:
+        return fixed
+
+    return control
+
+
 def static(plan: allocation.Plan) -> Controller:
     """A fixed fleet: the plan's replicas and routing."""
     fixed = Control(targets_of(plan), routing_of(plan))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -18,7 +19,9 @@ RPS_PER_REPLICA = 10.0
 
 def _problem(spec_rps: float = 10.0, min_replicas: int = 0) -> inputs.FleetProblem:
     cands = tuple(
-        inputs.Candidate(SVC, "aggregated", p.id, p.accelerator, "fp8", 1, (RPS_PER_REPLICA,), p.price_per_device_hour)
+        inputs.Candidate(
+            SVC, "aggregated", p.id, p.accelerator, "fp8", 1, (RPS_PER_REPLICA,), p.price_per_device_hour
+        )
         for p in (CHEAP, DEAR)
     )
     demand = inputs.ServiceDemand(SVC, (spec_rps,), min_replicas=min_replicas)
@@ -52,7 +55,9 @@ def _run(
     state = autoscale.State()
     out = []
     for i, rps in enumerate(rates):
-        d = autoscale.decide(problem, traits or TRAITS, state, _obs(rps), current, i * policy.interval_s, policy)
+        d = autoscale.decide(
+            problem, traits or TRAITS, state, _obs(rps), current, i * policy.interval_s, policy
+        )
         state = d.state
         current = dict(d.targets)
         out.append(d)
@@ -129,7 +134,7 @@ def test_correction_drops_on_slo_misses_at_model_load_and_is_bounded():
         state = autoscale.correct(state, obs, TRAITS[SVC], model_utilization=0.8, policy=policy)
         factors.append(state.correction)
     assert factors[0] < 1.0
-    assert all(b <= a for a, b in zip(factors, factors[1:], strict=False))
+    assert all(b <= a for a, b in itertools.pairwise(factors))
     assert factors[-1] == pytest.approx(0.7)
     # At low load an SLO miss says nothing about capacity.
     idle = autoscale.correct(autoscale.ServiceState(), obs, TRAITS[SVC], 0.1, policy)
@@ -143,9 +148,9 @@ def test_the_sized_rate_holds_the_highest_of_the_scale_down_window():
 
 
 def test_policy_errors_name_the_field():
-    with pytest.raises(autoscale.AutoscaleError, match="policy.headroom"):
+    with pytest.raises(autoscale.AutoscaleError, match=r"policy\.headroom"):
         autoscale.Policy(headroom=-1.0)
-    with pytest.raises(autoscale.AutoscaleError, match="policy.level_alpha"):
+    with pytest.raises(autoscale.AutoscaleError, match=r"policy\.level_alpha"):
         autoscale.Policy(level_alpha=0.0)
 
 
