@@ -23,7 +23,7 @@ from typing import Any, Final
 import kopf
 import pydantic
 
-from chipfit import kube, metrics, planning, reconcile, render, validation
+from chipfit import autoscaler, kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
 from placement import catalog
 from placement.solver import allocation, inputs
@@ -169,6 +169,8 @@ class Fleet:
     )
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
+    # Placements the autoscaler decided (chipfit.autoscaler): they win over the spec-sized plan.
+    autoscaled: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
     explain_pods: bool = True
     replan_requested: bool = False
@@ -271,6 +273,7 @@ class Fleet:
             self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
             return
         outcomes, explanations, usage = solved
+        outcomes.update({sid: o for sid, o in self.autoscaled.items() if sid in outcomes})
         self.outcomes = outcomes
         # Services with the widest replicas first: their pods reach the scheduler first and take whole
         # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
@@ -616,11 +619,22 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any)
     # for handler failures.
     settings.posting.level = logging.WARNING
     _fleet(memo).start()
+    scaler = getattr(memo, "autoscaler", None)
+    if scaler is not None:
+        memo.autoscaler_task = asyncio.get_running_loop().create_task(
+            autoscaler.run(scaler, _fleet(memo), memo.prometheus_query, time.monotonic),
+            name="chipfit-autoscaler",
+        )
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: Any, **_: Any) -> None:
-    """Stop the fleet worker."""
+    """Stop the autoscaler and the fleet worker."""
+    task = getattr(memo, "autoscaler_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await _fleet(memo).stop()
 
 

@@ -164,6 +164,8 @@ class Queries:
     kv_usage: str | None
     prompt_buckets: str | None
     output_buckets: str | None
+    ttft_buckets: str | None
+    output_tokens_rate: str | None
 
 
 def queries(table: EngineMetrics, sel: str, window: str = DEFAULT_WINDOW) -> Queries:
@@ -203,6 +205,12 @@ def queries(table: EngineMetrics, sel: str, window: str = DEFAULT_WINDOW) -> Que
         kv_usage=gauge(table.kv_usage, "kv_usage", "avg"),
         prompt_buckets=buckets(table.prompt_tokens),
         output_buckets=buckets(table.output_tokens),
+        ttft_buckets=buckets(table.ttft_seconds),
+        output_tokens_rate=(
+            f"sum(rate({_series(table.output_tokens, sel, '_sum')}[{window}]))"
+            if table.output_tokens
+            else None
+        ),
     )
 
 
@@ -248,7 +256,16 @@ class RoleSignals:
     kv_usage: float | None = None
     prompt_histogram: tuple[list[float], list[float]] = ([], [])
     output_histogram: tuple[list[float], list[float]] = ([], [])
+    ttft_histogram: tuple[list[float], list[float]] = ([], [])
+    output_tokens_per_second: float | None = None
     error: str | None = None
+
+    def ttft_within(self, slo_ms: float) -> float | None:
+        """Share of the window's requests whose TTFT was within `slo_ms` (from the histogram)."""
+        le, cumulative = self.ttft_histogram
+        if not cumulative or cumulative[-1] <= 0.0:
+            return None
+        return autoscale.cdf_at(le, cumulative, slo_ms / 1000.0)
 
 
 def read_role(query: QueryFn, q: Queries) -> RoleSignals:
@@ -273,6 +290,8 @@ def read_role(query: QueryFn, q: Queries) -> RoleSignals:
             kv_usage=one(q.kv_usage),
             prompt_histogram=_histogram(query(q.prompt_buckets)) if q.prompt_buckets else ([], []),
             output_histogram=_histogram(query(q.output_buckets)) if q.output_buckets else ([], []),
+            ttft_histogram=_histogram(query(q.ttft_buckets)) if q.ttft_buckets else ([], []),
+            output_tokens_per_second=one(q.output_tokens_rate),
         )
     except Exception as error:
         return RoleSignals(None, error=f"{type(error).__name__}: {error}"[:300])
