@@ -170,8 +170,9 @@ class State:
     """The autoscaler's memory, per service."""
 
     services: Mapping[str, ServiceState] = field(default_factory=dict)
-    # The last applied targets.
+    # The last applied targets, and the services decided at least once (an empty target is a decision).
     targets: Mapping[inputs.CandidateKey, int] = field(default_factory=dict)
+    decided: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,10 @@ def correct(
     """
     if obs.missing or model_utilization < policy.correction_min_utilization:
         return state
+    if (obs.waiting or 0.0) > 0.0:
+        # A queue means a backlog (capacity was short a moment ago): its latency says nothing about
+        # whether the model's capacity is right.
+        return state
     ratios = [
         observed / slo
         for observed, slo in ((obs.ttft_p99_ms, traits.ttft_p99_ms), (obs.itl_p99_ms, traits.itl_p99_ms))
@@ -384,6 +389,11 @@ def direction(before: Replicas, after: Replicas) -> Direction:
     if rise and fall:
         return "move"
     return "up" if rise else "down" if fall else "hold"
+
+
+def targets_services(targets: Mapping[inputs.CandidateKey, int]) -> set[str]:
+    """Services with a target."""
+    return {k.service for k in targets}
 
 
 def _pools_without(
@@ -531,9 +541,17 @@ def decide(
     # solver keeps every replica and only adds (no second move on top of one in flight); then the others
     # with the policy's churn cost, on what is left.
     ids_changing = {d.id for d in changing}
-    targets: dict[inputs.CandidateKey, int] = {
-        k: n for k, n in current.items() if k.service not in ids_changing | set(completing) and n > 0
-    }
+    decided = set(state.decided)
+    # Services that do not change keep their last decision (what runs, when there was none yet): the
+    # cluster's view of replicas may lag a decision by a reconcile.
+    targets: dict[inputs.CandidateKey, int] = {}
+    for base in problem.services:
+        if base.id in ids_changing or base.id in completing:
+            continue
+        last = {k: n for k, n in state.targets.items() if k.service == base.id}
+        if not last and base.id not in decided:
+            last = {k: n for k, n in current.items() if k.service == base.id}
+        targets.update({k: n for k, n in last.items() if n > 0})
     for done in completing.values():
         targets.update(done)
     plan: allocation.Plan | None = None
@@ -604,7 +622,7 @@ def decide(
         service_states[sid] = s
         ahead, _ = sizing_rps(s, policy)
         rate = s.sized_rps or 0.0
-        moved = direction(mine_before, mine_after)
+        moved: Direction = "hold" if sid in held else direction(mine_before, mine_after)
         obs = observations.get(sid)
         observed = (obs.requests_per_second or 0.0) if obs is not None else 0.0
         if sid in held:
@@ -635,7 +653,11 @@ def decide(
                 held=sid in held,
             )
         )
-    new_state = State(services=service_states, targets=dict(targets))
+    new_state = State(
+        services=service_states,
+        targets=dict(targets),
+        decided=frozenset(decided | ids_changing | set(completing) | targets_services(targets)),
+    )
     return Decision(now_s, dict(targets), tuple(decisions), new_state, plan, dict(solver_targets))
 
 
