@@ -278,7 +278,19 @@ def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | Non
         if not b["metadata"].get("deletionTimestamp")
     ]
     valid = [s for s in services if handlers.first_problem(s, None) is None]
-    pools = [v1alpha1.AcceleratorPool.model_validate(handlers._plain(p)) for p in cluster.list_pools()]
+    declared = [v1alpha1.AcceleratorPool.model_validate(handlers._plain(p)) for p in cluster.list_pools()]
+    # Decide on the nodes that are there, as the fleet re-plan does: a reclaimed spot node drops out of
+    # its pool at the next tick and the solver moves its replicas to capacity that exists.
+    nodes = cluster.list_nodes()
+    owners = reconcile.node_owners(declared, nodes)
+    pools = [
+        p.model_copy(
+            update={
+                "spec": p.spec.model_copy(update={"nodes": fleet._capacity(p, nodes, owners).nodes_ready})
+            }
+        )
+        for p in declared
+    ]
     profiles = [
         v1alpha1.PerformanceProfile.model_validate(handlers._plain(p)) for p in cluster.list_profiles()
     ]
