@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,4 +79,34 @@ def test_prometheus_down_holds_and_says_why(fleet):
     assert held.outcome is not None and first.outcome is not None
     assert sum(p.replicas for p in held.outcome.placements) == sum(
         p.replicas for p in first.outcome.placements
+    )
+
+
+def test_drain_time_covers_the_longest_expected_request(fleet):
+    from chipfit import render
+
+    services, _ = fleet
+    base = services[0]
+    short = render.termination_grace_s(base)
+    assert short >= render.TERMINATION_GRACE_S
+    wl = base.spec.workload
+    longer = base.model_copy(
+        update={
+            "spec": base.spec.model_copy(
+                update={
+                    "workload": wl.model_copy(
+                        update={
+                            "output_tokens": wl.output_tokens.model_copy(
+                                update={"mean": 2000.0, "p99": 8000.0}
+                            )
+                        }
+                    )
+                }
+            )
+        }
+    )
+    # 8000 tokens at the ITL SLO, doubled: longer than the floor, never above the cap.
+    expected = 2 * (base.spec.slo.ttft_p99_ms / 1000 + 8000 * base.spec.slo.itl_p99_ms / 1000)
+    assert render.termination_grace_s(longer) == min(
+        render.MAX_TERMINATION_GRACE_S, max(short, math.ceil(expected))
     )
