@@ -8,6 +8,7 @@ No I/O: chipfit.kube applies what these return.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
