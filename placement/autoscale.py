@@ -162,6 +162,9 @@ class ServiceState:
     # The last solve's replicas for this service (a move completes towards it).
     planned: tuple[tuple[inputs.CandidateKey, int], ...] = ()
     last_increase_s: float = -math.inf
+    # When each configuration last grew: a configuration does not shrink within the reversal window of
+    # its own increase (no direction reversal), others of the service may.
+    increased_s: tuple[tuple[inputs.CandidateKey, float], ...] = ()
     last_change_s: float = -math.inf
 
 
@@ -490,7 +493,11 @@ def decide(
         warming = (
             now_s - (now_s if s.first_decision_s is None else s.first_decision_s) < policy.scale_down_window_s
         )
-        recently_up = now_s - s.last_increase_s < policy.reversal_window_s
+        # Only when every running configuration grew within the window is there nothing to shrink.
+        grown = dict(s.increased_s)
+        recently_up = bool(mine) and all(
+            now_s - grown.get(k, -math.inf) < policy.reversal_window_s for k in mine
+        )
         is_starting = any(starting.get(k, 0) > 0 for k in mine)
         may_decrease[sid] = not (warming or recently_up or is_starting) or idle
         starting_now[sid] = is_starting and not idle
@@ -592,6 +599,13 @@ def decide(
             targets.update({k: n for k, n in mine.items() if n > 0})
             continue
         got = _plan_targets(plan)
+        if only_running:
+            # Scale-down never shrinks a configuration within the reversal window of its increase.
+            for d in group:
+                grown = dict(service_states[d.id].increased_s)
+                for k, n in mine.items():
+                    if k.service == d.id and now_s - grown.get(k, -math.inf) < policy.reversal_window_s:
+                        got[k] = max(got.get(k, 0), n)
         solver_targets.update(got)
         for d in group:
             service_states[d.id] = replace(
@@ -617,6 +631,18 @@ def decide(
         mine_after = {k: n for k, n in targets.items() if k.service == sid}
         if any(mine_after.get(k, 0) > mine_before.get(k, 0) for k in mine_after):
             s = replace(s, last_increase_s=now_s)
+        grown_keys = dict(s.increased_s)
+        for k, n in mine_after.items():
+            if n > mine_before.get(k, 0):
+                grown_keys[k] = now_s
+        s = replace(
+            s,
+            increased_s=tuple(
+                (k, t)
+                for k, t in grown_keys.items()
+                if now_s - t < policy.reversal_window_s and k in mine_after
+            ),
+        )
         if mine_after != mine_before:
             s = replace(s, last_change_s=now_s)
         service_states[sid] = s
