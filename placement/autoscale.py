@@ -511,7 +511,7 @@ def decide(
         )
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
-            mode[sid] = "down"
+            mode[sid] = "idle"
         elif pending and rate <= capacity:
             # The last move's new replicas are ready: drop what it replaced (not a scale-down).
             completing[sid] = planned
@@ -569,11 +569,11 @@ def decide(
     groups = (
         ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR, False),
         (
-            [d for d in changing if not starting_now[d.id] and mode.get(d.id) != "down"],
+            [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in ("down", "idle")],
             policy.move_penalty_per_device_hour,
             False,
         ),
-        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) == "down"], 0.0, True),
+        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) in ("down", "idle")], 0.0, True),
     )
     for group, penalty, only_running in groups:
         if not group:
@@ -621,6 +621,13 @@ def decide(
                     notes[d.id].append("removals wait for the new replicas (make before break)")
                 want = {k: max(want.get(k, 0), n) for k, n in {**mine, **want}.items() if k.service == d.id}
             targets.update(want)
+    # No configuration shrinks within the reversal window of its own increase, whatever path (scale-down,
+    # rebalance, completing a move) asked for it; scale to zero of an idle opted-in service excepted.
+    for k, n in current.items():
+        grown = dict(service_states[k.service].increased_s) if k.service in service_states else {}
+        recent = now_s - grown.get(k, -math.inf) < policy.reversal_window_s
+        if recent and targets.get(k, 0) < n and mode.get(k.service) != "idle":
+            targets[k] = n
     targets = {k: n for k, n in targets.items() if n > 0}
 
     decisions: list[ServiceDecision] = []

@@ -88,6 +88,16 @@ def test_scale_down_removes_the_most_expensive_replicas_first_after_the_window()
 def test_no_scale_direction_reversal_inside_the_window():
     rates = [10.0, 30.0, 5.0, 5.0, 40.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
     decisions = _run(rates)
+    # Per configuration: no decrease within the window of that configuration's increase.
+    grown: dict[inputs.CandidateKey, float] = {}
+    before: dict[inputs.CandidateKey, int] = {_key(CHEAP): 1}
+    for d in decisions:
+        for k in set(before) | set(d.targets):
+            if d.targets.get(k, 0) > before.get(k, 0):
+                grown[k] = d.time_s
+            elif d.targets.get(k, 0) < before.get(k, 0):
+                assert d.time_s - grown.get(k, -math.inf) >= FLAT.reversal_window_s
+        before = dict(d.targets)
     last_up = -math.inf
     for d in decisions:
         direction = d.services[0].direction
