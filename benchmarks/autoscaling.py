@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         s = results["summary"]
         print(
-            f"  chipfit: {s['chipfit_vs_optimal']:.3f}x the bound, {s['chipfit_saving_vs_peak']:.1%} below "
+            f"  chipfit: {s['chipfit_vs_optimal']:.3f}x the bound, saving "
+            f"{s['chipfit_saving_vs_peak']:.1%} against "
             f"static-peak; peak minute {s['peak_minute_rps']:.1f} req/s, mean {s['mean_rps']:.1f}; pools "
             f"{', '.join(s['pools_used'])}; mean solve {s['solve_mean_s']:.3f} s"
         )
