@@ -42,6 +42,11 @@ RESYNC_INTERVAL_S: Final = 600.0
 # A moved replica restarts its engine: minutes of model loading on a device (~5 min at ~$1-6/device-h
 # is ~$0.1-0.5), so a move must save at least ~$0.25 per device-hour to be worth it.
 MOVE_PENALTY_PER_DEVICE_HOUR: Final = 0.25
+# The worker starts a replacement before it drains what it replaces, so a pool must briefly hold both; a
+# plan whose rollout does not fit pays, per device the pool lacks, twice that device's $/h: the solver buys
+# room elsewhere when it costs less than that. It binds only during a change (once the plan runs, the
+# current and the planned replicas agree), so it is no lasting premium.
+SURGE_SHORTFALL_PRICE_FACTOR: Final = 2.0
 # The operator re-plans on every fleet change; a solve that takes longer than this returns its incumbent.
 SOLVER_TIME_LIMIT_S: Final = 30.0
 HTTP_FORBIDDEN: Final = 403
@@ -158,7 +163,9 @@ def _round(value: float | None, decimals: int) -> float | None:
 def solve_options() -> inputs.SolveOptions:
     """How the operator solves: bounded time, and a move must pay for the engine restart it causes."""
     return inputs.SolveOptions(
-        time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
+        time_limit_s=SOLVER_TIME_LIMIT_S,
+        move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR,
+        surge_shortfall_price_factor=SURGE_SHORTFALL_PRICE_FACTOR,
     )
 
 

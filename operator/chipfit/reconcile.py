@@ -133,9 +133,9 @@ def plan_actions(
 
     `room_units` (pool label -> extended-resource units the plan leaves free on that pool) bounds the
     surge: a replaced Deployment that waits for its replacement keeps its units on top of the plan's, so
-    one whose units do not fit in the room left is deleted at once instead (break before make). Without
-    it a re-plan that fills a pool would leave the replacement Pending behind the replica it replaces
-    for ever. None means unbounded room (every replacement surges).
+    one whose units do not fit in the room left is deleted at once instead (break before make) — but only
+    while other ready replicas of its role keep serving: serving never stops. The solver avoids such
+    plans in the first place (SolveOptions.surge_shortfall_price_factor). None means unbounded room.
     """
     stamped = [stamp(o) for o in desired]
     live_deployments = {d.name: d for d in deployments}
@@ -188,6 +188,10 @@ def plan_actions(
     delete: list[tuple[str, str]] = []
     drained_early: list[str] = []
     room = dict(room_units) if room_units is not None else None
+    # Ready replicas per role across every live Deployment, old and new: what serves right now.
+    serving: dict[str, int] = {}
+    for live in deployments:
+        serving[live.role] = serving.get(live.role, 0) + live.ready_replicas
     surge: dict[str, int] = {}
     for live in deployments:
         if ("Deployment", live.name) in desired_names:
@@ -195,9 +199,15 @@ def plan_actions(
         replaced = role_ready.get(live.role, all_ready) if live.role in wanted else all_ready
         if replaced:
             delete.append(("Deployment", live.name))
-        elif room is not None and live.units > room.get(live.pool, 0):
+        elif (
+            room is not None
+            and live.units > room.get(live.pool, 0)
+            and serving.get(live.role, 0) - live.ready_replicas > 0
+        ):
+            # No room to run it beside its replacement, and the role keeps serving without it.
             delete.append(("Deployment", live.name))
             drained_early.append(live.name)
+            serving[live.role] = serving.get(live.role, 0) - live.ready_replicas
         else:
             if room is not None:
                 room[live.pool] = room.get(live.pool, 0) - live.units

@@ -368,12 +368,16 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
     _count_cuts(b, problem, candidates, n_index, u_index, z_index, uncoverable)
 
     # Stability: d_c >= current_c - n_c, d_c >= 0, penalised move_penalty * devices_c per removed replica.
-    if options.move_penalty_per_device_hour > 0.0:
+    removed: dict[int, int] = {}  # candidate -> column of d_c
+    if options.move_penalty_per_device_hour > 0.0 or options.surge_shortfall_price_factor > 0.0:
         for i, c in enumerate(candidates):
             now = problem.current_replicas.get(c.key, 0)
             if now > 0:
                 d = b.var(options.move_penalty_per_device_hour * c.devices, 0.0, inf, False)
                 b.row([(n_index[i], 1.0), (d, 1.0)], float(now), inf)
+                removed[i] = d
+    if options.surge_shortfall_price_factor > 0.0:
+        _surge_rows(b, problem, candidates, n_index, removed, options.surge_shortfall_price_factor)
 
     a = sp.csr_matrix((b.vals, (b.rows, b.cols)), shape=(len(b.row_lo), len(b.cost)))
     return Model(
@@ -395,3 +399,38 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         lp_needs_unmet=pruned.lp_needs_unmet,
         restricted=pruned.restricted,
     )
+
+
+def _surge_rows(
+    b: _Builder,
+    problem: inputs.FleetProblem,
+    candidates: Sequence[inputs.Candidate],
+    n_index: Sequence[int],
+    removed: Mapping[int, int],
+    price_factor: float,
+) -> None:
+    """Rollout room: the plan's devices plus those of current replicas it removes fit each pool.
+
+    While a replacement starts, the replica it replaces still runs, so per pool p
+        sum_c tp_c n_c + sum_c tp_c d_c + gone_p - s_p <= devices_p,
+    s_p >= 0 costing price_factor x the pool's $/device-hour,
+    where gone_p counts current replicas whose configuration is no longer a candidate (removed for sure).
+    Soft: a full pool can still be re-planned, at a price that prefers plans rolling out without a pause.
+    """
+    pools = {p.id: p for p in problem.pools}
+    keys = {c.key for c in candidates}
+    services = {s.id for s in problem.services}
+    gone: dict[str, float] = defaultdict(float)
+    for key, now in problem.current_replicas.items():
+        if now > 0 and key not in keys and key.service in services:
+            gone[key.pool] += float(now * key.tp)
+    touched = {candidates[i].pool for i in removed} | set(gone)
+    for pool_id in sorted(touched):
+        pool = pools.get(pool_id)
+        if pool is None:
+            continue  # the pool is gone, and its devices with it
+        terms = [(n_index[i], float(c.tp)) for i, c in enumerate(candidates) if c.pool == pool_id]
+        terms += [(d, float(candidates[i].tp)) for i, d in removed.items() if candidates[i].pool == pool_id]
+        shortfall = b.var(price_factor * pool.price_per_device_hour, 0.0, math.inf, False)
+        terms.append((shortfall, -1.0))
+        b.row(terms, -math.inf, float(pool.devices_total) - gone[pool_id])

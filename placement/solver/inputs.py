@@ -165,6 +165,10 @@ class SolveOptions:
     # Cost, in $/h-equivalent per device, of removing one device of a currently running replica: with
     # 0.0 the plan ignores the current placement; raise it so a small saving does not churn the fleet.
     move_penalty_per_device_hour: float = 0.0
+    # A pool too full to roll the plan out without a pause (the operator starts replacements before it
+    # drains what they replace, so for a moment a pool holds the plan's replicas plus the current ones
+    # being removed) pays, per device it lacks, this many times its own $/device-hour. 0.0 ignores it.
+    surge_shortfall_price_factor: float = 0.0
     # Column generation: keep the candidates the full LP relaxation uses plus the K best per (service,
     # bucket) at its shadow prices; None keeps all (exact). The bound reported is then the full LP's.
     max_candidates_per_bucket: int | None = None

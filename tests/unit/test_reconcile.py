@@ -378,10 +378,17 @@ def test_a_replacement_with_no_room_beside_it_drains_first() -> None:
     old_live = _holding(old_live, 1)
     desired = desired_for(CHAT, NEW)
     pool = old_live[0].pool
-    actions = reconcile.plan_actions(desired, old_live, services, {pool: old_live[0].units - 1})
+    # Another replica of the role (on another pool, with room for its surge) keeps serving meanwhile.
+    other = dataclasses.replace(old_live[0], name="chat-8b-elsewhere", pool="elsewhere")
+    room = {pool: old_live[0].units - 1, "elsewhere": other.units}
+    actions = reconcile.plan_actions(desired, [*old_live, other], services, room)
     assert actions.delete == (("Deployment", old_live[0].name),)
     assert actions.drained_early == (old_live[0].name,)
-    assert actions.surge_units == {}
+    assert actions.surge_units == {"elsewhere": other.units}
+    # The only replica that serves is never drained early: it waits, whatever the room.
+    alone = reconcile.plan_actions(desired, old_live, services, {pool: 0})
+    assert alone.delete == ()
+    assert any("drains" in w for w in alone.waiting)
     # Without a room bound (no plan yet) the replica waits, as before.
     assert reconcile.plan_actions(desired, old_live, services).delete == ()
 

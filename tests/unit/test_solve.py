@@ -163,6 +163,29 @@ def test_stability_penalty_keeps_running_replicas() -> None:
     assert kept.price_per_hour == pytest.approx(4.0)
 
 
+def test_surge_penalty_prefers_a_plan_that_rolls_out_without_a_pause() -> None:
+    # A 4-device node runs s as tp1 (1 device) and t as tp2; s's new SLO needs tp2 (tp1 is no longer a
+    # candidate, so it is removed for sure). On that node the tp2 replica cannot start beside the tp1 one it
+    # replaces (2 + 2 + 1 > 4): with the surge penalty the plan pays a little more for a pool with room;
+    # without it, or with a penalty below the price gap, it takes the full node.
+    full = pool("full", devices_per_node=4, nodes=1, price=1.0)
+    roomy = pool("roomy", devices_per_node=4, nodes=1, price=1.2)
+    t = cand("t", "full", [1.0], 2.0, tp=2)
+    problem = inputs.FleetProblem(
+        services=(demand("s", 1.0), demand("t", 1.0)),
+        pools=(full, roomy),
+        candidates=(cand("s", "full", [1.0], 2.0, tp=2), cand("s", "roomy", [1.0], 2.4, tp=2), t),
+        current_replicas={inputs.CandidateKey("s", "aggregated", "full", "bf16", 1): 1, t.key: 1},
+    )
+    milp = inputs.SolveOptions(method="milp")
+    assert {a.pool for a in solve.solve(problem, milp).service("s").assignments} == {"full"}
+    surged = solve.solve(problem, dataclasses.replace(milp, surge_shortfall_price_factor=10.0))
+    assert {a.pool for a in surged.service("s").assignments} == {"roomy"}
+    assert surged.price_per_hour == pytest.approx(4.4)
+    cheap = dataclasses.replace(milp, surge_shortfall_price_factor=0.1)
+    assert {a.pool for a in solve.solve(problem, cheap).service("s").assignments} == {"full"}
+
+
 def test_zero_traffic_and_min_replicas() -> None:
     problem = inputs.FleetProblem(
         services=(demand("idle", 0.0), demand("warm", 0.0, min_replicas=2)),
