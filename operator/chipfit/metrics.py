@@ -148,6 +148,9 @@ def _check_name(field: str, value: str) -> None:
         raise ValueError(f"{field}: must be a non-empty name")
 
 
+AUTOSCALE_DECISIONS = ("ScaledUp", "ScaledDown", "ScaledMove")
+
+
 class OperatorMetrics:
     """Every metric the operator exports, registered in one dedicated CollectorRegistry."""
 
@@ -250,6 +253,12 @@ class OperatorMetrics:
             f"{p}_placement_changes",
             "Times a service role's planned accelerator, pool or replica count changed.",
             ("namespace", "service", "role"),
+            registry=r,
+        )
+        self.autoscale_decisions = Counter(
+            f"{p}_autoscale_decisions",
+            "Autoscaling decisions that changed a service's replicas, by direction (docs/autoscaling.md).",
+            ("namespace", "service", "decision"),
             registry=r,
         )
 
@@ -439,6 +448,13 @@ class OperatorMetrics:
                 _remove_if_present(gauge, service_key)
             for role in ROLES:
                 _remove_if_present(self.placement_changes, (namespace, service, role))
+
+    def record_autoscale_decision(self, namespace: str, service: str, decision: str) -> None:
+        """Count one autoscaling decision (ScaledUp, ScaledDown, ScaledMove) of a service."""
+        _check_name("namespace", namespace)
+        _check_name("service", service)
+        _check_choice("decision", decision, AUTOSCALE_DECISIONS)
+        self.autoscale_decisions.labels(namespace, service, decision).inc()
 
     def record_placement_change(self, namespace: str, service: str, role: Role) -> None:
         """Count one change of a service role's planned accelerator, pool or replica count."""
