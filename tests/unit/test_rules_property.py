@@ -12,7 +12,6 @@ from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
-import pytest
 
 from chipfit import handlers, manifests, planning, render, validation
 from chipfit.api import v1alpha1
