@@ -412,9 +412,14 @@ def decompose(problem: inputs.FleetProblem, options: inputs.SolveOptions | None 
         if ch is not None:
             for c, n in zip(shortlist[s_.id], ch.replicas, strict=True):
                 per_role[c.role] += n
-        if not any(count >= s_.min_replicas for count in per_role.values()) or any(
-            0 < count < s_.min_replicas for count in per_role.values()
-        ):
+        # The floor holds in the mode the service runs: aggregated replicas, or prefill and decode both.
+        aggregated_ok = per_role["aggregated"] >= s_.min_replicas and s_.serving != "disaggregated"
+        split_ok = (
+            per_role["prefill"] >= s_.min_replicas
+            and per_role["decode"] >= s_.min_replicas
+            and s_.serving != "aggregated"
+        )
+        if not (aggregated_ok or split_ok) or any(0 < count < s_.min_replicas for count in per_role.values()):
             raise inputs.InfeasibleError(inputs.infeasible_reason(problem))
 
     # A shed stage leaves its partner carrying requests that are no longer served end to end: trim the

@@ -286,8 +286,21 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         # sum_decode n >= min; auto: sum_agg n >= min (1 - z), sum_prefill n >= min z, sum_decode n >= min z.
         if s.min_replicas > 0:
             m = float(s.min_replicas)
+            # The roles the floor applies to: those of the serving modes the service can actually run
+            # (a disaggregated mode needs both prefill and decode configurations).
+            can_split = bool(roles["prefill"]) and bool(roles["decode"])
+            floored = {
+                "aggregated": s.serving != "disaggregated" and bool(roles["aggregated"]),
+                "prefill": s.serving != "aggregated" and can_split,
+                "decode": s.serving != "aggregated" and can_split,
+            }
+            if not any(floored.values()):
+                raise inputs.InfeasibleError(
+                    f"service {s.id}: replicas.min is {s.min_replicas} but no configuration of its serving "
+                    f"mode ({s.serving}) fits"
+                )
             for role, idx in roles.items():
-                if not idx:
+                if not idx or not floored[role]:
                     continue
                 terms = [(n_index[i], 1.0) for i in idx]
                 if z_col is None:
@@ -296,10 +309,6 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
                     b.row([*terms, (z_col, m)], m, inf)
                 else:
                     b.row([*terms, (z_col, -m)], 0.0, inf)
-            if not any(roles.values()):
-                raise inputs.InfeasibleError(
-                    f"service {s.id}: replicas.min is {s.min_replicas} but no configuration fits"
-                )
         # Replica ceiling per role: sum_role n <= max.
         if s.max_replicas is not None:
             for idx in roles.values():

@@ -12,7 +12,6 @@ from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
-import pytest
 
 from chipfit import handlers, manifests, planning, render, validation
 from chipfit.api import v1alpha1
@@ -148,12 +147,6 @@ def test_a_replica_floor_at_zero_demand_is_placed_where_the_model_fits() -> None
     _validate_plan_render({**_body(spec)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=render.RenderError,
-    reason="placement/solver/formulation.py skips the replica floor of a role without candidates: a "
-    "disaggregated service gets decode replicas only and rendering fails (reported in COORD.md)",
-)
 def test_a_disaggregated_replica_floor_places_both_roles() -> None:
     spec = {**BUG_SPEC, "serving": "disaggregated"}
     spec["workload"] = {**spec["workload"], "requestsPerSecond": 0.5}

@@ -132,3 +132,18 @@ def test_auto_plans_many_coupled_services_service_by_service() -> None:
     assert plan.bound >= 4.0 * len(services) * (1 - 1e-3)
     assert plan.bound <= plan.price_per_hour + 1e-6
     assert plan.gap <= 0.05
+
+
+@pytest.mark.parametrize("method", ["milp", "decompose"])
+def test_a_disaggregated_floor_holds_for_both_roles_or_is_infeasible(method: str) -> None:
+    both = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("s", (0.0,), serving="disaggregated", min_replicas=2),),
+        pools=(pool("a", nodes=2),),
+        candidates=(cand("s", "a", [1.0], 1.0, role="prefill"), cand("s", "a", [1.0], 1.0, role="decode")),
+    )
+    plan = solve.solve(both, inputs.SolveOptions(method=method))  # type: ignore[arg-type]
+    replicas = {a.role: a.replicas for a in plan.service("s").assignments}
+    assert replicas == {"prefill": 2, "decode": 2}
+    decode_only = inputs.FleetProblem(both.services, both.pools, both.candidates[1:])
+    with pytest.raises(inputs.InfeasibleError):
+        solve.solve(decode_only, inputs.SolveOptions(method=method))  # type: ignore[arg-type]
