@@ -226,6 +226,10 @@ class Fleet:
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
     explain_pods: bool = True
+    # Extended-resource units per pool label the last plan leaves free (None before the first plan), and
+    # the units each service's replaced-but-not-yet-drained Deployments hold on top of the plan.
+    room_units: dict[str, int] | None = None
+    surge_units: dict[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
@@ -382,6 +386,19 @@ class Fleet:
         outcomes, explanations, usage = solved
         self.outcomes = outcomes
         self.pools_by_name = dict(by_name)
+        # Units each pool has left beyond the new plan: what replaced replicas may hold while their
+        # replacements start (reconcile.plan_actions drains the rest before their replacements).
+        self.room_units = {
+            render.label_value(p.metadata.name): max(
+                0,
+                capacities[p.metadata.name].devices_total
+                - (usage[p.metadata.name].devices_used if p.metadata.name in usage else 0),
+            )
+            * catalog.get_accelerator(p.spec.accelerator).resource_units_per_device
+            for p in pools
+        }
+        # Every service is reconciled below and says again what its surge holds.
+        self.surge_units = {}
         # Services with the widest replicas first: their pods reach the scheduler first and take whole
         # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
         for service in sorted(valid, key=lambda s: -_widest(outcomes.get(planning.service_id(s)))):
@@ -512,7 +529,17 @@ class Fleet:
                     self.cluster.delete(api_version, kind, namespace, obj["metadata"]["name"])
         deployments = [reconcile.live_deployment(d) for d in raw_deployments if reconcile.owned_by(d, uid)]
         services = [reconcile.live_service(s) for s in raw_services if reconcile.owned_by(s, uid)]
-        actions = reconcile.plan_actions(desired, deployments, services)
+        sid = planning.service_id(service)
+        room = None
+        if self.room_units is not None:
+            # What the other services' surges already hold is not room for this one.
+            room = dict(self.room_units)
+            for other, held in self.surge_units.items():
+                for pool, units in held.items():
+                    if other != sid:
+                        room[pool] = room.get(pool, 0) - units
+        actions = reconcile.plan_actions(desired, deployments, services, room)
+        self.surge_units[sid] = actions.surge_units
 
         previous = service.status.placement if service.status else None
         if _placement_keys(previous) != _placement_keys(outcome.placements):
@@ -527,9 +554,12 @@ class Fleet:
         for kind, object_name in actions.delete:
             api_version = "apps/v1" if kind == "Deployment" else "v1"
             if self.cluster.delete(api_version, kind, namespace, object_name):
-                self.cluster.post_event(
-                    body, "Normal", "Drained", f"deleted {kind} {object_name}: replaced and ready"
+                why = (
+                    "its pool has no room to run it beside its replacement"
+                    if object_name in actions.drained_early
+                    else "replaced and ready"
                 )
+                self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
         unschedulable = None
         if self.explain_pods and any(d.ready_replicas < d.replicas for d in deployments):
             # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
