@@ -37,7 +37,9 @@ REPLAN_DEBOUNCE_S: Final = 2.0
 RETRY_DELAY_S: Final = 5.0
 RETRY_MAX_DELAY_S: Final = 300.0
 # Re-plan at least this often even when nothing announced a change: a watch event missed, a solve cut short
-# by its time limit, predictions that depend on the clock. kopf timers on the pools ask for it.
+# by its time limit. The worker's own wait times out for it: a kopf timer would be per object, and kopf
+# puts a finalizer on every object with a timer (kopf issue #1074), so deleting a pool while the operator
+# is down would hang.
 RESYNC_INTERVAL_S: Final = 600.0
 # A moved replica restarts its engine: minutes of model loading on a device (~5 min at ~$1-6/device-h
 # is ~$0.1-0.5), so a move must save at least ~$0.25 per device-hour to be worth it.
@@ -240,10 +242,7 @@ def retry_delay_s(failures: int, base_s: float = RETRY_DELAY_S, cap_s: float = R
 
 
 def resync_due(last_replan_s: float | None, now_s: float, interval_s: float = RESYNC_INTERVAL_S) -> bool:
-    """A periodic re-plan is due: none yet, or the last one (monotonic seconds) is an interval old.
-
-    Every pool's timer asks; half an interval of slack lets one pool's tick stand for all of them.
-    """
+    """A periodic re-plan is due: none yet, or the last one (monotonic seconds) is half an interval old."""
     return last_replan_s is None or now_s - last_replan_s >= interval_s / 2
 
 
@@ -294,6 +293,7 @@ class Fleet:
     # instead of listing everything again. None: list from the API server (tools and tests without kopf).
     indexes: Mapping[str, Mapping[Any, Any]] | None = None
     retry_base_s: float = RETRY_DELAY_S
+    resync_interval_s: float = RESYNC_INTERVAL_S
     # Consecutive failed attempts of fleet work, and when the last re-plan succeeded (monotonic seconds).
     failures: int = 0
     last_replan_s: float | None = None
@@ -313,8 +313,8 @@ class Fleet:
         self._signal()
 
     def request_resync(self) -> bool:
-        """The periodic re-plan (kopf timer): requested when the last one is an interval old."""
-        if not resync_due(self.last_replan_s, time.monotonic()):
+        """The periodic re-plan: requested when the last one is an interval old."""
+        if not resync_due(self.last_replan_s, time.monotonic(), self.resync_interval_s):
             return False
         self.request_replan("periodic resync")
         return True
@@ -343,7 +343,12 @@ class Fleet:
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.resync_interval_s)
+            except TimeoutError:
+                # Nothing announced a change for an interval: re-plan anyway (periodic resync).
+                self.request_resync()
+                continue
             if self.replan_requested:
                 # Debounce: let a burst of changes land before solving once for all of them.
                 await asyncio.sleep(self.debounce_s)
@@ -903,9 +908,3 @@ def node_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[s
             },
         }
     }
-
-
-@kopf.timer(GROUP, VERSION, "acceleratorpools", interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S)
-async def fleet_resync(memo: Any, **_: Any) -> None:
-    """Periodic re-plan, whatever changed or did not (one per interval however many pools tick)."""
-    _fleet(memo).request_resync()

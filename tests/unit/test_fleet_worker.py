@@ -183,14 +183,26 @@ def test_a_failed_solve_is_a_failure_the_worker_retries(monkeypatch: pytest.Monk
         fleet.replan(view)  # reads only the view: NoCluster would fail on any API call
 
 
+def test_a_quiet_fleet_is_replanned_periodically() -> None:
+    fleet = _fleet(resync_interval_s=0.01)
+
+    async def scenario() -> None:
+        fleet.start()  # nobody asks for anything
+        await _until(lambda: fleet.attempts >= 1)
+        await fleet.stop()
+
+    asyncio.run(scenario())
+    assert fleet.attempts >= 1
+
+
 def test_the_periodic_resync_asks_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    fleet = _fleet()
+    fleet = _fleet(resync_interval_s=handlers.RESYNC_INTERVAL_S)
     now = [10_000.0]
     monkeypatch.setattr(handlers.time, "monotonic", lambda: now[0])
     assert fleet.request_resync() and fleet.replan_requested
     fleet.replan_requested = False
     fleet.last_replan_s = now[0]
     now[0] += 60.0
-    assert not fleet.request_resync() and not fleet.replan_requested  # another pool's tick, same interval
+    assert not fleet.request_resync() and not fleet.replan_requested  # a re-plan just happened
     now[0] += handlers.RESYNC_INTERVAL_S
     assert fleet.request_resync()
