@@ -242,12 +242,27 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
             services.append(service)
     t1 = time.perf_counter()
     c1 = _cpu_s()
-    cset = planning.build_inputs(services, pools)
+    # The operator's fleet worker plans through a Planner where the tree has one.
+    planner = planning.Planner() if hasattr(planning, "Planner") else None
+
+    def build(items: list[Any]) -> Any:
+        return (
+            planner.build_inputs(items, pools) if planner is not None else planning.build_inputs(items, pools)
+        )
+
+    cset = build(services)
     t2 = time.perf_counter()
     c2 = _cpu_s()
     options = solver_inputs.SolveOptions(time_limit_s=time_limit_s)
+    relaxed_floors = False
     try:
-        plan = solver.solve(cset.problem, options)
+        try:
+            plan = solver.solve(cset.problem, options)
+        except solver_inputs.InfeasibleError:
+            # As the operator does: replica floors the fleet cannot meet are relaxed and the fleet re-solved.
+            relaxed_floors = True
+            cset = build([handlers._without_minimum(s) for s in services])
+            plan = solver.solve(cset.problem, options)
     except solver_inputs.PlacementError as error:  # the solver's failure is a result here, not a crash
         t3 = time.perf_counter()
         return {
@@ -285,6 +300,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         "bound_source": plan.bound_source,
         "gap": plan.gap,
         "solver_status": plan.status,
+        "relaxed_floors": relaxed_floors,
         "served": served,
         "statuses": len(statuses),
     }

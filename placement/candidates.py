@@ -362,6 +362,26 @@ def _pool_shape(pool: inputs.Pool) -> inputs.Pool:
     return replace(pool, nodes=0)
 
 
+def pricing_key(spec: ServiceSpec) -> ServiceSpec:
+    """The spec as far as its candidates depend on it (the candidate cache's key).
+
+    Capacities do not depend on the request rate, the replica ceiling, the priority or the budget (the
+    solver reads those from the demand); the floor matters only without demand (a floor replica still needs
+    a configuration that can run). So a rate change (the autoscaler) or a relaxed floor reuses every
+    candidate.
+    """
+    wl = spec.workload
+    busy = wl.requests_per_second > 0.0
+    return replace(
+        spec,
+        workload=replace(wl, requests_per_second=1.0 if busy else 0.0),
+        min_replicas=int(spec.min_replicas > 0 and not busy),
+        max_replicas=None,
+        priority=0,
+        max_dollars_per_hour=None,
+    )
+
+
 PoolResults = tuple[tuple[inputs.Candidate | None, Rejection | None], ...]
 # Candidates and rejections of one (service, pool), keyed by the service spec and the pool without its node
 # count: what a re-plan can reuse when only other services, node counts or other pools changed.
@@ -418,8 +438,9 @@ def build(
             )
         allowed_by_spec.append(allowed)
     shape_of = {pool.id: _pool_shape(pool) for pool in pools}
+    keys = [pricing_key(spec) for spec in spec_list]
     missing: dict[ServiceSpec, dict[inputs.Pool, None]] = {}
-    for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
+    for spec, allowed in zip(keys, allowed_by_spec, strict=True):
         for pool in allowed:
             if (spec, shape_of[pool.id]) not in store:
                 missing.setdefault(spec, {})[shape_of[pool.id]] = None
@@ -430,7 +451,7 @@ def build(
                 store[(spec, pool)] = result
     cands: list[inputs.Candidate] = []
     rejections: list[Rejection] = []
-    for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
+    for spec, allowed in zip(keys, allowed_by_spec, strict=True):
         for pool in allowed:
             for cand, rejection in store[(spec, shape_of[pool.id])]:
                 if cand is not None:

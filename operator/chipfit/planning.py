@@ -269,10 +269,12 @@ def _finish(
 class Planner:
     """Plans a fleet again and again, recomputing only what changed (the operator's fleet worker holds one).
 
-    Candidates are cached per (service spec, pool without its node count): a re-plan after a node loss
-    (pool node counts change), a new pool, or one changed service prices only the (service, pool) pairs it
-    has not seen; a changed PerformanceProfile drops the pairs of its (model, accelerator); `reset()` (the
-    catalog or the performance model changed) drops everything, including the performance model's answers.
+    Candidates are cached per (service spec, pool without its node count), the spec without what capacity
+    does not depend on (rate, replica bounds, priority, budget: candidates.pricing_key): a re-plan after a
+    node loss (pool node counts change), a rate change, a new pool, or one changed service prices only the
+    (service, pool) pairs it has not seen; a changed PerformanceProfile drops the pairs of its (model,
+    accelerator); `reset()` (the catalog or the performance model changed) drops everything, including the
+    performance model's answers.
     The capacity answers themselves are also shared across services in placement.perf's cache.
 
     Warm start: scipy's HiGHS interface (scipy.optimize.milp) takes no initial solution, so the solver
@@ -327,7 +329,7 @@ class Planner:
         )
         self.last_priced_pairs = len(self.cache) - before
         # Bounded memory: keep only the pairs of services and pools that still exist.
-        live_specs = set(specs)
+        live_specs = {candidates.pricing_key(s) for s in specs}
         live_pools = {dataclasses.replace(p, nodes=0) for p in placement_pools}
         for spec, pool in list(self.cache):
             if spec not in live_specs or pool not in live_pools:

@@ -55,6 +55,19 @@ def test_one_changed_service_reprices_only_its_pairs() -> None:
     assert cset.problem == _fresh(edited, _pools()).problem
 
 
+def test_a_rate_change_or_a_relaxed_floor_reprices_nothing() -> None:
+    services = list(SERVICES.values())
+    planner = planning.Planner()
+    planner.build_inputs(services, _pools())
+    changed = services[0].model_copy(deep=True)
+    changed.spec.workload.requests_per_second *= 3
+    changed.spec.replicas = None
+    edited = [changed, *services[1:]]
+    cset = planner.build_inputs(edited, _pools())
+    assert planner.last_priced_pairs == 0
+    assert cset.problem == _fresh(edited, _pools()).problem
+
+
 def test_a_new_pool_reprices_only_that_pool() -> None:
     services = list(SERVICES.values())
     pools = _pools()
