@@ -1,16 +1,16 @@
 """The autoscaler's observe step on real parts: a real vLLM engine (CPU build, tiny model) scraped by a real
 Prometheus server, read through prometheus-api-client with the PromQL chipfit.observe builds.
 
-The engine comes from e2e/install-engine.sh ($CHIPFIT_ENGINE_VLLM, $CHIPFIT_ENGINE_MODEL); Prometheus from
-e2e/install-prometheus.sh. The scrape job attaches the labels a kubernetes-pods job's labelmap would give an
-engine pod (namespace, chipfit_io_service, chipfit_io_role), so the selector is the operator's.
+The engine is the session's shared `tiny_engine` (e2e/install-engine.sh); Prometheus comes from
+e2e/install-prometheus.sh (tests/run.sh installs both; missing either fails on CI, skips locally). The
+scrape job attaches the labels a kubernetes-pods job's labelmap would give an engine pod (namespace,
+chipfit_io_service, chipfit_io_role), so the selector is the operator's.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,9 +22,10 @@ import httpx
 import pytest
 
 from chipfit import observe
+from engine import harness
 from placement import workload
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.engine
 
 PROMETHEUS_BIN: Final = shutil.which("prometheus") or "/usr/bin/prometheus"
 ENGINE_READY_TIMEOUT_S: Final = 300.0
@@ -53,34 +54,18 @@ def _wait(url: str, timeout_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    vllm, model = os.environ.get("CHIPFIT_ENGINE_VLLM"), os.environ.get("CHIPFIT_ENGINE_MODEL")
-    if not vllm or not model:
-        pytest.skip('no vLLM engine: run `eval "$(bash e2e/install-engine.sh)"` first')
-    port = _free_port()
-    log = tmp_path_factory.mktemp("engine") / "vllm.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [vllm, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
-             "--enforce-eager", "--max-model-len", "4096"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-        )  # fmt: skip
-    try:
-        _wait(f"http://127.0.0.1:{port}/health", ENGINE_READY_TIMEOUT_S)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def engine(tiny_engine: harness.EngineProcess) -> str:
+    """host:port of the shared engine (the scrape target)."""
+    return f"{harness.LOOPBACK}:{tiny_engine.port}"
 
 
 @pytest.fixture(scope="module")
 def prometheus(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(PROMETHEUS_BIN).exists():
-        pytest.skip("no prometheus: run e2e/install-prometheus.sh")
+        reason = "no prometheus server: run e2e/install-prometheus.sh"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     work = tmp_path_factory.mktemp("prometheus")
     config = work / "prometheus.yml"
     config.write_text(
@@ -106,11 +91,17 @@ def prometheus(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         proc.wait(timeout=30)
 
 
-def test_observe_reads_a_real_engine_through_a_real_prometheus(engine: str, prometheus: str) -> None:
+def test_observe_reads_a_real_engine_through_a_real_prometheus(
+    engine: str, prometheus: str, tiny_engine: harness.EngineProcess
+) -> None:
     for i in range(REQUESTS):
         r = httpx.post(
             f"http://{engine}/v1/completions",
-            json={"model": "tiny", "prompt": "count to ten " * (1 + i % 4), "max_tokens": 8 + 4 * (i % 3)},
+            json={
+                "model": tiny_engine.served_name,
+                "prompt": "count to ten " * (1 + i % 4),
+                "max_tokens": 8 + 4 * (i % 3),
+            },
             timeout=120.0,
         )
         assert r.status_code == 200, r.text
@@ -120,6 +111,13 @@ def test_observe_reads_a_real_engine_through_a_real_prometheus(engine: str, prom
     deadline = time.monotonic() + 60.0
     role = observe.read_role(query, q)
     while (role.requests_per_second or 0.0) <= 0.0 and time.monotonic() < deadline:
+        # A counter series appears at its first increment: when every request finished before the scrape
+        # after that, rate() has no increase to see, so traffic goes on until Prometheus has seen one.
+        httpx.post(
+            f"http://{engine}/v1/completions",
+            json={"model": tiny_engine.served_name, "prompt": "one more", "max_tokens": 8},
+            timeout=120.0,
+        )
         time.sleep(2.0)
         role = observe.read_role(query, q)
     assert role.error is None
