@@ -32,7 +32,8 @@ from typing import Final
 
 import numpy as np
 
-from placement import catalog, perf_efficiency, perf_profile
+from placement import catalog, perf_efficiency
+from placement import profiles as measured
 
 # --- physical constants and engine traits (each with its source) ----------------------------------------
 
@@ -181,7 +182,7 @@ def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
 
 
 @dataclasses.dataclass(frozen=True)
-class Slo:
+class LatencySlo:
     """Latency objectives: p99 time to first token and p99 inter-token latency, milliseconds."""
 
     ttft_p99_ms: float
@@ -270,7 +271,7 @@ class LoadPrediction:
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class RequestSizes:
     """Request sizes (mean and p99 tokens) of a traffic stream."""
 
     prompt_tokens: float
@@ -691,7 +692,7 @@ def _prefill_alone_s(phys: _Physics, prompt_tokens: float) -> float:
 
 def latency_at_rate(
     config: ReplicaConfig,
-    workload: Workload,
+    workload: RequestSizes,
     rate_rps: float,
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
@@ -715,7 +716,9 @@ def latency_at_rate(
     return _aggregated_load(phys, workload, rate_rps)
 
 
-def _decode_step(phys: _Physics, batch: float, workload: Workload, prefill: float, prompts: float) -> float:
+def _decode_step(
+    phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
+) -> float:
     """Iteration time with `batch` decoding sequences and `prefill` prompt tokens from `prompts` prompts."""
     context = batch * (workload.prompt_tokens + workload.output_tokens / 2.0)
     attn = 0.0
@@ -743,7 +746,7 @@ def _prefill_budget(phys: _Physics, running: float) -> float | None:
 
 
 def _steady_batch(
-    phys: _Physics, workload: Workload, rate: float, with_prefill: bool
+    phys: _Physics, workload: RequestSizes, rate: float, with_prefill: bool
 ) -> tuple[float, float] | None:
     """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable."""
     limit = _batch_limit(
@@ -784,7 +787,7 @@ def _queue_tail(
     return quantile(0.5), quantile(TAIL_PROBABILITY), rho
 
 
-def _arrival_tokens_quantile(arrivals_mean: float, workload: Workload, tail: float) -> float:
+def _arrival_tokens_quantile(arrivals_mean: float, workload: RequestSizes, tail: float) -> float:
     """Prompt tokens arriving in one iteration that are exceeded with probability `tail`.
 
     Arrivals are Poisson (mean `arrivals_mean`) with lognormal prompt lengths. At most one prompt
@@ -844,7 +847,7 @@ def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float,
     return quantile(0.5), quantile(TAIL_PROBABILITY)
 
 
-def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
+def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
     """Continuous batching with chunked prefill: decode and prompts share every iteration."""
     steady = _steady_batch(phys, workload, rate, with_prefill=True)
     if steady is None:
@@ -898,7 +901,7 @@ def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPre
     )
 
 
-def _decode_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
+def _decode_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
     """Decode-only replica: sequences arrive with their KV already computed; no prefill interference."""
     steady = _steady_batch(phys, workload, rate, with_prefill=False)
     if steady is None:
@@ -931,7 +934,7 @@ def kv_transfer_s(phys: _Physics, prompt_tokens: float) -> float:
     return KV_TRANSFER_LATENCY_S + total_bytes / (KV_TRANSFER_BYTES_PER_S_PER_DEVICE * phys.tp)
 
 
-def _prefill_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
+def _prefill_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
     """Prefill-only replica: prompts batched up to the token budget, M/G/1 on prompt tokens, + KV transfer."""
     chunk = float(phys.engine.prefill_chunk_tokens or max(workload.prompt_p99, 1.0))
     prompts_per_batch = max(chunk / workload.prompt_tokens, 1.0)
@@ -966,12 +969,12 @@ def max_rate_under_slo(
     config: ReplicaConfig,
     prompt_tokens: float,
     output_tokens: float,
-    slo: Slo,
+    slo: LatencySlo,
     *,
     prompt_tokens_p99: float | None = None,
     output_tokens_p99: float | None = None,
     itl_is_tpot: bool = False,
-    profiles: tuple[perf_profile.PerformanceProfile, ...] = (),
+    profiles: tuple[measured.MeasuredProfile, ...] = (),
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
     choose_prefill_chunk: bool = True,
@@ -996,7 +999,7 @@ def max_rate_under_slo(
     than the engine default. `prefill_chunk_tokens` fixes the budget instead; `choose_prefill_chunk=False`
     keeps the engine default.
     """
-    workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
+    workload = RequestSizes(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
     _validate_chunk(config, prefill_chunk_tokens)
     for profile in profiles:
         if _profile_matches(profile, config):
@@ -1025,7 +1028,7 @@ def _validate_chunk(config: ReplicaConfig, prefill_chunk_tokens: int | None) -> 
         raise InvalidConfigError(f"prefill_chunk_tokens: engine {config.engine} does not chunk prefill")
 
 
-def _profile_matches(profile: perf_profile.PerformanceProfile, config: ReplicaConfig) -> bool:
+def _profile_matches(profile: measured.MeasuredProfile, config: ReplicaConfig) -> bool:
     """True when the profile was measured on exactly this configuration."""
     model_id = config.model if isinstance(config.model, str) else config.model.id
     acc_id = config.accelerator if isinstance(config.accelerator, str) else config.accelerator.id
@@ -1039,7 +1042,7 @@ PROFILE_SIZE_TOLERANCE: Final = 0.05
 
 
 def rate_from_profile(
-    profile: perf_profile.PerformanceProfile, config: ReplicaConfig, workload: Workload, slo: Slo
+    profile: measured.MeasuredProfile, config: ReplicaConfig, workload: RequestSizes, slo: LatencySlo
 ) -> RatePrediction | None:
     """The highest SLO-meeting rate a measured profile supports (None when it cannot answer).
 
@@ -1139,8 +1142,8 @@ def _with_chunk(phys: _Physics, chunk_tokens: int) -> _Physics:
 @functools.lru_cache(maxsize=65536)
 def _max_rate_cached(
     config: ReplicaConfig,
-    workload: Workload,
-    slo: Slo,
+    workload: RequestSizes,
+    slo: LatencySlo,
     itl_is_tpot: bool,
     efficiency: perf_efficiency.Efficiency | None,
     prefill_chunk_tokens: int | None = None,
@@ -1184,8 +1187,8 @@ def _max_rate_cached(
 def _search_rate(
     config: ReplicaConfig,
     phys: _Physics,
-    workload: Workload,
-    slo: Slo,
+    workload: RequestSizes,
+    slo: LatencySlo,
     itl_is_tpot: bool,
     floor_rps: float,
 ) -> RatePrediction | None:
@@ -1269,7 +1272,7 @@ def _zero(reason: str) -> RatePrediction:
     )
 
 
-def _why_not(config: ReplicaConfig, slo: Slo, load: LoadPrediction | None) -> str:
+def _why_not(config: ReplicaConfig, slo: LatencySlo, load: LoadPrediction | None) -> str:
     """Explain why even a vanishing rate misses the SLO."""
     if load is None:
         return "the replica cannot hold even one request of this size"
@@ -1281,7 +1284,7 @@ def _why_not(config: ReplicaConfig, slo: Slo, load: LoadPrediction | None) -> st
     return "; ".join(parts) or "SLO not met at zero load"
 
 
-def _binding(config: ReplicaConfig, slo: Slo, above: LoadPrediction | None) -> str:
+def _binding(config: ReplicaConfig, slo: LatencySlo, above: LoadPrediction | None) -> str:
     """Which limit stops a higher rate: the first SLO exceeded just above the maximum, or saturation."""
     if above is None:
         return "saturated: memory or prefill capacity binds before the SLO"

@@ -25,7 +25,8 @@ import pydantic
 
 from chipfit import kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
-from placement import catalog, solve
+from placement import catalog
+from placement.solver import allocation, inputs
 
 GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
@@ -82,7 +83,7 @@ def first_problem(
 # --- plan -> per-service outcomes -------------------------------------------------------------------------
 
 
-def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
+def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
     capacity_by_role: dict[str, float] = {}
@@ -161,8 +162,8 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: solve.SolveOptions = dataclasses.field(
-        default_factory=lambda: solve.SolveOptions(
+    options: inputs.SolveOptions = dataclasses.field(
+        default_factory=lambda: inputs.SolveOptions(
             time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
         )
     )
@@ -299,7 +300,10 @@ class Fleet:
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
-    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]] | None:
+    ) -> (
+        tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
+        | None
+    ):
         """Outcomes and explanations per service id and pool usage; None when no plan could be made.
 
         Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
@@ -315,7 +319,7 @@ class Fleet:
                 fleet_plan = planning.plan_fleet(
                     services, pools, profiles, options=self.options, with_baseline=False
                 )
-            except solve.InfeasibleError as exc:
+            except inputs.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
@@ -323,8 +327,10 @@ class Fleet:
                     relaxed, pools, profiles, options=self.options, with_baseline=False
                 )
             plan = fleet_plan.plan
-        except (planning.PlanningError, solve.PlacementError) as exc:
-            status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
+        except (planning.PlanningError, inputs.PlacementError) as exc:
+            status: metrics.SolverStatus = (
+                "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
+            )
             self.metrics.observe_solve(time.monotonic() - started, status)
             logger.warning("fleet plan failed, keeping the current placement: %s", exc)
             return None
@@ -452,7 +458,10 @@ class Fleet:
         return True
 
     def _write_pool_status(
-        self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
+        self,
+        pool: v1alpha1.AcceleratorPool,
+        capacity: reconcile.PoolCapacity,
+        usage: allocation.PoolAllocation | None,
     ) -> None:
         chip = catalog.get_accelerator(pool.spec.accelerator)
         price = (
@@ -508,7 +517,7 @@ class Fleet:
             workload_output_tokens_per_second=output_rate,
             predicted_capacity_requests_per_second=p.max_requests_per_second or 0.0,
             placements=tuple(
-                metrics.RolePlacement(
+                metrics.PlannedRole(
                     role=pl.role,
                     accelerator=pl.accelerator,
                     pool=pl.pool,

@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from chipfit.api import v1alpha1
-from placement import baselines, candidates, catalog, explain, profiles, solve, workload
+from placement import baselines, candidates, catalog, explain, profiles, workload
+from placement.solver import allocation, inputs, solve
 
 
 class PlanningError(ValueError):
@@ -19,7 +20,7 @@ def service_id(service: v1alpha1.InferenceService) -> str:
     return f"{ns}/{service.metadata.name}"
 
 
-def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
+def to_pool(pool: v1alpha1.AcceleratorPool) -> inputs.Pool:
     """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
     spec = pool.spec
     price = spec.price_per_device_hour
@@ -31,7 +32,7 @@ def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
                 f"{spec.accelerator}, which has no catalog price"
             )
         price = acc.default_price_per_hour
-    return solve.Pool(
+    return inputs.Pool(
         id=pool.metadata.name,
         accelerator=spec.accelerator,
         devices_per_node=spec.devices_per_node,
@@ -132,13 +133,13 @@ def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.B
     return out
 
 
-def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[solve.CandidateKey, int]:
+def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[inputs.CandidateKey, int]:
     """What runs now, from each service's status.placement (the stability penalty's reference)."""
-    out: dict[solve.CandidateKey, int] = {}
+    out: dict[inputs.CandidateKey, int] = {}
     for service in services:
         placed = service.status.placement if service.status else None
         for p in placed or ():
-            key = solve.CandidateKey(service_id(service), p.role, p.pool, p.precision, p.tensor_parallel)
+            key = inputs.CandidateKey(service_id(service), p.role, p.pool, p.precision, p.tensor_parallel)
             out[key] = out.get(key, 0) + p.replicas
     return out
 
@@ -148,7 +149,7 @@ class FleetPlan:
     """A solved plan with what explains it: candidates, the best single-type baseline, explanations."""
 
     candidates: candidates.CandidateSet
-    plan: solve.Plan
+    plan: allocation.Plan
     single_type: baselines.SingleTypeResult
     explanations: tuple[explain.Explanation, ...]
     # How the baseline was found: "fleet" (one type for everything, in the pools as sized), "fleet-sized"
@@ -188,7 +189,7 @@ def plan_fleet(
     pools: Sequence[v1alpha1.AcceleratorPool],
     performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
     *,
-    options: solve.SolveOptions | None = None,
+    options: inputs.SolveOptions | None = None,
     oracle: candidates.CapacityOracle | None = None,
     progress: Callable[[str], None] | None = None,
     with_baseline: bool = True,
@@ -198,7 +199,7 @@ def plan_fleet(
     `progress` is called with a short label before each phase (the CLI drives its progress bar with it).
     `with_baseline=False` skips the single-type baselines (the operator's reconcile loop needs only the
     plan).
-    Raises PlanningError for inputs the API schema cannot catch, solve.PlacementError when no plan exists.
+    Raises PlanningError for inputs the API schema cannot catch, inputs.PlacementError when no plan exists.
     """
     step = progress or (lambda _label: None)
     step("predicting capacity")

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from placement import baselines, candidates, solve
+from placement import baselines, candidates
+from placement.solver import inputs, solve
 from tests.unit.solver_helpers import cand, pool
 
 MELANGE = Path(__file__).resolve().parents[3] / "shared" / "data" / "melange" / "melange_profiles.json"
 
 
-def two_chip_problem() -> solve.Problem:
+def two_chip_problem() -> inputs.FleetProblem:
     """Chip a is best at bucket 0, chip b at bucket 1."""
-    return solve.Problem(
-        services=(solve.ServiceDemand("s", (5.0, 5.0)),),
+    return inputs.FleetProblem(
+        services=(inputs.ServiceDemand("s", (5.0, 5.0)),),
         pools=(pool("a", nodes=2), pool("b", nodes=2)),
         candidates=(cand("s", "a", [10.0, 1.0], 1.0), cand("s", "b", [1.0, 10.0], 1.0)),
     )
@@ -31,8 +32,8 @@ def test_best_single_type_prices_every_type() -> None:
 
 
 def test_single_type_that_cannot_serve_everything_is_none() -> None:
-    problem = solve.Problem(
-        services=(solve.ServiceDemand("s", (1.0, 1.0)),),
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("s", (1.0, 1.0)),),
         pools=(pool("a"), pool("b")),
         candidates=(cand("s", "a", [1.0, 0.0], 1.0), cand("s", "b", [1.0, 1.0], 5.0)),
     )
@@ -42,8 +43,8 @@ def test_single_type_that_cannot_serve_everything_is_none() -> None:
 
 
 def test_greedy_takes_cheapest_fitting_configuration_in_priority_order() -> None:
-    problem = solve.Problem(
-        services=(solve.ServiceDemand("low", (4.0,)), solve.ServiceDemand("high", (4.0,), priority=5)),
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("low", (4.0,)), inputs.ServiceDemand("high", (4.0,), priority=5)),
         pools=(pool("cheap", devices_per_node=4), pool("dear", devices_per_node=8)),
         candidates=(
             cand("low", "cheap", [1.0], 1.0),
@@ -66,8 +67,8 @@ def test_greedy_never_splits_so_it_costs_more_than_the_milp() -> None:
 
 
 def test_greedy_reports_what_does_not_fit() -> None:
-    problem = solve.Problem(
-        services=(solve.ServiceDemand("s", (9.0,)),),
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("s", (9.0,)),),
         pools=(pool("a"),),
         candidates=(cand("s", "a", [1.0], 1.0),),
     )

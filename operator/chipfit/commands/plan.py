@@ -15,7 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chipfit import planning, validation
-from placement import solve
+from placement.solver import inputs
 
 # A person notices a pause after about a second: only then is a progress display worth drawing.
 PROGRESS_AFTER_S = 1.0
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SHARE",
         help="load replicas to at most this share of their SLO-bounded capacity (headroom for bursts)",
     )
-    parser.add_argument("--time-limit", type=float, default=solve.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+    parser.add_argument("--time-limit", type=float, default=inputs.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
     parser.set_defaults(func=run)
 
 
@@ -66,7 +66,7 @@ class _Phase:
 def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated, console: Console) -> Any:
     """Run planning in a worker; draw a progress display only if it takes more than a second."""
     phase = _Phase()
-    options = solve.SolveOptions(
+    options = inputs.SolveOptions(
         time_limit_s=args.time_limit,
         move_penalty_per_device_hour=args.move_penalty,
         max_utilization=args.max_utilization,
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         result: planning.FleetPlan = _solve_with_progress(args, loaded, err)
-    except (planning.PlanningError, solve.PlacementError) as error:
+    except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit plan: {error}", file=sys.stderr)
         return 1
     if args.json:
