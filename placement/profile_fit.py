@@ -110,12 +110,15 @@ class Calibration:
     rms_log_error_after: float
     source: str
 
-    def trust(self, model: str, tp: int, prompt_tokens: float, output_tokens: float, concurrency: float) -> Trust:
+    def trust(
+        self, model: str, tp: int, prompt_tokens: float, output_tokens: float, concurrency: float
+    ) -> Trust:
         """How far a prediction at these inputs is from what was measured."""
         if model not in self.models or tp not in self.tps:
             return Trust(
                 "calibrated-transfer",
-                f"efficiency calibrated on {', '.join(sorted(self.models))} tp {sorted(self.tps)} carried over "
+                f"efficiency calibrated on {', '.join(sorted(self.models))} tp {sorted(self.tps)} carried "
+                f"over "
                 f"to {model} tp {tp}",
             )
         worst = max(
@@ -212,11 +215,16 @@ def point_log_errors(
 
 
 def rms_log_error(
-    runs: Sequence[MeasuredRun], efficiency: perf_efficiency.Efficiency | None, request_overhead_s: float = 0.0
+    runs: Sequence[MeasuredRun],
+    efficiency: perf_efficiency.Efficiency | None,
+    request_overhead_s: float = 0.0,
 ) -> float:
     """Weighted root-mean-square log error over every run's points."""
     errors = [
-        (w, e) for run in runs for p in run.points for w, e in point_log_errors(run, p, efficiency, request_overhead_s)
+        (w, e)
+        for run in runs
+        for p in run.points
+        for w, e in point_log_errors(run, p, efficiency, request_overhead_s)
     ]
     if not errors:
         return 0.0
@@ -259,7 +267,9 @@ def fit(
     calls = 0
 
     def build(values: NDArray[np.float64]) -> tuple[perf_efficiency.Efficiency, float]:
-        changes: dict[str, Any] = {n: float(v) for n, v in zip(names, values, strict=True) if n != "request_overhead_s"}
+        changes: dict[str, Any] = {
+            n: float(v) for n, v in zip(names, values, strict=True) if n != "request_overhead_s"
+        }
         return dataclasses.replace(base, **changes), float(values[-1])
 
     def residuals(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -269,7 +279,10 @@ def fit(
             progress(calls)
         eff, overhead = build(values)
         data = [
-            math.sqrt(w) * e for run in runs for p in run.points for w, e in point_log_errors(run, p, eff, overhead)
+            math.sqrt(w) * e
+            for run in runs
+            for p in run.points
+            for w, e in point_log_errors(run, p, eff, overhead)
         ]
         # Weak pull toward the prior (log space; the request overhead has no prior: pulled toward 0 ms
         # in units of 10 ms).
@@ -337,7 +350,7 @@ def max_rate_under_slo(
     slo: perf.LatencySlo,
     **kwargs: Any,
 ) -> perf.RatePrediction:
-    """perf.max_rate_under_slo with the calibrated efficiency and the request overhead taken off the TTFT SLO."""
+    """perf.max_rate_under_slo with calibrated efficiency and the request overhead off the TTFT SLO."""
     model_slo = calibration.slo_for_model(slo)
     if model_slo is None:
         return perf.RatePrediction(
@@ -346,8 +359,8 @@ def max_rate_under_slo(
             0.0,
             0,
             0.0,
-            f"the measured per-request overhead ({calibration.request_overhead_s * 1e3:.0f} ms) alone exceeds "
-            f"the TTFT objective",
+            f"the measured per-request overhead ({calibration.request_overhead_s * 1e3:.0f} ms) alone "
+            "exceeds the TTFT objective",
             source=f"calibrated: {calibration.source}",
         )
     rate = perf.max_rate_under_slo(

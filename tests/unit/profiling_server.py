@@ -91,7 +91,9 @@ def _handler(behaviour: Behaviour) -> type[http.server.BaseHTTPRequestHandler]:
                     behaviour.dead.set()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                choice = {"index": 0, "delta": {"content": f" t{i}"}} if chat else {"index": 0, "text": f" t{i}"}
+                choice = (
+                    {"index": 0, "delta": {"content": f" t{i}"}} if chat else {"index": 0, "text": f" t{i}"}
+                )
                 self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
                 self.wfile.flush()
                 time.sleep(behaviour.token_delay_s)
@@ -102,11 +104,17 @@ def _handler(behaviour: Behaviour) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up (the profiler's timeouts) are expected here, not worth a traceback."""
+
+
 @contextmanager
 def serve(behaviour: Behaviour) -> Iterator[str]:
     """Run the server on a free loopback port; yields its base URL; stops it (and its thread) after."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(behaviour))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(behaviour))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 

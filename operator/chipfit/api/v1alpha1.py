@@ -553,7 +553,9 @@ class ProfilePoint(ApiModel):
     itl_p99_ms: Annotated[float, Field(gt=0)]
     # What `chipfit profile` records beyond the planner's needs (all optional, for published points).
     offered_requests_per_second: (
-        Annotated[float, Field(gt=0, description="Poisson arrival rate offered (absent: a concurrency point).")]
+        Annotated[
+            float, Field(gt=0, description="Poisson arrival rate offered (absent: a concurrency point).")
+        ]
         | None
     ) = None
     ttft_mean_ms: Annotated[float, Field(gt=0)] | None = None
@@ -564,7 +566,9 @@ class ProfilePoint(ApiModel):
     errors: Annotated[int, Field(ge=0, description="Requests that failed within the measured window.")] | (
         None
     ) = None
-    duration_seconds: Annotated[float, Field(gt=0, description="Length of the measured window.")] | None = None
+    duration_seconds: Annotated[float, Field(gt=0, description="Length of the measured window.")] | None = (
+        None
+    )
 
 
 class BucketTable(ApiModel):
@@ -613,7 +617,9 @@ class ProfileSource(ApiModel):
         | None
     ) = None
     endpoint: (
-        Annotated[str, Field(max_length=MAX_TEXT_LENGTH, description="The serving endpoint that was measured.")]
+        Annotated[
+            str, Field(max_length=MAX_TEXT_LENGTH, description="The serving endpoint that was measured.")
+        ]
         | None
     ) = None
 
@@ -687,7 +693,9 @@ class PerformanceProfileSpec(ApiModel):
     partial: (
         Annotated[
             bool,
-            Field(description="True when the run stopped early on an error: the points are what was measured."),
+            Field(
+                description="True when the run stopped early on an error: the points are what was measured."
+            ),
         ]
         | None
     ) = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import pathlib
 import sys
@@ -18,8 +19,9 @@ from typing import Final
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from chipfit import validation
 from chipfit.api import v1alpha1
 from chipfit.profiling import client, report, runner, sizes
 
@@ -53,16 +55,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sample sizes from a trace: Azure LLM inference CSV or Mooncake JSON lines",
     )
     parser.add_argument("--max-context", type=int, help="clip prompt + output to the served model's context")
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point (default 20)")
+    parser.add_argument(
+        "--duration", type=float, default=20.0, help="measured seconds per point (default 20)"
+    )
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per point, not measured")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take (default 60)")
-    parser.add_argument("--ttft-p99-ms", type=float, help="stop the sweep once TTFT p99 exceeds this x (1+margin)")
-    parser.add_argument("--itl-p99-ms", type=float, help="stop the sweep once ITL p99 exceeds this x (1+margin)")
-    parser.add_argument("--slo-margin", type=float, default=0.5, help="SLO margin before stopping (default 0.5)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds one request may take (default 60)"
+    )
+    parser.add_argument(
+        "--ttft-p99-ms", type=float, help="stop the sweep once TTFT p99 exceeds this x (1+margin)"
+    )
+    parser.add_argument(
+        "--itl-p99-ms", type=float, help="stop the sweep once ITL p99 exceeds this x (1+margin)"
+    )
+    parser.add_argument(
+        "--slo-margin", type=float, default=0.5, help="SLO margin before stopping (default 0.5)"
+    )
     parser.add_argument(
         "--max-error-rate", type=float, default=0.05, help="stop (partial profile) above this error fraction"
     )
-    parser.add_argument("--model", help="model name to request and record (default: the endpoint's first)")
+    parser.add_argument(
+        "--model", help="catalog model id to record (default: the served model's name, with --architecture)"
+    )
+    parser.add_argument("--served-model", help="model name sent in requests (default: the endpoint's first)")
     parser.add_argument(
         "--architecture",
         type=pathlib.Path,
@@ -77,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--name", help="metadata.name of the profile (default: from model, chip, ...)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sizes, prompts and arrivals")
     parser.add_argument("--no-ignore-eos", action="store_true", help="do not send vLLM/SGLang ignore_eos")
-    parser.add_argument("-o", "--output", type=pathlib.Path, help="write the profile YAML here (default stdout)")
+    parser.add_argument(
+        "-o", "--output", type=pathlib.Path, help="write the profile YAML here (default stdout)"
+    )
     parser.add_argument("--plot", type=pathlib.Path, help="write a latency-vs-load HTML page here")
     parser.add_argument(
         "--termination-log",
@@ -112,7 +129,7 @@ def load_points(args: argparse.Namespace) -> tuple[runner.LoadPoint, ...]:
     levels = _floats("--concurrency", args.concurrency or "1,2,4,8,16")
     if any(c < 1 or c != int(c) for c in levels):
         raise UsageError("--concurrency: every level must be an integer >= 1")
-    if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(levels)):
         raise UsageError("--concurrency: levels must increase")
     return tuple(runner.LoadPoint(concurrency=int(c)) for c in levels)
 
@@ -183,7 +200,7 @@ def options_from(args: argparse.Namespace) -> runner.RunOptions:
         duration_s=args.duration,
         warmup_s=args.warmup,
         timeout_s=args.timeout,
-        model=args.model,
+        model=args.served_model,
         ignore_eos=not args.no_ignore_eos,
         seed=args.seed,
         ttft_slo_ms=args.ttft_p99_ms,
@@ -214,7 +231,7 @@ def _measure(options: runner.RunOptions, console: Console, quiet: bool) -> runne
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        tasks: dict[runner.LoadPoint, int] = {}
+        tasks: dict[runner.LoadPoint, TaskID] = {}
 
         def progress(load: runner.LoadPoint, fraction: float, done: int, errors: int) -> None:
             if load not in tasks:
@@ -254,11 +271,22 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.plot is not None:
         args.plot.write_text(report.plot_html(result))
-    text = yaml.safe_dump(report.wire(profile), sort_keys=False)
+    body = report.wire(profile)
+    text = yaml.safe_dump(body, sort_keys=False)
     if args.output is not None:
         args.output.write_text(text)
     else:
         print(text, end="")
+    problems = validation.crd_errors("PerformanceProfile", body)
+    if problems:
+        # The measurements are written anyway (they cost minutes); the user fixes the named field.
+        first = problems[0]
+        print(
+            f"chipfit profile: the profile is not valid to apply: {first.field}: {first.reason} "
+            "(pass --model with a catalog id, or --architecture with the model's config.json)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.termination_log is not None:
         try:
             args.termination_log.write_text(termination_message(profile))

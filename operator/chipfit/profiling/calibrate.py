@@ -25,7 +25,8 @@ def measured_run(
     spec = profile.spec
     if not spec.points:
         raise profile_fit.CalibrationError(
-            f"PerformanceProfile {profile.metadata.name}: spec.points: a bucket table cannot calibrate the model"
+            f"PerformanceProfile {profile.metadata.name}: spec.points: a bucket table cannot calibrate "
+            "the model"
         )
     declared = accelerators or {}
     acc = declared.get(spec.accelerator) or catalog.get_accelerator(spec.accelerator)
@@ -45,7 +46,9 @@ def measured_run(
         )
         for p in spec.points
     )
-    return profile_fit.MeasuredRun(config, points, spec.engine_version, f"PerformanceProfile {profile.metadata.name}")
+    return profile_fit.MeasuredRun(
+        config, points, spec.engine_version, f"PerformanceProfile {profile.metadata.name}"
+    )
 
 
 def calibrations(
@@ -62,5 +65,7 @@ def calibrations(
         if not profile.spec.points:
             continue
         spec = profile.spec
-        groups[(spec.accelerator, spec.engine, spec.engine_version)].append(measured_run(profile, accelerators))
+        groups[(spec.accelerator, spec.engine, spec.engine_version)].append(
+            measured_run(profile, accelerators)
+        )
     return {key: profile_fit.fit(runs) for key, runs in groups.items()}

@@ -23,11 +23,89 @@ ERROR_BODY_CHARS: Final = 200
 # Words prompts are made of: short, common, each one or two tokens in BPE vocabularies. Random order so no
 # two prompts share a prefix (an engine's prefix cache would otherwise skip their prefill).
 WORDS: Final = tuple(
-    "time person year way day thing man world life hand part child eye woman place work week case point "
-    "number group problem fact water room mother area money story month lot right study book word "
-    "business issue side kind head house service friend father power hour game line end member law car "
-    "city name team minute idea body back parent face level office door health art war history party "
-    "result change morning reason research girl guy moment air teacher force education".split()
+    [
+        "time",
+        "person",
+        "year",
+        "way",
+        "day",
+        "thing",
+        "man",
+        "world",
+        "life",
+        "hand",
+        "part",
+        "child",
+        "eye",
+        "woman",
+        "place",
+        "work",
+        "week",
+        "case",
+        "point",
+        "number",
+        "group",
+        "problem",
+        "fact",
+        "water",
+        "room",
+        "mother",
+        "area",
+        "money",
+        "story",
+        "month",
+        "lot",
+        "right",
+        "study",
+        "book",
+        "word",
+        "business",
+        "issue",
+        "side",
+        "kind",
+        "head",
+        "house",
+        "service",
+        "friend",
+        "father",
+        "power",
+        "hour",
+        "game",
+        "line",
+        "end",
+        "member",
+        "law",
+        "car",
+        "city",
+        "name",
+        "team",
+        "minute",
+        "idea",
+        "body",
+        "back",
+        "parent",
+        "face",
+        "level",
+        "office",
+        "door",
+        "health",
+        "art",
+        "war",
+        "history",
+        "party",
+        "result",
+        "change",
+        "morning",
+        "reason",
+        "research",
+        "girl",
+        "guy",
+        "moment",
+        "air",
+        "teacher",
+        "force",
+        "education",
+    ]
 )
 
 
@@ -196,7 +274,9 @@ async def discover(client: httpx.AsyncClient, base_url: str, timeout_s: float) -
     except (httpx.HTTPError, OSError) as error:
         raise EndpointError(f"{base_url}/v1/models: {describe(error, timeout_s)}") from None
     if response.status_code >= 400:
-        raise EndpointError(f"{base_url}/v1/models: HTTP {response.status_code}, not an OpenAI-compatible server")
+        raise EndpointError(
+            f"{base_url}/v1/models: HTTP {response.status_code}, not an OpenAI-compatible server"
+        )
     try:
         data = response.json()["data"]
         model = str(data[0]["id"])

@@ -72,8 +72,10 @@ def measure_copy_bytes_per_s() -> float:
     return 2.0 * COPY_BYTES / best
 
 
-def host_accelerator(kv_cache_bytes: float, flops_per_s: float | None = None, bytes_per_s: float | None = None) -> catalog.Accelerator:
-    """The host CPU as an Accelerator: measured peaks, memory sized so the engine's KV budget is `kv_cache_bytes`.
+def host_accelerator(
+    kv_cache_bytes: float, flops_per_s: float | None = None, bytes_per_s: float | None = None
+) -> catalog.Accelerator:
+    """The host CPU as an Accelerator, memory sized so the engine's KV budget is `kv_cache_bytes`.
 
     vLLM's CPU backend takes its KV cache size as a flag (VLLM_CPU_KVCACHE_SPACE); the memory recorded
     here is what makes the performance model's vLLM budget (gpu_memory_utilization x memory - runtime

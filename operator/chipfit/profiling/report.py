@@ -187,7 +187,9 @@ def _panel(title: str, xs: list[float], series: dict[str, list[float]], x_label:
         parts.append(
             f'<text x="{sx(xv):.1f}" y="{_H - _PAD + 16}" text-anchor="middle" font-size="10">{xv:.3g}</text>'
         )
-        parts.append(f'<text x="{_PAD - 6}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>')
+        parts.append(
+            f'<text x="{_PAD - 6}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>'
+        )
         parts.append(
             f'<line x1="{_PAD}" y1="{sy(yv):.1f}" x2="{_W - _PAD / 2}" y2="{sy(yv):.1f}" stroke="#ddd"/>'
         )
@@ -214,7 +216,8 @@ def plot_html(result: runner.RunResult) -> str:
         out: dict[str, list[float]] = {}
         for q in ("p50", "p90", "p99"):
             out[q] = [
-                getattr(getattr(s, attr), f"{q}_ms") if getattr(s, attr) is not None else math.nan for s in points
+                getattr(getattr(s, attr), f"{q}_ms") if getattr(s, attr) is not None else math.nan
+                for s in points
             ]
         return out
 

@@ -52,7 +52,9 @@ class LoadPoint:
 
     @property
     def label(self) -> str:
-        return f"concurrency {self.concurrency}" if self.concurrency is not None else f"{self.rate_rps:g} req/s"
+        return (
+            f"concurrency {self.concurrency}" if self.concurrency is not None else f"{self.rate_rps:g} req/s"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,16 +165,20 @@ def _words_for(tokens: int, tokens_per_word: float, template_tokens: float) -> i
 async def _calibrate_words(
     http: httpx.AsyncClient, options: RunOptions, model: str, clock_zero: float
 ) -> tuple[float, float]:
-    """Tokens per prompt word and the fixed tokens every prompt adds (chat template), from the server's usage."""
+    """Tokens per prompt word and the fixed tokens every prompt adds (chat template), from usage."""
     rng = random.Random(options.seed + 7919)
     counts = []
     for words in PROBE_WORDS:
         body = client.request_body(
             options.api, model, client.prompt_text(rng, words), 1, ignore_eos=options.ignore_eos
         )
-        result = await client.stream_request(http, options.base_url, options.api, body, clock_zero, options.timeout_s)
+        result = await client.stream_request(
+            http, options.base_url, options.api, body, clock_zero, options.timeout_s
+        )
         if result.error is not None:
-            raise ProfilingError(f"{options.base_url}{client.PATHS[options.api]}: first request failed: {result.error}")
+            raise ProfilingError(
+                f"{options.base_url}{client.PATHS[options.api]}: first request failed: {result.error}"
+            )
         if result.prompt_tokens is None:
             raise ProfilingError(
                 f"{options.base_url}{client.PATHS[options.api]}: the server reports no usage "
@@ -181,7 +187,9 @@ async def _calibrate_words(
         counts.append(result.prompt_tokens)
     slope = (counts[1] - counts[0]) / (PROBE_WORDS[1] - PROBE_WORDS[0])
     if slope <= 0:
-        raise ProfilingError(f"{options.base_url}: prompt token counts do not grow with the prompt ({counts})")
+        raise ProfilingError(
+            f"{options.base_url}: prompt token counts do not grow with the prompt ({counts})"
+        )
     return slope, max(0.0, counts[0] - slope * PROBE_WORDS[0])
 
 
@@ -210,7 +218,9 @@ async def _run_point(
     def make_body() -> dict[str, object]:
         size = options.sizes.sample(rng)
         text = client.prompt_text(rng, _words_for(size.prompt_tokens, *words))
-        return client.request_body(options.api, model, text, size.output_tokens, ignore_eos=options.ignore_eos)
+        return client.request_body(
+            options.api, model, text, size.output_tokens, ignore_eos=options.ignore_eos
+        )
 
     async def one() -> client.RequestResult:
         body = make_body()
@@ -235,7 +245,16 @@ async def _run_point(
             if errors >= EARLY_ABORT_MIN_ERRORS and errors / len(measured) > options.max_error_rate:
                 abort.set()
         if progress is not None:
-            progress(load, min(1.0, max(0.0, (now() - point_start) / (window_end - point_start))), len(measured), errors)
+            progress(
+                load,
+                min(1.0, max(0.0, (now() - point_start) / (window_end - point_start))),
+                len(measured),
+                errors,
+            )
+
+    def done(task: asyncio.Task[client.RequestResult]) -> None:
+        in_flight.discard(task)
+        record(task.result())
 
     async def closed_worker() -> None:
         while now() < window_end and not abort.is_set():
@@ -247,7 +266,9 @@ async def _run_point(
 
     if load.concurrency is not None:
         workers = [asyncio.create_task(closed_worker()) for _ in range(load.concurrency)]
-        ticker = asyncio.create_task(_tick(load, point_start, window_end, now, progress, measured, lambda: errors, abort))
+        ticker = asyncio.create_task(
+            _tick(load, point_start, window_end, now, progress, measured, lambda: errors, abort)
+        )
         await asyncio.gather(*workers)
         ticker.cancel()
     else:
@@ -266,15 +287,19 @@ async def _run_point(
             if len(in_flight) >= options.max_in_flight:
                 record(
                     client.RequestResult(
-                        start_s=arrival, end_s=arrival, error=f"client in-flight cap {options.max_in_flight} reached"
+                        start_s=arrival,
+                        end_s=arrival,
+                        error=f"client in-flight cap {options.max_in_flight} reached",
                     )
                 )
                 continue
             task = asyncio.create_task(one())
             in_flight.add(task)
-            task.add_done_callback(lambda t: (in_flight.discard(t), record(t.result())))
+            task.add_done_callback(done)
             if progress is not None:
-                progress(load, min(1.0, (now() - point_start) / (window_end - point_start)), len(measured), errors)
+                progress(
+                    load, min(1.0, (now() - point_start) / (window_end - point_start)), len(measured), errors
+                )
         if in_flight:
             await asyncio.gather(*in_flight)
     return _stats(load, measured, window_start, min(window_end, max([now(), window_start + 1e-3])))
@@ -332,12 +357,21 @@ def _stats(load: LoadPoint, measured: list[client.RequestResult], start: float, 
 def _slo_broken(stats: PointStats, options: RunOptions) -> str | None:
     """Why the sweep should stop here (an objective exceeded by more than the margin), or None."""
     factor = 1.0 + options.slo_margin
-    if options.ttft_slo_ms is not None and stats.ttft is not None and stats.ttft.p99_ms > options.ttft_slo_ms * factor:
+    if (
+        options.ttft_slo_ms is not None
+        and stats.ttft is not None
+        and stats.ttft.p99_ms > options.ttft_slo_ms * factor
+    ):
         return (
-            f"TTFT p99 {stats.ttft.p99_ms:.0f} ms at {stats.load.label} exceeds the {options.ttft_slo_ms:g} ms "
+            f"TTFT p99 {stats.ttft.p99_ms:.0f} ms at {stats.load.label} exceeds the "
+            f"{options.ttft_slo_ms:g} ms "
             f"objective by more than {options.slo_margin:.0%}"
         )
-    if options.itl_slo_ms is not None and stats.itl is not None and stats.itl.p99_ms > options.itl_slo_ms * factor:
+    if (
+        options.itl_slo_ms is not None
+        and stats.itl is not None
+        and stats.itl.p99_ms > options.itl_slo_ms * factor
+    ):
         return (
             f"ITL p99 {stats.itl.p99_ms:.1f} ms at {stats.load.label} exceeds the {options.itl_slo_ms:g} ms "
             f"objective by more than {options.slo_margin:.0%}"
@@ -370,7 +404,9 @@ async def run(options: RunOptions, progress: ProgressFn | None = None) -> RunRes
         for load in options.points:
             stats = await _run_point(http, options, model, load, rng, words, clock_zero, progress)
             if stats.requests == 0:
-                result.partial_reason = f"no request completed at {load.label} within {options.duration_s:g} s"
+                result.partial_reason = (
+                    f"no request completed at {load.label} within {options.duration_s:g} s"
+                )
                 break
             if stats.error_rate > options.max_error_rate:
                 if stats.ok_requests > 0:

@@ -159,7 +159,9 @@ def _size(path: pathlib.Path, line: int, prompt: object, output: object) -> Requ
     try:
         prompt_i, output_i = int(str(prompt)), int(str(output))
     except ValueError:
-        raise SizeError(f"--trace {path}:{line}: token counts must be integers, got {prompt!r}, {output!r}")
+        raise SizeError(
+            f"--trace {path}:{line}: token counts must be integers, got {prompt!r}, {output!r}"
+        ) from None
     if prompt_i < 1 or output_i < 1:
         raise SizeError(f"--trace {path}:{line}: token counts must be >= 1, got {prompt_i}, {output_i}")
     return RequestSize(prompt_i, output_i)
