@@ -193,25 +193,41 @@ def point_log_errors(
 ) -> list[tuple[float, float]]:
     """(weight, log(predicted / measured)) per latency the point measured.
 
-    The model's p50 is compared with the measured mean where the point has one (the engine's own
-    histograms report means), else with the measured p50.
+    TTFT: the model's p50 against the measured median (robust to the stalls a shared machine adds to a
+    mean). ITL: the model's p50 (the iteration time) against the measured mean, else the median (engines
+    flush several tokens in one network write when their API server is busy, which makes most client-side
+    gaps near zero and the median meaningless, while the mean is exact). When the model cannot serve the
+    point's measured rate at all, every latency gets DIVERGED_LOG_ERROR plus log(rate / model capacity),
+    so the fit is pushed toward a capacity that serves what was served.
     """
     load = predict(run, point, efficiency, request_overhead_s)
     pairs: list[tuple[float, float | None, float | None]] = [
-        (CENTRAL_WEIGHT, None if load is None else load.ttft_p50_ms, point.ttft_mean_ms or point.ttft_p50_ms),
+        (CENTRAL_WEIGHT, None if load is None else load.ttft_p50_ms, point.ttft_p50_ms or point.ttft_mean_ms),
         (CENTRAL_WEIGHT, None if load is None else load.itl_p50_ms, point.itl_mean_ms or point.itl_p50_ms),
         (TAIL_WEIGHT, None if load is None else load.ttft_p99_ms, point.ttft_p99_ms),
         (TAIL_WEIGHT, None if load is None else load.itl_p99_ms, point.itl_p99_ms),
     ]
+    diverged = DIVERGED_LOG_ERROR + _overload(run, point, efficiency) if load is None else 0.0
     out = []
     for weight, predicted, measured in pairs:
         if measured is None or measured <= 0:
             continue
         if predicted is None or predicted <= 0 or not math.isfinite(predicted):
-            out.append((weight, DIVERGED_LOG_ERROR))
+            out.append((weight, diverged or DIVERGED_LOG_ERROR))
         else:
             out.append((weight, math.log(predicted / measured)))
     return out
+
+
+def _overload(run: MeasuredRun, point: LoadMeasurement, efficiency: perf_efficiency.Efficiency | None) -> float:
+    """log(measured rate / the model's offline capacity at the point's sizes), at least 0."""
+    try:
+        capacity = perf.offline_throughput(
+            run.config, max(1.0, point.prompt_tokens), max(1.0, point.output_tokens), efficiency=efficiency
+        ).requests_per_s
+    except perf.InvalidConfigError:
+        return 0.0
+    return max(0.0, math.log(max(point.requests_per_s, 1e-9) / max(capacity, 1e-9)))
 
 
 def rms_log_error(

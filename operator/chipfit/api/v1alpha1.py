@@ -719,4 +719,105 @@ class PerformanceProfile(ApiModel):
     status: PerformanceProfileStatus | None = None
 
 
-Resource = InferenceService | AcceleratorPool | PerformanceProfile
+# ---------------------------------------------------------------------------------------------------------
+# ProfilingRun
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_LOAD_LEVELS = 16
+
+
+class ServiceRef(ApiModel):
+    """An InferenceService by namespace and name."""
+
+    namespace: Name
+    name: Name
+
+
+class ProfilingLoad(ApiModel):
+    """What the profiler Job sends: `chipfit profile` options (concurrency sweep or Poisson rates)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.concurrency) && has(self.requestsPerSecond))",
+                    "set at most one of concurrency and requestsPerSecond",
+                ),
+            ]
+        }
+    )
+
+    concurrency: (
+        Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=MAX_LOAD_LEVELS)]
+        | None
+    ) = None
+    requests_per_second: (
+        Annotated[
+            list[Annotated[float, Field(gt=0, le=100_000)]], Field(min_length=1, max_length=MAX_LOAD_LEVELS)
+        ]
+        | None
+    ) = None
+    prompt_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)] = 256
+    output_tokens: Annotated[int, Field(ge=2, le=MAX_CONTEXT_TOKENS)] = 64
+    duration_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    warmup_seconds: Annotated[int, Field(ge=0, le=600)] = 5
+    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 120
+    api: Literal["completions", "chat"] = "completions"
+
+
+class ProfilingRunSpec(ApiModel):
+    """Profile one pool's serving Deployment of an InferenceService with a Job running `chipfit profile`."""
+
+    service: ServiceRef
+    pool: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_NAME_LENGTH,
+            pattern=DNS_SUBDOMAIN_RE,
+            description="AcceleratorPool whose Deployment of the service is measured (aggregated role).",
+        ),
+    ]
+    load: ProfilingLoad = Field(default_factory=ProfilingLoad)
+    image: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_TEXT_LENGTH,
+                description="Profiler image (default: chipfit's own).",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ProfilingRunStatus(ApiModel):
+    """Progress of a run, the Job it created and the profile it produced."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = None
+    job: Annotated[str, Field(max_length=MAX_NAME_LENGTH)] | None = None
+    profile: Annotated[str, Field(max_length=MAX_NAME_LENGTH)] | None = None
+    target: (
+        Annotated[str, Field(max_length=MAX_TEXT_LENGTH, description="The URL the Job measured.")] | None
+    ) = None
+    engine_image: Annotated[str, Field(max_length=MAX_TEXT_LENGTH)] | None = None
+    replicas: Annotated[
+        int, Field(ge=0, description="Ready replicas behind the URL when the Job started.")
+    ] | (None) = None
+    message: Text | None = None
+    conditions: Conditions | None = None
+
+
+class ProfilingRun(ApiModel):
+    """ProfilingRun (cluster-scoped, like the PerformanceProfile it owns)."""
+
+    api_version: Literal["chipfit.io/v1alpha1"] = API_VERSION
+    kind: Literal["ProfilingRun"] = "ProfilingRun"
+    metadata: ObjectMeta
+    spec: ProfilingRunSpec
+    status: ProfilingRunStatus | None = None
+
+
+Resource = InferenceService | AcceleratorPool | PerformanceProfile | ProfilingRun

@@ -80,8 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--served-model", help="model name sent in requests (default: the endpoint's first)")
     parser.add_argument(
         "--architecture",
-        type=pathlib.Path,
-        help="YAML/JSON ModelArchitecture (or a Hugging Face config.json) for a model outside the catalog",
+        help="ModelArchitecture for a model outside the catalog: a YAML/JSON file, a Hugging Face config.json, "
+        "or inline JSON",
     )
     parser.add_argument("--accelerator", required=True, help="chip the endpoint runs on (h100, l4, ...)")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp8", "int8", "int4"))
@@ -151,12 +151,14 @@ def size_source(args: argparse.Namespace) -> sizes.SizeSource:
     return source
 
 
-def architecture(path: pathlib.Path | None) -> v1alpha1.ModelArchitecture | None:
-    """An inline architecture from a ModelArchitecture document or a Hugging Face config.json."""
-    if path is None:
+def architecture(value: str | None) -> v1alpha1.ModelArchitecture | None:
+    """An inline architecture from a ModelArchitecture document or a Hugging Face config.json (file or JSON)."""
+    if value is None:
         return None
+    path = value if not value.lstrip().startswith("{") else "inline JSON"
     try:
-        data = yaml.safe_load(path.read_text())
+        text = value if path == "inline JSON" else pathlib.Path(value).read_text()
+        data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as error:
         raise UsageError(f"--architecture {path}: {error}") from None
     if not isinstance(data, dict):

@@ -1,7 +1,7 @@
 """One streaming request to an OpenAI-compatible endpoint, timed token by token (httpx).
 
-TTFT is the time from sending the request to the first chunk that carries generated text; every later
-text chunk closes one inter-token gap. Token counts come from the server's own `usage` (requested with
+TTFT is the time from sending the request to the first chunk that carries generated output; every later
+output chunk closes one inter-token gap. Token counts come from the server's own `usage` (requested with
 `stream_options.include_usage`), so no tokenizer is needed here.
 """
 
@@ -246,7 +246,7 @@ async def stream_request(
     finally:
         result.end_s = time.perf_counter() - clock_zero
     if result.ttft_s is None:
-        result.error = "the stream ended without generating any text"
+        result.error = "the stream ended without generating any output"
     elif result.output_tokens == 0:
         # No usage reported: count text chunks (one token each for vLLM, SGLang, TGI).
         result.output_tokens = len(result.itls_s) + 1
@@ -254,13 +254,21 @@ async def stream_request(
 
 
 def _has_text(chunk: dict[str, Any], api: Api) -> bool:
+    """True for a chunk that carries generated output.
+
+    Engines stream one chunk per decoding step, even when the token's text is still empty (a partial UTF-8
+    sequence, a special token: a random-weight model produces many); the step is what TTFT and ITL time.
+    Chat streams open with a role-only delta sent before any token: not an output.
+    """
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return False
     if api == "chat":
         delta = choices[0].get("delta")
-        return isinstance(delta, dict) and bool(delta.get("content"))
-    return bool(choices[0].get("text"))
+        if not isinstance(delta, dict):
+            return False
+        return not ("role" in delta and not delta.get("content") and choices[0].get("finish_reason") is None)
+    return "text" in choices[0]
 
 
 def _int_or_none(value: object) -> int | None:
