@@ -219,7 +219,9 @@ def point_log_errors(
     return out
 
 
-def _overload(run: MeasuredRun, point: LoadMeasurement, efficiency: perf_efficiency.Efficiency | None) -> float:
+def _overload(
+    run: MeasuredRun, point: LoadMeasurement, efficiency: perf_efficiency.Efficiency | None
+) -> float:
     """log(measured rate / the model's offline capacity at the point's sizes), at least 0."""
     try:
         capacity = perf.offline_throughput(

@@ -80,8 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--served-model", help="model name sent in requests (default: the endpoint's first)")
     parser.add_argument(
         "--architecture",
-        help="ModelArchitecture for a model outside the catalog: a YAML/JSON file, a Hugging Face config.json, "
-        "or inline JSON",
+        help="ModelArchitecture for a model outside the catalog: a YAML/JSON file, a Hugging Face "
+        "config.json, or inline JSON",
     )
     parser.add_argument("--accelerator", required=True, help="chip the endpoint runs on (h100, l4, ...)")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp8", "int8", "int4"))
@@ -152,7 +152,7 @@ def size_source(args: argparse.Namespace) -> sizes.SizeSource:
 
 
 def architecture(value: str | None) -> v1alpha1.ModelArchitecture | None:
-    """An inline architecture from a ModelArchitecture document or a Hugging Face config.json (file or JSON)."""
+    """An inline architecture: a ModelArchitecture or Hugging Face config.json (a file, or inline JSON)."""
     if value is None:
         return None
     path = value if not value.lstrip().startswith("{") else "inline JSON"

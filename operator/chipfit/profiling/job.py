@@ -58,8 +58,8 @@ def target_placement(
     pools = sorted({p.pool for p in placed or () if p.role == "aggregated"})
     raise ProfilingError(
         "spec.pool",
-        f"InferenceService {service.metadata.namespace}/{service.metadata.name} has no aggregated replicas on "
-        f"pool {run.spec.pool!r} (placed on: {', '.join(pools) or 'none'})",
+        f"InferenceService {service.metadata.namespace}/{service.metadata.name} has no aggregated "
+        f"replicas on pool {run.spec.pool!r} (placed on: {', '.join(pools) or 'none'})",
     )
 
 
@@ -355,7 +355,7 @@ def engine_changed_condition(
         type="ProfileCurrent",
         status="False",
         reason="EngineChanged",
-        message=f"measured {status.engine_image}, the pool now runs {current_image}: create a new ProfilingRun "
-        "to re-profile (the old profile stays, applied to its own engine version only)",
+        message=f"measured {status.engine_image}, the pool now runs {current_image}: create a new "
+        "ProfilingRun to re-profile (the old profile stays, applied to its own engine version only)",
         last_transition_time=now,
     )
