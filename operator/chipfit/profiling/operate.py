@@ -122,8 +122,8 @@ def _start(cluster: Cluster, body: Mapping[str, Any], run: v1alpha1.ProfilingRun
         target=job.target_url(run),
         engine_image=engine_image,
         replicas=replicas,
-        message=f"measuring {placement.accelerator} x{placement.tensor_parallel} {placement.precision} on pool "
-        f"{placement.pool} through {max(1, replicas)} replica(s)",
+        message=f"measuring {placement.accelerator} x{placement.tensor_parallel} {placement.precision} on "
+        f"pool {placement.pool} through {max(1, replicas)} replica(s)",
     )
     return "Running"
 
