@@ -391,3 +391,92 @@ def max_rate_under_slo(
         ttft_p50_ms=rate.ttft_p50_ms + extra_ms if rate.max_rps > 0 else rate.ttft_p50_ms,
         source=f"calibrated: {calibration.source}",
     )
+
+
+# --- where a figure comes from ------------------------------------------------------------------------------
+
+CALIBRATED_SOURCE_PREFIX: Final = "calibrated"
+MEASURED_SOURCE_PREFIX: Final = "profile"
+
+
+def basis(source: str) -> str:
+    """A capacity source for a person: measured, calibrated from a profile, or predicted from specs."""
+    parts = [s.strip() for s in source.split(",") if s.strip()]
+    kinds = []
+    for part in parts or ["perf"]:
+        if part.startswith(MEASURED_SOURCE_PREFIX):
+            kinds.append(f"measured ({part})")
+        elif part.startswith(CALIBRATED_SOURCE_PREFIX):
+            kinds.append(part.split(";", 1)[0])
+        else:
+            kinds.append("predicted from specs (uncalibrated chip/engine efficiency)")
+    return "; ".join(dict.fromkeys(kinds))
+
+
+class CalibratedOracle:
+    """Capacity from the performance model with the calibrated efficiency of the query's chip and engine.
+
+    Queries on a (chip, engine) no calibration covers go to `fallback` (the uncalibrated model). The bucket
+    semantics are perf_oracle's: throughput at the bucket's mean sizes, tail latency with its largest
+    request as the p99.
+    """
+
+    def __init__(self, calibrations: Sequence[Calibration], fallback: Callable[[Any], Any]) -> None:
+        self.calibrations = tuple(calibrations)
+        self.fallback = fallback
+
+    def calibration_for(self, accelerator: str, engine: str) -> Calibration | None:
+        """The calibration of this chip and engine, if any (the most points wins)."""
+        matching = [c for c in self.calibrations if c.applies_to(accelerator, engine, None)]
+        return max(matching, key=lambda c: c.points) if matching else None
+
+    def __call__(self, query: Any) -> Any:
+        """One query (a placement.candidates.Query)."""
+        from placement import candidates  # a late import: candidates builds on the solver package
+
+        cal = self.calibration_for(query.accelerator, query.engine)
+        if cal is None:
+            return self.fallback(query)
+        model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
+        prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
+        output_mean = query.output_mean_tokens or float(query.output_tokens)
+        try:
+            config = perf.ReplicaConfig(
+                model, query.accelerator, query.precision, query.tp, query.role, query.engine
+            )
+            rate = max_rate_under_slo(
+                cal,
+                config,
+                max(1.0, prompt_mean),
+                max(1.0, output_mean),
+                perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms),
+                prompt_tokens_p99=max(float(query.prompt_tokens), prompt_mean, 1.0),
+                output_tokens_p99=max(float(query.output_tokens), output_mean, 1.0),
+            )
+        except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
+            return candidates.Capacity(0.0, None, None, str(error), rate_source(cal), size_monotone=True)
+        trust = cal.trust(
+            config.model_arch.id, query.tp, prompt_mean, output_mean, float(rate.max_batch or 1)
+        )
+        source = f"{rate_source(cal)}; {trust.note}"
+        if rate.max_rps > 0.0:
+            return candidates.Capacity(
+                rate.max_rps,
+                rate.ttft_p99_ms if query.role != "decode" else None,
+                rate.itl_p99_ms if query.role != "prefill" else None,
+                rate.reason,
+                source,
+            )
+        return candidates.Capacity(0.0, None, None, rate.reason, source, size_monotone=True)
+
+    def batch(self, queries: Sequence[Any]) -> list[Any]:
+        """Many queries, one at a time."""
+        return [self(q) for q in queries]
+
+
+def rate_source(calibration: Calibration) -> str:
+    """The source string of a calibrated capacity."""
+    version = f" {calibration.engine_version}" if calibration.engine_version else ""
+    return (
+        f"{CALIBRATED_SOURCE_PREFIX} from a profile ({calibration.accelerator}/{calibration.engine}{version})"
+    )

@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from chipfit.api import v1alpha1
-from placement import baselines, candidates, catalog, explain, profiles, workload
+from chipfit.profiling import calibrate
+from placement import baselines, candidates, catalog, explain, profile_fit, profiles, workload
 from placement.solver import allocation, inputs, solve
 
 
@@ -133,6 +134,18 @@ def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.B
     return out
 
 
+def to_calibrations(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profile_fit.Calibration]:
+    """Calibrations of the performance model from point profiles (bucket tables answer capacity directly).
+
+    Profiles of chips outside the catalog are left out: no pool here can name them.
+    """
+    usable = [p for p in items if p.spec.points and p.spec.accelerator in catalog.ACCELERATORS]
+    try:
+        return list(calibrate.calibrations(usable).values())
+    except (profile_fit.CalibrationError, catalog.UnknownIdError, ValueError) as error:
+        raise PlanningError(f"PerformanceProfile calibration: {error}") from error
+
+
 def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[inputs.CandidateKey, int]:
     """What runs now, from each service's status.placement (the stability penalty's reference)."""
     out: dict[inputs.CandidateKey, int] = {}
@@ -175,7 +188,8 @@ def build_inputs(
 ) -> candidates.CandidateSet:
     """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
     table = to_profiles(performance_profiles)
-    capacity = oracle if oracle is not None else candidates.profile_oracle(table)
+    calibrated = profile_fit.CalibratedOracle(to_calibrations(performance_profiles), candidates.perf_oracle)
+    capacity = oracle if oracle is not None else candidates.profile_oracle(table, fallback=calibrated)
     return candidates.build(
         [to_spec(s) for s in services],
         [to_pool(p) for p in pools],

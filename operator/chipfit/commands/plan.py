@@ -15,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chipfit import planning, validation
+from placement import profile_fit
 from placement.solver import inputs
 
 # A person notices a pause after about a second: only then is a progress display worth drawing.
@@ -229,6 +230,9 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
     console.print("\n[bold]why[/bold]")
     for e in result.explanations:
         console.print(f"- {e.service}: {e.summary}")
+        sources = {a.source for sp in plan.services if sp.service == e.service for a in sp.assignments}
+        for source in sorted(sources):
+            console.print(f"    figures: {profile_fit.basis(source)}")
         for r in e.runners_up:
             what = (
                 f"${r.price_per_hour:,.2f}/h alone" if r.price_per_hour is not None else f"misses: {r.misses}"
