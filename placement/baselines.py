@@ -104,18 +104,32 @@ def best_single_type_per_service(
     options: inputs.SolveOptions | None = None,
     *,
     reference: allocation.Plan | None = None,
+    sized_to_order: bool = False,
 ) -> SingleTypeResult:
-    """Each service on its own cheapest single accelerator type, pool sizes ignored (sized to order).
+    """Each service on its own cheapest single accelerator type: how fleets are usually run, one chip type
+    per model. The fallback when no one type can serve the whole fleet (a 70B model does not fit an L4, a
+    service excludes a vendor).
 
-    The fallback when no one type can serve the whole fleet (a 70B model does not fit an L4, a service
-    excludes a vendor): it is how fleets are usually run, one chip type per model.
+    In the pools as sized (default), one MILP chooses a type per service under the same pool capacity as
+    the plan (SolveOptions.one_accelerator_per_service), so the comparison is like with like; with
+    `sized_to_order` each service is planned alone with pool sizes ignored (sizing a new fleet).
     """
-    grown = uncapped(problem)
     bar = (
         {s.service: s.served_rps for s in reference.services}
         if reference is not None
         else {s.id: s.requests_per_second for s in problem.services}
     )
+    if not sized_to_order:
+        typed = replace(options or inputs.SolveOptions(), one_accelerator_per_service=True)
+        try:
+            plan = solve.solve(problem, typed)
+        except inputs.InfeasibleError:
+            return SingleTypeResult(None, None, {}, {})
+        if not _served_fully(plan, bar):
+            return SingleTypeResult(None, None, {}, {})
+        types = {s.service: s.assignments[0].accelerator for s in plan.services if s.assignments}
+        return SingleTypeResult(None, plan, {}, types)
+    grown = uncapped(problem)
     chosen: dict[str, str] = {}
     plans: list[allocation.ServiceAllocation] = []
     for s in problem.services:

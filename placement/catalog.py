@@ -1,6 +1,7 @@
 """Accelerator and model catalogs: the physical figures the performance model starts from.
 
-Every figure carries its source. Spec figures come from ../shared/data/specs/*.csv (URL per row there);
+Every figure carries its source. Spec figures come from placement/data/specs/*.csv (URL per row there;
+copied from the project's shared reference data), prices from docs/prices.md (URL and date per price);
 model shapes from each model's published Hugging Face `config.json`.
 """
 
@@ -204,9 +205,9 @@ def compute_precision(accelerator: Accelerator, precision: str) -> str:
 
 # --- Accelerators --------------------------------------------------------------------------------------
 
-_SPECS_CSV: Final = "../shared/data/specs/accelerator_specs_seen.csv"
-_MIG_CSV: Final = "../shared/data/specs/mig_profiles_seen.csv"
-_PRICES_CSV: Final = "../shared/data/specs/prices_seen.csv"
+_SPECS_CSV: Final = "placement/data/specs/accelerator_specs_seen.csv"
+_MIG_CSV: Final = "placement/data/specs/mig_profiles_seen.csv"
+_PRICES_CSV: Final = "docs/prices.md"
 
 # Per-direction interconnect figures (half the bidirectional figure vendors quote).
 NVLINK4_BYTES_PER_S: Final = 450 * GB  # H100/H200 SXM: 900 GB/s bidirectional NVLink 4 (NVIDIA datasheet)

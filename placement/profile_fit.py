@@ -452,6 +452,7 @@ class CalibratedOracle:
                 perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms),
                 prompt_tokens_p99=max(float(query.prompt_tokens), prompt_mean, 1.0),
                 output_tokens_p99=max(float(query.output_tokens), output_mean, 1.0),
+                prefill_chunk_tokens=getattr(query, "prefill_chunk_tokens", None),
             )
         except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
             return candidates.Capacity(0.0, None, None, str(error), rate_source(cal), size_monotone=True)
@@ -466,8 +467,10 @@ class CalibratedOracle:
                 rate.itl_p99_ms if query.role != "prefill" else None,
                 rate.reason,
                 source,
+                prefill_chunk_tokens=rate.prefill_chunk_tokens,
+                modelled=True,
             )
-        return candidates.Capacity(0.0, None, None, rate.reason, source, size_monotone=True)
+        return candidates.Capacity(0.0, None, None, rate.reason, source, size_monotone=True, modelled=True)
 
     def batch(self, queries: Sequence[Any]) -> list[Any]:
         """Many queries, one at a time."""

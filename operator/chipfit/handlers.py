@@ -89,6 +89,7 @@ def first_problem(
 def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
+    engine: dict[tuple[str, str, str, str, int], v1alpha1.PricedEngineConfig] = {}
     capacity_by_role: dict[str, float] = {}
     cost: dict[tuple[str, str, str], float] = {}
     routed: dict[tuple[str, str, str], float] = {}
@@ -100,6 +101,11 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
         routed[series] = routed.get(series, 0.0) + sum(a.bucket_rps)
         key = (a.role, a.pool, a.accelerator, a.precision, a.tp)
         replicas[key] = replicas.get(key, 0) + a.replicas
+        engine[key] = v1alpha1.PricedEngineConfig(
+            prefill_chunk_tokens=a.engine_config.prefill_chunk_tokens,
+            max_num_seqs=a.engine_config.max_num_seqs,
+            max_model_len=a.engine_config.max_model_len,
+        )
         if a.utilization > 0:
             capacity_by_role[a.role] = capacity_by_role.get(a.role, 0.0) + sum(a.bucket_rps) / a.utilization
     placements = tuple(
@@ -110,6 +116,7 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
             precision=precision,  # type: ignore[arg-type]
             tensor_parallel=tp,
             replicas=count,
+            engine_config=engine[(role, pool, accelerator, precision, tp)],
         )
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
@@ -177,6 +184,8 @@ class Fleet:
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # Candidates and plans cached across re-plans: only what a change touches is priced again.
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -319,16 +328,13 @@ class Fleet:
         relaxed_reason: str | None = None
         try:
             try:
-                fleet_plan = planning.plan_fleet(
-                    services, pools, profiles, options=self.options, with_baseline=False
-                )
+                self.planner.options = self.options
+                fleet_plan = self.planner.plan(services, pools, profiles)
             except inputs.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
-                fleet_plan = planning.plan_fleet(
-                    relaxed, pools, profiles, options=self.options, with_baseline=False
-                )
+                fleet_plan = self.planner.plan(relaxed, pools, profiles)
             plan = fleet_plan.plan
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (

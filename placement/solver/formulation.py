@@ -232,6 +232,24 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
                     [(n_index[i], candidates[i].price_per_hour) for i in idx], -inf, s.max_dollars_per_hour
                 )
 
+    # One accelerator type per service (option): w[s, a] in {0, 1}, sum_a w[s, a] = 1, and every candidate c
+    # of s on type a: n_c <= N_c w[s, a], with N_c = nodes * floor(devices_per_node / tp_c) the most
+    # replicas of c its pool can hold (a valid big-M: the capacity rows bound n_c by it anyway).
+    if options.one_accelerator_per_service:
+        by_service_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for i, c in enumerate(candidates):
+            by_service_type[c.service][c.accelerator].append(i)
+        for types in by_service_type.values():
+            if len(types) < 2:
+                continue
+            w_cols = {acc: b.var(0.0, 0.0, 1.0, True) for acc in types}
+            b.row([(w, 1.0) for w in w_cols.values()], 1.0, 1.0)
+            for acc, idx in types.items():
+                for i in idx:
+                    pool = pools[candidates[i].pool]
+                    most = float(pool.nodes * (pool.devices_per_node // candidates[i].tp))
+                    b.row([(n_index[i], 1.0), (w_cols[acc], -most)], -inf, 0.0)
+
     # Pool capacity in whole nodes. A TP-t replica needs t devices of one node. Let y_t = sum of n_c over
     # the pool's candidates with tp t.
     by_pool_tp: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
