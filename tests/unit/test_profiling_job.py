@@ -33,6 +33,9 @@ def _run(**load: object) -> v1alpha1.ProfilingRun:
 def _service() -> tuple[v1alpha1.InferenceService, v1alpha1.RolePlacement]:
     service = SERVICES["chat-8b"].model_copy(deep=True)
     placed = placement("aggregated", "h100-p5", tp=1, replicas=2, precision="fp8")
+    placed.engine_config = v1alpha1.PricedEngineConfig(
+        prefill_chunk_tokens=2048, max_num_seqs=64, max_model_len=8192
+    )
     service.metadata.namespace = "ml-serving"
     service.status = v1alpha1.InferenceServiceStatus(placement=[placed])
     return service, placed
