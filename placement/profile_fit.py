@@ -473,8 +473,19 @@ class CalibratedOracle:
         return candidates.Capacity(0.0, None, None, rate.reason, source, size_monotone=True, modelled=True)
 
     def batch(self, queries: Sequence[Any]) -> list[Any]:
-        """Many queries, one at a time."""
-        return [self(q) for q in queries]
+        """Many queries: the uncalibrated ones in one batch of the fallback (it may be vectorized)."""
+        from placement import candidates
+
+        answers: list[Any] = [None] * len(queries)
+        rest = []
+        for i, query in enumerate(queries):
+            if self.calibration_for(query.accelerator, query.engine) is not None:
+                answers[i] = self(query)
+            else:
+                rest.append(i)
+        for i, answer in zip(rest, candidates.ask(self.fallback, [queries[i] for i in rest]), strict=True):
+            answers[i] = answer
+        return answers
 
 
 def rate_source(calibration: Calibration) -> str:

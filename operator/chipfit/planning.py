@@ -162,6 +162,13 @@ def to_calibrations(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profil
         raise PlanningError(f"PerformanceProfile calibration: {error}") from error
 
 
+def model_oracle(calibrations: Sequence[profile_fit.Calibration]) -> candidates.CapacityOracle:
+    """The performance model, calibrated on the chips and engines that have point profiles."""
+    if not calibrations:
+        return candidates.perf_oracle
+    return profile_fit.CalibratedOracle(calibrations, candidates.perf_oracle)
+
+
 def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[inputs.CandidateKey, int]:
     """What runs now, from each service's status.placement (the stability penalty's reference)."""
     out: dict[inputs.CandidateKey, int] = {}
@@ -219,7 +226,7 @@ def build_inputs(
 ) -> candidates.CandidateSet:
     """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
     table = to_profiles(performance_profiles)
-    calibrated = profile_fit.CalibratedOracle(to_calibrations(performance_profiles), candidates.perf_oracle)
+    calibrated = model_oracle(to_calibrations(performance_profiles))
     capacity = oracle if oracle is not None else candidates.profile_oracle(table, fallback=calibrated)
     return candidates.build(
         [to_spec(s) for s in services],
@@ -357,10 +364,7 @@ class Planner:
         cset = candidates.build(
             specs,
             placement_pools,
-            oracle=candidates.profile_oracle(
-                table,
-                fallback=profile_fit.CalibratedOracle(list(calibrations.values()), candidates.perf_oracle),
-            ),
+            oracle=candidates.profile_oracle(table, fallback=model_oracle(list(calibrations.values()))),
             current_replicas=current_replicas(services),
             cache=self.cache,
         )
