@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 
-from chipfit import planning, validation
+import pytest
+import yaml
+
+from chipfit import cli, planning, validation
 from chipfit.api import v1alpha1
 from placement import catalog, perf, perf_efficiency, profile_fit
 from tests.unit.chipfit_builders import POOLS, SERVICES
@@ -118,3 +122,46 @@ def test_profiles_of_chips_no_pool_can_name_are_left_out_of_planning() -> None:
     profile = _point_profile(perf.efficiency_for(catalog.get_accelerator("h100"), "vllm"))
     profile.spec.accelerator = "host-cpu"
     assert planning.to_calibrations([profile]) == []
+
+
+def test_predict_with_a_profile_says_calibrated_and_changes_the_figures(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nvidia_vllm = perf.efficiency_for(catalog.get_accelerator("h100"), "vllm")
+    slower = dataclasses.replace(nvidia_vllm, bandwidth=nvidia_vllm.bandwidth * 0.6)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(_point_profile(slower).to_wire()))
+    base = ["predict", "--model", "llama-3.1-8b", "--chip", "h100", "--precision", "fp8", "--tp", "1"]
+    base += [
+        "--isl",
+        "1024",
+        "--osl",
+        "256",
+        "--rps",
+        "4",
+        "--ttft-p99-ms",
+        "500",
+        "--itl-p99-ms",
+        "40",
+        "--json",
+    ]
+    assert cli.main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main([*base, "--profile", str(path)]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert plain["basis"].startswith("predicted from specs")
+    assert calibrated["basis"].startswith("calibrated from a profile, inside its measured range")
+    assert calibrated["output_tokens_per_s"] < plain["output_tokens_per_s"]
+    assert calibrated["max_rps_under_slo"] < plain["max_rps_under_slo"]
+
+
+def test_predict_with_a_profile_of_another_chip_is_a_one_line_error(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(
+        yaml.safe_dump(_point_profile(perf.efficiency_for(catalog.get_accelerator("h100"), "vllm")).to_wire())
+    )
+    args = ["predict", "--model", "llama-3.1-8b", "--chip", "l4", "--isl", "512", "--osl", "128"]
+    assert cli.main([*args, "--profile", str(path)]) == 2
+    assert "no point profile of l4 with engine vllm" in capsys.readouterr().err

@@ -149,6 +149,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "efficiency_source": (
             cal.efficiency if cal is not None else perf.efficiency_for(acc, args.engine)
         ).source,
+        # Offline figures sit at the largest batch; with --rps the load's own batch says how far out it is.
         "basis": _basis(cal, model.id, tp, args.isl, args.osl, offline.batch),
         "price_per_device_hour": price_per_device_hour,
         "price_per_hour": round(price_per_device_hour * tp, 4),
@@ -181,6 +182,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["binding"] = best.reason
         report["prefill_chunk_tokens"] = best.prefill_chunk_tokens
         report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms + overhead_ms, 3)
+        if load is not None:
+            report["basis"] = _basis(cal, model.id, tp, args.isl, args.osl, load.batch)
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
         report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
