@@ -46,16 +46,21 @@ STAMP="$ENGINE_HOME/installed.stamp"
 # The model is keyed by its generator and seed (the library versions are fixed by the venv it lives in).
 model_key="$( (cat "$E2E_DIR/make_model.py"; echo "seed=$MODEL_SEED") | sha256sum | cut -c1-12)"
 MODEL_DIR="$ENGINE_HOME/models/tiny-llama-$model_key"
+# SGLang's argument parser (no SGLang engine runs here): a small venv on top of the engine venv.
+sglang_key="$(sha256sum "$PIN_DIR/sglang.txt" | cut -c1-12)"
+SGLANG_VENV="$ENGINE_HOME/sglang-$sglang_key"
 
 print_env() {
   printf 'CHIPFIT_ENGINE_HOME=%q\n' "$ENGINE_HOME"
   printf 'CHIPFIT_ENGINE_PYTHON=%q\n' "$VENV/bin/python"
   printf 'CHIPFIT_ENGINE_VLLM=%q\n' "$VENV/bin/vllm"
   printf 'CHIPFIT_ENGINE_MODEL=%q\n' "$MODEL_DIR"
+  printf 'CHIPFIT_SGLANG_PYTHON=%q\n' "$SGLANG_VENV/bin/python"
 }
 
 ready() {
-  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -f "$MODEL_DIR/chipfit-model.json" ]
+  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -f "$MODEL_DIR/chipfit-model.json" ] &&
+    [ -f "$SGLANG_VENV/installed.stamp" ]
 }
 
 if ready; then
@@ -112,5 +117,17 @@ if [ ! -f "$MODEL_DIR/chipfit-model.json" ]; then
   echo "install-engine: generating the tiny model into $MODEL_DIR" >&2
   HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
     "$VENV/bin/python" "$E2E_DIR/make_model.py" --seed "$MODEL_SEED" "$MODEL_DIR" >&2
+fi
+if [ ! -f "$SGLANG_VENV/installed.stamp" ]; then
+  echo "install-engine: installing SGLang's argument parser into $SGLANG_VENV" >&2
+  rm -rf "$SGLANG_VENV"
+  "$BASE_PYTHON" -m venv "$SGLANG_VENV"
+  sglang_site="$("$SGLANG_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  # After the venv's own packages on sys.path: what sglang.txt pins wins, the rest comes from the engine.
+  "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$sglang_site/zz-chipfit-engine.pth"
+  "$SGLANG_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --require-hashes \
+    --no-deps --only-binary=:all: -r "$PIN_DIR/sglang.txt" >&2
+  (cd "$ENGINE_HOME" && "$SGLANG_VENV/bin/python" -c 'import sglang.srt.server_args') >&2
+  echo "$sglang_key" >"$SGLANG_VENV/installed.stamp"
 fi
 print_env

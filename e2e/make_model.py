@@ -131,7 +131,8 @@ def write_model(out_dir: pathlib.Path, seed: int) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out_dir.iterdir()) if p.is_file()}
+    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,10 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     # Written into a sibling temporary folder, then renamed: a reader never sees a half-written model.
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     digests = write_model(tmp, args.seed)
-    (tmp / "chipfit-model.json").write_text(
-        json.dumps({"seed": args.seed, "served_name": SERVED_NAME, "sha256": digests}, indent=2, sort_keys=True)
-        + "\n"
-    )
+    meta = {"seed": args.seed, "served_name": SERVED_NAME, "sha256": digests}
+    (tmp / "chipfit-model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.chmod(tmp, 0o755)
     if out.exists():
         import shutil

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole pytest suite around a private e2e cluster: build the control plane (cached), start it
 # (e2e/cluster.sh up), run pytest, stop it (e2e/cluster.sh down) whatever happened, leaving no process.
-# pytest's exit code 5 ("no tests collected") counts as a failure here: a CI run that tests nothing
-# must not look green. CHIPFIT_E2E=0 skips the cluster (e2e tests then skip locally, fail on CI).
+# Installs the engine tier's vLLM engine first (cached). pytest's exit code 5 ("no tests collected")
+# counts as a failure here: a CI run that tests nothing must not look green. CHIPFIT_E2E=0 skips the
+# cluster (e2e tests then skip locally, fail on CI).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -27,6 +28,19 @@ if [ "${CHIPFIT_E2E:-1}" != 0 ]; then
   # Without it that test fails on CI and skips locally, so a failure here is reported, not fatal.
   if ! bash e2e/install-prometheus.sh >/dev/null; then
     echo "tests/run.sh: e2e/install-prometheus.sh failed; tests/e2e/test_prometheus.py cannot run" >&2
+  fi
+fi
+
+# The engine tier's real vLLM CPU engine, tiny model and SGLang parser (e2e/install-engine.sh): pinned, and
+# cached outside the work tree by pin hash, so only a machine's first run downloads (~3 GB, minutes); later
+# runs return in under a second. Without it the engine tests fail on CI and skip locally.
+# CHIPFIT_ENGINE=0 skips the install (tests/engine then skips locally, fails on CI).
+if [ "${CHIPFIT_ENGINE:-1}" != 0 ]; then
+  engine_start=$SECONDS
+  if bash e2e/install-engine.sh >/dev/null; then
+    echo "tests/run.sh: engine ready ($((SECONDS - engine_start)) s)" >&2
+  else
+    echo "tests/run.sh: e2e/install-engine.sh failed; tests/engine cannot run" >&2
   fi
 fi
 

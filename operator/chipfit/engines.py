@@ -54,6 +54,26 @@ SGLANG_BOOTSTRAP_PORT: Final = 8998
 HEALTH_PATH: Final = "/health"  # vLLM, SGLang, trtllm-serve and TGI all serve GET /health
 METRICS_PATH: Final = "/metrics"  # ... and Prometheus text on /metrics (SGLang with --enable-metrics)
 
+# Engine series chipfit's dashboards read from the engines' /metrics (vLLM's names since v0.10, when
+# vllm:gpu_cache_usage_perc became vllm:kv_cache_usage_perc). tests/engine/test_rendered_vllm_serves.py
+# checks each against a real vLLM engine's /metrics; tests/unit/test_chart_dashboards.py accepts only these
+# and chipfit's own series in dashboard queries.
+VLLM_METRICS: Final = frozenset(
+    {
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+    }
+)
+# Names of older vLLM releases (the pinned images' versions differ) that chipfit may read as a fallback,
+# each with the name the current engine exports instead (vLLM v0.10 / v0.11 release notes).
+VLLM_RENAMED_METRICS: Final[Mapping[str, str]] = {
+    "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
+    "vllm:time_per_output_token_seconds": "vllm:inter_token_latency_seconds",
+}
+
 # Engines' spellings of the 16-bit dtypes.
 _TORCH_DTYPE: Final[Mapping[str, str]] = {"bf16": "bfloat16", "fp16": "float16"}
 

@@ -146,6 +146,57 @@ def _round(value: float | None, decimals: int) -> float | None:
     return None if value is None else round(value, decimals)
 
 
+def solve_options() -> inputs.SolveOptions:
+    """How the operator solves: bounded time, and a move must pay for the engine restart it causes."""
+    return inputs.SolveOptions(
+        time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Solved:
+    """One fleet solve as the operator acts on it: the plan, each service's outcome and explanation."""
+
+    plan: allocation.Plan
+    outcomes: dict[str, reconcile.ServiceOutcome]
+    explanations: dict[str, str]
+
+
+def plan_outcomes(
+    services: Sequence[v1alpha1.InferenceService],
+    pools: Sequence[v1alpha1.AcceleratorPool],
+    profiles: Sequence[v1alpha1.PerformanceProfile],
+    planner: planning.Planner,
+) -> Solved:
+    """Solve the fleet and split the plan per service (the operator's re-plan and `chipfit render`).
+
+    Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
+    without a plan, the fleet is solved again with the minimums relaxed, and the services whose minimum is
+    missed are reported with the solver's reason. Raises PlanningError or inputs.PlacementError otherwise.
+    """
+    relaxed_reason: str | None = None
+    try:
+        fleet_plan = planner.plan(services, pools, profiles)
+    except inputs.InfeasibleError as exc:
+        relaxed_reason = str(exc)
+        logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
+        relaxed = [_without_minimum(s) for s in services]
+        fleet_plan = planner.plan(relaxed, pools, profiles)
+    plan = fleet_plan.plan
+    outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
+    if relaxed_reason is not None:
+        for service in services:
+            sid = planning.service_id(service)
+            minimum = service.spec.replicas.min if service.spec.replicas else 0
+            outcome = outcomes.get(sid)
+            planned = sum(p.replicas for p in outcome.placements) if outcome is not None else 0
+            if outcome is not None and minimum > 0 and planned < minimum:
+                reason = f"spec.replicas.min {minimum} cannot be met ({planned} placed): {relaxed_reason}"
+                outcomes[sid] = dataclasses.replace(outcome, served="unserved", reason=reason)
+    explanations = {e.service: e.summary for e in fleet_plan.explanations}
+    return Solved(plan, outcomes, explanations)
+
+
 def _placement_text(placements: Sequence[v1alpha1.RolePlacement]) -> str:
     return (
         ", ".join(
@@ -172,11 +223,7 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: inputs.SolveOptions = dataclasses.field(
-        default_factory=lambda: inputs.SolveOptions(
-            time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
-        )
-    )
+    options: inputs.SolveOptions = dataclasses.field(default_factory=lambda: solve_options())
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
@@ -316,26 +363,13 @@ class Fleet:
         tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
         | None
     ):
-        """Outcomes and explanations per service id and pool usage; None when no plan could be made.
-
-        Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
-        without a plan, the fleet is solved again with the minimums relaxed, and the services whose
-        minimum is missed are reported with the solver's reason.
-        """
+        """Outcomes and explanations per service id and pool usage; None when no plan could be made."""
         if not services:
             return {}, {}, {}
         started = time.monotonic()
-        relaxed_reason: str | None = None
         try:
-            try:
-                self.planner.options = self.options
-                fleet_plan = self.planner.plan(services, pools, profiles)
-            except inputs.InfeasibleError as exc:
-                relaxed_reason = str(exc)
-                logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
-                relaxed = [_without_minimum(s) for s in services]
-                fleet_plan = self.planner.plan(relaxed, pools, profiles)
-            plan = fleet_plan.plan
+            self.planner.options = self.options
+            solved = plan_outcomes(services, pools, profiles, self.planner)
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
                 "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
@@ -343,24 +377,14 @@ class Fleet:
             self.metrics.observe_solve(time.monotonic() - started, status)
             logger.warning("fleet plan failed, keeping the current placement: %s", exc)
             return None
+        plan = solved.plan
         self.metrics.observe_solve(
             plan.solve_seconds,
             plan.status,
             gap_ratio=plan.gap,
             objective_dollars_per_hour=plan.price_per_hour,
         )
-        outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
-        if relaxed_reason is not None:
-            for service in services:
-                sid = planning.service_id(service)
-                minimum = service.spec.replicas.min if service.spec.replicas else 0
-                outcome = outcomes.get(sid)
-                planned = sum(p.replicas for p in outcome.placements) if outcome is not None else 0
-                if outcome is not None and minimum > 0 and planned < minimum:
-                    reason = f"spec.replicas.min {minimum} cannot be met ({planned} placed): {relaxed_reason}"
-                    outcomes[sid] = dataclasses.replace(outcome, served="unserved", reason=reason)
-        explanations = {e.service: e.summary for e in fleet_plan.explanations}
-        return outcomes, explanations, {u.pool: u for u in plan.pools}
+        return solved.outcomes, solved.explanations, {u.pool: u for u in plan.pools}
 
     def reconcile_one(self, namespace: str, name: str) -> None:
         """Advance one service's rollout from the last plan (a re-plan when there is none yet)."""
@@ -393,8 +417,7 @@ class Fleet:
             parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
             pools = {p.metadata.name: p for p in parsed}
         try:
-            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
-            desired = render.render_all(service, outcome.placements, pools, sizings)
+            desired = render.render_planned(service, outcome.placements, pools)
         except render.RenderError as exc:
             self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))
             self._write_status(service, reconcile.invalid_status(service, exc.field, exc.reason, _now()))

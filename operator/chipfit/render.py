@@ -492,3 +492,13 @@ def render_all(
             raise RenderError("status.placement", "a disaggregated placement needs both prefill and decode")
         objects.extend(render_router(service))
     return objects
+
+
+def render_planned(
+    service: v1alpha1.InferenceService,
+    placements: Sequence[v1alpha1.RolePlacement],
+    pools: Mapping[str, v1alpha1.AcceleratorPool],
+) -> list[dict[str, Any]]:
+    """`render_all` with each placement's engine sizing: what the operator applies for a planned service."""
+    sizings = {placement_key(p): sizing(service, p) for p in placements}
+    return render_all(service, placements, pools, sizings)
