@@ -1,6 +1,6 @@
 """`chipfit profile` against a real vLLM engine (CPU build, tiny generated model), and calibration from it.
 
-One engine process serves every test here (module fixture). Checks:
+The session's shared engine (`tiny_engine`, tests/engine/conftest.py) serves every test here. Checks:
 1. the profile agrees with the engine's own Prometheus histograms over the same window (request counts
    exactly; mean TTFT and mean inter-token latency within stated tolerances);
 2. a profile fed back calibrates the model, and the calibrated model predicts a held-back point (another
@@ -13,15 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import re
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -33,11 +27,9 @@ from chipfit.profiling import calibrate, host, runner
 from placement import profile_fit
 
 REPO_DIR: Final = pathlib.Path(__file__).resolve().parents[2]
-INSTALL: Final = REPO_DIR / "e2e" / "install-engine.sh"
 SERVED_NAME: Final = "chipfit-tiny-llama"
-# vLLM CPU backend KV cache (GiB), as the engine helper starts it.
+# vLLM CPU backend KV cache (GiB) the shared engine runs with (harness.DEFAULT_KV_CACHE_GIB).
 KV_CACHE_GIB: Final = 1
-READY_TIMEOUT_S: Final = 300.0
 # Tolerances of the client-vs-engine comparison. vLLM V1 times both histograms with the engine core's
 # output timestamps, from the moment the API server hands the tokenized request to the engine core: the
 # client also measures HTTP parsing, tokenization, detokenization and streaming, which on a 2-core
@@ -50,80 +42,11 @@ ITL_ABS_TOL_MS: Final = 3.0
 TTFT_CLOCK_SLACK_MS: Final = 2.0
 
 
-def _engine_env() -> dict[str, str]:
-    """Paths of the installed engine, or skip (locally) / fail (CI) when it is not installed."""
-    result = subprocess.run(["bash", str(INSTALL), "--check"], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        message = f"vLLM engine not installed (run e2e/install-engine.sh): {result.stderr.strip()}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    env = {}
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition("=")
-        env[key] = value.strip("'\"")
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def engine() -> Iterator[tuple[str, pathlib.Path]]:
-    """One real `vllm serve` on loopback; yields (base URL, model folder); stops its process group."""
-    env = _engine_env()
-    port = _free_port()
-    model = pathlib.Path(env["CHIPFIT_ENGINE_MODEL"])
-    log = open(REPO_DIR / ".pytest_cache" / f"vllm-profile-{port}.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            env["CHIPFIT_ENGINE_VLLM"],
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--served-model-name",
-            SERVED_NAME,
-            "--enforce-eager",
-            "--max-model-len",
-            "4096",
-        ],
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}; see {log.name}", pytrace=False)
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"vllm serve not ready after {READY_TIMEOUT_S:.0f} s; see {log.name}", pytrace=False
-                )
-            time.sleep(1)
-        yield url, model
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        log.close()
+def engine(tiny_engine: Any, engine_install: Any) -> tuple[str, pathlib.Path]:
+    """The session's shared engine (tests/engine/conftest.py): (base URL, model folder)."""
+    assert tiny_engine.spec.kv_cache_gib == KV_CACHE_GIB, "the host chip's KV budget assumes 1 GiB"
+    return tiny_engine.base_url, pathlib.Path(engine_install.model)
 
 
 def _histograms(url: str) -> dict[str, float]:
