@@ -134,7 +134,12 @@ def test_helm_install_creates_the_operator_and_uninstall_removes_it(
     assert not can_i(cluster, subject, "get", "secrets", "default")
     assert not can_i(cluster, subject, "delete", "nodes")
     assert not can_i(cluster, subject, "update", "deployments.apps", "default")
-    assert not can_i(cluster, subject, "list", "pods", "default")
+    # Pods are read (profiler results, unschedulable replicas), never written.
+    assert can_i(cluster, subject, "list", "pods", "default")
+    assert not can_i(cluster, subject, "create", "pods", "default")
+    assert not can_i(cluster, subject, "delete", "pods", "default")
+    assert can_i(cluster, subject, "create", "jobs.batch", "default")
+    assert not can_i(cluster, subject, "delete", "jobs.batch", "default")
     assert not can_i(cluster, subject, "create", "pods", "default")
     assert not can_i(cluster, subject, "delete", "customresourcedefinitions.apiextensions.k8s.io")
 
