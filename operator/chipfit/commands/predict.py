@@ -6,13 +6,13 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+# placement.perf (numpy) is imported when predicting, not for `chipfit --help`.
+from placement import catalog
 
-from chipfit.api import v1alpha1
-from chipfit.profiling import calibrate
-from placement import catalog, perf, profile_fit
+if TYPE_CHECKING:
+    from placement import profile_fit
 
 # Exit code for unusable input (unknown ids, impossible combinations), as argparse uses for bad flags.
 EXIT_USAGE = 2
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = predict(args)
     except (PredictError, ValueError) as exc:
-        print(f"chipfit predict: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"chipfit predict: {line}", file=sys.stderr)
         return EXIT_USAGE
     text = json.dumps(report, indent=2, sort_keys=True) if args.json else render_text(report)
     try:
@@ -81,6 +82,8 @@ def _choose_tp(
     model: catalog.ModelArch, acc: catalog.Accelerator, precision: str, engine: str, role: str
 ) -> int:
     """The smallest tensor-parallel degree at which the model runs on this chip."""
+    from placement import perf
+
     reasons = []
     for tp in TP_CANDIDATES:
         if tp > acc.max_tp:
@@ -93,27 +96,58 @@ def _choose_tp(
     raise PredictError(reasons[-1] if reasons else f"{acc.id} allows no tensor-parallel degree")
 
 
+def _valid(flag: str, noun: str, value: str | None, valid: Any) -> str | None:
+    if value is None or value in valid:
+        return None
+    return f"{flag}: unknown {noun} {value!r}; valid: {', '.join(valid)}"
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem with the flags, each naming its flag, before any prediction runs."""
+    problems = [
+        p
+        for p in (
+            _valid("--model", "model", args.model, catalog.MODELS),
+            _valid("--chip", "accelerator", args.chip, catalog.ACCELERATORS),
+            _valid("--precision", "precision", args.precision, catalog.PRECISIONS),
+            _valid("--engine", "engine", args.engine, catalog.ENGINES),
+            _valid("--role", "role", args.role, catalog.ROLES),
+        )
+        if p is not None
+    ]
+    # `not value >= bound` also catches NaN.
+    for flag, value in (("--isl", args.isl), ("--osl", args.osl)):
+        if not value >= 1:
+            problems.append(f"{flag}: must be >= 1 token, got {value:g}")
+    slo_flags = {"--rps": args.rps, "--ttft-p99-ms": args.ttft_p99_ms, "--itl-p99-ms": args.itl_p99_ms}
+    given = [flag for flag, value in slo_flags.items() if value is not None]
+    if given and len(given) < len(slo_flags):
+        missing = ", ".join(flag for flag in slo_flags if flag not in given)
+        problems.append(
+            f"{missing}: --rps, --ttft-p99-ms and --itl-p99-ms go together: give all three or none"
+        )
+    if args.rps is not None and not args.rps >= 0:
+        problems.append(f"--rps: must be >= 0, got {args.rps:g}")
+    for flag, value in (("--ttft-p99-ms", args.ttft_p99_ms), ("--itl-p99-ms", args.itl_p99_ms)):
+        if value is not None and not value > 0:
+            problems.append(f"{flag}: must be > 0, got {value:g}")
+    if args.tp is not None and args.tp < 1:
+        problems.append(f"--tp: must be >= 1, got {args.tp}")
+    if args.price is not None and not args.price >= 0:
+        problems.append(f"--price: must be >= 0, got {args.price:g}")
+    return problems
+
+
 def predict(args: argparse.Namespace) -> dict[str, Any]:
     """The report as a JSON-ready dict (raises PredictError/ValueError with a one-line message)."""
+    problems = flag_problems(args)
+    if problems:
+        raise PredictError("\n".join(problems))
+    from placement import perf, profile_fit
+
     model = catalog.get_model(args.model)
     acc = catalog.get_accelerator(args.chip)
     precision = args.precision or _default_precision(acc)
-    if precision not in catalog.PRECISIONS:
-        raise PredictError(
-            f"--precision: unknown precision {precision!r}; valid: {', '.join(catalog.PRECISIONS)}"
-        )
-    if args.engine not in catalog.ENGINES:
-        raise PredictError(f"--engine: unknown engine {args.engine!r}; valid: {', '.join(catalog.ENGINES)}")
-    if args.role not in catalog.ROLES:
-        raise PredictError(f"--role: unknown role {args.role!r}; valid: {', '.join(catalog.ROLES)}")
-    for flag, value in (("--isl", args.isl), ("--osl", args.osl)):
-        if not value >= 1:
-            raise PredictError(f"{flag}: must be >= 1 token, got {value}")
-    slo_flags = (args.rps, args.ttft_p99_ms, args.itl_p99_ms)
-    if any(v is not None for v in slo_flags) and not all(v is not None for v in slo_flags):
-        raise PredictError("--rps, --ttft-p99-ms and --itl-p99-ms go together: give all three or none")
-    if args.rps is not None and args.rps < 0:
-        raise PredictError(f"--rps: must be >= 0, got {args.rps}")
     tp = args.tp if args.tp is not None else _choose_tp(model, acc, precision, args.engine, args.role)
     config = perf.ReplicaConfig(model, acc, precision, tp, role=args.role, engine=args.engine)
     reason = perf.infeasibility(config)
@@ -124,8 +158,6 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     overhead_ms = cal.request_overhead_s * 1e3 if cal is not None else 0.0
     offline = perf.offline_throughput(config, args.isl, args.osl, efficiency=efficiency)
     price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
-    if price_per_device_hour < 0:
-        raise PredictError(f"--price: must be >= 0, got {price_per_device_hour}")
     gb = 1e9
     report: dict[str, Any] = {
         "model": model.id,
@@ -197,6 +229,12 @@ def _calibration(paths: list[str], chip: str, engine: str) -> profile_fit.Calibr
     """The calibration the given profiles make for this chip and engine (None without one)."""
     if not paths:
         return None
+    import yaml
+
+    from chipfit.api import v1alpha1
+    from chipfit.profiling import calibrate
+    from placement import profile_fit
+
     profiles = []
     for path in paths:
         try:

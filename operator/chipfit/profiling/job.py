@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from chipfit import engines, render
+from chipfit import engines, render, rules
 from chipfit.api import v1alpha1
 from placement import catalog
 
@@ -157,7 +157,7 @@ def profile_args(
         "--engine-image",
         image_of_engine,
         "--served-model",
-        render.served_model_name(service.spec),
+        rules.model_name(service.spec.model),
         "--name",
         run.metadata.name,
         "--prompt-tokens",
@@ -181,7 +181,7 @@ def profile_args(
     elif model.architecture is not None:
         args += [
             "--model",
-            render.served_model_name(service.spec),
+            rules.model_name(service.spec.model),
             "--architecture",
             json.dumps(model.architecture.to_wire(), separators=(",", ":"), sort_keys=True),
         ]
