@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pstats
+import resource
 import subprocess
 import sys
 import tempfile
@@ -240,10 +241,27 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         else:
             services.append(service)
     t1 = time.perf_counter()
+    c1 = _cpu_s()
     cset = planning.build_inputs(services, pools)
     t2 = time.perf_counter()
+    c2 = _cpu_s()
     options = solver_inputs.SolveOptions(time_limit_s=time_limit_s)
-    plan = solver.solve(cset.problem, options)
+    try:
+        plan = solver.solve(cset.problem, options)
+    except solver_inputs.PlacementError as error:  # the solver's failure is a result here, not a crash
+        t3 = time.perf_counter()
+        return {
+            "services": len(raw_services),
+            "invalid": invalid,
+            "candidates": len(cset.problem.candidates),
+            "parse_s": t1 - t0,
+            "candidates_s": t2 - t1,
+            "candidates_cpu_s": c2 - c1,
+            "solve_s": t3 - t2,
+            "status_s": 0.0,
+            "total_s": t3 - t0,
+            "solver_status": f"error: {error}",
+        }
     t3 = time.perf_counter()
     outcomes = {sp.service: handlers.outcome_of(sp) for sp in plan.services}
     statuses = [
@@ -258,6 +276,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
         "candidates": len(cset.problem.candidates),
         "parse_s": t1 - t0,
         "candidates_s": t2 - t1,
+        "candidates_cpu_s": c2 - c1,
         "solve_s": t3 - t2,
         "status_s": t4 - t3,
         "total_s": t4 - t0,
@@ -271,8 +290,72 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     }
 
 
+def run_replan(fleet_path: Path, time_limit_s: float) -> dict[str, Any]:
+    """The operator's re-plan after node loss, through chipfit.planning.Planner (this tree only).
+
+    A cold plan of the whole fleet, then every node of the pool holding the most planned devices is lost
+    and the fleet is planned again with the same Planner: only the solve should run again.
+    """
+    from chipfit import handlers, planning
+    from chipfit.api import v1alpha1
+    from placement.solver import inputs as solver_inputs
+
+    fleet = json.loads(fleet_path.read_text())
+    pools = [v1alpha1.AcceleratorPool.model_validate(p) for p in fleet["pools"]]
+    services = [handlers.parse_service(b) for b in fleet["services"]]
+    planner = planning.Planner(solver_inputs.SolveOptions(time_limit_s=time_limit_s))
+    t0 = time.perf_counter()
+    cold = planner.build_inputs(services, pools)
+    t1 = time.perf_counter()
+    first = planner.plan(services, pools)
+    t2 = time.perf_counter()
+    used: dict[str, int] = {}
+    for sp in first.plan.services:
+        for a in sp.assignments:
+            used[a.pool] = used.get(a.pool, 0) + a.devices
+    lost = max(used, key=lambda k: used[k]) if used else pools[0].metadata.name
+    after = [
+        p.model_copy(update={"spec": p.spec.model_copy(update={"nodes": 0})})
+        if p.metadata.name == lost
+        else p
+        for p in pools
+    ]
+    t3 = time.perf_counter()
+    warm = planner.build_inputs(services, after)
+    t4 = time.perf_counter()
+    replanned = planner.plan(services, after)
+    t5 = time.perf_counter()
+    moved = sum(1 for sp in replanned.plan.services for a in sp.assignments if a.pool == lost and a.replicas)
+    return {
+        "services": len(services),
+        "candidates": len(cold.problem.candidates),
+        "cold_candidates_s": t1 - t0,
+        "first_plan_s": t2 - t1,
+        "lost_pool": lost,
+        "warm_candidates_s": t4 - t3,
+        "warm_priced_pairs": planner.last_priced_pairs,
+        "same_candidates": [c for c in warm.problem.candidates] == [c for c in cold.problem.candidates],
+        "replan_s": t5 - t4,
+        "replicas_left_on_lost_pool": moved,
+        "solver_status": replanned.plan.status,
+    }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the machine is shared: wall time is noisy)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _worker_main(argv: list[str]) -> None:
     """`plan_speed.py _run FLEET LIMIT TIME_LIMIT`: one run, JSON on stdout (used for both trees)."""
+    if os.environ.get("CHIPFIT_TREE"):
+        # Only the tree on PYTHONPATH: drop the editable install's finder, which would otherwise serve
+        # modules the previous tree lacks (placement.solver) from this one.
+        sys.meta_path[:] = [
+            f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))
+        ]
     fleet, limit, time_limit = Path(argv[0]), int(argv[1]), float(argv[2])
     print(json.dumps(run_plan(fleet, limit or None, time_limit)))
 
@@ -283,6 +366,7 @@ def _run_subprocess(
     """Run one plan with `tree`'s code in a fresh interpreter; None when it exceeds `cap_s`."""
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{tree}{os.pathsep}{tree / 'operator'}"
+    env["CHIPFIT_TREE"] = str(tree)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_run", str(fleet), str(limit), str(time_limit_s)]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=cap_s, check=True)
@@ -317,6 +401,15 @@ def previous_tree(commit: str) -> Any:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
         _worker_main(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "replan":
+        # `plan_speed.py replan N [SEED]`: Planner re-plan after node loss on a generated N-service fleet.
+        n = int(sys.argv[2])
+        with tempfile.TemporaryDirectory(prefix="chipfit-fleet-") as tmp:
+            fleet = Path(tmp) / "fleet.json"
+            seed = int(sys.argv[3]) if len(sys.argv) > 3 else SEED
+            fleet.write_text(json.dumps({"pools": generate_pools(n), "services": generate_services(n, seed)}))
+            print(json.dumps(run_replan(fleet, 60.0)))
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -360,12 +453,21 @@ def main() -> None:
                     part = _run_subprocess(prev, fleet, subset, args.time_limit, 3600.0)
                     assert part is not None
                     per_service = part["candidates_s"] / subset
+                    per_service_cpu = part.get("candidates_cpu_s", part["candidates_s"]) / subset
                     row["previous_subset"] = part
                     row["previous_kind"] = f"extrapolated from {subset} services (lower bound)"
-                    row["previous"] = {"total_s": per_service * n, "candidates_s": per_service * n}
+                    row["previous"] = {
+                        "total_s": per_service * n,
+                        "candidates_s": per_service * n,
+                        "candidates_cpu_s": per_service_cpu * n,
+                    }
                 print(f"[{n}] previous ({row['previous_kind']}): {json.dumps(row['previous'])}", flush=True)
                 row["speedup_total"] = row["previous"]["total_s"] / row["current"]["total_s"]
                 row["speedup_candidates"] = row["previous"]["candidates_s"] / row["current"]["candidates_s"]
+                if "candidates_cpu_s" in row["previous"] and "candidates_cpu_s" in row["current"]:
+                    row["speedup_candidates_cpu"] = (
+                        row["previous"]["candidates_cpu_s"] / row["current"]["candidates_cpu_s"]
+                    )
                 print(
                     f"[{n}] speed-up: total x{row['speedup_total']:.1f}, "
                     f"candidates x{row['speedup_candidates']:.1f}",

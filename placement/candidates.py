@@ -8,12 +8,13 @@ physics; unit tests pass synthetic oracles.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from placement import catalog, perf, profiles, workload
 from placement.solver import inputs
@@ -87,27 +88,45 @@ def ask(oracle: CapacityOracle, queries: Sequence[Query]) -> list[Capacity]:
     return [oracle(q) for q in queries]
 
 
-def _perf_question(query: Query) -> perf.RateQuestion:
-    """The performance model's question for a query (raises for malformed ids and values)."""
-    model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
-    config = perf.ReplicaConfig(model, query.accelerator, query.precision, query.tp, query.role, query.engine)
-    # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
-    prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
-    output_mean = query.output_mean_tokens or float(query.output_tokens)
-    sizes = perf.RequestSizes(
-        max(1.0, prompt_mean),
-        max(1.0, output_mean),
-        max(float(query.prompt_tokens), prompt_mean, 1.0),
-        max(float(query.output_tokens), output_mean, 1.0),
-    )
-    # Malformed names raise here, once per question, rather than inside the batch.
-    perf.infeasibility(config)
-    return perf.RateQuestion(
-        config,
-        sizes,
-        perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms),
-        prefill_chunk_tokens=query.prefill_chunk_tokens,
-    )
+class _Questions:
+    """Builds the performance model's questions for queries, each configuration, SLO and size once."""
+
+    def __init__(self) -> None:
+        """Empty memos (one batch's worth)."""
+        self.configs: dict[tuple[object, ...], perf.ReplicaConfig] = {}
+        self.slos: dict[tuple[float, float], perf.LatencySlo] = {}
+        self.sizes: dict[tuple[float, float, float, float], perf.RequestSizes] = {}
+
+    def __call__(self, query: Query) -> perf.RateQuestion:
+        """The question for a query (raises for malformed ids and values)."""
+        model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
+        key = (model, query.accelerator, query.precision, query.tp, query.role, query.engine)
+        config = self.configs.get(key)
+        if config is None:
+            config = perf.ReplicaConfig(
+                model, query.accelerator, query.precision, query.tp, query.role, query.engine
+            )
+            # Malformed names raise here, once per configuration, rather than inside the batch.
+            perf.infeasibility(config)
+            self.configs[key] = config
+        slo = self.slos.get((query.ttft_p99_ms, query.itl_p99_ms))
+        if slo is None:
+            slo = self.slos[(query.ttft_p99_ms, query.itl_p99_ms)] = perf.LatencySlo(
+                query.ttft_p99_ms, query.itl_p99_ms
+            )
+        # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
+        prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
+        output_mean = query.output_mean_tokens or float(query.output_tokens)
+        size_key = (
+            max(1.0, prompt_mean),
+            max(1.0, output_mean),
+            max(float(query.prompt_tokens), prompt_mean, 1.0),
+            max(float(query.output_tokens), output_mean, 1.0),
+        )
+        sizes = self.sizes.get(size_key)
+        if sizes is None:
+            sizes = self.sizes[size_key] = perf.RequestSizes(*size_key)
+        return perf.RateQuestion(config, sizes, slo, prefill_chunk_tokens=query.prefill_chunk_tokens)
 
 
 class PerfOracle:
@@ -121,9 +140,10 @@ class PerfOracle:
         """Many queries: one vectorized, cached performance-model call for all of them."""
         answers: list[Capacity | None] = [None] * len(queries)
         asked: list[tuple[int, perf.RateQuestion]] = []
+        question = _Questions()
         for i, query in enumerate(queries):
             try:
-                asked.append((i, _perf_question(query)))
+                asked.append((i, question(query)))
             except (catalog.UnknownIdError, perf.InvalidConfigError, ValueError) as error:
                 answers[i] = Capacity(0.0, None, None, str(error), "perf", size_monotone=True, any_size=True)
         rates = perf.max_rates([q for _, q in asked])
@@ -259,6 +279,14 @@ class ServiceSpec:
     prompt_mean_tokens: float | None = None
     output_mean_tokens: float | None = None
 
+    def __hash__(self) -> int:
+        """Hash of every field, computed once (specs key the candidate cache across re-plans)."""
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in fields(self)))
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -389,11 +417,12 @@ def build(
                 else "the fleet has no pools"
             )
         allowed_by_spec.append(allowed)
+    shape_of = {pool.id: _pool_shape(pool) for pool in pools}
     missing: dict[ServiceSpec, dict[inputs.Pool, None]] = {}
     for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
         for pool in allowed:
-            if (spec, _pool_shape(pool)) not in store:
-                missing.setdefault(spec, {})[_pool_shape(pool)] = None
+            if (spec, shape_of[pool.id]) not in store:
+                missing.setdefault(spec, {})[shape_of[pool.id]] = None
     if missing:
         work = [(spec, tuple(shapes)) for spec, shapes in missing.items()]
         for (spec, shapes), results in zip(work, _price_all(work, oracle, workers), strict=True):
@@ -403,7 +432,7 @@ def build(
     rejections: list[Rejection] = []
     for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
         for pool in allowed:
-            for cand, rejection in store[(spec, _pool_shape(pool))]:
+            for cand, rejection in store[(spec, shape_of[pool.id])]:
                 if cand is not None:
                     cands.append(cand if cand.pool == pool.id else replace(cand, pool=pool.id))
                 elif rejection is not None:
@@ -422,6 +451,9 @@ def build(
 # Pricing runs in worker processes only from this many (service, pool) pairs: below it, starting processes
 # costs more than it saves (a few hundred ms each).
 PARALLEL_MIN_PAIRS = 4000
+# Services priced in one batch: large enough for numpy to amortise its per-call cost, small enough to
+# bound memory (a batch's arrays grow with its questions) and to balance the worker processes.
+PRICE_SLICE_SERVICES = 50
 
 
 def parallel_workers(pairs: int) -> int:
@@ -437,21 +469,16 @@ Work = Sequence[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]
 
 
 def _price_all(work: Work, oracle: CapacityOracle, workers: int | None) -> list[list[PoolResults]]:
-    """_price over `work`, split over worker processes when it pays and the oracle can travel."""
+    """_price over `work` in slices of PRICE_SLICE_SERVICES services (bounded memory), over worker
+    processes when it pays and the oracle can travel (fork keeps the parent's performance-model cache)."""
     pairs = sum(len(shapes) for _, shapes in work)
     count = parallel_workers(pairs) if workers is None else workers
-    if count <= 1 or len(work) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
-        return _price(work, oracle)
-    # Contiguous slices balanced by pairs; fork keeps the parent's performance-model cache.
-    slices: list[list[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]] = [[] for _ in range(count)]
-    per_slice = pairs / count
-    done = 0
-    for item in work:
-        slices[min(count - 1, int(done / per_slice))].append(item)
-        done += len(item[1])
+    slices = [work[i : i + PRICE_SLICE_SERVICES] for i in range(0, len(work), PRICE_SLICE_SERVICES)]
+    if count <= 1 or len(slices) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
+        return [result for piece in slices for result in _price(piece, oracle)]
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=context) as executor:
-        parts = list(executor.map(_price, [s for s in slices if s], itertools.repeat(oracle)))
+        parts = list(executor.map(_price, slices, itertools.repeat(oracle)))
     return [result for part in parts for result in part]
 
 
@@ -707,7 +734,9 @@ def _candidate(
         ):
             first_miss = (answer, k)
     worst = first_miss[0] if first_miss is not None else None
-    if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0):
+    # With no demand a replica floor still needs somewhere to run: any configuration that can run at all.
+    runnable = not any(a is not None and a.any_size for a in answers)
+    if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0 and runnable):
         modelled = any(a is not None and a.modelled for a in answers)
         return (
             inputs.Candidate(

@@ -916,16 +916,18 @@ def _bound_of(phys: _Physics, batch: float, prompt: float, output: float) -> str
 
 
 def _prefill_alone_v(r: _Rows, prompt_tokens: FloatArray) -> FloatArray:
-    """Time to prefill one prompt on an idle replica (chunked when the engine chunks), per row (Q, 1)."""
+    """Time to prefill one prompt on an idle replica (chunked when the engine chunks), per row (Q, 1).
+
+    Chunk i of n attends to the i chunks before it plus itself (causal) and re-reads their KV. Every chunk
+    carries the same tokens, and an iteration's time is affine in its attention FLOPs and the KV it
+    re-reads (step_time_s), so the n iterations sum to n iterations at the mean of those: i = (n - 1) / 2.
+    """
     chunk = np.where(r.has_chunk, r.chunk, prompt_tokens)
     chunks = np.maximum(1.0, np.ceil(prompt_tokens / chunk))
     per_chunk = prompt_tokens / chunks
-    # Chunk i attends to the i chunks before it plus itself (causal); chunks are a trailing axis.
-    index = np.arange(int(chunks.max()), dtype=np.float64).reshape(1, -1)
-    done = per_chunk * index
+    done = per_chunk * (chunks - 1.0) / 2.0
     attn = 2.0 * r.layers * r.heads * r.head_dim * per_chunk * (2.0 * done + per_chunk)
-    steps = _step_v(r, 0.0, 0.0, per_chunk, attn, done)
-    out: FloatArray = np.where(index < chunks, steps, 0.0).sum(axis=1, keepdims=True)
+    out: FloatArray = chunks * _step_v(r, 0.0, 0.0, per_chunk, attn, done)
     return out
 
 
@@ -1143,6 +1145,8 @@ class _PrefillRows:
     prompts_per_batch: FloatArray
     batch_s: FloatArray
     service_rate_tok: FloatArray
+    # One mean prompt prefilled on an idle replica.
+    alone_mean: FloatArray
     alone_p50: FloatArray
     alone_p99: FloatArray
     transfer_p50: FloatArray
@@ -1157,11 +1161,13 @@ def _prefill_rows(r: _Rows) -> _PrefillRows:
     batch_s = _step_v(r, 0.0, 0.0, prompts_per_batch * r.prompt, batch_attn)
     service_rate_tok = prompts_per_batch * r.prompt / batch_s
     mean_service = r.prompt / service_rate_tok
+    alone_mean = _prefill_alone_v(r, r.prompt)
     return _PrefillRows(
         prompts_per_batch=prompts_per_batch,
         batch_s=batch_s,
         service_rate_tok=service_rate_tok,
-        alone_p50=np.maximum(_prefill_alone_v(r, r.prompt), mean_service),
+        alone_mean=alone_mean,
+        alone_p50=np.maximum(alone_mean, mean_service),
         alone_p99=np.maximum(_prefill_alone_v(r, r.prompt_p99), r.prompt_p99 / service_rate_tok),
         transfer_p50=_kv_transfer_v(r.kv_bpt, r.tp, r.prompt),
         transfer_p99=_kv_transfer_v(r.kv_bpt, r.tp, r.prompt_p99),
@@ -1508,18 +1514,19 @@ def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     Raises InvalidConfigError (or catalog.UnknownIdError) for the first malformed question.
     """
     keys = [_canonical(q) for q in questions]
-    missing = list(dict.fromkeys(k for k in keys if k not in _RATE_CACHE))
+    cache = _RATE_CACHE
+    missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    fresh: dict[RateQuestion, RatePrediction] = {}
     if missing:
         with np.errstate(all="ignore"):
-            answers = _solve_rates(missing)
-        for key, answer in zip(missing, answers, strict=True):
-            _RATE_CACHE[key] = answer
-        overflow = len(_RATE_CACHE) - RATE_CACHE_MAX_ENTRIES
-        if overflow > 0:
-            for key in list(itertools.islice(iter(_RATE_CACHE), overflow)):
-                del _RATE_CACHE[key]
-    cache = _RATE_CACHE
-    return [cache[k] if k in cache else _solve_rates([k])[0] for k in keys]
+            fresh = dict(zip(missing, _solve_rates(missing), strict=True))
+    out = [fresh[k] if k in fresh else cache[k] for k in keys]
+    cache.update(fresh)
+    overflow = len(cache) - RATE_CACHE_MAX_ENTRIES
+    if overflow > 0:
+        for key in list(itertools.islice(iter(cache), overflow)):
+            del cache[key]
+    return out
 
 
 @dataclasses.dataclass
@@ -1538,7 +1545,8 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     pending: dict[int, _Pending] = {}
     for i, q in enumerate(questions):
         config, workload = q.config, q.workload
-        _validate_chunk(config, q.prefill_chunk_tokens)
+        if q.prefill_chunk_tokens is not None:
+            _validate_chunk(config, q.prefill_chunk_tokens)
         reason = infeasibility(config)
         if reason is not None:
             answers[i] = _zero(reason)
@@ -1574,7 +1582,11 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             continue
         base = _Rows.of([(p.phys, p.question.workload) for p in group])
         for round_index in range(max(len(p.budgets) for p in group)):
-            sel = [k for k, p in enumerate(group) if round_index < len(p.budgets)]
+            sel = [
+                k for k, p in enumerate(group) if round_index < len(p.budgets) and _smaller_chunk_may_win(p)
+            ]
+            if not sel:
+                break
             chosen = [group[k].budgets[round_index] for k in sel]
             index = np.array(sel, dtype=np.intp)
             rows = base.take(index)
@@ -1599,6 +1611,24 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     out = [a for a in answers if a is not None]
     assert len(out) == len(questions)
     return out
+
+
+def _smaller_chunk_may_win(p: _Pending) -> bool:
+    """False when no smaller prefill chunk can serve more than the best answer so far.
+
+    A smaller chunk only shortens the iterations that carry prefill (lower ITL); it lowers the prefill
+    token rate and the sequence slots, so TTFT at any rate and the saturation rate only get worse. When
+    the best answer is bound by TTFT or saturation (or misses TTFT alone at zero load), every smaller chunk
+    answers less; the previous scalar search tried them anyway (tests/unit/test_perf_vectorized.py
+    compares the two).
+    """
+    best = p.best
+    if best is None or p.question.itl_is_tpot:
+        return True
+    if best.max_rps > 0.0:
+        return best.reason == _BINDING_REASONS[2]
+    reason = best.reason or ""
+    return "ITL" in reason or not reason.startswith("TTFT")
 
 
 def _meets(
@@ -1628,6 +1658,57 @@ def _loads_at(r: _Rows, role: str, x: FloatArray, pre: _PrefillRows | None) -> _
     return _aggregated_loads(r, x / (r.output * step), x, step)
 
 
+# Newton steps solving B = λ · output · t(B) for the searches' first load (a damped iteration needs tens).
+NEWTON_STEPS: Final = 30
+NEWTON_TOLERANCE: Final = 1e-9
+
+
+def _search_step(r: _Rows, role: str, batch: FloatArray) -> FloatArray:
+    """Mean iteration time at decode batch `batch` in steady state (see _loads_at)."""
+    if role == "decode":
+        return _decode_step_v(r, np.maximum(batch, 1.0), 0.0, 0.0)
+    return _decode_step_v(r, np.maximum(batch, 1.0), batch * r.prompt / r.output, batch / r.output)
+
+
+def _batch_at_rate(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, FloatArray]:
+    """(stable, B): the steady decode batch at arrival rate `rate`, by Newton's method on B - λ·output·t(B).
+
+    Stable where the root exists within the slot limit. Rows Newton does not settle fall back to the damped
+    iteration of _steady_v (the same fixed point).
+    """
+    demand = rate * r.output
+    batch = demand * _search_step(r, role, np.zeros_like(demand))
+    settled = np.zeros(batch.shape, dtype=np.bool_)
+    # Rows still moving (a settled row stays where it settled: an answer never depends on the other rows).
+    moving = np.arange(batch.shape[0])
+    sub = r
+    for _ in range(NEWTON_STEPS):
+        b, d = batch[moving], demand[moving]
+        step = _search_step(sub, role, b)
+        gap = b - d * step
+        done = np.abs(gap) <= NEWTON_TOLERANCE * np.maximum(b, 1.0)
+        settled[moving] = done
+        keep = ~done[:, 0]
+        if not keep.any():
+            break
+        h = np.maximum(b * 1e-6, 1e-9)
+        slope = 1.0 - d * (_search_step(sub, role, b + h) - step) / h
+        # No root ahead where the slope is not positive: step past the slot limit (unstable).
+        cap = 2.0 * sub.limit + 1.0
+        moved = np.minimum(np.where(slope > 0.0, np.maximum(b - gap / slope, 0.5 * b), cap), cap)
+        batch[moving[keep]] = moved[keep]
+        moving = moving[keep]
+        sub = sub.take(np.nonzero(keep)[0])
+    stable = settled & (batch <= r.limit)
+    unsettled = ~settled & (batch <= r.limit)
+    if unsettled.any():
+        rows = np.nonzero(unsettled[:, 0])[0]
+        fallback, fallback_batch, _ = _steady_v(r.take(rows), rate[rows], with_prefill=role != "decode")
+        stable[rows] = fallback
+        batch[rows] = fallback_batch
+    return stable, batch
+
+
 def _search(
     r: _Rows, role: str, questions: Sequence[RateQuestion], floors: FloatArray
 ) -> list[RatePrediction | None]:
@@ -1645,13 +1726,19 @@ def _search(
     if role == "prefill":
         assert pre is not None
         per_batch = np.maximum(np.where(r.has_chunk, r.chunk, r.prompt) / r.prompt, 1.0)
-        ceiling = 1.0 / _prefill_alone_v(r, r.prompt) * per_batch
+        ceiling = 1.0 / pre.alone_mean * per_batch
     else:
         slots = np.maximum(r.limit, 1.0)
         ceiling = slots / _decode_step_v(r, slots, 0.0, 0.0) / r.output
     from_zero = floors <= 0.0
     low_rate = np.where(from_zero, ceiling * 1e-6, floors)
-    low = _loads_at_rate(r, role, low_rate)
+    if role == "prefill":
+        low = _prefill_loads(r, pre, low_rate) if pre is not None else _loads_at_rate(r, role, low_rate)
+    else:
+        stable, batch = _batch_at_rate(r, role, low_rate)
+        low = _loads_at(r, role, batch, pre)
+        # A search from a floor starts exactly there (the batch solves λ(B) = floor to 1e-9).
+        low = dataclasses.replace(low, ok=low.ok & stable, rate=np.where(from_zero, low.rate, floors))
     low_meets = _meets(role, low, ttft_slo, itl_slo, tpot) & (from_zero | (floors < ceiling))
     results: list[RatePrediction | None] = [None] * n
     for i in np.nonzero(~low_meets[:, 0])[0]:
@@ -1713,21 +1800,35 @@ def _search(
         hi_rate[down] = at.rate[~ok, 0]
         gap = hi_rate[refine] - best.rate[refine, 0]
         refine = refine[gap > RATE_RELATIVE_TOLERANCE * 0.1 * best.rate[refine, 0]]
-    for k in range(live.size):
-        row = int(live[k])
-        q = questions[row]
-        lo_rate = float(best.rate[k, 0])
-        above_k = None if saturated[k] and role != "prefill" else _prediction(above, k)
-        chunk = r.chunk[k, 0]
+    # Which limit stops a higher rate: the first objective exceeded just above the answer, or saturation.
+    above_ok = above.ok[:, 0] & ~(saturated & (role != "prefill"))
+    ttft_binds = (
+        above_ok & (above.ttft_p99[:, 0] * 1e3 > ttft_slo[:, 0]) if role != "decode" else above_ok & False
+    )
+    itl_binds = (
+        above_ok & (above.itl_p99[:, 0] * 1e3 > itl_slo[:, 0]) if role != "prefill" else above_ok & False
+    )
+    reasons = np.where(ttft_binds, 1, np.where(itl_binds, 2, 0)).tolist()
+    rates = best.rate[:, 0].tolist()
+    ttft99 = (best.ttft_p99[:, 0] * 1e3).tolist()
+    itl99 = (best.itl_p99[:, 0] * 1e3).tolist()
+    ttft50 = (best.ttft_p50[:, 0] * 1e3).tolist()
+    itl50 = (best.itl_p50[:, 0] * 1e3).tolist()
+    batches = best.batch[:, 0].tolist()
+    outputs = r.output[:, 0].tolist()
+    chunks = r.chunk[:, 0].tolist()
+    for k, row in enumerate(live.tolist()):
+        lo_rate = rates[k]
+        chunk = chunks[k]
         results[row] = RatePrediction(
             max_rps=lo_rate,
-            ttft_p99_ms=float(best.ttft_p99[k, 0]) * 1e3,
-            itl_p99_ms=float(best.itl_p99[k, 0]) * 1e3,
-            max_batch=max(1, round(float(best.batch[k, 0]))),
-            output_tokens_per_s=lo_rate * float(r.output[k, 0]) if role != "prefill" else 0.0,
-            reason=_binding(role, q.slo, above_k),
-            ttft_p50_ms=float(best.ttft_p50[k, 0]) * 1e3,
-            itl_p50_ms=float(best.itl_p50[k, 0]) * 1e3,
+            ttft_p99_ms=ttft99[k],
+            itl_p99_ms=itl99[k],
+            max_batch=max(1, round(batches[k])),
+            output_tokens_per_s=lo_rate * outputs[k] if role != "prefill" else 0.0,
+            reason=_BINDING_REASONS[reasons[k]],
+            ttft_p50_ms=ttft50[k],
+            itl_p50_ms=itl50[k],
             prefill_chunk_tokens=None if role == "decode" or math.isnan(chunk) else int(chunk),
         )
     return results
@@ -1754,6 +1855,7 @@ def _assign(target: _Loads, index: npt.NDArray[np.intp], source: _Loads, mask: B
 
 # The reason a rate search gives when no objective binds: the replica saturates first.
 SATURATED_REASON: Final = "saturated: memory or prefill capacity binds before the SLO"
+_BINDING_REASONS: Final = (SATURATED_REASON, "ttft_p99 binds", "itl_p99 binds")
 
 
 def _zero(reason: str) -> RatePrediction:
@@ -1773,17 +1875,6 @@ def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:
     if role != "prefill" and load.itl_p99_ms > slo.itl_p99_ms:
         parts.append(f"ITL p99 {load.itl_p99_ms:.1f} ms > {slo.itl_p99_ms:.1f} ms at zero load")
     return "; ".join(parts) or "SLO not met at zero load"
-
-
-def _binding(role: str, slo: LatencySlo, above: LoadPrediction | None) -> str:
-    """Which limit stops a higher rate: the first SLO exceeded just above the maximum, or saturation."""
-    if above is None:
-        return SATURATED_REASON
-    if role != "decode" and above.ttft_p99_ms > slo.ttft_p99_ms:
-        return "ttft_p99 binds"
-    if role != "prefill" and above.itl_p99_ms > slo.itl_p99_ms:
-        return "itl_p99 binds"
-    return SATURATED_REASON
 
 
 # --- cost ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Final
 import kopf
 import pydantic
 
-from chipfit import kube, metrics, planning, reconcile, render, rules, validation
+from chipfit import autoscaler, kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
 from chipfit.profiling import operate
 from placement import catalog
@@ -272,9 +272,11 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: inputs.SolveOptions = dataclasses.field(default_factory=lambda: solve_options())
+    options: inputs.SolveOptions = dataclasses.field(default_factory=solve_options)
     # Latest plan per service id (namespace/name): memory only; status.placement is the durable record.
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
+    # Placements the autoscaler decided (chipfit.autoscaler): they win over the spec-sized plan.
+    autoscaled: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
     explain_pods: bool = True
     # Extended-resource units per pool label the last plan leaves free (None before the first plan), and
@@ -429,6 +431,7 @@ class Fleet:
             self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
             raise SolveFailedError("no fleet plan (see the previous warning); keeping the current placement")
         outcomes, explanations, usage = solved
+        outcomes.update({sid: o for sid, o in self.autoscaled.items() if sid in outcomes})
         self.outcomes = outcomes
         self.pools_by_name = dict(by_name)
         # Units each pool has left beyond the new plan: what replaced replicas may hold while their
@@ -497,6 +500,7 @@ class Fleet:
             plan.status,
             gap_ratio=plan.gap,
             objective_dollars_per_hour=plan.price_per_hour,
+            bound_source=plan.bound_source,
         )
         return solved.outcomes, solved.explanations, {u.pool: u for u in plan.pools}
 
@@ -774,11 +778,22 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **kwargs:
     # resource handlers run): re-plans read them instead of listing every kind again.
     fleet.indexes = {name: kwargs[name] for name in INDEX_NAMES}
     fleet.start()
+    scaler = getattr(memo, "autoscaler", None)
+    if scaler is not None:
+        memo.autoscaler_task = asyncio.get_running_loop().create_task(
+            autoscaler.run(scaler, fleet, memo.prometheus_query, time.monotonic),
+            name="chipfit-autoscaler",
+        )
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: Any, **_: Any) -> None:
-    """Stop the fleet worker."""
+    """Stop the autoscaler and the fleet worker."""
+    task = getattr(memo, "autoscaler_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await _fleet(memo).stop()
 
 

@@ -21,6 +21,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import chipfit
+from placement.solver import allocation
 
 METRIC_PREFIX: Final = "chipfit"
 
@@ -74,6 +75,8 @@ ReconcileError = Literal["permanent", "temporary", "unexpected"]
 
 ROLES: Final[tuple[str, ...]] = get_args(Role)
 SOLVER_STATUSES: Final[tuple[str, ...]] = get_args(SolverStatus)
+# What the gap is measured against (allocation.BoundSource): a gap to a weak bound says less.
+SOLVER_BOUNDS: Final[tuple[str, ...]] = get_args(allocation.BoundSource)
 RECONCILE_KINDS: Final[tuple[str, ...]] = get_args(ReconcileKind)
 RECONCILE_ERRORS: Final[tuple[str, ...]] = get_args(ReconcileError)
 
@@ -143,6 +146,9 @@ def _check_name(field: str, value: str) -> None:
     """Reject empty label values: they would merge distinct objects into one series."""
     if not value:
         raise ValueError(f"{field}: must be a non-empty name")
+
+
+AUTOSCALE_DECISIONS = ("ScaledUp", "ScaledDown", "ScaledMove")
 
 
 class OperatorMetrics:
@@ -249,6 +255,12 @@ class OperatorMetrics:
             ("namespace", "service", "role"),
             registry=r,
         )
+        self.autoscale_decisions = Counter(
+            f"{p}_autoscale_decisions",
+            "Autoscaling decisions that changed a service's replicas, by direction (docs/autoscaling.md).",
+            ("namespace", "service", "decision"),
+            registry=r,
+        )
 
         # Per pool.
         self.pool_devices = Gauge(
@@ -300,6 +312,12 @@ class OperatorMetrics:
             "Relative MIP gap of the most recent plan (0 = proven optimal).",
             registry=r,
         )
+        self.solver_bound = Gauge(
+            f"{p}_solver_gap_bound_info",
+            "1 for the bound the most recent plan's gap is measured against, 0 for the others.",
+            ("bound",),
+            registry=r,
+        )
         self.solver_objective = Gauge(
             f"{p}_solver_objective_dollars_per_hour",
             "Fleet cost of the most recent plan, dollars per hour.",
@@ -314,6 +332,8 @@ class OperatorMetrics:
             # Zero-initialised so rate() and absent() behave before the first solve of each outcome.
             self.solver_runs.labels(status=status)
             self.solver_status.labels(status=status).set(0)
+        for bound in SOLVER_BOUNDS:
+            self.solver_bound.labels(bound=bound).set(0)
 
         # Reconciles.
         self.reconciles = Counter(
@@ -429,6 +449,13 @@ class OperatorMetrics:
             for role in ROLES:
                 _remove_if_present(self.placement_changes, (namespace, service, role))
 
+    def record_autoscale_decision(self, namespace: str, service: str, decision: str) -> None:
+        """Count one autoscaling decision (ScaledUp, ScaledDown, ScaledMove) of a service."""
+        _check_name("namespace", namespace)
+        _check_name("service", service)
+        _check_choice("decision", decision, AUTOSCALE_DECISIONS)
+        self.autoscale_decisions.labels(namespace, service, decision).inc()
+
     def record_placement_change(self, namespace: str, service: str, role: Role) -> None:
         """Count one change of a service role's planned accelerator, pool or replica count."""
         _check_name("namespace", namespace)
@@ -470,6 +497,7 @@ class OperatorMetrics:
         gap_ratio: float | None = None,
         objective_dollars_per_hour: float | None = None,
         *,
+        bound_source: allocation.BoundSource | None = None,
         timestamp_seconds: float | None = None,
     ) -> None:
         """Record one fleet solve: its wall time, outcome, MIP gap and objective (when it found a plan)."""
@@ -486,6 +514,9 @@ class OperatorMetrics:
                 self.solver_status.labels(status=other).set(1 if other == status else 0)
             if gap_ratio is not None:
                 self.solver_gap.set(gap_ratio)
+            if bound_source is not None:
+                for other in SOLVER_BOUNDS:
+                    self.solver_bound.labels(bound=other).set(1 if other == bound_source else 0)
             if objective_dollars_per_hour is not None:
                 self.solver_objective.set(objective_dollars_per_hour)
             self.solver_last_run.set(time.time() if timestamp_seconds is None else timestamp_seconds)

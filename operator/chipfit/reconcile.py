@@ -382,13 +382,17 @@ def compute_status(
         )
     else:
         degraded = _condition(previous, "Degraded", False, "AsPlanned", "serving as planned", generation, now)
+    # Conditions other writers own (the autoscaler's "Autoscaling") are kept as they are.
+    owned = {"Placed", "Ready", "SLOAttainable", "Degraded"}
+    others = [c for c in old_status.conditions or () if c.type not in owned]
     return v1alpha1.InferenceServiceStatus(
         observed_generation=generation,
-        conditions=[placed, ready, slo, degraded],
+        conditions=[placed, ready, slo, degraded, *others],
         placement=placements,
         accelerator_summary=accelerator_summary(placements),
         replicas_summary=f"{ready_total}/{desired_total}",
         predicted=outcome.prediction,
+        autoscaling=old_status.autoscaling,
     )
 
 

@@ -8,6 +8,7 @@ No I/O: chipfit.kube applies what these return.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,22 @@ READINESS_FAILURES: Final = 3
 # Liveness: restart an engine that stopped answering for a minute (a long prefill never blocks /health).
 LIVENESS_PERIOD_S: Final = 10
 LIVENESS_FAILURES: Final = 6
-# In-flight requests finish (streams up to a few thousand tokens at >= 20 tok/s) before SIGKILL.
+# In-flight requests finish (streams up to a few thousand tokens at >= 20 tok/s) before SIGKILL: at least
+# this long, longer when the service's longest expected request (termination_grace_s) needs it.
 TERMINATION_GRACE_S: Final = 120
+# Kubernetes accepts any grace period; an hour bounds how long a scale-down can hold devices.
+MAX_TERMINATION_GRACE_S: Final = 3600
+
+
+def termination_grace_s(service: v1alpha1.InferenceService) -> int:
+    """Seconds a removed replica gets to drain: its p99 request at the SLO's speed (TTFT + p99 output
+    tokens x ITL), doubled, at least TERMINATION_GRACE_S and at most MAX_TERMINATION_GRACE_S."""
+    wl = service.spec.workload
+    output = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
+    longest = service.spec.slo.ttft_p99_ms / 1000.0 + output * service.spec.slo.itl_p99_ms / 1000.0
+    return int(min(MAX_TERMINATION_GRACE_S, max(TERMINATION_GRACE_S, math.ceil(2.0 * longest))))
+
+
 # Preferred-affinity weights range 1..100 (PodSpec API); the packing preference is the strongest one.
 PACKING_AFFINITY_WEIGHT: Final = 100
 # Gated Hugging Face models read a token from this Secret when it exists (optional: public models work).
@@ -336,7 +351,7 @@ def render_deployment(
         # NCCL / RCCL and the engines' worker processes share tensors through /dev/shm; the container
         # runtime's 64 MiB default is far too small. Memory-backed, bounded by the pod's memory.
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "terminationGracePeriodSeconds": termination_grace_s(service),
     }
     affinity = node_affinity(pool)
     if affinity:

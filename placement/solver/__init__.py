@@ -7,6 +7,8 @@
 - formulation: the MILP in matrix form (`build`), every constraint block commented with its math;
 - highs:       one HiGHS run through scipy.optimize.milp, with its status checked;
 - stages:      the whole-fleet MILP with lexicographic priority stages, and `decode` into a Plan;
-- decompose:   per-service decomposition with pool pricing for large fleets;
-- solve:       the dispatch between them (derating, decomposition, column generation, MILP).
+- decompose:   per-service decomposition with pool pricing for large uncoupled fleets;
+- dantzig_wolfe: column generation over whole per-service plans for fleets coupled by budgets, ceilings,
+               the stability penalty or priorities (20+ services);
+- solve:       the dispatch between them (derating, decomposition, Dantzig-Wolfe, column generation, MILP).
 """

@@ -87,7 +87,7 @@ class PoolAllocation:
 
 
 PlanStatus = Literal["optimal", "feasible"]
-BoundSource = Literal["milp", "full-lp", "restricted-milp", "per-service", "none"]
+BoundSource = Literal["milp", "full-lp", "restricted-milp", "per-service", "dantzig-wolfe", "none"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class Plan:
     stages: int
     # "milp": HiGHS's bound on this MILP; "full-lp": LP relaxation over every candidate (after pruning);
     # "restricted-milp": HiGHS's bound on the pruned MILP only (not a bound for the full problem);
-    # "per-service": decompose's sum of per-service bounds (capacity ignored: valid, weaker).
+    # "per-service": decompose's sum of per-service bounds (capacity ignored: valid, weaker);
+    # "dantzig-wolfe": the master LP over per-service plans plus the pricing bounds (dantzig_wolfe).
     bound_source: BoundSource = "milp"
 
     def service(self, service_id: str) -> ServiceAllocation:

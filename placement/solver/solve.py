@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from placement.solver import allocation, decompose, inputs, stages
+from placement.solver import allocation, dantzig_wolfe, decompose, inputs, stages
 
 # Above this many candidates `auto` turns on column generation for the MILP, keeping this many per
 # (service, bucket) besides what the LP uses (the examples' 6 services have ~250 candidates).
 AUTO_COLUMN_GENERATION_CANDIDATES = 5000
 AUTO_CANDIDATES_PER_BUCKET = 3
+# From this many services (below DECOMPOSE_MIN_SERVICES, or coupled by budgets, ceilings, the stability
+# penalty) `auto` solves service by service with a master over pool capacity (dantzig_wolfe): one MILP
+# over all of them spends its time limit far from the optimum (benchmarks/REPORT_solver.md, section d).
+DANTZIG_WOLFE_MIN_SERVICES = 20
 
 
 def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = None) -> allocation.Plan:
@@ -39,6 +43,12 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         and decompose.decomposable(problem, options)
     ):
         return decompose.decompose(problem, options)
+    if options.method == "dantzig-wolfe" or (
+        options.method == "auto"
+        and len(problem.services) >= DANTZIG_WOLFE_MIN_SERVICES
+        and dantzig_wolfe.applicable(problem)
+    ):
+        return dantzig_wolfe.solve(problem, options)
     if (
         options.method == "auto"
         and options.max_candidates_per_bucket is None

@@ -24,12 +24,10 @@ def test_rendered_examples_pass_the_api_servers_dry_run(cluster: Cluster) -> Non
         timeout=600,
         check=False,
     )
-    # Exit 1 names services the operator could not deploy (stderr); the rest is printed all the same.
-    assert result.returncode in (0, 1), result.stderr
-    assert all("cannot render" in line for line in result.stderr.splitlines() if "chipfit render:" in line)
+    assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     kinds = {item["kind"] for item in listed["items"]}
-    assert kinds == {"Deployment", "Service"}
+    assert {"Deployment", "Service"} <= kinds
     namespaces = sorted({item["metadata"]["namespace"] for item in listed["items"]})
     for namespace in namespaces:
         cluster.kubectl("create", "namespace", namespace, check=False)

@@ -39,8 +39,10 @@ SIZING_LEN: Final = 8192
 SIZING_SEQS: Final = 64
 # Images whose parser cannot be installed here, and why (also in e2e/README.md).
 UNCHECKED: Final = {
-    "trtllm": "trtllm-serve (tensorrt-llm) imports its CUDA/TensorRT runtime at start; no GPU here",
-    "tgi": "text-generation-launcher is a Rust binary shipped only in TGI's container images",
+    # PyPI's tensorrt-llm 1.0.0 is a 1.6 kB sdist built by NVIDIA's wheel_stub, which fetches the real wheel
+    # from NVIDIA's own package index (not reachable here); trtllm-serve also needs CUDA to import.
+    "trtllm": "PyPI's tensorrt-llm is a wheel_stub sdist fetching from NVIDIA's index (unreachable here)",
+    "tgi": "text-generation-launcher is a Rust binary only in TGI's images (not on PyPI nor crates.io)",
     "neuron": "vLLM for Neuron (vllm-neuronx, Neuron DLC) installs only from AWS's Neuron package index",
 }
 CHECK_TIMEOUT_S: Final = 900

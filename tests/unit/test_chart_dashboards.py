@@ -163,6 +163,7 @@ def test_dashboards_cover_what_a_platform_team_asks() -> None:
         "chipfit_service_predicted_itl_p99_seconds",
         "chipfit_service_slo_itl_p99_seconds",
         "chipfit_placement_changes_total",
+        "chipfit_autoscale_decisions_total",
         "chipfit_reconciles_total",
         "chipfit_reconcile_errors_total",
         "chipfit_reconcile_duration_seconds_bucket",

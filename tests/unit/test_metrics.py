@@ -22,6 +22,7 @@ METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 UNIT_SUFFIXES = ("_seconds", "_dollars_per_hour", "_dollars_per_device_hour", "_devices", "_replicas",
                  "_ratio", "_per_second", "_output_tokens", "_info", "_status")  # fmt: skip
 BOUNDED_LABELS = {
+    "bound",
     "namespace",
     "service",
     "role",
@@ -176,7 +177,12 @@ def test_solver_and_reconcile_counters_and_histograms(served: tuple[metrics.Oper
     t0 = 1.7e9
     m.observe_solve(0.3, "optimal", gap_ratio=0.0, objective_dollars_per_hour=41.0, timestamp_seconds=t0)
     m.observe_solve(
-        12.0, "feasible", gap_ratio=0.02, objective_dollars_per_hour=40.0, timestamp_seconds=t0 + 60
+        12.0,
+        "feasible",
+        gap_ratio=0.02,
+        objective_dollars_per_hour=40.0,
+        bound_source="dantzig-wolfe",
+        timestamp_seconds=t0 + 60,
     )
     m.observe_reconcile("inferenceservice", 0.02)
     m.observe_reconcile("inferenceservice", 0.7, error="permanent")
@@ -190,6 +196,8 @@ def test_solver_and_reconcile_counters_and_histograms(served: tuple[metrics.Oper
     assert _value(s, "chipfit_solver_last_status", status="feasible") == 1
     assert _value(s, "chipfit_solver_last_status", status="optimal") == 0
     assert _value(s, "chipfit_solver_gap_ratio") == 0.02
+    assert _value(s, "chipfit_solver_gap_bound_info", bound="dantzig-wolfe") == 1
+    assert _value(s, "chipfit_solver_gap_bound_info", bound="milp") == 0
     assert _value(s, "chipfit_solver_objective_dollars_per_hour") == 40.0
     assert _value(s, "chipfit_solver_last_run_timestamp_seconds") == t0 + 60
     assert _value(s, "chipfit_solver_runtime_seconds_count") == 2

@@ -121,9 +121,9 @@ def services(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _known_solver_bug(spec: dict[str, Any]) -> bool:
-    """The two solver bugs this test found (see the xfail tests below; placement/ is another owner's)."""
+    """The solver bug this test found that is still open (see the xfail test below)."""
     floor = spec.get("replicas", {}).get("min", 0) > 0
-    return floor and (spec["workload"]["requestsPerSecond"] == 0 or spec["serving"] == "disaggregated")
+    return floor and spec["serving"] == "disaggregated"
 
 
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
@@ -143,12 +143,6 @@ BUG_SPEC: dict[str, Any] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=render.RenderError,
-    reason="placement/candidates.py keeps a config that does not fit in memory when min replicas > 0 and "
-    "demand is 0: the plan puts llama-3.1-70b bf16 on one L4 and rendering fails (reported in COORD.md)",
-)
 def test_a_replica_floor_at_zero_demand_is_placed_where_the_model_fits() -> None:
     spec = {**BUG_SPEC, "serving": "aggregated"}
     _validate_plan_render({**_body(spec)})

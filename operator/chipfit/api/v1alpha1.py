@@ -563,6 +563,24 @@ class Prediction(ApiModel):
     dollars_per_million_output_tokens: Annotated[float, Field(ge=0)] | None = None
 
 
+class AutoscalingStatus(ApiModel):
+    """What the autoscaler saw and decided last (docs/autoscaling.md)."""
+
+    observed_requests_per_second: Annotated[float, Field(ge=0)] | None = None
+    observed_ttft_p99_ms: Annotated[float, Field(ge=0)] | None = None
+    observed_itl_p99_ms: Annotated[float, Field(ge=0)] | None = None
+    slo_attainment: (
+        Annotated[float, Field(ge=0, le=1, description="Share of requests with TTFT within the SLO.")] | None
+    ) = None
+    sized_requests_per_second: Annotated[float, Field(ge=0)] | None = None
+    capacity_correction: Annotated[float, Field(ge=0)] | None = None
+    dollars_per_hour: Annotated[float, Field(ge=0)] | None = None
+    observed_dollars_per_million_output_tokens: Annotated[float, Field(ge=0)] | None = None
+    last_decision: Literal["up", "down", "move", "hold"] | None = None
+    last_decision_reason: Text | None = None
+    last_decision_time: Annotated[str, Field(max_length=64)] | None = None
+
+
 class InferenceServiceStatus(ApiModel):
     """Placement, predictions and conditions, written by the operator."""
 
@@ -578,6 +596,7 @@ class InferenceServiceStatus(ApiModel):
         | None
     ) = None
     predicted: Prediction | None = None
+    autoscaling: AutoscalingStatus | None = None
 
 
 class InferenceService(ApiModel):

@@ -51,8 +51,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="wait this long after a change before re-planning",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("CHIPFIT_PROMETHEUS_URL", ""),
+        help="Prometheus server the autoscaler reads engine metrics from (default: $CHIPFIT_PROMETHEUS_URL); "
+        "empty: no autoscaling, services are sized from spec.workload",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
+
+
+def _memo(kopf: Any, fleet: Any, prometheus_url: str) -> Any:
+    """kopf's memo: the fleet worker and, always, the autoscaler (without a URL it only reports that)."""
+    from chipfit import autoscaler, observe
+
+    if prometheus_url and not prometheus_url.startswith(("http://", "https://")):
+        raise SystemExit(f"--prometheus-url: must start with http:// or https://, got {prometheus_url!r}")
+    query = observe.prometheus_query(prometheus_url) if prometheus_url else None
+    return kopf.Memo(fleet=fleet, autoscaler=autoscaler.Autoscaler(), prometheus_query=query)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             standalone=args.standalone,
             **peering,
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(fleet=fleet),
+            memo=_memo(kopf, fleet, args.prometheus_url),
         )
     finally:
         if server is not None:

@@ -336,5 +336,6 @@ BOUND_NAMES = {
     "full-lp": "LP bound over all candidates",
     "restricted-milp": "bound of the pruned MILP",
     "per-service": "per-service bound (capacity ignored)",
+    "dantzig-wolfe": "Dantzig-Wolfe bound",
     "none": "no bound",
 }

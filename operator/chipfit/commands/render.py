@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import yaml
-
-from chipfit import handlers, planning, render, validation
-from placement.solver import inputs
+if TYPE_CHECKING:  # imported when rendering: `chipfit --help` must not load the solver or kopf
+    from chipfit import handlers, validation
 
 # A service read from files has no uid; render.owner_reference needs one. It is dropped from the output.
 _UNAPPLIED_UID: Final = "00000000-0000-0000-0000-000000000000"
@@ -32,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Validate and plan the manifests as `chipfit plan` does, then print the Deployments and "
         "Services the operator would apply for the plan: the engine command lines, resources, probes and "
         "scheduling constraints, for review before anything runs. Services the plan cannot place are named "
-        "on stderr; a planned service that cannot be rendered is named on stderr with its field and the "
-        "exit code is 1 (the rest is printed). Invalid input: one line per problem and exit 1.",
+        "on stderr (exit 3, as chipfit plan with unserved demand); a planned service that cannot be rendered "
+        "is named on stderr with its field (exit 1; the rest is printed). Invalid input: one line per "
+        "problem and exit 1.",
     )
     parser.add_argument(
         "-f", "--filename", dest="paths", action="append", nargs="+", required=True, metavar="FILE_OR_DIR"
@@ -54,6 +53,8 @@ def rendered_objects(
     """(service id, object) for every placed service in input order, a note per unplaced service, and an
     error per service whose placement cannot be rendered (the operator reports those as RenderFailed and
     goes on with the others; so does this)."""
+    from chipfit import planning, render
+
     pools = {p.metadata.name: p for p in loaded.pools}
     objects: list[tuple[str, dict[str, Any]]] = []
     notes: list[str] = []
@@ -65,6 +66,8 @@ def rendered_objects(
             reason = outcome.reason if outcome is not None and outcome.reason else "not placed by the plan"
             notes.append(f"{sid}: nothing to render: {reason}")
             continue
+        if outcome.served != "served":
+            notes.append(f"{sid}: part of its demand is not placed: {outcome.reason or outcome.served}")
         meta = service.metadata.model_copy(
             update={"uid": _UNAPPLIED_UID, "namespace": service.metadata.namespace or DEFAULT_NAMESPACE}
         )
@@ -81,6 +84,11 @@ def rendered_objects(
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from chipfit import handlers, planning, validation
+    from placement.solver import inputs
+
     paths = [p for group in args.paths for p in group]
     loaded = validation.load_and_validate(paths)
     for problem in loaded.problems:
@@ -110,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
             # `# Source:` as helm template marks where each document comes from.
             sys.stdout.write(f"---\n# Source: InferenceService {sid}\n")
             sys.stdout.write(yaml.safe_dump(obj, sort_keys=False, width=YAML_WIDTH))
-    # What could be rendered is printed; a service the operator could not deploy fails the command.
-    return 1 if errors else 0
+    # What could be rendered is printed. Exit codes as `chipfit plan` (docs/cli.md): 1 when a planned service
+    # cannot be rendered (the operator could not deploy it), 3 when some service's demand is left unplaced.
+    if errors:
+        return 1
+    return 3 if notes else 0

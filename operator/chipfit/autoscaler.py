@@ -1,0 +1,313 @@
+"""The operator's autoscaling loop: observe (Prometheus) -> decide (placement.autoscale) -> hand the fleet
+worker new placements, write status.autoscaling, an "Autoscaling" condition and an Event per decision.
+
+`tick` is the whole step with its I/O passed in (a Prometheus QueryFn, the cluster's objects), so tests
+drive it without a cluster; `run` calls it every interval from the operator's event loop. The fleet
+worker (handlers.Fleet) uses `Autoscaler.outcomes` in place of the spec-sized plan for the services it
+holds: re-plans keep the autoscaled replicas, and the renderer turns them into Deployments as usual.
+Without a Prometheus URL nothing is autoscaled and each service says so in its condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from chipfit import observe, planning, reconcile
+from chipfit.api import v1alpha1
+from placement import autoscale, candidates
+from placement.solver import inputs
+
+logger = logging.getLogger(__name__)
+
+CONDITION = "Autoscaling"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceReport:
+    """What one tick says about one service: its new outcome (None: leave it), status and event."""
+
+    namespace: str
+    name: str
+    outcome: reconcile.ServiceOutcome | None
+    status: v1alpha1.AutoscalingStatus | None
+    condition: tuple[bool, str, str]  # (status, reason, message)
+    event: tuple[str, str, str] | None  # (type, reason, message)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _scale_to_zero(service: v1alpha1.InferenceService) -> bool:
+    replicas = service.spec.replicas
+    return replicas is not None and replicas.scale_to_zero
+
+
+def current_replicas(
+    services: Sequence[v1alpha1.InferenceService],
+) -> tuple[dict[inputs.CandidateKey, int], dict[inputs.CandidateKey, int]]:
+    """(replicas, of which not ready) per configuration, from each service's status.placement."""
+    have: dict[inputs.CandidateKey, int] = {}
+    starting: dict[inputs.CandidateKey, int] = {}
+    for service in services:
+        for p in (service.status.placement if service.status else None) or ():
+            key = inputs.CandidateKey(
+                planning.service_id(service), p.role, p.pool, p.precision, p.tensor_parallel
+            )
+            have[key] = have.get(key, 0) + p.replicas
+            not_ready = p.replicas - (p.ready_replicas or 0)
+            if not_ready > 0:
+                starting[key] = starting.get(key, 0) + not_ready
+    return have, starting
+
+
+def outcome_of(
+    targets: Mapping[inputs.CandidateKey, int],
+    cands: Mapping[inputs.CandidateKey, inputs.Candidate],
+    sid: str,
+    previous: reconcile.ServiceOutcome | None,
+) -> reconcile.ServiceOutcome:
+    """The reconciler's view of the autoscaler's targets for one service."""
+    placements = tuple(
+        v1alpha1.RolePlacement(
+            role=k.role,  # type: ignore[arg-type]
+            pool=k.pool,
+            accelerator=cands[k].accelerator,
+            precision=k.precision,  # type: ignore[arg-type]
+            tensor_parallel=k.tp,
+            replicas=n,
+        )
+        for k, n in sorted(targets.items())
+        if k.service == sid and n > 0 and k in cands
+    )
+    cost: dict[tuple[str, str, str], float] = {}
+    for k, n in targets.items():
+        if k.service == sid and n > 0 and k in cands:
+            series = (k.role, cands[k].accelerator, k.pool)
+            cost[series] = cost.get(series, 0.0) + n * cands[k].price_per_hour
+    return reconcile.ServiceOutcome(
+        placements=placements,
+        prediction=previous.prediction if previous is not None else None,
+        served="served",
+        cost_dollars_per_hour=cost,
+    )
+
+
+@dataclasses.dataclass
+class Autoscaler:
+    """State kept between ticks: the decision state, the candidates (cached by spec) and the outcomes."""
+
+    policy: autoscale.Policy = dataclasses.field(default_factory=autoscale.Policy)
+    state: autoscale.State = dataclasses.field(default_factory=autoscale.State)
+    outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    _cache_key: tuple[Any, ...] | None = None
+    _cset: candidates.CandidateSet | None = None
+    started_s: float | None = None
+
+    def _candidates(
+        self,
+        services: Sequence[v1alpha1.InferenceService],
+        pools: Sequence[v1alpha1.AcceleratorPool],
+        profiles: Sequence[v1alpha1.PerformanceProfile],
+    ) -> candidates.CandidateSet:
+        """Candidates depend on specs and pools, not on traffic: rebuilt only when one of those changes."""
+        key = (
+            tuple((s.metadata.uid, s.metadata.generation) for s in services),
+            tuple((p.metadata.name, p.metadata.generation, p.spec.nodes) for p in pools),
+            tuple((p.metadata.name, p.metadata.generation) for p in profiles),
+        )
+        if key != self._cache_key or self._cset is None:
+            self._cset = planning.build_inputs(services, pools, profiles)
+            self._cache_key = key
+        return self._cset
+
+    def tick(
+        self,
+        services: Sequence[v1alpha1.InferenceService],
+        pools: Sequence[v1alpha1.AcceleratorPool],
+        profiles: Sequence[v1alpha1.PerformanceProfile],
+        query: observe.QueryFn | None,
+        now_s: float,
+    ) -> list[ServiceReport]:
+        """One observe -> decide step for the fleet; no Kubernetes I/O."""
+        if query is None:
+            return [
+                ServiceReport(
+                    s.metadata.namespace or "default",
+                    s.metadata.name,
+                    None,
+                    None,
+                    (
+                        False,
+                        "NoPrometheus",
+                        "no Prometheus URL configured (autoscaling.prometheusUrl): sized "
+                        "from spec.workload only",
+                    ),
+                    None,
+                )
+                for s in services
+            ]
+        cset = self._candidates(services, pools, profiles)
+        by_id = {planning.service_id(s): s for s in services}
+        observations: dict[str, autoscale.Observation] = {}
+        roles_seen: dict[str, dict[str, observe.RoleSignals]] = {}
+        errors: dict[str, str] = {}
+        for sid, spec in cset.specs.items():
+            service = by_id[sid]
+            namespace = service.metadata.namespace or "default"
+            table = observe.metrics_for(service.spec.engine)
+            roles = ("prefill", "decode") if spec.serving == "disaggregated" else ("aggregated",)
+            signals = {}
+            for role in roles:
+                sel = observe.selector(namespace, service.metadata.name, role, **self.labels)
+                signals[role] = observe.read_role(query, observe.queries(table, sel))
+            roles_seen[sid] = signals
+            first_error = next((r.error for r in signals.values() if r.error), None)
+            if first_error:
+                errors[sid] = first_error
+            observations[sid] = observe.observation(signals, spec.workload)
+        traits = {
+            sid: autoscale.ServiceTraits(
+                spec.ttft_p99_ms,
+                spec.itl_p99_ms,
+                scale_to_zero=_scale_to_zero(by_id[sid]),
+            )
+            for sid, spec in cset.specs.items()
+        }
+        current, starting = current_replicas(services)
+        decision = autoscale.decide(
+            cset.problem, traits, self.state, observations, current, now_s, self.policy, starting=starting
+        )
+        self.state = decision.state
+        cands = {c.key: c for c in cset.problem.candidates}
+        reports = []
+        for d in decision.services:
+            service = by_id[d.service]
+            namespace = service.metadata.namespace or "default"
+            obs = observations[d.service]
+            signals = roles_seen[d.service]
+            front = signals.get("aggregated") or signals.get("prefill")
+            out_tps = sum(
+                r.output_tokens_per_second or 0.0 for r in signals.values() if r.output_tokens_per_second
+            )
+            price = d.price_per_hour
+            previous = self.outcomes.get(d.service)
+            outcome = outcome_of(decision.targets, cands, d.service, previous)
+            self.outcomes[d.service] = outcome
+            status = v1alpha1.AutoscalingStatus(
+                observed_requests_per_second=obs.requests_per_second,
+                observed_ttft_p99_ms=obs.ttft_p99_ms,
+                observed_itl_p99_ms=obs.itl_p99_ms,
+                slo_attainment=front.ttft_within(traits[d.service].ttft_p99_ms) if front else None,
+                sized_requests_per_second=d.sizing_rps,
+                capacity_correction=d.correction,
+                dollars_per_hour=price,
+                observed_dollars_per_million_output_tokens=(
+                    price / (out_tps * 3600.0) * 1e6 if out_tps > 0.0 else None
+                ),
+                last_decision=d.direction,
+                last_decision_reason=d.reason[: v1alpha1.MAX_TEXT_LENGTH],
+                last_decision_time=_now(),
+            )
+            if sid_error := errors.get(d.service):
+                condition = (False, "MetricsUnavailable", f"holding the last decision: {sid_error}")
+            elif d.held and obs.missing:
+                condition = (False, "MetricsMissing", d.reason)
+            else:
+                condition = (True, "Active", d.reason)
+            event = None
+            if d.direction != "hold":
+                event = ("Normal", f"Scaled{d.direction.capitalize()}", d.reason)
+            elif obs.missing:
+                event = ("Warning", "MetricsMissing", d.reason)
+            reports.append(ServiceReport(namespace, service.metadata.name, outcome, status, condition, event))
+        return reports
+
+
+def condition_patch(
+    service: v1alpha1.InferenceService, report: ServiceReport, now: str
+) -> list[dict[str, Any]]:
+    """The service's conditions with "Autoscaling" set (its transition time moves only when it flips)."""
+    old = list((service.status.conditions if service.status else None) or ())
+    previous = {c.type: c for c in old}
+    ok, reason, message = report.condition
+    value = "True" if ok else "False"
+    was = previous.get(CONDITION)
+    since = was.last_transition_time if was is not None and was.status == value else now
+    new = v1alpha1.Condition(
+        type=CONDITION,
+        status=value,  # type: ignore[arg-type]
+        reason=reason,
+        message=message[: v1alpha1.MAX_TEXT_LENGTH],
+        last_transition_time=since,
+        observed_generation=service.metadata.generation,
+    )
+    kept = [c for c in old if c.type != CONDITION]
+    return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in [*kept, new]]
+
+
+async def run(
+    autoscaler: Autoscaler,
+    fleet: Any,
+    query: observe.QueryFn | None,
+    clock: Callable[[], float],
+) -> None:
+    """Every policy.interval_s: one tick in a worker thread, then status, Events and reconciles."""
+    while True:
+        try:
+            await asyncio.to_thread(_apply_tick, autoscaler, fleet, query, clock())
+        except Exception:
+            logger.exception("autoscaling tick failed; holding and retrying next interval")
+        await asyncio.sleep(autoscaler.policy.interval_s)
+
+
+def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | None, now_s: float) -> None:
+    """Read the cluster, tick, and write what the tick decided (the only I/O of the loop)."""
+    from chipfit import handlers, kube
+
+    cluster: kube.Kube = fleet.cluster
+    services = [
+        handlers.parse_service(b)
+        for b in cluster.list_inference_services()
+        if not b["metadata"].get("deletionTimestamp")
+    ]
+    valid = [s for s in services if handlers.first_problem(s, None) is None]
+    declared = [v1alpha1.AcceleratorPool.model_validate(handlers._plain(p)) for p in cluster.list_pools()]
+    # Decide on the nodes that are there, as the fleet re-plan does: a reclaimed spot node drops out of
+    # its pool at the next tick and the solver moves its replicas to capacity that exists.
+    nodes = cluster.list_nodes()
+    owners = reconcile.node_owners(declared, nodes)
+    pools = [
+        p.model_copy(
+            update={
+                "spec": p.spec.model_copy(update={"nodes": fleet._capacity(p, nodes, owners).nodes_ready})
+            }
+        )
+        for p in declared
+    ]
+    profiles = [
+        v1alpha1.PerformanceProfile.model_validate(handlers._plain(p)) for p in cluster.list_profiles()
+    ]
+    by_name = {(s.metadata.namespace or "default", s.metadata.name): s for s in valid}
+    now = _now()
+    for report in autoscaler.tick(valid, pools, profiles, query, now_s):
+        service = by_name[(report.namespace, report.name)]
+        body = service.model_dump(mode="json", by_alias=True, exclude_none=True)
+        patch: dict[str, Any] = {"conditions": condition_patch(service, report, now)}
+        if report.status is not None:
+            patch["autoscaling"] = report.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        cluster.patch_status(kube.KINDS.inference_service, report.namespace, report.name, patch)
+        if report.event is not None:
+            cluster.post_event(body, *report.event)
+        if report.outcome is not None:
+            fleet.autoscaled[planning.service_id(service)] = report.outcome
+            fleet.outcomes[planning.service_id(service)] = report.outcome
+            if report.event is not None and report.event[1].startswith("Scaled"):
+                fleet.request_service(report.namespace, report.name)
+                fleet.metrics.record_autoscale_decision(report.namespace, report.name, report.event[1])
