@@ -20,14 +20,15 @@ TERA: Final = 10**12
 PRECISIONS: Final[tuple[str, ...]] = ("bf16", "fp16", "fp8", "int8", "int4")
 ENGINES: Final[tuple[str, ...]] = ("vllm", "sglang", "trtllm", "tgi", "neuron")
 ROLES: Final[tuple[str, ...]] = ("aggregated", "prefill", "decode")
-VENDORS: Final[tuple[str, ...]] = ("nvidia", "amd", "aws")
+# "cpu": a host CPU declared by its measured specs (vLLM's CPU backend); no catalog chip has it.
+VENDORS: Final[tuple[str, ...]] = ("nvidia", "amd", "aws", "cpu")
 
 # Which serving engines run on which vendor's chips (engine docs: TensorRT-LLM is CUDA-only; the Neuron
 # SDK is AWS-only; vLLM has CUDA, ROCm and Neuron backends; SGLang CUDA and ROCm; TGI CUDA, ROCm and
-# Neuron via optimum-neuron).
+# Neuron via optimum-neuron; vLLM also has a CPU backend, the build the test tier runs).
 ENGINE_VENDORS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
-        "vllm": frozenset({"nvidia", "amd", "aws"}),
+        "vllm": frozenset({"nvidia", "amd", "aws", "cpu"}),
         "sglang": frozenset({"nvidia", "amd"}),
         "trtllm": frozenset({"nvidia"}),
         "tgi": frozenset({"nvidia", "amd", "aws"}),

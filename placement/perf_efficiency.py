@@ -122,6 +122,21 @@ NEURON_PRIOR: Final = Efficiency(
 )
 
 
+# vLLM's CPU backend (the build the test tier serves a tiny model with): no published efficiency; a weak
+# prior (half of a measured STREAM bandwidth, a tenth of a measured GEMM peak, 10 ms per iteration of
+# Python scheduling) that a measured profile of the host replaces (placement.profile_fit).
+CPU_VLLM_PRIOR: Final = Efficiency(
+    bandwidth=0.5,
+    compute_16bit=0.1,
+    compute_8bit=0.1,
+    overlap_penalty=0.5,
+    interconnect=0.5,
+    moe=0.8,
+    step_overhead_s=0.010,
+    source="prior: vLLM CPU backend, no calibration (measure a profile)",
+)
+
+
 def _scaled(base: Efficiency, factor: float, overhead_factor: float, source: str) -> Efficiency:
     """`base` with fractions scaled by `factor` (capped at 1) and step overhead by `overhead_factor`."""
     return Efficiency(
@@ -155,6 +170,7 @@ def _table() -> dict[tuple[str, str], Efficiency]:
         ("aws", "neuron"): NEURON_PRIOR,
         ("aws", "vllm"): dataclasses.replace(NEURON_PRIOR, source="derived: vLLM's Neuron backend"),
         ("aws", "tgi"): dataclasses.replace(NEURON_PRIOR, source="derived: TGI on optimum-neuron"),
+        ("cpu", "vllm"): CPU_VLLM_PRIOR,
     }
 
 

@@ -25,6 +25,7 @@ import pydantic
 
 from chipfit import autoscaler, kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
+from chipfit.profiling import operate
 from placement import catalog
 from placement.solver import allocation, inputs
 
@@ -32,6 +33,8 @@ GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
 # Coalesce bursts (`kubectl apply -f examples/`, a node pool scaling) into one solve.
 REPLAN_DEBOUNCE_S: Final = 2.0
+# How often a ProfilingRun is advanced (its Job started, its pod's result read, its engine version checked).
+PROFILING_POLL_S: Final = 5.0
 # Back-off after a failed piece of fleet work (API error, failed solve, anything unexpected): the first
 # retry after 5 s, doubling up to 5 min, so a broken dependency is retried for ever but never hammered.
 RETRY_DELAY_S: Final = 5.0
@@ -849,6 +852,20 @@ async def acceleratorpool_changed(body: kopf.Body, memo: Any, reason: str, **_: 
 async def performanceprofile_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Measured capacity changed: re-plan."""
     _fleet(memo).request_replan(f"PerformanceProfile {body['metadata']['name']}")
+
+
+@kopf.timer(GROUP, VERSION, "profilingruns", interval=PROFILING_POLL_S)
+async def profilingrun_tick(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Start a run's Job, collect its profile, then keep checking the pool's engine version.
+
+    The profile it writes re-plans the fleet through performanceprofile_changed.
+    """
+    try:
+        await asyncio.to_thread(operate.step, _fleet(memo).cluster, _plain(body))
+    except kube.ApiError as error:
+        if error.transient:
+            raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_S) from error
+        raise kopf.PermanentError(str(error)) from error
 
 
 @kopf.on.event("", "v1", "nodes")

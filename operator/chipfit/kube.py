@@ -50,6 +50,8 @@ class Kinds:
     inference_service: tuple[str, str] = (v1alpha1.API_VERSION, "InferenceService")
     pool: tuple[str, str] = (v1alpha1.API_VERSION, "AcceleratorPool")
     profile: tuple[str, str] = (v1alpha1.API_VERSION, "PerformanceProfile")
+    profiling_run: tuple[str, str] = (v1alpha1.API_VERSION, "ProfilingRun")
+    job: tuple[str, str] = ("batch/v1", "Job")
 
 
 KINDS: Final = Kinds()
@@ -152,6 +154,18 @@ class Kube:
         resource = self._resource(*KINDS.inference_service)
         try:
             result = _call("get InferenceService", resource.get, name=name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body: dict[str, Any] = result.to_dict()
+        return body
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Job, None when it is gone."""
+        resource = self._resource(*KINDS.job)
+        try:
+            result = _call("get Job", resource.get, name=name, namespace=namespace)
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 from chipfit import rules
 from chipfit.api import v1alpha1
-from placement import baselines, candidates, catalog, explain, perf, profiles, workload
+from chipfit.profiling import calibrate
+from placement import baselines, candidates, catalog, explain, perf, profile_fit, profiles, workload
 from placement.solver import allocation, inputs, solve
 
 
@@ -137,6 +138,25 @@ def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.B
     return out
 
 
+def to_calibrations(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profile_fit.Calibration]:
+    """Calibrations of the performance model from point profiles (bucket tables answer capacity directly).
+
+    Profiles of chips outside the catalog are left out: no pool here can name them.
+    """
+    usable = [p for p in items if p.spec.points and p.spec.accelerator in catalog.ACCELERATORS]
+    try:
+        return list(calibrate.calibrations(usable).values())
+    except (profile_fit.CalibrationError, catalog.UnknownIdError, ValueError) as error:
+        raise PlanningError(f"PerformanceProfile calibration: {error}") from error
+
+
+def model_oracle(calibrations: Sequence[profile_fit.Calibration]) -> candidates.CapacityOracle:
+    """The performance model, calibrated on the chips and engines that have point profiles."""
+    if not calibrations:
+        return candidates.perf_oracle
+    return profile_fit.CalibratedOracle(calibrations, candidates.perf_oracle)
+
+
 def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[inputs.CandidateKey, int]:
     """What runs now, from each service's status.placement (the stability penalty's reference)."""
     out: dict[inputs.CandidateKey, int] = {}
@@ -194,7 +214,8 @@ def build_inputs(
 ) -> candidates.CandidateSet:
     """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
     table = to_profiles(performance_profiles)
-    capacity = oracle if oracle is not None else candidates.profile_oracle(table)
+    calibrated = model_oracle(to_calibrations(performance_profiles))
+    capacity = oracle if oracle is not None else candidates.profile_oracle(table, fallback=calibrated)
     return candidates.build(
         [to_spec(s) for s in services],
         [to_pool(p) for p in pools],
@@ -288,6 +309,8 @@ class Planner:
         self.options = options
         self.cache: candidates.CandidateCache = {}
         self._profiles: dict[tuple[str, str, str, int, str], profiles.BucketProfile] = {}
+        # Calibrations from point profiles, by (accelerator, engine): a change re-prices that chip.
+        self._calibrations: dict[tuple[str, str], profile_fit.Calibration] = {}
         self._last: tuple[inputs.FleetProblem, inputs.SolveOptions | None, allocation.Plan] | None = None
         # Pairs priced by the last build_inputs (for tests and metrics).
         self.last_priced_pairs = 0
@@ -296,6 +319,7 @@ class Planner:
         """Forget everything (the catalog or the performance model changed)."""
         self.cache.clear()
         self._profiles.clear()
+        self._calibrations.clear()
         self._last = None
         perf.clear_rate_cache()
 
@@ -312,18 +336,25 @@ class Planner:
         changed |= {
             key[:2] for key in index.keys() & self._profiles.keys() if index[key] != self._profiles[key]
         }
-        if changed:
+        calibrations = {(c.accelerator, c.engine): c for c in to_calibrations(performance_profiles)}
+        recalibrated = {
+            key[0]
+            for key in calibrations.keys() | self._calibrations.keys()
+            if calibrations.get(key) != self._calibrations.get(key)
+        }
+        if changed or recalibrated:
             for spec, pool in list(self.cache):
-                if (spec.model, pool.accelerator) in changed:
+                if (spec.model, pool.accelerator) in changed or pool.accelerator in recalibrated:
                     del self.cache[(spec, pool)]
         self._profiles = index
+        self._calibrations = calibrations
         specs = [to_spec(s) for s in services]
         placement_pools = [to_pool(p) for p in pools]
         before = len(self.cache)
         cset = candidates.build(
             specs,
             placement_pools,
-            oracle=candidates.profile_oracle(table),
+            oracle=candidates.profile_oracle(table, fallback=model_oracle(list(calibrations.values()))),
             current_replicas=current_replicas(services),
             cache=self.cache,
         )

@@ -16,6 +16,7 @@ Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete"]
 CORE: Final = ""
 CHIPFIT: Final = "chipfit.io"
 APPS: Final = "apps"
+BATCH: Final = "batch"
 KOPF: Final = "kopf.dev"
 RBAC: Final = "rbac.authorization.k8s.io"
 APIEXTENSIONS: Final = "apiextensions.k8s.io"
@@ -46,18 +47,24 @@ OPERATOR_PERMISSIONS: Final[tuple[Permission, ...]] = (
     Permission(CHIPFIT, "inferenceservices/status", ("patch",), "placement, predictions, conditions"),
     Permission(CHIPFIT, "acceleratorpools", (*WATCH, "patch"), "kopf handlers, fleet re-plan"),
     Permission(CHIPFIT, "acceleratorpools/status", ("patch",), "nodes and devices seen, allocated"),
-    Permission(CHIPFIT, "performanceprofiles", (*WATCH, "patch"), "kopf handlers, measured capacity"),
+    # Profiles: watched for measured capacity; a finished ProfilingRun's result is applied as one.
+    Permission(CHIPFIT, "performanceprofiles", (*WATCH, *APPLY), "measured capacity; profiling results"),
+    Permission(CHIPFIT, "profilingruns", (*WATCH, "patch"), "kopf handlers and timers of profiling runs"),
+    Permission(CHIPFIT, "profilingruns/status", ("patch",), "run phase, Job, profile, conditions"),
     # What a placement becomes: Deployments (watched to advance rollouts) and Services per role and pool,
     # applied server-side and deleted when a placement moves.
     Permission(APPS, "deployments", (*WATCH, *APPLY, "delete"), "serving replicas; rollout progress"),
     Permission(CORE, "services", ("list", *APPLY, "delete"), "stable endpoints per role for the router"),
+    # A profiling run: one Job, read back for its outcome.
+    Permission(BATCH, "jobs", ("get", *APPLY), "profiling Jobs"),
     # A router that discovers its prefill and decode pods (SGLang) runs as its own ServiceAccount with a
     # Role to watch pods in its namespace; the API server lets the operator grant only what it holds
-    # itself (RBAC escalation check), hence pods here too, which also quote the scheduler's reasons.
+    # itself (RBAC escalation check), hence pods here too, which also quote the scheduler's reasons and
+    # carry the profiler's result (its termination message).
     Permission(CORE, "serviceaccounts", APPLY, "identity of a pod-discovering router"),
     Permission(RBAC, "roles", APPLY, "a router's right to watch its service's pods"),
     Permission(RBAC, "rolebindings", APPLY, "binds that Role to the router's ServiceAccount"),
-    Permission(CORE, "pods", ("get", *WATCH), "granted to routers; scheduler reasons for Pending"),
+    Permission(CORE, "pods", ("get", *WATCH), "routers; scheduler reasons; profiler results"),
     # The fleet as it really is: ready, schedulable nodes and their allocatable devices.
     Permission(CORE, "nodes", WATCH, "pool capacity, cordons, node loss"),
     # Events explaining placements (chipfit.kube) and handler failures (kopf), both core/v1.

@@ -383,8 +383,11 @@ def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
 def profile_problems(profile: v1alpha1.PerformanceProfile) -> list[FieldError]:
     """Checks of a measured profile against the catalog."""
     spec = profile.spec
-    chip = catalog.get_accelerator(spec.accelerator)
     errors: list[FieldError] = []
+    if spec.accelerator not in catalog.ACCELERATORS:
+        # A chip outside the catalog is declared by a pool's specs; the profile applies to such pools only.
+        return errors
+    chip = catalog.get_accelerator(spec.accelerator)
     if spec.precision not in chip.precisions:
         errors.append(FieldError("spec.precision", f"{chip.id} does not support {spec.precision}"))
     if spec.tensor_parallel > chip.max_tp:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from chipfit import rbac, validation
+from chipfit.api import crd
 
 REPO_DIR: Final = pathlib.Path(__file__).resolve().parents[2]
 CHART_DIR: Final = REPO_DIR / "charts" / "chipfit"
@@ -187,7 +188,7 @@ def test_every_manifest_validates_offline(which: str, request: pytest.FixtureReq
 
 def test_default_render_has_the_expected_objects(default_docs: list[dict[str, Any]]) -> None:
     kinds = sorted(d["kind"] for d in default_docs)
-    assert kinds.count("CustomResourceDefinition") == 3  # chipfit's three; no peering CRD without peering
+    assert kinds.count("CustomResourceDefinition") == len(crd.KINDS)  # no peering CRD without peering
     assert kinds.count("ConfigMap") == len(list((CHART_DIR / "dashboards").glob("*.json")))
     for kind in ("Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"):
         assert kind in kinds, kind

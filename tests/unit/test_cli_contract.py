@@ -196,6 +196,7 @@ def test_crds_write_outside_a_checkout_refuses(
         "chipfit.io_acceleratorpools.yaml",
         "chipfit.io_inferenceservices.yaml",
         "chipfit.io_performanceprofiles.yaml",
+        "chipfit.io_profilingruns.yaml",
     ]
 
 

@@ -113,6 +113,26 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Precision", ".spec.precision"),
             PrinterColumn("Engine", ".spec.engine"),
             PrinterColumn("TP", ".spec.tensorParallel", "integer"),
+            PrinterColumn("Version", ".spec.engineVersion", priority=1),
+            PrinterColumn("Partial", ".spec.partial", "boolean", priority=1),
+            _AGE,
+        ),
+    ),
+    Kind(
+        kind="ProfilingRun",
+        plural="profilingruns",
+        singular="profilingrun",
+        short_names=("prun",),
+        # Cluster-scoped: it owns the cluster-scoped PerformanceProfile it produces (a namespaced owner
+        # cannot own a cluster-scoped object); its Job lives in the service's namespace.
+        scope="Cluster",
+        spec=v1alpha1.ProfilingRunSpec,
+        status=v1alpha1.ProfilingRunStatus,
+        columns=(
+            PrinterColumn("Service", ".spec.service.name"),
+            PrinterColumn("Pool", ".spec.pool"),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Profile", ".status.profile"),
             _AGE,
         ),
     ),

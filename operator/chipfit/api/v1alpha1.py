@@ -47,6 +47,11 @@ def cel(rule: str, message: str, field_path: str | None = None, reason: str | No
     return entry
 
 
+def _cel_list(values: list[str]) -> str:
+    """A CEL list literal of strings."""
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
 def _enum_schema(values: list[str], description: str) -> WithJsonSchema:
     return WithJsonSchema({"type": "string", "enum": values, "description": description})
 
@@ -610,9 +615,17 @@ class InferenceService(ApiModel):
 
 
 class ProfilePoint(ApiModel):
-    """One measured load point of one replica at a fixed concurrency."""
+    """One measured load point of one replica: a fixed concurrency, or Poisson arrivals at a fixed rate."""
 
-    concurrency: Annotated[int, Field(ge=1, le=100_000)]
+    concurrency: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description="Requests in flight: the fixed concurrency of a sweep point, or the mean in flight "
+            "(rounded, at least 1) under Poisson arrivals.",
+        ),
+    ]
     prompt_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
     output_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)]
     requests_per_second: Annotated[float, Field(gt=0)] | None = None
@@ -621,6 +634,24 @@ class ProfilePoint(ApiModel):
     ttft_p99_ms: Annotated[float, Field(gt=0)]
     itl_p50_ms: Annotated[float, Field(gt=0)] | None = None
     itl_p99_ms: Annotated[float, Field(gt=0)]
+    # What `chipfit profile` records beyond the planner's needs (all optional, for published points).
+    offered_requests_per_second: (
+        Annotated[
+            float, Field(gt=0, description="Poisson arrival rate offered (absent: a concurrency point).")
+        ]
+        | None
+    ) = None
+    ttft_mean_ms: Annotated[float, Field(gt=0)] | None = None
+    ttft_p90_ms: Annotated[float, Field(gt=0)] | None = None
+    itl_mean_ms: Annotated[float, Field(gt=0)] | None = None
+    itl_p90_ms: Annotated[float, Field(gt=0)] | None = None
+    requests: Annotated[int, Field(ge=0, description="Requests measured (warm-up excluded).")] | None = None
+    errors: Annotated[int, Field(ge=0, description="Requests that failed within the measured window.")] | (
+        None
+    ) = None
+    duration_seconds: Annotated[float, Field(gt=0, description="Length of the measured window.")] | None = (
+        None
+    )
 
 
 class BucketTable(ApiModel):
@@ -664,6 +695,40 @@ class ProfileSource(ApiModel):
     description: Text
     url: Annotated[str, Field(max_length=MAX_TEXT_LENGTH)] | None = None
     measured_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    tool: (
+        Annotated[str, Field(max_length=MAX_TEXT_LENGTH, description="Harness and version that measured it.")]
+        | None
+    ) = None
+    endpoint: (
+        Annotated[
+            str, Field(max_length=MAX_TEXT_LENGTH, description="The serving endpoint that was measured.")
+        ]
+        | None
+    ) = None
+
+
+# A profile names its model by catalog id or, with an inline architecture, by the served model's name.
+ProfileModelName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=r"^[a-z0-9]([-a-z0-9._/]*[a-z0-9])?$",
+        description="Catalog model id (llama-3.1-8b, ...), or the served model's name when `architecture` "
+        "describes it inline.",
+    ),
+]
+# Accelerator of a profile: a catalog id or the id of a chip a pool declares by its specs.
+ProfileAcceleratorId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[1-7]g\.[0-9]+gb)?$",
+        description="Accelerator id: a catalog chip or MIG slice (h100, h100/1g.10gb), or a chip declared by "
+        "its specs.",
+    ),
+]
 
 
 class PerformanceProfileSpec(ApiModel):
@@ -673,18 +738,51 @@ class PerformanceProfileSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("has(self.points) != has(self.bucketTable)", "set exactly one of points and bucketTable"),
+                cel(
+                    "has(self.architecture) || self.model in " + _cel_list(sorted(catalog.MODELS)),
+                    "model must be a catalog id, or set architecture for a model outside the catalog",
+                    ".model",
+                ),
+                cel(
+                    "!has(self.partialReason) || (has(self.partial) && self.partial)",
+                    "partialReason needs partial: true",
+                    ".partialReason",
+                ),
             ]
         }
     )
 
-    model: ModelId
-    accelerator: AcceleratorId
+    model: ProfileModelName
+    architecture: ModelArchitecture | None = None
+    accelerator: ProfileAcceleratorId
     precision: Precision
     engine: Engine = "vllm"
+    engine_version: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=128,
+                description="Engine version measured (vLLM's /version); a profile applies to that version.",
+            ),
+        ]
+        | None
+    ) = None
+    engine_image: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)] | None = None
     tensor_parallel: Annotated[int, Field(ge=1, le=64)] = 1
     source: ProfileSource
     points: Annotated[list[ProfilePoint], Field(min_length=1, max_length=MAX_PROFILE_POINTS)] | None = None
     bucket_table: BucketTable | None = None
+    partial: (
+        Annotated[
+            bool,
+            Field(
+                description="True when the run stopped early on an error: the points are what was measured."
+            ),
+        ]
+        | None
+    ) = None
+    partial_reason: Text | None = None
 
 
 class PerformanceProfileStatus(ApiModel):
@@ -704,4 +802,105 @@ class PerformanceProfile(ApiModel):
     status: PerformanceProfileStatus | None = None
 
 
-Resource = InferenceService | AcceleratorPool | PerformanceProfile
+# ---------------------------------------------------------------------------------------------------------
+# ProfilingRun
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_LOAD_LEVELS = 16
+
+
+class ServiceRef(ApiModel):
+    """An InferenceService by namespace and name."""
+
+    namespace: Name
+    name: Name
+
+
+class ProfilingLoad(ApiModel):
+    """What the profiler Job sends: `chipfit profile` options (concurrency sweep or Poisson rates)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.concurrency) && has(self.requestsPerSecond))",
+                    "set at most one of concurrency and requestsPerSecond",
+                ),
+            ]
+        }
+    )
+
+    concurrency: (
+        Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=MAX_LOAD_LEVELS)]
+        | None
+    ) = None
+    requests_per_second: (
+        Annotated[
+            list[Annotated[float, Field(gt=0, le=100_000)]], Field(min_length=1, max_length=MAX_LOAD_LEVELS)
+        ]
+        | None
+    ) = None
+    prompt_tokens: Annotated[int, Field(ge=1, le=MAX_CONTEXT_TOKENS)] = 256
+    output_tokens: Annotated[int, Field(ge=2, le=MAX_CONTEXT_TOKENS)] = 64
+    duration_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    warmup_seconds: Annotated[int, Field(ge=0, le=600)] = 5
+    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 120
+    api: Literal["completions", "chat"] = "completions"
+
+
+class ProfilingRunSpec(ApiModel):
+    """Profile one pool's serving Deployment of an InferenceService with a Job running `chipfit profile`."""
+
+    service: ServiceRef
+    pool: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_NAME_LENGTH,
+            pattern=DNS_SUBDOMAIN_RE,
+            description="AcceleratorPool whose Deployment of the service is measured (aggregated role).",
+        ),
+    ]
+    load: ProfilingLoad = Field(default_factory=ProfilingLoad)
+    image: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_TEXT_LENGTH,
+                description="Profiler image (default: chipfit's own).",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ProfilingRunStatus(ApiModel):
+    """Progress of a run, the Job it created and the profile it produced."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = None
+    job: Annotated[str, Field(max_length=MAX_NAME_LENGTH)] | None = None
+    profile: Annotated[str, Field(max_length=MAX_NAME_LENGTH)] | None = None
+    target: (
+        Annotated[str, Field(max_length=MAX_TEXT_LENGTH, description="The URL the Job measured.")] | None
+    ) = None
+    engine_image: Annotated[str, Field(max_length=MAX_TEXT_LENGTH)] | None = None
+    replicas: Annotated[
+        int, Field(ge=0, description="Ready replicas behind the URL when the Job started.")
+    ] | (None) = None
+    message: Text | None = None
+    conditions: Conditions | None = None
+
+
+class ProfilingRun(ApiModel):
+    """ProfilingRun (cluster-scoped, like the PerformanceProfile it owns)."""
+
+    api_version: Literal["chipfit.io/v1alpha1"] = API_VERSION
+    kind: Literal["ProfilingRun"] = "ProfilingRun"
+    metadata: ObjectMeta
+    spec: ProfilingRunSpec
+    status: ProfilingRunStatus | None = None
+
+
+Resource = InferenceService | AcceleratorPool | PerformanceProfile | ProfilingRun

@@ -228,6 +228,8 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
     """The plan table, the fleet total, the savings and the explanations."""
     from rich.table import Table
 
+    from placement import profile_fit
+
     plan = result.plan
     table = Table(title="chipfit fleet plan", title_justify="left")
     for name, justify in (
@@ -311,6 +313,9 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
     console.print("\n[bold]why[/bold]")
     for e in result.explanations:
         console.print(f"- {e.service}: {e.summary}")
+        sources = {a.source for sp in plan.services if sp.service == e.service for a in sp.assignments}
+        for source in sorted(sources):
+            console.print(f"    figures: {profile_fit.basis(source)}")
         for r in e.runners_up:
             what = (
                 f"${r.price_per_hour:,.2f}/h alone" if r.price_per_hour is not None else f"misses: {r.misses}"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # placement.perf (numpy) is imported when predicting, not for `chipfit --help`.
 from placement import catalog
+
+if TYPE_CHECKING:
+    from placement import profile_fit
 
 # Exit code for unusable input (unknown ids, impossible combinations), as argparse uses for bad flags.
 EXIT_USAGE = 2
@@ -38,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--ttft-p99-ms", type=float, help="TTFT p99 objective, ms")
     parser.add_argument("--itl-p99-ms", type=float, help="inter-token latency p99 objective, ms")
     parser.add_argument("--price", type=float, help="$ per device-hour (default: the catalog's)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="PerformanceProfile YAML (repeatable): its points calibrate this chip and engine's efficiency",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -132,7 +143,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     problems = flag_problems(args)
     if problems:
         raise PredictError("\n".join(problems))
-    from placement import perf
+    from placement import perf, profile_fit
 
     model = catalog.get_model(args.model)
     acc = catalog.get_accelerator(args.chip)
@@ -142,7 +153,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     reason = perf.infeasibility(config)
     if reason is not None:
         raise PredictError(reason)
-    offline = perf.offline_throughput(config, args.isl, args.osl)
+    cal = _calibration(args.profile, acc.id, args.engine)
+    efficiency = cal.efficiency if cal is not None else None
+    overhead_ms = cal.request_overhead_s * 1e3 if cal is not None else 0.0
+    offline = perf.offline_throughput(config, args.isl, args.osl, efficiency=efficiency)
     price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
     gb = 1e9
     report: dict[str, Any] = {
@@ -162,9 +176,13 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "kv_cache_gb_per_device": round(offline.kv_bytes_per_device / gb, 3),
         "memory_gb_per_device": round(offline.memory_bytes_per_device / gb, 3),
         "device_memory_gb": round(acc.memory_bytes / gb, 3),
-        "ttft_ms": round(offline.ttft_ms, 3),
+        "ttft_ms": round(offline.ttft_ms + overhead_ms, 3),
         "itl_ms": round(offline.itl_ms, 3),
-        "efficiency_source": perf.efficiency_for(acc, args.engine).source,
+        "efficiency_source": (
+            cal.efficiency if cal is not None else perf.efficiency_for(acc, args.engine)
+        ).source,
+        # Offline figures sit at the largest batch; with --rps the load's own batch says how far out it is.
+        "basis": _basis(cal, model.id, tp, args.isl, args.osl, offline.batch),
         "price_per_device_hour": price_per_device_hour,
         "price_per_hour": round(price_per_device_hour * tp, 4),
         "dollars_per_million_output_tokens": _round_cost(
@@ -173,12 +191,17 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.rps is not None:
         slo = perf.LatencySlo(args.ttft_p99_ms, args.itl_p99_ms)
-        best = perf.max_rate_under_slo(config, args.isl, args.osl, slo)
+        best = (
+            profile_fit.max_rate_under_slo(cal, config, args.isl, args.osl, slo)
+            if cal is not None
+            else perf.max_rate_under_slo(config, args.isl, args.osl, slo)
+        )
         load = (
             perf.latency_at_rate(
                 config,
                 perf.RequestSizes(args.isl, args.osl),
                 args.rps,
+                efficiency=efficiency,
                 prefill_chunk_tokens=best.prefill_chunk_tokens,
             )
             if args.rps > 0
@@ -190,7 +213,9 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["max_rps_under_slo"] = round(best.max_rps, 4)
         report["binding"] = best.reason
         report["prefill_chunk_tokens"] = best.prefill_chunk_tokens
-        report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms, 3)
+        report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms + overhead_ms, 3)
+        if load is not None:
+            report["basis"] = _basis(cal, model.id, tp, args.isl, args.osl, load.batch)
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
         report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
@@ -198,6 +223,49 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
             perf.dollars_per_million_output_tokens(price_per_device_hour, tp, best.max_rps * args.osl)
         )
     return report
+
+
+def _calibration(paths: list[str], chip: str, engine: str) -> profile_fit.Calibration | None:
+    """The calibration the given profiles make for this chip and engine (None without one)."""
+    if not paths:
+        return None
+    import yaml
+
+    from chipfit.api import v1alpha1
+    from chipfit.profiling import calibrate
+    from placement import profile_fit
+
+    profiles = []
+    for path in paths:
+        try:
+            documents = list(yaml.safe_load_all(pathlib.Path(path).read_text()))
+        except (OSError, yaml.YAMLError) as error:
+            raise PredictError(f"--profile {path}: {error}") from None
+        for doc in documents:
+            if isinstance(doc, dict) and doc.get("kind") == "PerformanceProfile":
+                try:
+                    profiles.append(v1alpha1.PerformanceProfile.model_validate(doc))
+                except ValueError as error:
+                    raise PredictError(f"--profile {path}: {str(error).splitlines()[0]}") from None
+    if not profiles:
+        raise PredictError(f"--profile {', '.join(paths)}: no PerformanceProfile found")
+    usable = [p for p in profiles if p.spec.points and (p.spec.accelerator, p.spec.engine) == (chip, engine)]
+    if not usable:
+        raise PredictError(f"--profile: no point profile of {chip} with engine {engine} among the files")
+    try:
+        found = calibrate.calibrations(usable)
+    except (profile_fit.CalibrationError, catalog.UnknownIdError) as error:
+        raise PredictError(f"--profile: {error}") from None
+    return max(found.values(), key=lambda c: c.points)
+
+
+def _basis(
+    cal: profile_fit.Calibration | None, model: str, tp: int, isl: float, osl: float, batch: float
+) -> str:
+    """Where the figures come from, and how far from the measurements."""
+    if cal is None:
+        return "predicted from specs (no profile given for this chip and engine)"
+    return f"{cal.trust(model, tp, isl, osl, batch).note} ({cal.source})"
 
 
 def _round_cost(value: float) -> float | None:
@@ -216,6 +284,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"(weights {report['weights_gb_per_device']:.1f}, KV {report['kv_cache_gb_per_device']:.1f})",
         f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
         f"  calibration      {report['efficiency_source']}",
+        f"  figures          {report['basis']}",
         f"  cost             ${report['price_per_hour']:.2f}/h, "
         + _cost_text(report["dollars_per_million_output_tokens"])
         + " at offline max",

@@ -1,0 +1,1 @@
+"""Measure an OpenAI-compatible serving endpoint and turn the measurements into a PerformanceProfile."""

@@ -1,0 +1,173 @@
+"""A ProfilingRun on the real control plane: the operator creates the profiler Job (a real container spec
+the API server admits) and turns its result into a PerformanceProfile owned by the run.
+
+kwok nodes never run containers, so the profiler itself cannot run here (tests/engine runs the same
+`chipfit profile` against a real vLLM engine). The GPU pools' nodes are tainted, so the Job's pod stays
+Pending (no kwok stage completes it with an empty result); the test then writes what the container would
+have written: its termination message (the profile's spec as compact JSON) and exit code 0, through the
+pod's status subresource, as the kubelet does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+import pytest
+
+from chipfit.profiling import job
+
+from .conftest import Cluster, run_dir
+from .test_operator import (
+    CONVERGE_TIMEOUT_S,
+    EXAMPLES_DIR,
+    NAMESPACE,
+    POLL_S,
+    Operator,
+    all_converged,
+)
+
+pytestmark = pytest.mark.e2e
+
+SERVICE: Final = "chat-8b"
+RUN: Final = "chat-8b-profile"
+
+
+def _wait(operator: Operator, what: str, probe: Any) -> Any:
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\noperator log:\n{operator.log_tail()}", pytrace=False)
+        time.sleep(POLL_S)
+
+
+@pytest.fixture(scope="module")
+def planned(cluster: Cluster, crds_applied: list[str]) -> Iterator[tuple[Operator, dict[str, Any]]]:
+    """The example fleet and one service placed by a running operator."""
+    cluster.kubectl(
+        "apply", "-f", str(EXAMPLES_DIR / "00-namespace.yaml"), "-f", str(EXAMPLES_DIR / "10-fleet.yaml")
+    )
+    log_dir = run_dir() / "logs" / "operator-profiling"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    operator = Operator(cluster, log_dir)
+    operator.start()
+    try:
+        cluster.kubectl("apply", "-f", str(EXAMPLES_DIR / "20-services.yaml"))
+        services = _wait(operator, f"{SERVICE} placed", lambda: all_converged(cluster, [SERVICE]))
+        yield operator, services[SERVICE]
+    finally:
+        cluster.kubectl("delete", "profilingrun", RUN, "--ignore-not-found", check=False)
+        operator.stop()
+        cluster.kubectl("delete", "inferenceservices", "--all", "-n", NAMESPACE, check=False)
+
+
+def test_profilingrun_creates_a_job_and_its_result_becomes_an_owned_profile(
+    cluster: Cluster, planned: tuple[Operator, dict[str, Any]]
+) -> None:
+    operator, service = planned
+    placement = next(p for p in service["status"]["placement"] if p["role"] == "aggregated")
+    run = {
+        "apiVersion": "chipfit.io/v1alpha1",
+        "kind": "ProfilingRun",
+        "metadata": {"name": RUN},
+        "spec": {
+            "service": {"namespace": NAMESPACE, "name": SERVICE},
+            "pool": placement["pool"],
+            "load": {"concurrency": [1, 8], "promptTokens": 512, "outputTokens": 64, "durationSeconds": 20},
+        },
+    }
+    cluster.apply_objects([run])
+    name = f"profile-{RUN}"
+
+    def job_created() -> dict[str, Any] | None:
+        found = cluster.kubectl("get", "job", name, "-n", NAMESPACE, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    created = _wait(operator, "the profiler Job", job_created)
+    # The API server admitted a real container spec: chipfit's image running `chipfit profile`.
+    container = created["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["chipfit"] and container["args"][0] == "profile"
+    args = container["args"]
+    assert args[args.index("--accelerator") + 1] == placement["accelerator"]
+    assert args[args.index("--concurrency") + 1] == "1,8"
+    assert created["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert created["metadata"]["ownerReferences"][0]["kind"] == "ProfilingRun"
+    svc = cluster.get_json("service", name, "-n", NAMESPACE)
+    assert svc["spec"]["selector"]["chipfit.io/pool"] == placement["pool"]
+    status = cluster.get_json("profilingrun", RUN)["status"]
+    assert status["phase"] == "Running" and status["engineImage"]
+
+    # What the container writes when it finishes: the profile's spec, compact, as its termination message.
+    spec = {
+        "model": "llama-3.1-8b",
+        "accelerator": placement["accelerator"],
+        "precision": placement["precision"],
+        "engine": "vllm",
+        "engineVersion": "0.32.0",
+        "engineImage": status["engineImage"],
+        "tensorParallel": placement["tensorParallel"],
+        "source": {"description": "concurrency sweep (written by the e2e test: kwok runs no containers)"},
+        "points": [
+            {"concurrency": 1, "promptTokens": 512, "outputTokens": 64, "requestsPerSecond": 3.1,
+             "outputTokensPerSecond": 198.0, "ttftP99Ms": 60.0, "itlP99Ms": 8.0},
+            {"concurrency": 8, "promptTokens": 512, "outputTokens": 64, "requestsPerSecond": 16.0,
+             "outputTokensPerSecond": 1024.0, "ttftP99Ms": 140.0, "itlP99Ms": 12.0},
+        ],
+    }  # fmt: skip
+    message = json.dumps(spec, separators=(",", ":"))
+
+    def pod() -> dict[str, Any] | None:
+        items = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{job.LABEL_RUN}={RUN}")["items"]
+        return items[0] if items else None
+
+    profiler_pod = _wait(operator, "the Job's pod", pod)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    terminated = {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {
+                "name": job.COMPONENT,
+                "image": container["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {"exitCode": 0, "reason": "Completed", "message": message,
+                                   "startedAt": now, "finishedAt": now}
+                },
+            }
+        ],
+    }  # fmt: skip
+    cluster.kubectl(
+        "patch", "pod", profiler_pod["metadata"]["name"], "-n", NAMESPACE, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": terminated}),
+    )  # fmt: skip
+
+    def profiled() -> dict[str, Any] | None:
+        found = cluster.kubectl("get", "performanceprofile", RUN, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    profile = _wait(operator, "the PerformanceProfile", profiled)
+    assert profile["metadata"]["ownerReferences"][0]["name"] == RUN
+    assert profile["spec"]["engineVersion"] == "0.32.0"
+    assert profile["spec"]["points"][1]["concurrency"] >= 1
+    final = _wait(
+        operator,
+        "the run Succeeded",
+        lambda: (
+            (s := cluster.get_json("profilingrun", RUN).get("status", {})).get("phase") == "Succeeded" and s
+        ),
+    )
+    assert final["profile"] == RUN
+    # Deleting the run deletes its profile (owner reference, garbage collector).
+    cluster.kubectl("delete", "profilingrun", RUN)
+    _wait(
+        operator,
+        "the profile garbage-collected with its run",
+        lambda: cluster.kubectl("get", "performanceprofile", RUN, check=False).returncode != 0,
+    )
