@@ -8,6 +8,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+from chipfit import commands
+
 if TYPE_CHECKING:  # imported when planning: `chipfit --help` must not load the solver stack
     from rich.console import Console
 
@@ -72,16 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "service landed where it did. Invalid input: one line per problem (file: object: field: reason).",
         epilog=EXIT_CODES_HELP,
     )
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="paths",
-        action="append",
-        nargs="+",
-        required=True,
-        metavar="FILE_OR_DIR",
-        help="manifest files or directories (every .yaml/.yml/.json below); repeatable",
-    )
+    commands.add_filename_argument(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -176,15 +169,11 @@ def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated,
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from chipfit import plan_output, planning, validation
+    from chipfit import plan_output, planning
     from placement.solver import inputs
 
-    paths = [p for group in args.paths for p in group]
-    loaded = validation.load_and_validate(paths)
-    for problem in loaded.problems:
-        print(problem)
-    if loaded.problems:
-        print(f"{len(loaded.problems)} problem(s); fix them and plan again", file=sys.stderr)
+    paths, loaded = commands.load_valid(args, "plan")
+    if loaded is None:
         return EXIT_INVALID
     missing = [
         kind

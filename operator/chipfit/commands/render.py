@@ -13,6 +13,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+from chipfit import commands
+
 if TYPE_CHECKING:  # imported when rendering: `chipfit --help` must not load the solver or kopf
     from chipfit import handlers, validation
 
@@ -34,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "is named on stderr with its field (exit 1; the rest is printed). Invalid input: one line per "
         "problem and exit 1.",
     )
-    parser.add_argument(
-        "-f", "--filename", dest="paths", action="append", nargs="+", required=True, metavar="FILE_OR_DIR"
-    )
+    commands.add_filename_argument(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -86,15 +86,11 @@ def rendered_objects(
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from chipfit import handlers, planning, validation
+    from chipfit import handlers, planning
     from placement.solver import inputs
 
-    paths = [p for group in args.paths for p in group]
-    loaded = validation.load_and_validate(paths)
-    for problem in loaded.problems:
-        print(problem)
-    if loaded.problems:
-        print(f"{len(loaded.problems)} problem(s); fix them and render again", file=sys.stderr)
+    paths, loaded = commands.load_valid(args, "render")
+    if loaded is None:
         return 1
     if not loaded.services:
         print(f"no InferenceService found in {', '.join(paths)}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chipfit import commands
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -13,16 +15,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Exit 0 when every manifest is valid; otherwise print one line per problem "
         "(file: object: field: reason) and exit 1.",
     )
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="paths",
-        action="append",
-        nargs="+",
-        required=True,
-        metavar="FILE_OR_DIR",
-        help="manifest files or directories (every .yaml/.yml/.json below); repeatable",
-    )
+    commands.add_filename_argument(parser)
     parser.set_defaults(func=run)
 
 
