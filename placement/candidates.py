@@ -39,6 +39,8 @@ class Query:
     # beyond); None means every request has the largest size.
     prompt_mean_tokens: float | None = None
     output_mean_tokens: float | None = None
+    # The chip when a pool declared it by its specs (None: the catalog entry for `accelerator`).
+    accelerator_spec: catalog.Accelerator | None = None
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,8 @@ def perf_oracle(query: Query) -> Capacity:
     """Capacity from placement.perf (roofline + queueing model)."""
     model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
     try:
-        config = perf.ReplicaConfig(
-            model, query.accelerator, query.precision, query.tp, query.role, query.engine
-        )
+        chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
+        config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
         slo = perf.Slo(query.ttft_p99_ms, query.itl_p99_ms)
         # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
         prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
@@ -211,10 +212,10 @@ def pool_allowed(spec: ServiceSpec, pool: solve.Pool) -> str | None:
     return None
 
 
-def _max_tp(pool: solve.Pool) -> int:
-    """Largest TP one replica may use in this pool: the node, and the catalog's limit for known chips."""
+def _max_tp(pool: solve.Pool, accelerators: Mapping[str, catalog.Accelerator]) -> int:
+    """Largest TP one replica may use in this pool: the node, and the chip's limit for known chips."""
     limit = pool.devices_per_node
-    spec = catalog.ACCELERATORS.get(pool.accelerator)
+    spec = accelerators.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
     if spec is not None:
         limit = min(limit, spec.max_tp)
     return limit
@@ -235,8 +236,14 @@ def build(
     *,
     oracle: CapacityOracle = perf_oracle,
     current_replicas: Mapping[solve.CandidateKey, int] | None = None,
+    accelerators: Mapping[str, catalog.Accelerator] | None = None,
 ) -> CandidateSet:
-    """Ask the oracle about every (service, role, pool, precision, tp) and assemble the solver's problem."""
+    """Ask the oracle about every (service, role, pool, precision, tp) and assemble the solver's problem.
+
+    `accelerators` holds the chips pools declared by their specs (by accelerator id); other ids are
+    looked up in the catalog.
+    """
+    declared = dict(accelerators or {})
     spec_list = list(specs)
     demands: list[solve.ServiceDemand] = []
     cands: list[solve.Candidate] = []
@@ -274,9 +281,11 @@ def build(
             for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
-                        if tp > _max_tp(pool):
+                        if tp > _max_tp(pool, declared):
                             continue
-                        cand, rejection = _candidate(spec, pool, role, precision, tp, oracle)
+                        cand, rejection = _candidate(
+                            spec, pool, role, precision, tp, oracle, declared.get(pool.accelerator)
+                        )
                         if cand is not None:
                             cands.append(cand)
                         elif rejection is not None:
@@ -291,7 +300,13 @@ def build(
 
 
 def _candidate(
-    spec: ServiceSpec, pool: solve.Pool, role: solve.Role, precision: str, tp: int, oracle: CapacityOracle
+    spec: ServiceSpec,
+    pool: solve.Pool,
+    role: solve.Role,
+    precision: str,
+    tp: int,
+    oracle: CapacityOracle,
+    accelerator_spec: catalog.Accelerator | None = None,
 ) -> tuple[solve.Candidate | None, Rejection | None]:
     """The candidate for one configuration, or the reason it cannot serve any bucket."""
     buckets = spec.workload.buckets
@@ -325,6 +340,7 @@ def _candidate(
                 model_arch=spec.model_arch,
                 prompt_mean_tokens=bucket.prompt_mean,
                 output_mean_tokens=bucket.output_mean_tokens or None,
+                accelerator_spec=accelerator_spec,
             )
         )
         caps[k] = answer.max_rps

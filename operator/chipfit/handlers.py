@@ -72,11 +72,31 @@ def parse_service(body: Mapping[str, Any]) -> v1alpha1.InferenceService:
 
 
 def first_problem(
-    service: v1alpha1.InferenceService, pool_names: Sequence[str] | None
+    service: v1alpha1.InferenceService,
+    pool_names: Sequence[str] | None,
+    chips: Mapping[str, catalog.Accelerator] | None = None,
 ) -> validation.FieldError | None:
     """The first semantic problem of a spec (the API server already enforced the schema)."""
-    problems = validation.service_problems(service, pool_names)
+    problems = validation.service_problems(service, pool_names, chips)
     return problems[0] if problems else None
+
+
+def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.AcceleratorPool]:
+    """Pools whose chip resolves, and that agree with the others on it; the rest are logged and left out.
+
+    The schema already enforced each pool's fields; what is left (a slice profile its acceleratorSpec
+    does not list, two pools declaring one id differently) must not stop the fleet's re-plan.
+    """
+    kept: list[v1alpha1.AcceleratorPool] = []
+    for pool in sorted(pools, key=lambda p: p.metadata.name):
+        try:
+            planning.pool_accelerator(pool)
+            planning.fleet_accelerators([*kept, pool])
+        except planning.PlanningError as error:
+            logger.error("pool left out of the plan: %s", error)
+            continue
+        kept.append(pool)
+    return kept
 
 
 # --- plan -> per-service outcomes -------------------------------------------------------------------------
@@ -238,18 +258,21 @@ class Fleet:
         raw_services = [
             s for s in self.cluster.list_inference_services() if not s["metadata"].get("deletionTimestamp")
         ]
-        pools = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
+        pools = usable_pools(
+            [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
+        )
         profiles = [
             v1alpha1.PerformanceProfile.model_validate(_plain(p)) for p in self.cluster.list_profiles()
         ]
         nodes = self.cluster.list_nodes()
         pool_names = [p.metadata.name for p in pools]
         by_name = {p.metadata.name: p for p in pools}
+        chips = planning.fleet_accelerators(pools)
 
         valid: list[v1alpha1.InferenceService] = []
         for body in raw_services:
             service = parse_service(body)
-            problem = first_problem(service, pool_names)
+            problem = first_problem(service, pool_names, chips)
             if problem is not None:
                 self.mark_invalid(service, problem.field, problem.reason)
             else:
@@ -290,7 +313,7 @@ class Fleet:
     def _capacity(
         self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]], owners: Mapping[str, str]
     ) -> reconcile.PoolCapacity:
-        chip = catalog.get_accelerator(pool.spec.accelerator)
+        chip = planning.pool_accelerator(pool)
         resource = render.resource_name(pool, chip)
         return reconcile.pool_capacity(pool, resource, chip.resource_units_per_device, nodes, owners)
 
@@ -454,12 +477,7 @@ class Fleet:
     def _write_pool_status(
         self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
     ) -> None:
-        chip = catalog.get_accelerator(pool.spec.accelerator)
-        price = (
-            pool.spec.price_per_device_hour
-            if pool.spec.price_per_device_hour is not None
-            else chip.default_price_per_hour
-        )
+        price = planning.to_pool(pool).price_per_device_hour
         used = usage.devices_used if usage is not None else 0
         status = v1alpha1.AcceleratorPoolStatus(
             observed_generation=pool.metadata.generation,

@@ -19,13 +19,67 @@ def service_id(service: v1alpha1.InferenceService) -> str:
     return f"{ns}/{service.metadata.name}"
 
 
+def pool_accelerator(pool: v1alpha1.AcceleratorPool) -> catalog.Accelerator:
+    """The chip a pool runs: its inline acceleratorSpec when given, else the catalog's entry for the id."""
+    spec = pool.spec
+    name = pool.metadata.name
+    if spec.accelerator_spec is None:
+        try:
+            return catalog.get_accelerator(spec.accelerator)
+        except catalog.UnknownIdError as error:
+            raise PlanningError(f"AcceleratorPool {name}: spec.accelerator: {error}") from None
+    parent_id = spec.accelerator.split("/", 1)[0]
+    is_slice = parent_id != spec.accelerator
+    try:
+        parent = spec.accelerator_spec.to_catalog(parent_id, None if is_slice else spec.price_per_device_hour)
+    except catalog.SpecError as error:
+        raise PlanningError(f"AcceleratorPool {name}: spec.acceleratorSpec: {error}") from None
+    try:
+        return catalog.resolve_accelerator(spec.accelerator, parent)
+    except catalog.UnknownIdError as error:
+        raise PlanningError(f"AcceleratorPool {name}: spec.acceleratorSpec.partitions: {error}") from None
+
+
+def fleet_accelerators(pools: Sequence[v1alpha1.AcceleratorPool]) -> dict[str, catalog.Accelerator]:
+    """Chips the pools declare by their specs, by accelerator id (catalog chips are not listed).
+
+    One id is one chip in a fleet: pools naming the same id must agree on its spec (a pool without a spec
+    means the catalog's), else PlanningError names the pools.
+    """
+    declared: dict[str, tuple[str, catalog.Accelerator | None]] = {}
+    for pool in sorted(pools, key=lambda p: p.metadata.name):
+        chip = pool_accelerator(pool) if pool.spec.accelerator_spec is not None else None
+        seen = declared.setdefault(pool.spec.accelerator, (pool.metadata.name, chip))
+        if _physics(seen[1]) != _physics(chip):
+            raise PlanningError(
+                f"AcceleratorPool {pool.metadata.name}: spec.acceleratorSpec: differs from the "
+                f"{pool.spec.accelerator} of pool {seen[0]}; one accelerator id is one chip in a fleet"
+            )
+    return {acc_id: chip for acc_id, (_, chip) in declared.items() if chip is not None}
+
+
+def _physics(chip: catalog.Accelerator | None) -> tuple[object, ...] | None:
+    """What the performance model reads of a chip (prices and label text aside)."""
+    if chip is None:
+        return None
+    return (
+        chip.vendor,
+        chip.memory_bytes,
+        chip.mem_bandwidth_bytes_per_s,
+        tuple(sorted(chip.dense_flops_per_s.items())),
+        chip.interconnect_bytes_per_s,
+        chip.precisions,
+        chip.max_tp,
+    )
+
+
 def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
     """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
     spec = pool.spec
     price = spec.price_per_device_hour
     if price is None:
         acc = catalog.ACCELERATORS.get(spec.accelerator)
-        if acc is None:
+        if acc is None or acc.default_price_per_hour is None:
             raise PlanningError(
                 f"AcceleratorPool {pool.metadata.name}: spec.pricePerDeviceHour: required for "
                 f"{spec.accelerator}, which has no catalog price"
@@ -180,6 +234,7 @@ def build_inputs(
         [to_pool(p) for p in pools],
         oracle=capacity,
         current_replicas=current_replicas(services),
+        accelerators=fleet_accelerators(pools),
     )
 
 

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ import celpy.evaluation
 import jsonschema
 import pydantic
 
-from chipfit import manifests
+from chipfit import manifests, planning
 from chipfit.api import crd, v1alpha1
 from chipfit.manifests import Document, Problem
 from placement import catalog
@@ -235,12 +235,45 @@ _METADATA_VALIDATOR = jsonschema.Draft4Validator(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def allowed_accelerators(spec: v1alpha1.InferenceServiceSpec) -> list[catalog.Accelerator]:
-    """Catalog accelerators the service's placement constraints admit."""
+def known_accelerators(
+    chips: Mapping[str, catalog.Accelerator] | None = None,
+) -> dict[str, catalog.Accelerator]:
+    """The catalog's chips, overlaid by the chips the fleet's pools declare by their specs."""
+    return {**catalog.ACCELERATORS, **(chips or {})}
+
+
+def allowed_accelerators(
+    spec: v1alpha1.InferenceServiceSpec, chips: Mapping[str, catalog.Accelerator] | None = None
+) -> list[catalog.Accelerator]:
+    """Known accelerators (catalog and pool-declared) the service's placement constraints admit."""
+    known = known_accelerators(chips)
     constraints = spec.placement or v1alpha1.PlacementConstraints()
-    allowed = set(constraints.allowed_accelerators or catalog.ACCELERATORS)
+    allowed = set(constraints.allowed_accelerators or known) & set(known)
     excluded = set(constraints.excluded_accelerators or ())
-    return [catalog.ACCELERATORS[a] for a in sorted(allowed - excluded)]
+    return [known[a] for a in sorted(allowed - excluded)]
+
+
+def _unknown_accelerator_errors(
+    spec: v1alpha1.InferenceServiceSpec, chips: Mapping[str, catalog.Accelerator] | None
+) -> list[FieldError]:
+    """allowed/excludedAccelerators entries that name no catalog chip and no chip a pool declares."""
+    known = known_accelerators(chips)
+    constraints = spec.placement or v1alpha1.PlacementConstraints()
+    errors = []
+    for field, ids in (
+        ("allowedAccelerators", constraints.allowed_accelerators),
+        ("excludedAccelerators", constraints.excluded_accelerators),
+    ):
+        for index, acc_id in enumerate(ids or ()):
+            if acc_id not in known:
+                errors.append(
+                    FieldError(
+                        f"spec.placement.{field}[{index}]",
+                        f"unknown accelerator {acc_id!r}: not in the catalog and no AcceleratorPool "
+                        "declares it with acceleratorSpec",
+                    )
+                )
+    return errors
 
 
 def model_max_context(model: v1alpha1.ModelRef) -> int:
@@ -252,11 +285,15 @@ def model_max_context(model: v1alpha1.ModelRef) -> int:
 
 
 def service_problems(
-    service: v1alpha1.InferenceService, pool_names: Sequence[str] | None = None
+    service: v1alpha1.InferenceService,
+    pool_names: Sequence[str] | None = None,
+    chips: Mapping[str, catalog.Accelerator] | None = None,
 ) -> list[FieldError]:
-    """Checks the schema cannot express; `pool_names`, when known, are the pools that exist."""
+    """Checks the schema cannot express; `pool_names`, when known, are the pools that exist, `chips` the
+    chips they declare by their specs (None: the pools are not known here, so accelerator ids outside the
+    catalog are not checked)."""
     spec = service.spec
-    errors: list[FieldError] = []
+    errors: list[FieldError] = [] if chips is None else _unknown_accelerator_errors(spec, chips)
     max_context = model_max_context(spec.model)
     workload = spec.workload
     if workload.max_context_tokens is not None and workload.max_context_tokens > max_context:
@@ -275,17 +312,17 @@ def service_problems(
                 f"of {max_context} tokens",
             )
         )
-    chips = allowed_accelerators(spec)
-    if not chips:
+    allowed = allowed_accelerators(spec, chips)
+    if not allowed:
         errors.append(FieldError("spec.placement.excludedAccelerators", "excludes every allowed accelerator"))
         return errors
-    usable = [c for c in chips if catalog.engine_supports(spec.engine, c)]
+    usable = [c for c in allowed if catalog.engine_supports(spec.engine, c)]
     if not usable:
         errors.append(
             FieldError(
                 "spec.engine",
                 f"engine {spec.engine} runs on none of the allowed accelerators "
-                f"({', '.join(c.id for c in chips[:8])}{', ...' if len(chips) > 8 else ''})",
+                f"({', '.join(c.id for c in allowed[:8])}{', ...' if len(allowed) > 8 else ''})",
             )
         )
         return errors
@@ -309,8 +346,11 @@ def service_problems(
 
 
 def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
-    """Checks of a pool against the catalog."""
-    chip = catalog.get_accelerator(pool.spec.accelerator)
+    """Checks of a pool against the catalog or its own acceleratorSpec."""
+    try:
+        chip = planning.pool_accelerator(pool)
+    except planning.PlanningError as error:
+        return [_planning_field_error(error)]
     errors: list[FieldError] = []
     if chip.parent is not None:
         most = GPUS_PER_NODE_MAX * chip.mig_max_instances
@@ -329,10 +369,27 @@ def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
     return errors
 
 
-def profile_problems(profile: v1alpha1.PerformanceProfile) -> list[FieldError]:
-    """Checks of a measured profile against the catalog."""
+def _planning_field_error(error: planning.PlanningError) -> FieldError:
+    """`AcceleratorPool x: spec.field: reason` as a FieldError."""
+    _, _, rest = str(error).partition(": ")
+    field, _, reason = rest.partition(": ")
+    return FieldError(field or "spec", reason or str(error))
+
+
+def profile_problems(
+    profile: v1alpha1.PerformanceProfile, chips: Mapping[str, catalog.Accelerator] | None = None
+) -> list[FieldError]:
+    """Checks of a measured profile against the catalog and the chips pools declare."""
     spec = profile.spec
-    chip = catalog.get_accelerator(spec.accelerator)
+    chip = known_accelerators(chips).get(spec.accelerator)
+    if chip is None:
+        return [
+            FieldError(
+                "spec.accelerator",
+                f"unknown accelerator {spec.accelerator!r}: not in the catalog and no AcceleratorPool "
+                "declares it with acceleratorSpec",
+            )
+        ]
     errors: list[FieldError] = []
     if spec.precision not in chip.precisions:
         errors.append(FieldError("spec.precision", f"{chip.id} does not support {spec.precision}"))
@@ -401,12 +458,28 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
 def _semantic(out: Validated, documents: Sequence[Document]) -> None:
     files = {(d.body.get("kind"), d.label): d.file for d in documents}
     pool_names = [p.metadata.name for p in out.pools] or None
+    chips: dict[str, catalog.Accelerator]
+    try:
+        chips = planning.fleet_accelerators(out.pools)
+    except planning.PlanningError as error:
+        # Pools disagreeing on one id's spec: reported once, on the pool named in the message; every
+        # pool's own spec still counts for the other checks.
+        label = str(error).split(":", 1)[0]
+        e = _planning_field_error(error)
+        out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
+        chips = {}
+        for pool in out.pools:
+            if pool.spec.accelerator_spec is not None:
+                try:
+                    chips.setdefault(pool.spec.accelerator, planning.pool_accelerator(pool))
+                except planning.PlanningError:
+                    continue
     for service in out.services:
         label = f"InferenceService {service.metadata.namespace}/{service.metadata.name}"
         if service.metadata.namespace is None:
             label = f"InferenceService {service.metadata.name}"
         file = files.get(("InferenceService", label), "?")
-        for e in service_problems(service, pool_names):
+        for e in service_problems(service, pool_names, chips):
             out.problems.append(Problem(file, label, e.field, e.reason))
     for pool in out.pools:
         label = f"AcceleratorPool {pool.metadata.name}"
@@ -414,7 +487,7 @@ def _semantic(out: Validated, documents: Sequence[Document]) -> None:
             out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
     for profile in out.profiles:
         label = f"PerformanceProfile {profile.metadata.name}"
-        for e in profile_problems(profile):
+        for e in profile_problems(profile, chips):
             out.problems.append(
                 Problem(files.get(("PerformanceProfile", label), "?"), label, e.field, e.reason)
             )

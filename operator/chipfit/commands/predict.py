@@ -109,7 +109,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         raise PredictError(reason)
     offline = perf.offline_throughput(config, args.isl, args.osl)
     price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
-    if price_per_device_hour < 0:
+    if price_per_device_hour is not None and price_per_device_hour < 0:
         raise PredictError(f"--price: must be >= 0, got {price_per_device_hour}")
     gb = 1e9
     report: dict[str, Any] = {
@@ -133,10 +133,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "itl_ms": round(offline.itl_ms, 3),
         "efficiency_source": perf.efficiency_for(acc, args.engine).source,
         "price_per_device_hour": price_per_device_hour,
-        "price_per_hour": round(price_per_device_hour * tp, 4),
-        "dollars_per_million_output_tokens": _round_cost(
-            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, offline.output_tokens_per_s)
-        ),
+        "price_per_hour": None if price_per_device_hour is None else round(price_per_device_hour * tp, 4),
+        "dollars_per_million_output_tokens": _dollars(price_per_device_hour, tp, offline.output_tokens_per_s),
     }
     if args.rps is not None:
         slo = perf.Slo(args.ttft_p99_ms, args.itl_p99_ms)
@@ -161,10 +159,17 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
         report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
-        report["dollars_per_million_output_tokens_at_max_rps"] = _round_cost(
-            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, best.max_rps * args.osl)
+        report["dollars_per_million_output_tokens_at_max_rps"] = _dollars(
+            price_per_device_hour, tp, best.max_rps * args.osl
         )
     return report
+
+
+def _dollars(price_per_device_hour: float | None, tp: int, output_tokens_per_s: float) -> float | None:
+    """$/1M output tokens, None when nothing is produced or the chip has no price."""
+    if price_per_device_hour is None:
+        return None
+    return _round_cost(perf.dollars_per_million_output_tokens(price_per_device_hour, tp, output_tokens_per_s))
 
 
 def _round_cost(value: float) -> float | None:
@@ -183,9 +188,13 @@ def render_text(report: dict[str, Any]) -> str:
         f"(weights {report['weights_gb_per_device']:.1f}, KV {report['kv_cache_gb_per_device']:.1f})",
         f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
         f"  calibration      {report['efficiency_source']}",
-        f"  cost             ${report['price_per_hour']:.2f}/h, "
-        + _cost_text(report["dollars_per_million_output_tokens"])
-        + " at offline max",
+        (
+            f"  cost             ${report['price_per_hour']:.2f}/h, "
+            + _cost_text(report["dollars_per_million_output_tokens"])
+            + " at offline max"
+            if report["price_per_hour"] is not None
+            else f"  cost             no catalog price for {report['chip']} (pass --price)"
+        ),
     ]
     if "slo" in report:
         verdict = "meets" if report["meets_rps"] else "misses"
