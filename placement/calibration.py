@@ -351,3 +351,18 @@ def fit_efficiency(
     fitted = dataclasses.replace(fitted, source=source)
     after = float(np.sqrt(np.mean(log_errors(points, fitted) ** 2)))
     return FitResult(fitted, len(points), before, after)
+
+
+# The efficiency constants benchmarks/calibrate.py fits, and the vendor and engine each one serves.
+FITTED_FAMILIES: Final = {"NVIDIA_TRTLLM": ("nvidia", "trtllm"), "AMD_VLLM": ("amd", "vllm")}
+
+
+def fit_sets() -> dict[str, list[CalibrationPoint]]:
+    """Fitting points per fitted constant (benchmarks/calibrate.py fits on exactly these)."""
+    # MLPerf Mixtral's request sizes are not known here (see MLPERF_WORKLOADS): not fitted on.
+    mlperf = [p for p in mlperf_points(("Offline",)) if p.model.id != "mixtral-8x7b"]
+    points = trtllm_points() + mlperf
+    return {
+        "NVIDIA_TRTLLM": [p for p in points if p.engine == "trtllm"],
+        "AMD_VLLM": [p for p in points if p.accelerator == "mi300x" and p.engine == "vllm"],
+    }

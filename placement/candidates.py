@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from placement import catalog, perf, profiles, solve, workload
+from placement import catalog, perf, profiles, solve, trust, workload
 
 # TP degrees tried by default: the powers of two serving engines shard attention heads by.
 DEFAULT_TP_DEGREES: tuple[int, ...] = (1, 2, 4, 8)
@@ -59,6 +59,8 @@ class Capacity:
     # True when the oracle vouches that larger requests (prompt and output both at least as long) can
     # never do better: then candidates skip asking about them once this size fails.
     size_monotone: bool = False
+    # How far the answer can be trusted (None: the oracle does not say, e.g. a synthetic test oracle).
+    trust: trust.Trust | None = None
 
 
 CapacityOracle = Callable[[Query], Capacity]
@@ -84,6 +86,7 @@ def perf_oracle(query: Query) -> Capacity:
         )
     except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
         return Capacity(0.0, None, None, str(error), "perf", size_monotone=True)
+    confidence = trust.assess(config, prompt_mean, output_mean)
     if rate.max_rps > 0.0:
         return Capacity(
             rate.max_rps,
@@ -91,6 +94,7 @@ def perf_oracle(query: Query) -> Capacity:
             rate.itl_p99_ms if query.role != "prefill" else None,
             rate.reason,
             "perf",
+            trust=confidence,
         )
     zero_ttft: float | None = None
     zero_itl: float | None = None
@@ -117,7 +121,9 @@ def profile_oracle(
             rps = profile.max_rps_for(query.prompt_tokens, query.output_tokens)
             source = f"profile {profile.source}".strip()
             if rps > 0.0:
-                return Capacity(rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source)
+                return Capacity(
+                    rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source, trust=trust.measured(source)
+                )
             return Capacity(
                 0.0, None, None, "outside the measured profile, or its SLO was missed there", source
             )
@@ -187,6 +193,10 @@ class CandidateSet:
     rejections: tuple[Rejection, ...]
     # Services with no pool left after their placement constraints, with the reason.
     excluded: Mapping[str, str] = field(default_factory=dict)
+    # How far each candidate's capacity can be trusted (its least trusted bucket), when the oracle says.
+    trust: Mapping[solve.CandidateKey, trust.Trust] = field(default_factory=dict)
+    # Whether capacity was derated by trust (build's `headroom`).
+    headroom: bool = True
 
 
 def _family(accelerator: str) -> str:
@@ -237,11 +247,13 @@ def build(
     oracle: CapacityOracle = perf_oracle,
     current_replicas: Mapping[solve.CandidateKey, int] | None = None,
     accelerators: Mapping[str, catalog.Accelerator] | None = None,
+    headroom: bool = True,
 ) -> CandidateSet:
     """Ask the oracle about every (service, role, pool, precision, tp) and assemble the solver's problem.
 
     `accelerators` holds the chips pools declared by their specs (by accelerator id); other ids are
-    looked up in the catalog.
+    looked up in the catalog. With `headroom`, capacity the oracle trusts less than a calibration (a chip
+    predicted from its specs) is derated by trust.Trust.derate, so the plan keeps room for the error.
     """
     declared = dict(accelerators or {})
     spec_list = list(specs)
@@ -249,6 +261,7 @@ def build(
     cands: list[solve.Candidate] = []
     rejections: list[Rejection] = []
     excluded: dict[str, str] = {}
+    trusted: dict[solve.CandidateKey, trust.Trust] = {}
     for spec in spec_list:
         wl = spec.workload
         demands.append(
@@ -283,11 +296,14 @@ def build(
                     for tp in spec.tp_degrees:
                         if tp > _max_tp(pool, declared):
                             continue
-                        cand, rejection = _candidate(
-                            spec, pool, role, precision, tp, oracle, declared.get(pool.accelerator)
+                        cand, rejection, confidence = _candidate(
+                            spec, pool, role, precision, tp, oracle, declared.get(pool.accelerator), headroom
                         )
                         if cand is not None:
                             cands.append(cand)
+                            if confidence is not None:
+                                key = solve.CandidateKey(spec.id, role, pool.id, precision, tp)
+                                trusted[key] = confidence
                         elif rejection is not None:
                             rejections.append(rejection)
     problem = solve.Problem(
@@ -296,7 +312,7 @@ def build(
         candidates=tuple(cands),
         current_replicas=dict(current_replicas or {}),
     )
-    return CandidateSet(problem, {s.id: s for s in spec_list}, tuple(rejections), excluded)
+    return CandidateSet(problem, {s.id: s for s in spec_list}, tuple(rejections), excluded, trusted, headroom)
 
 
 def _candidate(
@@ -307,7 +323,8 @@ def _candidate(
     tp: int,
     oracle: CapacityOracle,
     accelerator_spec: catalog.Accelerator | None = None,
-) -> tuple[solve.Candidate | None, Rejection | None]:
+    headroom: bool = True,
+) -> tuple[solve.Candidate | None, Rejection | None, trust.Trust | None]:
     """The candidate for one configuration, or the reason it cannot serve any bucket."""
     buckets = spec.workload.buckets
     rates = spec.workload.bucket_rps
@@ -319,6 +336,7 @@ def _candidate(
     # Smallest requests first: when the oracle vouches that bigger requests never do better
     # (size_monotone), a bucket at least as large as a failed one fails without another question.
     failed: list[tuple[int, int]] = []
+    least: trust.Trust | None = None
     for k in sorted(
         range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k)
     ):
@@ -343,7 +361,16 @@ def _candidate(
                 accelerator_spec=accelerator_spec,
             )
         )
-        caps[k] = answer.max_rps
+        # Headroom where trust is low: plan on less capacity than predicted (Trust.derate).
+        derate = answer.trust.derate if headroom and answer.trust is not None else 1.0
+        caps[k] = answer.max_rps * derate
+        said = answer.trust
+        if (
+            said is not None
+            and answer.max_rps > 0.0
+            and (least is None or said.typical_error > least.typical_error)
+        ):
+            least = said
         ttfts[k] = answer.ttft_p99_ms
         itls[k] = answer.itl_p99_ms
         sources.add(answer.source)
@@ -370,19 +397,24 @@ def _candidate(
                 source=", ".join(sorted(sources)),
             ),
             None,
+            least,
         )
     reason = worst.reason if worst is not None and worst.reason else "SLO not met"
-    return None, Rejection(
-        service=spec.id,
-        role=role,
-        pool=pool.id,
-        accelerator=pool.accelerator,
-        precision=precision,
-        tp=tp,
-        reason=reason,
-        zero_load_ttft_p99_ms=worst.zero_load_ttft_p99_ms if worst is not None else None,
-        zero_load_itl_p99_ms=worst.zero_load_itl_p99_ms if worst is not None else None,
-        prompt_tokens=buckets[first_miss[1]].prompt_tokens if first_miss is not None else None,
+    return (
+        None,
+        Rejection(
+            service=spec.id,
+            role=role,
+            pool=pool.id,
+            accelerator=pool.accelerator,
+            precision=precision,
+            tp=tp,
+            reason=reason,
+            zero_load_ttft_p99_ms=worst.zero_load_ttft_p99_ms if worst is not None else None,
+            zero_load_itl_p99_ms=worst.zero_load_itl_p99_ms if worst is not None else None,
+            prompt_tokens=buckets[first_miss[1]].prompt_tokens if first_miss is not None else None,
+        ),
+        None,
     )
 
 

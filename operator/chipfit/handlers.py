@@ -25,7 +25,7 @@ import pydantic
 
 from chipfit import kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
-from placement import catalog, solve
+from placement import catalog, solve, trust
 
 GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
@@ -102,8 +102,10 @@ def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.Acc
 # --- plan -> per-service outcomes -------------------------------------------------------------------------
 
 
-def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
-    """A service's part of the solved plan as the reconciler sees it."""
+def outcome_of(
+    sp: solve.ServicePlan, confidence: Mapping[solve.CandidateKey, trust.Trust] | None = None
+) -> reconcile.ServiceOutcome:
+    """A service's part of the solved plan as the reconciler sees it (`confidence`: per candidate)."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
     capacity_by_role: dict[str, float] = {}
     cost: dict[tuple[str, str, str], float] = {}
@@ -129,6 +131,12 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
         )
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
+    placed = [
+        (confidence or {}).get(solve.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp))
+        for a in sp.assignments
+        if a.replicas > 0
+    ]
+    least = max((t for t in placed if t is not None), key=lambda t: t.typical_error, default=None)
     prediction = v1alpha1.Prediction(
         ttft_p99_ms=_round(sp.ttft_p99_ms, PREDICTION_DECIMALS),
         itl_p99_ms=_round(sp.itl_p99_ms, PREDICTION_DECIMALS),
@@ -140,6 +148,8 @@ def outcome_of(sp: solve.ServicePlan) -> reconcile.ServiceOutcome:
             if sp.price_per_million_output_tokens is not None
             else None
         ),
+        trust=least.label[: v1alpha1.MAX_TEXT_LENGTH] if least is not None else None,
+        typical_error_percent=round(100 * least.typical_error, 1) if least is not None else None,
     )
     return reconcile.ServiceOutcome(
         placements=placements,
@@ -357,7 +367,7 @@ class Fleet:
             gap_ratio=plan.gap,
             objective_dollars_per_hour=plan.price_per_hour,
         )
-        outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
+        outcomes = {sp.service: outcome_of(sp, fleet_plan.candidates.trust) for sp in plan.services}
         if relaxed_reason is not None:
             for service in services:
                 sid = planning.service_id(service)

@@ -670,6 +670,27 @@ class Prediction(ApiModel):
     max_requests_per_second: Annotated[float, Field(ge=0)] | None = None
     dollars_per_hour: Annotated[float, Field(ge=0)] | None = None
     dollars_per_million_output_tokens: Annotated[float, Field(ge=0)] | None = None
+    trust: (
+        Annotated[
+            str,
+            Field(
+                max_length=MAX_TEXT_LENGTH,
+                description="How far the prediction can be trusted: measured, calibrated, engine-derived "
+                "or uncalibrated (predicted from specs), and whether the load is inside the calibrated "
+                "range.",
+            ),
+        ]
+        | None
+    ) = None
+    typical_error_percent: (
+        Annotated[
+            float,
+            Field(
+                ge=0, description="Typical |error| of predictions at this trust level (least trusted role)."
+            ),
+        ]
+        | None
+    ) = None
 
 
 class InferenceServiceStatus(ApiModel):

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
-from placement import catalog, perf
+from chipfit import manifests, planning
+from chipfit.api import v1alpha1
+from placement import catalog, perf, trust
 
 # Exit code for unusable input (unknown ids, impossible combinations), as argparse uses for bad flags.
 EXIT_USAGE = 2
@@ -24,7 +26,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and $/1M output tokens. Unknown ids or impossible combinations exit 2 with a one-line error.",
     )
     parser.add_argument("--model", required=True, help=f"model id ({', '.join(catalog.MODELS)})")
-    parser.add_argument("--chip", required=True, help="accelerator or MIG slice id (e.g. h100, h100/3g.40gb)")
+    chip = parser.add_mutually_exclusive_group(required=True)
+    chip.add_argument("--chip", help="accelerator or MIG slice id (e.g. h100, h100/3g.40gb)")
+    chip.add_argument(
+        "--pool",
+        metavar="FILE",
+        help="an AcceleratorPool manifest: predict for the chip it runs (its acceleratorSpec, or its "
+        "catalog id) at its price",
+    )
     parser.add_argument(
         "--precision", help="weight precision (default: bf16, or fp8 where bf16 is unsupported)"
     )
@@ -84,7 +93,7 @@ def _choose_tp(
 def predict(args: argparse.Namespace) -> dict[str, Any]:
     """The report as a JSON-ready dict (raises PredictError/ValueError with a one-line message)."""
     model = catalog.get_model(args.model)
-    acc = catalog.get_accelerator(args.chip)
+    acc, pool_price = _chip(args)
     precision = args.precision or _default_precision(acc)
     if precision not in catalog.PRECISIONS:
         raise PredictError(
@@ -108,7 +117,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     if reason is not None:
         raise PredictError(reason)
     offline = perf.offline_throughput(config, args.isl, args.osl)
-    price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
+    confidence = trust.assess(config, args.isl, args.osl)
+    price_per_device_hour = args.price if args.price is not None else pool_price
     if price_per_device_hour is not None and price_per_device_hour < 0:
         raise PredictError(f"--price: must be >= 0, got {price_per_device_hour}")
     gb = 1e9
@@ -132,6 +142,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "ttft_ms": round(offline.ttft_ms, 3),
         "itl_ms": round(offline.itl_ms, 3),
         "efficiency_source": perf.efficiency_for(acc, args.engine).source,
+        "trust": confidence.label,
+        "trust_level": confidence.level,
+        "typical_error": confidence.typical_error,
+        "in_calibrated_range": confidence.in_range,
         "price_per_device_hour": price_per_device_hour,
         "price_per_hour": None if price_per_device_hour is None else round(price_per_device_hour * tp, 4),
         "dollars_per_million_output_tokens": _dollars(price_per_device_hour, tp, offline.output_tokens_per_s),
@@ -172,6 +186,29 @@ def _dollars(price_per_device_hour: float | None, tp: int, output_tokens_per_s: 
     return _round_cost(perf.dollars_per_million_output_tokens(price_per_device_hour, tp, output_tokens_per_s))
 
 
+def _chip(args: argparse.Namespace) -> tuple[catalog.Accelerator, float | None]:
+    """The chip to predict for and its default price: a catalog id, or the pool manifest's chip."""
+    if args.pool is None:
+        acc = catalog.get_accelerator(args.chip)
+        return acc, acc.default_price_per_hour
+    documents, problems = manifests.load_documents([args.pool])
+    if problems:
+        raise PredictError(f"--pool: {problems[0].file}: {problems[0].field}: {problems[0].reason}")
+    pools = [d for d in documents if d.body.get("kind") == "AcceleratorPool"]
+    if len(pools) != 1:
+        raise PredictError(f"--pool: {args.pool} must hold exactly one AcceleratorPool, found {len(pools)}")
+    try:
+        pool = v1alpha1.AcceleratorPool.model_validate(pools[0].body)
+        return planning.pool_accelerator(pool), planning.to_pool(pool).price_per_device_hour
+    except planning.PlanningError as error:
+        raise PredictError(f"--pool: {error}") from None
+    except ValueError as error:  # pydantic's ValidationError: the first problem, one line
+        first = str(error).splitlines()
+        raise PredictError(
+            f"--pool: {args.pool}: {' '.join(first[1:3]) if len(first) > 2 else error}"
+        ) from None
+
+
 def _round_cost(value: float) -> float | None:
     """Round a $/1M figure; None (JSON null) when nothing is produced."""
     return None if value == float("inf") else round(value, 4)
@@ -188,6 +225,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"(weights {report['weights_gb_per_device']:.1f}, KV {report['kv_cache_gb_per_device']:.1f})",
         f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
         f"  calibration      {report['efficiency_source']}",
+        f"  trust            {report['trust']} (typically within {report['typical_error']:.0%})",
         (
             f"  cost             ${report['price_per_hour']:.2f}/h, "
             + _cost_text(report["dollars_per_million_output_tokens"])
@@ -202,7 +240,11 @@ def render_text(report: dict[str, Any]) -> str:
             f"  at {report['rps']:g} req/s   {verdict} TTFT p99 <= {report['slo']['ttft_p99_ms']:g} ms, "
             f"ITL p99 <= {report['slo']['itl_p99_ms']:g} ms" + _latency_text(report),
             f"  max under SLO    {report['max_rps_under_slo']:.3f} req/s ({report['binding']}), "
-            + _cost_text(report["dollars_per_million_output_tokens_at_max_rps"]),
+            + (
+                _cost_text(report["dollars_per_million_output_tokens_at_max_rps"])
+                if report["price_per_hour"] is not None
+                else "no price"
+            ),
         ]
         if report["prefill_chunk_tokens"] is not None:
             lines.append(f"  prefill chunk    {report['prefill_chunk_tokens']} tokens per iteration")
