@@ -294,6 +294,8 @@ def service_problems(
     catalog are not checked)."""
     spec = service.spec
     errors: list[FieldError] = [] if chips is None else _unknown_accelerator_errors(spec, chips)
+    if errors:
+        return errors
     max_context = model_max_context(spec.model)
     workload = spec.workload
     if workload.max_context_tokens is not None and workload.max_context_tokens > max_context:
@@ -458,22 +460,25 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
 def _semantic(out: Validated, documents: Sequence[Document]) -> None:
     files = {(d.body.get("kind"), d.label): d.file for d in documents}
     pool_names = [p.metadata.name for p in out.pools] or None
+    # Pools whose own chip does not resolve are reported by pool_problems; the rest must agree per id.
+    resolvable = []
+    for pool in out.pools:
+        try:
+            planning.pool_accelerator(pool)
+        except planning.PlanningError:
+            continue
+        resolvable.append(pool)
     chips: dict[str, catalog.Accelerator]
     try:
-        chips = planning.fleet_accelerators(out.pools)
+        chips = planning.fleet_accelerators(resolvable)
     except planning.PlanningError as error:
-        # Pools disagreeing on one id's spec: reported once, on the pool named in the message; every
-        # pool's own spec still counts for the other checks.
         label = str(error).split(":", 1)[0]
         e = _planning_field_error(error)
         out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
         chips = {}
-        for pool in out.pools:
+        for pool in resolvable:
             if pool.spec.accelerator_spec is not None:
-                try:
-                    chips.setdefault(pool.spec.accelerator, planning.pool_accelerator(pool))
-                except planning.PlanningError:
-                    continue
+                chips.setdefault(pool.spec.accelerator, planning.pool_accelerator(pool))
     for service in out.services:
         label = f"InferenceService {service.metadata.namespace}/{service.metadata.name}"
         if service.metadata.namespace is None:
