@@ -366,3 +366,74 @@ def fit_sets() -> dict[str, list[CalibrationPoint]]:
         "NVIDIA_TRTLLM": [p for p in points if p.engine == "trtllm"],
         "AMD_VLLM": [p for p in points if p.accelerator == "mi300x" and p.engine == "vllm"],
     }
+
+
+# --- engine versions ---------------------------------------------------------------------------------------
+
+# The TensorRT-LLM grid was published for two releases (perf-overview.md @258c7540 = v0.17, @00f37686 =
+# v1.0); v0.17 has most rows, so the fitted NVIDIA_TRTLLM family is effectively v0.17's: the reference.
+REFERENCE_ENGINE_VERSIONS: Final = {"trtllm": "0.17"}
+# A cell counts as decode-dominated (its throughput follows memory bandwidth) when its output is at least
+# this many times its prompt, prefill-dominated (follows compute) when its prompt is.
+PHASE_DOMINANCE_RATIO: Final = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRatio:
+    """How a release's measured throughput compares to the reference release's on the same cells."""
+
+    engine: str
+    version: str
+    reference: str
+    # Median measured(version) / measured(reference) over decode- and prefill-dominated shared cells.
+    bandwidth_ratio: float
+    compute_ratio: float
+    cells: int
+
+
+def _release(source: str) -> tuple[str, str] | None:
+    """`trtllm_v1.0_perf_overview` -> ("trtllm", "1.0")."""
+    parts = source.split("_")
+    if len(parts) >= 2 and parts[1].startswith("v"):
+        return parts[0], parts[1][1:]
+    return None
+
+
+def engine_version_ratios() -> dict[tuple[str, str], VersionRatio]:
+    """Per (engine, version): its throughput relative to the reference release, from measurements only.
+
+    Compares the two releases' published numbers on identical cells (model, GPU, precision, tp, prompt,
+    output); no model prediction is involved, so the ratio is what the release changed.
+    """
+    cells: dict[tuple[str, str], dict[tuple[str, ...], float]] = {}
+    for row in _rows(TRTLLM_CSV):
+        release = _release(row["source"])
+        if release is None:
+            continue
+        model = TRTLLM_MODELS.get(row["model"], row["model"])
+        key = (
+            model,
+            TRTLLM_ACCELERATORS[row["gpu"]],
+            row["precision"].lower(),
+            row["tp"],
+            row["isl"],
+            row["osl"],
+        )
+        cells.setdefault(release, {})[key] = float(row["output_tokens_per_s"])
+    out = {}
+    for (engine, version), measured in cells.items():
+        reference = REFERENCE_ENGINE_VERSIONS.get(engine)
+        if reference is None or version == reference or (engine, reference) not in cells:
+            continue
+        base = cells[(engine, reference)]
+        shared = [k for k in measured if k in base]
+        decode = [measured[k] / base[k] for k in shared if float(k[5]) >= PHASE_DOMINANCE_RATIO * float(k[4])]
+        prefill = [
+            measured[k] / base[k] for k in shared if float(k[4]) >= PHASE_DOMINANCE_RATIO * float(k[5])
+        ]
+        if not decode or not prefill:
+            continue
+        out[(engine, version)] = VersionRatio(
+            engine, version, reference, float(np.median(decode)), float(np.median(prefill)), len(shared)
+        )
+    return out

@@ -8,9 +8,9 @@ physics; unit tests pass synthetic oracles.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from placement import catalog, perf, profiles, solve, trust, workload
+from placement import catalog, engine_version, perf, profiles, solve, trust, workload
 
 # TP degrees tried by default: the powers of two serving engines shard attention heads by.
 DEFAULT_TP_DEGREES: tuple[int, ...] = (1, 2, 4, 8)
@@ -41,6 +41,8 @@ class Query:
     output_mean_tokens: float | None = None
     # The chip when a pool declared it by its specs (None: the catalog entry for `accelerator`).
     accelerator_spec: catalog.Accelerator | None = None
+    # The engine release (None: not stated).
+    engine_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def perf_oracle(query: Query) -> Capacity:
         chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
         config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
         slo = perf.Slo(query.ttft_p99_ms, query.itl_p99_ms)
+        versioned = engine_version.efficiency(config.accelerator_spec, query.engine, query.engine_version)
         # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
         prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
         output_mean = query.output_mean_tokens or float(query.output_tokens)
@@ -83,10 +86,11 @@ def perf_oracle(query: Query) -> Capacity:
             slo,
             prompt_tokens_p99=max(float(query.prompt_tokens), prompt_mean, 1.0),
             output_tokens_p99=max(float(query.output_tokens), output_mean, 1.0),
+            efficiency=versioned.efficiency,
         )
     except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
         return Capacity(0.0, None, None, str(error), "perf", size_monotone=True)
-    confidence = trust.assess(config, prompt_mean, output_mean)
+    confidence = trust.assess(config, prompt_mean, output_mean, versioned)
     if rate.max_rps > 0.0:
         return Capacity(
             rate.max_rps,
@@ -100,7 +104,10 @@ def perf_oracle(query: Query) -> Capacity:
     zero_itl: float | None = None
     if perf.infeasibility(config) is None:
         load = perf.latency_at_rate(
-            config, perf.Workload(query.prompt_tokens, query.output_tokens), ZERO_LOAD_RPS
+            config,
+            perf.Workload(query.prompt_tokens, query.output_tokens),
+            ZERO_LOAD_RPS,
+            efficiency=versioned.efficiency,
         )
         if load is not None:
             zero_ttft, zero_itl = load.ttft_p99_ms, load.itl_p99_ms
@@ -116,6 +123,11 @@ def profile_oracle(
 
     def oracle(query: Query) -> Capacity:
         profile = index.get((query.model, query.accelerator, query.precision, query.tp, query.role))
+        # A table measured on another engine or release is not this configuration: fall back, and say so.
+        mismatch = _engine_mismatch(profile, query) if profile is not None else None
+        if mismatch is not None:
+            answer = fallback(query) if fallback is not None else Capacity(0.0, None, None, mismatch, "none")
+            return _with_note(answer, mismatch)
         # A table measured under a looser SLO than asked says nothing about this SLO: fall back.
         if profile is not None and not _looser(profile, query):
             rps = profile.max_rps_for(query.prompt_tokens, query.output_tokens)
@@ -132,6 +144,27 @@ def profile_oracle(
         return fallback(query)
 
     return oracle
+
+
+def _engine_mismatch(profile: profiles.BucketProfile, query: Query) -> str | None:
+    """Why a profile's measurement does not apply to the query's engine or release (None: it applies)."""
+    ran = f"{profile.engine} {profile.engine_version or '(version not given)'}"
+    wants = f"{query.engine} {query.engine_version or '(version not given)'}"
+    if profile.engine != query.engine or not engine_version.same_release(
+        profile.engine_version, query.engine_version
+    ):
+        return f"profile {profile.source} measured on {ran} not applied: the service runs {wants}"
+    return None
+
+
+def _with_note(answer: Capacity, note: str) -> Capacity:
+    """The answer with one more trust note (the profile that was not applied, and why)."""
+    if answer.trust is None:
+        return answer
+    said = answer.trust
+    return replace(
+        answer, trust=trust.Trust(said.level, said.in_range, (*said.notes, note), said.typical_error)
+    )
 
 
 def _looser(profile: profiles.BucketProfile, query: Query) -> bool:
@@ -164,6 +197,8 @@ class ServiceSpec:
     excluded_pools: frozenset[str] = frozenset()
     spot_allowed: bool = True
     tp_degrees: tuple[int, ...] = DEFAULT_TP_DEGREES
+    # The engine release the service runs (None: not stated; see placement.engine_version).
+    engine_version: str | None = None
     model_arch: catalog.ModelArch | None = None
 
 
@@ -351,6 +386,7 @@ def _candidate(
                 tp=tp,
                 role=role,
                 engine=spec.engine,
+                engine_version=spec.engine_version,
                 prompt_tokens=bucket.prompt_tokens,
                 output_tokens=bucket.output_tokens,
                 ttft_p99_ms=spec.ttft_p99_ms,

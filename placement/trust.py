@@ -19,7 +19,7 @@ import functools
 from collections.abc import Mapping
 from typing import Final, Literal
 
-from placement import calibration, perf
+from placement import calibration, engine_version, perf
 
 Level = Literal["measured", "calibrated", "engine-derived", "uncalibrated", "prior"]
 
@@ -74,7 +74,7 @@ class Trust:
         return "; ".join(self.notes)
 
 
-def _engine_version(dataset: str) -> str:
+def _release_of(dataset: str) -> str:
     """`trtllm_v0.17_perf_overview` -> `trtllm v0.17`; MLPerf rows -> their round."""
     head = dataset.split()[0]
     parts = head.split("_")
@@ -95,7 +95,7 @@ def fitted_ranges() -> Mapping[tuple[str, str], FittedRange]:
             prompt_tokens=(min(p.prompt_tokens for p in points), max(p.prompt_tokens for p in points)),
             output_tokens=(min(p.output_tokens for p in points), max(p.output_tokens for p in points)),
             tp=(min(tps), max(tps)),
-            engine_versions=frozenset(_engine_version(p.dataset) for p in points),
+            engine_versions=frozenset(_release_of(p.dataset) for p in points),
             rows=len(points),
         )
     return out
@@ -106,8 +106,18 @@ def _fitted_engines(vendor: str) -> frozenset[str]:
     return frozenset(e for v, e in calibration.FITTED_FAMILIES.values() if v == vendor)
 
 
-def assess(config: perf.ReplicaConfig, prompt_tokens: float, output_tokens: float) -> Trust:
-    """How far the model's prediction for this replica and request size can be trusted."""
+# An engine release with no measurements of its own, predicted with the reference release's efficiency.
+UNMEASURED_RELEASE_EXTRA_ERROR: Final = 0.05
+
+
+def assess(
+    config: perf.ReplicaConfig,
+    prompt_tokens: float,
+    output_tokens: float,
+    versioned: engine_version.VersionedEfficiency | None = None,
+) -> Trust:
+    """How far the model's prediction for this replica and request size (and engine release) can be
+    trusted."""
     acc = config.accelerator_spec
     chip = acc.parent or acc.id
     fitted = _fitted_engines(acc.vendor)
@@ -135,6 +145,10 @@ def assess(config: perf.ReplicaConfig, prompt_tokens: float, output_tokens: floa
         notes.append(
             f"engine-derived: {chip} calibrated with {base}; {config.engine} scaled by a published ratio"
         )
+    if versioned is not None and level != "prior":
+        notes.append(versioned.note)
+        if not versioned.measured:
+            error += UNMEASURED_RELEASE_EXTRA_ERROR
     if acc.is_mig and level in ("calibrated", "engine-derived"):
         notes.append(f"MIG slice {acc.mig_profile}: scaled from the whole chip, never measured")
     in_range = True

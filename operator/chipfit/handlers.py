@@ -81,6 +81,14 @@ def first_problem(
     return problems[0] if problems else None
 
 
+def _pool_chip(
+    pools: Mapping[str, v1alpha1.AcceleratorPool], placement: v1alpha1.RolePlacement
+) -> catalog.Accelerator | None:
+    """The chip of the placement's pool (None when the pool is gone: the renderer reports that)."""
+    pool = pools.get(placement.pool)
+    return render.pool_chip(pool) if pool is not None else None
+
+
 def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.AcceleratorPool]:
     """Pools whose chip resolves, and that agree with the others on it; the rest are logged and left out.
 
@@ -411,7 +419,10 @@ class Fleet:
             parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
             pools = {p.metadata.name: p for p in parsed}
         try:
-            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
+            sizings = {
+                render.placement_key(p): render.sizing(service, p, _pool_chip(pools, p))
+                for p in outcome.placements
+            }
             desired = render.render_all(service, outcome.placements, pools, sizings)
         except render.RenderError as exc:
             self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from chipfit import engines, planning
 from chipfit.api import v1alpha1
-from placement import catalog, perf
+from placement import catalog, engine_version, perf
 
 FIELD_MANAGER: Final = "chipfit"
 LABEL_SERVICE: Final = "chipfit.io/service"
@@ -201,11 +201,16 @@ def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
     return arch.to_catalog(served_model_name(spec))
 
 
-def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
+def sizing(
+    service: v1alpha1.InferenceService,
+    placement: v1alpha1.RolePlacement,
+    chip: catalog.Accelerator | None = None,
+) -> engines.Sizing:
     """Engine limits: max model length from the workload, max concurrent sequences from placement.perf.
 
     The sequence cap is the slot count the performance model priced the replica with (KV capacity and the
-    engine's limit under the chosen prefill chunk); the chunk itself goes to the engine too.
+    engine's limit under the chosen prefill chunk); the chunk itself goes to the engine too. `chip` is the
+    pool's chip (its acceleratorSpec); None looks placement.accelerator up in the catalog.
     """
     spec = service.spec
     arch = model_arch(spec)
@@ -213,9 +218,10 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
     prompt_p99 = workload.prompt_tokens.p99 or workload.prompt_tokens.mean
     output_p99 = workload.output_tokens.p99 or workload.output_tokens.mean
     max_len = workload.max_context_tokens or min(arch.max_context_tokens, math.ceil(prompt_p99 + output_p99))
+    acc = chip if chip is not None else catalog.get_accelerator(placement.accelerator)
     config = perf.ReplicaConfig(
         model=arch,
-        accelerator=placement.accelerator,
+        accelerator=acc,
         precision=placement.precision,
         tp=placement.tensor_parallel,
         role=placement.role,
@@ -228,6 +234,8 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
         perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
         prompt_tokens_p99=workload.prompt_tokens.p99,
         output_tokens_p99=workload.output_tokens.p99,
+        # The release's efficiency, as the plan priced it (placement.candidates.perf_oracle).
+        efficiency=engine_version.efficiency(acc, spec.engine, spec.engine_version).efficiency,
     )
     # The engine's sequence cap is the slot count the performance model's admission queue assumed (KV
     # capacity and engine limit, under the chosen chunk), not the mean decode batch at the planned rate

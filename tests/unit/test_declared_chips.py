@@ -143,6 +143,15 @@ def test_render_requests_the_declared_resource_and_selects_its_node_label() -> N
     assert {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["ACME-X1"]} in expressions
 
 
+def test_the_renderer_sizes_the_engine_for_the_declared_chip() -> None:
+    pool = v1alpha1.AcceleratorPool.model_validate(acme_pool())
+    placed = v1alpha1.RolePlacement(
+        role="aggregated", pool="acme", accelerator="acme-x1", precision="fp8", tensor_parallel=1, replicas=1
+    )
+    sized = render.sizing(SERVICES["chat-8b"], placed, planning.pool_accelerator(pool))
+    assert sized.max_concurrent_sequences > 0 and sized.max_model_len_tokens == 8192
+
+
 def test_a_slice_of_a_declared_chip_is_cut_from_its_partitions() -> None:
     spec = {
         **ACME_SPEC,

@@ -75,6 +75,16 @@ ModelId = Annotated[
 ]
 Precision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 Engine = Literal["vllm", "sglang", "trtllm", "tgi", "neuron"]
+EngineVersion = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^v?[0-9]+\.[0-9]+([.][0-9]+)?([-+.]?[0-9A-Za-z.]+)?$",
+        description="Engine release (e.g. 1.0, v0.17.0): efficiency depends on it; a measured profile "
+        "applies only to the release it was measured on.",
+    ),
+]
 ServingMode = Literal["aggregated", "disaggregated", "auto"]
 Role = Literal["aggregated", "prefill", "decode"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
@@ -641,6 +651,7 @@ class InferenceServiceSpec(ApiModel):
         ),
     ] = ["bf16"]
     engine: Engine = "vllm"
+    engine_version: EngineVersion | None = None
     slo: Slo
     workload: Workload
     serving: ServingMode = "auto"
@@ -797,6 +808,7 @@ class PerformanceProfileSpec(ApiModel):
     accelerator: AcceleratorId
     precision: Precision
     engine: Engine = "vllm"
+    engine_version: EngineVersion | None = None
     tensor_parallel: Annotated[int, Field(ge=1, le=64)] = 1
     source: ProfileSource
     points: Annotated[list[ProfilePoint], Field(min_length=1, max_length=MAX_PROFILE_POINTS)] | None = None
