@@ -168,7 +168,7 @@ def server_chunk_choices(points: Sequence[Point]) -> tuple[int, int]:
             )
             if perf.infeasibility(config) is not None:
                 continue
-            slo = perf.Slo(point.ttft_p99_ms, point.itl_p99_ms)
+            slo = perf.LatencySlo(point.ttft_p99_ms, point.itl_p99_ms)
             sizes = (point.prompt_tokens, point.output_tokens)
             chosen = perf.max_rate_under_slo(config, *sizes, slo, itl_is_tpot=True)
             default = perf.max_rate_under_slo(

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from placement import baselines, candidates, solve
+from placement import baselines, candidates
+from placement.solver import solve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "melange" / "melange_profiles.json"
 

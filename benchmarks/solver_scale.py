@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from placement import catalog, solve
+from placement import catalog
+from placement.solver import colgen, inputs, solve
 
 POOLS_TOTAL = 40
 # Spot discount on the twins of full chips (AWS quotes spot at roughly 30-70% off; a middle value).
@@ -67,18 +68,18 @@ def _price(acc: catalog.Accelerator) -> float:
     return acc.default_price_per_hour
 
 
-def pools(rng: np.random.Generator) -> list[solve.Pool]:
+def pools(rng: np.random.Generator) -> list[inputs.Pool]:
     """The 25 types of SCALE_FAMILIES (18 MIG slices among them) and spot twins of full chips, to 40 pools."""
-    out: list[solve.Pool] = []
+    out: list[inputs.Pool] = []
     accs = [a for a in catalog.ACCELERATORS.values() if a.id.split("/")[0] in SCALE_FAMILIES]
     for a in accs:
         per_node = 8 if a.parent is None else 8 * a.mig_max_instances
-        out.append(solve.Pool(a.id.replace("/", "-"), a.id, per_node, 1, _price(a)))
+        out.append(inputs.Pool(a.id.replace("/", "-"), a.id, per_node, 1, _price(a)))
     full = [a for a in accs if a.parent is None]
     i = 0
     while len(out) < POOLS_TOTAL:
         a = full[i % len(full)]
-        out.append(solve.Pool(f"{a.id}-spot{i}", a.id, 8, 1, _price(a) * SPOT_DISCOUNT, spot=True))
+        out.append(inputs.Pool(f"{a.id}-spot{i}", a.id, 8, 1, _price(a) * SPOT_DISCOUNT, spot=True))
         i += 1
     del rng
     return out
@@ -95,12 +96,12 @@ def capacity(acc: catalog.Accelerator, tp: int, weight_gb: float, noise: float) 
     return tuple(base / (out / OUT_UNIT_TOKENS) / (1.0 + prompt / prefill_tokens) for prompt, out in BUCKETS)
 
 
-def instance(n_services: int, seed: int) -> solve.Problem:
+def instance(n_services: int, seed: int) -> inputs.FleetProblem:
     """A generated fleet and its services."""
     rng = np.random.default_rng(seed)
     fleet = pools(rng)
-    services: list[solve.ServiceDemand] = []
-    cands: list[solve.Candidate] = []
+    services: list[inputs.ServiceDemand] = []
+    cands: list[inputs.Candidate] = []
     need_devices: dict[str, float] = defaultdict(float)
     for s in range(n_services):
         sid = f"svc-{s:05d}"
@@ -109,7 +110,7 @@ def instance(n_services: int, seed: int) -> solve.Problem:
         shares = rng.dirichlet(np.ones(len(BUCKETS)))
         rates = tuple(float(rate * f) for f in shares)
         services.append(
-            solve.ServiceDemand(
+            inputs.ServiceDemand(
                 sid, rates, priority=int(rng.choice(PRIORITIES)), min_replicas=0, serving="aggregated"
             )
         )
@@ -131,7 +132,9 @@ def instance(n_services: int, seed: int) -> solve.Problem:
                 if not any(caps):
                     continue
                 price = p.price_per_device_hour * tp
-                cands.append(solve.Candidate(sid, "aggregated", p.id, p.accelerator, "bf16", tp, caps, price))
+                cands.append(
+                    inputs.Candidate(sid, "aggregated", p.id, p.accelerator, "bf16", tp, caps, price)
+                )
                 load = sum(r / c for r, c in zip(rates, caps, strict=True))
                 alone = math.ceil(load) * price
                 if alone < best_price:
@@ -140,7 +143,7 @@ def instance(n_services: int, seed: int) -> solve.Problem:
     # Each pool holds CAPACITY_HEADROOM x what the services' cheapest single configurations would put
     # on it (at least one node): every service fits, yet the cheap pools are contested.
     sized = [
-        solve.Pool(
+        inputs.Pool(
             p.id,
             p.accelerator,
             p.devices_per_node,
@@ -150,23 +153,23 @@ def instance(n_services: int, seed: int) -> solve.Problem:
         )
         for p in fleet
     ]
-    return solve.Problem(tuple(services), tuple(sized), tuple(cands))
+    return inputs.FleetProblem(tuple(services), tuple(sized), tuple(cands))
 
 
-def exact_bound(problem: solve.Problem) -> float:
+def exact_bound(problem: inputs.FleetProblem) -> float:
     """Sum over services of each one's exact MILP bound with every pool unlimited (slow; offline).
 
     Capacity only adds cost, so this is a valid lower bound; when the plan leaves every pool with room
     it is also what an all-knowing solver would pay, so it shows the true gap of the decomposition.
     """
     big = tuple(replace(p, nodes=10**6) for p in problem.pools)
-    by_service: dict[str, list[solve.Candidate]] = defaultdict(list)
+    by_service: dict[str, list[inputs.Candidate]] = defaultdict(list)
     for c in problem.candidates:
         by_service[c.service].append(c)
     total = 0.0
     for s in problem.services:
-        sub = solve.Problem((s,), big, tuple(by_service[s.id]))
-        total += solve.solve(sub, solve.SolveOptions(method="milp", mip_rel_gap=1e-6)).bound
+        sub = inputs.FleetProblem((s,), big, tuple(by_service[s.id]))
+        total += solve.solve(sub, inputs.SolveOptions(method="milp", mip_rel_gap=1e-6)).bound
     return total
 
 
@@ -175,12 +178,12 @@ def run(n_services: int, seed: int, milp_too: bool, exact: bool = False) -> dict
     started = time.perf_counter()
     problem = instance(n_services, seed)
     generate_s = time.perf_counter() - started
-    options = solve.SolveOptions(time_limit_s=TIME_LIMIT_S, mip_rel_gap=GAP_TARGET)
+    options = inputs.SolveOptions(time_limit_s=TIME_LIMIT_S, mip_rel_gap=GAP_TARGET)
     plan = solve.solve(problem, options)
     # A second valid bound: the LP relaxation over every candidate, by column generation (not timed in
     # the solve; the decomposition's own bound is per service and ignores capacity).
     started = time.perf_counter()
-    pruned = solve.prune(problem, solve.SolveOptions(max_candidates_per_bucket=CANDIDATES_PER_BUCKET))
+    pruned = colgen.prune(problem, inputs.SolveOptions(max_candidates_per_bucket=CANDIDATES_PER_BUCKET))
     lp_s = time.perf_counter() - started
     bounds = [plan.bound] + ([pruned.full_lp_bound] if pruned.full_lp_bound is not None else [])
     best_bound = max(bounds)
@@ -210,7 +213,7 @@ def run(n_services: int, seed: int, milp_too: bool, exact: bool = False) -> dict
         row["exact_bound_s"] = round(time.perf_counter() - started, 1)
         row["gap_to_exact_bound"] = round((plan.price_per_hour - bound) / plan.price_per_hour, 5)
     if milp_too:
-        milp_options = solve.SolveOptions(
+        milp_options = inputs.SolveOptions(
             time_limit_s=MILP_TIME_LIMIT_S,
             mip_rel_gap=GAP_TARGET,
             max_candidates_per_bucket=CANDIDATES_PER_BUCKET,

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from chipfit import planning, validation
-from placement import baselines, candidates, simulate, solve, workload
+from placement import baselines, candidates, simulate, workload
+from placement.solver import allocation, inputs, solve
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "data" / "traces"
@@ -87,7 +88,7 @@ def load_trace(name: str) -> Trace:
     )
 
 
-def fleet_pools() -> list[solve.Pool]:
+def fleet_pools() -> list[inputs.Pool]:
     """The examples fleet's pool types and prices, minus spot (a different product: preemptible)."""
     loaded = validation.load_and_validate([ROOT / "examples"])
     if loaded.problems:
@@ -95,7 +96,7 @@ def fleet_pools() -> list[solve.Pool]:
     return [planning.to_pool(p) for p in loaded.pools if not p.spec.spot]
 
 
-def run_case(trace: Trace, model: str, pools: list[solve.Pool]) -> dict[str, object]:
+def run_case(trace: Trace, model: str, pools: list[inputs.Pool]) -> dict[str, object]:
     """Size and replay one (trace, model) case."""
     wl = workload.from_samples(trace.peak_rps, trace.prompt, trace.output)
     key = (model, trace.name.split("x")[0])
@@ -116,7 +117,7 @@ def run_case(trace: Trace, model: str, pools: list[solve.Pool]) -> dict[str, obj
 _PREDICTED: dict[tuple[str, str], tuple[candidates.CandidateSet, float]] = {}
 
 
-def _predict(trace: Trace, model: str, pools: list[solve.Pool]) -> tuple[candidates.CandidateSet, float]:
+def _predict(trace: Trace, model: str, pools: list[inputs.Pool]) -> tuple[candidates.CandidateSet, float]:
     """Candidates (performance-model capacities) for the trace's request-size buckets."""
     ttft, itl = SLOS_MS[model]
     wl = workload.from_samples(trace.peak_rps, trace.prompt, trace.output)
@@ -138,17 +139,17 @@ def _report(
     trace: Trace,
     model: str,
     wl: workload.BucketedWorkload,
-    problem: solve.Problem,
-    plan: solve.Plan,
+    problem: inputs.FleetProblem,
+    plan: allocation.Plan,
     single: baselines.SingleTypeResult,
-    greedy: solve.Plan,
-    capacity: dict[solve.CandidateKey, tuple[float, ...]],
+    greedy: allocation.Plan,
+    capacity: dict[inputs.CandidateKey, tuple[float, ...]],
     predict_s: float,
 ) -> dict[str, object]:
     """Prices, configurations and replayed attainment of the three plans."""
     ttft, itl = SLOS_MS[model]
 
-    def summary(p: solve.Plan | None) -> dict[str, object] | None:
+    def summary(p: allocation.Plan | None) -> dict[str, object] | None:
         if p is None:
             return None
         sp = p.services[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from placement import solve
+from placement.solver import allocation, inputs, solve
 
 
 @dataclass(frozen=True)
@@ -25,18 +25,18 @@ class SingleTypeResult:
     """The best plan using one accelerator type, and every type's $/h (None: cannot serve everything)."""
 
     accelerator: str | None
-    plan: solve.Plan | None
+    plan: allocation.Plan | None
     price_per_hour_by_type: Mapping[str, float | None]
     # Set by best_single_type_per_service: the one type each service uses (accelerator is then None).
     per_service: Mapping[str, str] = field(default_factory=dict)
 
 
-def _served_fully(plan: solve.Plan, reference: Mapping[str, float]) -> bool:
+def _served_fully(plan: allocation.Plan, reference: Mapping[str, float]) -> bool:
     """Every service serves at least what the reference serves (the demand any plan can serve)."""
     return all(s.served_rps >= reference.get(s.service, 0.0) * (1 - 1e-6) - 1e-9 for s in plan.services)
 
 
-def uncapped(problem: solve.Problem) -> solve.Problem:
+def uncapped(problem: inputs.FleetProblem) -> inputs.FleetProblem:
     """The same problem with every pool given more nodes than any plan could use (sizing a new fleet)."""
     demand = {s.id: s for s in problem.services}
     devices: dict[str, int] = defaultdict(int)
@@ -57,10 +57,10 @@ def uncapped(problem: solve.Problem) -> solve.Problem:
 
 
 def best_single_type(
-    problem: solve.Problem,
-    options: solve.SolveOptions | None = None,
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions | None = None,
     *,
-    reference: solve.Plan | None = None,
+    reference: allocation.Plan | None = None,
 ) -> SingleTypeResult:
     """Cheapest whole-fleet plan on one accelerator type that serves what `reference` serves.
 
@@ -73,7 +73,7 @@ def best_single_type(
         else {s.id: s.requests_per_second for s in problem.services}
     )
     by_type: dict[str, float | None] = {}
-    best: tuple[float, str, solve.Plan] | None = None
+    best: tuple[float, str, allocation.Plan] | None = None
     for acc in sorted({p.accelerator for p in problem.pools}):
         pools = tuple(p for p in problem.pools if p.accelerator == acc)
         ids = {p.id for p in pools}
@@ -85,7 +85,7 @@ def best_single_type(
         )
         try:
             plan = solve.solve(restricted, options)
-        except solve.InfeasibleError:
+        except inputs.InfeasibleError:
             by_type[acc] = None
             continue
         if not _served_fully(plan, bar):
@@ -100,37 +100,51 @@ def best_single_type(
 
 
 def best_single_type_per_service(
-    problem: solve.Problem,
-    options: solve.SolveOptions | None = None,
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions | None = None,
     *,
-    reference: solve.Plan | None = None,
+    reference: allocation.Plan | None = None,
+    sized_to_order: bool = False,
 ) -> SingleTypeResult:
-    """Each service on its own cheapest single accelerator type, pool sizes ignored (sized to order).
+    """Each service on its own cheapest single accelerator type: how fleets are usually run, one chip type
+    per model. The fallback when no one type can serve the whole fleet (a 70B model does not fit an L4, a
+    service excludes a vendor).
 
-    The fallback when no one type can serve the whole fleet (a 70B model does not fit an L4, a service
-    excludes a vendor): it is how fleets are usually run, one chip type per model.
+    In the pools as sized (default), one MILP chooses a type per service under the same pool capacity as
+    the plan (SolveOptions.one_accelerator_per_service), so the comparison is like with like; with
+    `sized_to_order` each service is planned alone with pool sizes ignored (sizing a new fleet).
     """
-    grown = uncapped(problem)
     bar = (
         {s.service: s.served_rps for s in reference.services}
         if reference is not None
         else {s.id: s.requests_per_second for s in problem.services}
     )
+    if not sized_to_order:
+        typed = replace(options or inputs.SolveOptions(), one_accelerator_per_service=True)
+        try:
+            plan = solve.solve(problem, typed)
+        except inputs.InfeasibleError:
+            return SingleTypeResult(None, None, {}, {})
+        if not _served_fully(plan, bar):
+            return SingleTypeResult(None, None, {}, {})
+        types = {s.service: s.assignments[0].accelerator for s in plan.services if s.assignments}
+        return SingleTypeResult(None, plan, {}, types)
+    grown = uncapped(problem)
     chosen: dict[str, str] = {}
-    plans: list[solve.ServicePlan] = []
+    plans: list[allocation.ServiceAllocation] = []
     for s in problem.services:
-        best: tuple[float, str, solve.ServicePlan] | None = None
+        best: tuple[float, str, allocation.ServiceAllocation] | None = None
         for acc in sorted({p.accelerator for p in grown.pools}):
             ids = {p.id for p in grown.pools if p.accelerator == acc}
             mine = tuple(c for c in grown.candidates if c.service == s.id and c.pool in ids)
             if not mine:
                 continue
-            sub = solve.Problem(
+            sub = inputs.FleetProblem(
                 services=(s,), pools=tuple(p for p in grown.pools if p.id in ids), candidates=mine
             )
             try:
                 plan = solve.solve(sub, options)
-            except solve.InfeasibleError:
+            except inputs.InfeasibleError:
                 continue
             if not _served_fully(plan, bar) or (best is not None and plan.price_per_hour >= best[0]):
                 continue
@@ -139,18 +153,10 @@ def best_single_type_per_service(
             return SingleTypeResult(None, None, {}, {})
         chosen[s.id] = best[1]
         plans.append(best[2])
-    used: dict[str, int] = defaultdict(int)
-    for sp in plans:
-        for a in sp.assignments:
-            used[a.pool] += a.devices
-    pools = tuple(
-        solve.PoolUsage(
-            p.id, p.accelerator, p.devices_total, used[p.id], used[p.id] * p.price_per_device_hour
-        )
-        for p in grown.pools
+    # Each service's own MILP is optimal; a sum of per-service optima has no dual bound of its own.
+    plan = allocation.assemble(
+        grown.pools, plans, status="optimal", bound=math.nan, bound_source="none", stages=len(plans)
     )
-    price = sum(sp.price_per_hour for sp in plans)
-    plan = solve.Plan("optimal", tuple(plans), pools, price, price, math.nan, math.nan, 0.0, len(plans))
     return SingleTypeResult(None, plan, {}, chosen)
 
 
@@ -161,7 +167,7 @@ def best_single_type_per_service(
 class _Nodes:
     """Free devices per node of every pool, for first-fit packing."""
 
-    def __init__(self, pools: Sequence[solve.Pool]) -> None:
+    def __init__(self, pools: Sequence[inputs.Pool]) -> None:
         self.free = {p.id: [p.devices_per_node] * p.nodes for p in pools}
 
     def try_place(self, pool_id: str, tp: int, replicas: int) -> bool:
@@ -178,7 +184,7 @@ class _Nodes:
         return True
 
 
-def _replicas_alone(c: solve.Candidate, rates: Sequence[float]) -> int | None:
+def _replicas_alone(c: inputs.Candidate, rates: Sequence[float]) -> int | None:
     """Replicas of c alone to serve all these rates (None if some bucket with traffic is out of reach)."""
     load = 0.0
     for r, cap in zip(rates, c.max_rps_per_bucket, strict=True):
@@ -189,26 +195,26 @@ def _replicas_alone(c: solve.Candidate, rates: Sequence[float]) -> int | None:
         load += r / cap
     # Float noise: a load of 3.0000000001 replicas is 3 replicas.
     # Any traffic needs a whole replica, however small the load.
-    return max(1, math.ceil(load - solve.FEASIBILITY_TOLERANCE)) if load > 0.0 else 0
+    return max(1, math.ceil(load - inputs.FEASIBILITY_TOLERANCE)) if load > 0.0 else 0
 
 
-def greedy(problem: solve.Problem) -> solve.Plan:
+def greedy(problem: inputs.FleetProblem) -> allocation.Plan:
     """Each service (priority first, then largest demand) on its cheapest single configuration that fits.
 
     Bucket splitting, mixing chips within a service and moving others aside are what it cannot do;
     that difference is what the MILP buys. A disaggregated service takes the cheapest prefill and the
     cheapest decode configuration that fit; `auto` takes the cheaper of the two modes.
     """
-    solve.validate(problem)
+    inputs.validate(problem)
     nodes = _Nodes(problem.pools)
-    by_service: dict[str, list[solve.Candidate]] = defaultdict(list)
+    by_service: dict[str, list[inputs.Candidate]] = defaultdict(list)
     for c in problem.candidates:
         by_service[c.service].append(c)
     order = sorted(problem.services, key=lambda s: (-s.priority, -s.requests_per_second, s.id))
-    plans: dict[str, solve.ServicePlan] = {}
+    plans: dict[str, allocation.ServiceAllocation] = {}
     for s in order:
         rates = s.bucket_rps
-        options: list[list[tuple[solve.Candidate, int]]] = []
+        options: list[list[tuple[inputs.Candidate, int]]] = []
         for role in ("aggregated", "prefill", "decode"):
             ranked = []
             for c in by_service[s.id]:
@@ -225,48 +231,37 @@ def greedy(problem: solve.Problem) -> solve.Plan:
             options.append([(c, n) for _, _, c, n in ranked])
         chosen = _fit(s, options, nodes)
         if chosen is None:
-            plans[s.id] = solve.service_plan(
+            plans[s.id] = allocation.service_allocation(
                 s, (), s.requests_per_second, "no single configuration fits in what is left of the pools"
             )
         else:
-            plans[s.id] = solve.service_plan(
-                s, [solve.assign(c, n, rates) for c, n in chosen if n > 0], 0.0, None
+            plans[s.id] = allocation.service_allocation(
+                s, [allocation.assign(c, n, rates) for c, n in chosen if n > 0], 0.0, None
             )
     ordered = tuple(plans[s.id] for s in problem.services)
-    used: dict[str, int] = defaultdict(int)
-    for sp in ordered:
-        for a in sp.assignments:
-            used[a.pool] += a.devices
-    pools = tuple(
-        solve.PoolUsage(
-            p.id, p.accelerator, p.devices_total, used[p.id], used[p.id] * p.price_per_device_hour
-        )
-        for p in problem.pools
-    )
-    price = sum(sp.price_per_hour for sp in ordered)
     # A heuristic has no dual bound: bound and gap are NaN.
-    return solve.Plan("feasible", ordered, pools, price, price, math.nan, math.nan, 0.0, 0)
+    return allocation.assemble(problem.pools, ordered, status="feasible", bound=math.nan, bound_source="none")
 
 
 def _fit(
-    s: solve.ServiceDemand, options: list[list[tuple[solve.Candidate, int]]], nodes: _Nodes
-) -> list[tuple[solve.Candidate, int]] | None:
+    s: inputs.ServiceDemand, options: list[list[tuple[inputs.Candidate, int]]], nodes: _Nodes
+) -> list[tuple[inputs.Candidate, int]] | None:
     """Place the cheapest mode whose configurations fit and respect the budget; None when none does."""
     agg, pre, dec = options
-    modes: list[list[list[tuple[solve.Candidate, int]]]] = []
+    modes: list[list[list[tuple[inputs.Candidate, int]]]] = []
     if s.serving in ("aggregated", "auto") and agg:
         modes.append([agg])
     if s.serving in ("disaggregated", "auto") and pre and dec:
         modes.append([pre, dec])
 
-    def first_price(mode: list[list[tuple[solve.Candidate, int]]]) -> float:
+    def first_price(mode: list[list[tuple[inputs.Candidate, int]]]) -> float:
         return sum(group[0][1] * group[0][0].price_per_hour for group in mode)
 
     modes.sort(key=first_price)
     budget = s.max_dollars_per_hour if s.max_dollars_per_hour is not None else math.inf
     for mode in modes:
         saved = {k: list(v) for k, v in nodes.free.items()}
-        picked: list[tuple[solve.Candidate, int]] = []
+        picked: list[tuple[inputs.Candidate, int]] = []
         spent = 0.0
         for group in mode:
             for c, n in group:
@@ -308,9 +303,9 @@ def melange(
     """
     gpus = sorted(tputs)
     if not gpus:
-        raise solve.InvalidProblemError("melange: no GPU types")
+        raise inputs.InvalidProblemError("melange: no GPU types")
     if slice_factor < 1:
-        raise solve.InvalidProblemError("melange.slice_factor: must be >= 1")
+        raise inputs.InvalidProblemError("melange.slice_factor: must be >= 1")
     rows, cols = len(distribution), len(distribution[0]) if distribution else 0
     slices: list[tuple[float, list[float]]] = []
     for i in range(rows):
@@ -348,6 +343,6 @@ def melange(
         bounds=Bounds(np.zeros(n_vars), upper),
     )
     if res.status != 0 or res.x is None:
-        raise solve.SolverError(f"melange: HiGHS did not find the optimum ({res.message})")
+        raise inputs.SolverError(f"melange: HiGHS did not find the optimum ({res.message})")
     counts = {g: round(float(res.x[n_s * n_g + k])) for k, g in enumerate(gpus)}
     return MelangeResult(counts, sum(counts[g] * price_per_hour[g] for g in gpus))

@@ -238,7 +238,7 @@ def predict(point: CalibrationPoint, efficiency: perf_efficiency.Efficiency | No
             continue
         try:
             if point.scenario == "server":
-                slo = perf.Slo(point.ttft_p99_ms, point.itl_p99_ms)
+                slo = perf.LatencySlo(point.ttft_p99_ms, point.itl_p99_ms)
                 rate = perf.max_rate_under_slo(
                     config,
                     point.prompt_tokens,

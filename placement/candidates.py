@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from placement import catalog, engine_version, perf, profiles, solve, trust, workload
+from placement import catalog, engine_version, perf, profiles, trust, workload
+from placement.solver import inputs
 
 # TP degrees tried by default: the powers of two serving engines shard attention heads by.
 DEFAULT_TP_DEGREES: tuple[int, ...] = (1, 2, 4, 8)
@@ -27,7 +28,7 @@ class Query:
     accelerator: str
     precision: str
     tp: int
-    role: solve.Role
+    role: inputs.Role
     engine: str
     prompt_tokens: int
     output_tokens: int
@@ -74,7 +75,7 @@ def perf_oracle(query: Query) -> Capacity:
     try:
         chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
         config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
-        slo = perf.Slo(query.ttft_p99_ms, query.itl_p99_ms)
+        slo = perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms)
         versioned = engine_version.efficiency(config.accelerator_spec, query.engine, query.engine_version)
         # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
         prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
@@ -105,7 +106,7 @@ def perf_oracle(query: Query) -> Capacity:
     if perf.infeasibility(config) is None:
         load = perf.latency_at_rate(
             config,
-            perf.Workload(query.prompt_tokens, query.output_tokens),
+            perf.RequestSizes(query.prompt_tokens, query.output_tokens),
             ZERO_LOAD_RPS,
             efficiency=versioned.efficiency,
         )
@@ -185,7 +186,7 @@ class ServiceSpec:
     itl_p99_ms: float
     workload: workload.BucketedWorkload
     engine: str = "vllm"
-    serving: solve.ServingMode = "aggregated"
+    serving: inputs.ServingMode = "aggregated"
     min_replicas: int = 0
     max_replicas: int | None = None
     priority: int = 0
@@ -207,7 +208,7 @@ class Rejection:
     """A configuration that cannot serve any of the service's traffic, and why."""
 
     service: str
-    role: solve.Role
+    role: inputs.Role
     pool: str
     accelerator: str
     precision: str
@@ -223,13 +224,13 @@ class Rejection:
 class CandidateSet:
     """The solver's problem plus what was filtered out and why (for the explanations)."""
 
-    problem: solve.Problem
+    problem: inputs.FleetProblem
     specs: Mapping[str, ServiceSpec]
     rejections: tuple[Rejection, ...]
     # Services with no pool left after their placement constraints, with the reason.
     excluded: Mapping[str, str] = field(default_factory=dict)
     # How far each candidate's capacity can be trusted (its least trusted bucket), when the oracle says.
-    trust: Mapping[solve.CandidateKey, trust.Trust] = field(default_factory=dict)
+    trust: Mapping[inputs.CandidateKey, trust.Trust] = field(default_factory=dict)
     # Whether capacity was derated by trust (build's `headroom`).
     headroom: bool = True
 
@@ -239,7 +240,7 @@ def _family(accelerator: str) -> str:
     return accelerator.split("/", 1)[0]
 
 
-def pool_allowed(spec: ServiceSpec, pool: solve.Pool) -> str | None:
+def pool_allowed(spec: ServiceSpec, pool: inputs.Pool) -> str | None:
     """Why the service's placement constraints rule this pool out (None when allowed)."""
     acc = pool.accelerator
     if pool.id in spec.excluded_pools:
@@ -257,7 +258,7 @@ def pool_allowed(spec: ServiceSpec, pool: solve.Pool) -> str | None:
     return None
 
 
-def _max_tp(pool: solve.Pool, accelerators: Mapping[str, catalog.Accelerator]) -> int:
+def _max_tp(pool: inputs.Pool, accelerators: Mapping[str, catalog.Accelerator]) -> int:
     """Largest TP one replica may use in this pool: the node, and the chip's limit for known chips."""
     limit = pool.devices_per_node
     spec = accelerators.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
@@ -266,7 +267,7 @@ def _max_tp(pool: solve.Pool, accelerators: Mapping[str, catalog.Accelerator]) -
     return limit
 
 
-def _roles(mode: solve.ServingMode) -> tuple[solve.Role, ...]:
+def _roles(mode: inputs.ServingMode) -> tuple[inputs.Role, ...]:
     """Roles a serving mode may use."""
     if mode == "aggregated":
         return ("aggregated",)
@@ -277,10 +278,10 @@ def _roles(mode: solve.ServingMode) -> tuple[solve.Role, ...]:
 
 def build(
     specs: Iterable[ServiceSpec],
-    pools: Sequence[solve.Pool],
+    pools: Sequence[inputs.Pool],
     *,
     oracle: CapacityOracle = perf_oracle,
-    current_replicas: Mapping[solve.CandidateKey, int] | None = None,
+    current_replicas: Mapping[inputs.CandidateKey, int] | None = None,
     accelerators: Mapping[str, catalog.Accelerator] | None = None,
     headroom: bool = True,
 ) -> CandidateSet:
@@ -292,15 +293,15 @@ def build(
     """
     declared = dict(accelerators or {})
     spec_list = list(specs)
-    demands: list[solve.ServiceDemand] = []
-    cands: list[solve.Candidate] = []
+    demands: list[inputs.ServiceDemand] = []
+    cands: list[inputs.Candidate] = []
     rejections: list[Rejection] = []
     excluded: dict[str, str] = {}
-    trusted: dict[solve.CandidateKey, trust.Trust] = {}
+    trusted: dict[inputs.CandidateKey, trust.Trust] = {}
     for spec in spec_list:
         wl = spec.workload
         demands.append(
-            solve.ServiceDemand(
+            inputs.ServiceDemand(
                 id=spec.id,
                 bucket_rps=wl.bucket_rps,
                 bucket_output_tokens=tuple(b.output_mean_tokens for b in wl.buckets),
@@ -337,11 +338,11 @@ def build(
                         if cand is not None:
                             cands.append(cand)
                             if confidence is not None:
-                                key = solve.CandidateKey(spec.id, role, pool.id, precision, tp)
+                                key = inputs.CandidateKey(spec.id, role, pool.id, precision, tp)
                                 trusted[key] = confidence
                         elif rejection is not None:
                             rejections.append(rejection)
-    problem = solve.Problem(
+    problem = inputs.FleetProblem(
         services=tuple(demands),
         pools=tuple(pools),
         candidates=tuple(cands),
@@ -352,14 +353,14 @@ def build(
 
 def _candidate(
     spec: ServiceSpec,
-    pool: solve.Pool,
-    role: solve.Role,
+    pool: inputs.Pool,
+    role: inputs.Role,
     precision: str,
     tp: int,
     oracle: CapacityOracle,
     accelerator_spec: catalog.Accelerator | None = None,
     headroom: bool = True,
-) -> tuple[solve.Candidate | None, Rejection | None, trust.Trust | None]:
+) -> tuple[inputs.Candidate | None, Rejection | None, trust.Trust | None]:
     """The candidate for one configuration, or the reason it cannot serve any bucket."""
     buckets = spec.workload.buckets
     rates = spec.workload.bucket_rps
@@ -418,7 +419,7 @@ def _candidate(
     worst = first_miss[0] if first_miss is not None else None
     if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0):
         return (
-            solve.Candidate(
+            inputs.Candidate(
                 service=spec.id,
                 role=role,
                 pool=pool.id,
@@ -492,7 +493,7 @@ def from_melange_inputs(
                 source=f"melange {name}",
             )
         )
-        pools.append(solve.Pool(acc, acc, devices_per_node=1, nodes=pool_nodes, price_per_device_hour=price))
+        pools.append(inputs.Pool(acc, acc, devices_per_node=1, nodes=pool_nodes, price_per_device_hour=price))
     grid = profiles.melange_distribution_to_grid(distribution)
     spec = ServiceSpec(
         id="melange",

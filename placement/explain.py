@@ -7,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from placement import candidates, solve
+from placement import candidates
+from placement.solver import allocation, inputs
 
 DEFAULT_RUNNERS_UP = 3
 
@@ -35,7 +36,7 @@ class Explanation:
     runners_up: tuple[RunnerUp, ...]
 
 
-def _alone(c: solve.Candidate, rates: Sequence[float]) -> float | None:
+def _alone(c: inputs.Candidate, rates: Sequence[float]) -> float | None:
     """$/h of serving all these rates on c alone, or None when some bucket with traffic is out of reach."""
     load = 0.0
     for r, cap in zip(rates, c.max_rps_per_bucket, strict=True):
@@ -43,7 +44,7 @@ def _alone(c: solve.Candidate, rates: Sequence[float]) -> float | None:
             if cap <= 0.0:
                 return None
             load += r / cap
-    return max(1, math.ceil(load - solve.FEASIBILITY_TOLERANCE)) * c.price_per_hour
+    return max(1, math.ceil(load - inputs.FEASIBILITY_TOLERANCE)) * c.price_per_hour
 
 
 def _tokens(n: int) -> str:
@@ -55,7 +56,9 @@ def _alternatives(cset: candidates.CandidateSet, service: str) -> list[RunnerUp]
     """Cheapest way to serve the whole service per accelerator, and the best miss of the rest."""
     demand = next(s for s in cset.problem.services if s.id == service)
     rates = demand.bucket_rps
-    by_acc: dict[str, dict[str, list[tuple[float, solve.Candidate]]]] = defaultdict(lambda: defaultdict(list))
+    by_acc: dict[str, dict[str, list[tuple[float, inputs.Candidate]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for c in cset.problem.candidates:
         if c.service != service:
             continue
@@ -64,7 +67,7 @@ def _alternatives(cset: candidates.CandidateSet, service: str) -> list[RunnerUp]
             by_acc[c.accelerator][c.role].append((price, c))
     out: list[RunnerUp] = []
     for acc, roles in by_acc.items():
-        options: list[tuple[float, solve.Candidate]] = []
+        options: list[tuple[float, inputs.Candidate]] = []
         if roles.get("aggregated"):
             options.append(min(roles["aggregated"], key=lambda t: t[0]))
         if roles.get("prefill") and roles.get("decode"):
@@ -150,7 +153,7 @@ def _uncovered_sentence(cset: candidates.CandidateSet, service: str) -> str | No
 
 
 def explain(
-    cset: candidates.CandidateSet, plan: solve.Plan, *, runners_up: int = DEFAULT_RUNNERS_UP
+    cset: candidates.CandidateSet, plan: allocation.Plan, *, runners_up: int = DEFAULT_RUNNERS_UP
 ) -> tuple[Explanation, ...]:
     """An explanation per service of the plan, in the plan's order."""
     out = []
@@ -175,12 +178,12 @@ def explain(
     return tuple(out)
 
 
-def _trust_sentence(cset: candidates.CandidateSet, sp: solve.ServicePlan) -> str:
+def _trust_sentence(cset: candidates.CandidateSet, sp: allocation.ServiceAllocation) -> str:
     """How far the placed configurations' predictions can be trusted (empty when the oracle did not say)."""
     parts = []
-    seen: set[solve.CandidateKey] = set()
+    seen: set[inputs.CandidateKey] = set()
     for a in sp.assignments:
-        key = solve.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp)
+        key = inputs.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp)
         confidence = cset.trust.get(key)
         if confidence is None or key in seen:
             continue
@@ -194,7 +197,7 @@ def _trust_sentence(cset: candidates.CandidateSet, sp: solve.ServicePlan) -> str
     return (" Trust: " + "; ".join(parts) + ".") if parts else ""
 
 
-def _served(sp: solve.ServicePlan, others: Sequence[RunnerUp]) -> str:
+def _served(sp: allocation.ServiceAllocation, others: Sequence[RunnerUp]) -> str:
     """Sentence for a fully served service."""
     if not sp.assignments:
         return "no traffic and no replica minimum: nothing to run."

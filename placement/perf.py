@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import statistics
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
+from scipy import special
 
-from placement import catalog, perf_efficiency, perf_profile
+from placement import catalog, perf_efficiency
+from placement import profiles as measured
 
 # --- physical constants and engine traits (each with its source) ----------------------------------------
 
@@ -181,7 +186,7 @@ def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
 
 
 @dataclasses.dataclass(frozen=True)
-class Slo:
+class LatencySlo:
     """Latency objectives: p99 time to first token and p99 inter-token latency, milliseconds."""
 
     ttft_p99_ms: float
@@ -270,7 +275,7 @@ class LoadPrediction:
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class RequestSizes:
     """Request sizes (mean and p99 tokens) of a traffic stream."""
 
     prompt_tokens: float
@@ -495,11 +500,258 @@ def _physics_cached(
     )
 
 
-def _gemm_time(phys: _Physics, weight_bytes_read: float, flops: float) -> float:
+# --- the one implementation of the step-time and queueing formulas -----------------------------------------
+#
+# Every formula below is written once, over numpy arrays: `_Rows` holds the physics and request sizes of Q
+# replica questions as (Q, 1) columns, and the loads they are evaluated at are (Q, K) arrays, so a whole
+# fleet's capacity questions (every service, pool type, precision, tp, role, chunk and request-size bucket)
+# are answered by a few hundred array operations instead of millions of scalar calls. The scalar helpers
+# (step_time_s, latency_at_rate, ...) evaluate the same functions on one row.
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Physics and request sizes of Q replica questions, each field a (Q, 1) column."""
+
+    layers: FloatArray
+    heads: FloatArray
+    head_dim: FloatArray
+    q_dim: FloatArray
+    hidden: FloatArray
+    tp: FloatArray
+    is_moe: BoolArray
+    experts: FloatArray
+    active: FloatArray
+    dense_params: FloatArray
+    head_params: FloatArray
+    expert_params: FloatArray
+    dense_wbytes: FloatArray
+    expert_wbytes: FloatArray
+    kv_bpt: FloatArray
+    kv_capacity: FloatArray
+    bandwidth: FloatArray
+    linear_rate: FloatArray
+    attn_rate: FloatArray
+    ar_lat: FloatArray
+    link: FloatArray
+    overlap: FloatArray
+    overhead: FloatArray
+    moe_eff: FloatArray
+    chunk: FloatArray  # NaN: the engine does not chunk prefill
+    has_chunk: BoolArray
+    counts_decode: BoolArray
+    # Request sizes: means, prompt p99, E[prompt^2] and the prompt lognormal's sigma.
+    prompt: FloatArray
+    output: FloatArray
+    prompt_p99: FloatArray
+    second_moment: FloatArray
+    sigma: FloatArray
+    # Engine limits that bound the sequence slots, and the slots themselves at the mean sizes (_batch_limit).
+    max_batch: FloatArray
+    reserves_full: BoolArray
+    limit: FloatArray
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[_Physics, RequestSizes]]) -> _Rows:
+        """Columns for (physics, workload) pairs."""
+        phys = np.array([_physics_vector(p) for p, _ in items], dtype=np.float64).reshape(len(items), -1)
+        sizes = np.array(
+            [(w.prompt_tokens, w.output_tokens, w.prompt_p99) for _, w in items], dtype=np.float64
+        ).reshape(len(items), 3)
+        columns: dict[str, Any] = {name: phys[:, k : k + 1] for k, name in enumerate(_PHYSICS_COLUMNS)}
+        flags: dict[str, Any] = {
+            name: columns.pop(name) > 0.5
+            for name in ("is_moe", "has_chunk", "counts_decode", "reserves_full")
+        }
+        prompt, output, prompt_p99 = sizes[:, 0:1], sizes[:, 1:2], sizes[:, 2:3]
+        with np.errstate(all="ignore"):
+            sigma = _lognormal_sigma_v(prompt, prompt_p99)
+        rows = cls(
+            **columns,
+            **flags,
+            prompt=prompt,
+            output=output,
+            prompt_p99=prompt_p99,
+            second_moment=prompt**2 * np.exp(sigma**2),
+            sigma=sigma,
+            limit=np.zeros_like(prompt),
+        )
+        return rows.with_chunk(rows.chunk)
+
+    def with_chunk(self, chunk: FloatArray) -> _Rows:
+        """The same rows with chunked-prefill budgets `chunk` (NaN: no chunking), slots recomputed."""
+        per_sequence = np.where(
+            self.reserves_full, self.prompt + self.output, self.prompt + self.output / 2.0
+        )
+        has_chunk = ~np.isnan(chunk)
+        slots = np.where(self.counts_decode & has_chunk, np.minimum(self.max_batch, chunk), self.max_batch)
+        limit = np.minimum(slots, self.kv_capacity / per_sequence)
+        return dataclasses.replace(self, chunk=chunk, has_chunk=has_chunk, limit=limit)
+
+    def take(self, index: npt.NDArray[np.intp]) -> _Rows:
+        """The rows at `index`."""
+        return _Rows(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+
+# Physics fields of _Rows, in the order _physics_vector lists them.
+_PHYSICS_COLUMNS: Final = (
+    "layers",
+    "heads",
+    "head_dim",
+    "q_dim",
+    "hidden",
+    "tp",
+    "is_moe",
+    "experts",
+    "active",
+    "dense_params",
+    "head_params",
+    "expert_params",
+    "dense_wbytes",
+    "expert_wbytes",
+    "kv_bpt",
+    "kv_capacity",
+    "bandwidth",
+    "linear_rate",
+    "attn_rate",
+    "ar_lat",
+    "link",
+    "overlap",
+    "overhead",
+    "moe_eff",
+    "chunk",
+    "has_chunk",
+    "counts_decode",
+    "max_batch",
+    "reserves_full",
+)
+_PHYSICS_VECTORS: dict[int, tuple[_Physics, tuple[float, ...]]] = {}
+
+
+def _physics_vector(p: _Physics) -> tuple[float, ...]:
+    """The physics of one replica as the numbers _Rows stores (memoized per physics object)."""
+    hit = _PHYSICS_VECTORS.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    m, e = p.model, p.engine
+    chunk = e.prefill_chunk_tokens
+    vector = (
+        float(m.layers),
+        float(m.heads),
+        float(m.head_dim),
+        float(m.heads * m.head_dim),
+        float(m.hidden_size),
+        float(p.tp),
+        float(m.is_moe),
+        float(m.experts),
+        float(m.active_experts),
+        p.dense_params_per_token,
+        p.head_params,
+        p.expert_params,
+        p.dense_weight_bytes,
+        p.expert_weight_bytes,
+        p.kv_bytes_per_token,
+        p.kv_capacity_tokens,
+        p.bandwidth,
+        p.linear_flops_rate,
+        p.attention_flops_rate,
+        p.allreduce_latency_s,
+        p.link_bytes_per_s,
+        p.eff.overlap_penalty,
+        p.eff.step_overhead_s,
+        p.eff.moe,
+        math.nan if chunk is None else float(chunk),
+        float(chunk is not None),
+        float(e.budget_counts_decode),
+        float(e.max_batch),
+        float(e.reserves_full_sequence),
+    )
+    if len(_PHYSICS_VECTORS) > 65536:
+        _PHYSICS_VECTORS.clear()
+    _PHYSICS_VECTORS[id(p)] = (p, vector)
+    return vector
+
+
+def _lognormal_sigma_v(mean: FloatArray, p99: FloatArray) -> FloatArray:
+    """lognormal_sigma over arrays."""
+    gap = np.log(p99 / mean)
+    disc = Z_P99**2 - 2.0 * gap
+    out: FloatArray = np.where(p99 <= mean, 0.0, Z_P99 - np.sqrt(np.maximum(disc, 0.0)))
+    return out
+
+
+def _gemm_v(r: _Rows, weight_bytes_read: FloatArray, flops: FloatArray) -> FloatArray:
     """One class of GEMMs on its roofline, with the non-overlapped share of the smaller term."""
-    memory_s = weight_bytes_read / phys.bandwidth
-    compute_s = flops / phys.linear_flops_rate
-    return max(memory_s, compute_s) + phys.eff.overlap_penalty * min(memory_s, compute_s)
+    memory_s = weight_bytes_read / r.bandwidth
+    compute_s = flops / r.linear_rate
+    return np.maximum(memory_s, compute_s) + r.overlap * np.minimum(memory_s, compute_s)
+
+
+def _step_v(
+    r: _Rows,
+    decode_tokens: FloatArray | float,
+    decode_context_tokens: FloatArray | float,
+    prefill_tokens: FloatArray | float,
+    prefill_attention_flops: FloatArray | float,
+    prefill_context_tokens: FloatArray | float = 0.0,
+) -> FloatArray:
+    """Seconds of one engine iteration on one device of the replica (see step_time_s)."""
+    tokens = decode_tokens + np.asarray(prefill_tokens)
+    # Dense GEMMs: weights read once per iteration, 2 FLOPs per weight per token (head: sampled tokens only).
+    sampled = decode_tokens + np.where(np.asarray(prefill_tokens) > 0, 1.0, 0.0)
+    dense_flops = 2.0 * (r.dense_params * tokens + r.head_params * sampled) / r.tp
+    time_s = _gemm_v(r, r.dense_wbytes, dense_flops)
+    # Experts a batch of T routed tokens touches per layer: E (1 - (1 - k/E)^T) in expectation.
+    touched = r.experts * (1.0 - (1.0 - r.active / r.experts) ** tokens)
+    expert_flops = 2.0 * r.expert_params * r.active * tokens / r.tp
+    time_s = time_s + np.where(r.is_moe, _gemm_v(r, r.expert_wbytes * touched, expert_flops) / r.moe_eff, 0.0)
+    # Attention: stream every decode sequence's KV; FLOPs 4 d per cached token for decode, given for prefill.
+    attention_flops = (4.0 * r.layers * r.q_dim * decode_context_tokens + prefill_attention_flops) / r.tp
+    time_s = time_s + (decode_context_tokens + np.asarray(prefill_context_tokens)) * r.kv_bpt / r.bandwidth
+    time_s = time_s + attention_flops / r.attn_rate
+    # Two all-reduces per layer (after attention and after the MLP), ring algorithm.
+    payload = tokens * r.hidden * ACTIVATION_BYTES
+    per_call = r.ar_lat + 2.0 * (r.tp - 1.0) / r.tp * payload / r.link
+    time_s = time_s + np.where(r.tp > 1.0, 2.0 * r.layers * per_call, 0.0)
+    out: FloatArray = np.where(tokens <= 0.0, r.overhead, time_s + r.overhead)
+    return out
+
+
+def _decode_step_v(
+    r: _Rows, batch: FloatArray | float, prefill: FloatArray | float, prompts: FloatArray | float
+) -> FloatArray:
+    """Iteration time with `batch` decoding sequences and `prefill` prompt tokens from `prompts` prompts."""
+    batch, prefill, prompts = np.asarray(batch), np.asarray(prefill), np.asarray(prompts)
+    context = batch * (r.prompt + r.output / 2.0)
+    any_prompts = prompts > 0
+    attn = prompts * 2.0 * r.layers * r.heads * r.head_dim
+    attn = attn * (r.second_moment * np.minimum(1.0, prefill / np.maximum(prompts * r.prompt, 1e-9)))
+    attn = np.where(any_prompts, attn, 0.0)
+    # A prompt of L tokens cut into chunks of c re-reads L²/(2c) - L/2 earlier KV entries in all: per
+    # prefilled token (token-weighted over lognormal L) E[L²] / (2 c E[L]) - 1/2.
+    budget = _prefill_budget_v(r, batch)
+    per_token = r.second_moment / (2.0 * budget * r.prompt) - 0.5
+    rereads = any_prompts & r.has_chunk & (budget > 0.0)
+    earlier_chunks = np.where(rereads, prefill * np.maximum(per_token, 0.0), 0.0)
+    return _step_v(r, batch, context, prefill, attn, earlier_chunks)
+
+
+def _prefill_budget_v(r: _Rows, running: FloatArray | float) -> FloatArray:
+    """Prompt tokens one iteration may carry next to `running` decoding sequences (NaN: whole prompts)."""
+    out: FloatArray = np.where(r.counts_decode, r.chunk - running, r.chunk)
+    return out
+
+
+# Request sizes for row helpers whose formula does not read them.
+_UNIT_WORKLOAD: Final = RequestSizes(1.0, 1.0)
+
+
+def _one(phys: _Physics, workload: RequestSizes | None = None) -> _Rows:
+    """One row (sizes irrelevant when `workload` is None)."""
+    return _Rows.of([(phys, workload or _UNIT_WORKLOAD)])
 
 
 def step_time_s(
@@ -517,30 +769,16 @@ def step_time_s(
     `prefill_attention_flops` (whole replica) and reads the `prefill_context_tokens` KV entries earlier
     chunks of those prompts wrote (chunked prefill re-reads them once per chunk).
     """
-    model, tp = phys.model, phys.tp
-    tokens = decode_tokens + prefill_tokens
-    if tokens <= 0.0:
-        return phys.eff.step_overhead_s
-    # Dense GEMMs: weights read once per iteration, 2 FLOPs per weight per token (head: sampled tokens only).
-    sampled = decode_tokens + (1.0 if prefill_tokens > 0 else 0.0)
-    dense_flops = 2.0 * (phys.dense_params_per_token * tokens + phys.head_params * sampled) / tp
-    time_s = _gemm_time(phys, phys.dense_weight_bytes, dense_flops)
-    if model.is_moe:
-        # Experts a batch of T routed tokens touches per layer: E (1 - (1 - k/E)^T) in expectation.
-        touched = model.experts * (1.0 - (1.0 - model.active_experts / model.experts) ** tokens)
-        expert_flops = 2.0 * phys.expert_params * model.active_experts * tokens / tp
-        time_s += _gemm_time(phys, phys.expert_weight_bytes * touched, expert_flops) / phys.eff.moe
-    # Attention: stream every decode sequence's KV; FLOPs 4 d per cached token for decode, given for prefill.
-    q_dim = model.heads * model.head_dim
-    attention_flops = (4.0 * model.layers * q_dim * decode_context_tokens + prefill_attention_flops) / tp
-    time_s += (decode_context_tokens + prefill_context_tokens) * phys.kv_bytes_per_token / phys.bandwidth
-    time_s += attention_flops / phys.attention_flops_rate
-    if tp > 1:
-        # Two all-reduces per layer (after attention and after the MLP), ring algorithm.
-        payload = tokens * model.hidden_size * ACTIVATION_BYTES
-        per_call = phys.allreduce_latency_s + 2.0 * (tp - 1) / tp * payload / phys.link_bytes_per_s
-        time_s += 2.0 * model.layers * per_call
-    return time_s + phys.eff.step_overhead_s
+    with np.errstate(all="ignore"):
+        value = _step_v(
+            _one(phys),
+            float(decode_tokens),
+            float(decode_context_tokens),
+            float(prefill_tokens),
+            float(prefill_attention_flops),
+            float(prefill_context_tokens),
+        )
+    return float(value.item())
 
 
 def prefill_attention_flops(model: catalog.ModelArch, prompt_tokens: float, prompts: float = 1.0) -> float:
@@ -665,33 +903,302 @@ def _bound_of(phys: _Physics, batch: float, prompt: float, output: float) -> str
     return "compute" if compute_s > memory_s else "bandwidth"
 
 
+def _prefill_alone_v(r: _Rows, prompt_tokens: FloatArray) -> FloatArray:
+    """Time to prefill one prompt on an idle replica (chunked when the engine chunks), per row (Q, 1)."""
+    chunk = np.where(r.has_chunk, r.chunk, prompt_tokens)
+    chunks = np.maximum(1.0, np.ceil(prompt_tokens / chunk))
+    per_chunk = prompt_tokens / chunks
+    # Chunk i attends to the i chunks before it plus itself (causal); chunks are a trailing axis.
+    index = np.arange(int(chunks.max()), dtype=np.float64).reshape(1, -1)
+    done = per_chunk * index
+    attn = 2.0 * r.layers * r.heads * r.head_dim * per_chunk * (2.0 * done + per_chunk)
+    steps = _step_v(r, 0.0, 0.0, per_chunk, attn, done)
+    out: FloatArray = np.where(index < chunks, steps, 0.0).sum(axis=1, keepdims=True)
+    return out
+
+
 def _prefill_alone_s(phys: _Physics, prompt_tokens: float) -> float:
     """Time to prefill one prompt on an idle replica (chunked when the engine chunks)."""
-    chunk = phys.engine.prefill_chunk_tokens or prompt_tokens
-    chunks = max(1, math.ceil(prompt_tokens / chunk))
-    per_chunk = prompt_tokens / chunks
-    total = 0.0
-    for i in range(chunks):
-        # Chunk i attends to the i chunks before it plus itself (causal).
-        done = per_chunk * i
-        attn = (
-            2.0
-            * phys.model.layers
-            * phys.model.heads
-            * phys.model.head_dim
-            * per_chunk
-            * (2.0 * done + per_chunk)
-        )
-        total += step_time_s(phys, 0.0, 0.0, per_chunk, attn, prefill_context_tokens=done)
-    return total
+    with np.errstate(all="ignore"):
+        return float(_prefill_alone_v(_one(phys), np.full((1, 1), float(prompt_tokens))).item())
 
 
 # --- serving under load -----------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Loads:
+    """Latencies of rows at given loads ((Q, K) arrays, seconds); `ok` False where it cannot keep up."""
+
+    ok: BoolArray
+    rate: FloatArray
+    batch: FloatArray
+    step: FloatArray
+    ttft_p50: FloatArray
+    ttft_p99: FloatArray
+    itl_p50: FloatArray
+    itl_p99: FloatArray
+    prefill_utilization: FloatArray
+
+
+def _steady_v(r: _Rows, rate: FloatArray, with_prefill: bool) -> tuple[BoolArray, FloatArray, FloatArray]:
+    """Fixed point of Little's law B = λ · output · t(B): (stable, batch, mean step seconds), per element.
+
+    The damped iteration from B = 1; an element that overshoots the slot limit is unstable; one still
+    moving after FIXED_POINT_STEPS is taken where it stands if within the limit.
+    """
+    limit = r.limit
+    shape = np.broadcast(rate, limit).shape
+    batch = np.ones(shape)
+    step = np.broadcast_to(_decode_step_v(r, 1.0, 0.0, 0.0), shape).copy()
+    done = np.zeros(shape, dtype=np.bool_)
+    stable = np.zeros(shape, dtype=np.bool_)
+    out_batch = np.zeros(shape)
+    out_step = np.zeros(shape)
+    for _ in range(FIXED_POINT_STEPS):
+        prefill = rate * r.prompt * step if with_prefill else 0.0
+        prompts = rate * step if with_prefill else 0.0
+        new_step = _decode_step_v(r, np.maximum(batch, 1.0), prefill, prompts)
+        new_batch = rate * r.output * new_step
+        over = ~done & (new_batch > limit)
+        converged = (
+            ~done
+            & ~over
+            & (np.abs(new_batch - batch) <= 1e-6 * np.maximum(batch, 1.0))
+            & (np.abs(new_step - step) <= 1e-9)
+        )
+        out_batch = np.where(converged, new_batch, out_batch)
+        out_step = np.where(converged, new_step, out_step)
+        stable |= converged
+        done |= over | converged
+        if done.all():
+            return stable, out_batch, out_step
+        batch = np.where(done, batch, 0.5 * (batch + new_batch))
+        step = np.where(done, step, new_step)
+    # A slowly converging iteration means λ sits at the edge of stability: treat as unstable if it drifts.
+    late = ~done & (batch <= limit)
+    return stable | late, np.where(late, batch, out_batch), np.where(late, step, out_step)
+
+
+def _queue_tail_v(
+    rate: FloatArray, mean_service_s: FloatArray, second_moment_s2: FloatArray
+) -> tuple[BoolArray, FloatArray, FloatArray, FloatArray]:
+    """M/G/1 waiting time (stable, p50, p99, utilization) from Pollaczek-Khinchine and an exponential tail."""
+    rho = rate * mean_service_s
+    mean_wait = rate * second_moment_s2 / (2.0 * (1.0 - rho))
+    # P(W > w) ≈ ρ exp(-w ρ / E[W]): the heavy-traffic exponential tail (Kingman), exact for M/M/1.
+    conditional = mean_wait / rho
+    busy = rho > 0.0
+
+    def quantile(tail: float) -> FloatArray:
+        out: FloatArray = np.where(busy & (rho > tail), conditional * np.log(rho / tail), 0.0)
+        return out
+
+    return rho < 1.0, quantile(0.5), quantile(TAIL_PROBABILITY), np.where(busy, rho, 0.0)
+
+
+# z-scores used by the arrival-size quantile (scalar constants, computed once).
+_Z_TAIL: Final = {tail: _STANDARD_NORMAL.inv_cdf(1.0 - tail) for tail in (0.5, TAIL_PROBABILITY)}
+
+
+def _arrival_tokens_quantile_v(r: _Rows, arrivals_mean: FloatArray, tail: float) -> FloatArray:
+    """Prompt tokens arriving in one iteration that are exceeded with probability `tail`.
+
+    Arrivals are Poisson (mean `arrivals_mean`) with lognormal prompt lengths. At most one prompt
+    arrives in most iterations when the mean is small: then P(X > x) ≈ P(any arrival) · P(L > x), so x
+    is the prompt-length quantile at tail / P(any arrival). Many arrivals: the compound sum is about
+    normal with mean λt·E[L] and variance λt·E[L²]. The larger of the two is taken.
+    """
+    any_arrival = 1.0 - np.exp(-arrivals_mean)
+    z = special.ndtri(1.0 - tail / any_arrival)
+    spread = np.exp(np.log(r.prompt) - r.sigma**2 / 2.0 + r.sigma * z)
+    single = np.where(r.sigma > 0.0, spread, r.prompt)
+    summed = arrivals_mean * r.prompt + _Z_TAIL[tail] * np.sqrt(arrivals_mean * r.second_moment)
+    out: FloatArray = np.where(any_arrival <= tail, 0.0, np.maximum(single, summed))
+    return out
+
+
+# Below this many batch slots the Erlang C probability is computed exactly; above, Halfin-Whitt's
+# many-server approximation (exact in the limit, within a few percent from ~50 servers).
+ERLANG_EXACT_MAX_SERVERS: Final = 64
+_SQRT_TAU: Final = math.sqrt(math.tau)
+
+
+def _admission_wait_v(
+    slots: FloatArray, offered: FloatArray, hold_s: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """(p50, p99) wait for a free batch slot: M/M/c with c = KV/engine slots, each held `hold_s`.
+
+    A request is admitted only when a sequence slot (KV capacity, engine max batch) is free; `offered`
+    is the mean number of slots in use (λ · hold). Erlang C gives the chance to wait (Erlang B in closed
+    form, a / c Poisson probability over its distribution function, for few servers); the wait is then
+    exponential with rate c/hold - λ. Infinite where the slots cannot keep up.
+    """
+    servers = np.floor(slots)
+    idle = (servers < 1.0) | (offered <= 0.0)
+    saturated = ~idle & (offered >= servers)
+    # Erlang B = P(N = c) / P(N <= c) for N ~ Poisson(offered).
+    pmf = np.exp(servers * np.log(offered) - offered - special.gammaln(servers + 1.0))
+    blocking = pmf / special.pdtr(servers, offered)
+    utilization = offered / servers
+    exact_wait = blocking / (1.0 - utilization * (1.0 - blocking))
+    beta = (servers - offered) / np.sqrt(offered)
+    density = np.exp(-(beta**2) / 2.0) / _SQRT_TAU
+    many_wait = np.where(density > 0.0, 1.0 / (1.0 + beta * special.ndtr(beta) / density), 0.0)
+    p_wait = np.where(servers <= ERLANG_EXACT_MAX_SERVERS, exact_wait, many_wait)
+    drain_rate = servers / hold_s - offered / hold_s
+
+    def quantile(tail: float) -> FloatArray:
+        wait = np.where(p_wait > tail, np.log(p_wait / tail) / drain_rate, 0.0)
+        out: FloatArray = np.where(idle, 0.0, np.where(saturated, math.inf, wait))
+        return out
+
+    return quantile(0.5), quantile(TAIL_PROBABILITY)
+
+
+def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float, float]:
+    """(p50, p99) wait for a free batch slot (scalar; see _admission_wait_v)."""
+    with np.errstate(all="ignore"):
+        p50, p99 = _admission_wait_v(
+            np.array(float(slots)), np.array(float(offered)), np.array(float(hold_s))
+        )
+    return float(p50), float(p99)
+
+
+def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
+    """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
+    running = np.maximum(batch, 1.0)
+    mean_prompt, p99_prompt = r.prompt, r.prompt_p99
+    # Prompt tokens drain at the budget of each iteration: the chunk budget (less the decode tokens where
+    # the engine counts them) per iteration carrying a full chunk; engines without chunking run whole
+    # prompts (one per iteration, at least).
+    budget = np.where(r.has_chunk, _prefill_budget_v(r, running), np.maximum(p99_prompt, mean_prompt))
+    # Below one token, decoding sequences fill the whole token budget: prompts never get in.
+    ok = budget >= 1.0
+    full = _decode_step_v(r, running, budget, budget / mean_prompt)
+    service_rate_tok = budget / full
+    stable, wait_p50, wait_p99, rho = _queue_tail_v(
+        rate, mean_prompt / service_rate_tok, r.second_moment / service_rate_tok**2
+    )
+    ok &= stable
+    # Admission: a request first needs a free sequence slot (KV capacity, engine batch cap).
+    admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
+    ok &= np.isfinite(admit_p99)
+    # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
+    ttft_p50 = admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
+    ttft_p99 = admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
+    # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
+    # iteration whose prefill load has a 1% chance of being exceeded.
+    backlog_p99 = wait_p99 * rate * mean_prompt
+    backlog_p50 = wait_p50 * rate * mean_prompt
+    tokens_p99 = np.minimum(
+        _arrival_tokens_quantile_v(r, rate * step, TAIL_PROBABILITY) + backlog_p99, budget
+    )
+    tokens_p50 = np.minimum(_arrival_tokens_quantile_v(r, rate * step, 0.5) + backlog_p50, budget)
+    itl_p99 = _decode_step_v(r, running, tokens_p99, tokens_p99 / mean_prompt)
+    itl_p50 = _decode_step_v(r, running, tokens_p50, tokens_p50 / mean_prompt)
+    itl_p99 = np.maximum(itl_p99, itl_p50)
+    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho)
+
+
+def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
+    """Decode-only replica at a steady state: sequences arrive with their KV computed, no prefill."""
+    # Batch membership varies (Poisson arrivals, output lengths): p99 step at the p99 of a Poisson batch.
+    batch_p99 = batch + Z_P99 * np.sqrt(np.maximum(batch, 0.0))
+    step_p99 = _decode_step_v(r, np.maximum(np.minimum(batch_p99, r.limit), 1.0), 0.0, 0.0)
+    admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
+    ok = np.isfinite(admit_p99)
+    zero = np.zeros_like(batch)
+    return _Loads(ok, rate, batch, step, admit_p50 + step, admit_p99 + step_p99, step, step_p99, zero)
+
+
+def kv_transfer_s(phys: _Physics, prompt_tokens: float) -> float:
+    """Shipping one prompt's KV cache from a prefill replica to a decode replica over RDMA."""
+    return float(_kv_transfer_v(phys.kv_bytes_per_token, float(phys.tp), prompt_tokens))
+
+
+def _kv_transfer_v(kv_bpt: Any, tp: Any, prompt_tokens: Any) -> Any:
+    """KV transfer seconds (arrays or floats)."""
+    total_bytes = prompt_tokens * kv_bpt * tp
+    return KV_TRANSFER_LATENCY_S + total_bytes / (KV_TRANSFER_BYTES_PER_S_PER_DEVICE * tp)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PrefillRows:
+    """Rate-independent quantities of prefill-only rows, (Q, 1) each."""
+
+    prompts_per_batch: FloatArray
+    batch_s: FloatArray
+    service_rate_tok: FloatArray
+    alone_p50: FloatArray
+    alone_p99: FloatArray
+    transfer_p50: FloatArray
+    transfer_p99: FloatArray
+
+
+def _prefill_rows(r: _Rows) -> _PrefillRows:
+    """Prompts batched up to the token budget: the batch's time, the prefill token rate, TTFT parts."""
+    chunk = np.where(r.has_chunk, r.chunk, np.maximum(r.prompt_p99, 1.0))
+    prompts_per_batch = np.maximum(chunk / r.prompt, 1.0)
+    batch_attn = prompts_per_batch * 2.0 * r.layers * r.heads * r.head_dim * 1.0**2 * r.second_moment
+    batch_s = _step_v(r, 0.0, 0.0, prompts_per_batch * r.prompt, batch_attn)
+    service_rate_tok = prompts_per_batch * r.prompt / batch_s
+    mean_service = r.prompt / service_rate_tok
+    return _PrefillRows(
+        prompts_per_batch=prompts_per_batch,
+        batch_s=batch_s,
+        service_rate_tok=service_rate_tok,
+        alone_p50=np.maximum(_prefill_alone_v(r, r.prompt), mean_service),
+        alone_p99=np.maximum(_prefill_alone_v(r, r.prompt_p99), r.prompt_p99 / service_rate_tok),
+        transfer_p50=_kv_transfer_v(r.kv_bpt, r.tp, r.prompt),
+        transfer_p99=_kv_transfer_v(r.kv_bpt, r.tp, r.prompt_p99),
+    )
+
+
+def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
+    """Prefill-only replica: M/G/1 on prompt tokens served in budget-sized batches, + KV transfer."""
+    srt = pre.service_rate_tok
+    ok, wait_p50, wait_p99, rho = _queue_tail_v(rate, r.prompt / srt, r.second_moment / srt**2)
+    ttft_p50 = wait_p50 + pre.alone_p50 + pre.transfer_p50
+    ttft_p99 = wait_p99 + pre.alone_p99 + pre.transfer_p99
+    shape = np.broadcast(rate, srt).shape
+    zero = np.zeros(shape)
+    batch = np.broadcast_to(pre.prompts_per_batch, shape)
+    step = np.broadcast_to(pre.batch_s, shape)
+    return _Loads(np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho)
+
+
+def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:
+    """Latencies of rows of one role at arrival rates `rate` (the steady state found by iteration)."""
+    if role == "prefill":
+        return _prefill_loads(r, _prefill_rows(r), rate)
+    stable, batch, step = _steady_v(r, rate, with_prefill=role != "decode")
+    loads = (
+        _aggregated_loads(r, rate, batch, step) if role != "decode" else _decode_loads(r, rate, batch, step)
+    )
+    return dataclasses.replace(loads, ok=loads.ok & stable)
+
+
+def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
+    """Element (i, j) as a LoadPrediction (None when the replica cannot keep up there)."""
+    if not bool(loads.ok[i, j]):
+        return None
+    return LoadPrediction(
+        rate_rps=float(loads.rate[i, j]) if np.ndim(loads.rate) else float(loads.rate),
+        batch=float(loads.batch[i, j]),
+        ttft_p50_ms=float(loads.ttft_p50[i, j]) * 1e3,
+        ttft_p99_ms=float(loads.ttft_p99[i, j]) * 1e3,
+        itl_p50_ms=float(loads.itl_p50[i, j]) * 1e3,
+        itl_p99_ms=float(loads.itl_p99[i, j]) * 1e3,
+        prefill_utilization=float(loads.prefill_utilization[i, j]),
+        step_ms=float(loads.step[i, j]) * 1e3,
+    )
+
+
 def latency_at_rate(
     config: ReplicaConfig,
-    workload: Workload,
+    workload: RequestSizes,
     rate_rps: float,
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
@@ -708,30 +1215,19 @@ def latency_at_rate(
     phys = _physics(config, efficiency)
     if prefill_chunk_tokens is not None:
         phys = _with_chunk(phys, prefill_chunk_tokens)
-    if config.role == "prefill":
-        return _prefill_load(phys, workload, rate_rps)
-    if config.role == "decode":
-        return _decode_load(phys, workload, rate_rps)
-    return _aggregated_load(phys, workload, rate_rps)
+    with np.errstate(all="ignore"):
+        loads = _loads_at_rate(_Rows.of([(phys, workload)]), config.role, np.full((1, 1), float(rate_rps)))
+    return _prediction(loads)
 
 
-def _decode_step(phys: _Physics, batch: float, workload: Workload, prefill: float, prompts: float) -> float:
+def _decode_step(
+    phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
+) -> float:
     """Iteration time with `batch` decoding sequences and `prefill` prompt tokens from `prompts` prompts."""
-    context = batch * (workload.prompt_tokens + workload.output_tokens / 2.0)
-    attn = 0.0
-    earlier_chunks = 0.0
-    if prompts > 0:
-        attn = prompts * 2.0 * phys.model.layers * phys.model.heads * phys.model.head_dim
-        attn *= workload.prompt_second_moment * min(
-            1.0, prefill / max(prompts * workload.prompt_tokens, 1e-9)
+    with np.errstate(all="ignore"):
+        return float(
+            _decode_step_v(_one(phys, workload), float(batch), float(prefill), float(prompts)).item()
         )
-        budget = _prefill_budget(phys, batch)
-        if budget is not None and budget > 0.0:
-            # A prompt of L tokens cut into chunks of c re-reads L²/(2c) - L/2 earlier KV entries in all:
-            # per prefilled token (token-weighted over lognormal L) E[L²] / (2 c E[L]) - 1/2.
-            per_token = workload.prompt_second_moment / (2.0 * budget * workload.prompt_tokens) - 0.5
-            earlier_chunks = prefill * max(per_token, 0.0)
-    return step_time_s(phys, batch, context, prefill, attn, earlier_chunks)
 
 
 def _prefill_budget(phys: _Physics, running: float) -> float | None:
@@ -739,224 +1235,7 @@ def _prefill_budget(phys: _Physics, running: float) -> float | None:
     chunk = phys.engine.prefill_chunk_tokens
     if chunk is None:
         return None
-    return float(chunk) - running if phys.engine.budget_counts_decode else float(chunk)
-
-
-def _steady_batch(
-    phys: _Physics, workload: Workload, rate: float, with_prefill: bool
-) -> tuple[float, float] | None:
-    """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable."""
-    limit = _batch_limit(
-        phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
-    )
-    batch = 1.0
-    step = _decode_step(phys, batch, workload, 0.0, 0.0)
-    for _ in range(FIXED_POINT_STEPS):
-        prefill = rate * workload.prompt_tokens * step if with_prefill else 0.0
-        prompts = rate * step if with_prefill else 0.0
-        new_step = _decode_step(phys, max(batch, 1.0), workload, prefill, prompts)
-        new_batch = rate * workload.output_tokens * new_step
-        if new_batch > limit:
-            return None
-        if abs(new_batch - batch) <= 1e-6 * max(batch, 1.0) and abs(new_step - step) <= 1e-9:
-            return new_batch, new_step
-        batch, step = 0.5 * (batch + new_batch), new_step
-    # A slowly converging iteration means λ sits at the edge of stability: treat as unstable if it drifts.
-    return (batch, step) if batch <= limit else None
-
-
-def _queue_tail(
-    rate: float, mean_service_s: float, second_moment_s2: float
-) -> tuple[float, float, float] | None:
-    """M/G/1 waiting time (p50, p99, utilization) from Pollaczek-Khinchine and an exponential tail."""
-    rho = rate * mean_service_s
-    if rho >= 1.0:
-        return None
-    if rho <= 0.0:
-        return 0.0, 0.0, 0.0
-    mean_wait = rate * second_moment_s2 / (2.0 * (1.0 - rho))
-    # P(W > w) ≈ ρ exp(-w ρ / E[W]): the heavy-traffic exponential tail (Kingman), exact for M/M/1.
-    conditional = mean_wait / rho
-
-    def quantile(tail: float) -> float:
-        return conditional * math.log(rho / tail) if rho > tail else 0.0
-
-    return quantile(0.5), quantile(TAIL_PROBABILITY), rho
-
-
-def _arrival_tokens_quantile(arrivals_mean: float, workload: Workload, tail: float) -> float:
-    """Prompt tokens arriving in one iteration that are exceeded with probability `tail`.
-
-    Arrivals are Poisson (mean `arrivals_mean`) with lognormal prompt lengths. At most one prompt
-    arrives in most iterations when the mean is small: then P(X > x) ≈ P(any arrival) · P(L > x), so x
-    is the prompt-length quantile at tail / P(any arrival). Many arrivals: the compound sum is about
-    normal with mean λt·E[L] and variance λt·E[L²]. The larger of the two is taken.
-    """
-    any_arrival = 1.0 - math.exp(-arrivals_mean)
-    if any_arrival <= tail:
-        return 0.0
-    mean = workload.prompt_tokens
-    sigma = lognormal_sigma(mean, workload.prompt_p99)
-    single = mean
-    if sigma > 0.0:
-        z = _STANDARD_NORMAL.inv_cdf(1.0 - tail / any_arrival)
-        single = math.exp(math.log(mean) - sigma**2 / 2.0 + sigma * z)
-    z_tail = _STANDARD_NORMAL.inv_cdf(1.0 - tail)
-    summed = arrivals_mean * mean + z_tail * math.sqrt(arrivals_mean * workload.prompt_second_moment)
-    return max(single, summed)
-
-
-# Below this many batch slots the Erlang C probability is computed exactly; above, Halfin-Whitt's
-# many-server approximation (exact in the limit, within a few percent from ~50 servers).
-ERLANG_EXACT_MAX_SERVERS: Final = 64
-
-
-def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float, float]:
-    """(p50, p99) wait for a free batch slot: M/M/c with c = KV/engine slots, each held `hold_s`.
-
-    A request is admitted only when a sequence slot (KV capacity, engine max batch) is free; `offered`
-    is the mean number of slots in use (λ · hold). Erlang C gives the chance to wait; the wait is then
-    exponential with rate c/hold - λ.
-    """
-    servers = math.floor(slots)
-    if servers < 1 or offered <= 0.0:
-        return 0.0, 0.0
-    if offered >= servers:
-        return math.inf, math.inf
-    if servers <= ERLANG_EXACT_MAX_SERVERS:
-        blocking = 1.0
-        for k in range(1, servers + 1):
-            blocking = offered * blocking / (k + offered * blocking)
-        utilization = offered / servers
-        p_wait = blocking / (1.0 - utilization * (1.0 - blocking))
-    else:
-        beta = (servers - offered) / math.sqrt(offered)
-        density = _STANDARD_NORMAL.pdf(beta)
-        if density <= 0.0:
-            # Far from saturation (beta beyond ~38): no request ever waits.
-            return 0.0, 0.0
-        p_wait = 1.0 / (1.0 + beta * _STANDARD_NORMAL.cdf(beta) / density)
-    drain_rate = servers / hold_s - offered / hold_s
-
-    def quantile(tail: float) -> float:
-        return math.log(p_wait / tail) / drain_rate if p_wait > tail else 0.0
-
-    return quantile(0.5), quantile(TAIL_PROBABILITY)
-
-
-def _aggregated_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
-    """Continuous batching with chunked prefill: decode and prompts share every iteration."""
-    steady = _steady_batch(phys, workload, rate, with_prefill=True)
-    if steady is None:
-        return None
-    batch, step = steady
-    running = max(batch, 1.0)
-    chunk_budget = _prefill_budget(phys, running)
-    mean_prompt, p99_prompt = workload.prompt_tokens, workload.prompt_p99
-    # Prompt tokens drain at the budget of each iteration: the chunk budget (less the decode tokens where
-    # the engine counts them) per iteration carrying a full chunk; engines without chunking run whole
-    # prompts (one per iteration, at least).
-    budget = chunk_budget if chunk_budget is not None else max(p99_prompt, mean_prompt)
-    if budget < 1.0:
-        # Decoding sequences fill the whole token budget: prompts never get in.
-        return None
-    full = _decode_step(phys, running, workload, budget, budget / mean_prompt)
-    service_rate_tok = budget / full
-    tail = _queue_tail(
-        rate, mean_prompt / service_rate_tok, workload.prompt_second_moment / service_rate_tok**2
-    )
-    if tail is None:
-        return None
-    wait_p50, wait_p99, rho = tail
-    # Admission: a request first needs a free sequence slot (KV capacity, engine batch cap).
-    limit = _batch_limit(phys, mean_prompt, workload.output_tokens, phys.engine.reserves_full_sequence)
-    admit_p50, admit_p99 = _admission_wait(limit, batch, workload.output_tokens * step)
-    if math.isinf(admit_p99):
-        return None
-    # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
-    ttft_p50 = admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
-    # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
-    # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
-    # iteration whose prefill load has a 1% chance of being exceeded.
-    backlog_p99 = wait_p99 * rate * mean_prompt
-    backlog_p50 = wait_p50 * rate * mean_prompt
-    tokens_p99 = min(_arrival_tokens_quantile(rate * step, workload, TAIL_PROBABILITY) + backlog_p99, budget)
-    tokens_p50 = min(_arrival_tokens_quantile(rate * step, workload, 0.5) + backlog_p50, budget)
-    itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
-    itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
-    itl_p99 = max(itl_p99, itl_p50)
-    return LoadPrediction(
-        rate_rps=rate,
-        batch=batch,
-        ttft_p50_ms=ttft_p50 * 1e3,
-        ttft_p99_ms=ttft_p99 * 1e3,
-        itl_p50_ms=itl_p50 * 1e3,
-        itl_p99_ms=itl_p99 * 1e3,
-        prefill_utilization=rho,
-        step_ms=step * 1e3,
-    )
-
-
-def _decode_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
-    """Decode-only replica: sequences arrive with their KV already computed; no prefill interference."""
-    steady = _steady_batch(phys, workload, rate, with_prefill=False)
-    if steady is None:
-        return None
-    batch, step = steady
-    # Batch membership varies (Poisson arrivals, output lengths): p99 step at the p99 of a Poisson batch.
-    batch_p99 = batch + Z_P99 * math.sqrt(max(batch, 0.0))
-    limit = _batch_limit(
-        phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
-    )
-    step_p99 = _decode_step(phys, max(min(batch_p99, limit), 1.0), workload, 0.0, 0.0)
-    admit_p50, admit_p99 = _admission_wait(limit, batch, workload.output_tokens * step)
-    if math.isinf(admit_p99):
-        return None
-    return LoadPrediction(
-        rate_rps=rate,
-        batch=batch,
-        ttft_p50_ms=(admit_p50 + step) * 1e3,
-        ttft_p99_ms=(admit_p99 + step_p99) * 1e3,
-        itl_p50_ms=step * 1e3,
-        itl_p99_ms=step_p99 * 1e3,
-        prefill_utilization=0.0,
-        step_ms=step * 1e3,
-    )
-
-
-def kv_transfer_s(phys: _Physics, prompt_tokens: float) -> float:
-    """Shipping one prompt's KV cache from a prefill replica to a decode replica over RDMA."""
-    total_bytes = prompt_tokens * phys.kv_bytes_per_token * phys.tp
-    return KV_TRANSFER_LATENCY_S + total_bytes / (KV_TRANSFER_BYTES_PER_S_PER_DEVICE * phys.tp)
-
-
-def _prefill_load(phys: _Physics, workload: Workload, rate: float) -> LoadPrediction | None:
-    """Prefill-only replica: prompts batched up to the token budget, M/G/1 on prompt tokens, + KV transfer."""
-    chunk = float(phys.engine.prefill_chunk_tokens or max(workload.prompt_p99, 1.0))
-    prompts_per_batch = max(chunk / workload.prompt_tokens, 1.0)
-    batch_attn = prefill_attention_flops(phys.model, 1.0, prompts_per_batch) * workload.prompt_second_moment
-    batch_s = step_time_s(phys, 0.0, 0.0, prompts_per_batch * workload.prompt_tokens, batch_attn)
-    service_rate_tok = prompts_per_batch * workload.prompt_tokens / batch_s
-    mean_service = workload.prompt_tokens / service_rate_tok
-    tail = _queue_tail(rate, mean_service, workload.prompt_second_moment / service_rate_tok**2)
-    if tail is None:
-        return None
-    wait_p50, wait_p99, rho = tail
-    alone_p99 = max(_prefill_alone_s(phys, workload.prompt_p99), workload.prompt_p99 / service_rate_tok)
-    alone_p50 = max(_prefill_alone_s(phys, workload.prompt_tokens), mean_service)
-    ttft_p50 = wait_p50 + alone_p50 + kv_transfer_s(phys, workload.prompt_tokens)
-    ttft_p99 = wait_p99 + alone_p99 + kv_transfer_s(phys, workload.prompt_p99)
-    return LoadPrediction(
-        rate_rps=rate,
-        batch=prompts_per_batch,
-        ttft_p50_ms=ttft_p50 * 1e3,
-        ttft_p99_ms=ttft_p99 * 1e3,
-        itl_p50_ms=0.0,
-        itl_p99_ms=0.0,
-        prefill_utilization=rho,
-        step_ms=batch_s * 1e3,
-    )
+    return float(_prefill_budget_v(_one(phys), float(running)).item())
 
 
 # --- the contract entry point ------------------------------------------------------------------------------
@@ -966,12 +1245,12 @@ def max_rate_under_slo(
     config: ReplicaConfig,
     prompt_tokens: float,
     output_tokens: float,
-    slo: Slo,
+    slo: LatencySlo,
     *,
     prompt_tokens_p99: float | None = None,
     output_tokens_p99: float | None = None,
     itl_is_tpot: bool = False,
-    profiles: tuple[perf_profile.PerformanceProfile, ...] = (),
+    profiles: tuple[measured.MeasuredProfile, ...] = (),
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
     choose_prefill_chunk: bool = True,
@@ -996,16 +1275,17 @@ def max_rate_under_slo(
     than the engine default. `prefill_chunk_tokens` fixes the budget instead; `choose_prefill_chunk=False`
     keeps the engine default.
     """
-    workload = Workload(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
+    workload = RequestSizes(prompt_tokens, output_tokens, prompt_tokens_p99, output_tokens_p99)
     _validate_chunk(config, prefill_chunk_tokens)
     for profile in profiles:
         if _profile_matches(profile, config):
             measured = rate_from_profile(profile, config, workload, slo)
             if measured is not None:
                 return measured
-    return _max_rate_cached(
+    question = RateQuestion(
         config, workload, slo, itl_is_tpot, efficiency, prefill_chunk_tokens, choose_prefill_chunk
     )
+    return max_rates([question])[0]
 
 
 def _validate_chunk(config: ReplicaConfig, prefill_chunk_tokens: int | None) -> None:
@@ -1025,7 +1305,7 @@ def _validate_chunk(config: ReplicaConfig, prefill_chunk_tokens: int | None) -> 
         raise InvalidConfigError(f"prefill_chunk_tokens: engine {config.engine} does not chunk prefill")
 
 
-def _profile_matches(profile: perf_profile.PerformanceProfile, config: ReplicaConfig) -> bool:
+def _profile_matches(profile: measured.MeasuredProfile, config: ReplicaConfig) -> bool:
     """True when the profile was measured on exactly this configuration."""
     model_id = config.model if isinstance(config.model, str) else config.model.id
     acc_id = config.accelerator if isinstance(config.accelerator, str) else config.accelerator.id
@@ -1039,7 +1319,7 @@ PROFILE_SIZE_TOLERANCE: Final = 0.05
 
 
 def rate_from_profile(
-    profile: perf_profile.PerformanceProfile, config: ReplicaConfig, workload: Workload, slo: Slo
+    profile: measured.MeasuredProfile, config: ReplicaConfig, workload: RequestSizes, slo: LatencySlo
 ) -> RatePrediction | None:
     """The highest SLO-meeting rate a measured profile supports (None when it cannot answer).
 
@@ -1136,130 +1416,304 @@ def _with_chunk(phys: _Physics, chunk_tokens: int) -> _Physics:
     )
 
 
-@functools.lru_cache(maxsize=65536)
-def _max_rate_cached(
-    config: ReplicaConfig,
-    workload: Workload,
-    slo: Slo,
-    itl_is_tpot: bool,
-    efficiency: perf_efficiency.Efficiency | None,
-    prefill_chunk_tokens: int | None = None,
-    choose_prefill_chunk: bool = True,
-) -> RatePrediction:
-    """See max_rate_under_slo (memoized: the solver asks the same question for many pools)."""
-    reason = infeasibility(config)
-    if reason is not None:
-        return _zero(reason)
-    phys = _physics(config, efficiency)
-    context = workload.prompt_p99 + workload.output_p99
-    if context > phys.model.max_context_tokens:
-        return _zero(
-            f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context of "
-            f"{phys.model.id}"
-        )
-    if config.role != "prefill" and phys.kv_capacity_tokens < context:
-        return _zero(
-            f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
-            f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
-        )
-    if prefill_chunk_tokens is not None:
-        budgets: tuple[int | None, ...] = (prefill_chunk_tokens,)
-    elif choose_prefill_chunk and config.role != "decode":
-        budgets = prefill_chunk_candidates(phys.engine) or (None,)
-    else:
-        budgets = (None,)
-    # The engine default is searched in full; another budget only needs to beat the best so far, so it is
-    # tested there first and searched above it only when it meets the SLO there.
-    best: RatePrediction | None = None
-    for chunk in budgets:
-        candidate = phys if chunk is None else _with_chunk(phys, chunk)
-        floor = 0.0 if best is None else best.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
-        found = _search_rate(config, candidate, workload, slo, itl_is_tpot, floor)
-        if best is None or (found is not None and found.max_rps > 0.0):
-            best = found
-    assert best is not None, "the first budget is searched from zero and always answers"
-    return best
+# --- the highest SLO-meeting rate, for many questions at once ----------------------------------------------
 
 
-def _search_rate(
-    config: ReplicaConfig,
-    phys: _Physics,
-    workload: Workload,
-    slo: Slo,
-    itl_is_tpot: bool,
-    floor_rps: float,
-) -> RatePrediction | None:
-    """Bisection for the highest SLO-meeting rate of one physical replica.
+@dataclasses.dataclass(frozen=True)
+class RateQuestion:
+    """One capacity question: everything that determines max_rate_under_slo's model answer (its cache key)."""
 
-    With `floor_rps` > 0, None unless the replica meets the SLO at that rate (the search then starts
-    there); with 0, an answer always (max_rps 0.0 and the reason when even a vanishing rate misses).
+    config: ReplicaConfig
+    workload: RequestSizes
+    slo: LatencySlo
+    itl_is_tpot: bool = False
+    efficiency: perf_efficiency.Efficiency | None = None
+    prefill_chunk_tokens: int | None = None
+    choose_prefill_chunk: bool = True
+
+
+# Answers kept across calls (services, re-plans and the autoscaler ask the same questions); the oldest are
+# dropped beyond this many (~1 KB each).
+RATE_CACHE_MAX_ENTRIES: Final = 200_000
+_RATE_CACHE: dict[RateQuestion, RatePrediction] = {}
+# Rate search: a geometric grid of this many loads between the lowest tested load and saturation, then
+# bisection (geometric) between the last load meeting the SLO and the first missing it until the two
+# rates are within RATE_RELATIVE_TOLERANCE / 10 (the previous scalar bisection stopped at the tolerance).
+RATE_GRID_POINTS: Final = 12
+REFINE_MAX_STEPS: Final = 48
+
+
+def clear_rate_cache() -> None:
+    """Forget every cached answer (the catalog or efficiency factors changed)."""
+    _RATE_CACHE.clear()
+
+
+def _canonical(question: RateQuestion) -> RateQuestion:
+    """The question with catalog ids resolved, so an id and its catalog object share one cache entry."""
+    config = question.config
+    model = config.model if isinstance(config.model, str) else config.model.id
+    acc = config.accelerator if isinstance(config.accelerator, str) else config.accelerator.id
+    if (isinstance(config.model, str) or catalog.MODELS.get(model) == config.model) and (
+        isinstance(config.accelerator, str) or catalog.ACCELERATORS.get(acc) == config.accelerator
+    ):
+        if config.model == model and config.accelerator == acc:
+            return question
+        return dataclasses.replace(question, config=dataclasses.replace(config, model=model, accelerator=acc))
+    return question
+
+
+def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
+    """max_rate_under_slo's model answer for many questions at once (cached; profiles are not consulted).
+
+    Raises InvalidConfigError (or catalog.UnknownIdError) for the first malformed question.
     """
+    keys = [_canonical(q) for q in questions]
+    missing = list(dict.fromkeys(k for k in keys if k not in _RATE_CACHE))
+    if missing:
+        with np.errstate(all="ignore"):
+            answers = _solve_rates(missing)
+        for key, answer in zip(missing, answers, strict=True):
+            _RATE_CACHE[key] = answer
+        overflow = len(_RATE_CACHE) - RATE_CACHE_MAX_ENTRIES
+        if overflow > 0:
+            for key in list(itertools.islice(iter(_RATE_CACHE), overflow)):
+                del _RATE_CACHE[key]
+    cache = _RATE_CACHE
+    return [cache[k] if k in cache else _solve_rates([k])[0] for k in keys]
 
-    def meets(load: LoadPrediction | None) -> bool:
-        if load is None:
-            return False
-        ttft_ok = config.role == "decode" or load.ttft_p99_ms <= slo.ttft_p99_ms
-        itl_ms = load.step_ms if itl_is_tpot else load.itl_p99_ms
-        itl_ok = config.role == "prefill" or itl_ms <= slo.itl_p99_ms
-        return ttft_ok and itl_ok
 
-    def load_at(rate: float) -> LoadPrediction | None:
-        if config.role == "prefill":
-            return _prefill_load(phys, workload, rate)
-        if config.role == "decode":
-            return _decode_load(phys, workload, rate)
-        return _aggregated_load(phys, workload, rate)
+@dataclasses.dataclass
+class _Pending:
+    """A question being answered: its physics, chunk budgets to try and the best answer so far."""
 
-    # Upper bracket: the rate at which the replica could not keep up even with unlimited latency.
-    if config.role == "prefill":
-        # Prompts/s if every iteration were a full prefill batch.
-        ceiling = (
-            1.0
-            / _prefill_alone_s(phys, workload.prompt_tokens)
-            * max((phys.engine.prefill_chunk_tokens or workload.prompt_tokens) / workload.prompt_tokens, 1.0)
-        )
-    else:
-        limit = _batch_limit(
-            phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
-        )
-        step = _decode_step(phys, max(limit, 1.0), workload, 0.0, 0.0)
-        ceiling = max(limit, 1.0) / step / workload.output_tokens
-    if floor_rps > 0.0:
-        if floor_rps >= ceiling:
-            return None
-        low_rate = floor_rps
-        low = load_at(low_rate)
-        if not meets(low):
-            return None
-    else:
-        low_rate = ceiling * 1e-6
-        low = load_at(low_rate)
-        if not meets(low):
-            return _zero(_why_not(config, slo, low))
-    lo, hi = low_rate, ceiling
-    best = low
-    for _ in range(RATE_SEARCH_STEPS):
-        if hi - lo <= RATE_RELATIVE_TOLERANCE * lo:
-            break
-        mid = 0.5 * (lo + hi)
-        load = load_at(mid)
-        if meets(load):
-            lo, best = mid, load
+    question: RateQuestion
+    phys: _Physics
+    budgets: tuple[int | None, ...]
+    best: RatePrediction | None = None
+
+
+def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
+    """Answers for distinct questions: checks, then the chunk rounds of the search, vectorized by role."""
+    answers: list[RatePrediction | None] = [None] * len(questions)
+    pending: dict[int, _Pending] = {}
+    for i, q in enumerate(questions):
+        config, workload = q.config, q.workload
+        _validate_chunk(config, q.prefill_chunk_tokens)
+        reason = infeasibility(config)
+        if reason is not None:
+            answers[i] = _zero(reason)
+            continue
+        phys = _physics(config, q.efficiency)
+        context = workload.prompt_p99 + workload.output_p99
+        if context > phys.model.max_context_tokens:
+            answers[i] = _zero(
+                f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context "
+                f"of {phys.model.id}"
+            )
+            continue
+        if config.role != "prefill" and phys.kv_capacity_tokens < context:
+            answers[i] = _zero(
+                f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
+                f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
+            )
+            continue
+        budgets: tuple[int | None, ...]
+        if q.prefill_chunk_tokens is not None:
+            budgets = (q.prefill_chunk_tokens,)
+        elif q.choose_prefill_chunk and config.role != "decode":
+            budgets = prefill_chunk_candidates(phys.engine) or (None,)
         else:
-            hi = mid
-    assert best is not None
-    binding = _binding(config, slo, load_at(hi))
-    return RatePrediction(
-        max_rps=lo,
-        ttft_p99_ms=best.ttft_p99_ms,
-        itl_p99_ms=best.itl_p99_ms,
-        max_batch=max(1, round(best.batch)),
-        output_tokens_per_s=lo * workload.output_tokens if config.role != "prefill" else 0.0,
-        reason=binding,
-        ttft_p50_ms=best.ttft_p50_ms,
-        itl_p50_ms=best.itl_p50_ms,
-        prefill_chunk_tokens=phys.engine.prefill_chunk_tokens if config.role != "decode" else None,
+            budgets = (None,)
+        pending[i] = _Pending(q, phys, budgets)
+    # Round k tries every question's k-th budget: the engine default is searched in full; another budget
+    # only needs to beat the best so far by PREFILL_CHUNK_MIN_GAIN, so it is tested there first and searched
+    # above it only when it meets the SLO there.
+    for role in ("aggregated", "decode", "prefill"):
+        group = [p for p in pending.values() if p.question.config.role == role]
+        if not group:
+            continue
+        base = _Rows.of([(p.phys, p.question.workload) for p in group])
+        for round_index in range(max(len(p.budgets) for p in group)):
+            sel = [k for k, p in enumerate(group) if round_index < len(p.budgets)]
+            chosen = [group[k].budgets[round_index] for k in sel]
+            index = np.array(sel, dtype=np.intp)
+            rows = base.take(index)
+            chunk = np.array([math.nan if c is None else float(c) for c in chosen]).reshape(-1, 1)
+            rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
+            floors = np.array(
+                [
+                    0.0
+                    if (b := group[k].best) is None or b.max_rps <= 0.0
+                    else b.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
+                    for k in sel
+                ]
+            ).reshape(-1, 1)
+            found = _search(rows, role, [group[k].question for k in sel], floors)
+            for k, result in zip(sel, found, strict=True):
+                p = group[k]
+                if p.best is None or (result is not None and result.max_rps > 0.0):
+                    p.best = result
+    for i, p in pending.items():
+        assert p.best is not None, "the first budget is searched from zero and always answers"
+        answers[i] = p.best
+    out = [a for a in answers if a is not None]
+    assert len(out) == len(questions)
+    return out
+
+
+def _meets(
+    role: str, loads: _Loads, ttft_slo_ms: FloatArray, itl_slo_ms: FloatArray, tpot: BoolArray
+) -> BoolArray:
+    """Where both objectives hold (a prefill replica has no ITL, a decode replica's TTFT is not its own)."""
+    itl = np.where(tpot, loads.step, loads.itl_p99)
+    ttft_ok = (loads.ttft_p99 * 1e3 <= ttft_slo_ms) if role != "decode" else True
+    itl_ok = (itl * 1e3 <= itl_slo_ms) if role != "prefill" else True
+    out: BoolArray = loads.ok & ttft_ok & itl_ok
+    return out
+
+
+def _loads_at(r: _Rows, role: str, x: FloatArray, pre: _PrefillRows | None) -> _Loads:
+    """Loads at search coordinate `x`: the arrival rate for prefill rows, the decode batch otherwise.
+
+    With the batch B as the coordinate the steady state is explicit: the prompts admitted per iteration are
+    B / output, so t = t(B, B · prompt / output prefill tokens) and λ = B / (output · t); no fixed point.
+    """
+    if role == "prefill":
+        assert pre is not None
+        return _prefill_loads(r, pre, x)
+    if role == "decode":
+        step = _decode_step_v(r, np.maximum(x, 1.0), 0.0, 0.0)
+        return _decode_loads(r, x / (r.output * step), x, step)
+    step = _decode_step_v(r, np.maximum(x, 1.0), x * r.prompt / r.output, x / r.output)
+    return _aggregated_loads(r, x / (r.output * step), x, step)
+
+
+def _search(
+    r: _Rows, role: str, questions: Sequence[RateQuestion], floors: FloatArray
+) -> list[RatePrediction | None]:
+    """Highest SLO-meeting rate of each row, searched from its floor (0: from a vanishing load).
+
+    A row with floor > 0 answers None unless it meets the SLO at the floor; with floor 0 it always
+    answers (max_rps 0.0 and the reason when even a vanishing rate misses).
+    """
+    n = len(questions)
+    ttft_slo = np.array([q.slo.ttft_p99_ms for q in questions]).reshape(-1, 1)
+    itl_slo = np.array([q.slo.itl_p99_ms for q in questions]).reshape(-1, 1)
+    tpot = np.array([q.itl_is_tpot for q in questions]).reshape(-1, 1)
+    pre = _prefill_rows(r) if role == "prefill" else None
+    # Upper bracket: the rate at which the replica could not keep up even with unlimited latency.
+    if role == "prefill":
+        assert pre is not None
+        per_batch = np.maximum(np.where(r.has_chunk, r.chunk, r.prompt) / r.prompt, 1.0)
+        ceiling = 1.0 / _prefill_alone_v(r, r.prompt) * per_batch
+    else:
+        slots = np.maximum(r.limit, 1.0)
+        ceiling = slots / _decode_step_v(r, slots, 0.0, 0.0) / r.output
+    from_zero = floors <= 0.0
+    low_rate = np.where(from_zero, ceiling * 1e-6, floors)
+    low = _loads_at_rate(r, role, low_rate)
+    low_meets = _meets(role, low, ttft_slo, itl_slo, tpot) & (from_zero | (floors < ceiling))
+    results: list[RatePrediction | None] = [None] * n
+    for i in np.nonzero(~low_meets[:, 0])[0]:
+        if from_zero[i, 0]:
+            results[i] = _zero(_why_not(role, questions[int(i)].slo, _prediction(low, int(i))))
+    live = np.nonzero(low_meets[:, 0])[0]
+    if live.size == 0:
+        return results
+    r = r.take(live)
+    pre = (
+        None
+        if pre is None
+        else _PrefillRows(**{f.name: getattr(pre, f.name)[live] for f in dataclasses.fields(pre)})
     )
+    ttft_slo, itl_slo, tpot = ttft_slo[live], itl_slo[live], tpot[live]
+    low = _Loads(
+        **{
+            f.name: np.broadcast_to(getattr(low, f.name), low_rate.shape)[live]
+            for f in dataclasses.fields(low)
+        }
+    )
+    x_low = low.rate if role == "prefill" else low.batch
+    x_top = ceiling[live] if role == "prefill" else r.limit
+    x_low = np.minimum(x_low, x_top)
+    # Grid: x_low * (x_top / x_low)^(j / G), j = 1..G, the last point the saturation load itself.
+    fractions = np.arange(1, RATE_GRID_POINTS + 1, dtype=np.float64).reshape(1, -1) / RATE_GRID_POINTS
+    grid = x_low * (x_top / x_low) ** fractions
+    grid[:, -1:] = x_top
+    loads = _loads_at(r, role, grid, pre)
+    meets = _meets(role, loads, ttft_slo, itl_slo, tpot)
+    # First grid point missing the SLO (G when none does); the answer lies between it and the point before.
+    first_miss = np.where(meets.all(axis=1), RATE_GRID_POINTS, np.argmin(meets, axis=1))
+    rows = np.arange(live.size)
+    lo_x = np.where(first_miss == 0, x_low[:, 0], grid[rows, np.maximum(first_miss - 1, 0)])
+    best = _pick(loads, rows, np.maximum(first_miss - 1, 0), first_miss > 0, low)
+    saturated = first_miss == RATE_GRID_POINTS
+    hi_x = np.where(saturated, x_top[:, 0], grid[rows, np.minimum(first_miss, RATE_GRID_POINTS - 1)])
+    above = _pick(loads, rows, np.minimum(first_miss, RATE_GRID_POINTS - 1), np.ones(live.size, bool), low)
+    hi_rate = above.rate[:, 0].copy()
+    # Refine between lo_x (meets) and hi_x (misses), geometric bisection, all rows in lockstep.
+    refine = np.nonzero(~saturated)[0]
+    for _ in range(REFINE_MAX_STEPS):
+        if refine.size == 0:
+            break
+        sub = r.take(refine)
+        sub_pre = (
+            None
+            if pre is None
+            else _PrefillRows(**{f.name: getattr(pre, f.name)[refine] for f in dataclasses.fields(pre)})
+        )
+        mid = np.sqrt(lo_x[refine] * hi_x[refine]).reshape(-1, 1)
+        at = _loads_at(sub, role, mid, sub_pre)
+        ok = _meets(role, at, ttft_slo[refine], itl_slo[refine], tpot[refine])[:, 0]
+        up, down = refine[ok], refine[~ok]
+        lo_x[up] = mid[ok, 0]
+        hi_x[down] = mid[~ok, 0]
+        best = _assign(best, up, at, ok)
+        above = _assign(above, down, at, ~ok)
+        hi_rate[down] = at.rate[~ok, 0]
+        gap = hi_rate[refine] - best.rate[refine, 0]
+        refine = refine[gap > RATE_RELATIVE_TOLERANCE * 0.1 * best.rate[refine, 0]]
+    for k in range(live.size):
+        row = int(live[k])
+        q = questions[row]
+        lo_rate = float(best.rate[k, 0])
+        above_k = None if saturated[k] and role != "prefill" else _prediction(above, k)
+        chunk = r.chunk[k, 0]
+        results[row] = RatePrediction(
+            max_rps=lo_rate,
+            ttft_p99_ms=float(best.ttft_p99[k, 0]) * 1e3,
+            itl_p99_ms=float(best.itl_p99[k, 0]) * 1e3,
+            max_batch=max(1, round(float(best.batch[k, 0]))),
+            output_tokens_per_s=lo_rate * float(r.output[k, 0]) if role != "prefill" else 0.0,
+            reason=_binding(role, q.slo, above_k),
+            ttft_p50_ms=float(best.ttft_p50[k, 0]) * 1e3,
+            itl_p50_ms=float(best.itl_p50[k, 0]) * 1e3,
+            prefill_chunk_tokens=None if role == "decode" or math.isnan(chunk) else int(chunk),
+        )
+    return results
+
+
+def _pick(
+    loads: _Loads, rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp], take: BoolArray, fallback: _Loads
+) -> _Loads:
+    """Column `cols[i]` of each row of `loads` where `take`, else the row of `fallback`, as (Q, 1) arrays."""
+    out = {}
+    for f in dataclasses.fields(loads):
+        grid = np.broadcast_to(getattr(loads, f.name), loads.ok.shape)[rows, cols]
+        base = np.broadcast_to(getattr(fallback, f.name), (rows.size, 1))[:, 0]
+        out[f.name] = np.where(take, grid, base).reshape(-1, 1).copy()
+    return _Loads(**out)
+
+
+def _assign(target: _Loads, index: npt.NDArray[np.intp], source: _Loads, mask: BoolArray) -> _Loads:
+    """`target` rows `index` overwritten by the `mask`ed rows of `source` (in place; returns target)."""
+    for f in dataclasses.fields(target):
+        getattr(target, f.name)[index] = np.broadcast_to(getattr(source, f.name), source.ok.shape)[mask]
+    return target
+
+
+# The reason a rate search gives when no objective binds: the replica saturates first.
+SATURATED_REASON: Final = "saturated: memory or prefill capacity binds before the SLO"
 
 
 def _zero(reason: str) -> RatePrediction:
@@ -1269,27 +1723,27 @@ def _zero(reason: str) -> RatePrediction:
     )
 
 
-def _why_not(config: ReplicaConfig, slo: Slo, load: LoadPrediction | None) -> str:
+def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:
     """Explain why even a vanishing rate misses the SLO."""
     if load is None:
         return "the replica cannot hold even one request of this size"
     parts = []
-    if config.role != "decode" and load.ttft_p99_ms > slo.ttft_p99_ms:
+    if role != "decode" and load.ttft_p99_ms > slo.ttft_p99_ms:
         parts.append(f"TTFT p99 {load.ttft_p99_ms:.0f} ms > {slo.ttft_p99_ms:.0f} ms at zero load")
-    if config.role != "prefill" and load.itl_p99_ms > slo.itl_p99_ms:
+    if role != "prefill" and load.itl_p99_ms > slo.itl_p99_ms:
         parts.append(f"ITL p99 {load.itl_p99_ms:.1f} ms > {slo.itl_p99_ms:.1f} ms at zero load")
     return "; ".join(parts) or "SLO not met at zero load"
 
 
-def _binding(config: ReplicaConfig, slo: Slo, above: LoadPrediction | None) -> str:
+def _binding(role: str, slo: LatencySlo, above: LoadPrediction | None) -> str:
     """Which limit stops a higher rate: the first SLO exceeded just above the maximum, or saturation."""
     if above is None:
-        return "saturated: memory or prefill capacity binds before the SLO"
-    if config.role != "decode" and above.ttft_p99_ms > slo.ttft_p99_ms:
+        return SATURATED_REASON
+    if role != "decode" and above.ttft_p99_ms > slo.ttft_p99_ms:
         return "ttft_p99 binds"
-    if config.role != "prefill" and above.itl_p99_ms > slo.itl_p99_ms:
+    if role != "prefill" and above.itl_p99_ms > slo.itl_p99_ms:
         return "itl_p99 binds"
-    return "saturated: memory or prefill capacity binds before the SLO"
+    return SATURATED_REASON
 
 
 # --- cost ------------------------------------------------------------------------------------------------

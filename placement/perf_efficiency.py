@@ -118,7 +118,7 @@ NEURON_PRIOR: Final = Efficiency(
     interconnect=0.7,
     moe=0.8,
     step_overhead_s=0.005,
-    source="prior: no Inferentia2 measurements in ../shared/data/calibration",
+    source="prior: no Inferentia2 measurements among the calibration data (placement/data)",
 )
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from placement import solve, workload
+from placement import workload
+from placement.solver import allocation, inputs
 
 # A minute: long enough that arrivals within it look Poisson to the queueing model the capacities come
 # from, short enough to see the trace's bursts (the Azure code trace peaks at 4x its mean rate).
@@ -66,9 +67,9 @@ def bucket_of(
 
 
 def replay(
-    service: solve.ServicePlan,
+    service: allocation.ServiceAllocation,
     wl: workload.BucketedWorkload,
-    capacity: Mapping[solve.CandidateKey, Sequence[float]],
+    capacity: Mapping[inputs.CandidateKey, Sequence[float]],
     timestamps_s: ArrayLike,
     prompt_tokens: ArrayLike,
     output_tokens: ArrayLike,
@@ -93,7 +94,7 @@ def replay(
     n_windows = int(window.max()) + 1
 
     groups = list(service.assignments)
-    keys = [solve.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp) for a in groups]
+    keys = [inputs.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp) for a in groups]
     caps = [np.asarray(capacity[k], dtype=np.float64) for k in keys]
     front = [i for i, a in enumerate(groups) if a.role in ("aggregated", "prefill")]
     back = [i for i, a in enumerate(groups) if a.role == "decode"]
@@ -141,7 +142,7 @@ def replay(
             replicas = groups[g].replicas
             # Share of a window's requests within the SLO: all while need <= replicas, else replicas / need.
             share = np.where(need > replicas, replicas / np.maximum(need, 1e-300), 1.0)
-            overloaded.update(np.flatnonzero(need > replicas * (1 + solve.FEASIBILITY_TOLERANCE)).tolist())
+            overloaded.update(np.flatnonzero(need > replicas * (1 + inputs.FEASIBILITY_TOLERANCE)).tolist())
             ok[mine] *= share[window[mine]]
     beyond = int((buckets < 0).sum())
     return Attainment(

@@ -25,7 +25,8 @@ import pydantic
 
 from chipfit import kube, metrics, planning, reconcile, render, validation
 from chipfit.api import v1alpha1
-from placement import catalog, solve, trust
+from placement import catalog, trust
+from placement.solver import allocation, inputs
 
 GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
@@ -111,7 +112,7 @@ def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.Acc
 
 
 def outcome_of(
-    sp: solve.ServicePlan, confidence: Mapping[solve.CandidateKey, trust.Trust] | None = None
+    sp: allocation.ServiceAllocation, confidence: Mapping[inputs.CandidateKey, trust.Trust] | None = None
 ) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it (`confidence`: per candidate)."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
@@ -140,7 +141,7 @@ def outcome_of(
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
     placed = [
-        (confidence or {}).get(solve.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp))
+        (confidence or {}).get(inputs.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp))
         for a in sp.assignments
         if a.replicas > 0
     ]
@@ -199,8 +200,8 @@ class Fleet:
     cluster: kube.Kube
     metrics: metrics.OperatorMetrics
     debounce_s: float = REPLAN_DEBOUNCE_S
-    options: solve.SolveOptions = dataclasses.field(
-        default_factory=lambda: solve.SolveOptions(
+    options: inputs.SolveOptions = dataclasses.field(
+        default_factory=lambda: inputs.SolveOptions(
             time_limit_s=SOLVER_TIME_LIMIT_S, move_penalty_per_device_hour=MOVE_PENALTY_PER_DEVICE_HOUR
         )
     )
@@ -340,7 +341,10 @@ class Fleet:
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
-    ) -> tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, solve.PoolUsage]] | None:
+    ) -> (
+        tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
+        | None
+    ):
         """Outcomes and explanations per service id and pool usage; None when no plan could be made.
 
         Replica minimums the fleet cannot meet make the MILP infeasible; rather than leave every service
@@ -356,7 +360,7 @@ class Fleet:
                 fleet_plan = planning.plan_fleet(
                     services, pools, profiles, options=self.options, with_baseline=False
                 )
-            except solve.InfeasibleError as exc:
+            except inputs.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
@@ -364,8 +368,10 @@ class Fleet:
                     relaxed, pools, profiles, options=self.options, with_baseline=False
                 )
             plan = fleet_plan.plan
-        except (planning.PlanningError, solve.PlacementError) as exc:
-            status: metrics.SolverStatus = "infeasible" if isinstance(exc, solve.InfeasibleError) else "error"
+        except (planning.PlanningError, inputs.PlacementError) as exc:
+            status: metrics.SolverStatus = (
+                "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
+            )
             self.metrics.observe_solve(time.monotonic() - started, status)
             logger.warning("fleet plan failed, keeping the current placement: %s", exc)
             return None
@@ -496,7 +502,10 @@ class Fleet:
         return True
 
     def _write_pool_status(
-        self, pool: v1alpha1.AcceleratorPool, capacity: reconcile.PoolCapacity, usage: solve.PoolUsage | None
+        self,
+        pool: v1alpha1.AcceleratorPool,
+        capacity: reconcile.PoolCapacity,
+        usage: allocation.PoolAllocation | None,
     ) -> None:
         price = planning.to_pool(pool).price_per_device_hour
         used = usage.devices_used if usage is not None else 0
@@ -547,7 +556,7 @@ class Fleet:
             workload_output_tokens_per_second=output_rate,
             predicted_capacity_requests_per_second=p.max_requests_per_second or 0.0,
             placements=tuple(
-                metrics.RolePlacement(
+                metrics.PlannedRole(
                     role=pl.role,
                     accelerator=pl.accelerator,
                     pool=pl.pool,

@@ -83,7 +83,7 @@ POOL_LABELS: Final = ("pool", "accelerator")
 
 
 @dataclasses.dataclass(frozen=True)
-class RolePlacement:
+class PlannedRole:
     """One (role, pool) line of a service's plan: how many replicas on which chip, at what $/h."""
 
     role: Role
@@ -113,7 +113,7 @@ class ServicePlan:
     workload_output_tokens_per_second: float
     # Requests/s the planned replicas sustain within the SLO (headroom = this / workload).
     predicted_capacity_requests_per_second: float
-    placements: tuple[RolePlacement, ...]
+    placements: tuple[PlannedRole, ...]
 
 
 @dataclasses.dataclass(frozen=True)

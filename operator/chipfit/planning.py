@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from chipfit.api import v1alpha1
-from placement import baselines, candidates, catalog, explain, profiles, solve, workload
+from placement import baselines, candidates, catalog, explain, profiles, workload
+from placement.solver import allocation, inputs, solve
 
 
 class PlanningError(ValueError):
@@ -73,7 +74,7 @@ def _physics(chip: catalog.Accelerator | None) -> tuple[object, ...] | None:
     )
 
 
-def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
+def to_pool(pool: v1alpha1.AcceleratorPool) -> inputs.Pool:
     """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
     spec = pool.spec
     price = spec.price_per_device_hour
@@ -85,7 +86,7 @@ def to_pool(pool: v1alpha1.AcceleratorPool) -> solve.Pool:
                 f"{spec.accelerator}, which has no catalog price"
             )
         price = acc.default_price_per_hour
-    return solve.Pool(
+    return inputs.Pool(
         id=pool.metadata.name,
         accelerator=spec.accelerator,
         devices_per_node=spec.devices_per_node,
@@ -188,13 +189,13 @@ def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.B
     return out
 
 
-def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[solve.CandidateKey, int]:
+def current_replicas(services: Sequence[v1alpha1.InferenceService]) -> dict[inputs.CandidateKey, int]:
     """What runs now, from each service's status.placement (the stability penalty's reference)."""
-    out: dict[solve.CandidateKey, int] = {}
+    out: dict[inputs.CandidateKey, int] = {}
     for service in services:
         placed = service.status.placement if service.status else None
         for p in placed or ():
-            key = solve.CandidateKey(service_id(service), p.role, p.pool, p.precision, p.tensor_parallel)
+            key = inputs.CandidateKey(service_id(service), p.role, p.pool, p.precision, p.tensor_parallel)
             out[key] = out.get(key, 0) + p.replicas
     return out
 
@@ -204,21 +205,36 @@ class FleetPlan:
     """A solved plan with what explains it: candidates, the best single-type baseline, explanations."""
 
     candidates: candidates.CandidateSet
-    plan: solve.Plan
+    plan: allocation.Plan
     single_type: baselines.SingleTypeResult
     explanations: tuple[explain.Explanation, ...]
-    # How the baseline was found: "fleet" (one type for everything, in the pools as sized), "fleet-sized"
-    # (one type, pool sizes ignored), "per-service" (each service its own type, pool sizes ignored) or
-    # "none" (not computed).
+    # How the headline baseline was found, always in the pools as sized (the plan's own capacity): "fleet"
+    # (one type for everything), "per-service" (each service its own type) or "none" (not computed, or no
+    # single-type plan fits the pools).
     single_type_kind: str = "fleet"
+    # The same comparison with pool sizes ignored (a single-type fleet sized to order), reported beside
+    # the headline and labelled: "fleet-sized", "per-service-sized" or "none".
+    single_type_sized: baselines.SingleTypeResult = dataclasses.field(
+        default_factory=lambda: baselines.SingleTypeResult(None, None, {})
+    )
+    single_type_sized_kind: str = "none"
 
     @property
     def savings_vs_single_type(self) -> float | None:
-        """Fraction of $/h saved against the best single-type plan (None when no single type suffices)."""
-        base = self.single_type.plan
-        if base is None or base.price_per_hour <= 0.0:
-            return None
-        return 1.0 - self.plan.price_per_hour / base.price_per_hour
+        """Fraction of $/h saved against the best single-type plan in the same pools (None: none fits)."""
+        return _savings(self.plan, self.single_type)
+
+    @property
+    def savings_vs_single_type_sized(self) -> float | None:
+        """Fraction of $/h saved against the best single-type fleet sized to order (pool sizes ignored)."""
+        return _savings(self.plan, self.single_type_sized)
+
+
+def _savings(plan: allocation.Plan, baseline: baselines.SingleTypeResult) -> float | None:
+    """1 - plan $/h / baseline $/h (None without a baseline plan)."""
+    if baseline.plan is None or baseline.plan.price_per_hour <= 0.0:
+        return None
+    return 1.0 - plan.price_per_hour / baseline.plan.price_per_hour
 
 
 def build_inputs(
@@ -245,7 +261,7 @@ def plan_fleet(
     pools: Sequence[v1alpha1.AcceleratorPool],
     performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
     *,
-    options: solve.SolveOptions | None = None,
+    options: inputs.SolveOptions | None = None,
     oracle: candidates.CapacityOracle | None = None,
     progress: Callable[[str], None] | None = None,
     with_baseline: bool = True,
@@ -255,24 +271,38 @@ def plan_fleet(
     `progress` is called with a short label before each phase (the CLI drives its progress bar with it).
     `with_baseline=False` skips the single-type baselines (the operator's reconcile loop needs only the
     plan).
-    Raises PlanningError for inputs the API schema cannot catch, solve.PlacementError when no plan exists.
+    Raises PlanningError for inputs the API schema cannot catch, inputs.PlacementError when no plan exists.
     """
     step = progress or (lambda _label: None)
     step("predicting capacity")
     cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
-    kind = "none"
-    single = baselines.SingleTypeResult(None, None, {})
+    kind, sized_kind = "none", "none"
+    single = sized = baselines.SingleTypeResult(None, None, {})
     if with_baseline:
         step("solving the single-type baselines")
-        single = baselines.best_single_type(cset.problem, options, reference=plan)
-        kind = "fleet"
-        if single.plan is None:
-            single = baselines.best_single_type(baselines.uncapped(cset.problem), options, reference=plan)
-            kind = "fleet-sized"
+        # Headline: single-type plans under the same pool capacity as the plan (like with like).
+        single, kind = baselines.best_single_type(cset.problem, options, reference=plan), "fleet"
         if single.plan is None:
             single = baselines.best_single_type_per_service(cset.problem, options, reference=plan)
-            kind = "per-service"
+            kind = "per-service" if single.plan is not None else "none"
+        # Beside it, labelled: the same with pool sizes ignored (what a single-type fleet sized to order
+        # would cost).
+        grown = baselines.uncapped(cset.problem)
+        sized, sized_kind = baselines.best_single_type(grown, options, reference=plan), "fleet-sized"
+        if sized.plan is None:
+            sized = baselines.best_single_type_per_service(
+                cset.problem, options, reference=plan, sized_to_order=True
+            )
+            sized_kind = "per-service-sized" if sized.plan is not None else "none"
     step("explaining")
-    return FleetPlan(cset, plan, single, explain.explain(cset, plan), kind)
+    return FleetPlan(
+        cset,
+        plan,
+        single,
+        explain.explain(cset, plan),
+        kind,
+        single_type_sized=sized,
+        single_type_sized_kind=sized_kind,
+    )

@@ -231,7 +231,7 @@ def sizing(
         config,
         workload.prompt_tokens.mean,
         workload.output_tokens.mean,
-        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
         prompt_tokens_p99=workload.prompt_tokens.p99,
         output_tokens_p99=workload.output_tokens.p99,
         # The release's efficiency, as the plan priced it (placement.candidates.perf_oracle).

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linprog
 
-from placement import solve
+from placement.solver import inputs
 
 
-def pool(pool_id: str, devices_per_node: int = 8, nodes: int = 1, price: float = 1.0) -> solve.Pool:
+def pool(pool_id: str, devices_per_node: int = 8, nodes: int = 1, price: float = 1.0) -> inputs.Pool:
     """A pool named after its accelerator."""
-    return solve.Pool(pool_id, pool_id, devices_per_node, nodes, price)
+    return inputs.Pool(pool_id, pool_id, devices_per_node, nodes, price)
 
 
 def cand(
@@ -23,13 +23,13 @@ def cand(
     caps: Sequence[float],
     price: float,
     tp: int = 1,
-    role: solve.Role = "aggregated",
-) -> solve.Candidate:
+    role: inputs.Role = "aggregated",
+) -> inputs.Candidate:
     """A candidate with the given per-bucket capacities."""
-    return solve.Candidate(service, role, pool_id, pool_id, "bf16", tp, tuple(caps), price)
+    return inputs.Candidate(service, role, pool_id, pool_id, "bf16", tp, tuple(caps), price)
 
 
-def routing_feasible(problem: solve.Problem, replicas: Sequence[int]) -> bool:
+def routing_feasible(problem: inputs.FleetProblem, replicas: Sequence[int]) -> bool:
     """Can every bucket of every aggregated service be routed within these replicas' capacity? (an LP)."""
     cands = problem.candidates
     services = {s.id: s for s in problem.services}
@@ -93,7 +93,7 @@ def fits_nodes(sizes: list[int], devices_per_node: int, nodes: int) -> bool:
     return place(0)
 
 
-def brute_force(problem: solve.Problem, options: solve.SolveOptions | None = None) -> float | None:
+def brute_force(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = None) -> float | None:
     """Cheapest $/h serving all traffic, by enumerating replica counts; None when impossible."""
     del options  # same signature as solve.solve; enumeration has no knobs
     cands = problem.candidates

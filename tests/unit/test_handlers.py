@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from chipfit import handlers
-from placement import solve
+from placement.solver import allocation
 from tests.unit.chipfit_builders import SERVICES
 
 
 def assignment(
     role: str, pool: str, accelerator: str, tp: int, replicas: int, rps: float, utilization: float
-) -> solve.Assignment:
-    return solve.Assignment(
+) -> allocation.Assignment:
+    return allocation.Assignment(
         service="ml-serving/rag-70b",
         role=role,  # type: ignore[arg-type]
         pool=pool,
@@ -32,8 +32,8 @@ def assignment(
     )
 
 
-def service_plan(*assignments: solve.Assignment, status: str = "served") -> solve.ServicePlan:
-    return solve.ServicePlan(
+def service_plan(*assignments: allocation.Assignment, status: str = "served") -> allocation.ServiceAllocation:
+    return allocation.ServiceAllocation(
         service="ml-serving/rag-70b",
         mode="disaggregated",
         status=status,  # type: ignore[arg-type]

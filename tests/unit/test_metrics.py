@@ -50,8 +50,8 @@ def _plan(**overrides: object) -> metrics.ServicePlan:
         "workload_output_tokens_per_second": 4200.0,
         "predicted_capacity_requests_per_second": 24.0,
         "placements": (
-            metrics.RolePlacement("prefill", "h100", "h100-od", 2, 8.0, 4200.0),
-            metrics.RolePlacement("decode", "l40s", "l40s-spot", 3, 4.5, 4200.0),
+            metrics.PlannedRole("prefill", "h100", "h100-od", 2, 8.0, 4200.0),
+            metrics.PlannedRole("decode", "l40s", "l40s-spot", 3, 4.5, 4200.0),
         ),
     }
     fields.update(overrides)
@@ -124,7 +124,7 @@ def test_replan_drops_series_of_placements_no_longer_planned(
 ) -> None:
     m, url = served
     m.record_plan(_plan())
-    moved = (metrics.RolePlacement("aggregated", "h200", "h200-od", 1, 10.0, 4200.0),)
+    moved = (metrics.PlannedRole("aggregated", "h200", "h200-od", 1, 10.0, 4200.0),)
     m.record_plan(_plan(placements=moved, predicted_cost_dollars_per_hour=10.0))
     s = _scrape(url)
     assert not _has(s, "chipfit_service_desired_replicas", role="prefill")
@@ -260,7 +260,7 @@ BAD_ROLE: Any = "mixed"
         (lambda m: m.record_plan(_plan(slo_ttft_p99_ms=-5.0)), "slo_ttft_p99_ms: must be >= 0"),
         (
             lambda m: m.record_plan(
-                _plan(placements=(metrics.RolePlacement(BAD_ROLE, "h100", "p", 1, 1.0, 1.0),))
+                _plan(placements=(metrics.PlannedRole(BAD_ROLE, "h100", "p", 1, 1.0, 1.0),))
             ),
             "placements[0].role: 'mixed'",
         ),

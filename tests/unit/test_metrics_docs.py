@@ -27,7 +27,7 @@ def _documented() -> dict[str, tuple[str, frozenset[str]]]:
 def _exported() -> dict[str, tuple[str, frozenset[str]]]:
     """Exposed name (counters with _total) -> (type, labels), read from samples after one of each call."""
     m = metrics.OperatorMetrics()
-    placement = metrics.RolePlacement("decode", "l4", "l4-pool", 1, 0.8, 100.0)
+    placement = metrics.PlannedRole("decode", "l4", "l4-pool", 1, 0.8, 100.0)
     m.record_plan(
         metrics.ServicePlan("ns", "svc", 1.0, 2.0, 300.0, 40.0, 500.0, 50.0, 1.0, 100.0, 2.0, (placement,))
     )

@@ -149,7 +149,7 @@ def test_tensor_parallel_speedup_is_sublinear(model_id: str, batch: int) -> None
 def test_a_mig_slice_is_never_faster_than_its_parent(mig_id: str) -> None:
     mig = catalog.get_accelerator(mig_id)
     assert mig.parent is not None
-    slo = perf.Slo(ttft_p99_ms=2000, itl_p99_ms=100)
+    slo = perf.LatencySlo(ttft_p99_ms=2000, itl_p99_ms=100)
     for model_id in ("llama-3.1-8b", "mistral-7b", "llama-2-7b"):
         for precision in ("fp8", "int4"):
             sliced = config(model_id, chip=mig_id, precision=precision, engine="vllm")
@@ -207,14 +207,14 @@ def test_a_looser_slo_never_lowers_the_rate(
     ttft_ms: float, itl_ms: float, looser: float, prompt: int, output: int
 ) -> None:
     cfg = config("llama-3.1-8b", "l40s", "fp8", engine="vllm")
-    tight = perf.max_rate_under_slo(cfg, prompt, output, perf.Slo(ttft_ms, itl_ms))
-    loose = perf.max_rate_under_slo(cfg, prompt, output, perf.Slo(ttft_ms * looser, itl_ms * looser))
+    tight = perf.max_rate_under_slo(cfg, prompt, output, perf.LatencySlo(ttft_ms, itl_ms))
+    loose = perf.max_rate_under_slo(cfg, prompt, output, perf.LatencySlo(ttft_ms * looser, itl_ms * looser))
     assert loose.max_rps >= tight.max_rps * (1 - 1e-6)
 
 
 def test_latency_grows_with_load_and_the_replica_saturates() -> None:
     cfg = config("llama-3.1-8b", "h100", "fp8", engine="vllm")
-    workload = perf.Workload(1000, 200, prompt_tokens_p99=3000, output_tokens_p99=600)
+    workload = perf.RequestSizes(1000, 200, prompt_tokens_p99=3000, output_tokens_p99=600)
     previous = None
     for rate in (0.5, 2, 5, 10, 20):
         load = perf.latency_at_rate(cfg, workload, rate)
@@ -230,8 +230,8 @@ def test_latency_grows_with_load_and_the_replica_saturates() -> None:
 
 def test_longer_tails_cost_latency() -> None:
     cfg = config("llama-3.1-8b", "h100", "fp8", engine="vllm")
-    fixed = perf.latency_at_rate(cfg, perf.Workload(1000, 200), 8)
-    spread = perf.latency_at_rate(cfg, perf.Workload(1000, 200, prompt_tokens_p99=4000), 8)
+    fixed = perf.latency_at_rate(cfg, perf.RequestSizes(1000, 200), 8)
+    spread = perf.latency_at_rate(cfg, perf.RequestSizes(1000, 200, prompt_tokens_p99=4000), 8)
     assert fixed is not None and spread is not None
     assert spread.ttft_p99_ms > fixed.ttft_p99_ms
 
@@ -242,20 +242,20 @@ def test_longer_tails_cost_latency() -> None:
 def test_max_rate_under_slo_contract_fields() -> None:
     cfg = perf.ReplicaConfig("llama-3.1-8b", "h100", "fp8", 1)
     assert cfg.role == "aggregated" and cfg.engine == "vllm"
-    result = perf.max_rate_under_slo(cfg, 1000, 200, perf.Slo(ttft_p99_ms=1000, itl_p99_ms=50))
+    result = perf.max_rate_under_slo(cfg, 1000, 200, perf.LatencySlo(ttft_p99_ms=1000, itl_p99_ms=50))
     assert result.max_rps > 0
     assert result.ttft_p99_ms <= 1000 and result.itl_p99_ms <= 50
     assert result.max_batch >= 1
     assert result.output_tokens_per_s == pytest.approx(result.max_rps * 200)
     assert result.reason is not None and "binds" in result.reason
     # The rate meets the SLO and a notably higher one does not.
-    workload = perf.Workload(1000, 200)
+    workload = perf.RequestSizes(1000, 200)
     above = perf.latency_at_rate(cfg, workload, result.max_rps * 1.05)
     assert above is None or above.ttft_p99_ms > 1000 or above.itl_p99_ms > 50
 
 
 def test_infeasible_configurations_return_zero_with_a_reason() -> None:
-    slo = perf.Slo(1000, 50)
+    slo = perf.LatencySlo(1000, 50)
     cases = {
         "needs": perf.ReplicaConfig("llama-3.1-405b", "l4", "bf16", 1),
         "does not support": perf.ReplicaConfig("llama-3.1-8b", "a100-80gb", "fp8", 1),
@@ -268,27 +268,31 @@ def test_infeasible_configurations_return_zero_with_a_reason() -> None:
 
 
 def test_unmeetable_slo_returns_zero_with_the_latency_that_misses() -> None:
-    result = perf.max_rate_under_slo(config("llama-3.1-70b", "h100", "fp8"), 100, 100, perf.Slo(1000, 1.0))
+    result = perf.max_rate_under_slo(
+        config("llama-3.1-70b", "h100", "fp8"), 100, 100, perf.LatencySlo(1000, 1.0)
+    )
     assert result.max_rps == 0.0 and result.reason is not None and "ITL p99" in result.reason
 
 
 def test_malformed_input_raises_naming_the_field() -> None:
     with pytest.raises(catalog.UnknownIdError, match="unknown model"):
-        perf.max_rate_under_slo(perf.ReplicaConfig("nope", "h100", "fp8", 1), 10, 10, perf.Slo(100, 10))
+        perf.max_rate_under_slo(
+            perf.ReplicaConfig("nope", "h100", "fp8", 1), 10, 10, perf.LatencySlo(100, 10)
+        )
     with pytest.raises(perf.InvalidConfigError, match="unknown precision"):
         perf.max_rate_under_slo(
-            perf.ReplicaConfig("llama-3.1-8b", "h100", "fp4", 1), 10, 10, perf.Slo(100, 10)
+            perf.ReplicaConfig("llama-3.1-8b", "h100", "fp4", 1), 10, 10, perf.LatencySlo(100, 10)
         )
     with pytest.raises(perf.InvalidConfigError, match="unknown role"):
-        perf.max_rate_under_slo(config(role="both"), 10, 10, perf.Slo(100, 10))
+        perf.max_rate_under_slo(config(role="both"), 10, 10, perf.LatencySlo(100, 10))
     with pytest.raises(ValueError, match=r"slo\.itl_p99_ms"):
-        perf.Slo(100, -1)
+        perf.LatencySlo(100, -1)
     with pytest.raises(ValueError, match="prompt_tokens"):
-        perf.max_rate_under_slo(config(), 0, 10, perf.Slo(100, 10))
+        perf.max_rate_under_slo(config(), 0, 10, perf.LatencySlo(100, 10))
 
 
 def test_disaggregated_roles() -> None:
-    slo = perf.Slo(ttft_p99_ms=1500, itl_p99_ms=40)
+    slo = perf.LatencySlo(ttft_p99_ms=1500, itl_p99_ms=40)
     prefill = perf.max_rate_under_slo(
         config("llama-3.1-70b", "h100", "fp8", 2, role="prefill"), 2000, 300, slo
     )
@@ -308,7 +312,7 @@ def test_kv_transfer_is_part_of_a_prefill_replicas_ttft() -> None:
     )
     assert transfer == pytest.approx(expected)
     load = perf.latency_at_rate(
-        config("llama-3.1-70b", "h100", "bf16", 4, role="prefill"), perf.Workload(8000, 1), 0.01
+        config("llama-3.1-70b", "h100", "bf16", 4, role="prefill"), perf.RequestSizes(8000, 1), 0.01
     )
     assert load is not None and load.ttft_p99_ms / 1e3 > transfer
 
@@ -337,14 +341,14 @@ def test_efficiencies_are_physical_fractions() -> None:
 def test_sequences_longer_than_the_model_context_are_refused() -> None:
     # Llama-2 has a 4096-token context.
     cfg = config("llama-2-7b", "h100", "fp8")
-    result = perf.max_rate_under_slo(cfg, 4000, 200, perf.Slo(5000, 100))
+    result = perf.max_rate_under_slo(cfg, 4000, 200, perf.LatencySlo(5000, 100))
     assert result.max_rps == 0.0 and result.reason is not None and "context" in result.reason
     with pytest.raises(perf.InvalidConfigError, match="context"):
         perf.offline_throughput(cfg, 4000, 200)
 
 
 def test_zero_rate_has_no_queueing() -> None:
-    load = perf.latency_at_rate(config(), perf.Workload(500, 100), 0.0)
+    load = perf.latency_at_rate(config(), perf.RequestSizes(500, 100), 0.0)
     assert load is not None and load.prefill_utilization == 0.0 and load.batch == 0.0
 
 
@@ -374,7 +378,7 @@ def test_the_rate_returned_meets_the_slo_it_was_asked_for(
     itl_ms: float,
 ) -> None:
     cfg = config(model_id, chip, precision, tp, role=role, engine="vllm")
-    slo = perf.Slo(ttft_ms, itl_ms)
+    slo = perf.LatencySlo(ttft_ms, itl_ms)
     result = perf.max_rate_under_slo(
         cfg, prompt, output, slo, prompt_tokens_p99=prompt * spread, output_tokens_p99=output * spread
     )
@@ -384,7 +388,7 @@ def test_the_rate_returned_meets_the_slo_it_was_asked_for(
     # The prediction holds at the chunked-prefill budget it chose.
     load = perf.latency_at_rate(
         cfg,
-        perf.Workload(prompt, output, prompt * spread, output * spread),
+        perf.RequestSizes(prompt, output, prompt * spread, output * spread),
         result.max_rps,
         prefill_chunk_tokens=result.prefill_chunk_tokens,
     )

@@ -64,10 +64,10 @@ def test_fitting_recovers_a_known_bandwidth_factor() -> None:
 def test_inline_model_architectures_work_like_catalog_ones() -> None:
     inline = dataclasses.replace(catalog.get_model("llama-3.1-8b"), id="my-finetune", source="inline")
     by_arch = perf.max_rate_under_slo(
-        perf.ReplicaConfig(inline, "l4", "fp8", 1), 500, 100, perf.Slo(1000, 80)
+        perf.ReplicaConfig(inline, "l4", "fp8", 1), 500, 100, perf.LatencySlo(1000, 80)
     )
     by_id = perf.max_rate_under_slo(
-        perf.ReplicaConfig("llama-3.1-8b", "l4", "fp8", 1), 500, 100, perf.Slo(1000, 80)
+        perf.ReplicaConfig("llama-3.1-8b", "l4", "fp8", 1), 500, 100, perf.LatencySlo(1000, 80)
     )
     assert by_arch.max_rps == pytest.approx(by_id.max_rps)
     assert calibration.GPTJ_6B.total_params == pytest.approx(6.05e9, rel=0.01)

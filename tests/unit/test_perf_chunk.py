@@ -14,12 +14,12 @@ from tests.unit.perf_fixtures import IDEAL
 
 MISTRAL_H100_SGLANG = perf.ReplicaConfig("mistral-7b", "h100", "fp8", 1, engine="sglang")
 # Fixed-size requests (no p99 spread) keep the hand computation exact.
-HAND_WORKLOAD = perf.Workload(4096, 64)
-HAND_SLO = perf.Slo(ttft_p99_ms=2000, itl_p99_ms=12)
+HAND_WORKLOAD = perf.RequestSizes(4096, 64)
+HAND_SLO = perf.LatencySlo(ttft_p99_ms=2000, itl_p99_ms=12)
 
 
 def full_budget_step_ms(
-    config: perf.ReplicaConfig, workload: perf.Workload, running: float, chunk: int
+    config: perf.ReplicaConfig, workload: perf.RequestSizes, running: float, chunk: int
 ) -> float:
     """The iteration carrying a full prefill budget next to `running` decoding sequences."""
     phys = perf._with_chunk(perf._physics(config, None), chunk)
@@ -100,7 +100,7 @@ def test_itl_p99_lies_between_a_decode_step_and_the_full_budget_iteration(
     cfg = perf.ReplicaConfig(model_id, chip, "fp8", tp, engine=engine)
     if perf.infeasibility(cfg) is not None or prompt * spread + output * spread > 8000:
         return
-    workload = perf.Workload(prompt, output, prompt * spread, output * spread)
+    workload = perf.RequestSizes(prompt, output, prompt * spread, output * spread)
     try:
         rate = perf.offline_throughput(cfg, prompt, output).requests_per_s * load
     except perf.InvalidConfigError:
@@ -146,7 +146,7 @@ def test_smaller_budget_never_raises_itl_p99_once_the_p99_iteration_is_full(
     cfg = perf.ReplicaConfig(model_id, chip, "fp8", 1, engine=engine)
     if perf.infeasibility(cfg) is not None or prompt * spread + output * spread > 8000:
         return
-    workload = perf.Workload(prompt, output, prompt * spread, output * spread)
+    workload = perf.RequestSizes(prompt, output, prompt * spread, output * spread)
     try:
         rate = perf.offline_throughput(cfg, prompt, output).requests_per_s * load
     except perf.InvalidConfigError:
@@ -186,7 +186,7 @@ def test_choosing_the_budget_never_serves_less_than_the_engine_default(
 ) -> None:
     cfg = dataclasses.replace(runnable, role=role)
     engine = cfg.engine
-    slo = perf.Slo(ttft_ms, itl_ms)
+    slo = perf.LatencySlo(ttft_ms, itl_ms)
     prompt_p99, output_p99 = prompt * spread, output * spread
     chosen = perf.max_rate_under_slo(
         cfg, prompt, output, slo, prompt_tokens_p99=prompt_p99, output_tokens_p99=output_p99
@@ -230,7 +230,7 @@ def test_the_chosen_rate_stays_under_the_compute_roofline(
     cfg: perf.ReplicaConfig, prompt: int, output: int, itl_ms: float
 ) -> None:
     # Every prompt and output token multiplies at least the dense (non-expert) weights: 2 FLOPs each.
-    result = perf.max_rate_under_slo(cfg, prompt, output, perf.Slo(10_000, itl_ms))
+    result = perf.max_rate_under_slo(cfg, prompt, output, perf.LatencySlo(10_000, itl_ms))
     if result.max_rps == 0.0:
         return
     phys = perf._physics(cfg, None)
@@ -243,7 +243,7 @@ def test_the_chosen_rate_stays_under_the_compute_roofline(
 
 
 def test_the_chosen_budget_is_exposed_where_it_applies() -> None:
-    slo = perf.Slo(1000, 50)
+    slo = perf.LatencySlo(1000, 50)
     aggregated = perf.max_rate_under_slo(MISTRAL_H100_SGLANG, 2048, 128, slo)
     assert aggregated.prefill_chunk_tokens is not None
     decode = perf.max_rate_under_slo(
@@ -251,7 +251,10 @@ def test_the_chosen_budget_is_exposed_where_it_applies() -> None:
     )
     assert decode.max_rps > 0 and decode.prefill_chunk_tokens is None
     neuron = perf.max_rate_under_slo(
-        perf.ReplicaConfig("llama-3.1-8b", "inf2", "bf16", 2, engine="neuron"), 512, 128, perf.Slo(5000, 200)
+        perf.ReplicaConfig("llama-3.1-8b", "inf2", "bf16", 2, engine="neuron"),
+        512,
+        128,
+        perf.LatencySlo(5000, 200),
     )
     assert neuron.max_rps > 0 and neuron.prefill_chunk_tokens is None
     fixed = perf.max_rate_under_slo(MISTRAL_H100_SGLANG, 2048, 128, slo, prefill_chunk_tokens=640)
@@ -283,10 +286,12 @@ def test_candidates_trade_down_from_the_engine_default() -> None:
 @pytest.mark.parametrize("bad", [0, -512, 1.5, True])
 def test_a_bad_budget_is_a_one_line_error_naming_the_field(bad: object) -> None:
     with pytest.raises(perf.InvalidConfigError, match="prefill_chunk_tokens must be a positive integer"):
-        perf.max_rate_under_slo(MISTRAL_H100_SGLANG, 100, 10, perf.Slo(100, 10), prefill_chunk_tokens=bad)  # type: ignore[arg-type]
+        perf.max_rate_under_slo(
+            MISTRAL_H100_SGLANG, 100, 10, perf.LatencySlo(100, 10), prefill_chunk_tokens=bad
+        )  # type: ignore[arg-type]
 
 
 def test_a_budget_for_an_engine_that_does_not_chunk_is_refused() -> None:
     neuron = perf.ReplicaConfig("llama-3.1-8b", "inf2", "bf16", 2, engine="neuron")
     with pytest.raises(perf.InvalidConfigError, match="prefill_chunk_tokens: engine neuron does not chunk"):
-        perf.latency_at_rate(neuron, perf.Workload(100, 10), 1.0, prefill_chunk_tokens=512)
+        perf.latency_at_rate(neuron, perf.RequestSizes(100, 10), 1.0, prefill_chunk_tokens=512)

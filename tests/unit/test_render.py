@@ -326,7 +326,7 @@ def test_sizing_carries_the_chunk_the_plan_priced() -> None:
         perf.ReplicaConfig("mistral-7b", "h100", "fp8", 1, "aggregated", "vllm"),
         spec.workload.prompt_tokens.mean,
         spec.workload.output_tokens.mean,
-        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
         prompt_tokens_p99=spec.workload.prompt_tokens.p99,
         output_tokens_p99=spec.workload.output_tokens.p99,
     )
@@ -346,7 +346,7 @@ def test_sequence_cap_is_the_slot_count_the_plan_priced_not_the_mean_batch(engin
         config,
         spec.workload.prompt_tokens.mean,
         spec.workload.output_tokens.mean,
-        perf.Slo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
+        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
         prompt_tokens_p99=spec.workload.prompt_tokens.p99,
         output_tokens_p99=spec.workload.output_tokens.p99,
     )

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from placement import solve
+from placement.solver import inputs, solve
 from tests.unit.test_solve import _check_plan
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -30,9 +30,9 @@ def test_scale_generator_solves_small_instances_both_ways() -> None:
     scale = load("solver_scale")
     problem = scale.instance(6, seed=1)
     assert len(problem.pools) == scale.POOLS_TOTAL
-    decomposed = solve.solve(problem, solve.SolveOptions(method="decompose"))
+    decomposed = solve.solve(problem, inputs.SolveOptions(method="decompose"))
     _check_plan(problem, decomposed)
-    exact = solve.solve(problem, solve.SolveOptions(method="milp"))
+    exact = solve.solve(problem, inputs.SolveOptions(method="milp"))
     _check_plan(problem, exact)
     assert decomposed.price_per_hour >= exact.price_per_hour - 1e-6
     assert decomposed.bound <= exact.price_per_hour + 1e-6

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement import candidates, explain, perf, profiles, solve, workload
+from placement import candidates, explain, perf, profiles, workload
+from placement.solver import inputs, solve
 
 
 def wl(rps: float = 4.0) -> workload.BucketedWorkload:
@@ -55,9 +56,9 @@ def oracle_from(
 
 
 POOLS = (
-    solve.Pool("small", "l4", 8, 1, 1.0),
-    solve.Pool("big", "h100", 8, 1, 5.0),
-    solve.Pool("mig", "h100/3g.40gb", 16, 1, 2.0, spot=True),
+    inputs.Pool("small", "l4", 8, 1, 1.0),
+    inputs.Pool("big", "h100", 8, 1, 5.0),
+    inputs.Pool("mig", "h100/3g.40gb", 16, 1, 2.0, spot=True),
 )
 
 
@@ -164,11 +165,11 @@ def test_slos_reported_met_are_met_by_the_performance_model() -> None:
     svc = spec(
         model="llama-3.1-8b", precisions=("bf16", "fp8"), workload=wl_, tp_degrees=(1, 2), serving="auto"
     )
-    pools = (solve.Pool("l40s", "l40s", 8, 2, 1.84), solve.Pool("h100", "h100", 8, 1, 4.92))
+    pools = (inputs.Pool("l40s", "l40s", 8, 2, 1.84), inputs.Pool("h100", "h100", 8, 1, 4.92))
     cset = candidates.build([svc], pools)
     plan = solve.solve(cset.problem)
     assert plan.service("ns/svc").status == "served"
-    slo = perf.Slo(svc.ttft_p99_ms, svc.itl_p99_ms)
+    slo = perf.LatencySlo(svc.ttft_p99_ms, svc.itl_p99_ms)
     for a in plan.service("ns/svc").assignments:
         load = 0.0
         for b, routed in zip(wl_.buckets, a.bucket_rps, strict=True):
@@ -188,11 +189,11 @@ def test_slos_reported_met_are_met_by_the_performance_model() -> None:
 
 
 @st.composite
-def fleets(draw: st.DrawFn) -> tuple[list[candidates.ServiceSpec], list[solve.Pool]]:
+def fleets(draw: st.DrawFn) -> tuple[list[candidates.ServiceSpec], list[inputs.Pool]]:
     """Random services (lognormal workloads, modes, constraints) and pools, for the whole pipeline."""
     accs = ["l4", "h100", "h100/3g.40gb", "mi300x"]
     pools = [
-        solve.Pool(
+        inputs.Pool(
             f"p{i}",
             draw(st.sampled_from(accs)),
             draw(st.sampled_from([1, 4, 8])),
@@ -241,11 +242,11 @@ def _synthetic(q: candidates.Query) -> candidates.Capacity:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets())
 def test_pipeline_never_crashes_and_explains_every_service(
-    fleet: tuple[list[candidates.ServiceSpec], list[solve.Pool]],
+    fleet: tuple[list[candidates.ServiceSpec], list[inputs.Pool]],
 ) -> None:
     specs, pools = fleet
     cset = candidates.build(specs, pools, oracle=_synthetic)
-    plan = solve.solve(cset.problem, solve.SolveOptions(time_limit_s=10.0))
+    plan = solve.solve(cset.problem, inputs.SolveOptions(time_limit_s=10.0))
     explanations = explain.explain(cset, plan)
     assert [e.service for e in explanations] == [s.id for s in specs]
     for e, sp in zip(explanations, plan.services, strict=True):

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placement import simulate, solve, workload
+from placement import simulate, workload
+from placement.solver import allocation, inputs
 
 
 def setup(
     replicas: int,
-) -> tuple[solve.ServicePlan, workload.BucketedWorkload, dict[solve.CandidateKey, list[float]]]:
+) -> tuple[allocation.ServiceAllocation, workload.BucketedWorkload, dict[inputs.CandidateKey, list[float]]]:
     """One bucket, one configuration with capacity 1 req/s per replica."""
     wl = workload.from_grid(2.0, (0, 1000), (0, 100), [[1.0]])
-    a = solve.Assignment(
+    a = allocation.Assignment(
         "s", "aggregated", "p", "x", "bf16", 1, replicas, 1.0, (2.0,), 1.0, None, None, "vllm", ""
     )
-    sp = solve.service_plan(solve.ServiceDemand("s", (2.0,)), [a], 0.0, None)
-    return sp, wl, {solve.CandidateKey("s", "aggregated", "p", "bf16", 1): [1.0]}
+    sp = allocation.service_allocation(inputs.ServiceDemand("s", (2.0,)), [a], 0.0, None)
+    return sp, wl, {inputs.CandidateKey("s", "aggregated", "p", "bf16", 1): [1.0]}
 
 
 def test_steady_trace_within_capacity_meets_the_slo() -> None:

@@ -15,7 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chipfit import planning, validation
-from placement import solve
+from placement.solver import allocation, inputs
 
 # A person notices a pause after about a second: only then is a progress display worth drawing.
 PROGRESS_AFTER_S = 1.0
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SHARE",
         help="load replicas to at most this share of their SLO-bounded capacity (headroom for bursts)",
     )
-    parser.add_argument("--time-limit", type=float, default=solve.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+    parser.add_argument("--time-limit", type=float, default=inputs.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
     parser.set_defaults(func=run)
 
 
@@ -66,7 +66,7 @@ class _Phase:
 def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated, console: Console) -> Any:
     """Run planning in a worker; draw a progress display only if it takes more than a second."""
     phase = _Phase()
-    options = solve.SolveOptions(
+    options = inputs.SolveOptions(
         time_limit_s=args.time_limit,
         move_penalty_per_device_hour=args.move_penalty,
         max_utilization=args.max_utilization,
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         result: planning.FleetPlan = _solve_with_progress(args, loaded, err)
-    except (planning.PlanningError, solve.PlacementError) as error:
+    except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit plan: {error}", file=sys.stderr)
         return 1
     if args.json:
@@ -140,6 +140,15 @@ def to_json(result: planning.FleetPlan) -> dict[str, Any]:
             "pricePerHourByType": dict(single.price_per_hour_by_type),
         },
         "savingsVsSingleType": result.savings_vs_single_type,
+        "singleTypeSizedToOrder": {
+            "accelerator": result.single_type_sized.accelerator,
+            "kind": result.single_type_sized_kind,
+            "perService": dict(result.single_type_sized.per_service),
+            "pricePerHour": result.single_type_sized.plan.price_per_hour
+            if result.single_type_sized.plan
+            else None,
+        },
+        "savingsVsSingleTypeSizedToOrder": result.savings_vs_single_type_sized,
         "explanations": [dataclasses.asdict(e) for e in result.explanations],
     }
 
@@ -205,22 +214,31 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
     console.print(
         f"fleet total: [bold]${plan.price_per_hour:,.2f}/h[/bold]  "
         f"serving {served:,.2f} of {demand:,.2f} req/s  "
-        f"({plan.status}, gap {plan.gap:.2%}, {plan.solve_seconds:.2f} s, {plan.stages} stage(s))"
+        f"({plan.status}, {_gap_text(plan)}, {plan.solve_seconds:.2f} s, {plan.stages} stage(s))"
     )
     single = result.single_type
     if single.plan is not None and result.savings_vs_single_type is not None:
         if result.single_type_kind == "per-service":
-            what = "one chip type per service (no single type serves every service; sized to order)"
-        elif result.single_type_kind == "fleet-sized":
-            what = f"{single.accelerator} for everything (sized to order: it does not fit the pools as sized)"
+            what = "one chip type per service (no single type serves every service in these pools)"
         else:
             what = f"{single.accelerator} for everything"
         console.print(
-            f"best single-chip-type plan: {what}: ${single.plan.price_per_hour:,.2f}/h -> "
+            f"best single-chip-type plan in the same pools: {what}: ${single.plan.price_per_hour:,.2f}/h -> "
             f"chipfit saves [bold]{result.savings_vs_single_type:.1%}[/bold]"
         )
     else:
-        console.print("best single-chip-type plan: none serves what this plan serves")
+        console.print("best single-chip-type plan in the same pools: none serves what this plan serves")
+    sized = result.single_type_sized
+    if sized.plan is not None and result.savings_vs_single_type_sized is not None:
+        what = (
+            "one chip type per service"
+            if result.single_type_sized_kind == "per-service-sized"
+            else f"{sized.accelerator} for everything"
+        )
+        console.print(
+            f"  (pool sizes ignored, a single-type fleet sized to order: {what}: "
+            f"${sized.plan.price_per_hour:,.2f}/h -> {result.savings_vs_single_type_sized:.1%})"
+        )
     used = [p for p in plan.pools if p.devices_used]
     if used:
         console.print(
@@ -234,3 +252,20 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
                 f"${r.price_per_hour:,.2f}/h alone" if r.price_per_hour is not None else f"misses: {r.misses}"
             )
             console.print(f"    {r.accelerator} (tp{r.tp} {r.precision}, pool {r.pool}): {what}")
+
+
+def _gap_text(plan: allocation.Plan) -> str:
+    """The optimality gap and what bounds it (a gap against a weak bound says less)."""
+    if not math.isfinite(plan.gap):
+        return "no bound"
+    return f"gap {plan.gap:.2%} to the {BOUND_NAMES.get(plan.bound_source, plan.bound_source)}"
+
+
+# What each bound source means, in the words `chipfit plan` prints.
+BOUND_NAMES = {
+    "milp": "MILP bound",
+    "full-lp": "LP bound over all candidates",
+    "restricted-milp": "bound of the pruned MILP",
+    "per-service": "per-service bound (capacity ignored)",
+    "none": "no bound",
+}

@@ -151,12 +151,12 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "dollars_per_million_output_tokens": _dollars(price_per_device_hour, tp, offline.output_tokens_per_s),
     }
     if args.rps is not None:
-        slo = perf.Slo(args.ttft_p99_ms, args.itl_p99_ms)
+        slo = perf.LatencySlo(args.ttft_p99_ms, args.itl_p99_ms)
         best = perf.max_rate_under_slo(config, args.isl, args.osl, slo)
         load = (
             perf.latency_at_rate(
                 config,
-                perf.Workload(args.isl, args.osl),
+                perf.RequestSizes(args.isl, args.osl),
                 args.rps,
                 prefill_chunk_tokens=best.prefill_chunk_tokens,
             )

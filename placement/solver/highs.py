@@ -1,0 +1,96 @@
+"""Run one MILP through HiGHS (scipy.optimize.milp), check its status, return a typed answer."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
+
+from placement.solver import formulation, inputs
+
+
+@dataclass(frozen=True)
+class Run:
+    """A usable HiGHS answer."""
+
+    x: NDArray[np.float64]
+    objective: float
+    bound: float
+    optimal: bool
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1 while HiGHS runs.
+
+    Some HiGHS builds print MIP debug lines ("HighsMipSolverData::transformNewIntegerFeasibleSolution")
+    straight to the C stdout, which would corrupt `chipfit plan --json`.
+    """
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+# scipy.optimize.milp status codes (scipy docs, OptimizeResult.status).
+MILP_OPTIMAL = 0
+MILP_LIMIT = 1
+MILP_INFEASIBLE = 2
+MILP_UNBOUNDED = 3
+
+
+def run(
+    model: formulation.Model,
+    c: NDArray[np.float64],
+    var_hi: NDArray[np.float64],
+    extra_rows: Sequence[tuple[NDArray[np.float64], float]],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> Run | None:
+    """Solve with these objective and upper bounds; None when infeasible, SolverError when HiGHS fails."""
+    if c.size == 0:
+        # Nothing to decide (no traffic, no candidates): the empty plan is optimal.
+        return Run(x=np.zeros(0), objective=0.0, bound=0.0, optimal=True)
+    constraints = [LinearConstraint(model.a, model.row_lo, model.row_hi)] if model.a.shape[0] else []
+    for row, hi in extra_rows:
+        constraints.append(LinearConstraint(row.reshape(1, -1), -math.inf, hi))
+    remaining = max(deadline - time.perf_counter(), 1.0)
+    with _quiet_stdout():
+        res: OptimizeResult = milp(
+            c,
+            constraints=constraints,
+            integrality=model.integrality,
+            bounds=Bounds(model.var_lo, var_hi),
+            options={"time_limit": remaining, "mip_rel_gap": options.mip_rel_gap, "presolve": True},
+        )
+    if res.status == MILP_INFEASIBLE:
+        return None
+    if res.status == MILP_UNBOUNDED:
+        raise inputs.SolverError("solver: the problem is unbounded (a negative price?)")
+    if res.x is None:
+        raise inputs.SolverError(
+            f"solver: HiGHS stopped without a solution (status {res.status}: {res.message})"
+        )
+    x = np.asarray(res.x, dtype=np.float64)
+    objective = float(res.fun)
+    bound = getattr(res, "mip_dual_bound", None)
+    bound_value = objective if bound is None or not math.isfinite(float(bound)) else float(bound)
+    return Run(x=x, objective=objective, bound=bound_value, optimal=res.status == MILP_OPTIMAL)
