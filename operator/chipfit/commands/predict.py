@@ -171,6 +171,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["prefill_chunk_tokens"] = best.prefill_chunk_tokens
         report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms, 3)
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
+        for stat in ("ttft_mean_ms", "ttft_p50_ms", "itl_mean_ms", "itl_p50_ms"):
+            report[f"{stat}_at_rps"] = None if load is None else round(getattr(load, stat), 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
         report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
         report["dollars_per_million_output_tokens_at_max_rps"] = _dollars(
@@ -260,4 +262,8 @@ def _latency_text(report: dict[str, Any]) -> str:
     """Latencies at the offered rate, or nothing when the replica cannot keep up with it."""
     if report["ttft_p99_ms_at_rps"] is None:
         return " (cannot keep up at that rate)"
-    return f" (TTFT p99 {report['ttft_p99_ms_at_rps']:.0f} ms, ITL p99 {report['itl_p99_ms_at_rps']:.1f} ms)"
+    return (
+        f" (TTFT mean {report['ttft_mean_ms_at_rps']:.0f} / p50 {report['ttft_p50_ms_at_rps']:.0f} / "
+        f"p99 {report['ttft_p99_ms_at_rps']:.0f} ms, ITL mean {report['itl_mean_ms_at_rps']:.1f} / "
+        f"p50 {report['itl_p50_ms_at_rps']:.1f} / p99 {report['itl_p99_ms_at_rps']:.1f} ms)"
+    )
