@@ -243,8 +243,12 @@ def build_inputs(
     performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
     *,
     oracle: candidates.CapacityOracle | None = None,
+    headroom: bool = True,
 ) -> candidates.CandidateSet:
-    """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
+    """Candidates for every service on every pool, capacity from profiles first, then the perf model.
+
+    `headroom`: derate capacity predicted without calibration (placement.trust; on by default).
+    """
     table = to_profiles(performance_profiles)
     capacity = oracle if oracle is not None else candidates.profile_oracle(table)
     return candidates.build(
@@ -253,6 +257,7 @@ def build_inputs(
         oracle=capacity,
         current_replicas=current_replicas(services),
         accelerators=fleet_accelerators(pools),
+        headroom=headroom,
     )
 
 
@@ -265,6 +270,7 @@ def plan_fleet(
     oracle: candidates.CapacityOracle | None = None,
     progress: Callable[[str], None] | None = None,
     with_baseline: bool = True,
+    headroom: bool = True,
 ) -> FleetPlan:
     """The cheapest plan for the fleet, its best single-type baseline and the explanations.
 
@@ -275,7 +281,7 @@ def plan_fleet(
     """
     step = progress or (lambda _label: None)
     step("predicting capacity")
-    cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
+    cset = build_inputs(services, pools, performance_profiles, oracle=oracle, headroom=headroom)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
     kind, sized_kind = "none", "none"

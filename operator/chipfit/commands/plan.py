@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="load replicas to at most this share of their SLO-bounded capacity (headroom for bursts)",
     )
     parser.add_argument("--time-limit", type=float, default=inputs.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+    parser.add_argument(
+        "--no-trust-headroom",
+        dest="headroom",
+        action="store_false",
+        help="plan on capacity predicted from specs as if it were calibrated (default: derate it by its "
+        "typical error, see docs/performance-model.md#trust-how-far-a-prediction-can-be-trusted)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -79,6 +86,7 @@ def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated,
             loaded.profiles,
             options=options,
             progress=phase,
+            headroom=args.headroom,
         )
         try:
             return future.result(timeout=PROGRESS_AFTER_S)
