@@ -199,3 +199,15 @@ def test_predict_says_uncalibrated_for_a_pool_declared_chip(
     assert report["trust"].startswith(trust.UNCALIBRATED_NOTE) and report["trust_level"] == "uncalibrated"
     assert cli.main([*args, "--isl", "2048", "--osl", "128"]) == 0
     assert "uncalibrated: predicted from specs" in capsys.readouterr().out
+
+
+def test_headroom_is_an_option_and_costs_what_the_derate_says() -> None:
+    busy = chat_on(["acme-x1"])
+    busy["spec"]["workload"]["requestsPerSecond"] = 60
+    result = validated(acme_pool(nodes=8), busy)
+    kept = planning.plan_fleet(result.services, result.pools, with_baseline=False)
+    bare = planning.plan_fleet(result.services, result.pools, with_baseline=False, headroom=False)
+    # 60 req/s needs 3 replicas on the predicted capacity, 4 once it is derated for the error.
+    assert kept.plan.price_per_hour > bare.plan.price_per_hour
+    assert "of predicted capacity" in kept.explanations[0].summary
+    assert "of predicted capacity" not in bare.explanations[0].summary
