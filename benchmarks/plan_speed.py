@@ -217,7 +217,14 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     """Operator path on one fleet: parse, validate, plan (no baselines), status out. Returns timings."""
     from chipfit import handlers, planning, reconcile
     from chipfit.api import v1alpha1
-    from placement import solve
+
+    try:  # the solver package (from wave 2 on)
+        from placement.solver import inputs as solver_inputs
+        from placement.solver import solve as solver
+    except ImportError:  # the previous single module
+        from placement import solve as solver  # type: ignore[no-redef]
+
+        solver_inputs = solver  # type: ignore[assignment]
 
     fleet = json.loads(fleet_path.read_text())
     raw_services = fleet["services"][:limit] if limit else fleet["services"]
@@ -235,8 +242,8 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     t1 = time.perf_counter()
     cset = planning.build_inputs(services, pools)
     t2 = time.perf_counter()
-    options = solve.SolveOptions(time_limit_s=time_limit_s)
-    plan = solve.solve(cset.problem, options)
+    options = solver_inputs.SolveOptions(time_limit_s=time_limit_s)
+    plan = solver.solve(cset.problem, options)
     t3 = time.perf_counter()
     outcomes = {sp.service: handlers.outcome_of(sp) for sp in plan.services}
     statuses = [

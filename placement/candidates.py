@@ -7,6 +7,11 @@ physics; unit tests pass synthetic oracles.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
+import math
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -40,9 +45,12 @@ class Query:
     # beyond); None means every request has the largest size.
     prompt_mean_tokens: float | None = None
     output_mean_tokens: float | None = None
+    # Chunked-prefill budget to price with; None lets the oracle choose (the performance model picks the
+    # budget serving the most, see perf.max_rate_under_slo).
+    prefill_chunk_tokens: int | None = None
     # The chip when a pool declared it by its specs (None: the catalog entry for `accelerator`).
     accelerator_spec: catalog.Accelerator | None = None
-    # The engine release (None: not stated).
+    # The engine release (None: not stated; see placement.engine_version).
     engine_version: str | None = None
 
 
@@ -62,6 +70,13 @@ class Capacity:
     # True when the oracle vouches that larger requests (prompt and output both at least as long) can
     # never do better: then candidates skip asking about them once this size fails.
     size_monotone: bool = False
+    # Chunked-prefill budget the answer assumes (None: the engine's default, or not the model's answer).
+    prefill_chunk_tokens: int | None = None
+    # True when the answer is the performance model's (its engine settings can be derived and deployed).
+    modelled: bool = False
+    # True when no request size can do better (the configuration cannot run at all): candidates then ask
+    # about no other bucket of this configuration.
+    any_size: bool = False
     # How far the answer can be trusted (None: the oracle does not say, e.g. a synthetic test oracle).
     trust: trust.Trust | None = None
 
@@ -69,82 +84,171 @@ class Capacity:
 CapacityOracle = Callable[[Query], Capacity]
 
 
-def perf_oracle(query: Query) -> Capacity:
-    """Capacity from placement.perf (roofline + queueing model)."""
+def ask(oracle: CapacityOracle, queries: Sequence[Query]) -> list[Capacity]:
+    """Answers to many queries: in one batch when the oracle has a `batch` method, else one by one."""
+    batch = getattr(oracle, "batch", None)
+    if callable(batch):
+        answers: list[Capacity] = batch(queries)
+        return answers
+    return [oracle(q) for q in queries]
+
+
+def _perf_question(query: Query) -> tuple[perf.RateQuestion, trust.Trust]:
+    """The performance model's question for a query and how far its answer can be trusted (raises for
+    malformed ids and values)."""
     model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
-    try:
-        chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
-        config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
-        slo = perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms)
-        versioned = engine_version.efficiency(config.accelerator_spec, query.engine, query.engine_version)
-        # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
-        prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
-        output_mean = query.output_mean_tokens or float(query.output_tokens)
-        rate = perf.max_rate_under_slo(
-            config,
-            max(1.0, prompt_mean),
-            max(1.0, output_mean),
-            slo,
-            prompt_tokens_p99=max(float(query.prompt_tokens), prompt_mean, 1.0),
-            output_tokens_p99=max(float(query.output_tokens), output_mean, 1.0),
-            efficiency=versioned.efficiency,
+    chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
+    config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
+    # Throughput at the bucket's mean sizes, tail latency with its largest request as the p99.
+    prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
+    output_mean = query.output_mean_tokens or float(query.output_tokens)
+    sizes = perf.RequestSizes(
+        max(1.0, prompt_mean),
+        max(1.0, output_mean),
+        max(float(query.prompt_tokens), prompt_mean, 1.0),
+        max(float(query.output_tokens), output_mean, 1.0),
+    )
+    # Malformed names raise here, once per question, rather than inside the batch.
+    perf.infeasibility(config)
+    # The engine release's efficiency (the reference release's when unknown, and it says so).
+    versioned = engine_version.efficiency(config.accelerator_spec, query.engine, query.engine_version)
+    question = perf.RateQuestion(
+        config,
+        sizes,
+        perf.LatencySlo(query.ttft_p99_ms, query.itl_p99_ms),
+        efficiency=versioned.efficiency,
+        prefill_chunk_tokens=query.prefill_chunk_tokens,
+    )
+    return question, trust.assess(config, sizes.prompt_tokens, sizes.output_tokens, versioned)
+
+
+class PerfOracle:
+    """Capacity from placement.perf (roofline + queueing model); `batch` answers many queries at once."""
+
+    def __call__(self, query: Query) -> Capacity:
+        """One query."""
+        return self.batch([query])[0]
+
+    def batch(self, queries: Sequence[Query]) -> list[Capacity]:
+        """Many queries: one vectorized, cached performance-model call for all of them."""
+        answers: list[Capacity | None] = [None] * len(queries)
+        asked: list[tuple[int, perf.RateQuestion]] = []
+        trusts: dict[int, trust.Trust] = {}
+        for i, query in enumerate(queries):
+            try:
+                question, trusts[i] = _perf_question(query)
+                asked.append((i, question))
+            except (catalog.UnknownIdError, perf.InvalidConfigError, ValueError) as error:
+                answers[i] = Capacity(0.0, None, None, str(error), "perf", size_monotone=True, any_size=True)
+        rates = perf.max_rates([q for _, q in asked])
+        # Latencies at (near) zero load for the configurations that miss the SLO even there, asked at the
+        # bucket's largest sizes.
+        cannot_run = {i for i, q in asked if perf.infeasibility(q.config) is not None}
+        misses = [
+            (i, q)
+            for (i, q), rate in zip(asked, rates, strict=True)
+            if rate.max_rps <= 0.0 and i not in cannot_run
+        ]
+        zero_loads = perf.latencies_at(
+            [
+                (
+                    q.config,
+                    perf.RequestSizes(queries[i].prompt_tokens, queries[i].output_tokens),
+                    ZERO_LOAD_RPS,
+                )
+                for i, q in misses
+            ]
         )
-    except (catalog.UnknownIdError, perf.InvalidConfigError) as error:
-        return Capacity(0.0, None, None, str(error), "perf", size_monotone=True)
-    confidence = trust.assess(config, prompt_mean, output_mean, versioned)
-    if rate.max_rps > 0.0:
-        return Capacity(
-            rate.max_rps,
-            rate.ttft_p99_ms if query.role != "decode" else None,
-            rate.itl_p99_ms if query.role != "prefill" else None,
-            rate.reason,
-            "perf",
-            trust=confidence,
-        )
-    zero_ttft: float | None = None
-    zero_itl: float | None = None
-    if perf.infeasibility(config) is None:
-        load = perf.latency_at_rate(
-            config,
-            perf.RequestSizes(query.prompt_tokens, query.output_tokens),
-            ZERO_LOAD_RPS,
-            efficiency=versioned.efficiency,
-        )
-        if load is not None:
-            zero_ttft, zero_itl = load.ttft_p99_ms, load.itl_p99_ms
-    # Longer prompts and outputs only add compute, KV and queueing in the model: monotone.
-    return Capacity(0.0, None, None, rate.reason, "perf", zero_ttft, zero_itl, size_monotone=True)
+        zero = {i: load for (i, _), load in zip(misses, zero_loads, strict=True)}
+        for (i, _), rate in zip(asked, rates, strict=True):
+            role = queries[i].role
+            if rate.max_rps > 0.0:
+                answers[i] = Capacity(
+                    rate.max_rps,
+                    rate.ttft_p99_ms if role != "decode" else None,
+                    rate.itl_p99_ms if role != "prefill" else None,
+                    rate.reason,
+                    "perf",
+                    prefill_chunk_tokens=rate.prefill_chunk_tokens,
+                    modelled=True,
+                    trust=trusts.get(i),
+                )
+                continue
+            load = zero.get(i)
+            # Longer prompts and outputs only add compute, KV and queueing in the model: monotone.
+            answers[i] = Capacity(
+                0.0,
+                None,
+                None,
+                rate.reason,
+                "perf",
+                load.ttft_p99_ms if load is not None else None,
+                load.itl_p99_ms if load is not None else None,
+                size_monotone=True,
+                modelled=True,
+                any_size=i in cannot_run,
+                trust=trusts.get(i),
+            )
+        return [a for a in answers if a is not None]
+
+
+perf_oracle = PerfOracle()
+
+
+class ProfileOracle:
+    """Measured profile for the exact (model, accelerator, precision, tp, role), else `fallback`."""
+
+    def __init__(self, table: Sequence[profiles.BucketProfile], fallback: CapacityOracle | None) -> None:
+        """Index the table once."""
+        self.index = profiles.index_profiles(table)
+        self.fallback = fallback
+
+    def _measured(self, query: Query) -> Capacity | None:
+        """The profile's answer (None: no profile for this configuration at this SLO)."""
+        profile = self.index.get((query.model, query.accelerator, query.precision, query.tp, query.role))
+        # A table measured under a looser SLO than asked says nothing about this SLO, one measured on
+        # another engine or release says nothing about this one: fall back.
+        if profile is None or _looser(profile, query) or _engine_mismatch(profile, query) is not None:
+            return None
+        rps = profile.max_rps_for(query.prompt_tokens, query.output_tokens)
+        source = f"profile {profile.source}".strip()
+        if rps > 0.0:
+            return Capacity(
+                rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source, trust=trust.measured(source)
+            )
+        return Capacity(0.0, None, None, "outside the measured profile, or its SLO was missed there", source)
+
+    def __call__(self, query: Query) -> Capacity:
+        """One query."""
+        return self.batch([query])[0]
+
+    def batch(self, queries: Sequence[Query]) -> list[Capacity]:
+        """Profile answers where measured; the rest from the fallback, in one batch."""
+        answers = [self._measured(q) for q in queries]
+        rest = [i for i, a in enumerate(answers) if a is None]
+        if self.fallback is None:
+            unknown = Capacity(0.0, None, None, "no measured profile for this configuration", "none")
+            return [a if a is not None else unknown for a in answers]
+        for i, answer in zip(rest, ask(self.fallback, [queries[i] for i in rest]), strict=True):
+            profile = self.index.get(
+                (
+                    queries[i].model,
+                    queries[i].accelerator,
+                    queries[i].precision,
+                    queries[i].tp,
+                    queries[i].role,
+                )
+            )
+            mismatch = _engine_mismatch(profile, queries[i]) if profile is not None else None
+            answers[i] = _with_note(answer, mismatch) if mismatch is not None else answer
+        return [a for a in answers if a is not None]
 
 
 def profile_oracle(
     table: Sequence[profiles.BucketProfile], fallback: CapacityOracle | None = perf_oracle
 ) -> CapacityOracle:
     """Measured profile for the exact (model, accelerator, precision, tp, role), else `fallback`."""
-    index = profiles.index_profiles(table)
-
-    def oracle(query: Query) -> Capacity:
-        profile = index.get((query.model, query.accelerator, query.precision, query.tp, query.role))
-        # A table measured on another engine or release is not this configuration: fall back, and say so.
-        mismatch = _engine_mismatch(profile, query) if profile is not None else None
-        if mismatch is not None:
-            answer = fallback(query) if fallback is not None else Capacity(0.0, None, None, mismatch, "none")
-            return _with_note(answer, mismatch)
-        # A table measured under a looser SLO than asked says nothing about this SLO: fall back.
-        if profile is not None and not _looser(profile, query):
-            rps = profile.max_rps_for(query.prompt_tokens, query.output_tokens)
-            source = f"profile {profile.source}".strip()
-            if rps > 0.0:
-                return Capacity(
-                    rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source, trust=trust.measured(source)
-                )
-            return Capacity(
-                0.0, None, None, "outside the measured profile, or its SLO was missed there", source
-            )
-        if fallback is None:
-            return Capacity(0.0, None, None, "no measured profile for this configuration", "none")
-        return fallback(query)
-
-    return oracle
+    return ProfileOracle(table, fallback)
 
 
 def _engine_mismatch(profile: profiles.BucketProfile, query: Query) -> str | None:
@@ -198,9 +302,14 @@ class ServiceSpec:
     excluded_pools: frozenset[str] = frozenset()
     spot_allowed: bool = True
     tp_degrees: tuple[int, ...] = DEFAULT_TP_DEGREES
+    model_arch: catalog.ModelArch | None = None
+    # Engine settings that do not change capacity but travel to the pods: the longest sequence admitted,
+    # and the mean request the sequence cap is sized for (None: the buckets' mean).
+    max_model_len: int | None = None
+    prompt_mean_tokens: float | None = None
+    output_mean_tokens: float | None = None
     # The engine release the service runs (None: not stated; see placement.engine_version).
     engine_version: str | None = None
-    model_arch: catalog.ModelArch | None = None
 
 
 @dataclass(frozen=True)
@@ -258,10 +367,10 @@ def pool_allowed(spec: ServiceSpec, pool: inputs.Pool) -> str | None:
     return None
 
 
-def _max_tp(pool: inputs.Pool, accelerators: Mapping[str, catalog.Accelerator]) -> int:
+def _max_tp(pool: inputs.Pool, declared: Mapping[str, catalog.Accelerator]) -> int:
     """Largest TP one replica may use in this pool: the node, and the chip's limit for known chips."""
     limit = pool.devices_per_node
-    spec = accelerators.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
+    spec = declared.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
     if spec is not None:
         limit = min(limit, spec.max_tp)
     return limit
@@ -276,12 +385,28 @@ def _roles(mode: inputs.ServingMode) -> tuple[inputs.Role, ...]:
     return ("aggregated", "prefill", "decode")
 
 
+# A pool as far as candidates are concerned: everything but its node count (capacity is the solver's).
+def _pool_shape(pool: inputs.Pool) -> inputs.Pool:
+    return replace(pool, nodes=0)
+
+
+# One configuration's outcome: its candidate or rejection, and how far its capacity can be trusted.
+Result = tuple[inputs.Candidate | None, Rejection | None, trust.Trust | None]
+PoolResults = tuple[Result, ...]
+# Candidates and rejections of one (service, pool), keyed by the service spec, the pool without its node
+# count, the chip the pool declares (None: the catalog's) and whether capacity was derated for trust: what
+# a re-plan can reuse when only other services, node counts or other pools changed.
+CandidateCache = dict[tuple[ServiceSpec, inputs.Pool, catalog.Accelerator | None, bool], PoolResults]
+
+
 def build(
     specs: Iterable[ServiceSpec],
     pools: Sequence[inputs.Pool],
     *,
     oracle: CapacityOracle = perf_oracle,
     current_replicas: Mapping[inputs.CandidateKey, int] | None = None,
+    cache: CandidateCache | None = None,
+    workers: int | None = None,
     accelerators: Mapping[str, catalog.Accelerator] | None = None,
     headroom: bool = True,
 ) -> CandidateSet:
@@ -290,14 +415,23 @@ def build(
     `accelerators` holds the chips pools declared by their specs (by accelerator id); other ids are
     looked up in the catalog. With `headroom`, capacity the oracle trusts less than a calibration (a chip
     predicted from its specs) is derated by trust.Trust.derate, so the plan keeps room for the error.
+
+    `cache` (kept by the caller across re-plans, see placement.planner) holds each (service, pool)'s
+    results; only the pairs missing from it are priced. `workers` > 1 prices large batches in that many
+    processes (None: decide from the machine, see parallel_workers).
     """
-    declared = dict(accelerators or {})
     spec_list = list(specs)
+    declared = dict(accelerators or {})
+    store: CandidateCache = cache if cache is not None else {}
+
+    def key(
+        spec: ServiceSpec, pool: inputs.Pool
+    ) -> tuple[ServiceSpec, inputs.Pool, catalog.Accelerator | None, bool]:
+        return spec, _pool_shape(pool), declared.get(pool.accelerator), headroom
+
     demands: list[inputs.ServiceDemand] = []
-    cands: list[inputs.Candidate] = []
-    rejections: list[Rejection] = []
     excluded: dict[str, str] = {}
-    trusted: dict[inputs.CandidateKey, trust.Trust] = {}
+    allowed_by_spec: list[list[inputs.Pool]] = []
     for spec in spec_list:
         wl = spec.workload
         demands.append(
@@ -326,22 +460,34 @@ def build(
                 if pools
                 else "the fleet has no pools"
             )
+        allowed_by_spec.append(allowed)
+    missing: dict[ServiceSpec, dict[inputs.Pool, None]] = {}
+    for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
         for pool in allowed:
-            for role in _roles(spec.serving):
-                for precision in spec.precisions:
-                    for tp in spec.tp_degrees:
-                        if tp > _max_tp(pool, declared):
-                            continue
-                        cand, rejection, confidence = _candidate(
-                            spec, pool, role, precision, tp, oracle, declared.get(pool.accelerator), headroom
+            if key(spec, pool) not in store:
+                missing.setdefault(spec, {})[_pool_shape(pool)] = None
+    if missing:
+        work = [(spec, tuple(shapes)) for spec, shapes in missing.items()]
+        priced = _price_all(work, oracle, workers, _Context(declared, headroom))
+        for (spec, shapes), results in zip(work, priced, strict=True):
+            for pool, result in zip(shapes, results, strict=True):
+                store[key(spec, pool)] = result
+    cands: list[inputs.Candidate] = []
+    rejections: list[Rejection] = []
+    trusted: dict[inputs.CandidateKey, trust.Trust] = {}
+    for spec, allowed in zip(spec_list, allowed_by_spec, strict=True):
+        for pool in allowed:
+            for cand, rejection, confidence in store[key(spec, pool)]:
+                if cand is not None:
+                    cands.append(cand if cand.pool == pool.id else replace(cand, pool=pool.id))
+                    if confidence is not None:
+                        trusted[inputs.CandidateKey(spec.id, cand.role, pool.id, cand.precision, cand.tp)] = (
+                            confidence
                         )
-                        if cand is not None:
-                            cands.append(cand)
-                            if confidence is not None:
-                                key = inputs.CandidateKey(spec.id, role, pool.id, precision, tp)
-                                trusted[key] = confidence
-                        elif rejection is not None:
-                            rejections.append(rejection)
+                elif rejection is not None:
+                    rejections.append(
+                        rejection if rejection.pool == pool.id else replace(rejection, pool=pool.id)
+                    )
     problem = inputs.FleetProblem(
         services=tuple(demands),
         pools=tuple(pools),
@@ -351,73 +497,321 @@ def build(
     return CandidateSet(problem, {s.id: s for s in spec_list}, tuple(rejections), excluded, trusted, headroom)
 
 
-def _candidate(
-    spec: ServiceSpec,
-    pool: inputs.Pool,
-    role: inputs.Role,
-    precision: str,
-    tp: int,
-    oracle: CapacityOracle,
-    accelerator_spec: catalog.Accelerator | None = None,
-    headroom: bool = True,
-) -> tuple[inputs.Candidate | None, Rejection | None, trust.Trust | None]:
-    """The candidate for one configuration, or the reason it cannot serve any bucket."""
+# Pricing runs in worker processes only from this many (service, pool) pairs: below it, starting processes
+# costs more than it saves (a few hundred ms each).
+PARALLEL_MIN_PAIRS = 4000
+
+
+def parallel_workers(pairs: int) -> int:
+    """Processes worth using for `pairs` (service, pool) pairs: the usable cores when the batch is large."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return cores if pairs >= PARALLEL_MIN_PAIRS and cores > 1 else 1
+
+
+Work = Sequence[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What pricing needs beyond the work: the chips pools declare, and whether to keep trust headroom."""
+
+    declared: Mapping[str, catalog.Accelerator]
+    headroom: bool
+
+
+def _price_all(
+    work: Work, oracle: CapacityOracle, workers: int | None, context: _Context
+) -> list[list[PoolResults]]:
+    """_price over `work`, split over worker processes when it pays and the oracle can travel."""
+    pairs = sum(len(shapes) for _, shapes in work)
+    count = parallel_workers(pairs) if workers is None else workers
+    if count <= 1 or len(work) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
+        return _price(work, oracle, context)
+    # Contiguous slices balanced by pairs; fork keeps the parent's performance-model cache.
+    slices: list[list[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]] = [[] for _ in range(count)]
+    per_slice = pairs / count
+    done = 0
+    for item in work:
+        slices[min(count - 1, int(done / per_slice))].append(item)
+        done += len(item[1])
+    fork = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=fork) as executor:
+        parts = list(
+            executor.map(
+                _price, [s for s in slices if s], itertools.repeat(oracle), itertools.repeat(context)
+            )
+        )
+    return [result for part in parts for result in part]
+
+
+# A configuration shape: (service index in the work, accelerator, role, precision, tp).
+_Shape = tuple[int, str, inputs.Role, str, int]
+
+
+def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[PoolResults]]:
+    """Candidates and rejections of every (service, pool) in `work`, asking the oracle in two batches.
+
+    Every (service, accelerator, role, precision, tp) is asked about each request-size bucket, the oracle
+    choosing each bucket's best prefill chunk. A Deployment runs one chunk, so where buckets chose
+    different chunks every bucket is priced again at each of them, and the candidate keeps the one that
+    serves the most traffic with the fewest replicas (the engine default unless another saves at least
+    perf.PREFILL_CHUNK_MIN_GAIN).
+    """
+    shapes: dict[_Shape, None] = {}
+    for i, (spec, pools) in enumerate(work):
+        for pool in pools:
+            for role in _roles(spec.serving):
+                for precision in spec.precisions:
+                    for tp in spec.tp_degrees:
+                        if tp <= _max_tp(pool, context.declared):
+                            shapes[(i, pool.accelerator, role, precision, tp)] = None
+    first = _ask_shapes(work, [(shape, None) for shape in shapes], oracle, context)
+    answers = {shape: first[(shape, None)] for shape in shapes}
+    # Shapes whose buckets chose different chunks: price every bucket at each of them.
+    options: dict[_Shape, tuple[int, ...]] = {}
+    for shape in shapes:
+        chunks = {
+            a.prefill_chunk_tokens
+            for a in _effective(work[shape[0]][0], answers[shape])
+            if a and a.max_rps > 0
+        }
+        if len(chunks) > 1 and None not in chunks:
+            options[shape] = tuple(sorted((c for c in chunks if c is not None), reverse=True))
+    fixed_shapes = [(shape, chunk) for shape, chunks in options.items() for chunk in chunks]
+    fixed = _ask_shapes(work, fixed_shapes, oracle, context)
+    final: dict[_Shape, tuple[list[Capacity], int | None]] = {}
+    for shape in shapes:
+        spec = work[shape[0]][0]
+        if shape not in options:
+            chunks = {a.prefill_chunk_tokens for a in _effective(spec, answers[shape]) if a and a.max_rps > 0}
+            final[shape] = (answers[shape], chunks.pop() if len(chunks) == 1 else None)
+            continue
+        best: tuple[list[Capacity], int | None] | None = None
+        best_score = (0.0, math.inf)
+        for chunk in options[shape]:
+            priced = fixed[(shape, chunk)]
+            score = _score(spec, _effective(spec, priced))
+            if (
+                best is None
+                or score[0] > best_score[0] + 1e-12
+                or (
+                    score[0] >= best_score[0] - 1e-12
+                    and score[1] * (1.0 + perf.PREFILL_CHUNK_MIN_GAIN) < best_score[1]
+                )
+            ):
+                best, best_score = (priced, chunk), score
+        assert best is not None
+        final[shape] = best
+    out: list[list[PoolResults]] = []
+    made: dict[_Shape, Result] = {}
+    for i, (spec, pools) in enumerate(work):
+        per_pool: list[PoolResults] = []
+        for pool in pools:
+            results = []
+            for role in _roles(spec.serving):
+                for precision in spec.precisions:
+                    for tp in spec.tp_degrees:
+                        if tp > _max_tp(pool, context.declared):
+                            continue
+                        shape = (i, pool.accelerator, role, precision, tp)
+                        if shape not in made:
+                            priced, chosen = final[shape]
+                            made[shape] = _candidate(spec, pool, role, precision, tp, priced, chosen, context)
+                        results.append(_for_pool(made[shape], pool))
+            per_pool.append(tuple(results))
+        out.append(per_pool)
+    return out
+
+
+def _for_pool(result: Result, pool: inputs.Pool) -> Result:
+    """A configuration's candidate or rejection in another pool of the same accelerator."""
+    cand, rejection, confidence = result
+    if cand is not None and cand.pool != pool.id:
+        cand = replace(cand, pool=pool.id, price_per_hour=pool.price_per_device_hour * cand.tp)
+    if rejection is not None and rejection.pool != pool.id:
+        rejection = replace(rejection, pool=pool.id)
+    return cand, rejection, confidence
+
+
+def _ask_shapes(
+    work: Work, items: Sequence[tuple[_Shape, int | None]], oracle: CapacityOracle, context: _Context
+) -> dict[tuple[_Shape, int | None], list[Capacity]]:
+    """Each (shape, chunk)'s answer per bucket (a chunk of None lets the oracle choose each bucket's).
+
+    Two oracle batches: every shape's smallest bucket first; then the buckets no failure rules out (a
+    failure the oracle vouches is size-monotone rules out every bucket at least as large). Identical
+    queries are asked once. A bucket ruled out gets _NOT_ASKED, which _effective skips.
+    """
+    answers: dict[tuple[_Shape, int | None], list[Capacity]] = {}
+    orders: dict[tuple[_Shape, int | None], list[int]] = {}
+    for item in items:
+        buckets = work[item[0][0]][0].workload.buckets
+        answers[item] = [_NOT_ASKED] * len(buckets)
+        orders[item] = sorted(
+            range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k)
+        )
+    for wave in (0, 1):
+        asked: dict[Query, int] = {}
+        slots: list[tuple[tuple[_Shape, int | None], int, int]] = []
+        for item in items:
+            (i, accelerator, role, precision, tp), chunk = item
+            spec = work[i][0]
+            buckets = spec.workload.buckets
+            order = orders[item]
+            if wave == 0:
+                wanted = order[:1]
+            elif answers[item][order[0]].any_size:
+                wanted = []
+            else:
+                failed = [
+                    (buckets[k].prompt_tokens, buckets[k].output_tokens)
+                    for k in order[:1]
+                    if answers[item][k].max_rps <= 0.0 and answers[item][k].size_monotone
+                ]
+                wanted = [
+                    k
+                    for k in order[1:]
+                    if not any(
+                        buckets[k].prompt_tokens >= p and buckets[k].output_tokens >= o for p, o in failed
+                    )
+                ]
+            for k in wanted:
+                bucket = buckets[k]
+                query = Query(
+                    model=spec.model,
+                    accelerator=accelerator,
+                    precision=precision,
+                    tp=tp,
+                    role=role,
+                    engine=spec.engine,
+                    prompt_tokens=bucket.prompt_tokens,
+                    output_tokens=bucket.output_tokens,
+                    ttft_p99_ms=spec.ttft_p99_ms,
+                    itl_p99_ms=spec.itl_p99_ms,
+                    model_arch=spec.model_arch,
+                    prompt_mean_tokens=bucket.prompt_mean,
+                    output_mean_tokens=bucket.output_mean_tokens or None,
+                    prefill_chunk_tokens=chunk,
+                    accelerator_spec=context.declared.get(accelerator),
+                    engine_version=spec.engine_version,
+                )
+                slots.append((item, k, asked.setdefault(query, len(asked))))
+        replies = ask(oracle, list(asked))
+        for item, k, q in slots:
+            answers[item][k] = replies[q]
+    return answers
+
+
+# Placeholder for a bucket not asked because a smaller failed bucket rules it out (never used as capacity).
+_NOT_ASKED = Capacity(0.0, None, None, "not asked", "", size_monotone=True)
+
+
+def _effective(spec: ServiceSpec, answers: Sequence[Capacity]) -> list[Capacity | None]:
+    """The answers a bucket-by-bucket search would use: None for a bucket at least as large as one that failed
+    where the oracle vouches that larger requests never do better (size_monotone)."""
     buckets = spec.workload.buckets
-    rates = spec.workload.bucket_rps
-    caps: list[float] = [0.0] * len(buckets)
-    ttfts: list[float | None] = [None] * len(buckets)
-    itls: list[float | None] = [None] * len(buckets)
-    sources: set[str] = set()
-    first_miss: tuple[Capacity, int] | None = None
-    # Smallest requests first: when the oracle vouches that bigger requests never do better
-    # (size_monotone), a bucket at least as large as a failed one fails without another question.
+    out: list[Capacity | None] = [None] * len(buckets)
     failed: list[tuple[int, int]] = []
-    least: trust.Trust | None = None
     for k in sorted(
         range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k)
     ):
         bucket = buckets[k]
         if any(bucket.prompt_tokens >= p and bucket.output_tokens >= o for p, o in failed):
             continue
-        answer = oracle(
-            Query(
-                model=spec.model,
-                accelerator=pool.accelerator,
-                precision=precision,
-                tp=tp,
-                role=role,
-                engine=spec.engine,
-                engine_version=spec.engine_version,
-                prompt_tokens=bucket.prompt_tokens,
-                output_tokens=bucket.output_tokens,
-                ttft_p99_ms=spec.ttft_p99_ms,
-                itl_p99_ms=spec.itl_p99_ms,
-                model_arch=spec.model_arch,
-                prompt_mean_tokens=bucket.prompt_mean,
-                output_mean_tokens=bucket.output_mean_tokens or None,
-                accelerator_spec=accelerator_spec,
-            )
-        )
-        # Headroom where trust is low: plan on less capacity than predicted (Trust.derate).
-        derate = answer.trust.derate if headroom and answer.trust is not None else 1.0
-        caps[k] = answer.max_rps * derate
-        said = answer.trust
+        out[k] = answers[k]
+        if answers[k].max_rps <= 0.0 and answers[k].size_monotone:
+            failed.append((bucket.prompt_tokens, bucket.output_tokens))
+            if answers[k].any_size:
+                break
+    return out
+
+
+def _score(spec: ServiceSpec, answers: Sequence[Capacity | None]) -> tuple[float, float]:
+    """(traffic share served, replicas per unit of traffic) of one configuration over the buckets."""
+    fractions = spec.workload.fractions
+    served = sum(f for f, a in zip(fractions, answers, strict=True) if a is not None and a.max_rps > 0.0)
+    load = sum(
+        f / a.max_rps for f, a in zip(fractions, answers, strict=True) if a is not None and a.max_rps > 0.0
+    )
+    return served, load
+
+
+def _engine_config(
+    spec: ServiceSpec,
+    accelerator: str | catalog.Accelerator,
+    role: inputs.Role,
+    precision: str,
+    tp: int,
+    chunk: int | None,
+    modelled: bool,
+) -> inputs.EngineConfig:
+    """The engine settings a candidate was priced with (see inputs.EngineConfig)."""
+    model: str | catalog.ModelArch = spec.model_arch if spec.model_arch is not None else spec.model
+    config = perf.ReplicaConfig(model, accelerator, precision, tp, role, spec.engine)
+    try:
+        if modelled:
+            # The sequence slots the admission queue assumed at the service's mean request, under the chunk.
+            prompt = spec.prompt_mean_tokens or _mean_prompt(spec.workload)
+            output = spec.output_mean_tokens or spec.workload.output_mean_tokens
+            slots: int | None = perf.max_batch(config, prompt, output, prefill_chunk_tokens=chunk) or None
+        else:
+            # A measured profile was measured with the engine's defaults.
+            slots = perf.engine_traits(spec.engine, config.accelerator_spec).max_batch
+    except (catalog.UnknownIdError, perf.InvalidConfigError, KeyError):
+        slots = None
+    return inputs.EngineConfig(
+        prefill_chunk_tokens=chunk, max_num_seqs=slots, max_model_len=spec.max_model_len
+    )
+
+
+def _mean_prompt(wl: workload.BucketedWorkload) -> float:
+    """Mean prompt length over all requests."""
+    return sum(f * b.prompt_mean for f, b in zip(wl.fractions, wl.buckets, strict=True)) or 1.0
+
+
+def _candidate(
+    spec: ServiceSpec,
+    pool: inputs.Pool,
+    role: inputs.Role,
+    precision: str,
+    tp: int,
+    priced: Sequence[Capacity],
+    chunk: int | None,
+    context: _Context,
+) -> Result:
+    """The candidate for one configuration priced per bucket, or the reason it cannot serve any bucket.
+
+    With headroom, each bucket's capacity is derated by how far its answer can be trusted (Trust.derate).
+    """
+    buckets = spec.workload.buckets
+    rates = spec.workload.bucket_rps
+    answers = _effective(spec, priced)
+    caps = [
+        a.max_rps * (a.trust.derate if context.headroom and a.trust is not None else 1.0)
+        if a is not None
+        else 0.0
+        for a in answers
+    ]
+    said = [a.trust for a in answers if a is not None and a.max_rps > 0.0 and a.trust is not None]
+    least = max(said, key=lambda t: t.typical_error, default=None)
+    sources = sorted({a.source for a in answers if a is not None})
+    first_miss: tuple[Capacity, int] | None = None
+    for k in sorted(
+        range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k)
+    ):
+        answer = answers[k]
         if (
-            said is not None
-            and answer.max_rps > 0.0
-            and (least is None or said.typical_error > least.typical_error)
+            answer is not None
+            and answer.max_rps <= 0.0
+            and (first_miss is None or (rates[first_miss[1]] <= 0.0 < rates[k]))
         ):
-            least = said
-        ttfts[k] = answer.ttft_p99_ms
-        itls[k] = answer.itl_p99_ms
-        sources.add(answer.source)
-        if answer.max_rps <= 0.0:
-            if answer.size_monotone:
-                failed.append((bucket.prompt_tokens, bucket.output_tokens))
-            if first_miss is None or (rates[first_miss[1]] <= 0.0 < rates[k]):
-                first_miss = (answer, k)
+            first_miss = (answer, k)
     worst = first_miss[0] if first_miss is not None else None
     if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0):
+        modelled = any(a is not None and a.modelled for a in answers)
         return (
             inputs.Candidate(
                 service=spec.id,
@@ -428,10 +822,19 @@ def _candidate(
                 tp=tp,
                 max_rps_per_bucket=tuple(caps),
                 price_per_hour=pool.price_per_device_hour * tp,
-                ttft_p99_ms_per_bucket=tuple(ttfts),
-                itl_p99_ms_per_bucket=tuple(itls),
+                ttft_p99_ms_per_bucket=tuple(a.ttft_p99_ms if a is not None else None for a in answers),
+                itl_p99_ms_per_bucket=tuple(a.itl_p99_ms if a is not None else None for a in answers),
                 engine=spec.engine,
-                source=", ".join(sorted(sources)),
+                source=", ".join(sources),
+                engine_config=_engine_config(
+                    spec,
+                    context.declared.get(pool.accelerator) or pool.accelerator,
+                    role,
+                    precision,
+                    tp,
+                    chunk,
+                    modelled,
+                ),
             ),
             None,
             least,

@@ -408,6 +408,12 @@ def efficiency_for(acc: catalog.Accelerator, engine: str) -> perf_efficiency.Eff
 
 def infeasibility(config: ReplicaConfig) -> str | None:
     """Why this configuration cannot run at all (None when it can): precision, engine, tp, memory."""
+    return _infeasibility_cached(config)
+
+
+@functools.lru_cache(maxsize=65536)
+def _infeasibility_cached(config: ReplicaConfig) -> str | None:
+    """See infeasibility (memoized: every capacity question asks it)."""
     _validate_names(config)
     model, acc = config.model_arch, config.accelerator_spec
     if config.precision not in acc.precisions:
@@ -445,6 +451,7 @@ def _validate_names(config: ReplicaConfig) -> None:
         raise InvalidConfigError(f"tp must be a positive integer, got {config.tp!r}")
 
 
+@functools.lru_cache(maxsize=65536)
 def _physics(config: ReplicaConfig, efficiency: perf_efficiency.Efficiency | None) -> _Physics:
     """Per-device physics of a configuration (cached; efficiency override is for calibration)."""
     return _physics_cached(
@@ -1300,6 +1307,30 @@ def latency_at_rate(
     return _prediction(loads)
 
 
+def latencies_at(
+    items: Sequence[tuple[ReplicaConfig, RequestSizes, float]],
+) -> list[LoadPrediction | None]:
+    """latency_at_rate for many (configuration, sizes, rate) at once (engine-default chunks).
+
+    Raises InvalidConfigError for a configuration that cannot run (see `infeasibility`).
+    """
+    out: list[LoadPrediction | None] = [None] * len(items)
+    by_role: dict[str, list[int]] = {}
+    for i, (config, _, _) in enumerate(items):
+        reason = infeasibility(config)
+        if reason is not None:
+            raise InvalidConfigError(reason)
+        by_role.setdefault(config.role, []).append(i)
+    for role, index in by_role.items():
+        rows = _Rows.of([(_physics(items[i][0], None), items[i][1]) for i in index])
+        rates = np.array([float(items[i][2]) for i in index]).reshape(-1, 1)
+        with np.errstate(all="ignore"):
+            loads = _loads_at_rate(rows, role, rates)
+        for k, i in enumerate(index):
+            out[i] = _prediction(loads, k)
+    return out
+
+
 def _decode_step(
     phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
 ) -> float:
@@ -1524,8 +1555,12 @@ REFINE_MAX_STEPS: Final = 48
 
 
 def clear_rate_cache() -> None:
-    """Forget every cached answer (the catalog or efficiency factors changed)."""
+    """Forget every cached answer and physics (the catalog or efficiency factors changed)."""
     _RATE_CACHE.clear()
+    _PHYSICS_VECTORS.clear()
+    _physics.cache_clear()
+    _physics_cached.cache_clear()
+    _infeasibility_cached.cache_clear()
 
 
 def _canonical(question: RateQuestion) -> RateQuestion:

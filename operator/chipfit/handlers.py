@@ -82,14 +82,6 @@ def first_problem(
     return problems[0] if problems else None
 
 
-def _pool_chip(
-    pools: Mapping[str, v1alpha1.AcceleratorPool], placement: v1alpha1.RolePlacement
-) -> catalog.Accelerator | None:
-    """The chip of the placement's pool (None when the pool is gone: the renderer reports that)."""
-    pool = pools.get(placement.pool)
-    return render.pool_chip(pool) if pool is not None else None
-
-
 def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.AcceleratorPool]:
     """Pools whose chip resolves, and that agree with the others on it; the rest are logged and left out.
 
@@ -116,6 +108,7 @@ def outcome_of(
 ) -> reconcile.ServiceOutcome:
     """A service's part of the solved plan as the reconciler sees it (`confidence`: per candidate)."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
+    engine: dict[tuple[str, str, str, str, int], v1alpha1.PricedEngineConfig] = {}
     capacity_by_role: dict[str, float] = {}
     cost: dict[tuple[str, str, str], float] = {}
     routed: dict[tuple[str, str, str], float] = {}
@@ -127,6 +120,11 @@ def outcome_of(
         routed[series] = routed.get(series, 0.0) + sum(a.bucket_rps)
         key = (a.role, a.pool, a.accelerator, a.precision, a.tp)
         replicas[key] = replicas.get(key, 0) + a.replicas
+        engine[key] = v1alpha1.PricedEngineConfig(
+            prefill_chunk_tokens=a.engine_config.prefill_chunk_tokens,
+            max_num_seqs=a.engine_config.max_num_seqs,
+            max_model_len=a.engine_config.max_model_len,
+        )
         if a.utilization > 0:
             capacity_by_role[a.role] = capacity_by_role.get(a.role, 0.0) + sum(a.bucket_rps) / a.utilization
     placements = tuple(
@@ -137,6 +135,7 @@ def outcome_of(
             precision=precision,  # type: ignore[arg-type]
             tensor_parallel=tp,
             replicas=count,
+            engine_config=engine[(role, pool, accelerator, precision, tp)],
         )
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
@@ -212,6 +211,8 @@ class Fleet:
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # Candidates and plans cached across re-plans: only what a change touches is priced again.
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -357,16 +358,13 @@ class Fleet:
         relaxed_reason: str | None = None
         try:
             try:
-                fleet_plan = planning.plan_fleet(
-                    services, pools, profiles, options=self.options, with_baseline=False
-                )
+                self.planner.options = self.options
+                fleet_plan = self.planner.plan(services, pools, profiles)
             except inputs.InfeasibleError as exc:
                 relaxed_reason = str(exc)
                 logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
                 relaxed = [_without_minimum(s) for s in services]
-                fleet_plan = planning.plan_fleet(
-                    relaxed, pools, profiles, options=self.options, with_baseline=False
-                )
+                fleet_plan = self.planner.plan(relaxed, pools, profiles)
             plan = fleet_plan.plan
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
@@ -425,10 +423,7 @@ class Fleet:
             parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
             pools = {p.metadata.name: p for p in parsed}
         try:
-            sizings = {
-                render.placement_key(p): render.sizing(service, p, _pool_chip(pools, p))
-                for p in outcome.placements
-            }
+            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
             desired = render.render_all(service, outcome.placements, pools, sizings)
         except render.RenderError as exc:
             self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))

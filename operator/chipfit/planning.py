@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from chipfit.api import v1alpha1
-from placement import baselines, candidates, catalog, explain, profiles, workload
+from placement import baselines, candidates, catalog, explain, perf, profiles, workload
 from placement.solver import allocation, inputs, solve
 
 
@@ -121,6 +122,18 @@ def to_workload(wl: v1alpha1.Workload) -> workload.BucketedWorkload:
     )
 
 
+def max_model_len(service: v1alpha1.InferenceService) -> int:
+    """Longest prompt + output the engine admits: maxContextTokens, else the p99s capped by the model."""
+    wl = service.spec.workload
+    if wl.max_context_tokens is not None:
+        return wl.max_context_tokens
+    name, arch = _model(service.spec.model)
+    model_max = arch.max_context_tokens if arch is not None else catalog.get_model(name).max_context_tokens
+    prompt_p99 = wl.prompt_tokens.p99 if wl.prompt_tokens.p99 is not None else wl.prompt_tokens.mean
+    output_p99 = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
+    return min(model_max, math.ceil(prompt_p99 + output_p99))
+
+
 def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
     """The placement layer's view of one InferenceService."""
     spec = service.spec
@@ -154,6 +167,9 @@ def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
         allowed_pools=frozenset(placement.allowed_pools) if placement.allowed_pools is not None else None,
         excluded_pools=frozenset(placement.excluded_pools or ()),
         spot_allowed=placement.spot_allowed,
+        max_model_len=max_model_len(service),
+        prompt_mean_tokens=spec.workload.prompt_tokens.mean,
+        output_mean_tokens=spec.workload.output_tokens.mean,
     )
 
 
@@ -284,6 +300,17 @@ def plan_fleet(
     cset = build_inputs(services, pools, performance_profiles, oracle=oracle, headroom=headroom)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
+    return _finish(cset, plan, options, with_baseline, step)
+
+
+def _finish(
+    cset: candidates.CandidateSet,
+    plan: allocation.Plan,
+    options: inputs.SolveOptions | None,
+    with_baseline: bool,
+    step: Callable[[str], None],
+) -> FleetPlan:
+    """The plan with its baselines (when asked) and explanations."""
     kind, sized_kind = "none", "none"
     single = sized = baselines.SingleTypeResult(None, None, {})
     if with_baseline:
@@ -312,3 +339,98 @@ def plan_fleet(
         single_type_sized=sized,
         single_type_sized_kind=sized_kind,
     )
+
+
+class Planner:
+    """Plans a fleet again and again, recomputing only what changed (the operator's fleet worker holds one).
+
+    Candidates are cached per (service spec, pool without its node count): a re-plan after a node loss
+    (pool node counts change), a new pool, or one changed service prices only the (service, pool) pairs it
+    has not seen; a changed PerformanceProfile drops the pairs of its (model, accelerator); `reset()` (the
+    catalog or the performance model changed) drops everything, including the performance model's answers.
+    The capacity answers themselves are also shared across services in placement.perf's cache.
+
+    Warm start: scipy's HiGHS interface (scipy.optimize.milp) takes no initial solution, so the solver
+    cannot be handed the current placement as an incumbent. The current placement enters as the stability
+    penalty's reference (current_replicas, from status.placement); and when nothing the solver sees
+    changed (same candidates, pools, demand and current placement), the previous plan is returned as is.
+    """
+
+    def __init__(self, options: inputs.SolveOptions | None = None, *, headroom: bool = True) -> None:
+        """An empty planner (`headroom`: derate capacity predicted without calibration, see trust)."""
+        self.options = options
+        self.headroom = headroom
+        self.cache: candidates.CandidateCache = {}
+        self._profiles: dict[tuple[str, str, str, int, str], profiles.BucketProfile] = {}
+        self._last: tuple[inputs.FleetProblem, inputs.SolveOptions | None, allocation.Plan] | None = None
+        # Pairs priced by the last build_inputs (for tests and metrics).
+        self.last_priced_pairs = 0
+
+    def reset(self) -> None:
+        """Forget everything (the catalog or the performance model changed)."""
+        self.cache.clear()
+        self._profiles.clear()
+        self._last = None
+        perf.clear_rate_cache()
+
+    def build_inputs(
+        self,
+        services: Sequence[v1alpha1.InferenceService],
+        pools: Sequence[v1alpha1.AcceleratorPool],
+        performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
+    ) -> candidates.CandidateSet:
+        """Candidates for the fleet, reusing every cached (service, pool) the change did not touch."""
+        table = to_profiles(performance_profiles)
+        index = {(p.model, p.accelerator, p.precision, p.tp, p.role): p for p in table}
+        changed = {key[:2] for key in index.keys() ^ self._profiles.keys()}
+        changed |= {
+            key[:2] for key in index.keys() & self._profiles.keys() if index[key] != self._profiles[key]
+        }
+        if changed:
+            for key in list(self.cache):
+                spec, pool = key[0], key[1]
+                if (spec.model, pool.accelerator) in changed:
+                    del self.cache[key]
+        self._profiles = index
+        specs = [to_spec(s) for s in services]
+        placement_pools = [to_pool(p) for p in pools]
+        before = len(self.cache)
+        cset = candidates.build(
+            specs,
+            placement_pools,
+            oracle=candidates.profile_oracle(table),
+            current_replicas=current_replicas(services),
+            cache=self.cache,
+            accelerators=fleet_accelerators(pools),
+            headroom=self.headroom,
+        )
+        self.last_priced_pairs = len(self.cache) - before
+        # Bounded memory: keep only the pairs of services and pools that still exist.
+        live_specs = set(specs)
+        live_pools = {dataclasses.replace(p, nodes=0) for p in placement_pools}
+        for key in list(self.cache):
+            if key[0] not in live_specs or key[1] not in live_pools:
+                del self.cache[key]
+        return cset
+
+    def plan(
+        self,
+        services: Sequence[v1alpha1.InferenceService],
+        pools: Sequence[v1alpha1.AcceleratorPool],
+        performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
+        *,
+        with_baseline: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> FleetPlan:
+        """plan_fleet with the caches (see the class docstring); raises what plan_fleet raises."""
+        step = progress or (lambda _label: None)
+        step("predicting capacity")
+        cset = self.build_inputs(services, pools, performance_profiles)
+        step("solving the fleet MILP")
+        last = self._last
+        if last is not None and last[0] == cset.problem and last[1] == self.options:
+            plan = last[2]
+        else:
+            plan = solve.solve(cset.problem, self.options)
+            self._last = (cset.problem, self.options, plan)
+        return _finish(cset, plan, self.options, with_baseline, step)

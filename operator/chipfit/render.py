@@ -8,7 +8,6 @@ No I/O: chipfit.kube applies what these return.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, Final
 
 from chipfit import engines, planning
 from chipfit.api import v1alpha1
-from placement import catalog, engine_version, perf
+from placement import catalog
 
 FIELD_MANAGER: Final = "chipfit"
 LABEL_SERVICE: Final = "chipfit.io/service"
@@ -201,59 +200,24 @@ def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
     return arch.to_catalog(served_model_name(spec))
 
 
-def sizing(
-    service: v1alpha1.InferenceService,
-    placement: v1alpha1.RolePlacement,
-    chip: catalog.Accelerator | None = None,
-) -> engines.Sizing:
-    """Engine limits: max model length from the workload, max concurrent sequences from placement.perf.
+def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
+    """Engine limits exactly as the plan priced them: status.placement[].engineConfig, never re-derived.
 
-    The sequence cap is the slot count the performance model priced the replica with (KV capacity and the
-    engine's limit under the chosen prefill chunk); the chunk itself goes to the engine too. `chip` is the
-    pool's chip (its acceleratorSpec); None looks placement.accelerator up in the catalog.
+    The plan's candidate chose one prefill chunk for all of the placement's request sizes, priced every
+    size with it and with the sequence cap and model length it carries (placement.candidates); running
+    anything else would serve another capacity than the one the plan bought.
     """
-    spec = service.spec
-    arch = model_arch(spec)
-    workload = spec.workload
-    prompt_p99 = workload.prompt_tokens.p99 or workload.prompt_tokens.mean
-    output_p99 = workload.output_tokens.p99 or workload.output_tokens.mean
-    max_len = workload.max_context_tokens or min(arch.max_context_tokens, math.ceil(prompt_p99 + output_p99))
-    acc = chip if chip is not None else catalog.get_accelerator(placement.accelerator)
-    config = perf.ReplicaConfig(
-        model=arch,
-        accelerator=acc,
-        precision=placement.precision,
-        tp=placement.tensor_parallel,
-        role=placement.role,
-        engine=spec.engine,
-    )
-    prediction = perf.max_rate_under_slo(
-        config,
-        workload.prompt_tokens.mean,
-        workload.output_tokens.mean,
-        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
-        prompt_tokens_p99=workload.prompt_tokens.p99,
-        output_tokens_p99=workload.output_tokens.p99,
-        # The release's efficiency, as the plan priced it (placement.candidates.perf_oracle).
-        efficiency=engine_version.efficiency(acc, spec.engine, spec.engine_version).efficiency,
-    )
-    # The engine's sequence cap is the slot count the performance model's admission queue assumed (KV
-    # capacity and engine limit, under the chosen chunk), not the mean decode batch at the planned rate
-    # (prediction.max_batch): capping slots at the mean makes admission unstable exactly at that rate.
-    chunk = prediction.prefill_chunk_tokens if prediction.max_rps > 0 else None
-    batch = perf.max_batch(
-        config, workload.prompt_tokens.mean, workload.output_tokens.mean, prefill_chunk_tokens=chunk
-    )
-    if batch < 1:
-        reason = prediction.reason or "does not fit"
+    config = placement.engine_config
+    where = f"{placement.role} on {placement.pool} ({placement.precision} tp{placement.tensor_parallel})"
+    if config is None or config.max_num_seqs is None or config.max_model_len is None:
         raise RenderError(
             "status.placement",
-            f"{arch.id} on {placement.accelerator} tp{placement.tensor_parallel}: {reason}",
+            f"{service.metadata.name}: {where}: the plan carries no engine configuration to run",
         )
     return engines.Sizing(
-        max_model_len_tokens=int(max_len),
-        max_concurrent_sequences=int(batch),
-        prefill_chunk_tokens=chunk,
+        max_model_len_tokens=config.max_model_len,
+        max_concurrent_sequences=config.max_num_seqs,
+        prefill_chunk_tokens=config.prefill_chunk_tokens,
     )
 
 

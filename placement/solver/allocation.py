@@ -33,6 +33,8 @@ class Assignment:
     itl_p99_ms: float | None
     engine: str
     source: str
+    # The engine settings the capacity was priced with (what the pods must run).
+    engine_config: inputs.EngineConfig = inputs.ENGINE_DEFAULTS
 
     @property
     def devices(self) -> int:
@@ -146,6 +148,7 @@ def assign(c: inputs.Candidate, replicas: int, routed: Sequence[float]) -> Assig
         itl_p99_ms=worst(c.itl_p99_ms_per_bucket),
         engine=c.engine,
         source=c.source,
+        engine_config=c.engine_config,
     )
 
 

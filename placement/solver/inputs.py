@@ -70,6 +70,29 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """The serving-engine settings a candidate was priced with: its pods must run exactly these.
+
+    A Deployment runs one configuration, so every request-size bucket of a candidate is priced with the
+    same settings (placement.candidates chooses them). None fields leave the engine's own default (a
+    capacity measured in a profile was measured with the defaults; an unknown accelerator has no model).
+    """
+
+    # Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens, SGLang
+    # --chunked-prefill-size, TensorRT-LLM max_num_tokens, TGI --max-batch-prefill-tokens).
+    prefill_chunk_tokens: int | None = None
+    # Concurrent sequence cap (vLLM --max-num-seqs, SGLang --max-running-requests, ...): the sequence slots
+    # the performance model's admission queue assumed.
+    max_num_seqs: int | None = None
+    # Longest prompt + output the engine admits (vLLM --max-model-len, ...).
+    max_model_len: int | None = None
+
+
+# Every setting left to the engine (candidates built by hand, or on accelerators without a model).
+ENGINE_DEFAULTS = EngineConfig()
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One way to run one replica of a service role: pool, precision, TP, and its capacity per bucket."""
 
@@ -88,6 +111,7 @@ class Candidate:
     itl_p99_ms_per_bucket: tuple[float | None, ...] = ()
     engine: str = "vllm"
     source: str = ""
+    engine_config: EngineConfig = ENGINE_DEFAULTS
 
     @property
     def devices(self) -> int:

@@ -143,13 +143,13 @@ def test_render_requests_the_declared_resource_and_selects_its_node_label() -> N
     assert {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["ACME-X1"]} in expressions
 
 
-def test_the_renderer_sizes_the_engine_for_the_declared_chip() -> None:
-    pool = v1alpha1.AcceleratorPool.model_validate(acme_pool())
-    placed = v1alpha1.RolePlacement(
-        role="aggregated", pool="acme", accelerator="acme-x1", precision="fp8", tensor_parallel=1, replicas=1
-    )
-    sized = render.sizing(SERVICES["chat-8b"], placed, planning.pool_accelerator(pool))
-    assert sized.max_concurrent_sequences > 0 and sized.max_model_len_tokens == 8192
+def test_the_plan_prices_an_engine_configuration_for_the_declared_chip() -> None:
+    result = validated(acme_pool(), chat_on(["acme-x1"]))
+    fleet = planning.plan_fleet(result.services, result.pools, with_baseline=False)
+    (assignment,) = [a for a in fleet.plan.services[0].assignments if a.replicas > 0][:1]
+    config = assignment.engine_config
+    # The sequence cap comes from the declared chip's memory (the renderer runs exactly this).
+    assert config is not None and config.max_num_seqs is not None and config.max_num_seqs > 0
 
 
 def test_a_slice_of_a_declared_chip_is_cut_from_its_partitions() -> None:
@@ -207,7 +207,9 @@ def test_headroom_is_an_option_and_costs_what_the_derate_says() -> None:
     result = validated(acme_pool(nodes=8), busy)
     kept = planning.plan_fleet(result.services, result.pools, with_baseline=False)
     bare = planning.plan_fleet(result.services, result.pools, with_baseline=False, headroom=False)
-    # 60 req/s needs 3 replicas on the predicted capacity, 4 once it is derated for the error.
-    assert kept.plan.price_per_hour > bare.plan.price_per_hour
+    assert kept.plan.price_per_hour >= bare.plan.price_per_hour
+    kept_capacity = sum(sum(c.max_rps_per_bucket) for c in kept.candidates.problem.candidates)
+    bare_capacity = sum(sum(c.max_rps_per_bucket) for c in bare.candidates.problem.candidates)
+    assert kept_capacity == pytest.approx(bare_capacity / (1 + trust.FROM_SPECS_TYPICAL_ERROR))
     assert "of predicted capacity" in kept.explanations[0].summary
     assert "of predicted capacity" not in bare.explanations[0].summary

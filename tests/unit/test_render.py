@@ -11,7 +11,7 @@ import pytest
 
 from chipfit import engines, render
 from chipfit.api import v1alpha1
-from placement import catalog, perf
+from placement import catalog
 from tests.unit.chipfit_builders import POOLS, SERVICES, UID, placement
 
 # The e2e control plane runs Kubernetes 1.33 (e2e/go.mod); validate against the same schema.
@@ -229,23 +229,6 @@ def test_long_and_odd_names_become_valid_dns_labels() -> None:
     assert render.label_value("h100/1g.10gb") == "h100_1g.10gb"
 
 
-def test_sizing_takes_context_from_workload_and_batch_from_perf() -> None:
-    chat = SERVICES["chat-8b"]
-    small = render.sizing(chat, placement("aggregated", "l40s-g6e", precision="fp8"))
-    big = render.sizing(chat, placement("aggregated", "h100-p5", precision="fp8"))
-    assert small.max_model_len_tokens == big.max_model_len_tokens == 8192  # spec.workload.maxContextTokens
-    # An H100 holds more concurrent sequences within the SLO than an L40S (both fp8). (An L4 at bf16
-    # misses this SLO at any load, so its cap is the memory fallback, not comparable.)
-    assert big.max_concurrent_sequences > small.max_concurrent_sequences >= 1
-    batch = SERVICES["batch-summarize"]  # no maxContextTokens: prompt p99 + output p99
-    assert render.sizing(batch, placement("aggregated", "h100-p5", tp=2)).max_model_len_tokens == 8000 + 1000
-
-
-def test_sizing_refuses_a_model_that_does_not_fit() -> None:
-    with pytest.raises(render.RenderError, match=r"status\.placement: llama-3\.1-8b on h100/1g\.10gb"):
-        render.sizing(SERVICES["chat-8b"], placement("aggregated", "h100-mig-1g10gb", precision="fp8"))
-
-
 _ENGINE_CHIPS = [
     (engine, pool)
     for engine in ("vllm", "sglang", "trtllm", "tgi", "neuron")
@@ -314,51 +297,3 @@ def test_prefill_chunk_budget_reaches_the_engine(engine: str, pool: str, flag: s
         with_engine("chat-8b", engine), placement("aggregated", pool), POOLS[pool], SIZING
     )
     assert not any(arg.startswith(flag) for arg in container(default)["args"])
-
-
-def test_sizing_carries_the_chunk_the_plan_priced() -> None:
-    # code-complete's tight ITL makes the performance model pick a smaller chunk than vLLM's default; the
-    # pods must run with that chunk, or they miss the ITL the plan promised.
-    service = with_engine("code-complete", "vllm")
-    chosen = render.sizing(service, placement("aggregated", "h100-p5", precision="fp8"))
-    spec = service.spec
-    prediction = perf.max_rate_under_slo(
-        perf.ReplicaConfig("mistral-7b", "h100", "fp8", 1, "aggregated", "vllm"),
-        spec.workload.prompt_tokens.mean,
-        spec.workload.output_tokens.mean,
-        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
-        prompt_tokens_p99=spec.workload.prompt_tokens.p99,
-        output_tokens_p99=spec.workload.output_tokens.p99,
-    )
-    assert prediction.prefill_chunk_tokens is not None
-    assert chosen.prefill_chunk_tokens == prediction.prefill_chunk_tokens
-
-
-@pytest.mark.parametrize("engine", ["vllm", "sglang"])
-def test_sequence_cap_is_the_slot_count_the_plan_priced_not_the_mean_batch(engine: str) -> None:
-    # At its SLO-bounded rate a replica runs a mean batch (Little's law); the admission queue the
-    # performance model priced has the KV/engine slots as servers. Capping the engine at the mean batch
-    # would make admission unstable exactly at the planned rate.
-    service = with_engine("code-complete", engine)
-    spec = service.spec
-    config = perf.ReplicaConfig("mistral-7b", "h100", "fp8", 2, "aggregated", engine)
-    prediction = perf.max_rate_under_slo(
-        config,
-        spec.workload.prompt_tokens.mean,
-        spec.workload.output_tokens.mean,
-        perf.LatencySlo(spec.slo.ttft_p99_ms, spec.slo.itl_p99_ms),
-        prompt_tokens_p99=spec.workload.prompt_tokens.p99,
-        output_tokens_p99=spec.workload.output_tokens.p99,
-    )
-    sized = render.sizing(service, placement("aggregated", "h100-p5", tp=2, precision="fp8"))
-    slots = perf.max_batch(
-        config,
-        spec.workload.prompt_tokens.mean,
-        spec.workload.output_tokens.mean,
-        prefill_chunk_tokens=prediction.prefill_chunk_tokens,
-    )
-    assert sized.max_concurrent_sequences == slots
-    assert sized.max_concurrent_sequences > prediction.max_batch
-    if engine == "vllm" and prediction.prefill_chunk_tokens is not None:
-        # vLLM refuses max_num_seqs above max_num_batched_tokens.
-        assert sized.max_concurrent_sequences <= prediction.prefill_chunk_tokens

@@ -74,9 +74,13 @@ def test_candidates_and_rejections_follow_the_oracle() -> None:
 
 
 def test_monotone_answers_skip_larger_buckets() -> None:
-    oracle, asked = oracle_from({})
-    candidates.build([spec(tp_degrees=(1,))], POOLS[:1], oracle=oracle)
-    assert asked == [1000]  # the 8000-token bucket is not asked once 1000 fails
+    # Once 1000-token prompts fail and the oracle vouches that larger requests never do better
+    # (size_monotone), the 8000-token bucket's answer is not used, even when the oracle (asked about every
+    # bucket in one batch) gives one.
+    oracle, _ = oracle_from({("l4", 1): (0.0, 5.0)})
+    cset = candidates.build([spec(tp_degrees=(1,))], POOLS[:1], oracle=oracle)
+    assert cset.problem.candidates == ()
+    assert [r.prompt_tokens for r in cset.rejections] == [1000]
 
 
 def test_placement_constraints_filter_pools() -> None:

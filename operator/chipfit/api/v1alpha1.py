@@ -661,6 +661,36 @@ class InferenceServiceSpec(ApiModel):
     overrides: EngineOverrides | None = None
 
 
+class PricedEngineConfig(ApiModel):
+    """The engine settings the plan priced this placement's capacity with; its pods run exactly these."""
+
+    prefill_chunk_tokens: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=MAX_CONTEXT_TOKENS,
+                description="Chunked-prefill token budget per iteration (unset: the engine's default).",
+            ),
+        ]
+        | None
+    ) = None
+    max_num_seqs: (
+        Annotated[
+            int,
+            Field(ge=1, le=1_000_000, description="Concurrent sequence cap (unset: the engine's default)."),
+        ]
+        | None
+    ) = None
+    max_model_len: (
+        Annotated[
+            int,
+            Field(ge=1, le=MAX_CONTEXT_TOKENS, description="Longest prompt + output the engine admits."),
+        ]
+        | None
+    ) = None
+
+
 class RolePlacement(ApiModel):
     """Where one role of the service runs."""
 
@@ -671,6 +701,7 @@ class RolePlacement(ApiModel):
     tensor_parallel: Annotated[int, Field(ge=1, le=64)]
     replicas: Annotated[int, Field(ge=0)]
     ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    engine_config: PricedEngineConfig | None = None
 
 
 class Prediction(ApiModel):
