@@ -38,6 +38,11 @@ ENGINE_VENDORS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     }
 )
 
+# Vendors whose serving engines run prefill and decode on different replicas (a KV-transfer connector:
+# vLLM/SGLang/TensorRT-LLM over NIXL or UCX on CUDA and ROCm). vLLM and TGI on AWS Neuron compile whole
+# aggregated graphs and ship no KV connector, so a Neuron replica serves only the aggregated role.
+DISAGGREGATION_VENDORS: Final = frozenset({"nvidia", "amd"})
+
 # A well-formed MIG slice id: "<parent>/<compute slices>g.<memory GB>gb", e.g. "h100/1g.10gb".
 MIG_ID_RE: Final = re.compile(
     r"^(?P<parent>[a-z0-9][a-z0-9-]*)/(?P<compute_slices>[1-7])g\.(?P<memory_gb>\d+)gb$"

@@ -16,6 +16,8 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
+from placement import catalog
+
 # --- Images (pinned; `spec.overrides.image` replaces them per service) ---------------------------------
 # vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker").
 VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.10.1.1"
@@ -167,7 +169,8 @@ def _vllm(req: LaunchRequest) -> Launch:
 
 def _neuron(req: LaunchRequest) -> Launch:
     """vLLM on Neuron: tensor parallelism counts NeuronCores, and shapes are compiled ahead of time."""
-    if req.role != "aggregated":
+    if req.role != "aggregated" and req.vendor not in catalog.DISAGGREGATION_VENDORS:
+        # The same rule placement.candidates prices with: no prefill/decode candidates on these vendors.
         raise UnsupportedLaunchError("engine neuron: disaggregated prefill/decode is not supported on inf2")
     if req.precision == "fp8" or req.precision == "int4":
         raise UnsupportedLaunchError(f"engine neuron: precision {req.precision} is not served on inf2")

@@ -14,7 +14,7 @@ import yaml
 from chipfit import cli, manifests, planning, render, validation
 from chipfit.api import v1alpha1
 from placement import candidates, catalog, perf, trust
-from tests.unit.chipfit_builders import SERVICES
+from tests.unit.chipfit_builders import POOLS, SERVICES
 
 ACME_SPEC: dict[str, Any] = {
     "vendor": "nvidia",
@@ -213,3 +213,15 @@ def test_headroom_is_an_option_and_costs_what_the_derate_says() -> None:
     assert kept_capacity == pytest.approx(bare_capacity / (1 + trust.FROM_SPECS_TYPICAL_ERROR))
     assert "of predicted capacity" in kept.explanations[0].summary
     assert "of predicted capacity" not in bare.explanations[0].summary
+
+
+def test_no_prefill_or_decode_candidates_where_the_engines_cannot_split_them() -> None:
+    service = SERVICES["assistant-70b"].model_copy(deep=True)
+    service.spec.placement = v1alpha1.PlacementConstraints(allowed_accelerators=["inf2", "h100"])
+    pools = [planning.to_pool(p) for p in POOLS.values() if p.spec.accelerator in ("inf2", "h100")]
+    cset = candidates.build([planning.to_spec(service)], pools)
+    roles = {(c.accelerator, c.role) for c in cset.problem.candidates}
+    assert {r for a, r in roles if a == "inf2"} <= {"aggregated"}
+    assert {"prefill", "decode"} & {r for a, r in roles if a == "h100"}
+    # The renderer refuses the same split (one rule: catalog.DISAGGREGATION_VENDORS).
+    assert "aws" not in catalog.DISAGGREGATION_VENDORS
