@@ -67,7 +67,8 @@ alive() {
   pid="$(pid_of "$1")" || return 1
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-  [ "$exe" = "$BIN_DIR/$1" ]
+  # /proc/PID/exe is the resolved path: compare with the resolved binary (e2e/.cache may be a symlink).
+  [ "$exe" = "$(readlink -f "$BIN_DIR/$1")" ]
 }
 
 port() { cat "$RUN_DIR/ports/$1"; }
@@ -305,13 +306,16 @@ cmd_up() {
   local m start_s
   m="$(mode)"
   start_s=$(date +%s)
-  if [ -f "$RUN_DIR/mode" ] && cmd_status >/dev/null 2>&1; then
+  # Every recorded component still runs: a busy machine may only be slow to answer /readyz, so wait for
+  # it rather than tear down a cluster that a test run is using.
+  if [ -f "$RUN_DIR/mode" ] && all_alive && wait_for "the API server" kctl get --raw /readyz; then
     log "already up ($(cat "$RUN_DIR/mode")); kubeconfig: $KUBECONFIG_OUT"
     return 0
   fi
   if [ -d "$RUN_DIR" ]; then
-    # Leftovers of a crashed run: stop what it recorded, start clean.
-    cmd_down >/dev/null 2>&1 || true
+    # Leftovers of a crashed run: stop what it recorded, start clean. Never start a second set over
+    # processes that could not be stopped: their PIDs would be forgotten and they would outlive `down`.
+    cmd_down >/dev/null 2>&1 || die "leftovers of an earlier run in $RUN_DIR could not be stopped (see $PIDS)"
   fi
   # Elsewhere only kwok runs here, against that cluster.
   if [ "$m" = local ]; then "$E2E_DIR/build.sh" >&2; else "$E2E_DIR/build.sh" kwok >&2; fi
@@ -392,6 +396,15 @@ cmd_down() {
   rm -rf "$RUN_DIR/etcd" "$PKI" "$PIDS" "$RUN_DIR/ports" "$RUN_DIR/mode" "$RUN_DIR/kind-cluster" \
     "$KUBECONFIG_OUT" "$RUN_DIR"/*.kubeconfig "$RUN_DIR/fleet.yaml"
   return "$left"
+}
+
+all_alive() { # every component this mode runs here has a live recorded process
+  local m c
+  m="$(cat "$RUN_DIR/mode")"
+  for c in "${COMPONENTS[@]}"; do
+    [ "$m" = local ] || [ "$c" = kwok ] || continue
+    alive "$c" || return 1
+  done
 }
 
 cmd_status() {

@@ -385,15 +385,6 @@ def _roles(mode: inputs.ServingMode) -> tuple[inputs.Role, ...]:
     return ("aggregated", "prefill", "decode")
 
 
-def _pool_roles(spec: ServiceSpec, pool: inputs.Pool, context: _Context) -> tuple[inputs.Role, ...]:
-    """Roles the service may take in this pool: prefill/decode only where the chip's engines split them."""
-    chip = context.declared.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
-    roles = _roles(spec.serving)
-    if chip is not None and chip.vendor not in catalog.DISAGGREGATION_VENDORS:
-        return tuple(r for r in roles if r == "aggregated")
-    return roles
-
-
 # A pool as far as candidates are concerned: everything but its node count (capacity is the solver's).
 def _pool_shape(pool: inputs.Pool) -> inputs.Pool:
     return replace(pool, nodes=0)
@@ -572,7 +563,7 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
     shapes: dict[_Shape, None] = {}
     for i, (spec, pools) in enumerate(work):
         for pool in pools:
-            for role in _pool_roles(spec, pool, context):
+            for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
                         if tp <= _max_tp(pool, context.declared):
@@ -620,7 +611,7 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
         per_pool: list[PoolResults] = []
         for pool in pools:
             results = []
-            for role in _pool_roles(spec, pool, context):
+            for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
                         if tp > _max_tp(pool, context.declared):

@@ -38,10 +38,17 @@ ENGINE_VENDORS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     }
 )
 
-# Vendors whose serving engines run prefill and decode on different replicas (a KV-transfer connector:
-# vLLM/SGLang/TensorRT-LLM over NIXL or UCX on CUDA and ROCm). vLLM and TGI on AWS Neuron compile whole
-# aggregated graphs and ship no KV connector, so a Neuron replica serves only the aggregated role.
-DISAGGREGATION_VENDORS: Final = frozenset({"nvidia", "amd"})
+# Which engines split prefill and decode onto separate replicas, on which vendors (a KV-transfer path exists
+# there): vLLM's NixlConnector and SGLang's NIXL backend on CUDA and ROCm, TensorRT-LLM's cache transceiver
+# on CUDA. vLLM on Neuron, TGI and the Neuron engine serve aggregated replicas only. The planner (through
+# placement.perf.infeasibility), the renderer (chipfit.engines) and `chipfit validate` all read this table.
+ENGINE_DISAGGREGATED_VENDORS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "vllm": frozenset({"nvidia", "amd"}),
+        "sglang": frozenset({"nvidia", "amd"}),
+        "trtllm": frozenset({"nvidia"}),
+    }
+)
 
 # A well-formed MIG slice id: "<parent>/<compute slices>g.<memory GB>gb", e.g. "h100/1g.10gb".
 MIG_ID_RE: Final = re.compile(
@@ -593,6 +600,12 @@ def resolve_accelerator(accelerator_id: str, parent_spec: Accelerator | None = N
     return partition_of(parent_spec, profile) if profile else parent_spec
 
 
-def engine_supports(engine: str, accelerator: Accelerator) -> bool:
-    """True when `engine` runs on the accelerator's vendor."""
-    return accelerator.vendor in ENGINE_VENDORS.get(engine, frozenset())
+def engine_supports(engine: str, accelerator: Accelerator, role: str = "aggregated") -> bool:
+    """True when `engine` runs replicas of `role` (aggregated, prefill, decode) on this vendor's chips."""
+    return engine_supports_vendor(engine, accelerator.vendor, role)
+
+
+def engine_supports_vendor(engine: str, vendor: str, role: str = "aggregated") -> bool:
+    """True when `engine` runs replicas of `role` on chips of `vendor`."""
+    table = ENGINE_VENDORS if role == "aggregated" else ENGINE_DISAGGREGATED_VENDORS
+    return vendor in table.get(engine, frozenset())

@@ -52,6 +52,9 @@ ROUTER_PORT: Final = 8000
 VLLM_NIXL_SIDE_CHANNEL_PORT: Final = 5600
 # SGLang prefill bootstrap server (--disaggregation-bootstrap-port default 8998, "PD Disaggregation" doc).
 SGLANG_BOOTSTRAP_PORT: Final = 8998
+# Pod annotation the SGLang router's service discovery reads a prefill pod's bootstrap port from
+# (--bootstrap-port-annotation default).
+SGLANG_BOOTSTRAP_PORT_ANNOTATION: Final = "sglang.ai/bootstrap-port"
 
 HEALTH_PATH: Final = "/health"  # vLLM, SGLang, trtllm-serve and TGI all serve GET /health
 METRICS_PATH: Final = "/metrics"  # ... and Prometheus text on /metrics (SGLang with --enable-metrics)
@@ -105,6 +108,20 @@ class Launch:
     extra_ports: tuple[tuple[str, int], ...] = ()
     health_path: str = HEALTH_PATH
     metrics_path: str = METRICS_PATH
+    # Annotations the engine's pods carry for others to read (the SGLang router's bootstrap-port lookup).
+    pod_annotations: tuple[tuple[str, str], ...] = ()
+    # The container watches pods through the Kubernetes API (a discovering router): it needs a service
+    # account allowed to get, list and watch pods in its namespace.
+    watches_pods: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PodDiscovery:
+    """Where a router finds every prefill and decode pod itself (label selectors in one namespace)."""
+
+    namespace: str
+    prefill_selector: tuple[tuple[str, str], ...]
+    decode_selector: tuple[tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +132,8 @@ class RouterRequest:
     served_model_name: str
     prefill_urls: tuple[str, ...]
     decode_urls: tuple[str, ...]
+    # Per-pod discovery, for routers that must address one prefill pod (not a Service) per request.
+    discovery: PodDiscovery | None = None
 
 
 def _dtype(precision: str) -> str:
@@ -169,8 +188,7 @@ def _vllm(req: LaunchRequest) -> Launch:
 
 def _neuron(req: LaunchRequest) -> Launch:
     """vLLM on Neuron: tensor parallelism counts NeuronCores, and shapes are compiled ahead of time."""
-    if req.role != "aggregated" and req.vendor not in catalog.DISAGGREGATION_VENDORS:
-        # The same rule placement.candidates prices with: no prefill/decode candidates on these vendors.
+    if req.role != "aggregated":
         raise UnsupportedLaunchError("engine neuron: disaggregated prefill/decode is not supported on inf2")
     if req.precision == "fp8" or req.precision == "int4":
         raise UnsupportedLaunchError(f"engine neuron: precision {req.precision} is not served on inf2")
@@ -202,12 +220,14 @@ def _sglang(req: LaunchRequest) -> Launch:
     if req.precision == "fp8":
         args.append("--quantization=fp8")
     extra_ports: tuple[tuple[str, int], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
     if req.role in ("prefill", "decode"):
         # NIXL works on both vendors (RIXL on ROCm); mooncake, the default, needs RDMA NICs.
         args += [f"--disaggregation-mode={req.role}", "--disaggregation-transfer-backend=nixl"]
         if req.role == "prefill":
             args.append(f"--disaggregation-bootstrap-port={SGLANG_BOOTSTRAP_PORT}")
             extra_ports = (("bootstrap", SGLANG_BOOTSTRAP_PORT),)
+            annotations = ((SGLANG_BOOTSTRAP_PORT_ANNOTATION, str(SGLANG_BOOTSTRAP_PORT)),)
     image = SGLANG_ROCM_IMAGE if req.vendor == "amd" else SGLANG_CUDA_IMAGE
     return Launch(
         image=image,
@@ -216,6 +236,7 @@ def _sglang(req: LaunchRequest) -> Launch:
         env=(),
         port=SGLANG_PORT,
         extra_ports=extra_ports,
+        pod_annotations=annotations,
     )
 
 
@@ -325,6 +346,11 @@ def launch(req: LaunchRequest) -> Launch:
         raise UnsupportedLaunchError(f"unknown engine {req.engine!r}; valid: {', '.join(_BUILDERS)}")
     if req.engine == "neuron" and req.vendor != "aws":
         raise UnsupportedLaunchError(f"engine neuron: runs on AWS Inferentia2 only, not {req.vendor}")
+    if req.role != "aggregated" and not catalog.engine_supports_vendor(req.engine, req.vendor, req.role):
+        # The same table the planner prices with: a split it could not deploy is never planned.
+        raise UnsupportedLaunchError(
+            f"engine {req.engine}: disaggregated prefill/decode is not supported on {req.vendor}"
+        )
     if req.tensor_parallel < 1:
         raise UnsupportedLaunchError(f"tensor parallel must be >= 1, got {req.tensor_parallel}")
     if req.sizing.max_model_len_tokens < 2 or req.sizing.max_concurrent_sequences < 1:
@@ -337,19 +363,35 @@ def router_launch(req: RouterRequest) -> Launch:
     if not req.prefill_urls or not req.decode_urls:
         raise UnsupportedLaunchError("a prefill/decode router needs at least one prefill and one decode URL")
     if req.engine == "sglang":
-        # The SGLang router sends each request to a prefill and a decode server at once; the decode side
-        # joins the prefill's bootstrap server (--prefill URL BOOTSTRAP_PORT, docs.sglang.ai router).
-        args: list[str] = ["--pd-disaggregation", "--host=0.0.0.0", f"--port={ROUTER_PORT}"]
-        for url in req.prefill_urls:
-            args += ["--prefill", url, str(SGLANG_BOOTSTRAP_PORT)]
-        for url in req.decode_urls:
-            args += ["--decode", url]
+        # The SGLang router sends each request to one prefill and one decode server at once, and the decode
+        # server joins that prefill server's bootstrap server: it must address one prefill pod, not a
+        # Service that may send the request and the bootstrap to two different pods. So the router
+        # discovers every prefill and decode pod by label (--service-discovery with --prefill-selector and
+        # --decode-selector, sglang-router "Service Discovery") and reads each prefill pod's bootstrap port
+        # from its sglang.ai/bootstrap-port annotation.
+        if req.discovery is None:
+            raise UnsupportedLaunchError("engine sglang: the prefill/decode router needs pod discovery")
+        found = req.discovery
+        args = [
+            "--pd-disaggregation",
+            "--host=0.0.0.0",
+            f"--port={ROUTER_PORT}",
+            "--service-discovery",
+            f"--service-discovery-namespace={found.namespace}",
+            f"--service-discovery-port={SGLANG_PORT}",
+            f"--bootstrap-port-annotation={SGLANG_BOOTSTRAP_PORT_ANNOTATION}",
+            "--prefill-selector",
+            *(f"{k}={v}" for k, v in found.prefill_selector),
+            "--decode-selector",
+            *(f"{k}={v}" for k, v in found.decode_selector),
+        ]
         return Launch(
             image=SGLANG_CUDA_IMAGE,
             command=("python3", "-m", "sglang_router.launch_router"),
             args=tuple(args),
             env=(),
             port=ROUTER_PORT,
+            watches_pods=True,
         )
     if req.engine == "vllm":
         # vllm-router (a fork of the SGLang router) uses the same --pd-disaggregation flags; NIXL's decode

@@ -23,7 +23,7 @@ from typing import Any, Final
 import kopf
 import pydantic
 
-from chipfit import kube, metrics, planning, reconcile, render, validation
+from chipfit import kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
 from placement import catalog, trust
 from placement.solver import allocation, inputs
@@ -32,8 +32,13 @@ GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
 # Coalesce bursts (`kubectl apply -f examples/`, a node pool scaling) into one solve.
 REPLAN_DEBOUNCE_S: Final = 2.0
-# Back-off after a transient API failure before the worker retries the same work.
+# Back-off after a failed piece of fleet work (API error, failed solve, anything unexpected): the first
+# retry after 5 s, doubling up to 5 min, so a broken dependency is retried for ever but never hammered.
 RETRY_DELAY_S: Final = 5.0
+RETRY_MAX_DELAY_S: Final = 300.0
+# Re-plan at least this often even when nothing announced a change: a watch event missed, a solve cut short
+# by its time limit, predictions that depend on the clock. kopf timers on the pools ask for it.
+RESYNC_INTERVAL_S: Final = 600.0
 # A moved replica restarts its engine: minutes of model loading on a device (~5 min at ~$1-6/device-h
 # is ~$0.1-0.5), so a move must save at least ~$0.25 per device-hour to be worth it.
 MOVE_PENALTY_PER_DEVICE_HOUR: Final = 0.25
@@ -42,6 +47,13 @@ SOLVER_TIME_LIMIT_S: Final = 30.0
 HTTP_FORBIDDEN: Final = 403
 # Predicted latencies are shown to 0.1 ms: finer digits are solver noise and would churn the status.
 PREDICTION_DECIMALS: Final = 1
+# The kopf indexes a re-plan reads, in FleetView's order (the indexing functions below carry these names).
+INDEX_NAMES: Final = (
+    "inferenceservice_index",
+    "acceleratorpool_index",
+    "performanceprofile_index",
+    "node_index",
+)
 MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
 
 logger = logging.getLogger("chipfit.operator")
@@ -189,6 +201,43 @@ def _placement_keys(placements: Sequence[v1alpha1.RolePlacement] | None) -> set[
     }
 
 
+# --- retries and resyncs (pure) ------------------------------------------------------------------------
+
+
+def retry_delay_s(failures: int, base_s: float = RETRY_DELAY_S, cap_s: float = RETRY_MAX_DELAY_S) -> float:
+    """Seconds to wait after the `failures`-th consecutive failure: base, 2 x base, 4 x base, ..., cap."""
+    if failures < 1:
+        return 0.0
+    return min(cap_s, base_s * 2.0 ** min(failures - 1, 64))
+
+
+def resync_due(last_replan_s: float | None, now_s: float, interval_s: float = RESYNC_INTERVAL_S) -> bool:
+    """A periodic re-plan is due: none yet, or the last one (monotonic seconds) is an interval old.
+
+    Every pool's timer asks; half an interval of slack lets one pool's tick stand for all of them.
+    """
+    return last_replan_s is None or now_s - last_replan_s >= interval_s / 2
+
+
+class SolveFailedError(RuntimeError):
+    """The fleet could not be planned this time; the worker retries with back-off, keeping the placement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetView:
+    """The objects a re-plan reads: plain bodies from kopf's indexes (or one LIST each without them)."""
+
+    services: tuple[Mapping[str, Any], ...]
+    pools: tuple[Mapping[str, Any], ...]
+    profiles: tuple[Mapping[str, Any], ...]
+    nodes: tuple[Mapping[str, Any], ...]
+
+
+def _index_values(index: Mapping[Any, Any]) -> tuple[Mapping[str, Any], ...]:
+    """Every value of a kopf index (one store of values per key), copied: the loop keeps updating it."""
+    return tuple(value for key in list(index) for value in list(index[key]))
+
+
 # --- the fleet worker ------------------------------------------------------------------------------------
 
 
@@ -208,9 +257,22 @@ class Fleet:
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     # Quote the scheduler's reason for Pending replicas (needs `list pods`; turned off when refused).
     explain_pods: bool = True
+    # Extended-resource units per pool label the last plan leaves free (None before the first plan), and
+    # the units each service's replaced-but-not-yet-drained Deployments hold on top of the plan.
+    room_units: dict[str, int] | None = None
+    surge_units: dict[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     replan_requested: bool = False
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # kopf's in-memory indexes of services, pools, profiles and nodes (set at startup): a re-plan reads them
+    # instead of listing everything again. None: list from the API server (tools and tests without kopf).
+    indexes: Mapping[str, Mapping[Any, Any]] | None = None
+    retry_base_s: float = RETRY_DELAY_S
+    # Consecutive failed attempts of fleet work, and when the last re-plan succeeded (monotonic seconds).
+    failures: int = 0
+    last_replan_s: float | None = None
+    # Pools of the last re-plan, for service reconciles between re-plans.
+    pools_by_name: dict[str, v1alpha1.AcceleratorPool] = dataclasses.field(default_factory=dict)
     # Candidates and plans cached across re-plans: only what a change touches is priced again.
     planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _wake: asyncio.Event | None = None
@@ -223,6 +285,13 @@ class Fleet:
         logger.debug("re-plan requested: %s", why)
         self.replan_requested = True
         self._signal()
+
+    def request_resync(self) -> bool:
+        """The periodic re-plan (kopf timer): requested when the last one is an interval old."""
+        if not resync_due(self.last_replan_s, time.monotonic()):
+            return False
+        self.request_replan("periodic resync")
+        return True
 
     def request_service(self, namespace: str, name: str) -> None:
         """Ask for one service's reconcile (rollout progress, status)."""
@@ -257,34 +326,62 @@ class Fleet:
             services, self.services_requested = self.services_requested, set()
             try:
                 if replan:
-                    await asyncio.to_thread(self.replan)
+                    # The indexes are read here, on the event loop that updates them; the thread gets a copy.
+                    view = self.view()
+                    await asyncio.to_thread(self.replan, view)
                 for namespace, name in sorted(services):
                     await asyncio.to_thread(self.reconcile_one, namespace, name)
-            except kube.ApiError as exc:
-                logger.warning("fleet work failed, retrying in %.0f s: %s", RETRY_DELAY_S, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is retried: nothing the user asked for is dropped
+                self.failures += 1
+                delay = retry_delay_s(self.failures, self.retry_base_s)
+                if isinstance(exc, kube.ApiError | SolveFailedError):
+                    logger.warning(
+                        "fleet work failed (attempt %d), retrying in %.0f s: %s", self.failures, delay, exc
+                    )
+                else:
+                    logger.exception(
+                        "fleet work failed unexpectedly (attempt %d), retrying in %.0f s",
+                        self.failures,
+                        delay,
+                    )
+                    self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
+                # The work that failed is asked for again, with whatever arrived meanwhile.
                 self.replan_requested = self.replan_requested or replan
                 self.services_requested |= services
-                await asyncio.sleep(RETRY_DELAY_S)
+                await asyncio.sleep(delay)
                 self._wake.set()
-            except Exception:
-                logger.exception("fleet work failed unexpectedly; waiting for the next change")
-                self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
+            else:
+                self.failures = 0
+
+    def view(self) -> FleetView | None:
+        """A copy of what the indexes hold now; None without indexes (the re-plan lists instead)."""
+        if self.indexes is None:
+            return None
+        services, pools, profiles, nodes = (_index_values(self.indexes[name]) for name in INDEX_NAMES)
+        return FleetView(services=services, pools=pools, profiles=profiles, nodes=nodes)
 
     # -- work (runs in a worker thread) --
 
-    def replan(self) -> None:
-        """Solve the whole fleet on the capacity the nodes really offer, then reconcile every service."""
+    def replan(self, view: FleetView | None = None) -> None:
+        """Solve the whole fleet on the capacity the nodes really offer, then reconcile every service.
+
+        Reads `view` (kopf's indexes) when given, else lists each kind once. Raises SolveFailedError when no
+        plan can be made, so the worker retries; the running placement stays as it is meanwhile.
+        """
         started = time.monotonic()
-        raw_services = [
-            s for s in self.cluster.list_inference_services() if not s["metadata"].get("deletionTimestamp")
-        ]
-        pools = usable_pools(
-            [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
-        )
-        profiles = [
-            v1alpha1.PerformanceProfile.model_validate(_plain(p)) for p in self.cluster.list_profiles()
-        ]
-        nodes = self.cluster.list_nodes()
+        if view is None:
+            view = FleetView(
+                services=tuple(self.cluster.list_inference_services()),
+                pools=tuple(self.cluster.list_pools()),
+                profiles=tuple(self.cluster.list_profiles()),
+                nodes=tuple(self.cluster.list_nodes()),
+            )
+        raw_services = [s for s in view.services if not s["metadata"].get("deletionTimestamp")]
+        pools = usable_pools([v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in view.pools])
+        profiles = [v1alpha1.PerformanceProfile.model_validate(_plain(p)) for p in view.profiles]
+        nodes = [_plain(n) for n in view.nodes]
         pool_names = [p.metadata.name for p in pools]
         by_name = {p.metadata.name: p for p in pools}
         chips = planning.fleet_accelerators(pools)
@@ -309,11 +406,25 @@ class Fleet:
         ]
         solved = self._solve(valid, seen, profiles)
         if solved is None:
-            # No plan at all (solver failure): leave every service as it runs now.
+            # No plan at all (solver failure): every service keeps running as it does; retried with back-off.
             self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
-            return
+            raise SolveFailedError("no fleet plan (see the previous warning); keeping the current placement")
         outcomes, explanations, usage = solved
         self.outcomes = outcomes
+        self.pools_by_name = dict(by_name)
+        # Units each pool has left beyond the new plan: what replaced replicas may hold while their
+        # replacements start (reconcile.plan_actions drains the rest before their replacements).
+        self.room_units = {
+            render.label_value(p.metadata.name): max(
+                0,
+                capacities[p.metadata.name].devices_total
+                - (usage[p.metadata.name].devices_used if p.metadata.name in usage else 0),
+            )
+            * catalog.get_accelerator(p.spec.accelerator).resource_units_per_device
+            for p in pools
+        }
+        # Every service is reconciled below and says again what its surge holds.
+        self.surge_units = {}
         # Services with the widest replicas first: their pods reach the scheduler first and take whole
         # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
         for service in sorted(valid, key=lambda s: -_widest(outcomes.get(planning.service_id(s)))):
@@ -328,6 +439,7 @@ class Fleet:
                 self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
         for pool in pools:
             self._write_pool_status(pool, capacities[pool.metadata.name], usage.get(pool.metadata.name))
+        self.last_replan_s = time.monotonic()
         self.metrics.observe_reconcile("fleet", time.monotonic() - started)
 
     def _capacity(
@@ -420,11 +532,10 @@ class Fleet:
             self._write_status(service, reconcile.compute_status(service, None, [], None, _now()))
             return
         if pools is None:
-            parsed = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in self.cluster.list_pools()]
-            pools = {p.metadata.name: p for p in parsed}
+            # The pools the last re-plan planned on (outcomes exist only after one).
+            pools = self.pools_by_name
         try:
-            sizings = {render.placement_key(p): render.sizing(service, p) for p in outcome.placements}
-            desired = render.render_all(service, outcome.placements, pools, sizings)
+            desired = render.render_planned(service, outcome.placements, pools)
         except render.RenderError as exc:
             self.cluster.post_event(body, "Warning", "RenderFailed", str(exc))
             self._write_status(service, reconcile.invalid_status(service, exc.field, exc.reason, _now()))
@@ -444,7 +555,17 @@ class Fleet:
                     self.cluster.delete(api_version, kind, namespace, obj["metadata"]["name"])
         deployments = [reconcile.live_deployment(d) for d in raw_deployments if reconcile.owned_by(d, uid)]
         services = [reconcile.live_service(s) for s in raw_services if reconcile.owned_by(s, uid)]
-        actions = reconcile.plan_actions(desired, deployments, services)
+        sid = planning.service_id(service)
+        room = None
+        if self.room_units is not None:
+            # What the other services' surges already hold is not room for this one.
+            room = dict(self.room_units)
+            for other, held in self.surge_units.items():
+                for pool, units in held.items():
+                    if other != sid:
+                        room[pool] = room.get(pool, 0) - units
+        actions = reconcile.plan_actions(desired, deployments, services, room)
+        self.surge_units[sid] = actions.surge_units
 
         previous = service.status.placement if service.status else None
         if _placement_keys(previous) != _placement_keys(outcome.placements):
@@ -459,9 +580,12 @@ class Fleet:
         for kind, object_name in actions.delete:
             api_version = "apps/v1" if kind == "Deployment" else "v1"
             if self.cluster.delete(api_version, kind, namespace, object_name):
-                self.cluster.post_event(
-                    body, "Normal", "Drained", f"deleted {kind} {object_name}: replaced and ready"
+                why = (
+                    "its pool has no room to run it beside its replacement"
+                    if object_name in actions.drained_early
+                    else "replaced and ready"
                 )
+                self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
         unschedulable = None
         if self.explain_pods and any(d.ready_replicas < d.replicas for d in deployments):
             # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
@@ -502,7 +626,7 @@ class Fleet:
         capacity: reconcile.PoolCapacity,
         usage: allocation.PoolAllocation | None,
     ) -> None:
-        price = planning.to_pool(pool).price_per_device_hour
+        price = rules.price_per_device_hour(pool.spec)
         used = usage.devices_used if usage is not None else 0
         status = v1alpha1.AcceleratorPoolStatus(
             observed_generation=pool.metadata.generation,
@@ -641,7 +765,7 @@ def _fleet(memo: Any) -> Fleet:
 
 
 @kopf.on.startup()
-async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
     """Keep kopf's bookkeeping in annotations (the CRDs' status schema has no room for it) and start."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled")
@@ -649,7 +773,11 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any)
     # Our Events are posted by chipfit.kube with reasons that explain placements; kopf adds its own only
     # for handler failures.
     settings.posting.level = logging.WARNING
-    _fleet(memo).start()
+    fleet = _fleet(memo)
+    # kopf's indexes are live views it keeps current from its watch streams (and fully populated before
+    # resource handlers run): re-plans read them instead of listing every kind again.
+    fleet.indexes = {name: kwargs[name] for name in INDEX_NAMES}
+    fleet.start()
 
 
 @kopf.on.cleanup()
@@ -716,3 +844,53 @@ async def deployment_event(body: kopf.Body, memo: Any, **_: Any) -> None:
     for ref in body["metadata"].get("ownerReferences") or ():
         if ref.get("kind") == "InferenceService" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             _fleet(memo).request_service(namespace, ref["name"])
+
+
+# --- kopf indexes: the fleet as kopf's watch streams see it (read by re-plans instead of LISTs) ----------
+
+
+def _key(body: kopf.Body) -> tuple[str | None, str]:
+    return body["metadata"].get("namespace"), body["metadata"]["name"]
+
+
+@kopf.index(GROUP, VERSION, "inferenceservices")
+def inferenceservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """Every InferenceService, by namespace and name."""
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "acceleratorpools")
+def acceleratorpool_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """Every AcceleratorPool, by name."""
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "performanceprofiles")
+def performanceprofile_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """Every PerformanceProfile, by name."""
+    return {_key(body): _plain(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """What pool capacity reads of each node: labels, taints, schedulability, allocatable, readiness."""
+    status = body.get("status") or {}
+    return {
+        _key(body): {
+            "metadata": {
+                "name": body["metadata"]["name"],
+                "labels": _plain(body["metadata"].get("labels") or {}),
+            },
+            "spec": _plain(body.get("spec") or {}),
+            "status": {
+                "allocatable": _plain(status.get("allocatable") or {}),
+                "conditions": _plain(status.get("conditions") or []),
+            },
+        }
+    }
+
+
+@kopf.timer(GROUP, VERSION, "acceleratorpools", interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S)
+async def fleet_resync(memo: Any, **_: Any) -> None:
+    """Periodic re-plan, whatever changed or did not (one per interval however many pools tick)."""
+    _fleet(memo).request_resync()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
+from chipfit import rules
 from chipfit.api import v1alpha1
 from placement import baselines, candidates, catalog, explain, perf, profiles, workload
 from placement.solver import allocation, inputs, solve
@@ -78,67 +78,55 @@ def _physics(chip: catalog.Accelerator | None) -> tuple[object, ...] | None:
 def to_pool(pool: v1alpha1.AcceleratorPool) -> inputs.Pool:
     """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
     spec = pool.spec
-    price = spec.price_per_device_hour
-    if price is None:
-        acc = catalog.ACCELERATORS.get(spec.accelerator)
-        if acc is None or acc.default_price_per_hour is None:
-            raise PlanningError(
-                f"AcceleratorPool {pool.metadata.name}: spec.pricePerDeviceHour: required for "
-                f"{spec.accelerator}, which has no catalog price"
-            )
-        price = acc.default_price_per_hour
+    try:
+        price = rules.price_per_device_hour(spec)
+    except rules.RuleError as error:
+        raise PlanningError(f"AcceleratorPool {pool.metadata.name}: {error}") from error
     return inputs.Pool(
         id=pool.metadata.name,
         accelerator=spec.accelerator,
         devices_per_node=spec.devices_per_node,
         nodes=spec.nodes,
-        price_per_device_hour=float(price),
+        price_per_device_hour=price,
         spot=spec.spot,
     )
 
 
 def _model(ref: v1alpha1.ModelRef) -> tuple[str, catalog.ModelArch | None]:
-    """Model id for profiles and the performance model, plus the inline architecture if any."""
-    if ref.id is not None:
-        return ref.id, None
-    arch = ref.architecture
-    name = ref.name or "inline"
-    if arch is None:
-        raise PlanningError("spec.model: set id or architecture")
-    return name, arch.to_catalog(name)
+    """Model id for profiles and the performance model, plus the inline architecture if any.
+
+    The source is resolved too: a model the engine could not load is not a model to price.
+    """
+    rules.model_source(ref)
+    arch = rules.model_arch(ref)
+    return arch.id, (None if ref.id is not None else arch)
 
 
 def to_workload(wl: v1alpha1.Workload) -> workload.BucketedWorkload:
     """Lognormal prompt and output lengths from mean and p99 (no p99: every request is the mean)."""
-    prompt_p99 = wl.prompt_tokens.p99 if wl.prompt_tokens.p99 is not None else wl.prompt_tokens.mean
-    output_p99 = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
     return workload.from_mean_p99(
         wl.requests_per_second,
         wl.prompt_tokens.mean,
-        prompt_p99,
+        rules.tokens_p99(wl.prompt_tokens),
         wl.output_tokens.mean,
-        output_p99,
+        rules.tokens_p99(wl.output_tokens),
         max_context_tokens=wl.max_context_tokens,
     )
 
 
 def max_model_len(service: v1alpha1.InferenceService) -> int:
-    """Longest prompt + output the engine admits: maxContextTokens, else the p99s capped by the model."""
-    wl = service.spec.workload
-    if wl.max_context_tokens is not None:
-        return wl.max_context_tokens
-    name, arch = _model(service.spec.model)
-    model_max = arch.max_context_tokens if arch is not None else catalog.get_model(name).max_context_tokens
-    prompt_p99 = wl.prompt_tokens.p99 if wl.prompt_tokens.p99 is not None else wl.prompt_tokens.mean
-    output_p99 = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
-    return min(model_max, math.ceil(prompt_p99 + output_p99))
+    """Longest prompt + output the engine admits (chipfit.rules.max_model_len_tokens: one rule)."""
+    return rules.max_model_len_tokens(service.spec)
 
 
 def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
     """The placement layer's view of one InferenceService."""
     spec = service.spec
     sid = service_id(service)
-    model, arch = _model(spec.model)
+    try:
+        model, arch = _model(spec.model)
+    except rules.RuleError as error:
+        raise PlanningError(f"InferenceService {sid}: {error}") from error
     placement = spec.placement or v1alpha1.PlacementConstraints()
     replicas = spec.replicas or v1alpha1.Replicas()
     try:

@@ -17,6 +17,7 @@ CORE: Final = ""
 CHIPFIT: Final = "chipfit.io"
 APPS: Final = "apps"
 KOPF: Final = "kopf.dev"
+RBAC: Final = "rbac.authorization.k8s.io"
 APIEXTENSIONS: Final = "apiextensions.k8s.io"
 
 WATCH: Final[tuple[Verb, ...]] = ("list", "watch")
@@ -50,6 +51,13 @@ OPERATOR_PERMISSIONS: Final[tuple[Permission, ...]] = (
     # applied server-side and deleted when a placement moves.
     Permission(APPS, "deployments", (*WATCH, *APPLY, "delete"), "serving replicas; rollout progress"),
     Permission(CORE, "services", ("list", *APPLY, "delete"), "stable endpoints per role for the router"),
+    # A router that discovers its prefill and decode pods (SGLang) runs as its own ServiceAccount with a
+    # Role to watch pods in its namespace; the API server lets the operator grant only what it holds
+    # itself (RBAC escalation check), hence pods here too, which also quote the scheduler's reasons.
+    Permission(CORE, "serviceaccounts", APPLY, "identity of a pod-discovering router"),
+    Permission(RBAC, "roles", APPLY, "a router's right to watch its service's pods"),
+    Permission(RBAC, "rolebindings", APPLY, "binds that Role to the router's ServiceAccount"),
+    Permission(CORE, "pods", ("get", *WATCH), "granted to routers; scheduler reasons for Pending"),
     # The fleet as it really is: ready, schedulable nodes and their allocatable devices.
     Permission(CORE, "nodes", WATCH, "pool capacity, cordons, node loss"),
     # Events explaining placements (chipfit.kube) and handler failures (kopf), both core/v1.

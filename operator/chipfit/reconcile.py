@@ -37,6 +37,13 @@ class LiveDeployment:
     # The controller has rolled out the current template to every replica.
     up_to_date: bool
     spec_hash: str | None
+    # Extended-resource units (GPUs, MIG slices, NeuronCores) one replica requests.
+    units_per_replica: int = 0
+
+    @property
+    def units(self) -> int:
+        """Units all its replicas hold."""
+        return self.replicas * self.units_per_replica
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,10 @@ class Actions:
     apply: tuple[dict[str, Any], ...]
     delete: tuple[tuple[str, str], ...]
     waiting: tuple[str, ...]
+    # Replaced Deployments deleted before their replacement is ready: the pool has no room for both.
+    drained_early: tuple[str, ...] = ()
+    # Units per pool label that replaced-but-kept Deployments hold beyond the plan (the surge).
+    surge_units: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def is_noop(self) -> bool:
@@ -102,9 +113,12 @@ def _role_of(obj: Mapping[str, Any]) -> str:
 
 def device_units_of(obj: Mapping[str, Any]) -> int:
     """Extended-resource units one pod of a rendered Deployment requests (0 for anything else)."""
-    if obj.get("kind") != "Deployment":
-        return 0
-    containers = obj["spec"]["template"]["spec"]["containers"]
+    return _units_per_pod(obj["spec"]) if obj.get("kind") == "Deployment" else 0
+
+
+def _units_per_pod(deployment_spec: Mapping[str, Any]) -> int:
+    """Extended-resource units (any `vendor/resource` limit) the first container of a pod requests."""
+    containers = ((deployment_spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
     limits = (containers[0].get("resources") or {}).get("limits") or {}
     return sum(int(v) for k, v in limits.items() if "/" in k)
 
@@ -113,8 +127,16 @@ def plan_actions(
     desired: Sequence[dict[str, Any]],
     deployments: Sequence[LiveDeployment],
     services: Sequence[LiveService],
+    room_units: Mapping[str, int] | None = None,
 ) -> Actions:
-    """Apply what changed, delete what the plan dropped once its replacement is ready."""
+    """Apply what changed, delete what the plan dropped once its replacement is ready.
+
+    `room_units` (pool label -> extended-resource units the plan leaves free on that pool) bounds the
+    surge: a replaced Deployment that waits for its replacement keeps its units on top of the plan's, so
+    one whose units do not fit in the room left is deleted at once instead (break before make). Without
+    it a re-plan that fills a pool would leave the replacement Pending behind the replica it replaces
+    for ever. None means unbounded room (every replacement surges).
+    """
     stamped = [stamp(o) for o in desired]
     live_deployments = {d.name: d for d in deployments}
     live_services = {s.name: s for s in services}
@@ -164,13 +186,22 @@ def plan_actions(
             apply.append(obj)
 
     delete: list[tuple[str, str]] = []
+    drained_early: list[str] = []
+    room = dict(room_units) if room_units is not None else None
+    surge: dict[str, int] = {}
     for live in deployments:
         if ("Deployment", live.name) in desired_names:
             continue
         replaced = role_ready.get(live.role, all_ready) if live.role in wanted else all_ready
         if replaced:
             delete.append(("Deployment", live.name))
+        elif room is not None and live.units > room.get(live.pool, 0):
+            delete.append(("Deployment", live.name))
+            drained_early.append(live.name)
         else:
+            if room is not None:
+                room[live.pool] = room.get(live.pool, 0) - live.units
+                surge[live.pool] = surge.get(live.pool, 0) + live.units
             waiting.append(f"Deployment {live.name} drains once the new {live.role} replicas are ready")
     for live_svc in services:
         if ("Service", live_svc.name) not in desired_names:
@@ -178,7 +209,13 @@ def plan_actions(
                 delete.append(("Service", live_svc.name))
             else:
                 waiting.append(f"Service {live_svc.name} is removed once the new placement is ready")
-    return Actions(apply=tuple(apply), delete=tuple(delete), waiting=tuple(waiting))
+    return Actions(
+        apply=tuple(apply),
+        delete=tuple(delete),
+        waiting=tuple(waiting),
+        drained_early=tuple(drained_early),
+        surge_units=surge,
+    )
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -528,6 +565,7 @@ def live_deployment(obj: Mapping[str, Any]) -> LiveDeployment:
         ready_replicas=int(status.get("readyReplicas") or 0),
         up_to_date=observed >= int(meta.get("generation") or 0) and updated >= replicas,
         spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        units_per_replica=_units_per_pod(spec),
     )
 
 

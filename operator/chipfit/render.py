@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from chipfit import engines, planning
+from chipfit import engines, planning, rules
 from chipfit.api import v1alpha1
 from placement import catalog
 
@@ -50,18 +50,13 @@ PACKING_AFFINITY_WEIGHT: Final = 100
 # Gated Hugging Face models read a token from this Secret when it exists (optional: public models work).
 HF_TOKEN_SECRET: Final = "chipfit-hf-token"
 HF_TOKEN_KEY: Final = "token"
-_HF_PREFIX: Final = "https://huggingface.co/"
 _INVALID_NAME_CHARS: Final = re.compile(r"[^a-z0-9-]+")
 _INVALID_LABEL_CHARS: Final = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class RenderError(ValueError):
-    """The service cannot be rendered; `field` is the dotted path of the offending spec field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+# The service cannot be rendered; `field` is the dotted path of the offending field. The same type as the
+# rules' errors, so a spec the rules refuse is a render failure naming its field.
+RenderError = rules.RuleError
 
 
 # --- names and labels ------------------------------------------------------------------------------------
@@ -166,38 +161,7 @@ def _metadata(
     return meta
 
 
-# --- model -----------------------------------------------------------------------------------------------
-
-
-def model_source(spec: v1alpha1.InferenceServiceSpec) -> str:
-    """Where the engine loads weights from: spec.model.source, else the catalog model's Hugging Face repo."""
-    if spec.model.source:
-        return spec.model.source
-    if spec.model.id is None:
-        raise RenderError("spec.model.source", "is required for an inline architecture")
-    source = catalog.get_model(spec.model.id).source
-    if not source.startswith(_HF_PREFIX):
-        raise RenderError("spec.model.source", f"catalog model {spec.model.id} names no Hugging Face repo")
-    # https://huggingface.co/<org>/<repo>/blob/main/config.json -> <org>/<repo>
-    return "/".join(source[len(_HF_PREFIX) :].split("/")[:2])
-
-
-def served_model_name(spec: v1alpha1.InferenceServiceSpec) -> str:
-    """The model name clients send in the OpenAI API: the catalog id or the inline model's name."""
-    name = spec.model.id or spec.model.name
-    if name is None:
-        raise RenderError("spec.model.name", "an inline architecture needs a name")
-    return name
-
-
-def model_arch(spec: v1alpha1.InferenceServiceSpec) -> catalog.ModelArch:
-    """The model's architecture: the catalog entry, or the inline definition as a catalog type."""
-    if spec.model.id is not None:
-        return catalog.get_model(spec.model.id)
-    arch = spec.model.architecture
-    if arch is None:
-        raise RenderError("spec.model", "set exactly one of id and architecture")
-    return arch.to_catalog(served_model_name(spec))
+# --- model (what a field means is decided in chipfit.rules, shared with validate and plan) ------------
 
 
 def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement) -> engines.Sizing:
@@ -342,8 +306,8 @@ def launch_request(
     return engines.LaunchRequest(
         engine=service.spec.engine,
         vendor=chip.vendor,
-        model_source=model_source(service.spec),
-        served_model_name=served_model_name(service.spec),
+        model_source=rules.model_source(service.spec.model),
+        served_model_name=rules.model_name(service.spec.model),
         precision=placement.precision,
         tensor_parallel=placement.tensor_parallel,
         # Neuron counts NeuronCores; the device plugin's units per device are exactly that.
@@ -415,7 +379,14 @@ def render_deployment(
             # Surge, never reduce: a template change brings a new replica up before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {**_scrape_annotations(launch), **annotations}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        **_scrape_annotations(launch),
+                        **annotations,
+                        **dict(launch.pod_annotations),
+                    },
+                },
                 "spec": pod_spec,
             },
         },
@@ -446,15 +417,25 @@ def service_url(service: v1alpha1.InferenceService, role: str) -> str:
 
 
 def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
-    """Deployment and Service of a disaggregated service's prefill/decode router (the user endpoint)."""
+    """Deployment and Service of a disaggregated service's prefill/decode router (the user endpoint).
+
+    A router that discovers the prefill and decode pods itself also gets a ServiceAccount allowed to
+    watch pods in the service's namespace (Role and RoleBinding), all owned by the InferenceService.
+    """
     name = service.metadata.name
+    namespace = service.metadata.namespace or "default"
     try:
         launch = engines.router_launch(
             engines.RouterRequest(
                 engine=service.spec.engine,
-                served_model_name=served_model_name(service.spec),
+                served_model_name=rules.model_name(service.spec.model),
                 prefill_urls=(service_url(service, "prefill"),),
                 decode_urls=(service_url(service, "decode"),),
+                discovery=engines.PodDiscovery(
+                    namespace=namespace,
+                    prefill_selector=tuple(sorted(selector_labels(name, "prefill").items())),
+                    decode_selector=tuple(sorted(selector_labels(name, "decode").items())),
+                ),
             )
         )
     except engines.UnsupportedLaunchError as exc:
@@ -463,6 +444,12 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
     labels = {**_common_labels(service, ROUTER_ROLE, service.spec.engine), **selector}
     container = _container(launch, None)
     container["env"] = [e for e in container["env"] if e["name"] != "HF_TOKEN"]
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    rbac: list[dict[str, Any]] = []
+    if launch.watches_pods:
+        account = router_name(name)
+        pod_spec["serviceAccountName"] = account
+        rbac = render_pod_reader(service, account, labels)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -473,13 +460,36 @@ def render_router(service: v1alpha1.InferenceService) -> list[dict[str, Any]]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": labels, "annotations": _scrape_annotations(launch)},
-                "spec": {"containers": [container]},
+                "spec": pod_spec,
             },
         },
     }
     svc = render_service(service, "aggregated", launch, selected_role=ROUTER_ROLE)
     svc["metadata"]["labels"].update({LABEL_ROLE: ROUTER_ROLE, "app.kubernetes.io/component": ROUTER_ROLE})
-    return [deployment, svc]
+    return [*rbac, deployment, svc]
+
+
+def render_pod_reader(
+    service: v1alpha1.InferenceService, account: str, labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """ServiceAccount `account` with get/list/watch on pods in the service's namespace (Role + binding)."""
+    namespace = service.metadata.namespace
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(service, account, labels, {})},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(service, account, labels, {}),
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(service, account, labels, {}),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
 
 
 def render_all(
@@ -510,3 +520,13 @@ def render_all(
             raise RenderError("status.placement", "a disaggregated placement needs both prefill and decode")
         objects.extend(render_router(service))
     return objects
+
+
+def render_planned(
+    service: v1alpha1.InferenceService,
+    placements: Sequence[v1alpha1.RolePlacement],
+    pools: Mapping[str, v1alpha1.AcceleratorPool],
+) -> list[dict[str, Any]]:
+    """`render_all` with each placement's engine sizing: what the operator applies for a planned service."""
+    sizings = {placement_key(p): sizing(service, p) for p in placements}
+    return render_all(service, placements, pools, sizings)

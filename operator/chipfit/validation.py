@@ -26,7 +26,7 @@ import celpy.evaluation
 import jsonschema
 import pydantic
 
-from chipfit import manifests, planning
+from chipfit import manifests, planning, rules
 from chipfit.api import crd, v1alpha1
 from chipfit.manifests import Document, Problem
 from placement import catalog
@@ -59,6 +59,8 @@ class Validated:
     profiles: list[v1alpha1.PerformanceProfile] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
     documents_checked: int = 0
+    # The document each typed object came from (by object identity), so a problem names its own file.
+    origins: dict[int, Document] = dataclasses.field(default_factory=dict, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,13 +186,46 @@ def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> Iterator[Field
             yield from _cel_errors(item, schema["items"], f"{path}[{index}]")
 
 
+def _list_type_errors(value: Any, schema: dict[str, Any], path: str) -> Iterator[FieldError]:
+    """Duplicates in `x-kubernetes-list-type: set` and `map` lists, as the API server reports them."""
+    if isinstance(value, dict):
+        for name, sub_schema in schema.get("properties", {}).items():
+            if name in value:
+                yield from _list_type_errors(value[name], sub_schema, f"{path}.{name}" if path else name)
+        return
+    if not isinstance(value, list) or not isinstance(schema.get("items"), dict):
+        return
+    list_type = schema.get("x-kubernetes-list-type")
+    keys = schema.get("x-kubernetes-list-map-keys", ())
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        if list_type == "set":
+            identity: Any = item
+        elif list_type == "map" and isinstance(item, dict):
+            identity = {k: item.get(k) for k in keys}
+        else:
+            identity = None
+        if identity is not None:
+            token = repr(identity)
+            if token in seen:
+                yield FieldError(f"{path}[{index}]", f"Duplicate value: {identity!r}")
+            seen.add(token)
+        yield from _list_type_errors(item, schema["items"], f"{path}[{index}]")
+
+
 def schema_errors(schema: dict[str, Any], body: dict[str, Any]) -> list[FieldError]:
     """What the API server rejects in `body` under an openAPIV3Schema: schema errors, else CEL rules."""
     # OpenAPI v3.0 numeric bounds use draft-4's boolean exclusiveMinimum.
     errors = [_schema_error(e) for e in jsonschema.Draft4Validator(_strict(schema)).iter_errors(body)]
     if errors:
         return sorted(errors, key=lambda e: e.field)
-    return list(_cel_errors(_with_defaults(body, schema), schema, ""))
+    defaulted = _with_defaults(body, schema)
+    # List sets and maps are checked on the defaulted object (a map key may be defaulted, as a taint's
+    # effect is), before CEL, as the API server's structural validation does.
+    duplicates = list(_list_type_errors(defaulted, schema, ""))
+    if duplicates:
+        return duplicates
+    return list(_cel_errors(defaulted, schema, ""))
 
 
 def crd_errors(kind: str, body: dict[str, Any]) -> list[FieldError]:
@@ -278,10 +313,7 @@ def _unknown_accelerator_errors(
 
 def model_max_context(model: v1alpha1.ModelRef) -> int:
     """Longest context the model supports (catalog or inline)."""
-    if model.id is not None:
-        return catalog.get_model(model.id).max_context_tokens
-    assert model.architecture is not None  # guaranteed by the CRD's CEL rule
-    return model.architecture.max_context_tokens
+    return rules.model_arch(model).max_context_tokens
 
 
 def service_problems(
@@ -296,7 +328,12 @@ def service_problems(
     errors: list[FieldError] = [] if chips is None else _unknown_accelerator_errors(spec, chips)
     if errors:
         return errors
-    max_context = model_max_context(spec.model)
+    try:
+        # What the engine loads and runs: the same rules the planner prices and the renderer deploys.
+        rules.model_source(spec.model)
+        max_context = model_max_context(spec.model)
+    except rules.RuleError as exc:
+        return [FieldError(exc.field, exc.reason)]
     workload = spec.workload
     if workload.max_context_tokens is not None and workload.max_context_tokens > max_context:
         errors.append(
@@ -305,7 +342,7 @@ def service_problems(
                 f"{workload.max_context_tokens} exceeds the model's maximum context of {max_context} tokens",
             )
         )
-    longest = (workload.prompt_tokens.p99 or workload.prompt_tokens.mean) + workload.output_tokens.mean
+    longest = rules.tokens_p99(workload.prompt_tokens) + workload.output_tokens.mean
     if workload.max_context_tokens is None and longest > max_context:
         errors.append(
             FieldError(
@@ -328,6 +365,16 @@ def service_problems(
             )
         )
         return errors
+    if spec.serving == "disaggregated" and not any(
+        catalog.engine_supports(spec.engine, c, "prefill") for c in usable
+    ):
+        errors.append(
+            FieldError(
+                "spec.serving",
+                f"engine {spec.engine} splits prefill and decode on none of the allowed accelerators "
+                f"({', '.join(c.id for c in usable[:8])}{', ...' if len(usable) > 8 else ''})",
+            )
+        )
     if not any(p in c.precisions for c in usable for p in spec.precisions):
         errors.append(
             FieldError(
@@ -354,6 +401,10 @@ def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
     except planning.PlanningError as error:
         return [_planning_field_error(error)]
     errors: list[FieldError] = []
+    try:
+        rules.price_per_device_hour(pool.spec)
+    except rules.RuleError as exc:
+        errors.append(FieldError(exc.field, exc.reason))
     if chip.parent is not None:
         most = GPUS_PER_NODE_MAX * chip.mig_max_instances
         if pool.spec.devices_per_node > most:
@@ -447,6 +498,7 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
             for err in exc.errors():
                 out.problems.append(Problem(document.file, document.label, _dotted(err["loc"]), err["msg"]))
             continue
+        out.origins[id(parsed)] = document
         if isinstance(parsed, v1alpha1.InferenceService):
             out.services.append(parsed)
         elif isinstance(parsed, v1alpha1.AcceleratorPool):
@@ -458,8 +510,12 @@ def validate_documents(documents: Sequence[Document]) -> Validated:
 
 
 def _semantic(out: Validated, documents: Sequence[Document]) -> None:
-    files = {(d.body.get("kind"), d.label): d.file for d in documents}
     pool_names = [p.metadata.name for p in out.pools] or None
+
+    def report(obj: pydantic.BaseModel, errors: Iterable[FieldError]) -> None:
+        document = out.origins[id(obj)]
+        out.problems.extend(Problem(document.file, document.label, e.field, e.reason) for e in errors)
+
     # Pools whose own chip does not resolve are reported by pool_problems; the rest must agree per id.
     resolvable = []
     for pool in out.pools:
@@ -472,30 +528,19 @@ def _semantic(out: Validated, documents: Sequence[Document]) -> None:
     try:
         chips = planning.fleet_accelerators(resolvable)
     except planning.PlanningError as error:
-        label = str(error).split(":", 1)[0]
-        e = _planning_field_error(error)
-        out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
+        name = str(error).split(":", 1)[0].removeprefix("AcceleratorPool ")
+        culprit = next(p for p in resolvable if p.metadata.name == name)
+        report(culprit, [_planning_field_error(error)])
         chips = {}
         for pool in resolvable:
             if pool.spec.accelerator_spec is not None:
                 chips.setdefault(pool.spec.accelerator, planning.pool_accelerator(pool))
     for service in out.services:
-        label = f"InferenceService {service.metadata.namespace}/{service.metadata.name}"
-        if service.metadata.namespace is None:
-            label = f"InferenceService {service.metadata.name}"
-        file = files.get(("InferenceService", label), "?")
-        for e in service_problems(service, pool_names, chips):
-            out.problems.append(Problem(file, label, e.field, e.reason))
+        report(service, service_problems(service, pool_names, chips))
     for pool in out.pools:
-        label = f"AcceleratorPool {pool.metadata.name}"
-        for e in pool_problems(pool):
-            out.problems.append(Problem(files.get(("AcceleratorPool", label), "?"), label, e.field, e.reason))
+        report(pool, pool_problems(pool))
     for profile in out.profiles:
-        label = f"PerformanceProfile {profile.metadata.name}"
-        for e in profile_problems(profile, chips):
-            out.problems.append(
-                Problem(files.get(("PerformanceProfile", label), "?"), label, e.field, e.reason)
-            )
+        report(profile, profile_problems(profile, chips))
     seen: dict[tuple[str, str | None, str], str] = {}
     for document in documents:
         body = document.body

@@ -401,6 +401,11 @@ def infeasibility(config: ReplicaConfig) -> str | None:
         return f"{acc.id} does not support {config.precision} (supports {', '.join(acc.precisions)})"
     if not catalog.engine_supports(config.engine, acc):
         return f"engine {config.engine} does not run on {acc.vendor} accelerators ({acc.id})"
+    if not catalog.engine_supports(config.engine, acc, config.role):
+        return (
+            f"engine {config.engine} does not serve {config.role} replicas on {acc.vendor} accelerators "
+            f"({acc.id})"
+        )
     if config.tp > acc.max_tp:
         return f"tp {config.tp} exceeds the {acc.id} limit of {acc.max_tp} devices per replica"
     if model.heads % config.tp != 0:

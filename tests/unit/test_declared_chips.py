@@ -223,5 +223,5 @@ def test_no_prefill_or_decode_candidates_where_the_engines_cannot_split_them() -
     roles = {(c.accelerator, c.role) for c in cset.problem.candidates}
     assert {r for a, r in roles if a == "inf2"} <= {"aggregated"}
     assert {"prefill", "decode"} & {r for a, r in roles if a == "h100"}
-    # The renderer refuses the same split (one rule: catalog.DISAGGREGATION_VENDORS).
-    assert "aws" not in catalog.DISAGGREGATION_VENDORS
+    # The renderer refuses the same split (one rule: catalog.ENGINE_DISAGGREGATED_VENDORS).
+    assert "aws" not in catalog.ENGINE_DISAGGREGATED_VENDORS["vllm"]

@@ -154,13 +154,20 @@ def test_routers_per_engine() -> None:
         "prefill_urls": ("http://p.ns.svc:80",),
         "decode_urls": ("http://d.ns.svc:80",),
     }
-    sglang = engines.router_launch(engines.RouterRequest(engine="sglang", served_model_name="m", **pd))
-    assert sglang.args[:1] == ("--pd-disaggregation",)
-    prefill_at = sglang.args.index("--prefill")
-    assert sglang.args[prefill_at : prefill_at + 3] == (
-        "--prefill",
-        "http://p.ns.svc:80",
-        str(engines.SGLANG_BOOTSTRAP_PORT),
+    discovery = engines.PodDiscovery("ns", (("app", "p"),), (("app", "d"),))
+    with pytest.raises(engines.UnsupportedLaunchError, match="needs pod discovery"):
+        engines.router_launch(engines.RouterRequest(engine="sglang", served_model_name="m", **pd))
+    sglang = engines.router_launch(
+        engines.RouterRequest(engine="sglang", served_model_name="m", **pd, discovery=discovery)
+    )
+    assert sglang.args[:1] == ("--pd-disaggregation",) and sglang.watches_pods
+    assert "--service-discovery" in sglang.args and "--prefill" not in sglang.args
+    prefill_at = sglang.args.index("--prefill-selector")
+    assert sglang.args[prefill_at : prefill_at + 4] == (
+        "--prefill-selector",
+        "app=p",
+        "--decode-selector",
+        "app=d",
     )
     vllm = engines.router_launch(engines.RouterRequest(engine="vllm", served_model_name="m", **pd))
     assert "--decode" in vllm.args and "http://d.ns.svc:80" in vllm.args

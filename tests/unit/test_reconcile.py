@@ -354,3 +354,41 @@ def test_unschedulable_pods_are_explained_in_ready() -> None:
     live, _ = live_of(desired_for(CHAT, OLD), ready={"chat-8b-aggregated-l4-g6-bf16-tp1": 2})
     status = reconcile.compute_status(CHAT, outcome(OLD), live, None, T0, reason)
     assert "Insufficient nvidia.com/gpu" in conditions(status)["Ready"].message
+
+
+def _holding(deployments: list[reconcile.LiveDeployment], units: int) -> list[reconcile.LiveDeployment]:
+    return [dataclasses.replace(d, units_per_replica=units) for d in deployments]
+
+
+def test_a_replacement_surges_while_the_pool_has_room_for_both() -> None:
+    old_live, services = live_of(desired_for(CHAT, OLD))
+    old_live = _holding(old_live, 1)
+    desired = desired_for(CHAT, NEW)
+    pool = old_live[0].pool
+    actions = reconcile.plan_actions(desired, old_live, services, {pool: old_live[0].units})
+    assert actions.delete == ()
+    assert actions.drained_early == ()
+    assert actions.surge_units == {pool: old_live[0].units}
+
+
+def test_a_replacement_with_no_room_beside_it_drains_first() -> None:
+    # The re-plan fills the old replica's pool: waiting for the new one to be ready would leave it Pending
+    # behind the replica it replaces for ever, so the old one goes now.
+    old_live, services = live_of(desired_for(CHAT, OLD))
+    old_live = _holding(old_live, 1)
+    desired = desired_for(CHAT, NEW)
+    pool = old_live[0].pool
+    actions = reconcile.plan_actions(desired, old_live, services, {pool: old_live[0].units - 1})
+    assert actions.delete == (("Deployment", old_live[0].name),)
+    assert actions.drained_early == (old_live[0].name,)
+    assert actions.surge_units == {}
+    # Without a room bound (no plan yet) the replica waits, as before.
+    assert reconcile.plan_actions(desired, old_live, services).delete == ()
+
+
+def test_live_deployment_reads_the_units_a_replica_requests() -> None:
+    desired = desired_for(CHAT, OLD)
+    deployment = next(o for o in desired if o["kind"] == "Deployment")
+    live = reconcile.live_deployment(deployment)
+    assert live.units_per_replica == reconcile.device_units_of(deployment) > 0
+    assert live.units == live.replicas * live.units_per_replica

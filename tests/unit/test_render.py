@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import kubernetes_validate
 import pytest
 
-from chipfit import engines, render
+from chipfit import engines, render, rules
 from chipfit.api import v1alpha1
 from placement import catalog
 from tests.unit.chipfit_builders import POOLS, SERVICES, UID, placement
@@ -126,7 +126,7 @@ def test_engine_args_come_from_spec_and_sizing() -> None:
 def test_catalog_source_when_spec_has_none() -> None:
     service = SERVICES["chat-8b"].model_copy(deep=True)
     service.spec.model = v1alpha1.ModelRef(id="mistral-7b")
-    assert render.model_source(service.spec) == "mistralai/Mistral-7B-v0.3"
+    assert rules.model_source(service.spec.model) == "mistralai/Mistral-7B-v0.3"
 
 
 def test_overrides_replace_image_append_args_and_env() -> None:
@@ -171,6 +171,16 @@ def test_disaggregated_service_renders_roles_services_and_router(engine: str) ->
     for obj in objects:
         validate_strict(obj)
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    # SGLang's router discovers the pods itself: it runs as a ServiceAccount allowed to watch pods.
+    discovery = (
+        {
+            ("ServiceAccount", "assistant-70b-router"),
+            ("Role", "assistant-70b-router"),
+            ("RoleBinding", "assistant-70b-router"),
+        }
+        if engine == "sglang"
+        else set()
+    )
     assert names == {
         ("Deployment", "assistant-70b-prefill-h100-p5-fp8-tp2"),
         ("Deployment", "assistant-70b-decode-h200-p5e-fp8-tp2"),
@@ -178,6 +188,7 @@ def test_disaggregated_service_renders_roles_services_and_router(engine: str) ->
         ("Service", "assistant-70b-prefill"),
         ("Service", "assistant-70b-decode"),
         ("Service", "assistant-70b"),
+        *discovery,
     }
     user_service = next(
         o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "assistant-70b"
@@ -186,9 +197,62 @@ def test_disaggregated_service_renders_roles_services_and_router(engine: str) ->
         "chipfit.io/service": "assistant-70b",
         "chipfit.io/role": "router",
     }
-    router = next(o for o in objects if o["metadata"]["name"] == "assistant-70b-router")
+    router = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "assistant-70b-router"
+    )
     assert "resources" not in container(router)
     assert "affinity" not in router["spec"]["template"]["spec"]
+
+
+def _selector_after(args: list[str], flag: str) -> dict[str, str]:
+    """`--flag k=v k=v ...` up to the next flag, as a dict."""
+    start = args.index(flag) + 1
+    end = next((i for i in range(start, len(args)) if args[i].startswith("--")), len(args))
+    return dict(a.split("=", 1) for a in args[start:end])
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_sglang_router_discovers_every_prefill_and_decode_pod() -> None:
+    # Two prefill replicas on two pools: the router must reach each prefill pod (its bootstrap server is
+    # per pod), so it discovers pods by label instead of calling the role's Service.
+    service = with_engine("assistant-70b", "sglang")
+    placements = [
+        placement("prefill", "h100-p5", tp=2, precision="fp8", replicas=2),
+        placement("prefill", "h200-p5e", tp=2, precision="fp8", replicas=1),
+        placement("decode", "h200-p5e", tp=2, precision="fp8", replicas=2),
+    ]
+    sizings = {render.placement_key(p): SIZING for p in placements}
+    objects = render.render_all(service, placements, POOLS, sizings)
+    router = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "assistant-70b-router"
+    )
+    args = container(router)["args"]
+    assert (
+        "--service-discovery" in args
+        and f"--service-discovery-namespace={service.metadata.namespace}" in args
+    )
+    assert not any(a.startswith("http://") for a in args), "no Service URL: it would mix prefill pods"
+    prefill_selector = _selector_after(args, "--prefill-selector")
+    decode_selector = _selector_after(args, "--decode-selector")
+    engine_pods = [o for o in objects if o["kind"] == "Deployment" and o is not router]
+    for deployment in engine_pods:
+        template = deployment["spec"]["template"]["metadata"]
+        role = template["labels"]["chipfit.io/role"]
+        assert _matches(prefill_selector, template["labels"]) == (role == "prefill")
+        assert _matches(decode_selector, template["labels"]) == (role == "decode")
+        bootstrap = template["annotations"].get("sglang.ai/bootstrap-port")
+        assert bootstrap == (str(engines.SGLANG_BOOTSTRAP_PORT) if role == "prefill" else None)
+    account = router["spec"]["template"]["spec"]["serviceAccountName"]
+    role = next(o for o in objects if o["kind"] == "Role")
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": service.metadata.namespace}
+    ]
 
 
 def test_aggregated_service_selects_all_pools_of_the_role() -> None:

@@ -39,15 +39,17 @@ spec:
 
 def test_plan_json_for_a_small_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "fleet.yaml").write_text(FLEET)
-    assert cli.main(["plan", "-f", str(tmp_path), "--json"]) == 0
+    assert cli.main(["plan", "-f", str(tmp_path), "-o", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    (service,) = out["plan"]["services"]
+    assert (out["apiVersion"], out["kind"]) == ("chipfit.io/v1alpha1", "FleetPlan")
+    (service,) = out["services"]
     assert service["service"] == "team/chat"
     assert service["status"] == "served"
-    assert service["price_per_hour"] == pytest.approx(out["plan"]["price_per_hour"])
+    assert service["dollarsPerHour"] == pytest.approx(out["totals"]["dollarsPerHour"])
+    assert out["totals"]["allServed"] is True
     assert {a["pool"] for a in service["assignments"]} <= {"h100s", "l40s"}
     assert out["explanations"][0]["service"] == "team/chat"
-    assert out["savingsVsSingleType"] is None or out["savingsVsSingleType"] >= -1e-9
+    assert out["baseline"]["savings"] is None or out["baseline"]["savings"] >= -1e-9
 
 
 def test_plan_table_for_a_small_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

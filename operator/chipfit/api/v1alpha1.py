@@ -30,6 +30,9 @@ MAX_PROFILE_POINTS = 256
 MAX_BUCKETS = 32
 MAX_NAME_LENGTH = 253
 MAX_TEXT_LENGTH = 4096
+# The dearest device in docs/prices.md costs ~$12/device-hour on demand; 1,000 rejects a typo off by orders
+# of magnitude (an absurd price overflows the solver's $/h sums) and leaves room for any real chip.
+MAX_PRICE_PER_DEVICE_HOUR = 1000.0
 # Largest context any catalog model supports is 128k (Llama 3.1); 10M leaves room for inline models.
 MAX_CONTEXT_TOKENS = 10_000_000
 
@@ -359,7 +362,11 @@ class AcceleratorPoolSpec(ApiModel):
     ]
     price_per_device_hour: Annotated[
         float | None,
-        Field(ge=0, description="US dollars per device-hour; defaults to the catalog's price."),
+        Field(
+            ge=0,
+            le=MAX_PRICE_PER_DEVICE_HOUR,
+            description="US dollars per device-hour; defaults to the catalog's price.",
+        ),
     ] = None
     spot: Annotated[bool, Field(description="Spot / preemptible capacity.")] = False
     instance_type: Annotated[str, Field(max_length=63, description="Cloud instance type, informational.")] | (
@@ -369,7 +376,16 @@ class AcceleratorPoolSpec(ApiModel):
         dict[str, Annotated[str, Field(max_length=63)]],
         Field(max_length=MAX_LIST_ITEMS, description="Labels selecting this pool's nodes."),
     ] = Field(default_factory=dict)
-    taints: Annotated[list[Taint], Field(max_length=MAX_LIST_ITEMS)] = Field(default_factory=list)
+    taints: Annotated[
+        list[Taint],
+        Field(
+            max_length=MAX_LIST_ITEMS,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["key", "effect"],
+            },
+        ),
+    ] = Field(default_factory=list)
     resource_name: (
         Annotated[
             str,
@@ -470,6 +486,11 @@ class ModelRef(ApiModel):
                     "an inline architecture needs a name",
                     ".architecture",
                 ),
+                cel(
+                    "!has(self.architecture) || has(self.source)",
+                    "an inline architecture needs a source: where the engine loads its weights from",
+                    ".source",
+                ),
             ]
         }
     )
@@ -520,10 +541,13 @@ class Workload(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                # A p99 defaults to the mean, as chipfit.rules.tokens_p99 says (the planner needs the p99
+                # request to fit).
                 cel(
-                    "!has(self.maxContextTokens) || "
-                    "double(self.maxContextTokens) >= self.promptTokens.mean + self.outputTokens.mean",
-                    "maxContextTokens must hold a mean prompt plus a mean output",
+                    "!has(self.maxContextTokens) || double(self.maxContextTokens) >= "
+                    "(has(self.promptTokens.p99) ? self.promptTokens.p99 : self.promptTokens.mean) + "
+                    "(has(self.outputTokens.p99) ? self.outputTokens.p99 : self.outputTokens.mean)",
+                    "maxContextTokens must hold a p99 prompt plus a p99 output (a missing p99 is the mean)",
                     ".maxContextTokens",
                 ),
             ]
@@ -622,7 +646,16 @@ class EngineOverrides(ApiModel):
 
     image: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)] | None = None
     extra_args: Annotated[list[Text], Field(max_length=MAX_LIST_ITEMS)] | None = None
-    env: Annotated[list[EnvVar], Field(max_length=MAX_LIST_ITEMS)] | None = None
+    env: (
+        Annotated[
+            list[EnvVar],
+            Field(
+                max_length=MAX_LIST_ITEMS,
+                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+            ),
+        ]
+        | None
+    ) = None
 
 
 class InferenceServiceSpec(ApiModel):

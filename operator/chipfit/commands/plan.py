@@ -4,23 +4,63 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
-import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+if TYPE_CHECKING:  # imported when planning: `chipfit --help` must not load the solver stack
+    from rich.console import Console
 
-from chipfit import planning, validation
-from placement.solver import allocation, inputs
+    from chipfit import planning, validation
+    from placement.solver import allocation
 
 # A person notices a pause after about a second: only then is a progress display worth drawing.
 PROGRESS_AFTER_S = 1.0
 # Width of the table when stdout is not a terminal (files, pipes, CI logs): every column unabridged.
 PIPE_WIDTH_COLUMNS = 180
+# Exit codes (documented in --help, README and docs/cli.md).
+EXIT_SERVED: Final = 0  # a plan serving every service's whole demand
+EXIT_INVALID: Final = (
+    1  # invalid input, nothing to plan, or no plan exists: nothing printed on stdout but problems
+)
+EXIT_USAGE: Final = 2  # bad flags (argparse's convention)
+EXIT_UNSERVED: Final = 3  # a plan was made and printed, but some demand is not served
+EXIT_CODES_HELP: Final = (
+    "exit codes: 0 every service's demand is served; 3 a plan was printed but some demand is unserved; "
+    "1 invalid input, no services or pools, or no plan exists; 2 invalid flags"
+)
+
+
+def _share(text: str) -> float:
+    """A share in (0, 1]."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,27 +69,56 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="solve the cheapest placement of every InferenceService on the AcceleratorPools",
         description="Read pools, services and profiles from manifests, predict capacity, solve one MILP for "
         "the fleet and print the plan, its savings against the best single-chip-type plan and why each "
-        "service landed where it did. Invalid input: one line per problem and exit 1.",
+        "service landed where it did. Invalid input: one line per problem (file: object: field: reason).",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument(
-        "-f", "--filename", dest="paths", action="append", nargs="+", required=True, metavar="FILE_OR_DIR"
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="manifest files or directories (every .yaml/.yml/.json below); repeatable",
     )
-    parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table for people (default); json or yaml: the typed FleetPlan document "
+        "(schema: docs/plan-output.schema.json)",
+    )
+    parser.add_argument(
+        "--json",
+        dest="output",
+        action="store_const",
+        const="json",
+        help="deprecated: use -o json",
+    )
     parser.add_argument(
         "--move-penalty",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="DOLLARS_PER_DEVICE_HOUR",
         help="cost of moving a running replica's device, so small savings do not churn the fleet",
     )
     parser.add_argument(
         "--max-utilization",
-        type=float,
+        type=_share,
         default=1.0,
         metavar="SHARE",
-        help="load replicas to at most this share of their SLO-bounded capacity (headroom for bursts)",
+        help="load replicas to at most this share (0-1] of their SLO-bounded capacity (headroom for bursts)",
     )
-    parser.add_argument("--time-limit", type=float, default=inputs.DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+    parser.add_argument(
+        "--time-limit",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock budget of each solver call; at the limit the best plan found so far is returned "
+        "(default: the solver's)",
+    )
     parser.add_argument(
         "--no-trust-headroom",
         dest="headroom",
@@ -72,9 +141,14 @@ class _Phase:
 
 def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated, console: Console) -> Any:
     """Run planning in a worker; draw a progress display only if it takes more than a second."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from chipfit import planning
+    from placement.solver import inputs
+
     phase = _Phase()
     options = inputs.SolveOptions(
-        time_limit_s=args.time_limit,
+        time_limit_s=args.time_limit if args.time_limit is not None else inputs.DEFAULT_TIME_LIMIT_S,
         move_penalty_per_device_hour=args.move_penalty,
         max_utilization=args.max_utilization,
     )
@@ -108,68 +182,50 @@ def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated,
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from chipfit import plan_output, planning, validation
+    from placement.solver import inputs
+
     paths = [p for group in args.paths for p in group]
     loaded = validation.load_and_validate(paths)
     for problem in loaded.problems:
         print(problem)
     if loaded.problems:
         print(f"{len(loaded.problems)} problem(s); fix them and plan again", file=sys.stderr)
-        return 1
-    if not loaded.services:
-        print(f"no InferenceService found in {', '.join(paths)}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID
+    missing = [
+        kind
+        for kind, objects in (("InferenceService", loaded.services), ("AcceleratorPool", loaded.pools))
+        if not objects
+    ]
+    if missing:
+        print(
+            f"no {' and no '.join(missing)} found in {', '.join(paths)}: a plan places InferenceServices on "
+            "AcceleratorPools; name the files of both (e.g. -f examples/)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     err = Console(stderr=True)
     try:
         result: planning.FleetPlan = _solve_with_progress(args, loaded, err)
     except (planning.PlanningError, inputs.PlacementError) as error:
         print(f"chipfit plan: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(_jsonable(to_json(result)), indent=2))
+        return EXIT_INVALID
+    output = plan_output.from_result(result)
+    if args.output == "json":
+        print(output.model_dump_json(by_alias=True, indent=2))
+    elif args.output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(plan_output.to_data(output), sort_keys=False), end="")
     else:
         # Piped output gets a wide table instead of rich's 80-column default.
         out = Console()
         if not out.is_terminal:
             out = Console(width=PIPE_WIDTH_COLUMNS)
         print_plan(result, out)
-    return 0
-
-
-def to_json(result: planning.FleetPlan) -> dict[str, Any]:
-    """The typed result as plain data."""
-    single = result.single_type
-    return {
-        "plan": dataclasses.asdict(result.plan),
-        "singleType": {
-            "accelerator": single.accelerator,
-            "kind": result.single_type_kind,
-            "perService": dict(single.per_service),
-            "pricePerHour": single.plan.price_per_hour if single.plan else None,
-            "pricePerHourByType": dict(single.price_per_hour_by_type),
-        },
-        "savingsVsSingleType": result.savings_vs_single_type,
-        "singleTypeSizedToOrder": {
-            "accelerator": result.single_type_sized.accelerator,
-            "kind": result.single_type_sized_kind,
-            "perService": dict(result.single_type_sized.per_service),
-            "pricePerHour": result.single_type_sized.plan.price_per_hour
-            if result.single_type_sized.plan
-            else None,
-        },
-        "savingsVsSingleTypeSizedToOrder": result.savings_vs_single_type_sized,
-        "explanations": [dataclasses.asdict(e) for e in result.explanations],
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN and infinities are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
+    return EXIT_SERVED if output.totals.all_served else EXIT_UNSERVED
 
 
 def _ms(value: float | None, digits: int = 0) -> str:
@@ -178,6 +234,8 @@ def _ms(value: float | None, digits: int = 0) -> str:
 
 def print_plan(result: planning.FleetPlan, console: Console) -> None:
     """The plan table, the fleet total, the savings and the explanations."""
+    from rich.table import Table
+
     plan = result.plan
     table = Table(title="chipfit fleet plan", title_justify="left")
     for name, justify in (
@@ -224,6 +282,12 @@ def print_plan(result: planning.FleetPlan, console: Console) -> None:
         f"serving {served:,.2f} of {demand:,.2f} req/s  "
         f"({plan.status}, {_gap_text(plan)}, {plan.solve_seconds:.2f} s, {plan.stages} stage(s))"
     )
+    for sp in plan.services:
+        if sp.status != "served":
+            console.print(
+                f"[red]unserved[/red] {sp.service}: {sp.unmet_rps:,.2f} of {sp.demand_rps:,.2f} req/s"
+                + (f": {sp.reason}" if sp.reason else "")
+            )
     single = result.single_type
     if single.plan is not None and result.savings_vs_single_type is not None:
         if result.single_type_kind == "per-service":

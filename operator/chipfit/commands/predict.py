@@ -7,9 +7,8 @@ import json
 import sys
 from typing import Any
 
-from chipfit import manifests, planning
-from chipfit.api import v1alpha1
-from placement import catalog, perf, trust
+# placement.perf (numpy) is imported when predicting, not for `chipfit --help`.
+from placement import catalog
 
 # Exit code for unusable input (unknown ids, impossible combinations), as argparse uses for bad flags.
 EXIT_USAGE = 2
@@ -58,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = predict(args)
     except (PredictError, ValueError) as exc:
-        print(f"chipfit predict: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"chipfit predict: {line}", file=sys.stderr)
         return EXIT_USAGE
     text = json.dumps(report, indent=2, sort_keys=True) if args.json else render_text(report)
     try:
@@ -78,6 +78,8 @@ def _choose_tp(
     model: catalog.ModelArch, acc: catalog.Accelerator, precision: str, engine: str, role: str
 ) -> int:
     """The smallest tensor-parallel degree at which the model runs on this chip."""
+    from placement import perf
+
     reasons = []
     for tp in TP_CANDIDATES:
         if tp > acc.max_tp:
@@ -90,27 +92,58 @@ def _choose_tp(
     raise PredictError(reasons[-1] if reasons else f"{acc.id} allows no tensor-parallel degree")
 
 
+def _valid(flag: str, noun: str, value: str | None, valid: Any) -> str | None:
+    if value is None or value in valid:
+        return None
+    return f"{flag}: unknown {noun} {value!r}; valid: {', '.join(valid)}"
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem with the flags, each naming its flag, before any prediction runs."""
+    problems = [
+        p
+        for p in (
+            _valid("--model", "model", args.model, catalog.MODELS),
+            _valid("--chip", "accelerator", args.chip, catalog.ACCELERATORS),
+            _valid("--precision", "precision", args.precision, catalog.PRECISIONS),
+            _valid("--engine", "engine", args.engine, catalog.ENGINES),
+            _valid("--role", "role", args.role, catalog.ROLES),
+        )
+        if p is not None
+    ]
+    # `not value >= bound` also catches NaN.
+    for flag, value in (("--isl", args.isl), ("--osl", args.osl)):
+        if not value >= 1:
+            problems.append(f"{flag}: must be >= 1 token, got {value:g}")
+    slo_flags = {"--rps": args.rps, "--ttft-p99-ms": args.ttft_p99_ms, "--itl-p99-ms": args.itl_p99_ms}
+    given = [flag for flag, value in slo_flags.items() if value is not None]
+    if given and len(given) < len(slo_flags):
+        missing = ", ".join(flag for flag in slo_flags if flag not in given)
+        problems.append(
+            f"{missing}: --rps, --ttft-p99-ms and --itl-p99-ms go together: give all three or none"
+        )
+    if args.rps is not None and not args.rps >= 0:
+        problems.append(f"--rps: must be >= 0, got {args.rps:g}")
+    for flag, value in (("--ttft-p99-ms", args.ttft_p99_ms), ("--itl-p99-ms", args.itl_p99_ms)):
+        if value is not None and not value > 0:
+            problems.append(f"{flag}: must be > 0, got {value:g}")
+    if args.tp is not None and args.tp < 1:
+        problems.append(f"--tp: must be >= 1, got {args.tp}")
+    if args.price is not None and not args.price >= 0:
+        problems.append(f"--price: must be >= 0, got {args.price:g}")
+    return problems
+
+
 def predict(args: argparse.Namespace) -> dict[str, Any]:
     """The report as a JSON-ready dict (raises PredictError/ValueError with a one-line message)."""
+    problems = flag_problems(args)
+    if problems:
+        raise PredictError("\n".join(problems))
+    from placement import perf, trust
+
     model = catalog.get_model(args.model)
     acc, pool_price = _chip(args)
     precision = args.precision or _default_precision(acc)
-    if precision not in catalog.PRECISIONS:
-        raise PredictError(
-            f"--precision: unknown precision {precision!r}; valid: {', '.join(catalog.PRECISIONS)}"
-        )
-    if args.engine not in catalog.ENGINES:
-        raise PredictError(f"--engine: unknown engine {args.engine!r}; valid: {', '.join(catalog.ENGINES)}")
-    if args.role not in catalog.ROLES:
-        raise PredictError(f"--role: unknown role {args.role!r}; valid: {', '.join(catalog.ROLES)}")
-    for flag, value in (("--isl", args.isl), ("--osl", args.osl)):
-        if not value >= 1:
-            raise PredictError(f"{flag}: must be >= 1 token, got {value}")
-    slo_flags = (args.rps, args.ttft_p99_ms, args.itl_p99_ms)
-    if any(v is not None for v in slo_flags) and not all(v is not None for v in slo_flags):
-        raise PredictError("--rps, --ttft-p99-ms and --itl-p99-ms go together: give all three or none")
-    if args.rps is not None and args.rps < 0:
-        raise PredictError(f"--rps: must be >= 0, got {args.rps}")
     tp = args.tp if args.tp is not None else _choose_tp(model, acc, precision, args.engine, args.role)
     config = perf.ReplicaConfig(model, acc, precision, tp, role=args.role, engine=args.engine)
     reason = perf.infeasibility(config)
@@ -183,6 +216,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dollars(price_per_device_hour: float | None, tp: int, output_tokens_per_s: float) -> float | None:
     """$/1M output tokens, None when nothing is produced or the chip has no price."""
+    from placement import perf
+
     if price_per_device_hour is None:
         return None
     return _round_cost(perf.dollars_per_million_output_tokens(price_per_device_hour, tp, output_tokens_per_s))
@@ -190,6 +225,9 @@ def _dollars(price_per_device_hour: float | None, tp: int, output_tokens_per_s: 
 
 def _chip(args: argparse.Namespace) -> tuple[catalog.Accelerator, float | None]:
     """The chip to predict for and its default price: a catalog id, or the pool manifest's chip."""
+    from chipfit import manifests, planning
+    from chipfit.api import v1alpha1
+
     if args.pool is None:
         acc = catalog.get_accelerator(args.chip)
         return acc, acc.default_price_per_hour
