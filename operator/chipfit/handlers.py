@@ -420,7 +420,7 @@ class Fleet:
                 capacities[p.metadata.name].devices_total
                 - (usage[p.metadata.name].devices_used if p.metadata.name in usage else 0),
             )
-            * catalog.get_accelerator(p.spec.accelerator).resource_units_per_device
+            * planning.pool_accelerator(p).resource_units_per_device
             for p in pools
         }
         # Every service is reconciled below and says again what its surge holds.
