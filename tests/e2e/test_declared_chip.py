@@ -81,7 +81,8 @@ def declared_fleet(
     finally:
         cluster.kubectl("delete", "inferenceservices", "--all", "-n", NAMESPACE, check=False)
         cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
-        cluster.kubectl("delete", "acceleratorpool", POOL, check=False)
+        # The operator (stopped by now) may hold a finalizer on the pool: do not wait for it.
+        cluster.kubectl("delete", "acceleratorpool", POOL, "--wait=false", check=False)
         cluster.kubectl("delete", *names, "--wait=false", check=False)
 
 
