@@ -32,14 +32,8 @@ AMD_FIELDS = ("bandwidth", "compute_8bit")
 
 
 def fit_sets() -> dict[str, list[calibration.CalibrationPoint]]:
-    """Fitting points per fitted constant name."""
-    # MLPerf Mixtral's request sizes are not known here (see calibration.MLPERF_WORKLOADS): not fitted on.
-    mlperf = [p for p in calibration.mlperf_points(("Offline",)) if p.model.id != "mixtral-8x7b"]
-    points = calibration.trtllm_points() + mlperf
-    return {
-        "NVIDIA_TRTLLM": [p for p in points if p.engine == "trtllm"],
-        "AMD_VLLM": [p for p in points if p.accelerator == "mi300x" and p.engine == "vllm"],
-    }
+    """Fitting points per fitted constant name (the one definition lives in placement.calibration)."""
+    return calibration.fit_sets()
 
 
 def render(name: str, result: calibration.FitResult, fields: tuple[str, ...]) -> str:

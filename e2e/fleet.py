@@ -15,9 +15,11 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+import pydantic
 import yaml
 
 import placement.catalog
+from chipfit.api import v1alpha1
 
 API_GROUP: Final = "chipfit.io"
 POOL_KIND: Final = "AcceleratorPool"
@@ -97,6 +99,8 @@ class Pool:
 
     name: str
     accelerator: placement.catalog.Accelerator
+    # The whole chip a slice is cut from (the accelerator itself for a whole chip).
+    whole_chip: placement.catalog.Accelerator
     devices_per_node: int
     nodes: int
     spot: bool
@@ -128,10 +132,9 @@ def parse_pool(doc: Mapping[str, Any], source: str) -> Pool:
     if not isinstance(spec, Mapping):
         raise PoolError(f"{where}: spec: required mapping")
     accelerator_id = _field(where, spec, "accelerator", str)
-    try:
-        accelerator = placement.catalog.get_accelerator(accelerator_id)
-    except placement.catalog.UnknownIdError as error:
-        raise PoolError(f"{where}: spec.accelerator: {error}") from None
+    accelerator, whole_chip = _chip(
+        where, accelerator_id, spec.get("acceleratorSpec"), spec.get("pricePerDeviceHour")
+    )
     devices_per_node = _field(where, spec, "devicesPerNode", int)
     nodes = _field(where, spec, "nodes", int)
     for key, value in (("devicesPerNode", devices_per_node), ("nodes", nodes)):
@@ -147,6 +150,7 @@ def parse_pool(doc: Mapping[str, Any], source: str) -> Pool:
     return Pool(
         name=name,
         accelerator=accelerator,
+        whole_chip=whole_chip,
         devices_per_node=devices_per_node,
         nodes=nodes,
         spot=_field(where, spec, "spot", bool, False),
@@ -156,6 +160,28 @@ def parse_pool(doc: Mapping[str, Any], source: str) -> Pool:
         ),
         resource_name=_field(where, spec, "resourceName", str, accelerator.resource_name),
     )
+
+
+def _chip(
+    where: str, accelerator_id: str, declared: Any, price: Any
+) -> tuple[placement.catalog.Accelerator, placement.catalog.Accelerator]:
+    """The pool's chip and the whole chip it is (or is cut from): its acceleratorSpec, else the catalog."""
+    parent_id = accelerator_id.split("/", 1)[0]
+    try:
+        if declared is None:
+            chip = placement.catalog.get_accelerator(accelerator_id)
+            return chip, placement.catalog.get_accelerator(parent_id)
+        whole = v1alpha1.AcceleratorSpec.model_validate(declared).to_catalog(
+            parent_id, price if isinstance(price, int | float) else None
+        )
+        return placement.catalog.resolve_accelerator(accelerator_id, whole), whole
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise PoolError(f"{where}: spec.acceleratorSpec.{loc}: {first['msg']}") from None
+    except (placement.catalog.UnknownIdError, placement.catalog.SpecError) as error:
+        field = "accelerator" if declared is None else "acceleratorSpec"
+        raise PoolError(f"{where}: spec.{field}: {error}") from None
 
 
 def load_pools(paths: Iterable[pathlib.Path]) -> list[Pool]:
@@ -199,15 +225,12 @@ def instance_shape(pool: Pool) -> InstanceShape:
 def device_labels(pool: Pool) -> dict[str, str]:
     """Labels the vendor's node labeller sets (NVIDIA GPU feature discovery, ROCm labeller, Neuron)."""
     accelerator = pool.accelerator
-    labels = {accelerator.product_label_key: accelerator.product_label}
+    # A declared chip without a nodeLabel has no product label to carry.
+    labels = {accelerator.product_label_key: accelerator.product_label} if accelerator.product_label else {}
     if accelerator.vendor == "nvidia":
         # GPU feature discovery: gpu.memory in MiB of one whole GPU; mixed MIG strategy exposes
         # nvidia.com/mig-<profile> resources next to the product label of the parent.
-        parent = (
-            accelerator
-            if accelerator.parent is None
-            else placement.catalog.get_accelerator(accelerator.parent)
-        )
+        parent = pool.whole_chip
         labels["nvidia.com/gpu.present"] = "true"
         labels["nvidia.com/gpu.memory"] = str(parent.memory_bytes // MIB)
         if accelerator.parent is None:

@@ -62,12 +62,22 @@ MLPERF_WORKLOADS: Final = {
     "llama2-70b": MlperfWorkload(
         catalog.get_model("llama-2-70b"), 294.0, 291.0, 2000.0, 200.0, "estimate (see comment)"
     ),
-    # Mixtral: 5k OpenOrca + 5k GSM8K + 5k MBXP samples; sizes not re-derived here (estimate).
+    # Mixtral: 5k OpenOrca + 5k GSM8K + 5k MBXP samples. Output: the reference run's 145.9 tokens per
+    # sample (mlcommons/inference tools/submission/submission_checker.py, TOKENS_PER_SAMPLE accuracy
+    # bound 145.9 x 0.9..1.1; benchmarks/REQUEST_SIZES.md). Input 300 is still an estimate (not fitted on).
     "mixtral-8x7b": MlperfWorkload(
-        catalog.get_model("mixtral-8x7b"), 300.0, 180.0, 2000.0, 200.0, "estimate (see comment)"
+        catalog.get_model("mixtral-8x7b"),
+        300.0,
+        145.9,
+        2000.0,
+        200.0,
+        "output: MLPerf reference; input: estimate",
     ),
-    # GPT-J on CNN/DailyMail: articles average 781 tokens (See et al. 2017); 69 output tokens per sample
-    # (the CSV's tokens = samples x 69). Server limit: p99 latency 20 s per query, no TTFT/TPOT split.
+    # GPT-J on CNN/DailyMail: articles average 781 tokens (See et al. 2017: word-level PTB tokens, not
+    # GPT-J's BPE, so the BPE prompt is longer; see benchmarks/REQUEST_SIZES.md); 69 output tokens per
+    # sample (the CSV's tokens = samples x 69; the reference run's summaries average 300.5 characters,
+    # GEN_LEN 4,016,878 over 13,368 samples, i.e. ~69 BPE tokens). Server limit: p99 latency 20 s per
+    # query, no TTFT/TPOT split.
     # MLPerf's GPT-J runs beam search with 4 beams (reference implementation, num_beams=4).
     "gptj": MlperfWorkload(GPTJ_6B, 781.0, 69.0, 20000.0, 20000.0 / 69.0, "See et al. 2017; CSV", 4),
 }
@@ -351,3 +361,89 @@ def fit_efficiency(
     fitted = dataclasses.replace(fitted, source=source)
     after = float(np.sqrt(np.mean(log_errors(points, fitted) ** 2)))
     return FitResult(fitted, len(points), before, after)
+
+
+# The efficiency constants benchmarks/calibrate.py fits, and the vendor and engine each one serves.
+FITTED_FAMILIES: Final = {"NVIDIA_TRTLLM": ("nvidia", "trtllm"), "AMD_VLLM": ("amd", "vllm")}
+
+
+def fit_sets() -> dict[str, list[CalibrationPoint]]:
+    """Fitting points per fitted constant (benchmarks/calibrate.py fits on exactly these)."""
+    # MLPerf Mixtral's request sizes are not known here (see MLPERF_WORKLOADS): not fitted on.
+    mlperf = [p for p in mlperf_points(("Offline",)) if p.model.id != "mixtral-8x7b"]
+    points = trtllm_points() + mlperf
+    return {
+        "NVIDIA_TRTLLM": [p for p in points if p.engine == "trtllm"],
+        "AMD_VLLM": [p for p in points if p.accelerator == "mi300x" and p.engine == "vllm"],
+    }
+
+
+# --- engine versions ---------------------------------------------------------------------------------------
+
+# The TensorRT-LLM grid was published for two releases (perf-overview.md @258c7540 = v0.17, @00f37686 =
+# v1.0); v0.17 has most rows, so the fitted NVIDIA_TRTLLM family is effectively v0.17's: the reference.
+REFERENCE_ENGINE_VERSIONS: Final = {"trtllm": "0.17"}
+# A cell counts as decode-dominated (its throughput follows memory bandwidth) when its output is at least
+# this many times its prompt, prefill-dominated (follows compute) when its prompt is.
+PHASE_DOMINANCE_RATIO: Final = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRatio:
+    """How a release's measured throughput compares to the reference release's on the same cells."""
+
+    engine: str
+    version: str
+    reference: str
+    # Median measured(version) / measured(reference) over decode- and prefill-dominated shared cells.
+    bandwidth_ratio: float
+    compute_ratio: float
+    cells: int
+
+
+def _release(source: str) -> tuple[str, str] | None:
+    """`trtllm_v1.0_perf_overview` -> ("trtllm", "1.0")."""
+    parts = source.split("_")
+    if len(parts) >= 2 and parts[1].startswith("v"):
+        return parts[0], parts[1][1:]
+    return None
+
+
+def engine_version_ratios() -> dict[tuple[str, str], VersionRatio]:
+    """Per (engine, version): its throughput relative to the reference release, from measurements only.
+
+    Compares the two releases' published numbers on identical cells (model, GPU, precision, tp, prompt,
+    output); no model prediction is involved, so the ratio is what the release changed.
+    """
+    cells: dict[tuple[str, str], dict[tuple[str, ...], float]] = {}
+    for row in _rows(TRTLLM_CSV):
+        release = _release(row["source"])
+        if release is None:
+            continue
+        model = TRTLLM_MODELS.get(row["model"], row["model"])
+        key = (
+            model,
+            TRTLLM_ACCELERATORS[row["gpu"]],
+            row["precision"].lower(),
+            row["tp"],
+            row["isl"],
+            row["osl"],
+        )
+        cells.setdefault(release, {})[key] = float(row["output_tokens_per_s"])
+    out = {}
+    for (engine, version), measured in cells.items():
+        reference = REFERENCE_ENGINE_VERSIONS.get(engine)
+        if reference is None or version == reference or (engine, reference) not in cells:
+            continue
+        base = cells[(engine, reference)]
+        shared = [k for k in measured if k in base]
+        decode = [measured[k] / base[k] for k in shared if float(k[5]) >= PHASE_DOMINANCE_RATIO * float(k[4])]
+        prefill = [
+            measured[k] / base[k] for k in shared if float(k[4]) >= PHASE_DOMINANCE_RATIO * float(k[5])
+        ]
+        if not decode or not prefill:
+            continue
+        out[(engine, version)] = VersionRatio(
+            engine, version, reference, float(np.median(decode)), float(np.median(prefill)), len(shared)
+        )
+    return out

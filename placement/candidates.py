@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
-from placement import catalog, perf, profiles, workload
+from placement import catalog, engine_version, perf, profiles, trust, workload
 from placement.solver import inputs
 
 # TP degrees tried by default: the powers of two serving engines shard attention heads by.
@@ -49,6 +49,10 @@ class Query:
     # Chunked-prefill budget to price with; None lets the oracle choose (the performance model picks the
     # budget serving the most, see perf.max_rate_under_slo).
     prefill_chunk_tokens: int | None = None
+    # The chip when a pool declared it by its specs (None: the catalog entry for `accelerator`).
+    accelerator_spec: catalog.Accelerator | None = None
+    # The engine release (None: not stated; see placement.engine_version).
+    engine_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Capacity:
     # True when no request size can do better (the configuration cannot run at all): candidates then ask
     # about no other bucket of this configuration.
     any_size: bool = False
+    # How far the answer can be trusted (None: the oracle does not say, e.g. a synthetic test oracle).
+    trust: trust.Trust | None = None
 
 
 CapacityOracle = Callable[[Query], Capacity]
@@ -89,23 +95,24 @@ def ask(oracle: CapacityOracle, queries: Sequence[Query]) -> list[Capacity]:
 
 
 class _Questions:
-    """Builds the performance model's questions for queries, each configuration, SLO and size once."""
+    """Builds the performance model's questions for queries, each configuration, SLO, size and engine
+    release once, with how far each answer can be trusted."""
 
     def __init__(self) -> None:
         """Empty memos (one batch's worth)."""
         self.configs: dict[tuple[object, ...], perf.ReplicaConfig] = {}
         self.slos: dict[tuple[float, float], perf.LatencySlo] = {}
         self.sizes: dict[tuple[float, float, float, float], perf.RequestSizes] = {}
+        self.versions: dict[tuple[object, ...], engine_version.VersionedEfficiency] = {}
 
-    def __call__(self, query: Query) -> perf.RateQuestion:
-        """The question for a query (raises for malformed ids and values)."""
+    def __call__(self, query: Query) -> tuple[perf.RateQuestion, trust.Trust]:
+        """The question for a query and its trust (raises for malformed ids and values)."""
         model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
-        key = (model, query.accelerator, query.precision, query.tp, query.role, query.engine)
+        chip: str | catalog.Accelerator = query.accelerator_spec or query.accelerator
+        key = (model, chip, query.precision, query.tp, query.role, query.engine)
         config = self.configs.get(key)
         if config is None:
-            config = perf.ReplicaConfig(
-                model, query.accelerator, query.precision, query.tp, query.role, query.engine
-            )
+            config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
             # Malformed names raise here, once per configuration, rather than inside the batch.
             perf.infeasibility(config)
             self.configs[key] = config
@@ -126,7 +133,21 @@ class _Questions:
         sizes = self.sizes.get(size_key)
         if sizes is None:
             sizes = self.sizes[size_key] = perf.RequestSizes(*size_key)
-        return perf.RateQuestion(config, sizes, slo, prefill_chunk_tokens=query.prefill_chunk_tokens)
+        # The engine release's efficiency (the reference release's when unknown, and it says so).
+        version_key = (chip, query.engine, query.engine_version)
+        versioned = self.versions.get(version_key)
+        if versioned is None:
+            versioned = self.versions[version_key] = engine_version.efficiency(
+                config.accelerator_spec, query.engine, query.engine_version
+            )
+        question = perf.RateQuestion(
+            config,
+            sizes,
+            slo,
+            efficiency=versioned.efficiency,
+            prefill_chunk_tokens=query.prefill_chunk_tokens,
+        )
+        return question, trust.assess(config, sizes.prompt_tokens, sizes.output_tokens, versioned)
 
 
 class PerfOracle:
@@ -141,9 +162,11 @@ class PerfOracle:
         answers: list[Capacity | None] = [None] * len(queries)
         asked: list[tuple[int, perf.RateQuestion]] = []
         question = _Questions()
+        trusts: dict[int, trust.Trust] = {}
         for i, query in enumerate(queries):
             try:
-                asked.append((i, question(query)))
+                asked_question, trusts[i] = question(query)
+                asked.append((i, asked_question))
             except (catalog.UnknownIdError, perf.InvalidConfigError, ValueError) as error:
                 answers[i] = Capacity(0.0, None, None, str(error), "perf", size_monotone=True, any_size=True)
         rates = perf.max_rates([q for _, q in asked])
@@ -177,6 +200,7 @@ class PerfOracle:
                     "perf",
                     prefill_chunk_tokens=rate.prefill_chunk_tokens,
                     modelled=True,
+                    trust=trusts.get(i),
                 )
                 continue
             load = zero.get(i)
@@ -192,6 +216,7 @@ class PerfOracle:
                 size_monotone=True,
                 modelled=True,
                 any_size=i in cannot_run,
+                trust=trusts.get(i),
             )
         return [a for a in answers if a is not None]
 
@@ -210,13 +235,16 @@ class ProfileOracle:
     def _measured(self, query: Query) -> Capacity | None:
         """The profile's answer (None: no profile for this configuration at this SLO)."""
         profile = self.index.get((query.model, query.accelerator, query.precision, query.tp, query.role))
-        # A table measured under a looser SLO than asked says nothing about this SLO: fall back.
-        if profile is None or _looser(profile, query):
+        # A table measured under a looser SLO than asked says nothing about this SLO, one measured on
+        # another engine or release says nothing about this one: fall back.
+        if profile is None or _looser(profile, query) or _engine_mismatch(profile, query) is not None:
             return None
         rps = profile.max_rps_for(query.prompt_tokens, query.output_tokens)
         source = f"profile {profile.source}".strip()
         if rps > 0.0:
-            return Capacity(rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source)
+            return Capacity(
+                rps, profile.ttft_p99_ms, profile.itl_p99_ms, None, source, trust=trust.measured(source)
+            )
         return Capacity(0.0, None, None, "outside the measured profile, or its SLO was missed there", source)
 
     def __call__(self, query: Query) -> Capacity:
@@ -231,7 +259,17 @@ class ProfileOracle:
             unknown = Capacity(0.0, None, None, "no measured profile for this configuration", "none")
             return [a if a is not None else unknown for a in answers]
         for i, answer in zip(rest, ask(self.fallback, [queries[i] for i in rest]), strict=True):
-            answers[i] = answer
+            profile = self.index.get(
+                (
+                    queries[i].model,
+                    queries[i].accelerator,
+                    queries[i].precision,
+                    queries[i].tp,
+                    queries[i].role,
+                )
+            )
+            mismatch = _engine_mismatch(profile, queries[i]) if profile is not None else None
+            answers[i] = _with_note(answer, mismatch) if mismatch is not None else answer
         return [a for a in answers if a is not None]
 
 
@@ -240,6 +278,27 @@ def profile_oracle(
 ) -> CapacityOracle:
     """Measured profile for the exact (model, accelerator, precision, tp, role), else `fallback`."""
     return ProfileOracle(table, fallback)
+
+
+def _engine_mismatch(profile: profiles.BucketProfile, query: Query) -> str | None:
+    """Why a profile's measurement does not apply to the query's engine or release (None: it applies)."""
+    ran = f"{profile.engine} {profile.engine_version or '(version not given)'}"
+    wants = f"{query.engine} {query.engine_version or '(version not given)'}"
+    if profile.engine != query.engine or not engine_version.same_release(
+        profile.engine_version, query.engine_version
+    ):
+        return f"profile {profile.source} measured on {ran} not applied: the service runs {wants}"
+    return None
+
+
+def _with_note(answer: Capacity, note: str) -> Capacity:
+    """The answer with one more trust note (the profile that was not applied, and why)."""
+    if answer.trust is None:
+        return answer
+    said = answer.trust
+    return replace(
+        answer, trust=trust.Trust(said.level, said.in_range, (*said.notes, note), said.typical_error)
+    )
 
 
 def _looser(profile: profiles.BucketProfile, query: Query) -> bool:
@@ -278,6 +337,8 @@ class ServiceSpec:
     max_model_len: int | None = None
     prompt_mean_tokens: float | None = None
     output_mean_tokens: float | None = None
+    # The engine release the service runs (None: not stated; see placement.engine_version).
+    engine_version: str | None = None
 
     def __hash__(self) -> int:
         """Hash of every field, computed once (specs key the candidate cache across re-plans)."""
@@ -314,6 +375,10 @@ class CandidateSet:
     rejections: tuple[Rejection, ...]
     # Services with no pool left after their placement constraints, with the reason.
     excluded: Mapping[str, str] = field(default_factory=dict)
+    # How far each candidate's capacity can be trusted (its least trusted bucket), when the oracle says.
+    trust: Mapping[inputs.CandidateKey, trust.Trust] = field(default_factory=dict)
+    # Whether capacity was derated by trust (build's `headroom`).
+    headroom: bool = True
 
 
 def _family(accelerator: str) -> str:
@@ -339,10 +404,10 @@ def pool_allowed(spec: ServiceSpec, pool: inputs.Pool) -> str | None:
     return None
 
 
-def _max_tp(pool: inputs.Pool) -> int:
-    """Largest TP one replica may use in this pool: the node, and the catalog's limit for known chips."""
+def _max_tp(pool: inputs.Pool, declared: Mapping[str, catalog.Accelerator]) -> int:
+    """Largest TP one replica may use in this pool: the node, and the chip's limit for known chips."""
     limit = pool.devices_per_node
-    spec = catalog.ACCELERATORS.get(pool.accelerator)
+    spec = declared.get(pool.accelerator) or catalog.ACCELERATORS.get(pool.accelerator)
     if spec is not None:
         limit = min(limit, spec.max_tp)
     return limit
@@ -382,10 +447,13 @@ def pricing_key(spec: ServiceSpec) -> ServiceSpec:
     )
 
 
-PoolResults = tuple[tuple[inputs.Candidate | None, Rejection | None], ...]
-# Candidates and rejections of one (service, pool), keyed by the service spec and the pool without its node
-# count: what a re-plan can reuse when only other services, node counts or other pools changed.
-CandidateCache = dict[tuple[ServiceSpec, inputs.Pool], PoolResults]
+# One configuration's outcome: its candidate or rejection, and how far its capacity can be trusted.
+Result = tuple[inputs.Candidate | None, Rejection | None, trust.Trust | None]
+PoolResults = tuple[Result, ...]
+# Candidates and rejections of one (service, pool), keyed by the service's pricing key, the pool without its
+# node count, the chip the pool declares (None: the catalog's) and whether capacity was derated for trust:
+# what a re-plan can reuse when only other services' rates, node counts or other pools changed.
+CandidateCache = dict[tuple[ServiceSpec, inputs.Pool, catalog.Accelerator | None, bool], PoolResults]
 
 
 def build(
@@ -396,15 +464,28 @@ def build(
     current_replicas: Mapping[inputs.CandidateKey, int] | None = None,
     cache: CandidateCache | None = None,
     workers: int | None = None,
+    accelerators: Mapping[str, catalog.Accelerator] | None = None,
+    headroom: bool = True,
 ) -> CandidateSet:
     """Ask the oracle about every (service, role, pool, precision, tp) and assemble the solver's problem.
+
+    `accelerators` holds the chips pools declared by their specs (by accelerator id); other ids are
+    looked up in the catalog. With `headroom`, capacity the oracle trusts less than a calibration (a chip
+    predicted from its specs) is derated by trust.Trust.derate, so the plan keeps room for the error.
 
     `cache` (kept by the caller across re-plans, see placement.planner) holds each (service, pool)'s
     results; only the pairs missing from it are priced. `workers` > 1 prices large batches in that many
     processes (None: decide from the machine, see parallel_workers).
     """
     spec_list = list(specs)
+    declared = dict(accelerators or {})
     store: CandidateCache = cache if cache is not None else {}
+
+    def key(
+        spec: ServiceSpec, pool: inputs.Pool
+    ) -> tuple[ServiceSpec, inputs.Pool, catalog.Accelerator | None, bool]:
+        return spec, shape_of[pool.id], declared.get(pool.accelerator), headroom
+
     demands: list[inputs.ServiceDemand] = []
     excluded: dict[str, str] = {}
     allowed_by_spec: list[list[inputs.Pool]] = []
@@ -442,20 +523,26 @@ def build(
     missing: dict[ServiceSpec, dict[inputs.Pool, None]] = {}
     for spec, allowed in zip(keys, allowed_by_spec, strict=True):
         for pool in allowed:
-            if (spec, shape_of[pool.id]) not in store:
+            if key(spec, pool) not in store:
                 missing.setdefault(spec, {})[shape_of[pool.id]] = None
     if missing:
         work = [(spec, tuple(shapes)) for spec, shapes in missing.items()]
-        for (spec, shapes), results in zip(work, _price_all(work, oracle, workers), strict=True):
+        priced = _price_all(work, oracle, workers, _Context(declared, headroom))
+        for (spec, shapes), results in zip(work, priced, strict=True):
             for pool, result in zip(shapes, results, strict=True):
-                store[(spec, pool)] = result
+                store[key(spec, pool)] = result
     cands: list[inputs.Candidate] = []
     rejections: list[Rejection] = []
+    trusted: dict[inputs.CandidateKey, trust.Trust] = {}
     for spec, allowed in zip(keys, allowed_by_spec, strict=True):
         for pool in allowed:
-            for cand, rejection in store[(spec, shape_of[pool.id])]:
+            for cand, rejection, confidence in store[key(spec, pool)]:
                 if cand is not None:
                     cands.append(cand if cand.pool == pool.id else replace(cand, pool=pool.id))
+                    if confidence is not None:
+                        trusted[inputs.CandidateKey(spec.id, cand.role, pool.id, cand.precision, cand.tp)] = (
+                            confidence
+                        )
                 elif rejection is not None:
                     rejections.append(
                         rejection if rejection.pool == pool.id else replace(rejection, pool=pool.id)
@@ -466,7 +553,7 @@ def build(
         candidates=tuple(cands),
         current_replicas=dict(current_replicas or {}),
     )
-    return CandidateSet(problem, {s.id: s for s in spec_list}, tuple(rejections), excluded)
+    return CandidateSet(problem, {s.id: s for s in spec_list}, tuple(rejections), excluded, trusted, headroom)
 
 
 # Pricing runs in worker processes only from this many (service, pool) pairs: below it, starting processes
@@ -489,17 +576,27 @@ def parallel_workers(pairs: int) -> int:
 Work = Sequence[tuple[ServiceSpec, tuple[inputs.Pool, ...]]]
 
 
-def _price_all(work: Work, oracle: CapacityOracle, workers: int | None) -> list[list[PoolResults]]:
+@dataclass(frozen=True)
+class _Context:
+    """What pricing needs beyond the work: the chips pools declare, and whether to keep trust headroom."""
+
+    declared: Mapping[str, catalog.Accelerator]
+    headroom: bool
+
+
+def _price_all(
+    work: Work, oracle: CapacityOracle, workers: int | None, context: _Context
+) -> list[list[PoolResults]]:
     """_price over `work` in slices of PRICE_SLICE_SERVICES services (bounded memory), over worker
     processes when it pays and the oracle can travel (fork keeps the parent's performance-model cache)."""
     pairs = sum(len(shapes) for _, shapes in work)
     count = parallel_workers(pairs) if workers is None else workers
     slices = [work[i : i + PRICE_SLICE_SERVICES] for i in range(0, len(work), PRICE_SLICE_SERVICES)]
     if count <= 1 or len(slices) < 2 or not isinstance(oracle, PerfOracle | ProfileOracle):
-        return [result for piece in slices for result in _price(piece, oracle)]
-    context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=context) as executor:
-        parts = list(executor.map(_price, slices, itertools.repeat(oracle)))
+        return [result for piece in slices for result in _price(piece, oracle, context)]
+    fork = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=fork) as executor:
+        parts = list(executor.map(_price, slices, itertools.repeat(oracle), itertools.repeat(context)))
     return [result for part in parts for result in part]
 
 
@@ -507,7 +604,7 @@ def _price_all(work: Work, oracle: CapacityOracle, workers: int | None) -> list[
 _Shape = tuple[int, str, inputs.Role, str, int]
 
 
-def _price(work: Work, oracle: CapacityOracle) -> list[list[PoolResults]]:
+def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[PoolResults]]:
     """Candidates and rejections of every (service, pool) in `work`, asking the oracle in two batches.
 
     Every (service, accelerator, role, precision, tp) is asked about each request-size bucket, the oracle
@@ -522,9 +619,9 @@ def _price(work: Work, oracle: CapacityOracle) -> list[list[PoolResults]]:
             for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
-                        if tp <= _max_tp(pool):
+                        if tp <= _max_tp(pool, context.declared):
                             shapes[(i, pool.accelerator, role, precision, tp)] = None
-    first = _ask_shapes(work, [(shape, None) for shape in shapes], oracle)
+    first = _ask_shapes(work, [(shape, None) for shape in shapes], oracle, context)
     answers = {shape: first[(shape, None)] for shape in shapes}
     # Shapes whose buckets chose different chunks: price every bucket at each of them.
     options: dict[_Shape, tuple[int, ...]] = {}
@@ -537,7 +634,7 @@ def _price(work: Work, oracle: CapacityOracle) -> list[list[PoolResults]]:
         if len(chunks) > 1 and None not in chunks:
             options[shape] = tuple(sorted((c for c in chunks if c is not None), reverse=True))
     fixed_shapes = [(shape, chunk) for shape, chunks in options.items() for chunk in chunks]
-    fixed = _ask_shapes(work, fixed_shapes, oracle)
+    fixed = _ask_shapes(work, fixed_shapes, oracle, context)
     final: dict[_Shape, tuple[list[Capacity], int | None]] = {}
     for shape in shapes:
         spec = work[shape[0]][0]
@@ -562,7 +659,7 @@ def _price(work: Work, oracle: CapacityOracle) -> list[list[PoolResults]]:
         assert best is not None
         final[shape] = best
     out: list[list[PoolResults]] = []
-    made: dict[_Shape, tuple[inputs.Candidate | None, Rejection | None]] = {}
+    made: dict[_Shape, Result] = {}
     for i, (spec, pools) in enumerate(work):
         per_pool: list[PoolResults] = []
         for pool in pools:
@@ -570,32 +667,30 @@ def _price(work: Work, oracle: CapacityOracle) -> list[list[PoolResults]]:
             for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
-                        if tp > _max_tp(pool):
+                        if tp > _max_tp(pool, context.declared):
                             continue
                         shape = (i, pool.accelerator, role, precision, tp)
                         if shape not in made:
                             priced, chosen = final[shape]
-                            made[shape] = _candidate(spec, pool, role, precision, tp, priced, chosen)
+                            made[shape] = _candidate(spec, pool, role, precision, tp, priced, chosen, context)
                         results.append(_for_pool(made[shape], pool))
             per_pool.append(tuple(results))
         out.append(per_pool)
     return out
 
 
-def _for_pool(
-    result: tuple[inputs.Candidate | None, Rejection | None], pool: inputs.Pool
-) -> tuple[inputs.Candidate | None, Rejection | None]:
+def _for_pool(result: Result, pool: inputs.Pool) -> Result:
     """A configuration's candidate or rejection in another pool of the same accelerator."""
-    cand, rejection = result
+    cand, rejection, confidence = result
     if cand is not None and cand.pool != pool.id:
         cand = replace(cand, pool=pool.id, price_per_hour=pool.price_per_device_hour * cand.tp)
     if rejection is not None and rejection.pool != pool.id:
         rejection = replace(rejection, pool=pool.id)
-    return cand, rejection
+    return cand, rejection, confidence
 
 
 def _ask_shapes(
-    work: Work, items: Sequence[tuple[_Shape, int | None]], oracle: CapacityOracle
+    work: Work, items: Sequence[tuple[_Shape, int | None]], oracle: CapacityOracle, context: _Context
 ) -> dict[tuple[_Shape, int | None], list[Capacity]]:
     """Each (shape, chunk)'s answer per bucket (a chunk of None lets the oracle choose each bucket's).
 
@@ -653,6 +748,8 @@ def _ask_shapes(
                     prompt_mean_tokens=bucket.prompt_mean,
                     output_mean_tokens=bucket.output_mean_tokens or None,
                     prefill_chunk_tokens=chunk,
+                    accelerator_spec=context.declared.get(accelerator),
+                    engine_version=spec.engine_version,
                 )
                 slots.append((item, k, asked.setdefault(query, len(asked))))
         replies = ask(oracle, list(asked))
@@ -697,7 +794,7 @@ def _score(spec: ServiceSpec, answers: Sequence[Capacity | None]) -> tuple[float
 
 def _engine_config(
     spec: ServiceSpec,
-    accelerator: str,
+    accelerator: str | catalog.Accelerator,
     role: inputs.Role,
     precision: str,
     tp: int,
@@ -736,12 +833,23 @@ def _candidate(
     tp: int,
     priced: Sequence[Capacity],
     chunk: int | None,
-) -> tuple[inputs.Candidate | None, Rejection | None]:
-    """The candidate for one configuration priced per bucket, or the reason it cannot serve any bucket."""
+    context: _Context,
+) -> Result:
+    """The candidate for one configuration priced per bucket, or the reason it cannot serve any bucket.
+
+    With headroom, each bucket's capacity is derated by how far its answer can be trusted (Trust.derate).
+    """
     buckets = spec.workload.buckets
     rates = spec.workload.bucket_rps
     answers = _effective(spec, priced)
-    caps = [a.max_rps if a is not None else 0.0 for a in answers]
+    caps = [
+        a.max_rps * (a.trust.derate if context.headroom and a.trust is not None else 1.0)
+        if a is not None
+        else 0.0
+        for a in answers
+    ]
+    said = [a.trust for a in answers if a is not None and a.max_rps > 0.0 and a.trust is not None]
+    least = max(said, key=lambda t: t.typical_error, default=None)
     sources = sorted({a.source for a in answers if a is not None})
     first_miss: tuple[Capacity, int] | None = None
     for k in sorted(
@@ -773,22 +881,35 @@ def _candidate(
                 itl_p99_ms_per_bucket=tuple(a.itl_p99_ms if a is not None else None for a in answers),
                 engine=spec.engine,
                 source=", ".join(sources),
-                engine_config=_engine_config(spec, pool.accelerator, role, precision, tp, chunk, modelled),
+                engine_config=_engine_config(
+                    spec,
+                    context.declared.get(pool.accelerator) or pool.accelerator,
+                    role,
+                    precision,
+                    tp,
+                    chunk,
+                    modelled,
+                ),
             ),
             None,
+            least,
         )
     reason = worst.reason if worst is not None and worst.reason else "SLO not met"
-    return None, Rejection(
-        service=spec.id,
-        role=role,
-        pool=pool.id,
-        accelerator=pool.accelerator,
-        precision=precision,
-        tp=tp,
-        reason=reason,
-        zero_load_ttft_p99_ms=worst.zero_load_ttft_p99_ms if worst is not None else None,
-        zero_load_itl_p99_ms=worst.zero_load_itl_p99_ms if worst is not None else None,
-        prompt_tokens=buckets[first_miss[1]].prompt_tokens if first_miss is not None else None,
+    return (
+        None,
+        Rejection(
+            service=spec.id,
+            role=role,
+            pool=pool.id,
+            accelerator=pool.accelerator,
+            precision=precision,
+            tp=tp,
+            reason=reason,
+            zero_load_ttft_p99_ms=worst.zero_load_ttft_p99_ms if worst is not None else None,
+            zero_load_itl_p99_ms=worst.zero_load_itl_p99_ms if worst is not None else None,
+            prompt_tokens=buckets[first_miss[1]].prompt_tokens if first_miss is not None else None,
+        ),
+        None,
     )
 
 

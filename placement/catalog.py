@@ -1,17 +1,20 @@
 """Accelerator and model catalogs: the physical figures the performance model starts from.
 
-Every figure carries its source. Spec figures come from placement/data/specs/*.csv (URL per row there;
-copied from the project's shared reference data), prices from docs/prices.md (URL and date per price);
-model shapes from each model's published Hugging Face `config.json`.
+Chips are data: the built-in catalog (placement/data/accelerators.toml, a source per figure) is only the
+default for known ids; an AcceleratorPool may declare any chip by its specs, built by the same
+`accelerator_from_spec`. Model shapes come from each model's published Hugging Face `config.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 GIB: Final = 2**30
 GB: Final = 10**9
@@ -84,7 +87,8 @@ class Accelerator:
     # Node label (key, value) that identifies nodes carrying this chip.
     product_label_key: str
     product_label: str
-    default_price_per_hour: float
+    # $/device-hour a pool pays when it states no price; None: the pool must state one.
+    default_price_per_hour: float | None
     price_source: str
     # Largest tensor-parallel degree one replica may use on this device type (devices in one node).
     max_tp: int
@@ -94,6 +98,10 @@ class Accelerator:
     mig_compute_fraction: float = 1.0
     mig_memory_fraction: float = 1.0
     mig_max_instances: int = 1
+    # How the chip may be cut (NVIDIA MIG profiles); empty for chips without partitions.
+    partitions: tuple[Partition, ...] = ()
+    # "catalog" for the built-in entries (and their slices), "inline" for a chip a pool declared.
+    origin: str = "catalog"
 
     @property
     def is_mig(self) -> bool:
@@ -217,228 +225,130 @@ def compute_precision(accelerator: Accelerator, precision: str) -> str:
 
 # --- Accelerators --------------------------------------------------------------------------------------
 
-_SPECS_CSV: Final = "placement/data/specs/accelerator_specs_seen.csv"
-_MIG_CSV: Final = "placement/data/specs/mig_profiles_seen.csv"
-_PRICES_CSV: Final = "docs/prices.md"
+# The built-in catalog: one TOML table per chip with a source per figure (placement/data/accelerators.toml).
+ACCELERATORS_TOML: Final = "accelerators.toml"
+VENDOR_DEFAULTS_KEY: Final = "defaults"
 
-# Per-direction interconnect figures (half the bidirectional figure vendors quote).
-NVLINK4_BYTES_PER_S: Final = 450 * GB  # H100/H200 SXM: 900 GB/s bidirectional NVLink 4 (NVIDIA datasheet)
-NVLINK3_BYTES_PER_S: Final = 300 * GB  # A100 SXM: 600 GB/s bidirectional NVLink 3 (NVIDIA datasheet)
-PCIE4_X16_BYTES_PER_S: Final = 32 * GB  # L4, L40S: PCIe Gen4 x16, 64 GB/s bidirectional (no NVLink)
-# MI300X: 7 Infinity Fabric links, "each GPU features 400 GB/s of interconnect bandwidth"
-# (oracle-quickstart/oci-gpu-quickstarts, MI300X onboarding notes).
-INFINITY_FABRIC_MI300X_BYTES_PER_S: Final = 400 * GB
-# Inferentia2: NeuronLink-v2 ring between the chips of an inf2.24xlarge/48xlarge; AWS does not state a
-# per-chip figure on the architecture page, so this is a low-confidence estimate (PCIe-Gen4-class x3).
-NEURONLINK_V2_BYTES_PER_S: Final = 96 * GB
-
-# Default prices, $/device-hour (a pool's pricePerDeviceHour overrides them). See _PRICES_CSV.
-PRICE_L4_PER_HOUR: Final = 0.81  # AWS g6 (1x L4) on-demand, secondary table (low confidence)
-PRICE_L40S_PER_HOUR: Final = 1.84  # AWS g6e (1x L40S) on-demand, secondary table (low confidence)
-PRICE_A100_PER_HOUR: Final = 3.67  # Mélange authors' eval notebook (litone01/melange-release @3d13f19)
-PRICE_H100_PER_HOUR: Final = 6.234  # same notebook; between AWS capacity block 4.92 and list 12.29
-# H200: the H100 default scaled by the AWS capacity-block ratio p5e/p5 = 5.408 / 4.916 (same page).
-PRICE_H200_PER_HOUR: Final = round(PRICE_H100_PER_HOUR * 5.408 / 4.916, 3)
-PRICE_MI300X_PER_HOUR: Final = 6.0  # Azure ND MI300X v5 per GPU, 2026 research note (low confidence)
-# inf2: no price in the shared corpus; AWS lists inf2.48xlarge (12 chips) at about $12.98/h on demand in
-# us-east-1, i.e. ~$1.08 per chip (estimate, not verified here).
-PRICE_INF2_PER_HOUR: Final = 1.08
-
-_NVIDIA_GPU_RESOURCE: Final = "nvidia.com/gpu"
-_NVIDIA_PRODUCT_KEY: Final = "nvidia.com/gpu.product"
-
-_FULL_CHIPS: Final[tuple[Accelerator, ...]] = (
-    Accelerator(
-        id="l4",
-        vendor="nvidia",
-        display_name="NVIDIA L4 24GB",
-        # GDDR6 boards: "24 GB" is decimal (nvidia-smi reports 23034 MiB = 24.15e9 bytes).
-        memory_bytes=24 * GB,
-        mem_bandwidth_bytes_per_s=300 * GB,
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp8": 242.5 * TERA, "int8": 242.5 * TERA}
-        ),
-        interconnect_bytes_per_s=PCIE4_X16_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8", "int4"),
-        resource_name=_NVIDIA_GPU_RESOURCE,
-        resource_units_per_device=1,
-        product_label_key=_NVIDIA_PRODUCT_KEY,
-        product_label="NVIDIA-L4",
-        default_price_per_hour=PRICE_L4_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: AWS L4 (g6) on-demand",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: L4 (datasheet sparse figures halved)",),
-    ),
-    Accelerator(
-        id="l40s",
-        vendor="nvidia",
-        display_name="NVIDIA L40S 48GB",
-        # "48 GB" is decimal (nvidia-smi reports 46068 MiB = 48.3e9 bytes).
-        memory_bytes=48 * GB,
-        mem_bandwidth_bytes_per_s=864 * GB,
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 362 * TERA, "fp16": 362 * TERA, "fp8": 733 * TERA, "int8": 733 * TERA}
-        ),
-        interconnect_bytes_per_s=PCIE4_X16_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8", "int4"),
-        resource_name=_NVIDIA_GPU_RESOURCE,
-        resource_units_per_device=1,
-        product_label_key=_NVIDIA_PRODUCT_KEY,
-        product_label="NVIDIA-L40S",
-        default_price_per_hour=PRICE_L40S_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: AWS L40S (g6e) on-demand",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: L40S",),
-    ),
-    Accelerator(
-        id="a100-80gb",
-        vendor="nvidia",
-        display_name="NVIDIA A100-SXM4-80GB",
-        memory_bytes=80 * GIB,
-        mem_bandwidth_bytes_per_s=2039 * GB,
-        dense_flops_per_s=MappingProxyType({"bf16": 312 * TERA, "fp16": 312 * TERA, "int8": 624 * TERA}),
-        interconnect_bytes_per_s=NVLINK3_BYTES_PER_S,
-        # Ampere has no FP8 tensor cores.
-        precisions=("bf16", "fp16", "int8", "int4"),
-        resource_name=_NVIDIA_GPU_RESOURCE,
-        resource_units_per_device=1,
-        product_label_key=_NVIDIA_PRODUCT_KEY,
-        product_label="NVIDIA-A100-SXM4-80GB",
-        default_price_per_hour=PRICE_A100_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: Mélange notebook A100 price",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: A100-SXM4-80GB",),
-    ),
-    Accelerator(
-        id="h100",
-        vendor="nvidia",
-        display_name="NVIDIA H100-SXM5-80GB",
-        memory_bytes=80 * GIB,
-        mem_bandwidth_bytes_per_s=3350 * GB,
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp8": 1979 * TERA, "int8": 1979 * TERA}
-        ),
-        interconnect_bytes_per_s=NVLINK4_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8", "int4"),
-        resource_name=_NVIDIA_GPU_RESOURCE,
-        resource_units_per_device=1,
-        product_label_key=_NVIDIA_PRODUCT_KEY,
-        product_label="NVIDIA-H100-80GB-HBM3",
-        default_price_per_hour=PRICE_H100_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: Mélange notebook H100 price",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: H100-SXM5-80GB",),
-    ),
-    Accelerator(
-        id="h200",
-        vendor="nvidia",
-        display_name="NVIDIA H200-SXM5-141GB",
-        memory_bytes=141 * GIB,
-        mem_bandwidth_bytes_per_s=4800 * GB,
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp8": 1979 * TERA, "int8": 1979 * TERA}
-        ),
-        interconnect_bytes_per_s=NVLINK4_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8", "int4"),
-        resource_name=_NVIDIA_GPU_RESOURCE,
-        resource_units_per_device=1,
-        product_label_key=_NVIDIA_PRODUCT_KEY,
-        product_label="NVIDIA-H200",
-        default_price_per_hour=PRICE_H200_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: H100 default x AWS capacity-block ratio p5e/p5",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: H200-SXM5-141GB",),
-    ),
-    Accelerator(
-        id="mi300x",
-        vendor="amd",
-        display_name="AMD Instinct MI300X 192GB",
-        memory_bytes=192 * GIB,
-        mem_bandwidth_bytes_per_s=5300 * GB,
-        # INT8 is not in the specs CSV; CDNA3 matrix cores run INT8 at the FP8 rate (AMD CDNA3 white paper).
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 1307 * TERA, "fp16": 1307 * TERA, "fp8": 2615 * TERA, "int8": 2615 * TERA}
-        ),
-        interconnect_bytes_per_s=INFINITY_FABRIC_MI300X_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8", "int4"),
-        resource_name="amd.com/gpu",
-        resource_units_per_device=1,
-        # Set by the ROCm node labeller (ROCm/k8s-device-plugin), e.g. AMD_Instinct_MI300X_OAM.
-        product_label_key="amd.com/gpu.product-name",
-        product_label="AMD_Instinct_MI300X_OAM",
-        default_price_per_hour=PRICE_MI300X_PER_HOUR,
-        price_source=f"{_PRICES_CSV}: Azure MI300X per GPU",
-        max_tp=8,
-        sources=(f"{_SPECS_CSV}: MI300X",),
-    ),
-    Accelerator(
-        id="inf2",
-        vendor="aws",
-        display_name="AWS Inferentia2 (2 NeuronCore-v2)",
-        memory_bytes=32 * GIB,
-        mem_bandwidth_bytes_per_s=820 * GIB,
-        dense_flops_per_s=MappingProxyType(
-            {"bf16": 190 * TERA, "fp16": 190 * TERA, "fp8": 190 * TERA, "int8": 380 * TERA}
-        ),
-        interconnect_bytes_per_s=NEURONLINK_V2_BYTES_PER_S,
-        precisions=("bf16", "fp16", "fp8", "int8"),
-        # The Neuron device plugin advertises NeuronCores; one Inferentia2 chip is two of them.
-        resource_name="aws.amazon.com/neuroncore",
-        resource_units_per_device=2,
-        # Karpenter's well-known instance-family label (EKS managed nodes carry instance-type instead).
-        product_label_key="karpenter.k8s.aws/instance-family",
-        product_label="inf2",
-        default_price_per_hour=PRICE_INF2_PER_HOUR,
-        price_source="estimate: AWS inf2.48xlarge on-demand / 12 chips (not in the shared price corpus)",
-        # inf2.48xlarge holds 12 chips; tensor parallel degrees used in practice are powers of two.
-        max_tp=8,
-        sources=(
-            f"{_SPECS_CSV}: Inferentia2",
-            "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/general/arch/neuron-hardware/inferentia2.html",
-        ),
-    ),
-)
-
-# MIG profiles per parent: (profile, compute slices of 7, memory slices of 8, max instances per GPU).
-# NVIDIA MIG user guide (supported profiles); H200 names: aws/sagemaker-hyperpod-cli PR 403 (_MIG_CSV).
-_MIG_PROFILES: Final[Mapping[str, tuple[tuple[str, int, int, int], ...]]] = MappingProxyType(
-    {
-        "a100-80gb": (
-            ("1g.10gb", 1, 1, 7),
-            ("1g.20gb", 1, 2, 4),
-            ("2g.20gb", 2, 2, 3),
-            ("3g.40gb", 3, 4, 2),
-            ("4g.40gb", 4, 4, 1),
-            ("7g.80gb", 7, 8, 1),
-        ),
-        "h100": (
-            ("1g.10gb", 1, 1, 7),
-            ("1g.20gb", 1, 2, 4),
-            ("2g.20gb", 2, 2, 3),
-            ("3g.40gb", 3, 4, 2),
-            ("4g.40gb", 4, 4, 1),
-            ("7g.80gb", 7, 8, 1),
-        ),
-        "h200": (
-            ("1g.18gb", 1, 1, 7),
-            ("1g.35gb", 1, 2, 4),
-            ("2g.35gb", 2, 2, 3),
-            ("3g.71gb", 3, 4, 2),
-            ("4g.71gb", 4, 4, 1),
-            ("7g.141gb", 7, 8, 1),
-        ),
-    }
-)
+# What a spec must give, per the units the data file and the API use.
+_SPEC_FIGURES: Final = ("memory", "mem_bandwidth", "dense_tflops", "interconnect")
 
 
-def _mig_slice(
-    parent: Accelerator, profile: str, compute_slices: int, memory_slices: int, max_instances: int
+class SpecError(ValueError):
+    """An accelerator spec (catalog entry or inline pool spec) that cannot describe a chip."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One way to cut a chip (an NVIDIA MIG profile): its share of compute and memory, instances per chip."""
+
+    profile: str
+    compute_slices: int
+    memory_slices: int
+    max_instances: int
+
+    def __post_init__(self) -> None:
+        """A MIG profile uses 1..7 of 7 compute slices and 1..8 of 8 memory slices."""
+        if not MIG_PROFILE_RE.match(self.profile):
+            raise SpecError(f"partition {self.profile!r}: profile must look like <n>g.<GB>gb (e.g. 1g.10gb)")
+        if not 1 <= self.compute_slices <= MIG_COMPUTE_SLICES:
+            raise SpecError(f"partition {self.profile}: compute slices must be 1..{MIG_COMPUTE_SLICES}")
+        if not 1 <= self.memory_slices <= MIG_MEMORY_SLICES:
+            raise SpecError(f"partition {self.profile}: memory slices must be 1..{MIG_MEMORY_SLICES}")
+        if not 1 <= self.max_instances <= MIG_COMPUTE_SLICES:
+            raise SpecError(f"partition {self.profile}: max instances must be 1..{MIG_COMPUTE_SLICES}")
+
+
+# A MIG profile name: "<compute slices>g.<memory GB>gb".
+MIG_PROFILE_RE: Final = re.compile(r"^[1-7]g\.\d+gb$")
+
+
+def accelerator_from_spec(
+    *,
+    id: str,
+    vendor: str,
+    memory_bytes: int,
+    mem_bandwidth_bytes_per_s: float,
+    dense_tflops: Mapping[str, float],
+    interconnect_bytes_per_s: float,
+    precisions: tuple[str, ...],
+    max_tp: int,
+    resource_name: str | None = None,
+    resource_units_per_device: int | None = None,
+    product_label_key: str | None = None,
+    product_label: str = "",
+    display_name: str | None = None,
+    price_per_hour: float | None = None,
+    price_source: str = "",
+    sources: tuple[str, ...] = (),
+    partitions: tuple[Partition, ...] = (),
+    origin: str = "inline",
 ) -> Accelerator:
-    """A MIG slice as a fraction of its parent: memory and bandwidth follow memory slices, compute GPCs."""
-    compute_fraction = compute_slices / MIG_COMPUTE_SLICES
-    memory_fraction = memory_slices / MIG_MEMORY_SLICES
+    """A whole chip from its specs; vendor defaults fill the device-plugin resource and node label key.
+
+    The one constructor for catalog entries and pool-declared chips, so both are checked the same way.
+    """
+    if vendor not in VENDORS:
+        raise SpecError(f"accelerator {id!r}: vendor must be one of {', '.join(VENDORS)}, got {vendor!r}")
+    defaults = _vendor_defaults()[vendor]
+    for name, value in (
+        ("memory", memory_bytes),
+        ("memory bandwidth", mem_bandwidth_bytes_per_s),
+        ("max_tp", max_tp),
+    ):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise SpecError(f"accelerator {id!r}: {name} must be a positive number, got {value!r}")
+    if not (math.isfinite(interconnect_bytes_per_s) and interconnect_bytes_per_s >= 0):
+        raise SpecError(f"accelerator {id!r}: interconnect bandwidth must be >= 0")
+    flops = {p: float(t) * TERA for p, t in dense_tflops.items()}
+    unknown = sorted(set(flops) - set(PRECISIONS) | set(precisions) - set(PRECISIONS))
+    if unknown:
+        valid = ", ".join(PRECISIONS)
+        raise SpecError(f"accelerator {id!r}: unknown precision {unknown[0]!r}; valid: {valid}")
+    if any(not (math.isfinite(f) and f > 0) for f in flops.values()):
+        raise SpecError(f"accelerator {id!r}: dense TFLOPS must be positive")
+    if "bf16" not in flops and "fp16" not in flops:
+        raise SpecError(f"accelerator {id!r}: dense TFLOPS needs bf16 or fp16 (the rate int4 computes at)")
+    if not precisions:
+        raise SpecError(f"accelerator {id!r}: precisions must not be empty")
+    for p in precisions:
+        if p in ("bf16", "fp16", "fp8") and p not in flops:
+            raise SpecError(f"accelerator {id!r}: precision {p} is served but has no dense TFLOPS figure")
+    return Accelerator(
+        id=id,
+        vendor=vendor,
+        display_name=display_name or id,
+        memory_bytes=int(memory_bytes),
+        mem_bandwidth_bytes_per_s=float(mem_bandwidth_bytes_per_s),
+        dense_flops_per_s=MappingProxyType(flops),
+        interconnect_bytes_per_s=float(interconnect_bytes_per_s),
+        precisions=tuple(precisions),
+        resource_name=resource_name or str(defaults["resource_name"]),
+        resource_units_per_device=int(resource_units_per_device or defaults["resource_units_per_device"]),
+        product_label_key=product_label_key or str(defaults["product_label_key"]),
+        product_label=product_label,
+        default_price_per_hour=price_per_hour,
+        price_source=price_source,
+        max_tp=int(max_tp),
+        sources=sources,
+        partitions=partitions,
+        origin=origin,
+    )
+
+
+def partition_of(parent: Accelerator, profile: str) -> Accelerator:
+    """A MIG slice of `parent`: memory and bandwidth follow its memory slices, compute its GPCs."""
+    for part in parent.partitions:
+        if part.profile == profile:
+            break
+    else:
+        valid = ", ".join(p.profile for p in parent.partitions) or "none"
+        raise UnknownIdError(f"{parent.id} has no partition {profile!r}; valid: {valid}")
+    compute_fraction = part.compute_slices / MIG_COMPUTE_SLICES
+    memory_fraction = part.memory_slices / MIG_MEMORY_SLICES
     # A slice occupies the larger of its compute and memory share of the GPU, so it costs that share.
     price_share = max(compute_fraction, memory_fraction)
+    base = parent.default_price_per_hour
+    price = None if base is None else round(base * price_share, 4)
     return Accelerator(
         id=f"{parent.id}/{profile}",
         vendor=parent.vendor,
@@ -456,24 +366,89 @@ def _mig_slice(
         resource_units_per_device=1,
         product_label_key=parent.product_label_key,
         product_label=parent.product_label,
-        default_price_per_hour=round(parent.default_price_per_hour * price_share, 4),
-        price_source=f"parent default x max(compute {compute_slices}/7, memory {memory_slices}/8)",
+        default_price_per_hour=price,
+        price_source=f"parent default x max(compute {part.compute_slices}/7, memory {part.memory_slices}/8)",
         max_tp=1,
-        sources=(*parent.sources, f"{_MIG_CSV}: {profile}"),
+        sources=(*parent.sources, f"partition {profile}: NVIDIA MIG user guide (supported profiles)"),
         parent=parent.id,
         mig_profile=profile,
         mig_compute_fraction=compute_fraction,
         mig_memory_fraction=memory_fraction,
-        mig_max_instances=max_instances,
+        mig_max_instances=part.max_instances,
+        origin=parent.origin,
+    )
+
+
+# MIG instances reach the host over the GPU's PCIe link only (no peer-to-peer NVLink between slices).
+PCIE4_X16_BYTES_PER_S: Final = 32 * GB
+
+
+def _load_toml() -> dict[str, Any]:
+    """The catalog data file, parsed."""
+    text = resources.files("placement").joinpath("data", ACCELERATORS_TOML).read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+_VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _vendor_defaults() -> dict[str, dict[str, Any]]:
+    """Per-vendor device-plugin resource, units per device and node label key (from the data file)."""
+    if not _VENDOR_DEFAULTS:
+        _VENDOR_DEFAULTS.update(_load_toml()[VENDOR_DEFAULTS_KEY])
+    return _VENDOR_DEFAULTS
+
+
+def _figure_bytes(entry: Mapping[str, Any], stem: str, unit_suffix: str) -> float:
+    """A figure given in decimal (GB) or binary (GiB) units, exactly one of them."""
+    decimal = entry.get(f"{stem}_gb{unit_suffix}")
+    binary = entry.get(f"{stem}_gib{unit_suffix}")
+    if (decimal is None) == (binary is None):
+        units = f"{stem}_gb{unit_suffix}, {stem}_gib{unit_suffix}"
+        raise SpecError(f"{entry.get('id')}: give exactly one of {units}")
+    return float(decimal) * GB if decimal is not None else float(str(binary)) * GIB
+
+
+def _catalog_chip(entry: Mapping[str, Any], partitions: Mapping[str, Any]) -> Accelerator:
+    """One [[chip]] table of the data file."""
+    chip_id = str(entry["id"])
+    missing = [f"{f}_source" for f in _SPEC_FIGURES if not entry.get(f"{f}_source")]
+    if missing:
+        raise SpecError(f"{ACCELERATORS_TOML}: {chip_id}: every figure needs a source ({missing[0]} missing)")
+    geometry = tuple(Partition(*row) for row in partitions.get(str(entry.get("partitions", "")), ()))
+    return accelerator_from_spec(
+        id=chip_id,
+        vendor=str(entry["vendor"]),
+        display_name=str(entry["display_name"]),
+        memory_bytes=int(_figure_bytes(entry, "memory", "")),
+        mem_bandwidth_bytes_per_s=_figure_bytes(entry, "mem_bandwidth", "_per_s"),
+        dense_tflops=dict(entry["dense_tflops"]),
+        interconnect_bytes_per_s=float(entry["interconnect_gb_per_s"]) * GB,
+        precisions=tuple(entry["precisions"]),
+        max_tp=int(entry["max_tp"]),
+        resource_name=entry.get("resource_name"),
+        resource_units_per_device=entry.get("resource_units_per_device"),
+        product_label_key=entry.get("product_label_key"),
+        product_label=str(entry.get("product_label", "")),
+        price_per_hour=entry.get("price_per_hour"),
+        price_source=str(entry.get("price_source", "none: set pricePerDeviceHour on the pool")),
+        sources=tuple(f"{f}: {entry[f + '_source']}" for f in _SPEC_FIGURES),
+        partitions=geometry,
+        origin="catalog",
     )
 
 
 def _build_accelerators() -> dict[str, Accelerator]:
-    """Whole chips first, then every MIG slice of the MIG-capable ones."""
-    table = {chip.id: chip for chip in _FULL_CHIPS}
-    for parent_id, profiles in _MIG_PROFILES.items():
-        for profile, compute_slices, memory_slices, max_instances in profiles:
-            mig = _mig_slice(table[parent_id], profile, compute_slices, memory_slices, max_instances)
+    """Whole chips first, then every partition of the partitionable ones."""
+    data = _load_toml()
+    partitions = data.get("partitions", {})
+    table: dict[str, Accelerator] = {}
+    for entry in data["chip"]:
+        chip = _catalog_chip(entry, partitions)
+        table[chip.id] = chip
+    for chip in list(table.values()):
+        for part in chip.partitions:
+            mig = partition_of(chip, part.profile)
             table[mig.id] = mig
     return table
 
@@ -611,6 +586,19 @@ def get_model(model_id: str) -> ModelArch:
 def mig_slices_of(parent_id: str) -> tuple[Accelerator, ...]:
     """Every MIG slice of a parent GPU, smallest first (empty for chips without MIG)."""
     return tuple(a for a in ACCELERATORS.values() if a.parent == parent_id)
+
+
+def resolve_accelerator(accelerator_id: str, parent_spec: Accelerator | None = None) -> Accelerator:
+    """The chip a pool names: `parent_spec` (a pool's inline spec of the whole chip) over the catalog.
+
+    A slice id `<parent>/<profile>` is cut from the declared parent's partitions.
+    """
+    if parent_spec is None:
+        return get_accelerator(accelerator_id)
+    parent_id, _, profile = accelerator_id.partition("/")
+    if parent_id != parent_spec.id:
+        raise SpecError(f"accelerator {accelerator_id!r} is not the declared chip {parent_spec.id!r}")
+    return partition_of(parent_spec, profile) if profile else parent_spec
 
 
 def engine_supports(engine: str, accelerator: Accelerator, role: str = "aggregated") -> bool:

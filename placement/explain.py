@@ -169,13 +169,32 @@ def explain(
         ):
             summary = _unplaceable(cset, sp.service)
         elif sp.status == "served":
-            summary = _served(sp, others)
+            summary = _served(sp, others) + _trust_sentence(cset, sp)
         else:
             summary = _uncovered_sentence(cset, sp.service) or (
                 f"{sp.served_rps:.2f} of {sp.demand_rps:.2f} req/s served: {sp.reason}."
             )
         out.append(Explanation(sp.service, summary, others))
     return tuple(out)
+
+
+def _trust_sentence(cset: candidates.CandidateSet, sp: allocation.ServiceAllocation) -> str:
+    """How far the placed configurations' predictions can be trusted (empty when the oracle did not say)."""
+    parts = []
+    seen: set[inputs.CandidateKey] = set()
+    for a in sp.assignments:
+        key = inputs.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp)
+        confidence = cset.trust.get(key)
+        if confidence is None or key in seen:
+            continue
+        seen.add(key)
+        text = (
+            f"{a.accelerator} tp{a.tp}: {confidence.label} (typically within {confidence.typical_error:.0%})"
+        )
+        if cset.headroom and confidence.derate < 1.0:
+            text += f", planned at {confidence.derate:.0%} of predicted capacity"
+        parts.append(text)
+    return (" Trust: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _served(sp: allocation.ServiceAllocation, others: Sequence[RunnerUp]) -> str:

@@ -74,6 +74,13 @@ KV_TRANSFER_BYTES_PER_S_PER_DEVICE: Final = 12.5 * catalog.GB
 KV_TRANSFER_LATENCY_S: Final = 1e-3
 # Tail quantile used for every p99.
 TAIL_PROBABILITY: Final = 0.01
+# Fixed cost of the serving path per request, on top of the engine's iterations: scheduling, output
+# processing, detokenization and the engine-core <-> API-process hand-off. Measured on the project's real
+# vLLM engine (benchmarks/serving_path.py -> benchmarks/results/serving_path_vllm_cpu.json: the engine's
+# own mean time_to_first_token minus request_queue_time minus request_prefill_time, 45 sequential
+# requests of a tiny model, 7.0 ms). Client-side HTTP and tokenization (another ~6 ms there) depend on
+# the client and host and are not included; a lower bound of what a benchmark client sees.
+SERVING_PATH_FIXED_S: Final = 0.007
 # z-score of the 99th percentile of a standard normal (lognormal fits of mean + p99).
 Z_P99: Final = 2.3263478740408408
 _STANDARD_NORMAL: Final = statistics.NormalDist()
@@ -272,6 +279,8 @@ class LoadPrediction:
     itl_p99_ms: float
     prefill_utilization: float
     step_ms: float
+    ttft_mean_ms: float = 0.0
+    itl_mean_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -953,6 +962,10 @@ class _Loads:
     itl_p50: FloatArray
     itl_p99: FloatArray
     prefill_utilization: FloatArray
+    # Means (what benchmarks such as TensorRT-LLM's online tables and vLLM's bench serve report beside
+    # percentiles).
+    ttft_mean: FloatArray
+    itl_mean: FloatArray
 
 
 def _steady_v(r: _Rows, rate: FloatArray, with_prefill: bool) -> tuple[BoolArray, FloatArray, FloatArray]:
@@ -1048,6 +1061,21 @@ def _admission_wait_v(
     form, a / c Poisson probability over its distribution function, for few servers); the wait is then
     exponential with rate c/hold - λ. Infinite where the slots cannot keep up.
     """
+    servers, idle, saturated, p_wait = _erlang_c_v(slots, offered)
+    drain_rate = servers / hold_s - offered / hold_s
+
+    def quantile(tail: float) -> FloatArray:
+        wait = np.where(p_wait > tail, np.log(p_wait / tail) / drain_rate, 0.0)
+        out: FloatArray = np.where(idle, 0.0, np.where(saturated, math.inf, wait))
+        return out
+
+    return quantile(0.5), quantile(TAIL_PROBABILITY)
+
+
+def _erlang_c_v(
+    slots: FloatArray, offered: FloatArray
+) -> tuple[FloatArray, BoolArray, BoolArray, FloatArray]:
+    """(servers, idle, saturated, P(wait)) of M/M/c with c = floor(slots) and `offered` Erlangs."""
     servers = np.floor(slots)
     idle = (servers < 1.0) | (offered <= 0.0)
     saturated = ~idle & (offered >= servers)
@@ -1060,14 +1088,22 @@ def _admission_wait_v(
     density = np.exp(-(beta**2) / 2.0) / _SQRT_TAU
     many_wait = np.where(density > 0.0, 1.0 / (1.0 + beta * special.ndtr(beta) / density), 0.0)
     p_wait = np.where(servers <= ERLANG_EXACT_MAX_SERVERS, exact_wait, many_wait)
-    drain_rate = servers / hold_s - offered / hold_s
+    return servers, idle, saturated, p_wait
 
-    def quantile(tail: float) -> FloatArray:
-        wait = np.where(p_wait > tail, np.log(p_wait / tail) / drain_rate, 0.0)
-        out: FloatArray = np.where(idle, 0.0, np.where(saturated, math.inf, wait))
-        return out
 
-    return quantile(0.5), quantile(TAIL_PROBABILITY)
+def _admission_mean_v(slots: FloatArray, offered: FloatArray, hold_s: FloatArray) -> FloatArray:
+    """Mean wait for a free batch slot (M/M/c): P(wait) / (c/hold - λ); infinite when saturated."""
+    servers, idle, saturated, p_wait = _erlang_c_v(slots, offered)
+    mean = p_wait / (servers / hold_s - offered / hold_s)
+    out: FloatArray = np.where(idle, 0.0, np.where(saturated, math.inf, mean))
+    return out
+
+
+def _queue_mean_v(rate: FloatArray, mean_service_s: FloatArray, second_moment_s2: FloatArray) -> FloatArray:
+    """Mean M/G/1 wait (Pollaczek-Khinchine): λ E[S²] / (2 (1 - ρ)); infinite at ρ >= 1."""
+    rho = rate * mean_service_s
+    out: FloatArray = np.where(rho < 1.0, rate * second_moment_s2 / (2.0 * (1.0 - rho)), math.inf)
+    return out
 
 
 def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float, float]:
@@ -1077,6 +1113,16 @@ def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float,
             np.array(float(slots)), np.array(float(offered)), np.array(float(hold_s))
         )
     return float(p50), float(p99)
+
+
+def _serving_path_v(prompt_tokens: FloatArray) -> FloatArray:
+    """The serving path's own time to a first token outside the engine's iterations (seconds).
+
+    Scheduling, output processing, detokenization and the hand-off between the engine core and the API
+    process: SERVING_PATH_FIXED_S per request, whatever the prompt (see its definition).
+    """
+    out: FloatArray = np.full_like(prompt_tokens, SERVING_PATH_FIXED_S, dtype=np.float64)
+    return out
 
 
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
@@ -1098,9 +1144,18 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     # Admission: a request first needs a free sequence slot (KV capacity, engine batch cap).
     admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
     ok &= np.isfinite(admit_p99)
-    # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
-    ttft_p50 = admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    # TTFT: the serving path's fixed cost (front end, tokenization, scheduling, detokenization), waiting for
+    # a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
+    path_p50, path_p99 = _serving_path_v(mean_prompt), _serving_path_v(p99_prompt)
+    ttft_p50 = path_p50 + admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
+    ttft_p99 = path_p99 + admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    ttft_mean = (
+        path_p50
+        + _admission_mean_v(r.limit, batch, r.output * step)
+        + _queue_mean_v(rate, mean_prompt / service_rate_tok, r.second_moment / service_rate_tok**2)
+        + mean_prompt / service_rate_tok
+        + step / 2.0
+    )
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
     # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
     # iteration whose prefill load has a 1% chance of being exceeded.
@@ -1113,7 +1168,8 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     itl_p99 = _decode_step_v(r, running, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step_v(r, running, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
-    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho)
+    # The mean gap is the mean iteration: the steady state's step already carries the mean prefill load.
+    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
 
 
 def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
@@ -1124,7 +1180,20 @@ def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArra
     admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
     ok = np.isfinite(admit_p99)
     zero = np.zeros_like(batch)
-    return _Loads(ok, rate, batch, step, admit_p50 + step, admit_p99 + step_p99, step, step_p99, zero)
+    admit_mean = _admission_mean_v(r.limit, batch, r.output * step)
+    return _Loads(
+        ok,
+        rate,
+        batch,
+        step,
+        admit_p50 + step,
+        admit_p99 + step_p99,
+        step,
+        step_p99,
+        zero,
+        admit_mean + step,
+        step,
+    )
 
 
 def kv_transfer_s(phys: _Physics, prompt_tokens: float) -> float:
@@ -1178,13 +1247,22 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     """Prefill-only replica: M/G/1 on prompt tokens served in budget-sized batches, + KV transfer."""
     srt = pre.service_rate_tok
     ok, wait_p50, wait_p99, rho = _queue_tail_v(rate, r.prompt / srt, r.second_moment / srt**2)
-    ttft_p50 = wait_p50 + pre.alone_p50 + pre.transfer_p50
-    ttft_p99 = wait_p99 + pre.alone_p99 + pre.transfer_p99
+    path_p50, path_p99 = _serving_path_v(r.prompt), _serving_path_v(r.prompt_p99)
+    ttft_p50 = path_p50 + wait_p50 + pre.alone_p50 + pre.transfer_p50
+    ttft_p99 = path_p99 + wait_p99 + pre.alone_p99 + pre.transfer_p99
+    ttft_mean = (
+        path_p50
+        + _queue_mean_v(rate, r.prompt / srt, r.second_moment / srt**2)
+        + pre.alone_p50
+        + pre.transfer_p50
+    )
     shape = np.broadcast(rate, srt).shape
     zero = np.zeros(shape)
     batch = np.broadcast_to(pre.prompts_per_batch, shape)
     step = np.broadcast_to(pre.batch_s, shape)
-    return _Loads(np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho)
+    return _Loads(
+        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero
+    )
 
 
 def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:
@@ -1211,6 +1289,8 @@ def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
         itl_p99_ms=float(loads.itl_p99[i, j]) * 1e3,
         prefill_utilization=float(loads.prefill_utilization[i, j]),
         step_ms=float(loads.step[i, j]) * 1e3,
+        ttft_mean_ms=float(np.broadcast_to(loads.ttft_mean, loads.ok.shape)[i, j]) * 1e3,
+        itl_mean_ms=float(np.broadcast_to(loads.itl_mean, loads.ok.shape)[i, j]) * 1e3,
     )
 
 

@@ -438,12 +438,12 @@ class CalibratedOracle:
         if cal is None:
             return self.fallback(query)
         model: str | catalog.ModelArch = query.model_arch if query.model_arch is not None else query.model
+        # A chip a pool declares by its specs (acceleratorSpec) is not in the catalog: use the declared one.
+        chip: str | catalog.Accelerator = getattr(query, "accelerator_spec", None) or query.accelerator
         prompt_mean = query.prompt_mean_tokens or float(query.prompt_tokens)
         output_mean = query.output_mean_tokens or float(query.output_tokens)
         try:
-            config = perf.ReplicaConfig(
-                model, query.accelerator, query.precision, query.tp, query.role, query.engine
-            )
+            config = perf.ReplicaConfig(model, chip, query.precision, query.tp, query.role, query.engine)
             rate = max_rate_under_slo(
                 cal,
                 config,
@@ -460,6 +460,7 @@ class CalibratedOracle:
             config.model_arch.id, query.tp, prompt_mean, output_mean, float(rate.max_batch or 1)
         )
         source = f"{rate_source(cal)}; {trust.note}"
+        confidence = _placement_trust(trust, source)
         if rate.max_rps > 0.0:
             return candidates.Capacity(
                 rate.max_rps,
@@ -469,8 +470,11 @@ class CalibratedOracle:
                 source,
                 prefill_chunk_tokens=rate.prefill_chunk_tokens,
                 modelled=True,
+                trust=confidence,
             )
-        return candidates.Capacity(0.0, None, None, rate.reason, source, size_monotone=True, modelled=True)
+        return candidates.Capacity(
+            0.0, None, None, rate.reason, source, size_monotone=True, modelled=True, trust=confidence
+        )
 
     def batch(self, queries: Sequence[Any]) -> list[Any]:
         """Many queries: the uncalibrated ones in one batch of the fallback (it may be vectorized)."""
@@ -486,6 +490,15 @@ class CalibratedOracle:
         for i, answer in zip(rest, candidates.ask(self.fallback, [queries[i] for i in rest]), strict=True):
             answers[i] = answer
         return answers
+
+
+def _placement_trust(fit: Trust, source: str) -> Any:
+    """A calibration's trust as placement.trust states it (calibrated: no headroom derating)."""
+    from placement import trust
+
+    inside = fit.level == "calibrated"
+    error = trust.CALIBRATED_TYPICAL_ERROR + (0.0 if inside else trust.OUT_OF_RANGE_EXTRA_ERROR)
+    return trust.Trust("calibrated", inside, (source,), round(error, 4))
 
 
 def rate_source(calibration: Calibration) -> str:

@@ -204,6 +204,8 @@ class BucketProfile:
     ttft_p99_ms: float | None = None
     itl_p99_ms: float | None = None
     source: str = ""
+    # The engine release it was measured on (None: not stated).
+    engine_version: str | None = None
 
     def __post_init__(self) -> None:
         """Reject grids whose shape, edges or rates are unusable."""

@@ -26,7 +26,7 @@ import pydantic
 from chipfit import autoscaler, kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
 from chipfit.profiling import operate
-from placement import catalog
+from placement import catalog, trust
 from placement.solver import allocation, inputs
 
 GROUP: Final = v1alpha1.GROUP
@@ -95,18 +95,40 @@ def parse_service(body: Mapping[str, Any]) -> v1alpha1.InferenceService:
 
 
 def first_problem(
-    service: v1alpha1.InferenceService, pool_names: Sequence[str] | None
+    service: v1alpha1.InferenceService,
+    pool_names: Sequence[str] | None,
+    chips: Mapping[str, catalog.Accelerator] | None = None,
 ) -> validation.FieldError | None:
     """The first semantic problem of a spec (the API server already enforced the schema)."""
-    problems = validation.service_problems(service, pool_names)
+    problems = validation.service_problems(service, pool_names, chips)
     return problems[0] if problems else None
+
+
+def usable_pools(pools: Sequence[v1alpha1.AcceleratorPool]) -> list[v1alpha1.AcceleratorPool]:
+    """Pools whose chip resolves, and that agree with the others on it; the rest are logged and left out.
+
+    The schema already enforced each pool's fields; what is left (a slice profile its acceleratorSpec
+    does not list, two pools declaring one id differently) must not stop the fleet's re-plan.
+    """
+    kept: list[v1alpha1.AcceleratorPool] = []
+    for pool in sorted(pools, key=lambda p: p.metadata.name):
+        try:
+            planning.pool_accelerator(pool)
+            planning.fleet_accelerators([*kept, pool])
+        except planning.PlanningError as error:
+            logger.error("pool left out of the plan: %s", error)
+            continue
+        kept.append(pool)
+    return kept
 
 
 # --- plan -> per-service outcomes -------------------------------------------------------------------------
 
 
-def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
-    """A service's part of the solved plan as the reconciler sees it."""
+def outcome_of(
+    sp: allocation.ServiceAllocation, confidence: Mapping[inputs.CandidateKey, trust.Trust] | None = None
+) -> reconcile.ServiceOutcome:
+    """A service's part of the solved plan as the reconciler sees it (`confidence`: per candidate)."""
     replicas: dict[tuple[str, str, str, str, int], int] = {}
     engine: dict[tuple[str, str, str, str, int], v1alpha1.PricedEngineConfig] = {}
     capacity_by_role: dict[str, float] = {}
@@ -139,6 +161,12 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
         )
         for (role, pool, accelerator, precision, tp), count in sorted(replicas.items())
     )
+    placed = [
+        (confidence or {}).get(inputs.CandidateKey(sp.service, a.role, a.pool, a.precision, a.tp))
+        for a in sp.assignments
+        if a.replicas > 0
+    ]
+    least = max((t for t in placed if t is not None), key=lambda t: t.typical_error, default=None)
     prediction = v1alpha1.Prediction(
         ttft_p99_ms=_round(sp.ttft_p99_ms, PREDICTION_DECIMALS),
         itl_p99_ms=_round(sp.itl_p99_ms, PREDICTION_DECIMALS),
@@ -150,6 +178,8 @@ def outcome_of(sp: allocation.ServiceAllocation) -> reconcile.ServiceOutcome:
             if sp.price_per_million_output_tokens is not None
             else None
         ),
+        trust=least.label[: v1alpha1.MAX_TEXT_LENGTH] if least is not None else None,
+        typical_error_percent=round(100 * least.typical_error, 1) if least is not None else None,
     )
     return reconcile.ServiceOutcome(
         placements=placements,
@@ -204,7 +234,7 @@ def plan_outcomes(
         relaxed = [_without_minimum(s) for s in services]
         fleet_plan = planner.plan(relaxed, pools, profiles)
     plan = fleet_plan.plan
-    outcomes = {sp.service: outcome_of(sp) for sp in plan.services}
+    outcomes = {sp.service: outcome_of(sp, fleet_plan.candidates.trust) for sp in plan.services}
     if relaxed_reason is not None:
         for service in services:
             sid = planning.service_id(service)
@@ -413,16 +443,17 @@ class Fleet:
                 nodes=tuple(self.cluster.list_nodes()),
             )
         raw_services = [s for s in view.services if not s["metadata"].get("deletionTimestamp")]
-        pools = [v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in view.pools]
+        pools = usable_pools([v1alpha1.AcceleratorPool.model_validate(_plain(p)) for p in view.pools])
         profiles = [v1alpha1.PerformanceProfile.model_validate(_plain(p)) for p in view.profiles]
         nodes = [_plain(n) for n in view.nodes]
         pool_names = [p.metadata.name for p in pools]
         by_name = {p.metadata.name: p for p in pools}
+        chips = planning.fleet_accelerators(pools)
 
         valid: list[v1alpha1.InferenceService] = []
         for body in raw_services:
             service = parse_service(body)
-            problem = first_problem(service, pool_names)
+            problem = first_problem(service, pool_names, chips)
             if problem is not None:
                 self.mark_invalid(service, problem.field, problem.reason)
             else:
@@ -454,7 +485,7 @@ class Fleet:
                 capacities[p.metadata.name].devices_total
                 - (usage[p.metadata.name].devices_used if p.metadata.name in usage else 0),
             )
-            * catalog.get_accelerator(p.spec.accelerator).resource_units_per_device
+            * planning.pool_accelerator(p).resource_units_per_device
             for p in pools
         }
         # Every service is reconciled below and says again what its surge holds.
@@ -479,7 +510,7 @@ class Fleet:
     def _capacity(
         self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]], owners: Mapping[str, str]
     ) -> reconcile.PoolCapacity:
-        chip = catalog.get_accelerator(pool.spec.accelerator)
+        chip = planning.pool_accelerator(pool)
         resource = render.resource_name(pool, chip)
         return reconcile.pool_capacity(pool, resource, chip.resource_units_per_device, nodes, owners)
 

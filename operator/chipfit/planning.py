@@ -22,6 +22,60 @@ def service_id(service: v1alpha1.InferenceService) -> str:
     return f"{ns}/{service.metadata.name}"
 
 
+def pool_accelerator(pool: v1alpha1.AcceleratorPool) -> catalog.Accelerator:
+    """The chip a pool runs: its inline acceleratorSpec when given, else the catalog's entry for the id."""
+    spec = pool.spec
+    name = pool.metadata.name
+    if spec.accelerator_spec is None:
+        try:
+            return catalog.get_accelerator(spec.accelerator)
+        except catalog.UnknownIdError as error:
+            raise PlanningError(f"AcceleratorPool {name}: spec.accelerator: {error}") from None
+    parent_id = spec.accelerator.split("/", 1)[0]
+    is_slice = parent_id != spec.accelerator
+    try:
+        parent = spec.accelerator_spec.to_catalog(parent_id, None if is_slice else spec.price_per_device_hour)
+    except catalog.SpecError as error:
+        raise PlanningError(f"AcceleratorPool {name}: spec.acceleratorSpec: {error}") from None
+    try:
+        return catalog.resolve_accelerator(spec.accelerator, parent)
+    except catalog.UnknownIdError as error:
+        raise PlanningError(f"AcceleratorPool {name}: spec.acceleratorSpec.partitions: {error}") from None
+
+
+def fleet_accelerators(pools: Sequence[v1alpha1.AcceleratorPool]) -> dict[str, catalog.Accelerator]:
+    """Chips the pools declare by their specs, by accelerator id (catalog chips are not listed).
+
+    One id is one chip in a fleet: pools naming the same id must agree on its spec (a pool without a spec
+    means the catalog's), else PlanningError names the pools.
+    """
+    declared: dict[str, tuple[str, catalog.Accelerator | None]] = {}
+    for pool in sorted(pools, key=lambda p: p.metadata.name):
+        chip = pool_accelerator(pool) if pool.spec.accelerator_spec is not None else None
+        seen = declared.setdefault(pool.spec.accelerator, (pool.metadata.name, chip))
+        if _physics(seen[1]) != _physics(chip):
+            raise PlanningError(
+                f"AcceleratorPool {pool.metadata.name}: spec.acceleratorSpec: differs from the "
+                f"{pool.spec.accelerator} of pool {seen[0]}; one accelerator id is one chip in a fleet"
+            )
+    return {acc_id: chip for acc_id, (_, chip) in declared.items() if chip is not None}
+
+
+def _physics(chip: catalog.Accelerator | None) -> tuple[object, ...] | None:
+    """What the performance model reads of a chip (prices and label text aside)."""
+    if chip is None:
+        return None
+    return (
+        chip.vendor,
+        chip.memory_bytes,
+        chip.mem_bandwidth_bytes_per_s,
+        tuple(sorted(chip.dense_flops_per_s.items())),
+        chip.interconnect_bytes_per_s,
+        chip.precisions,
+        chip.max_tp,
+    )
+
+
 def to_pool(pool: v1alpha1.AcceleratorPool) -> inputs.Pool:
     """Planning capacity is nodes x devicesPerNode; price is the pool's override or the catalog default."""
     spec = pool.spec
@@ -89,6 +143,7 @@ def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
         itl_p99_ms=spec.slo.itl_p99_ms,
         workload=wl,
         engine=spec.engine,
+        engine_version=spec.engine_version,
         serving=spec.serving,
         min_replicas=replicas.min,
         max_replicas=replicas.max,
@@ -126,6 +181,7 @@ def to_profiles(items: Sequence[v1alpha1.PerformanceProfile]) -> list[profiles.B
                     output_edges_tokens=(0, *table.output_token_buckets),
                     max_rps=tuple(tuple(row) for row in table.max_requests_per_second),
                     engine=spec.engine,
+                    engine_version=spec.engine_version,
                     ttft_p99_ms=table.slo.ttft_p99_ms,
                     itl_p99_ms=table.slo.itl_p99_ms,
                     source=f"PerformanceProfile {item.metadata.name}",
@@ -211,8 +267,12 @@ def build_inputs(
     performance_profiles: Sequence[v1alpha1.PerformanceProfile] = (),
     *,
     oracle: candidates.CapacityOracle | None = None,
+    headroom: bool = True,
 ) -> candidates.CandidateSet:
-    """Candidates for every service on every pool, capacity from profiles first, then the perf model."""
+    """Candidates for every service on every pool, capacity from profiles first, then the perf model.
+
+    `headroom`: derate capacity predicted without calibration (placement.trust; on by default).
+    """
     table = to_profiles(performance_profiles)
     calibrated = model_oracle(to_calibrations(performance_profiles))
     capacity = oracle if oracle is not None else candidates.profile_oracle(table, fallback=calibrated)
@@ -221,6 +281,8 @@ def build_inputs(
         [to_pool(p) for p in pools],
         oracle=capacity,
         current_replicas=current_replicas(services),
+        accelerators=fleet_accelerators(pools),
+        headroom=headroom,
     )
 
 
@@ -233,6 +295,7 @@ def plan_fleet(
     oracle: candidates.CapacityOracle | None = None,
     progress: Callable[[str], None] | None = None,
     with_baseline: bool = True,
+    headroom: bool = True,
 ) -> FleetPlan:
     """The cheapest plan for the fleet, its best single-type baseline and the explanations.
 
@@ -243,7 +306,7 @@ def plan_fleet(
     """
     step = progress or (lambda _label: None)
     step("predicting capacity")
-    cset = build_inputs(services, pools, performance_profiles, oracle=oracle)
+    cset = build_inputs(services, pools, performance_profiles, oracle=oracle, headroom=headroom)
     step("solving the fleet MILP")
     plan = solve.solve(cset.problem, options)
     return _finish(cset, plan, options, with_baseline, step)
@@ -304,9 +367,10 @@ class Planner:
     changed (same candidates, pools, demand and current placement), the previous plan is returned as is.
     """
 
-    def __init__(self, options: inputs.SolveOptions | None = None) -> None:
-        """An empty planner."""
+    def __init__(self, options: inputs.SolveOptions | None = None, *, headroom: bool = True) -> None:
+        """An empty planner (`headroom`: derate capacity predicted without calibration, see trust)."""
         self.options = options
+        self.headroom = headroom
         self.cache: candidates.CandidateCache = {}
         self._profiles: dict[tuple[str, str, str, int, str], profiles.BucketProfile] = {}
         # Calibrations from point profiles, by (accelerator, engine): a change re-prices that chip.
@@ -343,9 +407,10 @@ class Planner:
             if calibrations.get(key) != self._calibrations.get(key)
         }
         if changed or recalibrated:
-            for spec, pool in list(self.cache):
+            for key in list(self.cache):
+                spec, pool = key[0], key[1]
                 if (spec.model, pool.accelerator) in changed or pool.accelerator in recalibrated:
-                    del self.cache[(spec, pool)]
+                    del self.cache[key]
         self._profiles = index
         self._calibrations = calibrations
         specs = [to_spec(s) for s in services]
@@ -357,14 +422,16 @@ class Planner:
             oracle=candidates.profile_oracle(table, fallback=model_oracle(list(calibrations.values()))),
             current_replicas=current_replicas(services),
             cache=self.cache,
+            accelerators=fleet_accelerators(pools),
+            headroom=self.headroom,
         )
         self.last_priced_pairs = len(self.cache) - before
         # Bounded memory: keep only the pairs of services and pools that still exist.
         live_specs = {candidates.pricing_key(s) for s in specs}
         live_pools = {dataclasses.replace(p, nodes=0) for p in placement_pools}
-        for spec, pool in list(self.cache):
-            if spec not in live_specs or pool not in live_pools:
-                del self.cache[(spec, pool)]
+        for key in list(self.cache):
+            if key[0] not in live_specs or key[1] not in live_pools:
+                del self.cache[key]
         return cset
 
     def plan(

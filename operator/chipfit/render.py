@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from chipfit import engines, rules
+from chipfit import engines, planning, rules
 from chipfit.api import v1alpha1
 from placement import catalog
 
@@ -203,6 +203,14 @@ def sizing(service: v1alpha1.InferenceService, placement: v1alpha1.RolePlacement
 # --- pods ------------------------------------------------------------------------------------------------
 
 
+def pool_chip(pool: v1alpha1.AcceleratorPool) -> catalog.Accelerator:
+    """The chip a pool runs (its acceleratorSpec, else the catalog's), or RenderError naming the field."""
+    try:
+        return planning.pool_accelerator(pool)
+    except planning.PlanningError as error:
+        raise RenderError("spec.accelerator", str(error)) from None
+
+
 def resource_name(pool: v1alpha1.AcceleratorPool, chip: catalog.Accelerator) -> str:
     """The extended resource a replica requests: the pool's override, else the catalog's."""
     return pool.spec.resource_name or chip.resource_name
@@ -213,11 +221,21 @@ def device_units(placement: v1alpha1.RolePlacement, chip: catalog.Accelerator) -
     return placement.tensor_parallel * chip.resource_units_per_device
 
 
+def node_labels(pool: v1alpha1.AcceleratorPool) -> dict[str, str]:
+    """Labels a pool's nodes carry: its nodeSelector, plus the node label its acceleratorSpec declares."""
+    labels = {}
+    declared = pool.spec.accelerator_spec.node_label if pool.spec.accelerator_spec is not None else None
+    if declared is not None:
+        labels[declared.key] = declared.value
+    # The pool's own selector wins where both name a key.
+    labels.update(pool.spec.node_selector)
+    return labels
+
+
 def node_affinity(pool: v1alpha1.AcceleratorPool) -> dict[str, Any]:
-    """Required node affinity to the pool's nodes (every nodeSelector label must match)."""
+    """Required node affinity to the pool's nodes (every label of node_labels must match)."""
     expressions = [
-        {"key": key, "operator": "In", "values": [value]}
-        for key, value in sorted(pool.spec.node_selector.items())
+        {"key": key, "operator": "In", "values": [value]} for key, value in sorted(node_labels(pool).items())
     ]
     if not expressions:
         return {}
@@ -323,12 +341,12 @@ def render_deployment(
     """The Deployment serving one role of `service` on `pool`, as planned in `placement`."""
     if placement.pool != pool.metadata.name:
         raise RenderError("status.placement.pool", f"{placement.pool!r} is not pool {pool.metadata.name!r}")
-    chip = catalog.get_accelerator(placement.accelerator)
-    if pool.spec.accelerator != chip.id:
+    if pool.spec.accelerator != placement.accelerator:
         raise RenderError(
             "status.placement.accelerator",
-            f"{chip.id} but pool {pool.metadata.name} has {pool.spec.accelerator}",
+            f"{placement.accelerator} but pool {pool.metadata.name} has {pool.spec.accelerator}",
         )
+    chip = pool_chip(pool)
     try:
         launch = engines.launch(launch_request(service, placement, chip, sizing))
     except engines.UnsupportedLaunchError as exc:
@@ -508,7 +526,7 @@ def render_all(
             raise RenderError(f"status.placement[{index}]", f"no engine sizing for {key}")
         deployment = render_deployment(service, placement, pool, sizing)
         objects.append(deployment)
-        chip = catalog.get_accelerator(placement.accelerator)
+        chip = pool_chip(pool)
         launches.setdefault(placement.role, engines.launch(launch_request(service, placement, chip, sizing)))
     for role, launch in sorted(launches.items()):
         objects.append(render_service(service, role, launch))

@@ -77,7 +77,7 @@ def price_per_device_hour(pool: v1alpha1.AcceleratorPoolSpec) -> float:
     if pool.price_per_device_hour is not None:
         return float(pool.price_per_device_hour)
     chip = catalog.ACCELERATORS.get(pool.accelerator)
-    if chip is None:
+    if chip is None or chip.default_price_per_hour is None:
         raise RuleError(
             "spec.pricePerDeviceHour", f"required for {pool.accelerator}, which has no catalog price"
         )

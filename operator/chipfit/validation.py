@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ import celpy.evaluation
 import jsonschema
 import pydantic
 
-from chipfit import manifests, rules
+from chipfit import manifests, planning, rules
 from chipfit.api import crd, v1alpha1
 from chipfit.manifests import Document, Problem
 from placement import catalog
@@ -270,12 +270,45 @@ _METADATA_VALIDATOR = jsonschema.Draft4Validator(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def allowed_accelerators(spec: v1alpha1.InferenceServiceSpec) -> list[catalog.Accelerator]:
-    """Catalog accelerators the service's placement constraints admit."""
+def known_accelerators(
+    chips: Mapping[str, catalog.Accelerator] | None = None,
+) -> dict[str, catalog.Accelerator]:
+    """The catalog's chips, overlaid by the chips the fleet's pools declare by their specs."""
+    return {**catalog.ACCELERATORS, **(chips or {})}
+
+
+def allowed_accelerators(
+    spec: v1alpha1.InferenceServiceSpec, chips: Mapping[str, catalog.Accelerator] | None = None
+) -> list[catalog.Accelerator]:
+    """Known accelerators (catalog and pool-declared) the service's placement constraints admit."""
+    known = known_accelerators(chips)
     constraints = spec.placement or v1alpha1.PlacementConstraints()
-    allowed = set(constraints.allowed_accelerators or catalog.ACCELERATORS)
+    allowed = set(constraints.allowed_accelerators or known) & set(known)
     excluded = set(constraints.excluded_accelerators or ())
-    return [catalog.ACCELERATORS[a] for a in sorted(allowed - excluded)]
+    return [known[a] for a in sorted(allowed - excluded)]
+
+
+def _unknown_accelerator_errors(
+    spec: v1alpha1.InferenceServiceSpec, chips: Mapping[str, catalog.Accelerator] | None
+) -> list[FieldError]:
+    """allowed/excludedAccelerators entries that name no catalog chip and no chip a pool declares."""
+    known = known_accelerators(chips)
+    constraints = spec.placement or v1alpha1.PlacementConstraints()
+    errors = []
+    for field, ids in (
+        ("allowedAccelerators", constraints.allowed_accelerators),
+        ("excludedAccelerators", constraints.excluded_accelerators),
+    ):
+        for index, acc_id in enumerate(ids or ()):
+            if acc_id not in known:
+                errors.append(
+                    FieldError(
+                        f"spec.placement.{field}[{index}]",
+                        f"unknown accelerator {acc_id!r}: not in the catalog and no AcceleratorPool "
+                        "declares it with acceleratorSpec",
+                    )
+                )
+    return errors
 
 
 def model_max_context(model: v1alpha1.ModelRef) -> int:
@@ -284,11 +317,17 @@ def model_max_context(model: v1alpha1.ModelRef) -> int:
 
 
 def service_problems(
-    service: v1alpha1.InferenceService, pool_names: Sequence[str] | None = None
+    service: v1alpha1.InferenceService,
+    pool_names: Sequence[str] | None = None,
+    chips: Mapping[str, catalog.Accelerator] | None = None,
 ) -> list[FieldError]:
-    """Checks the schema cannot express; `pool_names`, when known, are the pools that exist."""
+    """Checks the schema cannot express; `pool_names`, when known, are the pools that exist, `chips` the
+    chips they declare by their specs (None: the pools are not known here, so accelerator ids outside the
+    catalog are not checked)."""
     spec = service.spec
-    errors: list[FieldError] = []
+    errors: list[FieldError] = [] if chips is None else _unknown_accelerator_errors(spec, chips)
+    if errors:
+        return errors
     try:
         # What the engine loads and runs: the same rules the planner prices and the renderer deploys.
         rules.model_source(spec.model)
@@ -312,17 +351,17 @@ def service_problems(
                 f"of {max_context} tokens",
             )
         )
-    chips = allowed_accelerators(spec)
-    if not chips:
+    allowed = allowed_accelerators(spec, chips)
+    if not allowed:
         errors.append(FieldError("spec.placement.excludedAccelerators", "excludes every allowed accelerator"))
         return errors
-    usable = [c for c in chips if catalog.engine_supports(spec.engine, c)]
+    usable = [c for c in allowed if catalog.engine_supports(spec.engine, c)]
     if not usable:
         errors.append(
             FieldError(
                 "spec.engine",
                 f"engine {spec.engine} runs on none of the allowed accelerators "
-                f"({', '.join(c.id for c in chips[:8])}{', ...' if len(chips) > 8 else ''})",
+                f"({', '.join(c.id for c in allowed[:8])}{', ...' if len(allowed) > 8 else ''})",
             )
         )
         return errors
@@ -356,8 +395,11 @@ def service_problems(
 
 
 def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
-    """Checks of a pool against the catalog."""
-    chip = catalog.get_accelerator(pool.spec.accelerator)
+    """Checks of a pool against the catalog or its own acceleratorSpec."""
+    try:
+        chip = planning.pool_accelerator(pool)
+    except planning.PlanningError as error:
+        return [_planning_field_error(error)]
     errors: list[FieldError] = []
     try:
         rules.price_per_device_hour(pool.spec)
@@ -380,14 +422,24 @@ def pool_problems(pool: v1alpha1.AcceleratorPool) -> list[FieldError]:
     return errors
 
 
-def profile_problems(profile: v1alpha1.PerformanceProfile) -> list[FieldError]:
-    """Checks of a measured profile against the catalog."""
+def _planning_field_error(error: planning.PlanningError) -> FieldError:
+    """`AcceleratorPool x: spec.field: reason` as a FieldError."""
+    _, _, rest = str(error).partition(": ")
+    field, _, reason = rest.partition(": ")
+    return FieldError(field or "spec", reason or str(error))
+
+
+def profile_problems(
+    profile: v1alpha1.PerformanceProfile, chips: Mapping[str, catalog.Accelerator] | None = None
+) -> list[FieldError]:
+    """Checks of a measured profile against the catalog and the chips pools declare."""
     spec = profile.spec
     errors: list[FieldError] = []
-    if spec.accelerator not in catalog.ACCELERATORS:
-        # A chip outside the catalog is declared by a pool's specs; the profile applies to such pools only.
+    chip = known_accelerators(chips).get(spec.accelerator)
+    if chip is None:
+        # A chip neither in the catalog nor declared (yet) by a pool's acceleratorSpec: the profile applies
+        # to the pools that declare it, so it is checked against the chip once one does.
         return errors
-    chip = catalog.get_accelerator(spec.accelerator)
     if spec.precision not in chip.precisions:
         errors.append(FieldError("spec.precision", f"{chip.id} does not support {spec.precision}"))
     if spec.tensor_parallel > chip.max_tp:
@@ -460,12 +512,31 @@ def _semantic(out: Validated, documents: Sequence[Document]) -> None:
         document = out.origins[id(obj)]
         out.problems.extend(Problem(document.file, document.label, e.field, e.reason) for e in errors)
 
+    # Pools whose own chip does not resolve are reported by pool_problems; the rest must agree per id.
+    resolvable = []
+    for pool in out.pools:
+        try:
+            planning.pool_accelerator(pool)
+        except planning.PlanningError:
+            continue
+        resolvable.append(pool)
+    chips: dict[str, catalog.Accelerator]
+    try:
+        chips = planning.fleet_accelerators(resolvable)
+    except planning.PlanningError as error:
+        name = str(error).split(":", 1)[0].removeprefix("AcceleratorPool ")
+        culprit = next(p for p in resolvable if p.metadata.name == name)
+        report(culprit, [_planning_field_error(error)])
+        chips = {}
+        for pool in resolvable:
+            if pool.spec.accelerator_spec is not None:
+                chips.setdefault(pool.spec.accelerator, planning.pool_accelerator(pool))
     for service in out.services:
-        report(service, service_problems(service, pool_names))
+        report(service, service_problems(service, pool_names, chips))
     for pool in out.pools:
         report(pool, pool_problems(pool))
     for profile in out.profiles:
-        report(profile, profile_problems(profile))
+        report(profile, profile_problems(profile, chips))
     seen: dict[tuple[str, str | None, str], str] = {}
     for document in documents:
         body = document.body

@@ -32,7 +32,7 @@ from typing import Final
 
 import numpy as np
 
-from placement import catalog, perf_efficiency
+from placement import catalog, perf, perf_efficiency
 from placement import profiles as measured
 
 # --- physical constants and engine traits (each with its source) ----------------------------------------
@@ -882,8 +882,10 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
     if math.isinf(admit_p99):
         return None
     # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
-    ttft_p50 = admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    # The serving path's fixed cost (placement.perf.SERVING_PATH_FIXED_S, the same constant).
+    path = perf.SERVING_PATH_FIXED_S
+    ttft_p50 = path + admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
+    ttft_p99 = path + admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
     # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
     # iteration whose prefill load has a 1% chance of being exceeded.
@@ -953,8 +955,9 @@ def _prefill_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPr
     wait_p50, wait_p99, rho = tail
     alone_p99 = max(_prefill_alone_s(phys, workload.prompt_p99), workload.prompt_p99 / service_rate_tok)
     alone_p50 = max(_prefill_alone_s(phys, workload.prompt_tokens), mean_service)
-    ttft_p50 = wait_p50 + alone_p50 + kv_transfer_s(phys, workload.prompt_tokens)
-    ttft_p99 = wait_p99 + alone_p99 + kv_transfer_s(phys, workload.prompt_p99)
+    path = perf.SERVING_PATH_FIXED_S
+    ttft_p50 = path + wait_p50 + alone_p50 + kv_transfer_s(phys, workload.prompt_tokens)
+    ttft_p99 = path + wait_p99 + alone_p99 + kv_transfer_s(phys, workload.prompt_p99)
     return LoadPrediction(
         rate_rps=rate,
         batch=prompts_per_batch,

@@ -405,7 +405,10 @@ def test_contradictory_values_fail_with_a_clear_message(
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"acceleratorPools": [{"name": "p", "spec": {**POOL_SPEC, "gpus": 8}}]}, "gpus"),
-        ({"acceleratorPools": [{"name": "p", "spec": {**POOL_SPEC, "accelerator": "h1000"}}]}, "accelerator"),
+        (
+            {"acceleratorPools": [{"name": "p", "spec": {**POOL_SPEC, "accelerator": "H100 SXM"}}]},
+            "accelerator",
+        ),
         ({"replicaCount": 0}, "/replicaCount"),
     ],
     ids=[

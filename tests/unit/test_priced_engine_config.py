@@ -95,7 +95,9 @@ def _priced_rate(service: v1alpha1.InferenceService, cand: inputs.Candidate, k: 
 def test_rendered_engine_flags_are_the_priced_configuration(engine: str) -> None:
     services = _services(engine)
     by_id = {planning.service_id(s): s for s in services}
-    fleet = planning.plan_fleet(services, _pools(engine), with_baseline=False)
+    # Without trust headroom: the candidate's capacity is then exactly the model's at its configuration
+    # (headroom only scales it, see test_declared_chips).
+    fleet = planning.plan_fleet(services, _pools(engine), with_baseline=False, headroom=False)
     priced = {c.key: c for c in fleet.candidates.problem.candidates}
     checked = 0
     for allocation in fleet.plan.services:

@@ -120,9 +120,9 @@ def test_perf_oracle_answers_for_catalog_and_unknown_ids() -> None:
     answer = candidates.perf_oracle(q)
     assert answer.max_rps > 0.0 and answer.source == "perf"
     unknown = candidates.perf_oracle(
-        candidates.Query("llama-3.1-8b", "a10g", "bf16", 1, "aggregated", "vllm", 1024, 256, 5000.0, 200.0)
+        candidates.Query("llama-3.1-8b", "x900", "bf16", 1, "aggregated", "vllm", 1024, 256, 5000.0, 200.0)
     )
-    assert unknown.max_rps == 0.0 and unknown.reason is not None and "a10g" in unknown.reason
+    assert unknown.max_rps == 0.0 and unknown.reason is not None and "x900" in unknown.reason
 
 
 def test_explanations_name_runners_up_and_the_binding_reason() -> None:

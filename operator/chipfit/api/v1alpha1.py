@@ -56,12 +56,26 @@ def _enum_schema(values: list[str], description: str) -> WithJsonSchema:
     return WithJsonSchema({"type": "string", "enum": values, "description": description})
 
 
+# Any chip id: a whole device (h100, b200, my-npu) or a partition of one written <parent>/<profile>
+# (h100/1g.10gb). Catalog ids need nothing more; any other id is declared by a pool's acceleratorSpec.
+ACCELERATOR_ID_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(/[1-7]g\.[0-9]{1,4}gb)?$"
+ACCELERATOR_ID_MAX_LENGTH = 80
+# Whole chips and slices of the built-in catalog (placement/data/accelerators.toml): the CEL rule below
+# lets these through without an inline spec.
+CATALOG_ACCELERATOR_IDS: Final = sorted(catalog.ACCELERATORS)
+# Catalog ids with a default price; any other pool states pricePerDeviceHour.
+PRICED_ACCELERATOR_IDS: Final = sorted(
+    a.id for a in catalog.ACCELERATORS.values() if a.default_price_per_hour is not None
+)
+
 AcceleratorId = Annotated[
     str,
-    _enum_schema(
-        sorted(catalog.ACCELERATORS),
-        "Accelerator id from the chipfit catalog: a whole device (h100, mi300x, inf2, ...) or a MIG slice "
-        "written <parent>/<profile> (h100/1g.10gb).",
+    Field(
+        min_length=1,
+        max_length=ACCELERATOR_ID_MAX_LENGTH,
+        pattern=ACCELERATOR_ID_RE,
+        description="Accelerator id: a whole device (h100, mi300x, b200, or any id a pool declares with "
+        "acceleratorSpec) or a MIG slice written <parent>/<profile> (h100/1g.10gb).",
     ),
 ]
 ModelId = Annotated[
@@ -69,6 +83,16 @@ ModelId = Annotated[
 ]
 Precision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 Engine = Literal["vllm", "sglang", "trtllm", "tgi", "neuron"]
+EngineVersion = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^v?[0-9]+\.[0-9]+([.][0-9]+)?([-+.]?[0-9A-Za-z.]+)?$",
+        description="Engine release (e.g. 1.0, v0.17.0): efficiency depends on it; a measured profile "
+        "applies only to the release it was measured on.",
+    ),
+]
 ServingMode = Literal["aggregated", "disaggregated", "auto"]
 Role = Literal["aggregated", "prefill", "decode"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
@@ -142,6 +166,152 @@ class Taint(ApiModel):
     effect: TaintEffect = "NoSchedule"
 
 
+class DenseTflops(ApiModel):
+    """Dense (no sparsity) peak tensor throughput per compute precision, TFLOPS (TOPS for int8)."""
+
+    bf16: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    fp16: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    fp8: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    int8: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+
+
+class NodeLabel(ApiModel):
+    """A node label (key, value) that marks nodes carrying this chip (e.g. nvidia.com/gpu.product)."""
+
+    key: Annotated[str, Field(min_length=1, max_length=316)]
+    value: Annotated[str, Field(max_length=63)]
+
+
+class ChipPartition(ApiModel):
+    """One way the chip can be cut (an NVIDIA MIG profile): GPC slices of 7, memory slices of 8."""
+
+    profile: Annotated[str, Field(pattern=r"^[1-7]g\.[0-9]{1,4}gb$", description="e.g. 1g.23gb")]
+    compute_slices: Annotated[int, Field(ge=1, le=7)]
+    memory_slices: Annotated[int, Field(ge=1, le=8)]
+    max_instances: Annotated[int, Field(ge=1, le=7, description="Instances of this profile per chip.")]
+
+
+class AcceleratorSpec(ApiModel):
+    """A chip described by its specs: what the performance model predicts from when it has no calibration.
+
+    Given inline on the pool that runs it, so a pool is self-contained: the spec is validated, versioned and
+    deleted with the capacity it describes.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.denseTflops.bf16) || has(self.denseTflops.fp16)",
+                    "denseTflops needs bf16 or fp16 (the rate 16-bit and int4 weights compute at)",
+                    ".denseTflops",
+                ),
+                cel(
+                    "self.precisions.all(p, !(p in ['bf16', 'fp16', 'fp8']) || "
+                    "(p == 'bf16' && has(self.denseTflops.bf16)) "
+                    "|| (p == 'fp16' && has(self.denseTflops.fp16)) "
+                    "|| (p == 'fp8' && has(self.denseTflops.fp8)))",
+                    "every served bf16, fp16 or fp8 precision needs its denseTflops figure",
+                    ".precisions",
+                ),
+            ]
+        }
+    )
+
+    vendor: Annotated[
+        Literal["nvidia", "amd", "aws"],
+        Field(
+            description="Whose chip: picks the engines that drive it and the efficiency family it is "
+            "predicted with until calibrated."
+        ),
+    ]
+    display_name: Annotated[str, Field(max_length=253)] | None = None
+    memory_gib: Annotated[float, Field(gt=0, le=65536, description="Device memory, GiB.")]
+    memory_bandwidth_gbps: Annotated[
+        float, Field(gt=0, le=1_000_000, description="Peak device memory bandwidth, GB/s (decimal).")
+    ]
+    dense_tflops: DenseTflops
+    precisions: Annotated[
+        list[Precision],
+        Field(
+            min_length=1,
+            max_length=5,
+            description="Weight precisions the chip and its engines serve.",
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ]
+    interconnect_gbps: Annotated[
+        float,
+        Field(
+            ge=0, le=1_000_000, description="Device-to-device bandwidth within a node, per direction, GB/s."
+        ),
+    ]
+    max_tensor_parallel: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_LIST_ITEMS,
+            description="Devices one replica may span over that interconnect (the node's devices, e.g. 8 "
+            "on an HGX board, 4 on a GB200 tray).",
+        ),
+    ]
+    resource_name: (
+        Annotated[
+            str,
+            Field(
+                max_length=253,
+                pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+                description="Extended resource the vendor's device plugin advertises; defaults to the "
+                "vendor's (nvidia.com/gpu, amd.com/gpu, aws.amazon.com/neuroncore).",
+            ),
+        ]
+        | None
+    ) = None
+    resource_units_per_device: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=MAX_LIST_ITEMS,
+                description="Units of that resource per device (2 NeuronCores per Inferentia2).",
+            ),
+        ]
+        | None
+    ) = None
+    node_label: NodeLabel | None = None
+    partitions: Annotated[list[ChipPartition], Field(max_length=16)] | None = None
+    source: Annotated[
+        str, Field(min_length=1, max_length=MAX_TEXT_LENGTH, description="Where the figures come from.")
+    ]
+
+    def to_catalog(self, accelerator_id: str, price_per_hour: float | None) -> catalog.Accelerator:
+        """The placement layer's accelerator for this spec (the whole chip `accelerator_id`)."""
+        tflops = {k: v for k, v in self.dense_tflops.model_dump(by_alias=False).items() if v is not None}
+        return catalog.accelerator_from_spec(
+            id=accelerator_id,
+            vendor=self.vendor,
+            display_name=self.display_name,
+            memory_bytes=int(self.memory_gib * catalog.GIB),
+            mem_bandwidth_bytes_per_s=self.memory_bandwidth_gbps * catalog.GB,
+            dense_tflops=tflops,
+            interconnect_bytes_per_s=self.interconnect_gbps * catalog.GB,
+            precisions=tuple(self.precisions),
+            max_tp=self.max_tensor_parallel,
+            resource_name=self.resource_name,
+            resource_units_per_device=self.resource_units_per_device,
+            product_label_key=self.node_label.key if self.node_label else None,
+            product_label=self.node_label.value if self.node_label else "",
+            price_per_hour=price_per_hour,
+            price_source="the pool's pricePerDeviceHour",
+            sources=(f"inline acceleratorSpec: {self.source}",),
+            partitions=tuple(
+                catalog.Partition(p.profile, p.compute_slices, p.memory_slices, p.max_instances)
+                for p in self.partitions or ()
+            ),
+            origin="inline",
+        )
+
+
 class AcceleratorPoolSpec(ApiModel):
     """A homogeneous group of nodes: one accelerator type (or MIG slice), a price, a capacity."""
 
@@ -154,11 +324,29 @@ class AcceleratorPoolSpec(ApiModel):
                     "a MIG slice pool must use an nvidia.com/mig-* resource name",
                     ".resourceName",
                 ),
+                cel(
+                    f"has(self.acceleratorSpec) || self.accelerator in {CATALOG_ACCELERATOR_IDS!r}",
+                    "an accelerator outside the built-in catalog needs acceleratorSpec (its specs)",
+                    ".accelerator",
+                ),
+                cel(
+                    f"has(self.pricePerDeviceHour) || self.accelerator in {PRICED_ACCELERATOR_IDS!r}",
+                    "pricePerDeviceHour is required: the catalog has no price for this accelerator",
+                    ".pricePerDeviceHour",
+                ),
             ]
         }
     )
 
     accelerator: AcceleratorId
+    accelerator_spec: Annotated[
+        AcceleratorSpec | None,
+        Field(
+            description="The chip's specs. Required for an id outside the built-in catalog; for a catalog id "
+            "it replaces the catalog's figures for this pool. For a slice id it describes the whole chip "
+            "and must list the slice's profile in partitions."
+        ),
+    ] = None
     devices_per_node: Annotated[
         int,
         Field(
@@ -501,6 +689,7 @@ class InferenceServiceSpec(ApiModel):
         ),
     ] = ["bf16"]
     engine: Engine = "vllm"
+    engine_version: EngineVersion | None = None
     slo: Slo
     workload: Workload
     serving: ServingMode = "auto"
@@ -561,6 +750,27 @@ class Prediction(ApiModel):
     max_requests_per_second: Annotated[float, Field(ge=0)] | None = None
     dollars_per_hour: Annotated[float, Field(ge=0)] | None = None
     dollars_per_million_output_tokens: Annotated[float, Field(ge=0)] | None = None
+    trust: (
+        Annotated[
+            str,
+            Field(
+                max_length=MAX_TEXT_LENGTH,
+                description="How far the prediction can be trusted: measured, calibrated, engine-derived "
+                "or uncalibrated (predicted from specs), and whether the load is inside the calibrated "
+                "range.",
+            ),
+        ]
+        | None
+    ) = None
+    typical_error_percent: (
+        Annotated[
+            float,
+            Field(
+                ge=0, description="Typical |error| of predictions at this trust level (least trusted role)."
+            ),
+        ]
+        | None
+    ) = None
 
 
 class AutoscalingStatus(ApiModel):

@@ -112,6 +112,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="wall-clock budget of each solver call; at the limit the best plan found so far is returned "
         "(default: the solver's)",
     )
+    parser.add_argument(
+        "--no-trust-headroom",
+        dest="headroom",
+        action="store_false",
+        help="plan on capacity predicted from specs as if it were calibrated (default: derate it by its "
+        "typical error, see docs/performance-model.md#trust-how-far-a-prediction-can-be-trusted)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -146,6 +153,7 @@ def _solve_with_progress(args: argparse.Namespace, loaded: validation.Validated,
             loaded.profiles,
             options=options,
             progress=phase,
+            headroom=args.headroom,
         )
         try:
             return future.result(timeout=PROGRESS_AFTER_S)

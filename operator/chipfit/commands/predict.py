@@ -29,7 +29,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and $/1M output tokens. Unknown ids or impossible combinations exit 2 with a one-line error.",
     )
     parser.add_argument("--model", required=True, help=f"model id ({', '.join(catalog.MODELS)})")
-    parser.add_argument("--chip", required=True, help="accelerator or MIG slice id (e.g. h100, h100/3g.40gb)")
+    chip = parser.add_mutually_exclusive_group(required=True)
+    chip.add_argument("--chip", help="accelerator or MIG slice id (e.g. h100, h100/3g.40gb)")
+    chip.add_argument(
+        "--pool",
+        metavar="FILE",
+        help="an AcceleratorPool manifest: predict for the chip it runs (its acceleratorSpec, or its "
+        "catalog id) at its price",
+    )
     parser.add_argument(
         "--precision", help="weight precision (default: bf16, or fp8 where bf16 is unsupported)"
     )
@@ -143,10 +150,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     problems = flag_problems(args)
     if problems:
         raise PredictError("\n".join(problems))
-    from placement import perf, profile_fit
+    from placement import perf, profile_fit, trust
 
     model = catalog.get_model(args.model)
-    acc = catalog.get_accelerator(args.chip)
+    acc, pool_price = _chip(args)
     precision = args.precision or _default_precision(acc)
     tp = args.tp if args.tp is not None else _choose_tp(model, acc, precision, args.engine, args.role)
     config = perf.ReplicaConfig(model, acc, precision, tp, role=args.role, engine=args.engine)
@@ -157,7 +164,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     efficiency = cal.efficiency if cal is not None else None
     overhead_ms = cal.request_overhead_s * 1e3 if cal is not None else 0.0
     offline = perf.offline_throughput(config, args.isl, args.osl, efficiency=efficiency)
-    price_per_device_hour = args.price if args.price is not None else acc.default_price_per_hour
+    confidence = trust.assess(config, args.isl, args.osl)
+    price_per_device_hour = args.price if args.price is not None else pool_price
+    if price_per_device_hour is not None and price_per_device_hour < 0:
+        raise PredictError(f"--price: must be >= 0, got {price_per_device_hour}")
     gb = 1e9
     report: dict[str, Any] = {
         "model": model.id,
@@ -183,11 +193,13 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         ).source,
         # Offline figures sit at the largest batch; with --rps the load's own batch says how far out it is.
         "basis": _basis(cal, model.id, tp, args.isl, args.osl, offline.batch),
+        "trust": confidence.label,
+        "trust_level": confidence.level,
+        "typical_error": confidence.typical_error,
+        "in_calibrated_range": confidence.in_range,
         "price_per_device_hour": price_per_device_hour,
-        "price_per_hour": round(price_per_device_hour * tp, 4),
-        "dollars_per_million_output_tokens": _round_cost(
-            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, offline.output_tokens_per_s)
-        ),
+        "price_per_hour": None if price_per_device_hour is None else round(price_per_device_hour * tp, 4),
+        "dollars_per_million_output_tokens": _dollars(price_per_device_hour, tp, offline.output_tokens_per_s),
     }
     if args.rps is not None:
         slo = perf.LatencySlo(args.ttft_p99_ms, args.itl_p99_ms)
@@ -217,10 +229,12 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         if load is not None:
             report["basis"] = _basis(cal, model.id, tp, args.isl, args.osl, load.batch)
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
+        for stat in ("ttft_mean_ms", "ttft_p50_ms", "itl_mean_ms", "itl_p50_ms"):
+            report[f"{stat}_at_rps"] = None if load is None else round(getattr(load, stat), 3)
         report["ttft_p99_ms_at_max"] = round(best.ttft_p99_ms, 3)
         report["itl_p99_ms_at_max"] = round(best.itl_p99_ms, 3)
-        report["dollars_per_million_output_tokens_at_max_rps"] = _round_cost(
-            perf.dollars_per_million_output_tokens(price_per_device_hour, tp, best.max_rps * args.osl)
+        report["dollars_per_million_output_tokens_at_max_rps"] = _dollars(
+            price_per_device_hour, tp, best.max_rps * args.osl
         )
     return report
 
@@ -268,6 +282,41 @@ def _basis(
     return f"{cal.trust(model, tp, isl, osl, batch).note} ({cal.source})"
 
 
+def _dollars(price_per_device_hour: float | None, tp: int, output_tokens_per_s: float) -> float | None:
+    """$/1M output tokens, None when nothing is produced or the chip has no price."""
+    from placement import perf
+
+    if price_per_device_hour is None:
+        return None
+    return _round_cost(perf.dollars_per_million_output_tokens(price_per_device_hour, tp, output_tokens_per_s))
+
+
+def _chip(args: argparse.Namespace) -> tuple[catalog.Accelerator, float | None]:
+    """The chip to predict for and its default price: a catalog id, or the pool manifest's chip."""
+    from chipfit import manifests, planning
+    from chipfit.api import v1alpha1
+
+    if args.pool is None:
+        acc = catalog.get_accelerator(args.chip)
+        return acc, acc.default_price_per_hour
+    documents, problems = manifests.load_documents([args.pool])
+    if problems:
+        raise PredictError(f"--pool: {problems[0].file}: {problems[0].field}: {problems[0].reason}")
+    pools = [d for d in documents if d.body.get("kind") == "AcceleratorPool"]
+    if len(pools) != 1:
+        raise PredictError(f"--pool: {args.pool} must hold exactly one AcceleratorPool, found {len(pools)}")
+    try:
+        pool = v1alpha1.AcceleratorPool.model_validate(pools[0].body)
+        return planning.pool_accelerator(pool), planning.to_pool(pool).price_per_device_hour
+    except planning.PlanningError as error:
+        raise PredictError(f"--pool: {error}") from None
+    except ValueError as error:  # pydantic's ValidationError: the first problem, one line
+        first = str(error).splitlines()
+        raise PredictError(
+            f"--pool: {args.pool}: {' '.join(first[1:3]) if len(first) > 2 else error}"
+        ) from None
+
+
 def _round_cost(value: float) -> float | None:
     """Round a $/1M figure; None (JSON null) when nothing is produced."""
     return None if value == float("inf") else round(value, 4)
@@ -285,9 +334,14 @@ def render_text(report: dict[str, Any]) -> str:
         f"  latency there    TTFT {report['ttft_ms']:.1f} ms (alone), ITL {report['itl_ms']:.1f} ms",
         f"  calibration      {report['efficiency_source']}",
         f"  figures          {report['basis']}",
-        f"  cost             ${report['price_per_hour']:.2f}/h, "
-        + _cost_text(report["dollars_per_million_output_tokens"])
-        + " at offline max",
+        f"  trust            {report['trust']} (typically within {report['typical_error']:.0%})",
+        (
+            f"  cost             ${report['price_per_hour']:.2f}/h, "
+            + _cost_text(report["dollars_per_million_output_tokens"])
+            + " at offline max"
+            if report["price_per_hour"] is not None
+            else f"  cost             no catalog price for {report['chip']} (pass --price)"
+        ),
     ]
     if "slo" in report:
         verdict = "meets" if report["meets_rps"] else "misses"
@@ -295,7 +349,11 @@ def render_text(report: dict[str, Any]) -> str:
             f"  at {report['rps']:g} req/s   {verdict} TTFT p99 <= {report['slo']['ttft_p99_ms']:g} ms, "
             f"ITL p99 <= {report['slo']['itl_p99_ms']:g} ms" + _latency_text(report),
             f"  max under SLO    {report['max_rps_under_slo']:.3f} req/s ({report['binding']}), "
-            + _cost_text(report["dollars_per_million_output_tokens_at_max_rps"]),
+            + (
+                _cost_text(report["dollars_per_million_output_tokens_at_max_rps"])
+                if report["price_per_hour"] is not None
+                else "no price"
+            ),
         ]
         if report["prefill_chunk_tokens"] is not None:
             lines.append(f"  prefill chunk    {report['prefill_chunk_tokens']} tokens per iteration")
@@ -311,4 +369,8 @@ def _latency_text(report: dict[str, Any]) -> str:
     """Latencies at the offered rate, or nothing when the replica cannot keep up with it."""
     if report["ttft_p99_ms_at_rps"] is None:
         return " (cannot keep up at that rate)"
-    return f" (TTFT p99 {report['ttft_p99_ms_at_rps']:.0f} ms, ITL p99 {report['itl_p99_ms_at_rps']:.1f} ms)"
+    return (
+        f" (TTFT mean {report['ttft_mean_ms_at_rps']:.0f} / p50 {report['ttft_p50_ms_at_rps']:.0f} / "
+        f"p99 {report['ttft_p99_ms_at_rps']:.0f} ms, ITL mean {report['itl_mean_ms_at_rps']:.1f} / "
+        f"p50 {report['itl_p50_ms_at_rps']:.1f} / p99 {report['itl_p99_ms_at_rps']:.1f} ms)"
+    )
