@@ -434,12 +434,19 @@ def _surge_rows(
         if now > 0 and key not in keys and key.service in services:
             gone[key.pool] += float(now * key.tp)
     touched = {candidates[i].pool for i in removed} | set(gone)
+    if not touched:
+        return  # nothing runs that the plan could remove: no rollout to fit
+    # Terms per pool in one pass over the candidates (not one pass per touched pool).
+    terms_of: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, c in enumerate(candidates):
+        terms_of[c.pool].append((n_index[i], float(c.tp)))
+    for i, d in removed.items():
+        terms_of[candidates[i].pool].append((d, float(candidates[i].tp)))
     for pool_id in sorted(touched):
         pool = pools.get(pool_id)
         if pool is None:
             continue  # the pool is gone, and its devices with it
-        terms = [(n_index[i], float(c.tp)) for i, c in enumerate(candidates) if c.pool == pool_id]
-        terms += [(d, float(candidates[i].tp)) for i, d in removed.items() if candidates[i].pool == pool_id]
+        terms = list(terms_of[pool_id])
         shortfall = b.var(price_factor * pool.price_per_device_hour, 0.0, math.inf, False)
         terms.append((shortfall, -1.0))
         b.row(terms, -math.inf, float(pool.devices_total) - gone[pool_id])
