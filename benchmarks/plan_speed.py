@@ -135,6 +135,9 @@ def generate_pools(n_services: int) -> list[dict[str, Any]]:
         }
 
     for acc in catalog.ACCELERATORS.values():
+        if acc.default_price_per_hour is None:
+            # Chips the catalog lists without a public on-demand price (B200, MI325X, ...): no pool.
+            continue
         pools.append(pool(acc.id.replace("/", "-").replace(".", "-"), acc.id, acc.default_price_per_hour))
     for acc_id in FULL_CHIPS:
         price = catalog.ACCELERATORS[acc_id].default_price_per_hour * SPOT_DISCOUNT

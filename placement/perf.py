@@ -29,7 +29,7 @@ import functools
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -217,6 +217,15 @@ class ReplicaConfig:
     tp: int = 1
     role: str = "aggregated"
     engine: str = "vllm"
+
+    def __hash__(self) -> int:
+        """Hash of every field, computed once (configurations key the capacity caches)."""
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash((self.model, self.accelerator, self.precision, self.tp, self.role, self.engine))
+            self.__dict__["_hash"] = value
+            return value
 
     @property
     def model_arch(self) -> catalog.ModelArch:
@@ -1553,16 +1562,44 @@ class RateQuestion:
     prefill_chunk_tokens: int | None = None
     choose_prefill_chunk: bool = True
 
+    def __hash__(self) -> int:
+        """Hash of every field, computed once (questions key the answer cache)."""
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash(
+                (
+                    self.config,
+                    self.workload,
+                    self.slo,
+                    self.itl_is_tpot,
+                    self.efficiency,
+                    self.prefill_chunk_tokens,
+                    self.choose_prefill_chunk,
+                )
+            )
+            self.__dict__["_hash"] = value
+            return value
+
 
 # Answers kept across calls (services, re-plans and the autoscaler ask the same questions); the oldest are
-# dropped beyond this many (~1 KB each).
-RATE_CACHE_MAX_ENTRIES: Final = 200_000
+# dropped beyond this many (~1 KB each). Two kinds of entries share it: the question as asked, and the
+# answer at one fixed chunked-prefill budget (`_at_chunk`), which a question choosing its budget computes
+# on the way and a later question asking for that budget (candidates re-price every bucket at the budget
+# the Deployment will run) reuses.
+RATE_CACHE_MAX_ENTRIES: Final = 400_000
 _RATE_CACHE: dict[RateQuestion, RatePrediction] = {}
-# Rate search: a geometric grid of this many loads between the lowest tested load and saturation, then
-# bisection (geometric) between the last load meeting the SLO and the first missing it until the two
-# rates are within RATE_RELATIVE_TOLERANCE / 10 (the previous scalar bisection stopped at the tolerance).
-RATE_GRID_POINTS: Final = 12
+# Rate search: a geometric grid of this many loads between the lowest tested load and saturation brackets
+# the highest SLO-meeting load; each refinement step then evaluates three loads at once: a pair closely
+# around the secant estimate of where the objectives' excess crosses zero (log load vs log latency/SLO),
+# and the bracket's geometric midpoint (so the bracket at least halves even where the secant is poor).
+# It stops when the two rates are within RATE_RELATIVE_TOLERANCE / 10 (the previous scalar bisection
+# stopped at the tolerance); a good estimate closes the bracket in one or two steps.
+RATE_GRID_POINTS: Final = 5
 REFINE_MAX_STEPS: Final = 48
+# Half-width of the pair around the secant estimate, relative: a bracket of twice this is below the
+# search's stopping tolerance (the rate moves no faster than the batch: λ = B / (output · t(B))).
+SECANT_PAIR_HALF_WIDTH: Final = RATE_RELATIVE_TOLERANCE * 0.25
 
 
 def clear_rate_cache() -> None:
@@ -1588,6 +1625,21 @@ def _canonical(question: RateQuestion) -> RateQuestion:
     return question
 
 
+def _at_chunk(question: RateQuestion, chunk: int | None) -> RateQuestion:
+    """The question at one fixed budget (None: the engine's own), the cache key of that budget's answer."""
+    if question.prefill_chunk_tokens == chunk and not question.choose_prefill_chunk:
+        return question
+    return RateQuestion(
+        question.config,
+        question.workload,
+        question.slo,
+        question.itl_is_tpot,
+        question.efficiency,
+        chunk,
+        False,
+    )
+
+
 def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     """max_rate_under_slo's model answer for many questions at once (cached; profiles are not consulted).
 
@@ -1596,12 +1648,10 @@ def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     keys = [_canonical(q) for q in questions]
     cache = _RATE_CACHE
     missing = list(dict.fromkeys(k for k in keys if k not in cache))
-    fresh: dict[RateQuestion, RatePrediction] = {}
     if missing:
         with np.errstate(all="ignore"):
-            fresh = dict(zip(missing, _solve_rates(missing), strict=True))
-    out = [fresh[k] if k in fresh else cache[k] for k in keys]
-    cache.update(fresh)
+            _solve_rates(missing, cache)
+    out = [cache[k] for k in keys]
     overflow = len(cache) - RATE_CACHE_MAX_ENTRIES
     if overflow > 0:
         for key in list(itertools.islice(iter(cache), overflow)):
@@ -1611,86 +1661,153 @@ def max_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
 
 @dataclasses.dataclass
 class _Pending:
-    """A question being answered: its physics, chunk budgets to try and the best answer so far."""
+    """A question choosing its chunk budget: its physics, the budgets to try and the best answer so far."""
 
     question: RateQuestion
     phys: _Physics
     budgets: tuple[int | None, ...]
-    best: RatePrediction | None = None
+    best: RatePrediction
 
 
-def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
-    """Answers for distinct questions: checks, then the chunk rounds of the search, vectorized by role."""
-    answers: list[RatePrediction | None] = [None] * len(questions)
-    pending: dict[int, _Pending] = {}
-    for i, q in enumerate(questions):
-        config, workload = q.config, q.workload
-        if q.prefill_chunk_tokens is not None:
-            _validate_chunk(config, q.prefill_chunk_tokens)
-        reason = infeasibility(config)
-        if reason is not None:
-            answers[i] = _zero(reason)
-            continue
-        phys = _physics(config, q.efficiency)
-        context = workload.prompt_p99 + workload.output_p99
-        if context > phys.model.max_context_tokens:
-            answers[i] = _zero(
-                f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context "
-                f"of {phys.model.id}"
-            )
-            continue
-        if config.role != "prefill" and phys.kv_capacity_tokens < context:
-            answers[i] = _zero(
-                f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
-                f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
-            )
+def _checked(q: RateQuestion) -> _Physics | RatePrediction:
+    """The question's physics, or its zero answer when the configuration or the request cannot run."""
+    config, workload = q.config, q.workload
+    if q.prefill_chunk_tokens is not None:
+        _validate_chunk(config, q.prefill_chunk_tokens)
+    reason = infeasibility(config)
+    if reason is not None:
+        return _zero(reason)
+    phys = _physics(config, q.efficiency)
+    context = workload.prompt_p99 + workload.output_p99
+    if context > phys.model.max_context_tokens:
+        return _zero(
+            f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context "
+            f"of {phys.model.id}"
+        )
+    if config.role != "prefill" and phys.kv_capacity_tokens < context:
+        return _zero(
+            f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
+            f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
+        )
+    return phys
+
+
+def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, RatePrediction]) -> None:
+    """Answer distinct questions into `cache`: checks, then the chunk rounds, vectorized by role.
+
+    Every budget a question searches is searched in full from a vanishing load and cached at that budget
+    (`_at_chunk`), so an answer never depends on which question computed it first.
+    """
+    pending: list[_Pending] = []
+    fixed: list[tuple[RateQuestion, RateQuestion]] = []
+    todo: dict[RateQuestion, _Physics] = {}
+    for q in questions:
+        checked = _checked(q)
+        if isinstance(checked, RatePrediction):
+            cache[q] = checked
             continue
         budgets: tuple[int | None, ...]
         if q.prefill_chunk_tokens is not None:
             budgets = (q.prefill_chunk_tokens,)
-        elif q.choose_prefill_chunk and config.role != "decode":
-            budgets = prefill_chunk_candidates(phys.engine) or (None,)
+        elif q.choose_prefill_chunk and q.config.role != "decode":
+            budgets = prefill_chunk_candidates(checked.engine) or (None,)
         else:
             budgets = (None,)
-        pending[i] = _Pending(q, phys, budgets)
-    # Round k tries every question's k-th budget: the engine default is searched in full; another budget
-    # only needs to beat the best so far by PREFILL_CHUNK_MIN_GAIN, so it is tested there first and searched
-    # above it only when it meets the SLO there.
+        key = _at_chunk(q, budgets[0])
+        if key not in cache:
+            todo[key] = checked
+        if len(budgets) == 1:
+            fixed.append((q, key))
+        else:
+            pending.append(_Pending(q, checked, budgets, _ZERO_PLACEHOLDER))
+    # Round 0: each question's first budget (the engine default when it chooses), searched in full.
+    _search_into(todo, cache)
+    for q, key in fixed:
+        cache[q] = cache[key]
+    for p in pending:
+        p.best = cache[_at_chunk(p.question, p.budgets[0])]
+    # Round k tries every choosing question's k-th (smaller) budget: it replaces the best so far only when it
+    # serves PREFILL_CHUNK_MIN_GAIN more, so where the best is positive it is first tested at that floor and
+    # searched only when it meets the SLO there.
+    for round_index in range(1, max((len(p.budgets) for p in pending), default=0)):
+        live = [p for p in pending if round_index < len(p.budgets) and _smaller_chunk_may_win(p)]
+        if not live:
+            break
+        keys = [_at_chunk(p.question, p.budgets[round_index]) for p in live]
+        floors = [p.best.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN) for p in live]
+        test = [(k, p, f) for k, p, f in zip(keys, live, floors, strict=True) if f > 0.0 and k not in cache]
+        passed = _meet_floors(test)
+        todo = {}
+        for k, p, f in zip(keys, live, floors, strict=True):
+            if k not in cache and (f <= 0.0 or k in passed):
+                todo[k] = p.phys
+        _search_into(todo, cache)
+        for k, p, f in zip(keys, live, floors, strict=True):
+            result = cache.get(k)
+            if result is None or result.max_rps <= 0.0:
+                continue
+            if f <= 0.0 or k in passed or result.max_rps >= f:
+                p.best = result
+    for p in pending:
+        cache[p.question] = p.best
+
+
+def _slo_columns(questions: Sequence[RateQuestion]) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """(TTFT SLO ms, ITL SLO ms, ITL read as TPOT) of the questions as (Q, 1) columns."""
+    ttft = np.array([q.slo.ttft_p99_ms for q in questions]).reshape(-1, 1)
+    itl = np.array([q.slo.itl_p99_ms for q in questions]).reshape(-1, 1)
+    tpot = np.array([q.itl_is_tpot for q in questions]).reshape(-1, 1)
+    return ttft, itl, tpot
+
+
+def _rows_at_chunks(items: Sequence[tuple[RateQuestion, _Physics]]) -> _Rows:
+    """Rows of fixed-budget questions (a budget of None keeps the engine's own)."""
+    rows = _Rows.of([(phys, q.workload) for q, phys in items])
+    chunk = np.array(
+        [math.nan if q.prefill_chunk_tokens is None else float(q.prefill_chunk_tokens) for q, _ in items]
+    ).reshape(-1, 1)
+    if np.isnan(chunk).all():
+        return rows
+    return rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
+
+
+def _search_into(todo: Mapping[RateQuestion, _Physics], cache: dict[RateQuestion, RatePrediction]) -> None:
+    """Full searches for fixed-budget questions, by role, answers into `cache`."""
     for role in ("aggregated", "decode", "prefill"):
-        group = [p for p in pending.values() if p.question.config.role == role]
-        if not group:
+        items = [(q, phys) for q, phys in todo.items() if q.config.role == role]
+        if not items:
             continue
-        base = _Rows.of([(p.phys, p.question.workload) for p in group])
-        for round_index in range(max(len(p.budgets) for p in group)):
-            sel = [
-                k for k, p in enumerate(group) if round_index < len(p.budgets) and _smaller_chunk_may_win(p)
-            ]
-            if not sel:
-                break
-            chosen = [group[k].budgets[round_index] for k in sel]
-            index = np.array(sel, dtype=np.intp)
-            rows = base.take(index)
-            chunk = np.array([math.nan if c is None else float(c) for c in chosen]).reshape(-1, 1)
-            rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
-            floors = np.array(
-                [
-                    0.0
-                    if (b := group[k].best) is None or b.max_rps <= 0.0
-                    else b.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
-                    for k in sel
-                ]
+        found = _search(_rows_at_chunks(items), role, [q for q, _ in items])
+        for (q, _), answer in zip(items, found, strict=True):
+            cache[q] = answer
+
+
+def _meet_floors(tests: Sequence[tuple[RateQuestion, _Pending, float]]) -> set[RateQuestion]:
+    """The fixed-budget questions that meet their SLO at their floor rate (one load each, by role)."""
+    passed: set[RateQuestion] = set()
+    for role in ("aggregated", "decode", "prefill"):
+        items = [t for t in tests if t[0].config.role == role]
+        if not items:
+            continue
+        r = _rows_at_chunks([(k, p.phys) for k, p, _ in items])
+        ttft_slo, itl_slo, tpot = _slo_columns([k for k, _, _ in items])
+        floors = np.array([f for _, _, f in items]).reshape(-1, 1)
+        pre = _prefill_rows(r) if role == "prefill" else None
+        ceiling = _ceiling(r, role, pre)
+        if pre is not None:
+            at = _prefill_loads(r, pre, floors)
+            ok = at.ok
+        else:
+            # Newton from the best answer's batch scaled to the floor (the budget barely moves the step).
+            start = np.array(
+                [p.best.max_batch * f / p.best.max_rps for _, p, f in items], dtype=np.float64
             ).reshape(-1, 1)
-            found = _search(rows, role, [group[k].question for k in sel], floors)
-            for k, result in zip(sel, found, strict=True):
-                p = group[k]
-                if p.best is None or (result is not None and result.max_rps > 0.0):
-                    p.best = result
-    for i, p in pending.items():
-        assert p.best is not None, "the first budget is searched from zero and always answers"
-        answers[i] = p.best
-    out = [a for a in answers if a is not None]
-    assert len(out) == len(questions)
-    return out
+            stable, batch = _batch_at_rate(r, role, floors, start)
+            at = _loads_at(r, role, batch, pre)
+            ok = at.ok & stable
+        meets = _meets(role, dataclasses.replace(at, ok=ok), ttft_slo, itl_slo, tpot) & (floors < ceiling)
+        passed.update(k for (k, _, _), m in zip(items, meets[:, 0].tolist(), strict=True) if m)
+    return passed
 
 
 def _smaller_chunk_may_win(p: _Pending) -> bool:
@@ -1750,14 +1867,20 @@ def _search_step(r: _Rows, role: str, batch: FloatArray) -> FloatArray:
     return _decode_step_v(r, np.maximum(batch, 1.0), batch * r.prompt / r.output, batch / r.output)
 
 
-def _batch_at_rate(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, FloatArray]:
+def _batch_at_rate(
+    r: _Rows, role: str, rate: FloatArray, start: FloatArray | None = None
+) -> tuple[BoolArray, FloatArray]:
     """(stable, B): the steady decode batch at arrival rate `rate`, by Newton's method on B - λ·output·t(B).
 
-    Stable where the root exists within the slot limit. Rows Newton does not settle fall back to the damped
-    iteration of _steady_v (the same fixed point).
+    Newton starts from `start` where given (positive, within the slot limit), else from the batch the
+    zero-load step gives. Stable where the root exists within the slot limit. Rows Newton does not settle
+    fall back to the damped iteration of _steady_v (the same fixed point).
     """
     demand = rate * r.output
     batch = demand * _search_step(r, role, np.zeros_like(demand))
+    if start is not None:
+        usable = np.isfinite(start) & (start > 0.0)
+        batch = np.where(usable, np.minimum(start, r.limit), batch)
     settled = np.zeros(batch.shape, dtype=np.bool_)
     # Rows still moving (a settled row stays where it settled: an answer never depends on the other rows).
     moving = np.arange(batch.shape[0])
@@ -1789,50 +1912,93 @@ def _batch_at_rate(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, Fl
     return stable, batch
 
 
-def _search(
-    r: _Rows, role: str, questions: Sequence[RateQuestion], floors: FloatArray
-) -> list[RatePrediction | None]:
-    """Highest SLO-meeting rate of each row, searched from its floor (0: from a vanishing load).
-
-    A row with floor > 0 answers None unless it meets the SLO at the floor; with floor 0 it always
-    answers (max_rps 0.0 and the reason when even a vanishing rate misses).
-    """
-    n = len(questions)
-    ttft_slo = np.array([q.slo.ttft_p99_ms for q in questions]).reshape(-1, 1)
-    itl_slo = np.array([q.slo.itl_p99_ms for q in questions]).reshape(-1, 1)
-    tpot = np.array([q.itl_is_tpot for q in questions]).reshape(-1, 1)
-    pre = _prefill_rows(r) if role == "prefill" else None
-    # Upper bracket: the rate at which the replica could not keep up even with unlimited latency.
+def _ceiling(r: _Rows, role: str, pre: _PrefillRows | None) -> FloatArray:
+    """The rate at which each row could not keep up even with unlimited latency (the search's top)."""
     if role == "prefill":
         assert pre is not None
         per_batch = np.maximum(np.where(r.has_chunk, r.chunk, r.prompt) / r.prompt, 1.0)
-        ceiling = 1.0 / pre.alone_mean * per_batch
-    else:
-        slots = np.maximum(r.limit, 1.0)
-        ceiling = slots / _decode_step_v(r, slots, 0.0, 0.0) / r.output
-    from_zero = floors <= 0.0
-    low_rate = np.where(from_zero, ceiling * 1e-6, floors)
-    if role == "prefill":
-        low = _prefill_loads(r, pre, low_rate) if pre is not None else _loads_at_rate(r, role, low_rate)
+        out: FloatArray = 1.0 / pre.alone_mean * per_batch
+        return out
+    slots = np.maximum(r.limit, 1.0)
+    out = slots / _decode_step_v(r, slots, 0.0, 0.0) / r.output
+    return out
+
+
+def _secant_guess(
+    role: str,
+    lo: FloatArray,
+    hi: FloatArray,
+    at_lo: _Loads,
+    at_hi: _Loads,
+    ttft_slo_ms: FloatArray,
+    itl_slo_ms: FloatArray,
+    tpot: BoolArray,
+) -> FloatArray:
+    """Where the first objective crosses its bound between lo (meets) and hi (misses), per row (Q,).
+
+    Each objective's slack, objective / latency - 1, is interpolated linearly in the load (near saturation
+    latency grows like 1 / (x_s - x), so the slack is about linear there); the earliest crossing wins. NaN
+    where no objective crosses (hi misses because the replica cannot keep up there).
+    """
+    guess = np.full(lo.shape, np.nan)
+    objectives = []
+    if role != "decode":
+        objectives.append((at_lo.ttft_p99, at_hi.ttft_p99, ttft_slo_ms))
+    if role != "prefill":
+        objectives.append(
+            (np.where(tpot, at_lo.step, at_lo.itl_p99), np.where(tpot, at_hi.step, at_hi.itl_p99), itl_slo_ms)
+        )
+    for lat_lo, lat_hi, bound in objectives:
+        s_lo = (bound / (lat_lo * 1e3) - 1.0)[:, 0]
+        s_hi = np.where(at_hi.ok[:, 0], (bound / (lat_hi * 1e3) - 1.0)[:, 0], -1.0)
+        crosses = (s_lo >= 0.0) & (s_hi < 0.0)
+        x = lo + np.clip(s_lo / (s_lo - s_hi), 0.0, 1.0) * (hi - lo)
+        guess = np.where(crosses & ~(guess <= x), x, guess)
+    return guess
+
+
+def _min_slack(
+    role: str, loads: _Loads, ttft_slo_ms: FloatArray, itl_slo_ms: FloatArray, tpot: BoolArray
+) -> FloatArray:
+    """min over the objectives of objective / latency - 1: >= 0 exactly where _meets holds, -1 where the
+    replica cannot keep up."""
+    itl = np.where(tpot, loads.step, loads.itl_p99) * 1e3
+    slack_itl = itl_slo_ms / itl - 1.0
+    slack_ttft = ttft_slo_ms / (loads.ttft_p99 * 1e3) - 1.0
+    slack = (
+        slack_itl
+        if role == "decode"
+        else slack_ttft
+        if role == "prefill"
+        else np.minimum(slack_ttft, slack_itl)
+    )
+    out: FloatArray = np.where(loads.ok, slack, -1.0)
+    return out
+
+
+def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[RatePrediction]:
+    """Highest SLO-meeting rate of each row, searched from a vanishing load (max_rps 0.0 and the reason when
+    even that misses)."""
+    n = len(questions)
+    ttft_slo, itl_slo, tpot = _slo_columns(questions)
+    pre = _prefill_rows(r) if role == "prefill" else None
+    ceiling = _ceiling(r, role, pre)
+    low_rate = ceiling * 1e-6
+    if pre is not None:
+        low = _prefill_loads(r, pre, low_rate)
     else:
         stable, batch = _batch_at_rate(r, role, low_rate)
         low = _loads_at(r, role, batch, pre)
-        # A search from a floor starts exactly there (the batch solves λ(B) = floor to 1e-9).
-        low = dataclasses.replace(low, ok=low.ok & stable, rate=np.where(from_zero, low.rate, floors))
-    low_meets = _meets(role, low, ttft_slo, itl_slo, tpot) & (from_zero | (floors < ceiling))
-    results: list[RatePrediction | None] = [None] * n
+        low = dataclasses.replace(low, ok=low.ok & stable)
+    low_meets = _meets(role, low, ttft_slo, itl_slo, tpot)
+    results: list[RatePrediction] = [_ZERO_PLACEHOLDER] * n
     for i in np.nonzero(~low_meets[:, 0])[0]:
-        if from_zero[i, 0]:
-            results[i] = _zero(_why_not(role, questions[int(i)].slo, _prediction(low, int(i))))
+        results[i] = _zero(_why_not(role, questions[int(i)].slo, _prediction(low, int(i))))
     live = np.nonzero(low_meets[:, 0])[0]
     if live.size == 0:
         return results
     r = r.take(live)
-    pre = (
-        None
-        if pre is None
-        else _PrefillRows(**{f.name: getattr(pre, f.name)[live] for f in dataclasses.fields(pre)})
-    )
+    pre = None if pre is None else _take_prefill(pre, live)
     ttft_slo, itl_slo, tpot = ttft_slo[live], itl_slo[live], tpot[live]
     low = _Loads(
         **{
@@ -1847,39 +2013,98 @@ def _search(
     fractions = np.arange(1, RATE_GRID_POINTS + 1, dtype=np.float64).reshape(1, -1) / RATE_GRID_POINTS
     grid = x_low * (x_top / x_low) ** fractions
     grid[:, -1:] = x_top
+    if role != "prefill":
+        # Known edges of the latency curves, each bracketed by a pair of loads just either side so that an
+        # answer sitting on one needs no bisection: the admission queue saturates at a whole number of
+        # sequence slots (_erlang_c_v: offered load B >= floor(slots)); the ITL percentiles jump where a
+        # prompt starts arriving in more than the percentile's share of iterations
+        # (_arrival_tokens_quantile_v: λ t = -ln(1 - tail), i.e. B = output · -ln(1 - tail); the p99 one,
+        # which the ITL objective reads).
+        edges = [np.floor(r.limit)]
+        if role == "aggregated":
+            edges.append(r.output * -math.log1p(-TAIL_PROBABILITY))
+        sides = (1.0 - SECANT_PAIR_HALF_WIDTH, 1.0 + SECANT_PAIR_HALF_WIDTH)
+        pairs = np.concatenate([edge * side for edge in edges for side in sides], axis=1)
+        grid = np.sort(np.concatenate([grid, np.clip(pairs, x_low, x_top)], axis=1), axis=1)
+    columns = grid.shape[1]
     loads = _loads_at(r, role, grid, pre)
     meets = _meets(role, loads, ttft_slo, itl_slo, tpot)
-    # First grid point missing the SLO (G when none does); the answer lies between it and the point before.
-    first_miss = np.where(meets.all(axis=1), RATE_GRID_POINTS, np.argmin(meets, axis=1))
+    # First grid point missing the SLO (all columns when none does); the answer lies between it and the point
+    # before.
+    first_miss = np.where(meets.all(axis=1), columns, np.argmin(meets, axis=1))
     rows = np.arange(live.size)
     lo_x = np.where(first_miss == 0, x_low[:, 0], grid[rows, np.maximum(first_miss - 1, 0)])
     best = _pick(loads, rows, np.maximum(first_miss - 1, 0), first_miss > 0, low)
-    saturated = first_miss == RATE_GRID_POINTS
-    hi_x = np.where(saturated, x_top[:, 0], grid[rows, np.minimum(first_miss, RATE_GRID_POINTS - 1)])
-    above = _pick(loads, rows, np.minimum(first_miss, RATE_GRID_POINTS - 1), np.ones(live.size, bool), low)
-    hi_rate = above.rate[:, 0].copy()
-    # Refine between lo_x (meets) and hi_x (misses), geometric bisection, all rows in lockstep.
+    saturated = first_miss == columns
+    hi_x = np.where(saturated, x_top[:, 0], grid[rows, np.minimum(first_miss, columns - 1)])
+    above = _pick(loads, rows, np.minimum(first_miss, columns - 1), np.ones(live.size, bool), low)
+    # Refine between lo_x (meets) and hi_x (misses), all rows in lockstep: three loads per step (see
+    # RATE_GRID_POINTS), the bracket moving to the first that misses and the one before it.
     refine = np.nonzero(~saturated)[0]
+    # The last pair evaluated around a guess, and its slack (see _min_slack): a local secant through it is
+    # a Newton step, which from the steep side of a convex latency curve lands just short of the answer.
+    pair_x = np.full((live.size, 2), np.nan)
+    pair_s = np.full((live.size, 2), np.nan)
     for _ in range(REFINE_MAX_STEPS):
         if refine.size == 0:
             break
         sub = r.take(refine)
-        sub_pre = (
-            None
-            if pre is None
-            else _PrefillRows(**{f.name: getattr(pre, f.name)[refine] for f in dataclasses.fields(pre)})
+        sub_pre = None if pre is None else _take_prefill(pre, refine)
+        slo_t, slo_i, sub_tpot = ttft_slo[refine], itl_slo[refine], tpot[refine]
+        lo, hi = lo_x[refine], hi_x[refine]
+        middle = np.sqrt(lo * hi)
+        across = _secant_guess(
+            role, lo, hi, _rows_of(best, refine), _rows_of(above, refine), slo_t, slo_i, sub_tpot
         )
-        mid = np.sqrt(lo_x[refine] * hi_x[refine]).reshape(-1, 1)
-        at = _loads_at(sub, role, mid, sub_pre)
-        ok = _meets(role, at, ttft_slo[refine], itl_slo[refine], tpot[refine])[:, 0]
-        up, down = refine[ok], refine[~ok]
-        lo_x[up] = mid[ok, 0]
-        hi_x[down] = mid[~ok, 0]
-        best = _assign(best, up, at, ok)
-        above = _assign(above, down, at, ~ok)
-        hi_rate[down] = at.rate[~ok, 0]
-        gap = hi_rate[refine] - best.rate[refine, 0]
-        refine = refine[gap > RATE_RELATIVE_TOLERANCE * 0.1 * best.rate[refine, 0]]
+        across = np.where(np.isnan(across), middle, across)
+        px, ps = pair_x[refine], pair_s[refine]
+        local_step = px[:, 0] - ps[:, 0] * (px[:, 1] - px[:, 0]) / (ps[:, 1] - ps[:, 0])
+        inside = np.isfinite(local_step) & (local_step > lo) & (local_step < hi)
+        newton = np.where(inside, local_step, middle)
+        points = np.stack(
+            [
+                across * (1.0 - SECANT_PAIR_HALF_WIDTH),
+                across * (1.0 + SECANT_PAIR_HALF_WIDTH),
+                newton * (1.0 - SECANT_PAIR_HALF_WIDTH),
+                newton * (1.0 + SECANT_PAIR_HALF_WIDTH),
+            ],
+            axis=1,
+        )
+        points = np.clip(points, lo[:, None], hi[:, None])
+        at = _loads_at(sub, role, points, sub_pre)
+        slack = _min_slack(role, at, slo_t, slo_i, sub_tpot)
+        # Keep the pair whose slack is nearer zero for the next local step.
+        nearer = np.abs(slack[:, 2:]).min(axis=1) < np.abs(slack[:, :2]).min(axis=1)
+        pair_x[refine] = np.where(nearer[:, None], points[:, 2:], points[:, :2])
+        pair_s[refine] = np.where(nearer[:, None], slack[:, 2:], slack[:, :2])
+        order = np.argsort(points, axis=1)
+        points = np.take_along_axis(points, order, axis=1)
+        at = _Loads(
+            **{
+                f.name: np.take_along_axis(np.broadcast_to(getattr(at, f.name), points.shape), order, axis=1)
+                for f in dataclasses.fields(at)
+            }
+        )
+        ok = _meets(role, at, slo_t, slo_i, sub_tpot)
+        width = points.shape[1]
+        miss = np.where(ok.all(axis=1), width, np.argmin(ok, axis=1))
+        local = np.arange(refine.size)
+        up = miss > 0
+        down = miss < width
+        lo_x[refine[up]] = points[local[up], miss[up] - 1]
+        hi_x[refine[down]] = points[local[down], miss[down]]
+        best = _assign(
+            best, refine[up], _pick(at, local, np.maximum(miss - 1, 0), up, _rows_of(best, refine)), up
+        )
+        above = _assign(
+            above,
+            refine[down],
+            _pick(at, local, np.minimum(miss, width - 1), down, _rows_of(above, refine)),
+            down,
+        )
+        # The rate moves no faster than the load (λ = B / (output · t(B)), t growing with B): a bracket
+        # within the tolerance in load is within it in rate, wherever the loads above are not servable.
+        refine = refine[hi_x[refine] - lo_x[refine] > RATE_RELATIVE_TOLERANCE * lo_x[refine]]
     # Which limit stops a higher rate: the first objective exceeded just above the answer, or saturation.
     above_ok = above.ok[:, 0] & ~(saturated & (role != "prefill"))
     ttft_binds = (
@@ -1914,6 +2139,16 @@ def _search(
     return results
 
 
+def _take_prefill(pre: _PrefillRows, index: npt.NDArray[np.intp]) -> _PrefillRows:
+    """The prefill rows at `index`."""
+    return _PrefillRows(**{f.name: getattr(pre, f.name)[index] for f in dataclasses.fields(pre)})
+
+
+def _rows_of(loads: _Loads, index: npt.NDArray[np.intp]) -> _Loads:
+    """The (Q, 1) loads at rows `index`."""
+    return _Loads(**{f.name: getattr(loads, f.name)[index] for f in dataclasses.fields(loads)})
+
+
 def _pick(
     loads: _Loads, rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp], take: BoolArray, fallback: _Loads
 ) -> _Loads:
@@ -1943,6 +2178,10 @@ def _zero(reason: str) -> RatePrediction:
     return RatePrediction(
         max_rps=0.0, ttft_p99_ms=0.0, itl_p99_ms=0.0, max_batch=0, output_tokens_per_s=0.0, reason=reason
     )
+
+
+# Filler for an answer not computed yet (never returned).
+_ZERO_PLACEHOLDER: Final = _zero("not searched")
 
 
 def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:

@@ -118,6 +118,33 @@ def assess(
 ) -> Trust:
     """How far the model's prediction for this replica and request size (and engine release) can be
     trusted."""
+    level, error, notes, span = _assess_config(config, versioned)
+    in_range = True
+    if span is not None:
+        outside = []
+        if not span.prompt_tokens[0] <= prompt_tokens <= span.prompt_tokens[1]:
+            outside.append(
+                f"prompt {prompt_tokens:.0f} outside {span.prompt_tokens[0]:.0f}-{span.prompt_tokens[1]:.0f}"
+            )
+        if not span.output_tokens[0] <= output_tokens <= span.output_tokens[1]:
+            outside.append(
+                f"output {output_tokens:.0f} outside {span.output_tokens[0]:.0f}-{span.output_tokens[1]:.0f}"
+            )
+        if not span.tp[0] <= config.tp <= span.tp[1]:
+            outside.append(f"tp {config.tp} outside {span.tp[0]}-{span.tp[1]}")
+        if outside:
+            in_range = False
+            error += OUT_OF_RANGE_EXTRA_ERROR
+            notes = (*notes, "outside the calibrated range: " + ", ".join(outside))
+    return Trust(level, in_range, notes, round(error, 4))
+
+
+@functools.lru_cache(maxsize=16384)
+def _assess_config(
+    config: perf.ReplicaConfig, versioned: engine_version.VersionedEfficiency | None
+) -> tuple[Level, float, tuple[str, ...], FittedRange | None]:
+    """The size-independent part of assess: level, typical error, notes, and the fitted span to check sizes
+    against (memoized: candidates ask it for every request-size bucket of every configuration)."""
     acc = config.accelerator_spec
     chip = acc.parent or acc.id
     fitted = _fitted_engines(acc.vendor)
@@ -151,25 +178,8 @@ def assess(
             error += UNMEASURED_RELEASE_EXTRA_ERROR
     if acc.is_mig and level in ("calibrated", "engine-derived"):
         notes.append(f"MIG slice {acc.mig_profile}: scaled from the whole chip, never measured")
-    in_range = True
     span = chip_rows.get(config.engine) or next(iter(chip_rows.values()), None)
-    if span is not None:
-        outside = []
-        if not span.prompt_tokens[0] <= prompt_tokens <= span.prompt_tokens[1]:
-            outside.append(
-                f"prompt {prompt_tokens:.0f} outside {span.prompt_tokens[0]:.0f}-{span.prompt_tokens[1]:.0f}"
-            )
-        if not span.output_tokens[0] <= output_tokens <= span.output_tokens[1]:
-            outside.append(
-                f"output {output_tokens:.0f} outside {span.output_tokens[0]:.0f}-{span.output_tokens[1]:.0f}"
-            )
-        if not span.tp[0] <= config.tp <= span.tp[1]:
-            outside.append(f"tp {config.tp} outside {span.tp[0]}-{span.tp[1]}")
-        if outside:
-            in_range = False
-            error += OUT_OF_RANGE_EXTRA_ERROR
-            notes.append("outside the calibrated range: " + ", ".join(outside))
-    return Trust(level, in_range, tuple(notes), round(error, 4))
+    return level, error, tuple(notes), span
 
 
 def measured(source: str) -> Trust:
