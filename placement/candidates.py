@@ -655,7 +655,14 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
         if len(chunks) > 1 and None not in chunks:
             options[shape] = tuple(sorted((c for c in chunks if c is not None), reverse=True))
     fixed_shapes = [(shape, chunk) for shape, chunks in options.items() for chunk in chunks]
-    fixed = _ask_shapes(work, fixed_shapes, oracle, context)
+    # A bucket whose own answer already chose that chunk is not asked again: it is the answer at that chunk.
+    known = {
+        (shape, chunk): [
+            a if a.max_rps > 0.0 and a.prefill_chunk_tokens == chunk else None for a in answers[shape]
+        ]
+        for shape, chunk in fixed_shapes
+    }
+    fixed = _ask_shapes(work, fixed_shapes, oracle, context, known)
     final: dict[_Shape, tuple[list[Capacity], int | None]] = {}
     for shape in shapes:
         spec = work[shape[0]][0]
@@ -711,13 +718,18 @@ def _for_pool(result: Result, pool: inputs.Pool) -> Result:
 
 
 def _ask_shapes(
-    work: Work, items: Sequence[tuple[_Shape, int | None]], oracle: CapacityOracle, context: _Context
+    work: Work,
+    items: Sequence[tuple[_Shape, int | None]],
+    oracle: CapacityOracle,
+    context: _Context,
+    known: Mapping[tuple[_Shape, int | None], Sequence[Capacity | None]] | None = None,
 ) -> dict[tuple[_Shape, int | None], list[Capacity]]:
     """Each (shape, chunk)'s answer per bucket (a chunk of None lets the oracle choose each bucket's).
 
     Two oracle batches: every shape's smallest bucket first; then the buckets no failure rules out (a
     failure the oracle vouches is size-monotone rules out every bucket at least as large). Identical
-    queries are asked once. A bucket ruled out gets _NOT_ASKED, which _effective skips.
+    queries are asked once; answers in `known` (per item and bucket, None: unknown) are not asked. A bucket
+    ruled out gets _NOT_ASKED, which _effective skips.
     """
     answers: dict[tuple[_Shape, int | None], list[Capacity]] = {}
     orders: dict[tuple[_Shape, int | None], list[int]] = {}
@@ -752,7 +764,11 @@ def _ask_shapes(
                         buckets[k].prompt_tokens >= p and buckets[k].output_tokens >= o for p, o in failed
                     )
                 ]
+            given = known.get(item) if known is not None else None
             for k in wanted:
+                if given is not None and (answer := given[k]) is not None:
+                    answers[item][k] = answer
+                    continue
                 bucket = buckets[k]
                 query = Query(
                     model=spec.model,

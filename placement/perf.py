@@ -1729,8 +1729,10 @@ def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, Ra
     # Round k tries every choosing question's k-th (smaller) budget: it replaces the best so far only when it
     # serves PREFILL_CHUNK_MIN_GAIN more, so where the best is positive it is first tested at that floor and
     # searched only when it meets the SLO there.
+    live = pending
     for round_index in range(1, max((len(p.budgets) for p in pending), default=0)):
-        live = [p for p in pending if round_index < len(p.budgets) and _smaller_chunk_may_win(p)]
+        # A question out of budgets, or whose best no smaller budget can beat, stays so (its best is final).
+        live = [p for p in live if round_index < len(p.budgets) and _smaller_chunk_may_win(p)]
         if not live:
             break
         keys = [_at_chunk(p.question, p.budgets[round_index]) for p in live]

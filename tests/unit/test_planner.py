@@ -95,3 +95,50 @@ def test_parallel_pricing_builds_the_same_candidates() -> None:
     two = candidates.build(specs, pools, workers=2)
     assert one.problem == two.problem
     assert one.rejections == two.rejections
+
+
+def _profile(model: str, accelerator: str, max_rps: float) -> v1alpha1.PerformanceProfile:
+    """A one-bucket measured table for (model, accelerator) at fp8 on vLLM, tp 1."""
+    return v1alpha1.PerformanceProfile.model_validate(
+        {
+            "apiVersion": "chipfit.io/v1alpha1",
+            "kind": "PerformanceProfile",
+            "metadata": {"name": f"{model}-{accelerator}"},
+            "spec": {
+                "model": model,
+                "accelerator": accelerator,
+                "precision": "fp8",
+                "engine": "vllm",
+                "tensorParallel": 1,
+                "source": {"description": "test table"},
+                "bucketTable": {
+                    "slo": {"ttftP99Ms": 100.0, "itlP99Ms": 10.0},
+                    "promptTokenBuckets": [65536],
+                    "outputTokenBuckets": [16384],
+                    "maxRequestsPerSecond": [[max_rps]],
+                },
+            },
+        }
+    )
+
+
+def test_a_changed_profile_reprices_only_its_model_on_its_accelerator() -> None:
+    services = list(SERVICES.values())
+    pools = _pools()
+    planner = planning.Planner()
+    planner.build_inputs(services, pools)
+    touched = sum(
+        candidates.pool_allowed(planning.to_spec(s), planning.to_pool(p)) is None
+        for s in services
+        for p in pools
+        if s.spec.model.id == "llama-3.1-70b" and p.spec.accelerator == "h100"
+    )
+    assert touched > 0
+    for max_rps in (3.0, 5.0):
+        profile = _profile("llama-3.1-70b", "h100", max_rps)
+        cset = planner.build_inputs(services, pools, [profile])
+        assert planner.last_priced_pairs == touched
+        assert cset.problem == planning.build_inputs(services, pools, [profile]).problem
+    # Unchanged: nothing is priced again.
+    planner.build_inputs(services, pools, [profile])
+    assert planner.last_priced_pairs == 0
