@@ -656,7 +656,7 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
             options[shape] = tuple(sorted((c for c in chunks if c is not None), reverse=True))
     fixed_shapes = [(shape, chunk) for shape, chunks in options.items() for chunk in chunks]
     # A bucket whose own answer already chose that chunk is not asked again: it is the answer at that chunk.
-    known = {
+    known: dict[tuple[_Shape, int | None], Sequence[Capacity | None]] = {
         (shape, chunk): [
             a if a.max_rps > 0.0 and a.prefill_chunk_tokens == chunk else None for a in answers[shape]
         ]
