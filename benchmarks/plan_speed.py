@@ -233,6 +233,7 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
     fleet = json.loads(fleet_path.read_text())
     raw_services = fleet["services"][:limit] if limit else fleet["services"]
     t0 = time.perf_counter()
+    c0 = _cpu_s()
     pools = [v1alpha1.AcceleratorPool.model_validate(p) for p in fleet["pools"]]
     pool_names = [p.metadata.name for p in pools]
     services = []
@@ -276,28 +277,37 @@ def run_plan(fleet_path: Path, limit: int | None, time_limit_s: float) -> dict[s
             "candidates_s": t2 - t1,
             "candidates_cpu_s": c2 - c1,
             "solve_s": t3 - t2,
+            "solve_cpu_s": _cpu_s() - c2,
             "status_s": 0.0,
             "total_s": t3 - t0,
+            "total_cpu_s": _cpu_s() - c0,
+            "max_rss_mb": _max_rss_mb(),
             "solver_status": f"error: {error}",
         }
     t3 = time.perf_counter()
+    c3 = _cpu_s()
     outcomes = {sp.service: handlers.outcome_of(sp) for sp in plan.services}
     statuses = [
         reconcile.compute_status(s, outcomes.get(planning.service_id(s)), [], None, "2026-01-01T00:00:00Z")
         for s in services
     ]
     t4 = time.perf_counter()
+    c4 = _cpu_s()
     served = sum(1 for sp in plan.services if sp.status == "served")
     return {
         "services": len(raw_services),
         "invalid": invalid,
         "candidates": len(cset.problem.candidates),
         "parse_s": t1 - t0,
+        "parse_cpu_s": c1 - c0,
         "candidates_s": t2 - t1,
         "candidates_cpu_s": c2 - c1,
         "solve_s": t3 - t2,
+        "solve_cpu_s": c3 - c2,
         "status_s": t4 - t3,
         "total_s": t4 - t0,
+        "total_cpu_s": c4 - c0,
+        "max_rss_mb": _max_rss_mb(),
         "price_per_hour": plan.price_per_hour,
         "bound": plan.bound,
         "bound_source": plan.bound_source,
@@ -358,6 +368,13 @@ def run_replan(fleet_path: Path, time_limit_s: float) -> dict[str, Any]:
         "replicas_left_on_lost_pool": moved,
         "solver_status": replanned.plan.status,
     }
+
+
+def _max_rss_mb() -> float:
+    """Peak resident memory of this process and its largest finished child (worker processes), MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
 
 
 def _cpu_s() -> float:
@@ -495,6 +512,32 @@ def main() -> None:
             results.append(row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    print(summary(results))
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """The results as the markdown table of benchmarks/REPORT_solver.md (d)."""
+    lines = [
+        "| services x pools | candidates | candidates CPU / wall (this tree) | solve wall (status, gap to "
+        "bound) | end to end CPU / wall | previous: candidates CPU | ratio (candidates CPU) |",
+        "|---|---:|---|---|---|---|---:|",
+    ]
+    for row in results:
+        cur = row["current"]
+        gap = cur.get("gap")
+        gap_text = "-" if gap is None or (isinstance(gap, float) and math.isnan(gap)) else f"{gap:.2%}"
+        prev = row.get("previous")
+        prev_text = (
+            f"{prev['candidates_cpu_s']:.1f} s ({row['previous_kind']})" if prev is not None else "not run"
+        )
+        ratio = row.get("speedup_candidates_cpu")
+        lines.append(
+            f"| {row['n']:,} | {cur['candidates']:,} | {cur['candidates_cpu_s']:.1f} s / "
+            f"{cur['candidates_s']:.1f} s | {cur['solve_s']:.1f} s ({cur['solver_status']}, {gap_text}, "
+            f"{cur.get('bound_source', '-')}) | {cur.get('total_cpu_s', math.nan):.1f} s / "
+            f"{cur['total_s']:.1f} s | {prev_text} | {'-' if ratio is None else f'{ratio:.1f}x'} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

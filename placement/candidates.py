@@ -579,7 +579,7 @@ def _collector_paused() -> Iterator[None]:
 
 # Pricing runs in worker processes only from this many (service, pool) pairs: below it, starting processes
 # costs more than it saves (a few hundred ms each).
-PARALLEL_MIN_PAIRS = 4000
+PARALLEL_MIN_PAIRS = 1000
 # Services priced in one batch: large enough for numpy to amortise its per-call cost, small enough to
 # bound memory (a batch's arrays grow with its questions) and to balance the worker processes.
 PRICE_SLICE_SERVICES = 50

@@ -1669,15 +1669,25 @@ class _Pending:
     best: RatePrediction
 
 
-def _checked(q: RateQuestion) -> _Physics | RatePrediction:
-    """The question's physics, or its zero answer when the configuration or the request cannot run."""
+def _checked(
+    q: RateQuestion, configs: dict[tuple[int, int, int | None], _Physics | RatePrediction]
+) -> _Physics | RatePrediction:
+    """The question's physics, or its zero answer when the configuration or the request cannot run.
+
+    `configs` memoizes the configuration's part within one call (by the identity of the configuration
+    and efficiency objects, which the questions keep alive).
+    """
     config, workload = q.config, q.workload
-    if q.prefill_chunk_tokens is not None:
-        _validate_chunk(config, q.prefill_chunk_tokens)
-    reason = infeasibility(config)
-    if reason is not None:
-        return _zero(reason)
-    phys = _physics(config, q.efficiency)
+    key = (id(config), id(q.efficiency), q.prefill_chunk_tokens)
+    known = configs.get(key)
+    if known is None:
+        if q.prefill_chunk_tokens is not None:
+            _validate_chunk(config, q.prefill_chunk_tokens)
+        reason = infeasibility(config)
+        known = configs[key] = _zero(reason) if reason is not None else _physics(config, q.efficiency)
+    if isinstance(known, RatePrediction):
+        return known
+    phys = known
     context = workload.prompt_p99 + workload.output_p99
     if context > phys.model.max_context_tokens:
         return _zero(
@@ -1701,8 +1711,10 @@ def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, Ra
     pending: list[_Pending] = []
     fixed: list[tuple[RateQuestion, RateQuestion]] = []
     todo: dict[RateQuestion, _Physics] = {}
+    configs: dict[tuple[int, int, int | None], _Physics | RatePrediction] = {}
+    chunk_options: dict[int, tuple[int | None, ...]] = {}
     for q in questions:
-        checked = _checked(q)
+        checked = _checked(q, configs)
         if isinstance(checked, RatePrediction):
             cache[q] = checked
             continue
@@ -1710,7 +1722,11 @@ def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, Ra
         if q.prefill_chunk_tokens is not None:
             budgets = (q.prefill_chunk_tokens,)
         elif q.choose_prefill_chunk and q.config.role != "decode":
-            budgets = prefill_chunk_candidates(checked.engine) or (None,)
+            budgets = chunk_options.get(id(checked.engine)) or ()
+            if not budgets:
+                budgets = chunk_options[id(checked.engine)] = prefill_chunk_candidates(checked.engine) or (
+                    None,
+                )
         else:
             budgets = (None,)
         key = _at_chunk(q, budgets[0])
