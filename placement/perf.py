@@ -16,7 +16,7 @@ The model, in three layers (docs/performance-model.md has the derivation and its
    budget of each iteration (chunked prefill), whose Pollaczek-Khinchine mean wait and exponential tail
    give TTFT p50/p99; ITL p99 is the iteration whose prefill load (compound-Poisson prompt arrivals plus
    backlog, capped by the chunk budget) is exceeded 1% of the time. The highest rate meeting both SLOs
-   is found by bisection.
+   is bracketed on a grid of loads and refined by secant and Newton steps (see _search).
 
 Prefill-only and decode-only replicas (disaggregated serving) drop the other phase's work; a prefill
 replica's TTFT includes shipping the prompt's KV cache to the decode side over the network.

@@ -4,7 +4,8 @@ tests/unit/perf_reference.py is the scalar perf.py as it was before vectorizatio
 slow reference). The physics is the same; two things differ by design:
 - the steady state B = λ · output · t(B) is solved exactly (the search runs on the batch, where it is
   explicit) instead of by a damped iteration stopped at 1e-6 (or after 60 steps near saturation), and
-- the highest rate is bracketed on a grid and bisected to 1e-5 instead of bisected to 1e-4.
+- the highest rate is bracketed on a grid and refined by secant/Newton steps to 1e-4 of the load instead
+  of bisected to 1e-4 of the rate.
 So rates agree to the previous code's own convergence error, and everything discrete (feasibility, the
 chosen prefill chunk, the binding limit, the reasons) is equal.
 """
