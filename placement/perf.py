@@ -2063,7 +2063,7 @@ def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[Rate
     # a Newton step, which from the steep side of a convex latency curve lands just short of the answer.
     pair_x = np.full((live.size, 2), np.nan)
     pair_s = np.full((live.size, 2), np.nan)
-    for _ in range(REFINE_MAX_STEPS):
+    for step in range(REFINE_MAX_STEPS):
         if refine.size == 0:
             break
         sub = r.take(refine)
@@ -2079,22 +2079,22 @@ def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[Rate
         local_step = px[:, 0] - ps[:, 0] * (px[:, 1] - px[:, 0]) / (ps[:, 1] - ps[:, 0])
         inside = np.isfinite(local_step) & (local_step > lo) & (local_step < hi)
         newton = np.where(inside, local_step, middle)
-        points = np.stack(
-            [
-                across * (1.0 - SECANT_PAIR_HALF_WIDTH),
-                across * (1.0 + SECANT_PAIR_HALF_WIDTH),
-                newton * (1.0 - SECANT_PAIR_HALF_WIDTH),
-                newton * (1.0 + SECANT_PAIR_HALF_WIDTH),
-            ],
-            axis=1,
-        )
+        # First step: the secant pair and the midpoint pair; then the Newton pair where it lands inside the
+        # bracket (else the secant pair) and the midpoint, so the bracket at least halves every step.
+        guesses = [across, newton] if step < 1 else [np.where(inside, newton, across)]
+        columns = [
+            g * (1.0 + side) for g in guesses for side in (-SECANT_PAIR_HALF_WIDTH, SECANT_PAIR_HALF_WIDTH)
+        ]
+        points = np.stack(columns if step < 1 else [*columns, middle], axis=1)
         points = np.clip(points, lo[:, None], hi[:, None])
         at = _loads_at(sub, role, points, sub_pre)
         slack = _min_slack(role, at, slo_t, slo_i, sub_tpot)
         # Keep the pair whose slack is nearer zero for the next local step.
-        nearer = np.abs(slack[:, 2:]).min(axis=1) < np.abs(slack[:, :2]).min(axis=1)
-        pair_x[refine] = np.where(nearer[:, None], points[:, 2:], points[:, :2])
-        pair_s[refine] = np.where(nearer[:, None], slack[:, 2:], slack[:, :2])
+        nearer = np.abs(slack[:, 2:4]).min(axis=1) < np.abs(slack[:, :2]).min(axis=1)
+        if step >= 1:
+            nearer[:] = False
+        pair_x[refine] = np.where(nearer[:, None], points[:, 2:4], points[:, :2])
+        pair_s[refine] = np.where(nearer[:, None], slack[:, 2:4], slack[:, :2])
         order = np.argsort(points, axis=1)
         points = np.take_along_axis(points, order, axis=1)
         at = _Loads(
