@@ -1515,8 +1515,10 @@ def rate_from_profile(
 # read and step overhead dominate the prefill cost. Half octaves keep the best budget within ~20% of the
 # continuous optimum (the largest chunk whose iteration still meets the ITL objective).
 PREFILL_CHUNK_CANDIDATES: Final = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-# A budget other than the engine default is chosen only when it serves at least this much more (a
-# deployment keeps the engine's own setting unless the change pays).
+# Across request-size buckets (placement.candidates), a budget other than the engine default is kept only
+# when it saves at least this much. Within one question the model takes the budget serving the highest
+# rate, the larger budget on a tie: a margin there would make the answer depend on which budget happened
+# to be searched first, and a looser SLO could then serve less (a margin on the answer is not monotone).
 PREFILL_CHUNK_MIN_GAIN: Final = 0.01
 
 
@@ -1654,8 +1656,9 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             budgets = (None,)
         pending[i] = _Pending(q, phys, budgets)
     # Round k tries every question's k-th budget: the engine default is searched in full; another budget
-    # only needs to beat the best so far by PREFILL_CHUNK_MIN_GAIN, so it is tested there first and searched
-    # above it only when it meets the SLO there.
+    # only matters when it serves more than the best so far, so it is tested at that rate first and searched
+    # above it only when it meets the SLO there. The answer is the highest rate over the budgets (the
+    # larger budget on a tie), so it never falls when the SLO loosens.
     for role in ("aggregated", "decode", "prefill"):
         group = [p for p in pending.values() if p.question.config.role == role]
         if not group:
@@ -1674,16 +1677,14 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
             floors = np.array(
                 [
-                    0.0
-                    if (b := group[k].best) is None or b.max_rps <= 0.0
-                    else b.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
+                    0.0 if (b := group[k].best) is None or b.max_rps <= 0.0 else b.max_rps
                     for k in sel
                 ]
             ).reshape(-1, 1)
             found = _search(rows, role, [group[k].question for k in sel], floors)
             for k, result in zip(sel, found, strict=True):
                 p = group[k]
-                if p.best is None or (result is not None and result.max_rps > 0.0):
+                if p.best is None or (result is not None and result.max_rps > p.best.max_rps):
                     p.best = result
     for i, p in pending.items():
         assert p.best is not None, "the first budget is searched from zero and always answers"

@@ -1124,9 +1124,6 @@ def rate_from_profile(
 # read and step overhead dominate the prefill cost. Half octaves keep the best budget within ~20% of the
 # continuous optimum (the largest chunk whose iteration still meets the ITL objective).
 PREFILL_CHUNK_CANDIDATES: Final = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-# A budget other than the engine default is chosen only when it serves at least this much more (a
-# deployment keeps the engine's own setting unless the change pays).
-PREFILL_CHUNK_MIN_GAIN: Final = 0.01
 
 
 def prefill_chunk_candidates(engine: EngineTraits) -> tuple[int, ...]:
@@ -1180,13 +1177,14 @@ def _max_rate_cached(
     else:
         budgets = (None,)
     # The engine default is searched in full; another budget only needs to beat the best so far, so it is
-    # tested there first and searched above it only when it meets the SLO there.
+    # tested there first and searched above it only when it meets the SLO there. The highest rate wins (the
+    # larger budget on a tie): no margin, so a looser SLO never serves less.
     best: RatePrediction | None = None
     for chunk in budgets:
         candidate = phys if chunk is None else _with_chunk(phys, chunk)
-        floor = 0.0 if best is None else best.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
+        floor = 0.0 if best is None else best.max_rps
         found = _search_rate(config, candidate, workload, slo, itl_is_tpot, floor)
-        if best is None or (found is not None and found.max_rps > 0.0):
+        if best is None or (found is not None and found.max_rps > best.max_rps):
             best = found
     assert best is not None, "the first budget is searched from zero and always answers"
     return best

@@ -94,7 +94,22 @@ def test_max_rate_equals_the_scalar_reference(
     assert isinstance(old, ref.RatePrediction) and isinstance(new, perf.RatePrediction)
     assert (old.max_rps > 0) == (new.max_rps > 0)
     assert new.max_rps == pytest.approx(old.max_rps, rel=RATE_RTOL)
-    assert new.prefill_chunk_tokens == old.prefill_chunk_tokens
+    if new.prefill_chunk_tokens != old.prefill_chunk_tokens:
+        # The highest rate over the budgets wins (no margin): two budgets that tie within the reference's
+        # convergence error may be picked either way, and then both serve the same rate.
+        model, chip, precision, tp, role, engine, sizes, slo = case
+        at_old = perf.max_rate_under_slo(
+            perf.ReplicaConfig(model, chip, precision, tp, role, engine),  # type: ignore[arg-type]
+            sizes[0],  # type: ignore[index]
+            sizes[1],  # type: ignore[index]
+            perf.LatencySlo(*slo),  # type: ignore[misc]
+            prompt_tokens_p99=sizes[2],  # type: ignore[index]
+            output_tokens_p99=sizes[3],  # type: ignore[index]
+            prefill_chunk_tokens=old.prefill_chunk_tokens,
+        )
+        assert at_old.max_rps == pytest.approx(new.max_rps, rel=RATE_RTOL)
+        assert at_old.max_rps <= new.max_rps * (1 + perf.RATE_RELATIVE_TOLERANCE)
+        return
     assert new.reason == old.reason
     if old.max_rps > 0 and new.reason != perf.SATURATED_REASON:
         # The binding objective is met at the answer by both, close to its bound.
