@@ -173,12 +173,19 @@ ENGINE_TRAITS: Final = {
 VLLM_LARGE_DEVICE_BYTES: Final = 70 * catalog.GIB
 VLLM_LARGE_DEVICE_MAX_BATCH: Final = 1024
 VLLM_LARGE_DEVICE_CHUNK_TOKENS: Final = 8192
+# vLLM's CPU backend serves with max_num_seqs 128 and 2048 batched tokens (OpenAI server; the same
+# get_batch_defaults, `if current_platform.is_cpu()`, vLLM 0.32): the project's real engine runs with these.
+VLLM_CPU_MAX_BATCH: Final = 128
 
 
 def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
     """The engine's scheduler limits on this accelerator (defaults can depend on the device)."""
     traits = ENGINE_TRAITS[engine]
     parent = acc.parent or acc.id
+    if engine == "vllm" and acc.vendor == "cpu":
+        return dataclasses.replace(
+            traits, max_batch=VLLM_CPU_MAX_BATCH, source=traits.source + "; CPU backend: max_num_seqs 128"
+        )
     if engine == "vllm" and acc.memory_bytes >= VLLM_LARGE_DEVICE_BYTES and not parent.startswith("a100"):
         return dataclasses.replace(
             traits,
@@ -1125,6 +1132,24 @@ def _serving_path_v(prompt_tokens: FloatArray) -> FloatArray:
     return out
 
 
+def _own_prefill_v(
+    r: _Rows, running: FloatArray, budget: FloatArray, prompt: FloatArray, others: FloatArray
+) -> FloatArray:
+    """Seconds of the iterations that carry one `prompt`-token prompt, once it is at the head of the queue.
+
+    The prompt is cut into n = ceil(prompt / budget) chunks, one per iteration; every one of those
+    iterations also decodes the `running` sequences (and reads every weight), and carries the mean prompt
+    tokens of other requests that arrive meanwhile (`others`, at most what the budget leaves). Draining the
+    prompt at the full iterations' token rate instead (prompt / (budget / t_full)) would count only the
+    prompt's share of an iteration: a short prompt still waits for a whole iteration.
+    """
+    chunks = np.maximum(1.0, np.ceil(prompt / np.maximum(budget, 1.0)))
+    own = prompt / chunks
+    tokens = own + np.minimum(others, np.maximum(budget - own, 0.0))
+    out: FloatArray = chunks * _decode_step_v(r, running, tokens, tokens / r.prompt)
+    return out
+
+
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
     """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
     running = np.maximum(batch, 1.0)
@@ -1145,15 +1170,18 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
     ok &= np.isfinite(admit_p99)
     # TTFT: the serving path's fixed cost (front end, tokenization, scheduling, detokenization), waiting for
-    # a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
+    # a slot and for the prefill budget, the iteration in flight, then the prompt's own iterations: a prompt
+    # rides whole iterations, each also decoding the running sequences and reading every weight.
     path_p50, path_p99 = _serving_path_v(mean_prompt), _serving_path_v(p99_prompt)
-    ttft_p50 = path_p50 + admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = path_p99 + admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    own_p50 = _own_prefill_v(r, running, budget, mean_prompt, rate * step * mean_prompt)
+    own_p99 = _own_prefill_v(r, running, budget, p99_prompt, rate * step * mean_prompt)
+    ttft_p50 = path_p50 + admit_p50 + wait_p50 + own_p50 + step / 2.0
+    ttft_p99 = path_p99 + admit_p99 + wait_p99 + own_p99 + step
     ttft_mean = (
         path_p50
         + _admission_mean_v(r.limit, batch, r.output * step)
         + _queue_mean_v(rate, mean_prompt / service_rate_tok, r.second_moment / service_rate_tok**2)
-        + mean_prompt / service_rate_tok
+        + own_p50
         + step / 2.0
     )
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
@@ -1340,6 +1368,104 @@ def latencies_at(
         for k, i in enumerate(index):
             out[i] = _prediction(loads, k)
     return out
+
+
+# Damped iterations solving a closed loop's throughput (converges geometrically; far more than needed).
+CLOSED_LOOP_STEPS: Final = 200
+
+
+def _closed_loads(r: _Rows, users: FloatArray) -> _Loads:
+    """Aggregated replica with `users` requests always in flight (a closed loop: a benchmark's concurrency).
+
+    Continuous batching as the engine runs it: of the requests in flight, those in the serving path
+    (front end, tokenization) are not in the engine; the engine runs at most `limit` sequences (max_num_seqs,
+    KV capacity, a budget that counts decode tokens) and the rest wait in its queue, never more than the
+    users there are. Throughput X solves X = running / (output · t(running, X · t · prompt)) (each request
+    holds its slot for about `output` iterations, prompt tokens arriving at X share them, at most the prefill
+    budget per iteration), Little's law gives the engine's population users - X · path and the queue wait
+    (population - limit) / X. Nothing diverges: past the admission limit TTFT grows linearly with the users
+    and ITL stays at the full batch's iteration.
+    """
+    path = _serving_path_v(r.prompt)
+    slots = np.maximum(np.floor(r.limit), 1.0)
+    budget_full = np.where(r.has_chunk, _prefill_budget_v(r, slots), np.maximum(r.prompt_p99, r.prompt))
+    step = np.broadcast_to(_decode_step_v(r, 1.0, 0.0, 0.0), users.shape).copy()
+    rate = users / (path + r.output * step)
+    running = np.minimum(users, slots)
+    for _ in range(CLOSED_LOOP_STEPS):
+        inside = np.maximum(users - rate * path, 1e-9)
+        running = np.minimum(inside, slots)
+        budget = np.maximum(
+            np.where(r.has_chunk, _prefill_budget_v(r, np.maximum(running, 1.0)), budget_full), 1.0
+        )
+        prefill = np.minimum(rate * step * r.prompt, budget)
+        step = _decode_step_v(r, np.maximum(running, 1.0), prefill, prefill / r.prompt)
+        served = np.minimum(running / (r.output * step), budget / (step * r.prompt))
+        rate = 0.5 * (rate + served)
+    inside = np.maximum(users - rate * path, 1e-9)
+    running = np.minimum(inside, slots)
+    slot_wait = np.maximum(inside - slots, 0.0) / rate
+    budget = np.maximum(
+        np.where(r.has_chunk, _prefill_budget_v(r, np.maximum(running, 1.0)), budget_full), 1.0
+    )
+    full = _decode_step_v(r, np.maximum(running, 1.0), budget, budget / r.prompt)
+    service = r.prompt * full / budget
+    # Prompts queue for the prefill budget (M/G/1 at the loop's rate), never behind more than the other users.
+    second = r.second_moment * (full / budget) ** 2
+    stable, wait_p50, wait_p99, rho = _queue_tail_v(rate, service, second)
+    wait_mean = _queue_mean_v(rate, service, second)
+    most = (np.minimum(users, slots) - 1.0) * service
+    wait_p50, wait_p99, wait_mean = (
+        np.minimum(np.where(stable, w, np.inf), most) for w in (wait_p50, wait_p99, wait_mean)
+    )
+    others = rate * step * r.prompt
+    own_p50 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt, others)
+    own_p99 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt_p99, others)
+    ttft_p50 = path + slot_wait + wait_p50 + own_p50 + step / 2.0
+    ttft_p99 = _serving_path_v(r.prompt_p99) + slot_wait + wait_p99 + own_p99 + step
+    ttft_mean = path + slot_wait + wait_mean + own_p50 + step / 2.0
+    tokens_p99 = np.minimum(
+        _arrival_tokens_quantile_v(r, rate * step, TAIL_PROBABILITY) + wait_p99 * rate * r.prompt, budget
+    )
+    tokens_p50 = np.minimum(
+        _arrival_tokens_quantile_v(r, rate * step, 0.5) + wait_p50 * rate * r.prompt, budget
+    )
+    itl_p99 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p99, tokens_p99 / r.prompt)
+    itl_p50 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p50, tokens_p50 / r.prompt)
+    itl_p99 = np.maximum(itl_p99, itl_p50)
+    ok = np.broadcast_to(r.limit >= 1.0, users.shape)
+    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+
+
+def latency_at_concurrency(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    concurrency: float,
+    *,
+    efficiency: perf_efficiency.Efficiency | None = None,
+    prefill_chunk_tokens: int | None = None,
+) -> LoadPrediction | None:
+    """TTFT and ITL (mean, p50, p99) of an aggregated replica with `concurrency` requests kept in flight.
+
+    What a concurrency sweep (`chipfit profile --concurrency`, vLLM's bench serve --max-concurrency)
+    measures; `rate_rps` of the answer is the throughput the loop reaches. Unlike an open-loop rate, any
+    concurrency has an answer: past the engine's admission limit the extra requests wait in its queue.
+    None only when not one request of this size fits.
+    """
+    if config.role != "aggregated":
+        raise InvalidConfigError(f"a closed loop is modelled for aggregated replicas, not {config.role!r}")
+    if not (math.isfinite(concurrency) and concurrency >= 1):
+        raise InvalidConfigError(f"concurrency must be >= 1, got {concurrency!r}")
+    _validate_chunk(config, prefill_chunk_tokens)
+    reason = infeasibility(config)
+    if reason is not None:
+        raise InvalidConfigError(reason)
+    phys = _physics(config, efficiency)
+    if prefill_chunk_tokens is not None:
+        phys = _with_chunk(phys, prefill_chunk_tokens)
+    with np.errstate(all="ignore"):
+        loads = _closed_loads(_Rows.of([(phys, workload)]), np.full((1, 1), float(concurrency)))
+    return _prediction(loads)
 
 
 def _decode_step(
@@ -1676,10 +1802,7 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             chunk = np.array([math.nan if c is None else float(c) for c in chosen]).reshape(-1, 1)
             rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
             floors = np.array(
-                [
-                    0.0 if (b := group[k].best) is None or b.max_rps <= 0.0 else b.max_rps
-                    for k in sel
-                ]
+                [0.0 if (b := group[k].best) is None or b.max_rps <= 0.0 else b.max_rps for k in sel]
             ).reshape(-1, 1)
             found = _search(rows, role, [group[k].question for k in sel], floors)
             for k, result in zip(sel, found, strict=True):

@@ -151,3 +151,26 @@ def test_latency_at_a_rate_equals_the_scalar_reference(model: str, chip: str, ro
         for field in ("batch", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "step_ms"):
             assert getattr(new, field) == pytest.approx(getattr(old, field), rel=1e-9, abs=1e-12), field
         assert math.isclose(new.prefill_utilization, old.prefill_utilization, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("case", _grid(80, 29), ids=lambda c: "-".join(map(str, c[:6])))
+def test_closed_loop_latency_equals_the_scalar_reference(case: tuple[object, ...]) -> None:
+    model, chip, precision, tp, _, engine, sizes, _ = case
+    fields = ("rate_rps", "batch", "step_ms", "prefill_utilization")
+    fields += ("ttft_p50_ms", "ttft_p99_ms", "ttft_mean_ms", "itl_p50_ms", "itl_p99_ms", "itl_mean_ms")
+    for users in (1, 3, 40, 700, 5000):
+        answers = []
+        for module in (ref, perf):
+            config = module.ReplicaConfig(model, chip, precision, tp, "aggregated", engine)  # type: ignore[arg-type]
+            workload = module.RequestSizes(*sizes)  # type: ignore[arg-type]
+            try:
+                answers.append(module.latency_at_concurrency(config, workload, users))
+            except (perf.InvalidConfigError, ref.InvalidConfigError) as error:
+                answers.append(str(error))
+        old, new = answers
+        if isinstance(old, str) or old is None:
+            assert old == new
+            continue
+        assert new is not None and not isinstance(new, str)
+        for name in fields:
+            assert getattr(new, name) == pytest.approx(getattr(old, name), rel=1e-9, abs=1e-9), name
