@@ -1468,6 +1468,80 @@ def latency_at_concurrency(
     return _prediction(loads)
 
 
+def latency_over_run(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    rate_rps: float,
+    duration_s: float,
+    *,
+    warmup_s: float = 0.0,
+    efficiency: perf_efficiency.Efficiency | None = None,
+) -> LoadPrediction | None:
+    """TTFT and ITL (mean, p50, p99) a benchmark of Poisson arrivals at `rate_rps` measures over a finite run.
+
+    Arrivals run for `warmup_s + duration_s` seconds from an idle replica; the requests arriving in the last
+    `duration_s` are measured (`chipfit profile --rate`, vLLM's bench serve --request-rate). Unlike
+    latency_at_rate there is an answer at any rate, because a run is finite:
+
+    - the engine can serve at most μ = the closed loop's throughput with every slot busy
+      (latency_at_concurrency past the admission limit); above it the waiting queue grows at λ - μ, so a
+      request arriving at time s waits (λ - μ) s / μ for a slot: continuous batching keeps the batch at
+      the limit and ITL at the full batch's iteration, and TTFT grows with the run, not to infinity;
+    - below μ the steady state (latency_at_rate) holds once the queue has had time to build: a queue
+      started empty holds on average at most sqrt(2 (λ + μ) s / π) requests at time s (the driftless
+      diffusion's mean, an upper bound for any λ <= μ), so near capacity TTFT is the smaller of the steady
+      state's and that bound's (the queueing formula's 1 / (1 - ρ) needs a run longer than it to appear).
+
+    Means and p50s use the mean measured arrival time (s̄ = warmup + duration / 2), p99s the last
+    arrivals (warmup + 0.99 duration). None only when not one request of this size fits.
+    """
+    if not (math.isfinite(rate_rps) and rate_rps > 0):
+        raise InvalidConfigError(f"rate must be a positive number of requests/s, got {rate_rps!r}")
+    if not (math.isfinite(duration_s) and duration_s > 0 and math.isfinite(warmup_s) and warmup_s >= 0):
+        raise InvalidConfigError(
+            f"duration_s must be > 0 and warmup_s >= 0, got {duration_s!r}, {warmup_s!r}"
+        )
+    if config.role != "aggregated":
+        raise InvalidConfigError(f"a finite run is modelled for aggregated replicas, not {config.role!r}")
+    slots = max_batch(config, workload.prompt_tokens, workload.output_tokens)
+    if slots < 1:
+        return None
+    # The saturated engine: every slot busy with a queue behind (users well past the slots).
+    saturated = latency_at_concurrency(config, workload, 2.0 * slots + 8.0, efficiency=efficiency)
+    if saturated is None:
+        return None
+    capacity = saturated.rate_rps
+    # Users at which the queue starts: every slot busy plus the requests in the serving path.
+    first_waiting = slots + capacity * SERVING_PATH_FIXED_S
+    mean_at = warmup_s + duration_s / 2.0
+    tail_at = warmup_s + (1.0 - TAIL_PROBABILITY) * duration_s
+
+    def queued(at_s: float) -> float:
+        """Requests waiting for a slot at time `at_s`: the fluid excess plus the diffusion bound."""
+        excess = max(rate_rps - capacity, 0.0) * at_s
+        return excess + math.sqrt(2.0 * (rate_rps + capacity) * at_s / math.pi)
+
+    at_mean = latency_at_concurrency(config, workload, first_waiting + queued(mean_at), efficiency=efficiency)
+    at_tail = latency_at_concurrency(config, workload, first_waiting + queued(tail_at), efficiency=efficiency)
+    assert at_mean is not None and at_tail is not None
+    steady = (
+        latency_at_rate(config, workload, rate_rps, efficiency=efficiency) if rate_rps < capacity else None
+    )
+    if steady is None:
+        return dataclasses.replace(
+            at_mean,
+            rate_rps=min(rate_rps, capacity),
+            ttft_p99_ms=at_tail.ttft_p99_ms,
+            prefill_utilization=1.0,
+        )
+    return dataclasses.replace(
+        steady,
+        ttft_mean_ms=min(steady.ttft_mean_ms, at_mean.ttft_mean_ms),
+        ttft_p50_ms=min(steady.ttft_p50_ms, at_mean.ttft_p50_ms),
+        ttft_p99_ms=min(steady.ttft_p99_ms, at_tail.ttft_p99_ms),
+    )
+
+
 def _decode_step(
     phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
 ) -> float:
