@@ -1444,13 +1444,15 @@ def latency_at_concurrency(
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
+    max_num_seqs: int | None = None,
 ) -> LoadPrediction | None:
     """TTFT and ITL (mean, p50, p99) of an aggregated replica with `concurrency` requests kept in flight.
 
     What a concurrency sweep (`chipfit profile --concurrency`, vLLM's bench serve --max-concurrency)
     measures; `rate_rps` of the answer is the throughput the loop reaches. Unlike an open-loop rate, any
     concurrency has an answer: past the engine's admission limit the extra requests wait in its queue.
-    None only when not one request of this size fits.
+    `max_num_seqs` is the engine's sequence cap when the deployment sets one (vLLM --max-num-seqs; default
+    the engine's own). None only when not one request of this size fits.
     """
     if config.role != "aggregated":
         raise InvalidConfigError(f"a closed loop is modelled for aggregated replicas, not {config.role!r}")
@@ -1463,9 +1465,35 @@ def latency_at_concurrency(
     phys = _physics(config, efficiency)
     if prefill_chunk_tokens is not None:
         phys = _with_chunk(phys, prefill_chunk_tokens)
+    phys = _with_max_num_seqs(phys, max_num_seqs)
     with np.errstate(all="ignore"):
         loads = _closed_loads(_Rows.of([(phys, workload)]), np.full((1, 1), float(concurrency)))
     return _prediction(loads)
+
+
+def _open_loop(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    rate_rps: float,
+    efficiency: perf_efficiency.Efficiency | None,
+    max_num_seqs: int | None,
+) -> LoadPrediction | None:
+    """latency_at_rate, with the engine's sequence cap set to `max_num_seqs` when given."""
+    if max_num_seqs is None:
+        return latency_at_rate(config, workload, rate_rps, efficiency=efficiency)
+    phys = _with_max_num_seqs(_physics(config, efficiency), max_num_seqs)
+    with np.errstate(all="ignore"):
+        loads = _loads_at_rate(_Rows.of([(phys, workload)]), config.role, np.full((1, 1), float(rate_rps)))
+    return _prediction(loads)
+
+
+def _with_max_num_seqs(phys: _Physics, max_num_seqs: int | None) -> _Physics:
+    """The same replica with the engine's sequence cap set to `max_num_seqs` (None: unchanged)."""
+    if max_num_seqs is None:
+        return phys
+    if not isinstance(max_num_seqs, int) or isinstance(max_num_seqs, bool) or max_num_seqs < 1:
+        raise InvalidConfigError(f"max_num_seqs must be a positive integer, got {max_num_seqs!r}")
+    return dataclasses.replace(phys, engine=dataclasses.replace(phys.engine, max_batch=max_num_seqs))
 
 
 def latency_over_run(
@@ -1476,6 +1504,7 @@ def latency_over_run(
     *,
     warmup_s: float = 0.0,
     efficiency: perf_efficiency.Efficiency | None = None,
+    max_num_seqs: int | None = None,
 ) -> LoadPrediction | None:
     """TTFT and ITL (mean, p50, p99) a benchmark of Poisson arrivals at `rate_rps` measures over a finite run.
 
@@ -1504,10 +1533,13 @@ def latency_over_run(
     if config.role != "aggregated":
         raise InvalidConfigError(f"a finite run is modelled for aggregated replicas, not {config.role!r}")
     slots = max_batch(config, workload.prompt_tokens, workload.output_tokens)
+    if max_num_seqs is not None:
+        slots = min(slots, _with_max_num_seqs(_physics(config, efficiency), max_num_seqs).engine.max_batch)
     if slots < 1:
         return None
+    closed = functools.partial(latency_at_concurrency, efficiency=efficiency, max_num_seqs=max_num_seqs)
     # The saturated engine: every slot busy with a queue behind (users well past the slots).
-    saturated = latency_at_concurrency(config, workload, 2.0 * slots + 8.0, efficiency=efficiency)
+    saturated = closed(config, workload, 2.0 * slots + 8.0)
     if saturated is None:
         return None
     capacity = saturated.rate_rps
@@ -1521,12 +1553,10 @@ def latency_over_run(
         excess = max(rate_rps - capacity, 0.0) * at_s
         return excess + math.sqrt(2.0 * (rate_rps + capacity) * at_s / math.pi)
 
-    at_mean = latency_at_concurrency(config, workload, first_waiting + queued(mean_at), efficiency=efficiency)
-    at_tail = latency_at_concurrency(config, workload, first_waiting + queued(tail_at), efficiency=efficiency)
+    at_mean = closed(config, workload, first_waiting + queued(mean_at))
+    at_tail = closed(config, workload, first_waiting + queued(tail_at))
     assert at_mean is not None and at_tail is not None
-    steady = (
-        latency_at_rate(config, workload, rate_rps, efficiency=efficiency) if rate_rps < capacity else None
-    )
+    steady = _open_loop(config, workload, rate_rps, efficiency, max_num_seqs) if rate_rps < capacity else None
     if steady is None:
         return dataclasses.replace(
             at_mean,

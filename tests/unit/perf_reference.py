@@ -946,6 +946,7 @@ def latency_at_concurrency(
     *,
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
+    max_num_seqs: int | None = None,
 ) -> LoadPrediction | None:
     """Aggregated replica with `concurrency` requests always in flight (closed loop); see perf."""
     if config.role != "aggregated":
@@ -957,6 +958,8 @@ def latency_at_concurrency(
     phys = _physics(config, efficiency)
     if prefill_chunk_tokens is not None:
         phys = _with_chunk(phys, prefill_chunk_tokens)
+    if max_num_seqs is not None:
+        phys = dataclasses.replace(phys, engine=dataclasses.replace(phys.engine, max_batch=max_num_seqs))
     limit = _batch_limit(
         phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
     )
