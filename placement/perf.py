@@ -1374,7 +1374,7 @@ def latencies_at(
 CLOSED_LOOP_STEPS: Final = 200
 
 
-def _closed_loads(r: _Rows, users: FloatArray) -> _Loads:
+def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Loads:
     """Aggregated replica with `users` requests always in flight (a closed loop: a benchmark's concurrency).
 
     Continuous batching as the engine runs it: of the requests in flight, those in the serving path
@@ -1386,7 +1386,7 @@ def _closed_loads(r: _Rows, users: FloatArray) -> _Loads:
     (population - limit) / X. Nothing diverges: past the admission limit TTFT grows linearly with the users
     and ITL stays at the full batch's iteration.
     """
-    path = _serving_path_v(r.prompt)
+    path = _serving_path_v(r.prompt) + extra_path_s
     slots = np.maximum(np.floor(r.limit), 1.0)
     budget_full = np.where(r.has_chunk, _prefill_budget_v(r, slots), np.maximum(r.prompt_p99, r.prompt))
     step = np.broadcast_to(_decode_step_v(r, 1.0, 0.0, 0.0), users.shape).copy()
@@ -1422,7 +1422,7 @@ def _closed_loads(r: _Rows, users: FloatArray) -> _Loads:
     own_p50 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt, others)
     own_p99 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt_p99, others)
     ttft_p50 = path + slot_wait + wait_p50 + own_p50 + step / 2.0
-    ttft_p99 = _serving_path_v(r.prompt_p99) + slot_wait + wait_p99 + own_p99 + step
+    ttft_p99 = _serving_path_v(r.prompt_p99) + extra_path_s + slot_wait + wait_p99 + own_p99 + step
     ttft_mean = path + slot_wait + wait_mean + own_p50 + step / 2.0
     tokens_p99 = np.minimum(
         _arrival_tokens_quantile_v(r, rate * step, TAIL_PROBABILITY) + wait_p99 * rate * r.prompt, budget
@@ -1445,6 +1445,7 @@ def latency_at_concurrency(
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
     max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
 ) -> LoadPrediction | None:
     """TTFT and ITL (mean, p50, p99) of an aggregated replica with `concurrency` requests kept in flight.
 
@@ -1452,8 +1453,12 @@ def latency_at_concurrency(
     measures; `rate_rps` of the answer is the throughput the loop reaches. Unlike an open-loop rate, any
     concurrency has an answer: past the engine's admission limit the extra requests wait in its queue.
     `max_num_seqs` is the engine's sequence cap when the deployment sets one (vLLM --max-num-seqs; default
-    the engine's own). None only when not one request of this size fits.
+    the engine's own). `request_overhead_s` is a measured per-request front-end cost beyond
+    SERVING_PATH_FIXED_S (profile_fit.Calibration.request_overhead_s): a request spends it outside the
+    engine, so it lengthens the loop and TTFT. None only when not one request of this size fits.
     """
+    if not (math.isfinite(request_overhead_s) and request_overhead_s >= 0):
+        raise InvalidConfigError(f"request_overhead_s must be >= 0 seconds, got {request_overhead_s!r}")
     if config.role != "aggregated":
         raise InvalidConfigError(f"a closed loop is modelled for aggregated replicas, not {config.role!r}")
     if not (math.isfinite(concurrency) and concurrency >= 1):
@@ -1467,7 +1472,9 @@ def latency_at_concurrency(
         phys = _with_chunk(phys, prefill_chunk_tokens)
     phys = _with_max_num_seqs(phys, max_num_seqs)
     with np.errstate(all="ignore"):
-        loads = _closed_loads(_Rows.of([(phys, workload)]), np.full((1, 1), float(concurrency)))
+        loads = _closed_loads(
+            _Rows.of([(phys, workload)]), np.full((1, 1), float(concurrency)), float(request_overhead_s)
+        )
     return _prediction(loads)
 
 
@@ -1505,6 +1512,7 @@ def latency_over_run(
     warmup_s: float = 0.0,
     efficiency: perf_efficiency.Efficiency | None = None,
     max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
 ) -> LoadPrediction | None:
     """TTFT and ITL (mean, p50, p99) a benchmark of Poisson arrivals at `rate_rps` measures over a finite run.
 
@@ -1522,7 +1530,8 @@ def latency_over_run(
       state's and that bound's (the queueing formula's 1 / (1 - ρ) needs a run longer than it to appear).
 
     Means and p50s use the mean measured arrival time (s̄ = warmup + duration / 2), p99s the last
-    arrivals (warmup + 0.99 duration). None only when not one request of this size fits.
+    arrivals (warmup + 0.99 duration). `max_num_seqs` and `request_overhead_s` as in
+    latency_at_concurrency. None only when not one request of this size fits.
     """
     if not (math.isfinite(rate_rps) and rate_rps > 0):
         raise InvalidConfigError(f"rate must be a positive number of requests/s, got {rate_rps!r}")
@@ -1537,14 +1546,19 @@ def latency_over_run(
         slots = min(slots, _with_max_num_seqs(_physics(config, efficiency), max_num_seqs).engine.max_batch)
     if slots < 1:
         return None
-    closed = functools.partial(latency_at_concurrency, efficiency=efficiency, max_num_seqs=max_num_seqs)
+    closed = functools.partial(
+        latency_at_concurrency,
+        efficiency=efficiency,
+        max_num_seqs=max_num_seqs,
+        request_overhead_s=request_overhead_s,
+    )
     # The saturated engine: every slot busy with a queue behind (users well past the slots).
     saturated = closed(config, workload, 2.0 * slots + 8.0)
     if saturated is None:
         return None
     capacity = saturated.rate_rps
     # Users at which the queue starts: every slot busy plus the requests in the serving path.
-    first_waiting = slots + capacity * SERVING_PATH_FIXED_S
+    first_waiting = slots + capacity * (SERVING_PATH_FIXED_S + request_overhead_s)
     mean_at = warmup_s + duration_s / 2.0
     tail_at = warmup_s + (1.0 - TAIL_PROBABILITY) * duration_s
 
@@ -1557,6 +1571,14 @@ def latency_over_run(
     at_tail = closed(config, workload, first_waiting + queued(tail_at))
     assert at_mean is not None and at_tail is not None
     steady = _open_loop(config, workload, rate_rps, efficiency, max_num_seqs) if rate_rps < capacity else None
+    if steady is not None and request_overhead_s > 0.0:
+        extra_ms = request_overhead_s * 1e3
+        steady = dataclasses.replace(
+            steady,
+            ttft_mean_ms=steady.ttft_mean_ms + extra_ms,
+            ttft_p50_ms=steady.ttft_p50_ms + extra_ms,
+            ttft_p99_ms=steady.ttft_p99_ms + extra_ms,
+        )
     if steady is None:
         return dataclasses.replace(
             at_mean,

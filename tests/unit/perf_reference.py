@@ -947,6 +947,7 @@ def latency_at_concurrency(
     efficiency: perf_efficiency.Efficiency | None = None,
     prefill_chunk_tokens: int | None = None,
     max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
 ) -> LoadPrediction | None:
     """Aggregated replica with `concurrency` requests always in flight (closed loop); see perf."""
     if config.role != "aggregated":
@@ -966,7 +967,7 @@ def latency_at_concurrency(
     if limit < 1.0:
         return None
     users, prompt, output = float(concurrency), workload.prompt_tokens, workload.output_tokens
-    path = perf.SERVING_PATH_FIXED_S
+    path = perf.SERVING_PATH_FIXED_S + request_overhead_s
     slots = max(math.floor(limit), 1.0)
 
     def budget_at(running: float) -> float:

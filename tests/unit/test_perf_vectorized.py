@@ -158,13 +158,17 @@ def test_closed_loop_latency_equals_the_scalar_reference(case: tuple[object, ...
     model, chip, precision, tp, _, engine, sizes, _ = case
     fields = ("rate_rps", "batch", "step_ms", "prefill_utilization")
     fields += ("ttft_p50_ms", "ttft_p99_ms", "ttft_mean_ms", "itl_p50_ms", "itl_p99_ms", "itl_mean_ms")
-    for users, cap in itertools.product((1, 3, 40, 700, 5000), (None, 3)):
+    for users, cap, overhead in itertools.product((1, 3, 40, 700, 5000), (None, 3), (0.0, 0.05)):
         answers = []
         for module in (ref, perf):
             config = module.ReplicaConfig(model, chip, precision, tp, "aggregated", engine)  # type: ignore[arg-type]
             workload = module.RequestSizes(*sizes)  # type: ignore[arg-type]
             try:
-                answers.append(module.latency_at_concurrency(config, workload, users, max_num_seqs=cap))
+                answers.append(
+                    module.latency_at_concurrency(
+                        config, workload, users, max_num_seqs=cap, request_overhead_s=overhead
+                    )
+                )
             except (perf.InvalidConfigError, ref.InvalidConfigError) as error:
                 answers.append(str(error))
         old, new = answers
