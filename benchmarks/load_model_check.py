@@ -89,10 +89,34 @@ def measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
     )
 
 
+def engine_measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
+    """The point as the engine's own clocks saw it: mean TTFT (from the tokenized hand-off) and ITL."""
+    ttft, itl = engine_ttft_ms(point), engine_itl_ms(point)
+    return profile_fit.LoadMeasurement(
+        concurrency=float(point["concurrency"] or point["mean_in_flight"]),
+        requests_per_s=point["achieved_rps"],
+        prompt_tokens=point["prompt_tokens"],
+        output_tokens=point["output_tokens"],
+        ttft_p50_ms=ttft,
+        ttft_mean_ms=ttft,
+        itl_mean_ms=itl,
+    )
+
+
+def engine_mean_ms(point: dict[str, Any], histogram: str) -> float | None:
+    """Mean of one of the engine's own histograms over the point, ms."""
+    total, count = point["engine"][histogram]
+    return 1e3 * total / count if count > 0 else None
+
+
 def engine_itl_ms(point: dict[str, Any]) -> float | None:
     """Mean inter-token latency by the engine's own histogram over the point."""
-    total, count = point["engine"]["inter_token_latency_seconds"]
-    return 1e3 * total / count if count > 0 else None
+    return engine_mean_ms(point, "inter_token_latency_seconds")
+
+
+def engine_ttft_ms(point: dict[str, Any]) -> float | None:
+    """Mean TTFT by the engine's clock (from the API process handing the tokenized request over)."""
+    return engine_mean_ms(point, "time_to_first_token_seconds")
 
 
 @dataclasses.dataclass
@@ -101,6 +125,10 @@ class Predicted:
     ttft_p50: float | None
     ttft_p99: float | None
     itl_mean: float | None
+    # TTFT without the fitted front-end overhead: what the engine's own TTFT clock covers.
+    engine_ttft_mean: float | None = None
+    # Wait for a sequence slot (closed loop past max_num_seqs), ms.
+    slot_wait: float | None = None
 
 
 def predict_before(old: Any, config: Any, cal: profile_fit.Calibration, point: dict[str, Any]) -> Predicted:
@@ -109,10 +137,19 @@ def predict_before(old: Any, config: Any, cal: profile_fit.Calibration, point: d
     if load is None:
         return Predicted(None, None, None, None)
     extra = cal.request_overhead_s * 1e3
-    return Predicted(load.ttft_mean_ms + extra, load.ttft_p50_ms + extra, load.ttft_p99_ms + extra, load.itl_mean_ms)
+    return Predicted(
+        load.ttft_mean_ms + extra,
+        load.ttft_p50_ms + extra,
+        load.ttft_p99_ms + extra,
+        load.itl_mean_ms,
+        load.ttft_mean_ms,
+        None,
+    )
 
 
-def predict_after(config: Any, cal: profile_fit.Calibration, point: dict[str, Any], cap: int | None) -> Predicted:
+def predict_after(
+    config: Any, cal: profile_fit.Calibration, point: dict[str, Any], cap: int | None
+) -> Predicted:
     sizes = perf.RequestSizes(point["prompt_tokens"], point["output_tokens"])
     common = {"efficiency": cal.efficiency, "max_num_seqs": cap, "request_overhead_s": cal.request_overhead_s}
     if point["concurrency"]:
@@ -122,7 +159,22 @@ def predict_after(config: Any, cal: profile_fit.Calibration, point: dict[str, An
             config, sizes, point["rate_rps"], point["duration_s"], warmup_s=point["warmup_s"], **common
         )
     assert load is not None
-    return Predicted(load.ttft_mean_ms, load.ttft_p50_ms, load.ttft_p99_ms, load.itl_mean_ms)
+    slot_wait = None
+    if point["concurrency"]:
+        # The closed loop's admission wait (perf._closed_loads): requests in the engine beyond its slots,
+        # drained at the loop's throughput.
+        slots = perf.max_batch(config, sizes.prompt_tokens, sizes.output_tokens)
+        slots = min(slots, cap) if cap else slots
+        inside = point["concurrency"] - load.rate_rps * (perf.SERVING_PATH_FIXED_S + cal.request_overhead_s)
+        slot_wait = 1e3 * max(inside - slots, 0.0) / load.rate_rps
+    return Predicted(
+        load.ttft_mean_ms,
+        load.ttft_p50_ms,
+        load.ttft_p99_ms,
+        load.itl_mean_ms,
+        load.ttft_mean_ms - 1e3 * cal.request_overhead_s,
+        slot_wait,
+    )
 
 
 def log_error(predicted: float | None, measured: float | None) -> float | None:
@@ -171,19 +223,28 @@ def main() -> int:
     config_new = perf.ReplicaConfig(model, chip, "bf16", 1, "aggregated", "vllm")
     config_old = old.ReplicaConfig(model, chip, "bf16", 1, "aggregated", "vllm")
     engines = data["engines"]
-    fit_points = tuple(measurement(p) for p in engines["default"][0]["sweep"])
-    cal_new = profile_fit.fit([profile_fit.MeasuredRun(config_new, fit_points, source="default sweep, repeat 0")])
-    with fit_with(old):
-        cal_old = profile_fit.fit(
-            [profile_fit.MeasuredRun(config_old, fit_points, source="default sweep, repeat 0")]
-        )
-    print(f"chip: {chip.display_name}, bandwidth {chip.mem_bandwidth_bytes_per_s / 1e9:.1f} GB/s, "
-          f"16-bit peak {chip.dense_flops_per_s['bf16'] / 1e12:.2f} TFLOP/s")
-    for label, cal in (("before", cal_old), ("after", cal_new)):
+    sweep0 = engines["default"][0]["sweep"]
+    fits: dict[str, profile_fit.Calibration] = {}
+    for clock, convert in (("client", measurement), ("engine", engine_measurement)):
+        points = tuple(convert(p) for p in sweep0)
+        source = f"default sweep, repeat 0, {clock} clock"
+        fits[f"after_{clock}"] = profile_fit.fit([profile_fit.MeasuredRun(config_new, points, source=source)])
+        with fit_with(old):
+            fits[f"before_{clock}"] = profile_fit.fit(
+                [profile_fit.MeasuredRun(config_old, points, source=source)]
+            )
+    cal_new, cal_old = fits["after_client"], fits["before_client"]
+    print(
+        f"chip: {chip.display_name}, bandwidth {chip.mem_bandwidth_bytes_per_s / 1e9:.1f} GB/s, "
+        f"16-bit peak {chip.dense_flops_per_s['bf16'] / 1e12:.2f} TFLOP/s"
+    )
+    for label, cal in fits.items():
         e = cal.efficiency
-        print(f"fit {label}: bandwidth {e.bandwidth:.3f}, compute {e.compute_16bit:.4f}, step overhead "
-              f"{e.step_overhead_s * 1e3:.2f} ms, request overhead {cal.request_overhead_s * 1e3:.1f} ms, "
-              f"rms log error {cal.rms_log_error_before:.2f} -> {cal.rms_log_error_after:.2f}")
+        print(
+            f"fit {label}: bandwidth {e.bandwidth:.3f}, compute {e.compute_16bit:.4f}, step overhead "
+            f"{e.step_overhead_s * 1e3:.2f} ms, request overhead {cal.request_overhead_s * 1e3:.1f} ms, "
+            f"rms log error {cal.rms_log_error_before:.2f} -> {cal.rms_log_error_after:.2f}"
+        )
     rows: list[dict[str, Any]] = []
     for name, runs in engines.items():
         cap = CAPS[name]
@@ -195,6 +256,8 @@ def main() -> int:
                     held_in = name == "default" and repeat == 0 and kind == "sweep"
                     before = predict_before(old, config_old, cal_old, point)
                     after = predict_after(config_new, cal_new, point, cap)
+                    before_e = predict_before(old, config_old, fits["before_engine"], point)
+                    after_e = predict_after(config_new, fits["after_engine"], point, cap)
                     level = (
                         f"c={point['concurrency']}"
                         if point["concurrency"]
@@ -210,35 +273,42 @@ def main() -> int:
                             "point": point,
                             "before": before,
                             "after": after,
+                            "before_e": before_e,
+                            "after_e": after_e,
                         }
                     )
+    OWN.update(config=config_new, cal=fits["after_engine"])
     print_tables(rows)
     print_shapes(rows, engines)
     return 0
 
 
-FIELDS: list[tuple[str, Callable[[dict[str, Any]], float | None], str]] = [
-    ("TTFT mean", lambda p: p["ttft_ms"]["mean_ms"], "ttft_mean"),
-    ("TTFT p50", lambda p: p["ttft_ms"]["p50_ms"], "ttft_p50"),
-    ("TTFT p99", lambda p: p["ttft_ms"]["p99_ms"], "ttft_p99"),
-    ("ITL mean", lambda p: p["itl_ms"]["mean_ms"], "itl_mean"),
-    ("ITL mean (engine)", engine_itl_ms, "itl_mean"),
+FIELDS: list[tuple[str, Callable[[dict[str, Any]], float | None], str, str]] = [
+    ("client TTFT mean", lambda p: p["ttft_ms"]["mean_ms"], "ttft_mean", ""),
+    ("client TTFT p50", lambda p: p["ttft_ms"]["p50_ms"], "ttft_p50", ""),
+    ("client TTFT p99", lambda p: p["ttft_ms"]["p99_ms"], "ttft_p99", ""),
+    ("client ITL mean", lambda p: p["itl_ms"]["mean_ms"], "itl_mean", ""),
+    ("engine TTFT mean", engine_ttft_ms, "ttft_mean", "_e"),
+    ("engine ITL mean", engine_itl_ms, "itl_mean", "_e"),
 ]
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:
     print("\n### Per load level (median over repeats [min-max]; ms)\n")
-    print("| engine | load | req/s measured | TTFT mean meas. / before / after | TTFT p50 meas. / after "
-          "| TTFT p99 meas. / after | ITL mean meas. (client, engine) / before / after |")
+    print(
+        "| engine | load | req/s measured | TTFT mean meas. / before / after | TTFT p50 meas. / after "
+        "| TTFT p99 meas. / after | ITL mean meas. (client, engine) / before / after |"
+    )
     print("|---|---|---|---|---|---|---|")
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["engine"], row["kind"], row["level"]), []).append(row)
     for (engine, _, level), group in groups.items():
-        def col(get: Callable[[dict[str, Any]], float | None]) -> str:
+
+        def col(get: Callable[[dict[str, Any]], float | None], group: list[dict[str, Any]] = group) -> str:
             return spread([v for r in group if (v := get(r)) is not None and math.isfinite(v)])
 
-        def pred(side: str, field: str) -> str:
+        def pred(side: str, field: str, group: list[dict[str, Any]] = group) -> str:
             values = [getattr(r[side], field) for r in group]
             if all(v is None for v in values):
                 return "none"
@@ -250,16 +320,39 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             f"{pred('after', 'ttft_mean')} "
             f"| {col(lambda r: r['point']['ttft_ms']['p50_ms'])} / {pred('after', 'ttft_p50')} "
             f"| {col(lambda r: r['point']['ttft_ms']['p99_ms'])} / {pred('after', 'ttft_p99')} "
-            f"| {col(lambda r: r['point']['itl_ms']['mean_ms'])}, {col(lambda r: engine_itl_ms(r['point']))} / "
+            f"| {col(lambda r: r['point']['itl_ms']['mean_ms'])}, "
+            f"{col(lambda r: engine_itl_ms(r['point']))} / "
             f"{pred('before', 'itl_mean')} / {pred('after', 'itl_mean')} |"
         )
+    print(
+        "\n### The engine's own clocks: TTFT, admission queue and ITL (median over repeats [min-max]; ms)\n"
+    )
+    print(
+        "| engine | load | engine TTFT meas. / before / after | engine queue time meas. / after (slot wait) "
+        "| engine ITL meas. / before / after |"
+    )
+    print("|---|---|---|---|---|")
+    for (engine, kind, level), group in groups.items():
+
+        def col2(get: Callable[[dict[str, Any]], float | None], group: list[dict[str, Any]] = group) -> str:
+            return spread([v for r in group if (v := get(r)) is not None and math.isfinite(v)])
+
+        print(
+            f"| {engine} | {level} | {col2(lambda r: engine_ttft_ms(r['point']))} / "
+            f"{col2(lambda r: r['before_e'].ttft_mean)} / {col2(lambda r: r['after_e'].ttft_mean)} "
+            f"| {col2(lambda r: engine_mean_ms(r['point'], 'request_queue_time_seconds'))} / "
+            f"{col2(lambda r: r['after_e'].slot_wait) if kind == 'sweep' else '-'} "
+            f"| {col2(lambda r: engine_itl_ms(r['point']))} / {col2(lambda r: r['before_e'].itl_mean)} / "
+            f"{col2(lambda r: r['after_e'].itl_mean)} |"
+        )
     print("\n### Median |error| (predicted / measured - 1), held-out points only\n")
-    print("| group | n | " + " | ".join(f"{f} before | {f} after" for f, _, _ in FIELDS) + " |")
+    print("| group | n | " + " | ".join(f"{f} before | {f} after" for f, _, _, _ in FIELDS) + " |")
     print("|---|---:|" + "---|---|" * len(FIELDS))
     selections = {
         "fit sweep (in-sample)": lambda r: r["held_in"],
-        "default engine, other repeats' sweeps": lambda r: r["engine"] == "default" and r["kind"] == "sweep"
-        and not r["held_in"],
+        "default engine, other repeats' sweeps": lambda r: (
+            r["engine"] == "default" and r["kind"] == "sweep" and not r["held_in"]
+        ),
         "default engine, Poisson rates": lambda r: r["engine"] == "default" and r["kind"] == "rates",
         "max-num-seqs 4 engine, sweeps": lambda r: r["engine"] != "default" and r["kind"] == "sweep",
         "max-num-seqs 4 engine, Poisson rates": lambda r: r["engine"] != "default" and r["kind"] == "rates",
@@ -268,9 +361,10 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     for label, select in selections.items():
         chosen = [r for r in rows if select(r)]
         cells = []
-        for _, measured, field in FIELDS:
+        for _, measured, field, fit in FIELDS:
             for side in ("before", "after"):
-                cells.append(median_abs([log_error(getattr(r[side], field), measured(r["point"])) for r in chosen]))
+                errors = [log_error(getattr(r[side + fit], field), measured(r["point"])) for r in chosen]
+                cells.append(median_abs(errors))
         print(f"| {label} | {len(chosen)} | " + " | ".join(cells) + " |")
 
 
@@ -291,7 +385,7 @@ def print_shapes(rows: list[dict[str, Any]], engines: dict[str, Any]) -> None:
                 a, b = points[8], points[16]
                 slope_meas.append((b["point"]["ttft_ms"]["mean_ms"] - a["point"]["ttft_ms"]["mean_ms"]) / 8)
                 slope_theory.append(1e3 / b["point"]["achieved_rps"])
-                slope_after.append((b["after"].ttft_mean - a["after"].ttft_mean) / 8)
+                slope_after.append((b["after_e"].ttft_mean - a["after_e"].ttft_mean) / 8)
             top = max(p["point"]["achieved_rps"] for p in points.values())
             if 1 in points and 4 in points:
                 knee_meas.append(points[4]["point"]["achieved_rps"] / top)
@@ -299,7 +393,7 @@ def print_shapes(rows: list[dict[str, Any]], engines: dict[str, Any]) -> None:
                 e1, e16 = engine_itl_ms(points[1]["point"]), engine_itl_ms(points[16]["point"])
                 if e1 and e16:
                     itl_meas.append(e16 / e1)
-                itl_after.append(points[16]["after"].itl_mean / points[1]["after"].itl_mean)
+                itl_after.append(points[16]["after_e"].itl_mean / points[1]["after_e"].itl_mean)
         if slope_meas:
             lines.append(
                 f"| {name} | TTFT mean added per user from 8 to 16 users (ms) | {spread(slope_meas)} "
@@ -316,26 +410,66 @@ def print_shapes(rows: list[dict[str, Any]], engines: dict[str, Any]) -> None:
         for r in rows:
             if r["engine"] == name and r["kind"] == "rates":
                 by_fraction.setdefault(r["repeat"], {})[r["point"]["capacity_fraction"]] = r
-        ratio_meas, ratio_before, ratio_after = [], [], []
+        ratio_meas, ratio_before, ratio_after, ratio_engine = [], [], [], []
         for points in by_fraction.values():
             if 0.2 in points and 0.8 in points:
                 lo, hi = points[0.2], points[0.8]
                 ratio_meas.append(hi["point"]["ttft_ms"]["mean_ms"] / lo["point"]["ttft_ms"]["mean_ms"])
+                e_lo, e_hi = engine_ttft_ms(lo["point"]), engine_ttft_ms(hi["point"])
+                if e_lo and e_hi:
+                    ratio_engine.append(e_hi / e_lo)
                 ratio_after.append(hi["after"].ttft_mean / lo["after"].ttft_mean)
                 if hi["before"].ttft_mean and lo["before"].ttft_mean:
                     ratio_before.append(hi["before"].ttft_mean / lo["before"].ttft_mean)
+        if ratio_engine:
+            lines.append(
+                f"| {name} | engine-clock TTFT mean at 0.8 / at 0.2 of measured capacity (Poisson) | "
+                f"{statistics.median(ratio_engine):.2f} "
+                f"[{min(ratio_engine):.2f}-{max(ratio_engine):.2f}] | - | - |"
+            )
         if ratio_meas:
             lines.append(
                 f"| {name} | TTFT mean at 0.8 / at 0.2 of capacity (Poisson) | "
-                f"{statistics.median(ratio_meas):.2f} [{min(ratio_meas):.2f}-{max(ratio_meas):.2f}] | before: "
+                f"{statistics.median(ratio_meas):.2f} [{min(ratio_meas):.2f}-{max(ratio_meas):.2f}] "
+                "| before: "
                 f"{statistics.median(ratio_before):.2f} | {statistics.median(ratio_after):.2f} |"
                 if ratio_before
                 else f"| {name} | TTFT mean 0.8/0.2 | {statistics.median(ratio_meas):.2f} | before: none | "
                 f"{statistics.median(ratio_after):.2f} |"
             )
     print("| engine | shape | measured | reference | model after |")
+    lines.extend(own_capacity_ratios())
     print("|---|---|---|---|---|")
     print("\n".join(lines))
+
+
+OWN: dict[str, Any] = {}
+
+
+def own_capacity_ratios() -> list[str]:
+    """TTFT at 0.8 / 0.2 of the model's OWN capacity (a shape that does not depend on its absolute speed)."""
+    out = []
+    for name, cap in CAPS.items():
+        config, cal = OWN["config"], OWN["cal"]
+        sizes = perf.RequestSizes(256, 64)
+        common = {
+            "efficiency": cal.efficiency,
+            "max_num_seqs": cap,
+            "request_overhead_s": cal.request_overhead_s,
+        }
+        top = perf.latency_at_concurrency(config, sizes, 10_000, **common)
+        assert top is not None
+        ttft = {
+            f: perf.latency_over_run(config, sizes, f * top.rate_rps, 10.0, warmup_s=2.0, **common)
+            for f in (0.2, 0.8, 1.0, 1.3)
+        }
+        lo, hi = ttft[0.2], ttft[0.8]
+        assert lo is not None and hi is not None
+        out.append(
+            f"| {name} | model: TTFT mean at 0.8 / at 0.2 of ITS OWN capacity ({top.rate_rps:.1f} req/s; "
+            f"engine-clock fit) | - | - | {hi.ttft_mean_ms / lo.ttft_mean_ms:.2f} |"
+        )
+    return out
 
 
 if __name__ == "__main__":
