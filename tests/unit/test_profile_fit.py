@@ -89,7 +89,9 @@ def test_fit_recovers_the_factors_that_generated_the_points() -> None:
 
 def test_calibration_predicts_an_unmeasured_size_and_rate_better_than_the_prior() -> None:
     cal = profile_fit.fit([RUN])
-    held_out = profile_fit.MeasuredRun(CONFIG, _points(480, 120, ((6, 3.0),)), "0.32.0")
+    # 2.5 req/s of 480/120 tokens holds ~40 sequences; 3.0 req/s needed ~230, past vLLM's CPU backend's
+    # 128 sequence slots (perf.VLLM_CPU_MAX_BATCH), which the model now applies to a CPU chip.
+    held_out = profile_fit.MeasuredRun(CONFIG, _points(480, 120, ((6, 2.5),)), "0.32.0")
     before = profile_fit.rms_log_error([held_out], None)
     after = profile_fit.rms_log_error([held_out], cal.efficiency, cal.request_overhead_s)
     assert after < before / 5
