@@ -76,7 +76,7 @@ def fit_with(module: Any) -> Iterator[None]:
         profile_fit.perf = saved
 
 
-def measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
+def measurement(point: dict[str, Any], closed: bool = False) -> profile_fit.LoadMeasurement:
     ttft, itl = point["ttft_ms"], point["itl_ms"]
     return profile_fit.LoadMeasurement(
         concurrency=float(point["concurrency"] or point["mean_in_flight"]),
@@ -89,10 +89,11 @@ def measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
         itl_p99_ms=itl["p99_ms"],
         ttft_mean_ms=ttft["mean_ms"],
         itl_mean_ms=itl["mean_ms"],
+        closed_loop=closed and bool(point["concurrency"]),
     )
 
 
-def engine_measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
+def engine_measurement(point: dict[str, Any], closed: bool = False) -> profile_fit.LoadMeasurement:
     """The point as the engine's own clocks saw it: mean TTFT (from the tokenized hand-off) and ITL."""
     ttft, itl = engine_ttft_ms(point), engine_itl_ms(point)
     return profile_fit.LoadMeasurement(
@@ -103,6 +104,7 @@ def engine_measurement(point: dict[str, Any]) -> profile_fit.LoadMeasurement:
         ttft_p50_ms=ttft,
         ttft_mean_ms=ttft,
         itl_mean_ms=itl,
+        closed_loop=closed and bool(point["concurrency"]),
     )
 
 
@@ -229,9 +231,12 @@ def main() -> int:
     sweep0 = engines["default"][0]["sweep"]
     fits: dict[str, profile_fit.Calibration] = {}
     for clock, convert in (("client", measurement), ("engine", engine_measurement)):
-        points = tuple(convert(p) for p in sweep0)
         source = f"default sweep, repeat 0, {clock} clock"
-        fits[f"after_{clock}"] = profile_fit.fit([profile_fit.MeasuredRun(config_new, points, source=source)])
+        # This branch's profile_fit reads a sweep point as the closed loop it was; the model at 2aec971 had
+        # no closed loop, so its fit reads every point at its achieved rate, as profile_fit did then.
+        closed = tuple(convert(p, True) for p in sweep0)
+        fits[f"after_{clock}"] = profile_fit.fit([profile_fit.MeasuredRun(config_new, closed, source=source)])
+        points = tuple(convert(p) for p in sweep0)
         with fit_with(old):
             fits[f"before_{clock}"] = profile_fit.fit(
                 [profile_fit.MeasuredRun(config_old, points, source=source)]

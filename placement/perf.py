@@ -1372,6 +1372,8 @@ def latencies_at(
 
 # Damped iterations solving a closed loop's throughput (converges geometrically; far more than needed).
 CLOSED_LOOP_STEPS: Final = 200
+# The iteration stops once every throughput moves less than this (relative) in a step.
+CLOSED_LOOP_TOLERANCE: Final = 1e-12
 
 
 def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Loads:
@@ -1401,7 +1403,10 @@ def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Lo
         prefill = np.minimum(rate * step * r.prompt, budget)
         step = _decode_step_v(r, np.maximum(running, 1.0), prefill, prefill / r.prompt)
         served = np.minimum(running / (r.output * step), budget / (step * r.prompt))
+        settled = np.abs(served - rate) <= CLOSED_LOOP_TOLERANCE * rate
         rate = 0.5 * (rate + served)
+        if settled.all():
+            break
     inside = np.maximum(users - rate * path, 1e-9)
     running = np.minimum(inside, slots)
     slot_wait = np.maximum(inside - slots, 0.0) / rate

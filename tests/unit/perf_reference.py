@@ -984,7 +984,10 @@ def latency_at_concurrency(
         prefill = min(rate * step * prompt, budget)
         step = _decode_step(phys, max(running, 1.0), workload, prefill, prefill / prompt)
         served = min(running / (output * step), budget / (step * prompt))
+        settled = abs(served - rate) <= perf.CLOSED_LOOP_TOLERANCE * rate
         rate = 0.5 * (rate + served)
+        if settled:
+            break
     inside = max(users - rate * path, 1e-9)
     running = min(inside, slots)
     slot_wait = max(inside - slots, 0.0) / rate
