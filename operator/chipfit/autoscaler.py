@@ -39,6 +39,33 @@ class ServiceReport:
     event: tuple[str, str, str] | None  # (type, reason, message)
 
 
+def policy_from_settings(settings: Sequence[str]) -> autoscale.Policy:
+    """A Policy from `knob=value` strings (the operator's --autoscaling-policy, the chart's
+    autoscaling.policy); an unknown knob, a value that is not a number or out of range raises ValueError
+    naming the knob."""
+    knobs = {f.name: f for f in dataclasses.fields(autoscale.Policy)}
+    values: dict[str, float] = {}
+    for item in settings:
+        for part in (p.strip() for p in item.split(",")):
+            if not part:
+                continue
+            name, sep, text = part.partition("=")
+            name = name.strip()
+            if not sep:
+                raise ValueError(f"{part!r}: expected knob=value")
+            if name not in knobs:
+                raise ValueError(f"{name}: unknown knob (known: {', '.join(sorted(knobs))})")
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{name}: {text.strip()!r} is not a number") from None
+            values[name] = value
+    try:
+        return autoscale.Policy(**values)  # type: ignore[arg-type]
+    except autoscale.AutoscaleError as error:
+        raise ValueError(str(error).removeprefix("policy.")) from None
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -106,6 +133,8 @@ class Autoscaler:
     state: autoscale.State = dataclasses.field(default_factory=autoscale.State)
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Prometheus rate() window of the signals (observe.DEFAULT_WINDOW unless the operator's flag says).
+    rate_window: str = observe.DEFAULT_WINDOW
     _cache_key: tuple[Any, ...] | None = None
     _cset: candidates.CandidateSet | None = None
     started_s: float | None = None
@@ -166,7 +195,7 @@ class Autoscaler:
             signals = {}
             for role in roles:
                 sel = observe.selector(namespace, service.metadata.name, role, **self.labels)
-                signals[role] = observe.read_role(query, observe.queries(table, sel))
+                signals[role] = observe.read_role(query, observe.queries(table, sel, self.rate_window))
             roles_seen[sid] = signals
             first_error = next((r.error for r in signals.values() if r.error), None)
             if first_error:

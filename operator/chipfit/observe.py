@@ -25,6 +25,7 @@ rate is then None and placement.autoscale.decide holds the last decision.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,17 @@ DEFAULT_WINDOW = "1m"
 DEFAULT_SERVICE_LABEL = "chipfit_io_service"
 DEFAULT_ROLE_LABEL = "chipfit_io_role"
 DEFAULT_NAMESPACE_LABEL = "namespace"
+
+
+_DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+
+def check_window(window: str) -> str:
+    """A Prometheus duration for rate() windows (e.g. 1m, 15s, 1m30s); ValueError saying why otherwise."""
+    text = window.strip()
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"{window!r} is not a Prometheus duration such as 15s, 1m or 1m30s")
+    return text
 
 
 @dataclass(frozen=True)
