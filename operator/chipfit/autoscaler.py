@@ -227,8 +227,15 @@ class Autoscaler:
             )
             price = d.price_per_hour
             previous = self.outcomes.get(d.service)
-            outcome = outcome_of(decision.targets, cands, d.service, previous)
-            self.outcomes[d.service] = outcome
+            decided = any(k.service == d.service for k in decision.targets)
+            outcome: reconcile.ServiceOutcome | None
+            if d.held and previous is None and not decided:
+                # Nothing decided and nothing running yet (a new service, metrics not there yet): the
+                # fleet's spec-sized plan stands. Holding "nothing" would remove it.
+                outcome = None
+            else:
+                outcome = outcome_of(decision.targets, cands, d.service, previous)
+                self.outcomes[d.service] = outcome
             status = v1alpha1.AutoscalingStatus(
                 observed_requests_per_second=obs.requests_per_second,
                 observed_ttft_p99_ms=obs.ttft_p99_ms,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,20 @@ def test_prometheus_down_holds_and_says_why(fleet):
     )
 
 
+def test_missing_metrics_before_anything_runs_leave_the_spec_sized_plan(fleet):
+    """A new service's first tick comes before its pods exist: no metrics, no replicas. Holding "nothing"
+    would override the planner's spec-sized plan with zero replicas (found by the e2e test)."""
+    services, pools = fleet
+    fresh = [s.model_copy(update={"status": None}) for s in services]
+    [report] = autoscaler.Autoscaler().tick(fresh, pools, [], _answer_nothing, 0.0)
+    assert report.outcome is None
+    assert report.condition[:2] == (False, "MetricsMissing")
+
+
+def _answer_nothing(promql: str) -> list[dict[str, Any]]:
+    return []
+
+
 def test_drain_time_covers_the_longest_expected_request(fleet):
     from chipfit import render
 
@@ -110,3 +127,50 @@ def test_drain_time_covers_the_longest_expected_request(fleet):
     assert render.termination_grace_s(longer) == min(
         render.MAX_TERMINATION_GRACE_S, max(short, math.ceil(expected))
     )
+
+
+def test_policy_settings_override_the_named_knobs_only():
+    policy = autoscaler.policy_from_settings(["interval_s=3,scale_down_window_s=20", "startup_s=5"])
+    assert (policy.interval_s, policy.scale_down_window_s, policy.startup_s) == (3.0, 20.0, 5.0)
+    default = autoscaler.autoscale.Policy()
+    assert policy.headroom == default.headroom and policy.idle_to_zero_s == default.idle_to_zero_s
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("intervl_s=3", "intervl_s: unknown knob"),
+        ("interval_s=fast", "interval_s: 'fast' is not a number"),
+        ("interval_s=0", "interval_s: must be > 0"),
+        ("level_alpha=2", "level_alpha: must be in (0, 1]"),
+        ("interval_s", "expected knob=value"),
+    ],
+)
+def test_a_bad_policy_setting_is_refused_naming_the_knob(setting, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        autoscaler.policy_from_settings([setting])
+
+
+def test_the_chart_schema_lists_exactly_the_policy_knobs():
+    schema = json.loads((EXAMPLES.parent / "charts" / "chipfit" / "values.schema.json").read_text())
+    knobs = schema["properties"]["autoscaling"]["properties"]["policy"]["propertyNames"]["enum"]
+    assert sorted(knobs) == sorted(f.name for f in dataclasses.fields(autoscaler.autoscale.Policy))
+
+
+def test_the_operator_refuses_bad_autoscaling_flags_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    for flags, named in (
+        (["--autoscaling-policy", "nope=1"], "--autoscaling-policy: nope: unknown knob"),
+        (["--autoscaling-rate-window", "20 seconds"], "--autoscaling-rate-window: '20 seconds'"),
+        (["--prometheus-url", "prom:9090"], "--prometheus-url: must start with http://"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "chipfit.cli", "operator", "--kubeconfig", str(tmp_path / "none"), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert named in result.stderr, result.stderr

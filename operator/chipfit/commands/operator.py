@@ -113,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO (nodes heartbeat constantly); keep failures only.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        scaler = _autoscaler(args)  # flags checked before anything starts
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             print(f"--kubeconfig: no such file {args.kubeconfig}", file=sys.stderr)
@@ -125,11 +130,6 @@ def run(args: argparse.Namespace) -> int:
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_with_kubeconfig(**kwargs)
 
-    try:
-        scaler = _autoscaler(args)  # flags checked before anything starts
-    except ValueError as error:
-        print(error, file=sys.stderr)
-        return 2
     try:
         api_client = kube.new_api_client(args.kubeconfig)
     except Exception as exc:  # the kubernetes client raises several unrelated types for a bad config
