@@ -108,6 +108,12 @@ def outcome_of(
             precision=k.precision,  # type: ignore[arg-type]
             tensor_parallel=k.tp,
             replicas=n,
+            # The engine settings the candidate was priced with: its pods must run exactly these.
+            engine_config=v1alpha1.PricedEngineConfig(
+                prefill_chunk_tokens=cands[k].engine_config.prefill_chunk_tokens,
+                max_num_seqs=cands[k].engine_config.max_num_seqs,
+                max_model_len=cands[k].engine_config.max_model_len,
+            ),
         )
         for k, n in sorted(targets.items())
         if k.service == sid and n > 0 and k in cands

@@ -240,6 +240,7 @@ class Sample:
     autoscaling: dict[str, Any]
     condition: dict[str, Any]
     prometheus_up: bool
+    sent: int
 
 
 def deployment_replicas(cluster: Cluster, namespace: str) -> dict[str, int]:
@@ -398,7 +399,7 @@ def test_scales_real_engines_across_two_pools(
             samples.append(
                 Sample(
                     time.monotonic(), minute, replicas, dict(status.get("autoscaling") or {}),
-                    autoscaling_condition(status), prom.process is not None,
+                    autoscaling_condition(status), prom.process is not None, load.sent,
                 )
             )  # fmt: skip
             was_up = any(s.replicas.get(DEAR) for s in samples)

@@ -61,6 +61,16 @@ def test_a_rate_above_the_spec_scales_up_with_an_event_and_status(fleet):
         spec_rps * 20
     )
     assert high.status.observed_ttft_p99_ms == pytest.approx(200.0)
+    # What the autoscaler hands the fleet worker renders as the planner's outcomes do (each placement
+    # carries the engine settings it was priced with; without them the renderer refuses).
+    from chipfit import render
+
+    service = services[0].model_copy(
+        update={"metadata": services[0].metadata.model_copy(update={"uid": "uid-1"})}
+    )
+    rendered = render.render_planned(service, high.outcome.placements, {p.metadata.name: p for p in pools})
+    assert any(o["kind"] == "Deployment" for o in rendered)
+    assert all(p.engine_config is not None for p in high.outcome.placements)
     assert high.status.dollars_per_hour and high.status.dollars_per_hour > 0
     assert high.condition[0] is True
     sid = planning.service_id(services[0])
@@ -127,6 +137,30 @@ def test_drain_time_covers_the_longest_expected_request(fleet):
     assert render.termination_grace_s(longer) == min(
         render.MAX_TERMINATION_GRACE_S, max(short, math.ceil(expected))
     )
+
+
+def test_removed_replicas_wait_out_the_longest_request_before_sigterm(fleet):
+    from chipfit import handlers, render
+
+    services, pools = fleet
+    solved = handlers.plan_outcomes(services, pools, [], planning.Planner())
+    service = services[0].model_copy(
+        update={"metadata": services[0].metadata.model_copy(update={"uid": "uid-1"})}
+    )
+    placements = solved.outcomes[planning.service_id(service)].placements
+    by_name = {p.metadata.name: p for p in pools}
+    deployments = [
+        o for o in render.render_planned(service, placements, by_name)
+        if o["kind"] == "Deployment" and o["metadata"]["labels"].get("chipfit.io/role") != "router"
+    ]  # fmt: skip
+    assert deployments
+    longest = render.longest_request_s(service)
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        wait = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # The wait covers the longest expected request and ends before the kubelet's SIGKILL.
+        assert wait >= longest and wait >= render.PRE_STOP_MIN_S
+        assert wait < pod["terminationGracePeriodSeconds"]
 
 
 def test_policy_settings_override_the_named_knobs_only():
