@@ -141,6 +141,8 @@ class Autoscaler:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Prometheus rate() window of the signals (observe.DEFAULT_WINDOW unless the operator's flag says).
     rate_window: str = observe.DEFAULT_WINDOW
+    # The last Autoscaling condition reason per service (Events say when it changes).
+    conditions: dict[str, str] = dataclasses.field(default_factory=dict)
     _cache_key: tuple[Any, ...] | None = None
     _cset: candidates.CandidateSet | None = None
     started_s: float | None = None
@@ -193,6 +195,7 @@ class Autoscaler:
         observations: dict[str, autoscale.Observation] = {}
         roles_seen: dict[str, dict[str, observe.RoleSignals]] = {}
         errors: dict[str, str] = {}
+        gateways: dict[str, observe.GatewaySignals] = {}
         for sid, spec in cset.specs.items():
             service = by_id[sid]
             namespace = service.metadata.namespace or "default"
@@ -207,6 +210,13 @@ class Autoscaler:
             if first_error:
                 errors[sid] = first_error
             observations[sid] = observe.observation(signals, spec.workload)
+            if _scale_to_zero(service):
+                # At zero replicas no engine reports anything: the activator's count is the demand.
+                gateway = observe.read_gateway(
+                    query, observe.gateway_queries(namespace, service.metadata.name, self.rate_window)
+                )
+                gateways[sid] = gateway
+                observations[sid] = observe.with_gateway(observations[sid], gateway)
         traits = {
             sid: autoscale.ServiceTraits(
                 spec.ttft_p99_ms,
@@ -256,6 +266,8 @@ class Autoscaler:
                 last_decision=d.direction,
                 last_decision_reason=d.reason[: v1alpha1.MAX_TEXT_LENGTH],
                 last_decision_time=_now(),
+                pending_requests=gateways[d.service].pending if d.service in gateways else None,
+                cold_start_seconds=gateways[d.service].cold_start_s if d.service in gateways else None,
             )
             if sid_error := errors.get(d.service):
                 condition = (False, "MetricsUnavailable", f"holding the last decision: {sid_error}")
@@ -263,11 +275,17 @@ class Autoscaler:
                 condition = (False, "MetricsMissing", d.reason)
             else:
                 condition = (True, "Active", d.reason)
+            # One Event per decision that changes replicas; for missing metrics one when they go missing
+            # (not one per tick while they stay away) and one when they are back.
+            was = self.conditions.get(d.service)
+            self.conditions[d.service] = condition[1]
             event = None
             if d.direction != "hold":
                 event = ("Normal", f"Scaled{d.direction.capitalize()}", d.reason)
-            elif obs.missing:
-                event = ("Warning", "MetricsMissing", d.reason)
+            elif not condition[0] and was != condition[1]:
+                event = ("Warning", "MetricsMissing", condition[2])
+            elif condition[0] and was in ("MetricsMissing", "MetricsUnavailable"):
+                event = ("Normal", "MetricsRestored", f"metrics are back: {d.reason}")
             reports.append(ServiceReport(namespace, service.metadata.name, outcome, status, condition, event))
         return reports
 

@@ -230,14 +230,22 @@ def _serving(process: harness.EngineProcess) -> bool:
 
 
 class Prometheus:
-    """A real Prometheus server (e2e/install-prometheus.sh) scraping the file_sd targets every second."""
+    """A real Prometheus server (e2e/install-prometheus.sh) scraping the file_sd targets every second, and
+    `static` host:port targets (the activator) in a job of their own."""
 
-    def __init__(self, binary: str, work: pathlib.Path, targets_path: pathlib.Path, port: int) -> None:
+    def __init__(
+        self,
+        binary: str,
+        work: pathlib.Path,
+        targets_path: pathlib.Path,
+        port: int,
+        static: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary
         self.work = work
         self.port = port
         self.config = work / "prometheus.yml"
-        self.config.write_text(
+        text = (
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             "  - job_name: engines\n"
@@ -245,6 +253,12 @@ class Prometheus:
             f"      - files: ['{targets_path}']\n"
             "        refresh_interval: 1s\n"
         )
+        if static:
+            text += (
+                "  - job_name: activator\n"
+                f"    static_configs: [{{targets: [{', '.join(repr(t) for t in static)}]}}]\n"
+            )
+        self.config.write_text(text)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -289,3 +303,75 @@ def running_prometheus(
         yield prom
     finally:
         prom.stop()
+
+
+class ServiceProxy:
+    """What a ClusterIP Service and kube-proxy do for the engines, on loopback: a request goes to a ready
+    engine (round robin); with none, /health answers 503 and other paths 503 (a Service without
+    endpoints refuses connections; the activator only needs "not ready")."""
+
+    def __init__(self, kubelet: EngineKubelet, port: int) -> None:
+        import http.server
+
+        self.kubelet = kubelet
+        self.port = port
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._reply(200 if proxy.kubelet.ready() else 503, b"")
+                    return
+                self._forward("GET", b"")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._forward("POST", self.rfile.read(length))
+
+            def _forward(self, method: str, body: bytes) -> None:
+                engine = proxy.kubelet.pick()
+                if engine is None:
+                    self._reply(503, b"no endpoints\n")
+                    return
+                try:
+                    response = httpx.request(
+                        method,
+                        engine.process.base_url + self.path,
+                        content=body or None,
+                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                        timeout=HTTP_TIMEOUT_S,
+                    )
+                    self._reply(
+                        response.status_code,
+                        response.content,
+                        response.headers.get("content-type", "application/json"),
+                    )
+                finally:
+                    proxy.kubelet.done(engine)
+
+        self.server = http.server.ThreadingHTTPServer((harness.LOOPBACK, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="service-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{harness.LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=30)

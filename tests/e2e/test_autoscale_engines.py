@@ -76,7 +76,7 @@ TRACE_RPS: Final = (
     4.15, 4.42, 4.67, 4.27, 4.23, 4.03, 4.33, 4.1, 3.75,
 )  # fmt: skip
 SECONDS_PER_MINUTE: Final = 6.0
-PEAK_OF_CAPACITY: Final = 1.0
+PEAK_OF_CAPACITY: Final = 0.9
 # Prometheus is down from the trace's fall (minute 37) for longer than the scale-down window.
 OUTAGE_MINUTES: Final = (37, 45)
 # The service's request sizes: the model sizes for them and the load sends them.
@@ -281,6 +281,35 @@ def operator_metric(port: int, decision: str) -> float:
     return total
 
 
+def start_operator(
+    cluster: Cluster, prometheus_url: str, metrics_port: int, log: Any, policy: dict[str, float]
+) -> subprocess.Popen[bytes]:
+    """`chipfit operator` with autoscaling on this Prometheus and the test's short windows."""
+    return subprocess.Popen(
+        [
+            str(CHIPFIT), "operator", "--standalone", "--kubeconfig", str(cluster.kubeconfig),
+            f"--liveness=http://127.0.0.1:{_free_port()}/healthz", f"--metrics-port={metrics_port}",
+            "--debounce-seconds=0.5", f"--prometheus-url={prometheus_url}",
+            *[f"--autoscaling-policy={k}={v}" for k, v in policy.items()],
+            f"--autoscaling-rate-window={RATE_WINDOW}",
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+    )  # fmt: skip
+
+
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM, SIGKILL after 30 s: nothing the test started is left running."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def engine_install() -> harness.EngineInstall:
     try:
@@ -345,17 +374,7 @@ def test_scales_real_engines_across_two_pools(
     try:
         prom.start()
         kubelet.start()
-        operator = subprocess.Popen(
-            [
-                str(CHIPFIT), "operator", "--standalone", "--kubeconfig", str(cluster.kubeconfig),
-                f"--liveness=http://127.0.0.1:{_free_port()}/healthz", f"--metrics-port={metrics_port}",
-                "--debounce-seconds=0.5", f"--prometheus-url={prom.url}",
-                *[f"--autoscaling-policy={k}={v}" for k, v in POLICY.items()],
-                f"--autoscaling-rate-window={RATE_WINDOW}",
-            ],
-            stdout=operator_log, stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        )  # fmt: skip
+        operator = start_operator(cluster, prom.url, metrics_port, operator_log, POLICY)
         cluster.apply_objects([_service(namespace)])
 
         def wait(what: str, probe: Any, timeout_s: float) -> Any:
@@ -414,13 +433,7 @@ def test_scales_real_engines_across_two_pools(
     finally:
         if load is not None:
             load.stop()
-        if operator is not None and operator.poll() is None:
-            operator.terminate()
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+        stop_process(operator)
         operator_log.close()
         kubelet.stop()
         prom.stop()
@@ -469,3 +482,136 @@ def test_scales_real_engines_across_two_pools(
     assert ups >= 1 and downs >= 1, (ups, downs)
     # The load really reached the engines: requests were sent while replicas changed.
     assert load.sent > 0 and load.no_endpoint == 0
+
+
+# Scale to zero and back: idle this long before going to zero (default 600 s).
+ZERO_POLICY: Final = {**POLICY, "idle_to_zero_s": 20}
+ACTIVATOR_HOLD_S: Final = 600.0
+
+
+def _service_to_zero(namespace: str) -> dict[str, Any]:
+    body = _service(namespace)
+    spec = body["spec"]
+    # No declared traffic: the plan starts the service at zero replicas; the activator brings it back.
+    spec["workload"]["requestsPerSecond"] = 0
+    spec["replicas"] = {"min": 0, "max": 1, "scaleToZero": True}
+    spec["placement"] = {"allowedPools": [CHEAP]}
+    return body
+
+
+def test_scales_to_zero_and_back_on_the_first_request(
+    cluster: Cluster,
+    two_pools: None,
+    namespace: str,
+    kube_api: Any,
+    engine_install: harness.EngineInstall,
+    tmp_path: pathlib.Path,
+) -> None:
+    if not os.access(PROMETHEUS_BIN, os.X_OK):
+        unavailable(f"{PROMETHEUS_BIN} not found: run e2e/install-prometheus.sh (tests/run.sh does)")
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(kube_api)
+
+    def list_pods() -> list[dict[str, Any]]:
+        pods = core.list_namespaced_pod(namespace, label_selector=f"chipfit.io/service={SERVICE}")
+        return [kube_api.sanitize_for_serialization(p) for p in pods.items]
+
+    work = tmp_path / "prometheus"
+    work.mkdir()
+    targets = work / "targets.json"
+    log_dir = run_dir() / "logs" / "autoscale-zero"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    kubelet = engine_kubelet.EngineKubelet(
+        list_pods, engine_install, log_dir, targets, namespace, SERVICE, max_engines=1
+    )
+    proxy = engine_kubelet.ServiceProxy(kubelet, _free_port())
+    act_port, act_metrics = _free_port(), _free_port()
+    prom = engine_kubelet.Prometheus(
+        PROMETHEUS_BIN, work, targets, _free_port(), static=(f"127.0.0.1:{act_metrics}",)
+    )
+    metrics_port = _free_port()
+    operator_log = (log_dir / "operator.log").open("wb")
+    activator_log = (log_dir / "activator.log").open("wb")
+    operator: subprocess.Popen[bytes] | None = None
+    activator: subprocess.Popen[bytes] | None = None
+    replicas_seen: list[tuple[float, int]] = []
+
+    def replicas() -> int:
+        n = sum(deployment_replicas(cluster, namespace).values())
+        replicas_seen.append((time.monotonic(), n))
+        return n
+
+    def wait(what: str, probe: Any, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert operator is not None and operator.poll() is None, "operator exited"
+            value = probe()
+            if value:
+                return value
+            time.sleep(POLL_S)
+        pytest.fail(f"timed out waiting for {what}: {replicas_seen[-5:]} {kubelet.events}", pytrace=False)
+
+    try:
+        prom.start()
+        kubelet.start()
+        proxy.start()
+        activator = subprocess.Popen(
+            [
+                str(CHIPFIT), "activator", f"--service={namespace}/{SERVICE}", f"--upstream={proxy.url}",
+                f"--listen=127.0.0.1:{act_port}", f"--metrics-listen=127.0.0.1:{act_metrics}",
+                f"--hold-timeout={ACTIVATOR_HOLD_S}",
+            ],
+            stdout=activator_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        operator = start_operator(cluster, prom.url, metrics_port, operator_log, ZERO_POLICY)
+        cluster.apply_objects([_service_to_zero(namespace)])
+        # At zero, and the autoscaler sees the activator's (zero) demand: active, not "metrics missing".
+        wait(
+            "the service at zero with autoscaling active",
+            lambda: (
+                replicas() == 0
+                and autoscaling_condition(service_status(cluster, namespace)).get("status") == "True"
+            ),
+            SETTLE_TIMEOUT_S,
+        )
+        assert not kubelet.engines
+        # The first request, through the activator: held until a replica serves it.
+        prompt = "the quick brown fox jumps over the lazy dog " * 40
+        sent = time.monotonic()
+        response = httpx.post(
+            f"http://127.0.0.1:{act_port}/v1/completions",
+            json={"model": engine_install.served_name, "prompt": prompt, "max_tokens": 16},
+            timeout=ACTIVATOR_HOLD_S + 60,
+        )
+        waited = time.monotonic() - sent
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 16
+        assert any(n == 1 for _, n in replicas_seen) or replicas() == 1
+        status = wait(
+            "the cold start in status",
+            lambda: (service_status(cluster, namespace).get("autoscaling") or {}).get("coldStartSeconds"),
+            SETTLE_TIMEOUT_S,
+        )
+        # The cold start is the time the request was held: part of what the client waited, and it spans
+        # a real engine start (the engine started after the request arrived).
+        assert 0.0 < status <= waited
+        (start,) = [e for e in kubelet.events if e.what == "start"]
+        (ready,) = [e for e in kubelet.events if e.what == "ready"]
+        assert sent < start.time_s < ready.time_s and start.pool == CHEAP
+        # Idle again: back to zero, its engine stopped.
+        wait("back to zero after the idle period", lambda: replicas() == 0, SETTLE_TIMEOUT_S)
+        wait("the engine stopped", lambda: not kubelet.engines, SETTLE_TIMEOUT_S)
+        reasons = [(e["reason"], e["message"]) for e in events(cluster, namespace)]
+    finally:
+        stop_process(operator)
+        stop_process(activator)
+        operator_log.close()
+        activator_log.close()
+        proxy.stop()
+        kubelet.stop()
+        prom.stop()
+        cluster.kubectl("delete", "inferenceservice", SERVICE, "-n", namespace, "--wait=false", check=False)
+    assert not kubelet.errors, kubelet.errors
+    assert any(r == "ScaledUp" for r, _ in reasons), reasons
+    assert any(r == "ScaledDown" and "scale to zero" in m for r, m in reasons), reasons

@@ -208,3 +208,47 @@ def test_the_operator_refuses_bad_autoscaling_flags_before_starting(tmp_path):
         )
         assert result.returncode == 2, result.stderr
         assert named in result.stderr, result.stderr
+
+
+def test_a_service_at_zero_comes_back_on_a_request_held_by_the_activator(fleet):
+    services, pools = fleet
+    base = services[0]
+    at_zero = base.model_copy(
+        update={
+            "spec": base.spec.model_copy(
+                update={"replicas": v1alpha1.Replicas(min=0, max=4, scale_to_zero=True)}
+            ),
+            "status": None,
+        }
+    )
+
+    def query(promql: str) -> list[dict[str, Any]]:
+        # No engine series (no replica); the activator counted a request and holds it.
+        if promql.startswith("sum(rate(chipfit_activator_requests_total"):
+            return [{"metric": {}, "value": [0, "0.05"]}]
+        if promql.startswith("sum(chipfit_activator_pending_requests"):
+            return [{"metric": {}, "value": [0, "1"]}]
+        return []
+
+    [report] = autoscaler.Autoscaler().tick([at_zero], pools, [], query, 0.0)
+    assert report.outcome is not None and sum(p.replicas for p in report.outcome.placements) >= 1
+    assert report.event is not None and report.event[1] == "ScaledUp"
+    assert report.status is not None and report.status.pending_requests == 1.0
+    # Without the activator's series the same service holds at zero (missing metrics never scale).
+    [held] = autoscaler.Autoscaler().tick([at_zero], pools, [], _answer_nothing, 0.0)
+    assert held.outcome is None and held.condition[1] == "MetricsMissing"
+
+
+def test_metrics_missing_is_one_warning_when_they_go_and_one_event_when_they_return(fleet):
+    services, pools = fleet
+    scaler = autoscaler.Autoscaler()
+    scaler.tick(services, pools, [], _answer(5.0), 0.0)
+
+    def down(promql: str) -> list[dict[str, Any]]:
+        raise ConnectionError("connection refused")
+
+    events = [r.event for t in (30.0, 60.0, 90.0) for r in scaler.tick(services, pools, [], down, t)]
+    assert [e[1] for e in events if e is not None] == ["MetricsMissing"]
+    [back] = scaler.tick(services, pools, [], _answer(5.0), 120.0)
+    assert back.condition[0] is True
+    assert back.event is not None and back.event[1] in ("MetricsRestored", "ScaledUp", "ScaledDown")
