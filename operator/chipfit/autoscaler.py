@@ -25,6 +25,8 @@ from placement.solver import inputs
 logger = logging.getLogger(__name__)
 
 CONDITION = "Autoscaling"
+# Condition reasons of a service whose metrics are (or were until a moment ago) away.
+OUTAGE_REASONS = frozenset({"MetricsMissing", "MetricsUnavailable", "MetricsWarmingUp"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,48 @@ def current_replicas(
     return have, starting
 
 
+def fit_to_capacity(
+    current: Mapping[inputs.CandidateKey, int],
+    starting: Mapping[inputs.CandidateKey, int],
+    problem: inputs.FleetProblem,
+) -> tuple[dict[inputs.CandidateKey, int], dict[inputs.CandidateKey, int], dict[inputs.CandidateKey, int]]:
+    """(replicas, of which not ready, lost): replicas beyond what their pool's ready nodes can hold are
+    lost, not starting (a reclaimed spot node's pods never start again). Decide then sees the capacity
+    missing and re-places it on capacity that exists, at once, instead of waiting for them.
+
+    A replica needs its tensor-parallel devices on one node; lost first are the ones not ready."""
+    nodes = {p.id: p for p in problem.pools}
+    have = dict(current)
+    pending = dict(starting)
+    lost: dict[inputs.CandidateKey, int] = {}
+    by_pool: dict[str, list[inputs.CandidateKey]] = {}
+    for key in current:
+        by_pool.setdefault(key.pool, []).append(key)
+    for pool_id, keys in by_pool.items():
+        pool = nodes.get(pool_id)
+        if pool is None:
+            continue
+        # Node slots left per node, filled by the ready replicas first, then the starting ones.
+        free = [pool.devices_per_node] * pool.nodes
+        for ready_pass in (True, False):
+            for key in sorted(keys, key=lambda k: -k.tp):
+                n = have[key] - pending.get(key, 0) if ready_pass else pending.get(key, 0)
+                for _ in range(max(0, n)):
+                    slot = next((i for i, f in enumerate(free) if f >= key.tp), None)
+                    if slot is not None:
+                        free[slot] -= key.tp
+                        continue
+                    lost[key] = lost.get(key, 0) + 1
+                    have[key] -= 1
+                    if not ready_pass:
+                        pending[key] -= 1
+    return (
+        {k: n for k, n in have.items() if n > 0},
+        {k: n for k, n in pending.items() if n > 0},
+        lost,
+    )
+
+
 def outcome_of(
     targets: Mapping[inputs.CandidateKey, int],
     cands: Mapping[inputs.CandidateKey, inputs.Candidate],
@@ -143,6 +187,8 @@ class Autoscaler:
     rate_window: str = observe.DEFAULT_WINDOW
     # The last Autoscaling condition reason per service (Events say when it changes).
     conditions: dict[str, str] = dataclasses.field(default_factory=dict)
+    # When each service's metrics came back after an outage (monotonic seconds of the tick clock).
+    restored: dict[str, float] = dataclasses.field(default_factory=dict)
     _cache_key: tuple[Any, ...] | None = None
     _cset: candidates.CandidateSet | None = None
     started_s: float | None = None
@@ -217,6 +263,25 @@ class Autoscaler:
                 )
                 gateways[sid] = gateway
                 observations[sid] = observe.with_gateway(observations[sid], gateway)
+        # Metrics that come back after an outage: a rate() window holding the gap reads low (its samples
+        # cover part of the window). Hold until one whole window of fresh samples, so a decrease never
+        # rests on a partial window.
+        warming: dict[str, str] = {}
+        window_s = observe.window_seconds(self.rate_window)
+        for sid in list(observations):
+            if sid in errors or observations[sid].missing:
+                self.restored.pop(sid, None)
+                continue
+            if self.conditions.get(sid) in OUTAGE_REASONS:
+                since = self.restored.setdefault(sid, now_s)
+                if now_s - since < window_s:
+                    warming[sid] = (
+                        f"metrics back for {now_s - since:.0f} s: holding the last decision until one "
+                        f"full {self.rate_window} rate window of fresh samples"
+                    )
+                    observations[sid] = autoscale.Observation(requests_per_second=None)
+                    continue
+            self.restored.pop(sid, None)
         traits = {
             sid: autoscale.ServiceTraits(
                 spec.ttft_p99_ms,
@@ -226,6 +291,9 @@ class Autoscaler:
             for sid, spec in cset.specs.items()
         }
         current, starting = current_replicas(services)
+        current, starting, lost = fit_to_capacity(current, starting, cset.problem)
+        for key, n in lost.items():
+            logger.info("%s: %d replica(s) on %s lost their nodes (reclaimed?)", key.service, n, key.pool)
         decision = autoscale.decide(
             cset.problem, traits, self.state, observations, current, now_s, self.policy, starting=starting
         )
@@ -271,6 +339,8 @@ class Autoscaler:
             )
             if sid_error := errors.get(d.service):
                 condition = (False, "MetricsUnavailable", f"holding the last decision: {sid_error}")
+            elif d.service in warming:
+                condition = (False, "MetricsWarmingUp", warming[d.service])
             elif d.held and obs.missing:
                 condition = (False, "MetricsMissing", d.reason)
             else:
@@ -282,9 +352,9 @@ class Autoscaler:
             event = None
             if d.direction != "hold":
                 event = ("Normal", f"Scaled{d.direction.capitalize()}", d.reason)
-            elif not condition[0] and was != condition[1]:
+            elif not condition[0] and was != condition[1] and condition[1] != "MetricsWarmingUp":
                 event = ("Warning", "MetricsMissing", condition[2])
-            elif condition[0] and was in ("MetricsMissing", "MetricsUnavailable"):
+            elif condition[0] and was in OUTAGE_REASONS:
                 event = ("Normal", "MetricsRestored", f"metrics are back: {d.reason}")
             reports.append(ServiceReport(namespace, service.metadata.name, outcome, status, condition, event))
         return reports
@@ -312,19 +382,36 @@ def condition_patch(
     return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in [*kept, new]]
 
 
+# How often the loop looks at the fleet's nodes between decisions: a node that vanishes (a spot reclaim)
+# is acted on within this, not within a whole interval.
+NODE_WATCH_S = 1.0
+
+
+def _nodes_signature(fleet: Any) -> int:
+    """A hash of the nodes the fleet worker's watch knows (ready state, devices, labels)."""
+    return hash(tuple(sorted((getattr(fleet, "node_fingerprints", None) or {}).items())))
+
+
 async def run(
     autoscaler: Autoscaler,
     fleet: Any,
     query: observe.QueryFn | None,
     clock: Callable[[], float],
 ) -> None:
-    """Every policy.interval_s: one tick in a worker thread, then status, Events and reconciles."""
+    """Every policy.interval_s, or at once when the nodes change: one tick in a worker thread, then
+    status, Events and reconciles."""
     while True:
+        nodes = _nodes_signature(fleet)
         try:
             await asyncio.to_thread(_apply_tick, autoscaler, fleet, query, clock())
         except Exception:
             logger.exception("autoscaling tick failed; holding and retrying next interval")
-        await asyncio.sleep(autoscaler.policy.interval_s)
+        deadline = clock() + autoscaler.policy.interval_s
+        while clock() < deadline:
+            await asyncio.sleep(min(NODE_WATCH_S, max(0.0, deadline - clock())))
+            if _nodes_signature(fleet) != nodes:
+                logger.info("nodes changed: deciding now")
+                break
 
 
 def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | None, now_s: float) -> None:

@@ -53,6 +53,14 @@ def check_window(window: str) -> str:
     return text
 
 
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def window_seconds(window: str) -> float:
+    """Seconds of a Prometheus duration checked by check_window (1m30s -> 90.0)."""
+    return sum(float(n) * _UNIT_S[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h)", check_window(window)))
+
+
 @dataclass(frozen=True)
 class EngineMetrics:
     """Where one engine exports each signal (alternative names, newest first; None: not exported)."""

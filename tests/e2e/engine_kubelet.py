@@ -189,6 +189,8 @@ class EngineKubelet:
             self.events.append(PodEvent(time.monotonic(), name, engine.pool, "start"))
         changed = False
         for engine in list(self.engines.values()):
+            if engine.pod in self._removing:
+                continue  # draining: out of the endpoints for good, though it still answers /health
             if engine.ready_s is None and _serving(engine.process):
                 engine.ready_s = time.monotonic()
                 self.events.append(PodEvent(engine.ready_s, engine.pod, engine.pool, "ready"))

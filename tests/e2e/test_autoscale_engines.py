@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -440,6 +441,18 @@ def test_scales_real_engines_across_two_pools(
         cluster.kubectl("delete", "inferenceservice", SERVICE, "-n", namespace, "--wait=false", check=False)
 
     timeline = [(round(s.minute, 1), s.replicas, s.condition.get("reason")) for s in samples]
+    # For the post-mortem (and the docs' figures): every poll and what the kubelet did.
+    (log_dir / "timeline.json").write_text(
+        json.dumps(
+            {
+                "capacity_rps": capacity,
+                "scale": scale,
+                "samples": [dataclasses.asdict(s) for s in samples],
+                "kubelet": [dataclasses.asdict(e) for e in kubelet.events],
+            },
+            indent=1,
+        )
+    )
     assert not kubelet.errors, kubelet.errors
     assert not load.failed, load.failed[:5]
     # Up when the load rose: the second replica went to the dear pool (the cheap one holds one L4).

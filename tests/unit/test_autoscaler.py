@@ -249,6 +249,31 @@ def test_metrics_missing_is_one_warning_when_they_go_and_one_event_when_they_ret
 
     events = [r.event for t in (30.0, 60.0, 90.0) for r in scaler.tick(services, pools, [], down, t)]
     assert [e[1] for e in events if e is not None] == ["MetricsMissing"]
-    [back] = scaler.tick(services, pools, [], _answer(5.0), 120.0)
+    # Back: held for one whole rate window first (a window over the gap reads low), then active.
+    [warming] = scaler.tick(services, pools, [], _answer(0.01), 120.0)
+    assert warming.condition[:2] == (False, "MetricsWarmingUp") and warming.event is None
+    assert warming.status is not None and warming.status.last_decision == "hold"
+    [back] = scaler.tick(services, pools, [], _answer(5.0), 120.0 + 61.0)
     assert back.condition[0] is True
     assert back.event is not None and back.event[1] in ("MetricsRestored", "ScaledUp", "ScaledDown")
+
+
+def test_replicas_whose_nodes_vanished_are_lost_not_starting():
+    from placement.solver import inputs
+
+    def key(pool: str, tp: int = 1) -> Any:
+        return inputs.CandidateKey("ml/chat", "aggregated", pool, "bf16", tp)
+
+    spot = inputs.Pool("spot", "l4", devices_per_node=1, nodes=0, price_per_device_hour=0.3, spot=True)
+    ondemand = inputs.Pool("ondemand", "l4", devices_per_node=4, nodes=1, price_per_device_hour=0.8)
+    problem = inputs.FleetProblem(services=(), pools=(spot, ondemand), candidates=())
+    current = {key("spot"): 2, key("ondemand"): 3, key("ondemand", 2): 1}
+    starting = {key("spot"): 1, key("ondemand", 2): 1}
+    have, pending, lost = autoscaler.fit_to_capacity(current, starting, problem)
+    # The spot pool has no node left: both its replicas are lost. The on-demand node holds 4 devices:
+    # the 3 ready tp1 replicas stay, the starting tp2 one cannot fit and is lost too.
+    assert lost == {key("spot"): 2, key("ondemand", 2): 1}
+    assert have == {key("ondemand"): 3} and pending == {}
+    # With room, nothing is lost.
+    roomy = inputs.FleetProblem(services=(), pools=(ondemand,), candidates=())
+    assert autoscaler.fit_to_capacity({key("ondemand"): 4}, {}, roomy)[2] == {}
