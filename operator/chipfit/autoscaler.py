@@ -63,7 +63,7 @@ def policy_from_settings(settings: Sequence[str]) -> autoscale.Policy:
                 raise ValueError(f"{name}: {text.strip()!r} is not a number") from None
             values[name] = value
     try:
-        return autoscale.Policy(**values)  # type: ignore[arg-type]
+        return autoscale.Policy(**values)
     except autoscale.AutoscaleError as error:
         raise ValueError(str(error).removeprefix("policy.")) from None
 
