@@ -58,12 +58,16 @@ SERVICE: Final = "chat"
 CHEAP, DEAR = "e2e-as-cheap", "e2e-as-dear"
 # Short windows for the test (defaults: docs/autoscaling.md): a decision every 3 s, a 30 s scale-down
 # window and reversal guard, a 10 s start-up horizon and peak window.
+# The sizing margin is pinned (30% flat headroom, no learnt burst margin where the policy has one) so the
+# arc below does not move with the policy's tuned defaults: the test is about acting, not sizing.
 POLICY: Final = {
     "interval_s": 3,
     "startup_s": 10,
     "peak_window_s": 10,
     "scale_down_window_s": 30,
     "reversal_window_s": 30,
+    "headroom": 0.3,
+    **({"burst_z": 0.0} if "burst_z" in {f.name for f in dataclasses.fields(autoscale.Policy)} else {}),
 }
 RATE_WINDOW: Final = "20s"
 # Requests per minute of the Azure LLM inference trace, conversation service (2023-11-16, 19,366 requests;
@@ -95,7 +99,7 @@ def _free_port() -> int:
 
 
 def _pools() -> list[dict[str, Any]]:
-    def pool(name: str, price: float) -> dict[str, Any]:
+    def pool(name: str, price: float, spot: bool) -> dict[str, Any]:
         return {
             "apiVersion": "chipfit.io/v1alpha1",
             "kind": "AcceleratorPool",
@@ -105,11 +109,13 @@ def _pools() -> list[dict[str, Any]]:
                 "devicesPerNode": 1,
                 "nodes": 1,
                 "pricePerDeviceHour": price,
+                "spot": spot,
                 "nodeSelector": {"chipfit.io/node-group": name},
             },
         }
 
-    return [pool(CHEAP, 0.80), pool(DEAR, 1.60)]
+    # The cheap pool is spot capacity (reclaimed at the end of the test), the dear one on-demand.
+    return [pool(CHEAP, 0.80, True), pool(DEAR, 1.60, False)]
 
 
 def _service(namespace: str) -> dict[str, Any]:
@@ -320,7 +326,9 @@ def engine_install() -> harness.EngineInstall:
 
 
 @pytest.fixture
-def two_pools(cluster: Cluster, crds_applied: list[str], fleet: types.ModuleType) -> Iterator[None]:
+def two_pools(
+    cluster: Cluster, crds_applied: list[str], fleet: types.ModuleType
+) -> Iterator[dict[str, list[str]]]:
     """The two pools and their kwok nodes (one L4 each); removed afterwards."""
     pools = _pools()
     cluster.apply_objects(pools)
@@ -329,8 +337,11 @@ def two_pools(cluster: Cluster, crds_applied: list[str], fleet: types.ModuleType
     cluster.kubectl(
         "wait", "--for=condition=Ready", "--timeout=90s", *[f"node/{n['metadata']['name']}" for n in nodes]
     )
+    by_pool: dict[str, list[str]] = {}
+    for n in nodes:
+        by_pool.setdefault(n["metadata"]["labels"]["chipfit.io/node-group"], []).append(n["metadata"]["name"])
     try:
-        yield
+        yield by_pool
     finally:
         for n in nodes:
             cluster.kubectl("delete", "node", n["metadata"]["name"], "--wait=false", check=False)
@@ -340,7 +351,7 @@ def two_pools(cluster: Cluster, crds_applied: list[str], fleet: types.ModuleType
 
 def test_scales_real_engines_across_two_pools(
     cluster: Cluster,
-    two_pools: None,
+    two_pools: dict[str, list[str]],
     namespace: str,
     kube_api: Any,
     engine_install: harness.EngineInstall,
@@ -428,6 +439,23 @@ def test_scales_real_engines_across_two_pools(
                 scaled_down_after_peak = True
                 break
             time.sleep(POLL_S)
+        # Spot reclaim: the cheap (spot) pool's node vanishes under the one replica left. The autoscaler
+        # sees the replica lost and places it on the on-demand pool at once (not at its next interval).
+        reclaim: dict[str, Any] = {}
+        if scaled_down_after_peak:
+            reclaim["at"] = time.monotonic()
+            for node in two_pools[CHEAP]:
+                cluster.kubectl("delete", "node", node, "--wait=false")
+            reclaim["replicas"] = wait(
+                "the reclaimed replica re-placed on the on-demand pool",
+                lambda: (
+                    (r := deployment_replicas(cluster, namespace)).get(DEAR, 0) >= 1
+                    and not r.get(CHEAP)
+                    and r
+                ),
+                SETTLE_TIMEOUT_S,
+            )
+            reclaim["seconds"] = time.monotonic() - reclaim["at"]
         final_events = events(cluster, namespace)
         ups = operator_metric(metrics_port, "ScaledUp")
         downs = operator_metric(metrics_port, "ScaledDown")
@@ -446,6 +474,7 @@ def test_scales_real_engines_across_two_pools(
         json.dumps(
             {
                 "capacity_rps": capacity,
+                "reclaim_seconds": reclaim.get("seconds"),
                 "scale": scale,
                 "samples": [dataclasses.asdict(s) for s in samples],
                 "kubelet": [dataclasses.asdict(e) for e in kubelet.events],
@@ -493,6 +522,8 @@ def test_scales_real_engines_across_two_pools(
     reasons = {e["reason"] for e in final_events}
     assert {"ScaledUp", "ScaledDown"} <= reasons, reasons
     assert ups >= 1 and downs >= 1, (ups, downs)
+    # Spot reclaim: on-demand capacity took the lost replica; the spot pool's Deployment is gone.
+    assert reclaim["replicas"].get(DEAR) == 1 and not reclaim["replicas"].get(CHEAP), reclaim
     # The load really reached the engines: requests were sent while replicas changed.
     assert load.sent > 0 and load.no_endpoint == 0
 
@@ -514,7 +545,7 @@ def _service_to_zero(namespace: str) -> dict[str, Any]:
 
 def test_scales_to_zero_and_back_on_the_first_request(
     cluster: Cluster,
-    two_pools: None,
+    two_pools: dict[str, list[str]],
     namespace: str,
     kube_api: Any,
     engine_install: harness.EngineInstall,
