@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 CONDITION = "Autoscaling"
 # Condition reasons of a service whose metrics are (or were until a moment ago) away.
-OUTAGE_REASONS = frozenset({"MetricsMissing", "MetricsUnavailable", "MetricsWarmingUp"})
+OUTAGE_REASONS = frozenset(
+    {"MetricsMissing", "MetricsUnavailable", "MetricsWarmingUp", "CapacityLostWithoutMetrics"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,8 @@ class ServiceReport:
     status: v1alpha1.AutoscalingStatus | None
     condition: tuple[bool, str, str]  # (status, reason, message)
     event: tuple[str, str, str] | None  # (type, reason, message)
+    # Hand the service back to the fleet's spec-sized plan (its autoscaled placement cannot be held).
+    release: bool = False
 
 
 def policy_from_settings(settings: Sequence[str]) -> autoscale.Policy:
@@ -292,6 +296,7 @@ class Autoscaler:
         }
         current, starting = current_replicas(services)
         current, starting, lost = fit_to_capacity(current, starting, cset.problem)
+        lost_services = {k.service for k in lost}
         for key, n in lost.items():
             logger.info("%s: %d replica(s) on %s lost their nodes (reclaimed?)", key.service, n, key.pool)
         decision = autoscale.decide(
@@ -313,7 +318,14 @@ class Autoscaler:
             previous = self.outcomes.get(d.service)
             decided = any(k.service == d.service for k in decision.targets)
             outcome: reconcile.ServiceOutcome | None
-            if d.held and previous is None and not decided:
+            release = d.held and obs.missing and d.service in lost_services
+            if release:
+                # Metrics missing and replicas lost with their nodes: holding would keep them on a pool
+                # that is gone. The fleet's spec-sized plan re-places the service on what exists until
+                # metrics return (then the autoscaler decides from what runs).
+                outcome = None
+                self.outcomes.pop(d.service, None)
+            elif d.held and previous is None and not decided:
                 # Nothing decided and nothing running yet (a new service, metrics not there yet): the
                 # fleet's spec-sized plan stands. Holding "nothing" would remove it.
                 outcome = None
@@ -337,7 +349,15 @@ class Autoscaler:
                 pending_requests=gateways[d.service].pending if d.service in gateways else None,
                 cold_start_seconds=gateways[d.service].cold_start_s if d.service in gateways else None,
             )
-            if sid_error := errors.get(d.service):
+            if release:
+                lost_n = sum(n for k, n in lost.items() if k.service == d.service)
+                condition = (
+                    False,
+                    "CapacityLostWithoutMetrics",
+                    f"{lost_n} replica(s) lost their nodes while metrics are missing: re-planned from "
+                    "spec.workload until metrics return",
+                )
+            elif sid_error := errors.get(d.service):
                 condition = (False, "MetricsUnavailable", f"holding the last decision: {sid_error}")
             elif d.service in warming:
                 condition = (False, "MetricsWarmingUp", warming[d.service])
@@ -356,7 +376,9 @@ class Autoscaler:
                 event = ("Warning", "MetricsMissing", condition[2])
             elif condition[0] and was in OUTAGE_REASONS:
                 event = ("Normal", "MetricsRestored", f"metrics are back: {d.reason}")
-            reports.append(ServiceReport(namespace, service.metadata.name, outcome, status, condition, event))
+            reports.append(
+                ServiceReport(namespace, service.metadata.name, outcome, status, condition, event, release)
+            )
         return reports
 
 
@@ -452,6 +474,9 @@ def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | Non
         cluster.patch_status(kube.KINDS.inference_service, report.namespace, report.name, patch)
         if report.event is not None:
             cluster.post_event(body, *report.event)
+        if report.release:
+            fleet.autoscaled.pop(planning.service_id(service), None)
+            fleet.request_replan(f"autoscaler released {report.namespace}/{report.name}: capacity lost")
         if report.outcome is not None:
             fleet.autoscaled[planning.service_id(service)] = report.outcome
             fleet.outcomes[planning.service_id(service)] = report.outcome

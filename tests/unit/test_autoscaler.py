@@ -277,3 +277,38 @@ def test_replicas_whose_nodes_vanished_are_lost_not_starting():
     # With room, nothing is lost.
     roomy = inputs.FleetProblem(services=(), pools=(ondemand,), candidates=())
     assert autoscaler.fit_to_capacity({key("ondemand"): 4}, {}, roomy)[2] == {}
+
+
+def test_lost_nodes_with_metrics_missing_hand_the_service_back_to_the_planner(fleet):
+    services, pools = fleet
+    scaler = autoscaler.Autoscaler()
+    [first] = scaler.tick(services, pools, [], _answer(5.0), 0.0)
+    assert first.outcome is not None and first.outcome.placements
+    # The service runs what was decided; then the nodes of its pools vanish while Prometheus is down.
+    running = services[0].model_copy(
+        update={
+            "status": v1alpha1.InferenceServiceStatus(
+                placement=[
+                    p.model_copy(update={"ready_replicas": p.replicas}) for p in first.outcome.placements
+                ]
+            )
+        }
+    )
+    used = {p.pool for p in first.outcome.placements}
+    gone = [
+        p.model_copy(update={"spec": p.spec.model_copy(update={"nodes": 0})})
+        if p.metadata.name in used
+        else p
+        for p in pools
+    ]
+
+    def down(promql: str) -> list[dict[str, Any]]:
+        raise ConnectionError("connection refused")
+
+    [report] = scaler.tick([running], gone, [], down, 30.0)
+    assert report.release and report.outcome is None
+    assert report.condition[:2] == (False, "CapacityLostWithoutMetrics")
+    # With metrics present the same loss is re-placed by the autoscaler itself, off the vanished pools.
+    [placed] = autoscaler.Autoscaler().tick([running], gone, [], _answer(5.0), 0.0)
+    assert not placed.release and placed.outcome is not None
+    assert placed.outcome.placements and not {p.pool for p in placed.outcome.placements} & used
