@@ -471,6 +471,9 @@ def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | Non
         patch: dict[str, Any] = {"conditions": condition_patch(service, report, now)}
         if report.status is not None:
             patch["autoscaling"] = report.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            fleet.metrics.record_autoscale_attainment(
+                report.namespace, report.name, report.status.slo_attainment
+            )
         cluster.patch_status(kube.KINDS.inference_service, report.namespace, report.name, patch)
         if report.event is not None:
             cluster.post_event(body, *report.event)
