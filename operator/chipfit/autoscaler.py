@@ -372,7 +372,7 @@ class Autoscaler:
             event = None
             if d.direction != "hold":
                 event = ("Normal", f"Scaled{d.direction.capitalize()}", d.reason)
-            elif not condition[0] and was != condition[1] and condition[1] != "MetricsWarmingUp":
+            elif not condition[0] and was not in OUTAGE_REASONS:
                 event = ("Warning", "MetricsMissing", condition[2])
             elif condition[0] and was in OUTAGE_REASONS:
                 event = ("Normal", "MetricsRestored", f"metrics are back: {d.reason}")
