@@ -193,6 +193,7 @@ class Autoscaler:
     conditions: dict[str, str] = dataclasses.field(default_factory=dict)
     # When each service's metrics came back after an outage (monotonic seconds of the tick clock).
     restored: dict[str, float] = dataclasses.field(default_factory=dict)
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _cache_key: tuple[Any, ...] | None = None
     _cset: candidates.CandidateSet | None = None
     started_s: float | None = None
@@ -210,7 +211,9 @@ class Autoscaler:
             tuple((p.metadata.name, p.metadata.generation) for p in profiles),
         )
         if key != self._cache_key or self._cset is None:
-            self._cset = planning.build_inputs(services, pools, profiles)
+            # The planner's per-(service, pool) cache: a node count or a rate change re-prices nothing,
+            # one service's spec only its pools (tests/unit/test_planner.py: the same candidates).
+            self._cset = self.planner.build_inputs(services, pools, profiles)
             self._cache_key = key
         return self._cset
 
