@@ -390,6 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     judged = judge(load(args.data))
     result = summary(judged)
+    try:
+        _print(args, result, judged)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: nothing left to say.
+        sys.stderr.close()
+    return 0
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any], judged: Sequence[Judged]) -> None:
     if args.json:
         rows = [
             {
@@ -411,7 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text.replace("Infinity", '"inf"'))
     else:
         print(render(result, judged, args.rows))
-    return 0
 
 
 if __name__ == "__main__":
