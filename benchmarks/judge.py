@@ -290,10 +290,16 @@ def by_metric(judged: Sequence[Judged]) -> dict[str, list[Judged]]:
     return {m: out.get(m, []) for m in METRIC_TITLES}
 
 
+def _workload(j: Judged) -> str:
+    r = j.row
+    return f"{r.chip}|{r.benchmark}|{r.scenario}|{r.prompt_tokens:g}|{r.output_tokens:g}"
+
+
 def per_group_medians(items: Sequence[Judged]) -> list[Judged]:
-    """One point per (chip, benchmark, scenario): the median measured and median predicted of its systems."""
+    """One point per workload (chip, benchmark, scenario, request sizes): the median measured and median
+    predicted over its systems (ten submitters of one chip and benchmark would otherwise weigh it tenfold)."""
     points = []
-    for _, group in _grouped(items, lambda j: f"{j.row.chip}|{j.row.benchmark}|{j.row.scenario}").items():
+    for _, group in _grouped(items, _workload).items():
         predicted = [j.predicted for j in group]
         points.append(
             Judged(
@@ -358,7 +364,7 @@ def render(result: dict[str, Any], judged: Sequence[Judged], with_rows: bool) ->
                 )
         g = block["per_workload"]
         lines.append(
-            f"| {metric} | **per workload** (median of each chip x benchmark x scenario) | {g['n']} | "
+            f"| {metric} | **per workload** (median over the systems of each workload) | {g['n']} | "
             f"{_fmt(g['median_abs_pct'])} | {_fmt(g['p90_abs_pct'])} | {_signed(g['median_signed_pct'])} | "
             f"{g['verdict']} |"
         )
