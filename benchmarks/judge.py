@@ -123,8 +123,12 @@ def _num(text: str) -> float | None:
     return float(text) if text.strip() else None
 
 
-def load(path: pathlib.Path = DATA) -> list[Row]:
-    """The judged rows (every row has a source; see the README beside the CSV)."""
+def load(path: pathlib.Path = DATA, estimated_prompt_scale: float = 1.0) -> list[Row]:
+    """The judged rows (every row has a source; see the README beside the CSV).
+
+    `estimated_prompt_scale` multiplies the prompt sizes that are estimates (`prompt_source` says so), for
+    the sensitivity runs in REPORT_judged.md; the measurement itself uses 1.
+    """
     rows = []
     with path.open(encoding="utf-8", newline="") as handle:
         for r in csv.DictReader(handle):
@@ -146,7 +150,8 @@ def load(path: pathlib.Path = DATA) -> list[Row]:
                     engine_version=r["engine_version"] or None,
                     scenario=r["scenario"],
                     tp=None if tp is None else int(tp),
-                    prompt_tokens=float(r["prompt_tokens"]),
+                    prompt_tokens=float(r["prompt_tokens"])
+                    * (estimated_prompt_scale if r["prompt_source"].startswith("estimate") else 1.0),
                     output_tokens=float(r["output_tokens"]),
                     ttft_limit_ms=_num(r["ttft_p99_limit_ms"]),
                     tpot_limit_ms=_num(r["tpot_p99_limit_ms"]),
@@ -393,8 +398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object (summary and every row)")
     parser.add_argument("--rows", action="store_true", help="also print every row's prediction")
     parser.add_argument("--data", type=pathlib.Path, default=DATA, help="judged CSV (default: %(default)s)")
+    parser.add_argument(
+        "--estimated-prompt-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="sensitivity run: multiply the prompt sizes that are estimates by F (not the measurement)",
+    )
     args = parser.parse_args(argv)
-    judged = judge(load(args.data))
+    if not (math.isfinite(args.estimated_prompt_scale) and args.estimated_prompt_scale > 0):
+        parser.error(f"--estimated-prompt-scale: must be > 0, got {args.estimated_prompt_scale}")
+    judged = judge(load(args.data, args.estimated_prompt_scale))
     result = summary(judged)
     try:
         _print(args, result, judged)
