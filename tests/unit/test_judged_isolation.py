@@ -215,3 +215,58 @@ def test_an_unservable_prediction_counts_as_an_infinite_error() -> None:
     assert math.isinf(s["p90_abs_pct"]) and not math.isnan(s["p90_abs_pct"])
     assert s["median_abs_pct"] == pytest.approx(4.5)  # 0..7 % and two infinite: (4 + 5) / 2
     assert judge.verdict("throughput", s) == "misses"
+
+
+def _synthetic_row(judge: ModuleType, **changes: object) -> object:
+    """A made-up Server row (not judged data): Llama 3.1 8B on 8 H100s."""
+    base = dict(
+        row_id="synthetic",
+        source=judge.MLPERF,
+        system="synthetic",
+        chip="h100",
+        n_accel=8,
+        accel_per_node=8,
+        model="llama-3.1-8b",
+        benchmark="llama3.1-8b",
+        precision="fp8",
+        engine="trtllm",
+        engine_version=None,
+        scenario="server",
+        tp=2,
+        prompt_tokens=1000.0,
+        output_tokens=128.0,
+        ttft_limit_ms=2000.0,
+        tpot_limit_ms=100.0,
+        tokens_per_s_per_accel=1000.0,
+        rate_rps_system=16.0,
+        ttft_mean_ms=100.0,
+        tpot_mean_ms=20.0,
+    )
+    base.update(changes)
+    return judge.Row(**base)
+
+
+def test_latency_is_predicted_at_the_rate_one_replica_sees() -> None:
+    judge = _judge_module()
+    judged = {j.metric: j for j in judge.judge_loaded(_synthetic_row(judge))}
+    assert set(judged) == {"capacity", "ttft_mean", "itl_mean"}
+    # 16 req/s over 8 GPUs in tp2 replicas: 4 replicas, 4 req/s each.
+    assert judged["ttft_mean"].note.startswith("4.00 req/s per tp2 replica")
+    assert judged["ttft_mean"].tp == judged["capacity"].tp == 2
+
+
+def test_a_load_the_model_cannot_sustain_is_an_infinite_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    judge = _judge_module()
+    # perf answers None for a rate one replica cannot keep up with: the judge must count it, not drop it.
+    monkeypatch.setattr(judge.perf, "latency_at_rate", lambda *args, **kwargs: None)
+    judged = {j.metric: j for j in judge.judge_loaded(_synthetic_row(judge))}
+    assert math.isinf(judged["ttft_mean"].error_pct) and math.isinf(judged["itl_mean"].error_pct)
+    assert "cannot keep up" in judged["ttft_mean"].note
+    assert math.isfinite(judged["capacity"].error_pct)
+
+
+def test_without_a_published_tp_the_choices_stay_within_a_node() -> None:
+    judge = _judge_module()
+    assert _synthetic_row(judge, tp=None, accel_per_node=2).tp_choices == (1, 2)
+    assert _synthetic_row(judge, tp=None, n_accel=1, accel_per_node=1).tp_choices == (1,)
+    assert _synthetic_row(judge, tp=4).tp_choices == (4,)
