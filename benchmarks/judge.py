@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/judge.py            # summary tables
     .venv/bin/python benchmarks/judge.py --rows     # also every row with its prediction
     .venv/bin/python benchmarks/judge.py --json     # everything as one JSON object
+    .venv/bin/python benchmarks/judge.py --estimated-prompt-scale 1.25   # sensitivity, not the measurement
 
 The data is benchmarks/judged/published.csv (MLPerf Inference v5.1 closed results and the H200 column of
 TensorRT-LLM v1.0's perf-overview table; one source per row, see benchmarks/judged/README.md). It is read
@@ -21,6 +22,11 @@ its engine version), and
   row's measured request rate per replica (completed samples/s x tp / accelerators), with the chunked-
   prefill budget the capacity answer chose, as `chipfit predict --rps` does. MLPerf's mean "time to
   output token" is compared with the predicted mean ITL.
+
+The done-when metrics cover the chips the issue measured (DONE_WHEN_CHIPS); MLPerf rows of chips never
+calibrated (MI325X) are reported apart as `specs_only_*`, and the TensorRT-LLM H200 column as
+`trtllm_h200_offline`. Each metric is shown over all rows and per workload (the median over the systems
+of one chip x benchmark x scenario x request sizes); REPORT_judged.md says which view the verdict uses.
 
 Where the submitter's tp is not published the prediction takes the best tp a submitter could pick (1, 2, 4,
 8 up to the accelerators per node), like benchmarks/accuracy.py. Error = predicted / measured - 1. A load
