@@ -174,7 +174,8 @@ class SolveOptions:
     max_candidates_per_bucket: int | None = None
     # "milp": one MILP; "decompose": per-service decomposition with pool pricing (large fleets);
     # "auto": decompose from DECOMPOSE_MIN_SERVICES services when the problem allows it, else MILP.
-    method: Literal["milp", "decompose", "dantzig-wolfe", "auto"] = "auto"
+    # "primal": the primal heuristic (solver.primal) with the full LP bound, for fleets too large for either.
+    method: Literal["milp", "decompose", "dantzig-wolfe", "primal", "auto"] = "auto"
     # Load each replica to at most this share of its SLO-bounded capacity: headroom for bursts the
     # sizing rate does not show (1.0 plans right up to the SLO bound).
     max_utilization: float = 1.0
