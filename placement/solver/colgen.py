@@ -62,6 +62,8 @@ class Pruned:
     restricted: bool = False
     # The LP's shadow price of one device per pool ($/h, <= 0), in problem.pools order, when computed.
     pool_duals: tuple[float, ...] | None = None
+    # (service, pool) pairs the LP's optimum routes traffic through (for the primal heuristic), when computed.
+    lp_pools: frozenset[tuple[str, str]] | None = None
 
 
 # When the pruned MILP cannot serve what the LP serves, K grows by this factor per retry.
@@ -248,7 +250,8 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
     # The LP optimum bounds the full problem only once no column prices out (every candidate was priced).
     bound = objective if converged and not needs_unmet else None
     duals = tuple(float(v) for v in y[first_pool_row:])
-    return Pruned(chosen, bound, needs_unmet, True, duals)
+    used = frozenset((cands[int(i)].service, cands[int(i)].pool) for i in np.unique(cand_of[keep]))
+    return Pruned(chosen, bound, needs_unmet, True, duals, used)
 
 
 def _chosen(

@@ -48,6 +48,9 @@ EXACT_COST_SHARE = 0.9
 # Unmet req/s in a one-service MILP that cannot serve everything costs this multiple of the dearest
 # $/(req/s) of its candidates: it serves what fits first, then saves.
 UNMET_WEIGHT = 100.0
+# The Lagrangian bound's exact one-service MILPs (all candidates) get this share of the time limit, capped.
+BOUND_TIME_SHARE = 0.25
+BOUND_TIME_CAP_S = 20.0
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -64,6 +67,8 @@ class _Svc:
     plan: allocation.ServiceAllocation | None = None
     usage: dict[int, float] | None = None  # pool index -> effective devices
     exact: bool = False
+    # Pools it has candidates on (the fewer, the earlier it is placed: it has fewer ways out).
+    pools: int = 0
     # Coverable req/s the chosen plan leaves unserved (capacity ran out).
     short: float = 0.0
     # Buckets each mode can serve (an aggregated replica, or a prefill and a decode one).
@@ -121,6 +126,19 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     shadow = price - duals[pidx] * np.array([c.tp for c in cands], dtype=np.float64)
     capacity = np.array([float(p.devices_total) for p in pools])
     left = capacity.copy()
+    # First passes: a pool the LP found congested (a shadow price) is only for the services the LP routes
+    # through it; the others look elsewhere first (shadow prices alone leave them indifferent, and the
+    # first placed would take what later ones need).
+    reserved = shadow.copy()
+    if pruned.lp_pools is not None:
+        congested = duals < -colgen.REDUCED_COST_TOLERANCE
+        outside = np.array(
+            [
+                bool(congested[pidx[i]]) and (c.service, c.pool) not in pruned.lp_pools
+                for i, c in enumerate(cands)
+            ]
+        )
+        reserved = np.where(outside, np.inf, shadow)
 
     services = _services(problem, price)
     exact_deadline = started + min(EXACT_TIME_SHARE * options.time_limit_s, EXACT_TIME_CAP_S)
@@ -135,17 +153,30 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # Placement passes: services in priority order, largest first. Services a pass left short (their
     # pools filled by others placed earlier that had alternatives) go first in their level next pass.
     first_of: set[int] = set()
+    # When the LP serves everything, priorities decide nothing: the largest services go first (as in
+    # first-fit decreasing); otherwise higher priorities go first.
+    short_in_lp = pruned.lp_needs_unmet
     best: tuple[float, float, list[tuple[_Choice | None]]] | None = None
     for _ in range(PLACEMENT_PASSES):
         left = capacity.copy()
         for svc in services:
             svc.plan, svc.usage, svc.short = None, None, 0.0
         order = sorted(
-            services, key=lambda s: (-s.demand.priority, s.index not in first_of, -s.lp_cost, s.index)
+            services,
+            key=lambda s: (
+                -s.demand.priority if short_in_lp else 0,
+                s.index not in first_of,
+                s.pools,
+                -s.lp_cost,
+                s.index,
+            ),
         )
         for svc in order:
             use_exact = svc.exact and time.perf_counter() < exact_deadline
-            _place(problem, svc, shadow, price, eff, pidx, left, options, use_exact, deadline, True)
+            _place(problem, svc, reserved, price, eff, pidx, left, options, use_exact, deadline, True)
+            if svc.short > allocation.unmet_tolerance(svc.demand):
+                # Its LP pools are full: any pool, at the shadow prices.
+                _place(problem, svc, shadow, price, eff, pidx, left, options, use_exact, deadline, False)
         short = sum(svc.short for svc in services)
         cost = sum(svc.plan.price_per_hour for svc in services if svc.plan is not None)
         if best is None or (short, cost) < best[:2]:
@@ -164,6 +195,11 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             svc.plan, svc.usage, svc.short = chosen.plan, chosen.usage, chosen.short
             for p, d in chosen.usage.items():
                 left[p] -= d
+    # Repair: a service still short makes room by moving services off its pools, when they can go
+    # elsewhere whole.
+    for svc in sorted(services, key=lambda s: (-s.demand.priority, s.index)):
+        if svc.short > allocation.unmet_tolerance(svc.demand) and time.perf_counter() < deadline:
+            _evict_for(problem, svc, services, price, eff, pidx, left, options, deadline)
     # Improvement at the true prices, largest first, in what the others leave.
     for svc in sorted(services, key=lambda s: -s.lp_cost):
         if time.perf_counter() > deadline:
@@ -174,12 +210,20 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # The LP bound is a bound on plans serving every coverable request: claimed only for such a plan.
     served_all = all(svc.short <= allocation.unmet_tolerance(svc.demand) for svc in services)
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
+    source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
+    if not math.isnan(bound):
+        bound_deadline = time.perf_counter() + min(BOUND_TIME_SHARE * options.time_limit_s, BOUND_TIME_CAP_S)
+        lagrangian = lagrangian_bound(
+            problem, services, duals, shadow, options, min(deadline, bound_deadline)
+        )
+        if lagrangian > bound:
+            bound, source = lagrangian, "lagrangian"
     return allocation.assemble(
         pools,
         plans,
         status="feasible",
-        bound=bound,
-        bound_source="full-lp" if not math.isnan(bound) else "none",
+        bound=min(bound, sum(p.price_per_hour for p in plans)),
+        bound_source=source,
         solve_seconds=time.perf_counter() - started,
         stages=1,
     )
@@ -220,7 +264,12 @@ def _services(problem: inputs.FleetProblem, price: NDArray[np.float64]) -> list[
         if s.serving != "aggregated" and kept["prefill"] and kept["decode"]:
             modes.append(lp["prefill"] + lp["decode"])
         all_kept = [i for role in inputs.ROLES for i in kept[role]]
-        out.append(_Svc(s, j, kept, all_kept, min(modes) if modes else 0.0, agg_ok=agg_ok, pd_ok=pd_ok))
+        n_pools = len({problem.candidates[i].pool for role in inputs.ROLES for i in roles.get(role, [])})
+        out.append(
+            _Svc(
+                s, j, kept, all_kept, min(modes) if modes else 0.0, agg_ok=agg_ok, pd_ok=pd_ok, pools=n_pools
+            )
+        )
     return out
 
 
@@ -446,8 +495,9 @@ def _role_plan(
         best = {int(ids[k]): int(need[k])}, {int(ids[k]): rates.copy()}, total
     # A primary plus a filler, among the few best by LP cost (ratio split: decompose._best_pair).
     lp_cost = np.where(np.isfinite(load), load * sc, np.inf)
-    top = [int(k) for k in np.argsort(lp_cost, kind="stable")[:4] if np.isfinite(lp_cost[k]) or True]
+    top = [int(k) for k in np.argsort(lp_cost, kind="stable")[:4]]
     top = list(dict.fromkeys(top + [int(k) for k in np.argsort(single, kind="stable")[:2]]))
+    top = [k for k in top if math.isfinite(float(sc[k]))]
     if len(top) >= 2:
         try:
             pair = decompose._best_pair(rates, caps[top], sc[top])
@@ -514,10 +564,14 @@ def _exact_plan(
         return None
     where = {c.key: i for c, i in zip(cands, svc.all_cands, strict=True)}
     c = model.c.copy()
+    var_hi = model.var_hi.copy()
     rows: dict[int, NDArray[np.float64]] = {}
     for k, cand in enumerate(model.candidates):
         i = where[cand.key]
         col = model.n_index[k]
+        if not math.isfinite(float(score[i])):
+            var_hi[col] = 0.0  # reserved for other services in this pass
+            continue
         c[col] += float(score[i] - price[i])
         rows.setdefault(int(pidx[i]), np.zeros_like(c))[col] = float(eff[i])
     extra = [(vec, max(0.0, float(left[p]) + inputs.FEASIBILITY_TOLERANCE)) for p, vec in rows.items()]
@@ -527,10 +581,10 @@ def _exact_plan(
             unmet[col] = s.bucket_rps[b]
     end = min(deadline, time.perf_counter() + max(1.0, options.time_limit_s))
     try:
-        run = highs.run(model, c, model.var_hi, extra, opts, end)
+        run = highs.run(model, c, var_hi, extra, opts, end)
         if run is None:
             # Not everything fits (or a budget rules it out): serve what fits first, then save.
-            var_hi = model.var_hi.copy()
+            var_hi = var_hi.copy()
             for col in model.u_index.values():
                 var_hi[col] = 1.0
             caps = np.array([cd.max_rps_per_bucket for cd in model.candidates], dtype=np.float64)
@@ -556,3 +610,140 @@ def _exact_plan(
             i = where[cand.key]
             usage[int(pidx[i])] += n * float(eff[i])
     return _Choice(plan, dict(usage), max(0.0, float(unmet @ run.x)))
+
+
+def _evict_for(
+    problem: inputs.FleetProblem,
+    svc: _Svc,
+    services: Sequence[_Svc],
+    price: NDArray[np.float64],
+    eff: NDArray[np.float64],
+    pidx: NDArray[np.int64],
+    left: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> None:
+    """Move other services off the pools `svc` can use, then plan `svc` again.
+
+    A moved service must still serve all it did (of any priority: moving it costs it nothing it is owed).
+    Kept only when `svc` then serves more; else every move is undone.
+    """
+    mine = {int(pidx[i]) for i in svc.all_cands}
+    closed = np.array([int(p) in mine for p in pidx])
+    saved = left.copy()
+    before = {id(t): (t.plan, t.usage, t.short) for t in services}
+    old_short = svc.short
+    movers = [t for t in services if t is not svc and t.usage and any(p in mine for p in t.usage)]
+    movers.sort(key=lambda t: t.lp_cost)
+    elsewhere = np.where(closed, np.inf, price)
+    for t in movers:
+        if time.perf_counter() > deadline:
+            break
+        was = t.short
+        _place(problem, t, elsewhere, price, eff, pidx, left, options, t.exact, deadline, False)
+        if t.short > was + allocation.unmet_tolerance(t.demand):
+            continue  # _place keeps the old plan when the new one serves less
+    _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, deadline, False)
+    if svc.short < old_short - allocation.unmet_tolerance(svc.demand):
+        return
+    # No gain: undo every move.
+    left[:] = saved
+    for t in services:
+        t.plan, t.usage, t.short = before[id(t)]
+
+
+def lagrangian_bound(
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    duals: NDArray[np.float64],
+    shadow: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> float:
+    """A lower bound on every plan serving all coverable demand: pool capacity relaxed at prices pi.
+
+    For any pi <= 0, L(pi) = pi . capacity + sum_s v_s(pi), v_s(pi) the least a service can pay alone with
+    its replicas priced at price_c - pi_p tp_c, bounds the fleet's optimum from below (Lagrangian
+    relaxation of the pools' device counts, which every plan obeys). pi = the LP's pool duals makes it at
+    least the LP bound once v_s is the service's integer optimum: it knows that 0.3 of a replica costs
+    one. v_s is bounded from below two ways: HiGHS's dual bound on the service's own MILP over all its
+    candidates (largest services first, while time lasts), else `_cheap_bound` (closed form).
+    """
+    capacity = np.array([float(p.devices_total) for p in problem.pools])
+    total = float(duals @ capacity)
+    by_key = {c.key: i for i, c in enumerate(problem.candidates)}
+    owned: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(problem.candidates):
+        owned[c.service].append(i)
+    cheap = {svc.index: _cheap_bound(problem, svc, owned[svc.demand.id], shadow) for svc in services}
+    exact: dict[int, float] = {}
+    opts = replace(
+        options, max_candidates_per_bucket=None, mip_rel_gap=max(options.mip_rel_gap, EXACT_MIP_GAP)
+    )
+    for svc in sorted(services, key=lambda t: -((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index])):
+        if time.perf_counter() > deadline:
+            break
+        s = svc.demand
+        sub = inputs.FleetProblem((s,), problem.pools, tuple(problem.candidates[i] for i in owned[s.id]))
+        try:
+            model = formulation.build(sub, opts)
+        except inputs.PlacementError:
+            continue
+        cost = model.c.copy()
+        for k, cand in enumerate(model.candidates):
+            cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
+        try:
+            run = highs.run(model, cost, model.var_hi, (), opts, deadline)
+        except inputs.SolverError:
+            continue
+        if run is not None and math.isfinite(run.bound):
+            exact[svc.index] = max(run.bound, cheap[svc.index])
+    return total + sum(exact.get(svc.index, cheap[svc.index]) for svc in services)
+
+
+def _cheap_bound(
+    problem: inputs.FleetProblem, svc: _Svc, owned: Sequence[int], shadow: NDArray[np.float64]
+) -> float:
+    """A closed-form lower bound on the service's cost alone at these prices, over all its candidates.
+
+    Per role: the LP (each bucket at its cheapest $ per req/s), and a plan of one replica must be one
+    candidate carrying every bucket alone (P1), while a plan of two or more costs at least twice the
+    cheapest useful replica: max(LP, min(P1, 2 p_min)). Per service: the cheapest serving mode that covers
+    every coverable bucket (the role bounds add up for prefill + decode).
+    """
+    s = svc.demand
+    rates = np.asarray(s.bucket_rps, dtype=np.float64)
+    assert svc.agg_ok is not None and svc.pd_ok is not None
+    coverable = svc.agg_ok | svc.pd_ok
+    by_role: dict[str, list[int]] = defaultdict(list)
+    for i in owned:
+        by_role[problem.candidates[i].role].append(i)
+
+    def role_bound(role: str, target: NDArray[np.float64]) -> float:
+        idx = by_role.get(role, [])
+        if not idx:
+            return math.inf
+        price = shadow[idx]
+        floor = float(s.min_replicas)
+        if not target.any():
+            return floor * float(price.min())
+        caps = _caps(problem.candidates, idx, rates.size)
+        with np.errstate(divide="ignore"):
+            per_rps = np.where(caps > 0.0, price[:, None] / np.where(caps > 0.0, caps, 1.0), np.inf)
+        live = target > 0.0
+        lp = float((target[live] * per_rps[:, live].min(axis=0)).sum())
+        load = _loads(caps, target)
+        useful = (caps[:, live] > 0.0).any(axis=1)
+        p_min = float(price[useful].min()) if useful.any() else math.inf
+        alone = load <= 1.0 + inputs.FEASIBILITY_TOLERANCE
+        p_one = float(price[alone].min()) if alone.any() else math.inf
+        one_or_more = max(lp, min(p_one, 2.0 * p_min))
+        return max(one_or_more, floor * p_min)
+
+    modes = []
+    if s.serving != "disaggregated" and not (coverable & ~svc.agg_ok).any():
+        modes.append(role_bound("aggregated", rates * coverable))
+    if s.serving != "aggregated" and not (coverable & ~svc.pd_ok).any():
+        modes.append(role_bound("prefill", rates * coverable) + role_bound("decode", rates * coverable))
+    best = min(modes) if modes else 0.0
+    return best if math.isfinite(best) else 0.0
