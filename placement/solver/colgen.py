@@ -76,7 +76,11 @@ REDUCED_COST_TOLERANCE = 1e-9
 UNMET_PENALTY_FACTOR = 100.0
 
 
-def prune(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> Pruned:
+def prune(
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions,
+    keep: frozenset[inputs.CandidateKey] = frozenset(),
+) -> Pruned:
     """Candidates worth a variable: useful, not dominated, and (optionally) selected by column generation."""
     demand = {s.id: s for s in problem.services}
     groups: dict[tuple[str, str], list[inputs.Candidate]] = defaultdict(list)
@@ -85,7 +89,8 @@ def prune(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> Pruned:
     survivors: list[inputs.Candidate] = []
     for (service_id, _role), cands in groups.items():
         s = demand[service_id]
-        current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0}
+        # Running now (or in a plan to start from, `keep`): never dropped as dominated.
+        current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0 or c.key in keep}
         # Useless: cannot serve any bucket that has traffic (and no replica floor to satisfy).
         useful = [
             c

@@ -183,7 +183,11 @@ class _Builder:
         return r
 
 
-def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = None) -> Model:
+def build(
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions | None = None,
+    keep: frozenset[inputs.CandidateKey] = frozenset(),
+) -> Model:
     """The MILP of `problem`: minimise $/h (+ stability penalty) with all traffic served where possible.
 
     Unmet-demand variables u exist for every (service, bucket) but are fixed to 0 here unless no
@@ -191,7 +195,7 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
     """
     options = options or inputs.SolveOptions()
     inputs.validate(problem)
-    pruned = colgen.prune(problem, options)
+    pruned = colgen.prune(problem, options, keep)
     candidates = pruned.candidates
     services = {s.id: s for s in problem.services}
     pools = {p.id: p for p in problem.pools}

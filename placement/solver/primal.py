@@ -51,6 +51,10 @@ UNMET_WEIGHT = 100.0
 # The Lagrangian bound's exact one-service MILPs (all candidates) get this share of the time limit, capped.
 BOUND_TIME_SHARE = 0.25
 BOUND_TIME_CAP_S = 20.0
+# Up to this many services, HiGHS polishes the heuristic plan (the MILP over the columns the LP keeps and
+# the plan's own, started from the plan: highspy) for this share of the time limit.
+POLISH_MAX_SERVICES = 500
+POLISH_TIME_SHARE = 0.4
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -153,9 +157,8 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # Placement passes: services in priority order, largest first. Services a pass left short (their
     # pools filled by others placed earlier that had alternatives) go first in their level next pass.
     first_of: set[int] = set()
-    # When the LP serves everything, priorities decide nothing: the largest services go first (as in
-    # first-fit decreasing); otherwise higher priorities go first.
-    short_in_lp = pruned.lp_needs_unmet
+    # Higher priorities first (an integer plan can be short where the LP is not: the priority order then
+    # decides who is served); within a level, the least flexible (fewest pools), then the largest.
     best: tuple[float, float, list[tuple[_Choice | None]]] | None = None
     for _ in range(PLACEMENT_PASSES):
         left = capacity.copy()
@@ -164,7 +167,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         order = sorted(
             services,
             key=lambda s: (
-                -s.demand.priority if short_in_lp else 0,
+                -s.demand.priority,
                 s.index not in first_of,
                 s.pools,
                 -s.lp_cost,
@@ -209,6 +212,11 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     plans = [svc.plan for svc in services if svc.plan is not None]
     # The LP bound is a bound on plans serving every coverable request: claimed only for such a plan.
     served_all = all(svc.short <= allocation.unmet_tolerance(svc.demand) for svc in services)
+    if served_all and len(services) <= POLISH_MAX_SERVICES:
+        polish_deadline = min(deadline, time.perf_counter() + POLISH_TIME_SHARE * options.time_limit_s)
+        better = _polish(problem, pruned, plans, options, polish_deadline)
+        if better is not None:
+            plans = better
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
     source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
     if not math.isnan(bound):
@@ -263,6 +271,12 @@ def _services(problem: inputs.FleetProblem, price: NDArray[np.float64]) -> list[
             modes.append(lp["aggregated"])
         if s.serving != "aggregated" and kept["prefill"] and kept["decode"]:
             modes.append(lp["prefill"] + lp["decode"])
+        if s.min_replicas > 0 and not modes:
+            # As formulation.build says it (the caller may plan again without floors).
+            raise inputs.InfeasibleError(
+                f"service {s.id}: replicas.min is {s.min_replicas} but no configuration of its serving "
+                f"mode ({s.serving}) fits"
+            )
         all_kept = [i for role in inputs.ROLES for i in kept[role]]
         n_pools = len({problem.candidates[i].pool for role in inputs.ROLES for i in roles.get(role, [])})
         out.append(
@@ -747,3 +761,48 @@ def _cheap_bound(
         modes.append(role_bound("prefill", rates * coverable) + role_bound("decode", rates * coverable))
     best = min(modes) if modes else 0.0
     return best if math.isfinite(best) else 0.0
+
+
+def _polish(
+    problem: inputs.FleetProblem,
+    pruned: colgen.Pruned,
+    plans: Sequence[allocation.ServiceAllocation],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> list[allocation.ServiceAllocation] | None:
+    """The all-served MILP over the LP's columns and the plan's, from the plan; None unless cheaper."""
+    if time.perf_counter() > deadline - 1.0:
+        return None
+    counts: dict[inputs.CandidateKey, int] = {}
+    routed: dict[inputs.CandidateKey, tuple[float, ...]] = {}
+    for sp in plans:
+        for a in sp.assignments:
+            key = inputs.CandidateKey(a.service, a.role, a.pool, a.precision, a.tp)
+            counts[key], routed[key] = a.replicas, a.bucket_rps
+    keys = {c.key for c in pruned.candidates} | set(counts)
+    sub = replace(problem, candidates=tuple(c for c in problem.candidates if c.key in keys))
+    opts = replace(options, max_candidates_per_bucket=None)
+    try:
+        model = formulation.build(sub, opts, frozenset(counts))
+    except inputs.PlacementError:
+        return None
+    # The plan's replicas and routing (HiGHS completes the rest: pattern counts, modes, penalties).
+    rates = {s.id: s.bucket_rps for s in problem.services}
+    start = [(model.n_index[k], float(counts.get(c.key, 0))) for k, c in enumerate(model.candidates)]
+    for (k, b), col in model.f_index.items():
+        flow = routed.get(model.candidates[k].key)
+        share = flow[b] / rates[model.candidates[k].service][b] if flow is not None else 0.0
+        start.append((col, min(1.0, max(0.0, share))))
+    modes = {sp.service: sp.mode for sp in plans}
+    start += [(col, 1.0 if modes.get(sid) == "disaggregated" else 0.0) for sid, col in model.z_index.items()]
+    run = highs.run_from(model, start, opts, deadline)
+    price = sum(sp.price_per_hour for sp in plans)
+    if run is None or run.objective >= price - 1e-9 * max(1.0, price):
+        return None
+    try:
+        polished = stages.decode(sub, model, run, stages=1, seconds=0.0)
+    except inputs.SolverError:
+        return None
+    if polished.price_per_hour >= price or any(sp.status == "unserved" for sp in polished.services):
+        return None
+    return list(polished.services)

@@ -7,13 +7,14 @@ routing by the served rates, budgets, ceilings and floors from the plan; quality
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement.solver import allocation, colgen, inputs, primal, solve, stages
+from placement.solver import allocation, colgen, formulation, highs, inputs, primal, solve, stages
 from tests.unit.solver_helpers import cand, fits_nodes, pool
 
 TOL = 1e-6
@@ -79,7 +80,7 @@ def fleets(draw: st.DrawFn) -> inputs.FleetProblem:
         )
         for p in pools:
             for tp in draw(st.sets(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=2)):
-                caps = [draw(st.floats(0.5, 4.0)) * tp ** 0.5 for _ in rates]
+                caps = [draw(st.floats(0.5, 4.0)) * tp**0.5 for _ in rates]
                 cands.append(cand(sid, p.id, caps, p.price_per_device_hour * tp, tp=tp))
     return inputs.FleetProblem(tuple(services), tuple(pools), tuple(cands))
 
@@ -96,9 +97,11 @@ def test_the_heuristic_plan_is_feasible_and_never_below_the_direct_milp(problem:
     exact = stages.solve_milp(problem, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9, time_limit_s=20))
     served_exact = sum(s.served_rps for s in exact.services)
     served = sum(s.served_rps for s in plan.services)
+    # The MILP's priority pins may give up inputs.UNMET_NOISE of a level's demand: that much slack.
+    slack = inputs.UNMET_NOISE * max(1.0, sum(s.requests_per_second for s in problem.services))
     # The MILP serves by priority first: the heuristic never serves more, nor (serving as much) costs less.
-    assert served <= served_exact * (1 + 1e-6) + 1e-6
-    if served >= served_exact * (1 - 1e-6) - 1e-6 and exact.status == "optimal":
+    assert served <= served_exact + slack
+    if served >= served_exact - slack and exact.status == "optimal":
         assert plan.price_per_hour >= exact.price_per_hour * (1 - 1e-6) - 1e-6
     if not math.isnan(plan.bound) and exact.status == "optimal":
         # The optimum lies between the heuristic's bound and its price.
@@ -112,7 +115,11 @@ def test_a_twelve_core_node_takes_one_tp8_replica() -> None:
     problem = inputs.FleetProblem(
         (s,),
         (pool("inf", devices_per_node=12, nodes=2), pool("dear", 8, 4, price=10.0)),
-        (cand("s", "inf", [2.0], 8.0, tp=8), cand("s", "inf", [0.5], 4.0, tp=4), cand("s", "dear", [2.0], 80.0, tp=8)),
+        (
+            cand("s", "inf", [2.0], 8.0, tp=8),
+            cand("s", "inf", [0.5], 4.0, tp=4),
+            cand("s", "dear", [2.0], 80.0, tp=8),
+        ),
     )
     plan = primal.solve(problem, inputs.SolveOptions(method="primal"))
     _check_feasible(problem, plan)
@@ -121,7 +128,10 @@ def test_a_twelve_core_node_takes_one_tp8_replica() -> None:
 
 def test_higher_priority_is_placed_first_when_capacity_is_short() -> None:
     # One node, room for one replica: the priority-100 service gets it whatever the prices.
-    services = (inputs.ServiceDemand("low", (1.0,), priority=0), inputs.ServiceDemand("high", (1.0,), priority=100))
+    services = (
+        inputs.ServiceDemand("low", (1.0,), priority=0),
+        inputs.ServiceDemand("high", (1.0,), priority=100),
+    )
     problem = inputs.FleetProblem(
         services,
         (pool("a", devices_per_node=1, nodes=1),),
@@ -159,6 +169,46 @@ def test_auto_falls_back_to_the_heuristic_when_highs_finds_no_plan(monkeypatch: 
     plan = solve.solve(problem)
     assert all(s.status == "served" for s in plan.services)
     assert plan.price_per_hour == pytest.approx(4.0)
-    assert plan.bound_source == "full-lp" and plan.gap == pytest.approx(1 - 3.5 / 4.0)
+    # The LP bound is 3.5 (b needs half a replica); the Lagrangian bound knows half a replica costs one.
+    assert plan.bound_source == "lagrangian"
+    assert plan.bound == pytest.approx(4.0) and plan.gap == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(inputs.SolverError):
         solve.solve(problem, inputs.SolveOptions(method="milp"))
+
+
+def test_highs_from_a_start_returns_a_plan_at_least_as_good_as_the_start() -> None:
+    # A deliberately poor start (both services on the dear pool): HiGHS, started from it, must return a
+    # solution no dearer than the start, and here the optimum (both on the cheap pool).
+    services = (inputs.ServiceDemand("a", (1.5,)), inputs.ServiceDemand("b", (0.5,)))
+    pools = (pool("cheap", nodes=1, price=1.0), pool("dear", nodes=1, price=3.0))
+    cands = tuple(cand(s.id, p.id, [1.0], p.price_per_device_hour) for s in services for p in pools)
+    problem = inputs.FleetProblem(services, pools, cands)
+    model = formulation.build(problem, inputs.SolveOptions())
+    start_replicas = {
+        c.key: (2 if c.service == "a" else 1) if c.pool == "dear" else 0 for c in model.candidates
+    }
+    start = [(model.n_index[k], float(start_replicas[c.key])) for k, c in enumerate(model.candidates)]
+    run = highs.run_from(model, start, inputs.SolveOptions(mip_rel_gap=1e-9), time.perf_counter() + 30)
+    assert run is not None
+    assert run.objective <= 3 * 3.0 + 1e-9  # the start costs $9/h
+    assert run.objective == pytest.approx(3.0)  # 2 + 1 replicas on the cheap pool
+    plan = stages.decode(problem, model, run, stages=1, seconds=0.0)
+    _check_feasible(problem, plan)
+
+
+def test_polish_keeps_the_heuristic_plan_unless_highs_finds_a_cheaper_one() -> None:
+    services = tuple(inputs.ServiceDemand(f"s{i}", (0.6 + 0.3 * i, 0.4)) for i in range(4))
+    pools = (pool("a", 4, 1, 1.0), pool("b", 8, 1, 1.3))
+    cands = tuple(
+        cand(s.id, p.id, [1.0 + 0.1 * j, 2.0], p.price_per_device_hour * tp, tp=tp)
+        for s in services
+        for j, p in enumerate(pools)
+        for tp in (1, 2)
+    )
+    problem = inputs.FleetProblem(services, pools, cands)
+    plan = primal.solve(problem, inputs.SolveOptions(method="primal", mip_rel_gap=1e-9))
+    _check_feasible(problem, plan)
+    exact = stages.solve_milp(problem, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9))
+    # Polished by HiGHS from the heuristic's plan with every column the LP needs: the optimum here.
+    assert plan.price_per_hour == pytest.approx(exact.price_per_hour, rel=1e-6)
+    assert plan.bound <= exact.price_per_hour * (1 + 1e-9)
