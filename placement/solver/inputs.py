@@ -182,6 +182,11 @@ class SolveOptions:
     # Each service runs all its replicas (every role) on one accelerator type: how fleets are run by hand,
     # and the single-type baseline under the same pool capacity (placement.baselines).
     one_accelerator_per_service: bool = False
+    # Share of each service's served requests, per request-size bucket and per stage (aggregated or
+    # prefill; aggregated or decode), routed to replicas on on-demand pools (Pool.spot False), so a spot
+    # reclaim leaves at least this share of its capacity running. Hard where the service has an on-demand
+    # configuration for that bucket and stage; 0.0 ignores it.
+    on_demand_floor: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         )
         reserved = np.where(outside, np.inf, shadow)
 
-    services = _services(problem, price)
+    services = _services(problem, price, options.on_demand_floor > 0.0)
     exact_deadline = started + min(EXACT_TIME_SHARE * options.time_limit_s, EXACT_TIME_CAP_S)
     # Who gets the exact MILP: budgets first (a budget binds only there), then the largest, until
     # EXACT_COST_SHARE of the fleet's cost is covered.
@@ -237,12 +237,15 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     )
 
 
-def _services(problem: inputs.FleetProblem, price: NDArray[np.float64]) -> list[_Svc]:
+def _services(
+    problem: inputs.FleetProblem, price: NDArray[np.float64], with_on_demand: bool = False
+) -> list[_Svc]:
     """Per service: shortlisted candidates per role, the buckets each mode can serve, its LP cost."""
     by: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, c in enumerate(problem.candidates):
         by[c.service][c.role].append(i)
     running = {c.key for c in problem.candidates if problem.current_replicas.get(c.key, 0) > 0}
+    spot = {p.id: p.spot for p in problem.pools}
     out: list[_Svc] = []
     for j, s in enumerate(problem.services):
         rates = np.asarray(s.bucket_rps, dtype=np.float64)
@@ -262,6 +265,14 @@ def _services(problem: inputs.FleetProblem, price: NDArray[np.float64]) -> list[
                 per_rps = np.where(caps > 0.0, price[idx][:, None] / np.where(caps > 0.0, caps, 1.0), np.inf)
             lp[role] = float((rates * np.where(ok[role], per_rps.min(axis=0), 0.0)).sum())
             picked = _shortlist(caps, price[idx], rates * ok[role], per_rps)
+            # The best on-demand configurations too (an on-demand floor needs them in the exact MILP).
+            on_demand = [k for k, i in enumerate(idx) if not spot[problem.candidates[i].pool]]
+            if with_on_demand and on_demand and len(on_demand) < len(idx):
+                sub = np.asarray(on_demand)
+                picked |= {
+                    int(sub[k])
+                    for k in _shortlist(caps[sub], price[idx][sub], rates * ok[role], per_rps[sub])
+                }
             picked |= {k for k, i in enumerate(idx) if problem.candidates[i].key in running}
             kept[role] = [idx[k] for k in sorted(picked)]
         agg_ok = ok["aggregated"]
@@ -355,9 +366,13 @@ def _place(
         for p, d in svc.usage.items():
             left[p] += d
     # A budget, or a stability penalty on what runs, is only known to the exact one-service MILP.
-    must_exact = svc.demand.max_dollars_per_hour is not None or (
-        options.move_penalty_per_device_hour > 0.0
-        and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
+    must_exact = (
+        svc.demand.max_dollars_per_hour is not None
+        or options.on_demand_floor > 0.0
+        or (
+            options.move_penalty_per_device_hour > 0.0
+            and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
+        )
     )
     choice = None
     if exact or must_exact:

@@ -40,6 +40,10 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         raise inputs.InvalidProblemError(
             f"options.max_utilization: must be in (0, 1], got {options.max_utilization}"
         )
+    if not 0.0 <= options.on_demand_floor <= 1.0:
+        raise inputs.InvalidProblemError(
+            f"options.on_demand_floor: must be in [0, 1], got {options.on_demand_floor}"
+        )
     if options.max_utilization < 1.0:
         return _derated(problem, options)
     if options.method == "decompose" or (

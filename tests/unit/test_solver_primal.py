@@ -212,3 +212,38 @@ def test_polish_keeps_the_heuristic_plan_unless_highs_finds_a_cheaper_one() -> N
     # Polished by HiGHS from the heuristic's plan with every column the LP needs: the optimum here.
     assert plan.price_per_hour == pytest.approx(exact.price_per_hour, rel=1e-6)
     assert plan.bound <= exact.price_per_hour * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", ["milp", "primal", "dantzig-wolfe"])
+@pytest.mark.parametrize("serving", ["aggregated", "disaggregated"])
+def test_on_demand_floor_keeps_a_share_of_every_stage_off_spot(method: str, serving: str) -> None:
+    roles: tuple[inputs.Role, ...] = ("aggregated",) if serving == "aggregated" else ("prefill", "decode")
+    spot = inputs.Pool("spot", "x", 8, 2, 0.5, spot=True)
+    od = inputs.Pool("od", "x", 8, 2, 2.0)
+    s = inputs.ServiceDemand("s", (3.0, 1.0), serving=serving)  # type: ignore[arg-type]
+    cands = tuple(
+        cand("s", p.id, [1.0, 1.0], p.price_per_device_hour, role=role) for p in (spot, od) for role in roles
+    )
+    problem = inputs.FleetProblem((s,), (spot, od), cands)
+    free = solve.solve(problem, inputs.SolveOptions(method=method))  # type: ignore[arg-type]
+    assert all(a.pool == "spot" for a in free.service("s").assignments)
+    plan = solve.solve(problem, inputs.SolveOptions(method=method, on_demand_floor=0.5))  # type: ignore[arg-type]
+    _check_feasible(problem, plan)
+    assert plan.service("s").status == "served"
+    for stage in (("aggregated", "prefill"), ("aggregated", "decode")):
+        for k, rate in enumerate(s.bucket_rps):
+            routed = [a for a in plan.service("s").assignments if a.role in stage]
+            on_demand = sum(a.bucket_rps[k] for a in routed if a.pool == "od")
+            if routed:
+                assert on_demand >= 0.5 * rate * (1 - 1e-6)
+
+
+def test_on_demand_floor_without_an_on_demand_configuration_is_ignored_and_out_of_range_is_refused() -> None:
+    spot = inputs.Pool("spot", "x", 8, 2, 0.5, spot=True)
+    problem = inputs.FleetProblem(
+        (inputs.ServiceDemand("s", (1.0,)),), (spot,), (cand("s", "spot", [2.0], 0.5),)
+    )
+    plan = solve.solve(problem, inputs.SolveOptions(on_demand_floor=0.5))
+    assert plan.service("s").status == "served"
+    with pytest.raises(inputs.InvalidProblemError, match="on_demand_floor"):
+        solve.solve(problem, inputs.SolveOptions(on_demand_floor=1.5))
