@@ -11,8 +11,16 @@ services x 41 pools, no incumbent in 60 s). This builds one directly:
    with most at stake and those a budget binds, their exact one-service MILP (formulation.build, which
    knows floors, ceilings, budgets, serving modes and the stability penalty) with the pools' leftovers as
    rows. A service that fits nowhere whole is served in part (what fits), so higher priorities go first.
-3. Improvement: each service in turn is planned again at the true prices in what the others leave, and
-   keeps the new plan only when it serves no less and costs less.
+3. Repair and improvement: a service left short has other services moved off its pools (when they can
+   go elsewhere whole); then each service in turn is planned again at the true prices in what the others
+   leave, keeping the new plan only when it serves no less and costs less.
+4. Polish (up to POLISH_MAX_SERVICES): HiGHS, through highspy (scipy's milp takes no start), runs the
+   all-served MILP over the LP's columns and the plan's own, started from the plan; kept only if cheaper.
+5. Bound: the Lagrangian bound (`lagrangian_bound`: pool capacity relaxed at the LP's shadow prices, each
+   service's integer optimum bounded alone), or the LP bound when that is higher. Claimed only for a plan
+   that serves every coverable request (it bounds those plans); otherwise the gap is unknown (NaN).
+
+Every exact step has a time share and a cap in seconds (the time limit is wall-clock).
 
 Pool capacity: a pool whose TP sizes do not pack by device count (12-core nodes with TP 8) counts each
 replica as dpn / floor(dpn / tp) devices (a TP-8 replica takes a whole 12-core node), which packs by
@@ -40,7 +48,7 @@ SHORTLIST_PER_BUCKET = 2
 # Share of the time limit the exact one-service MILPs may use (the rest is the LP, the vectorised plans and
 # the improvement pass); and a cap in seconds, since a plan in seconds is the point of this path.
 EXACT_TIME_SHARE = 0.25
-EXACT_TIME_CAP_S = 20.0
+EXACT_TIME_CAP_S = 10.0
 # Relative gap of each one-service MILP (a service's own optimum; the fleet's bound is the LP's).
 EXACT_MIP_GAP = 1e-3
 # Services get the exact MILP, largest LP cost first, until this share of the fleet's LP cost is covered.
@@ -50,11 +58,12 @@ EXACT_COST_SHARE = 0.9
 UNMET_WEIGHT = 100.0
 # The Lagrangian bound's exact one-service MILPs (all candidates) get this share of the time limit, capped.
 BOUND_TIME_SHARE = 0.25
-BOUND_TIME_CAP_S = 20.0
+BOUND_TIME_CAP_S = 10.0
 # Up to this many services, HiGHS polishes the heuristic plan (the MILP over the columns the LP keeps and
 # the plan's own, started from the plan: highspy) for this share of the time limit.
 POLISH_MAX_SERVICES = 500
 POLISH_TIME_SHARE = 0.4
+POLISH_TIME_CAP_S = 10.0
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -213,7 +222,9 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # The LP bound is a bound on plans serving every coverable request: claimed only for such a plan.
     served_all = all(svc.short <= allocation.unmet_tolerance(svc.demand) for svc in services)
     if served_all and len(services) <= POLISH_MAX_SERVICES:
-        polish_deadline = min(deadline, time.perf_counter() + POLISH_TIME_SHARE * options.time_limit_s)
+        polish_deadline = min(
+            deadline, time.perf_counter() + min(POLISH_TIME_SHARE * options.time_limit_s, POLISH_TIME_CAP_S)
+        )
         better = _polish(problem, pruned, plans, options, polish_deadline)
         if better is not None:
             plans = better
