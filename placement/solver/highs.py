@@ -105,7 +105,7 @@ def run_from(
     """The MILP from a known plan: HiGHS (highspy, which takes a start; scipy's milp takes none) completes
     the partial solution `start` (column, value) by an LP and improves on it until the deadline.
 
-    None when HiGHS ends without a solution (the start infeasible and nothing found); SolverError never.
+    As `run`: None when the problem is infeasible, SolverError when HiGHS stops without a solution.
     """
     import highspy  # the official HiGHS binding: a warm start is what it adds to scipy's interface
 
@@ -138,10 +138,14 @@ def run_from(
         h.run()
     info = h.getInfo()
     solution = h.getSolution()
-    if not solution.value_valid or info.primal_solution_status == 0:
-        return None
-    x = np.asarray(solution.col_value, dtype=np.float64)
     status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return None
+    if not solution.value_valid or info.primal_solution_status == 0:
+        raise inputs.SolverError(
+            f"solver: HiGHS stopped without a solution ({h.modelStatusToString(status)})"
+        )
+    x = np.asarray(solution.col_value, dtype=np.float64)
     return Run(
         x=x,
         objective=float(info.objective_function_value),

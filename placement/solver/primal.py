@@ -821,7 +821,10 @@ def _polish(
         start.append((col, min(1.0, max(0.0, share))))
     modes = {sp.service: sp.mode for sp in plans}
     start += [(col, 1.0 if modes.get(sid) == "disaggregated" else 0.0) for sid, col in model.z_index.items()]
-    run = highs.run_from(model, start, opts, deadline)
+    try:
+        run = highs.run_from(model, start, opts, deadline)
+    except inputs.SolverError:
+        return None
     price = sum(sp.price_per_hour for sp in plans)
     if run is None or run.objective >= price - 1e-9 * max(1.0, price):
         return None

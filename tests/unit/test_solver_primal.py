@@ -257,3 +257,29 @@ def test_on_demand_floor_without_an_on_demand_configuration_is_ignored_and_out_o
     assert plan.service("s").status == "served"
     with pytest.raises(inputs.InvalidProblemError, match="on_demand_floor"):
         solve.solve(problem, inputs.SolveOptions(on_demand_floor=1.5))
+
+
+def test_the_milp_starts_from_the_current_placement_and_never_ends_worse() -> None:
+    # What runs now (3 dear replicas of a) is feasible; started from it, the plan's objective (price plus
+    # the stability penalty for what it removes) is never above the start's (its price, nothing removed).
+    services = (inputs.ServiceDemand("a", (2.5,)), inputs.ServiceDemand("b", (0.8,)))
+    pools = (pool("cheap", nodes=1, price=1.0), pool("dear", nodes=1, price=3.0))
+    cands = tuple(cand(s.id, p.id, [1.0], p.price_per_device_hour) for s in services for p in pools)
+    now = {
+        inputs.CandidateKey("a", "aggregated", "dear", "bf16", 1): 3,
+        inputs.CandidateKey("b", "aggregated", "cheap", "bf16", 1): 1,
+    }
+    problem = inputs.FleetProblem(services, pools, cands, now)
+    start_price = 3 * 3.0 + 1 * 1.0
+    for penalty in (0.0, 0.5, 5.0):
+        options = inputs.SolveOptions(method="milp", move_penalty_per_device_hour=penalty, mip_rel_gap=1e-9)
+        plan = solve.solve(problem, options)
+        _check_feasible(problem, plan)
+        assert plan.objective <= start_price + 1e-9
+        assert all(s.status == "served" for s in plan.services)
+    # Without a penalty the optimum moves a to the cheap pool (3 + 1 replicas fit its 8 devices): $4/h.
+    plan = solve.solve(problem, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9))
+    assert plan.price_per_hour == pytest.approx(4.0)
+    # With a penalty above the saving per device, a stays where it is.
+    plan = solve.solve(problem, inputs.SolveOptions(method="milp", move_penalty_per_device_hour=5.0))
+    assert plan.price_per_hour == pytest.approx(start_price)
