@@ -80,6 +80,14 @@ OBSERVATION_WINDOW_S = 60.0
 # Admission waits up to this share of the TTFT SLO count as the queueing the capacity model already
 # priced (its max req/s keeps p99 TTFT, queueing included, within the SLO); longer waits add to the TTFT.
 DEFAULT_QUEUE_TOLERANCE = 0.25
+# z of the 99th percentile of a normal: a replica admits the concurrency a Poisson stream at its capacity
+# reaches 99% of the time (the model's p99 promise at capacity covers that fluctuation).
+POISSON_P99_Z = 2.326
+# Those extra slots let a full replica serve up to slots / mean slots x its capacity (1 + 2.33 / sqrt(mean):
+# 1.13-1.17x for the 70B replicas of the benchmark, up to 4x for a replica of one slot). Above its
+# SLO-bounded rate an engine's latency leaves the SLO; the model does not say how fast, so a replica never
+# serves more than this multiple of its capacity (an assumption; REPORT_autoscaling.md shows its effect).
+SATURATION_MAX = 1.25
 
 
 class ReplayError(ValueError):
@@ -177,7 +185,13 @@ class _Replica:
 @dataclass(frozen=True)
 class _Config:
     work_s: NDArray[np.float64]  # replica-seconds per request, per bucket: 1 / max req/s (inf: cannot)
-    slots: int  # concurrent requests at capacity (Little's law over the workload's mix)
+    # How long a request holds a batch slot, in units of its work: max(mean concurrency at capacity,
+    # slots / SATURATION_MAX), so `slots` busy slots serve at most SATURATION_MAX x the capacity.
+    hold_slots: float
+    # Batch slots the replica admits within the SLO: the 99th percentile of the concurrency a Poisson stream
+    # at capacity reaches (mean + 2.33 sqrt(mean), square-root staffing), the fluctuation the performance
+    # model's p99 at capacity already priced; beyond it a request waits for a slot.
+    slots: int
     ttft_s: NDArray[np.float64]
     itl_s: NDArray[np.float64]
     price_per_hour: float
@@ -211,7 +225,10 @@ def _configs(
         mix = share[served] / share[served].sum() if served.any() else share[served]
         rate = 1.0 / float((mix * work[served]).sum()) if served.any() else 0.0
         hold = float((mix * (ttft[served] + out_mean[served] * itl[served])).sum()) if served.any() else 0.0
-        out[c.key] = _Config(work, max(1, round(rate * hold)), ttft, itl, c.price_per_hour, c.devices)
+        mean_slots = max(1.0, rate * hold)
+        slots = math.ceil(mean_slots + POISSON_P99_Z * math.sqrt(mean_slots))
+        hold_slots = max(mean_slots, slots / SATURATION_MAX)
+        out[c.key] = _Config(work, hold_slots, slots, ttft, itl, c.price_per_hour, c.devices)
     return out
 
 
@@ -313,7 +330,7 @@ def replay(
         cfg = configs[rep.key]
         # The slot that frees first takes it for its share of the replica's throughput: slots x work.
         begin = max(now, rep.lanes[0])
-        heapq.heapreplace(rep.lanes, begin + cfg.slots * float(cfg.work_s[b]))
+        heapq.heapreplace(rep.lanes, begin + cfg.hold_slots * float(cfg.work_s[b]))
         wait = begin - float(trace.ts[r])
         rep.last_finish_s = max(
             rep.last_finish_s,
