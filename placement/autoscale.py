@@ -61,11 +61,17 @@ class Policy:
     # Holt smoothing per decision: level and trend (a short horizon: bursts matter more than the day).
     level_alpha: float = 0.6
     trend_beta: float = 0.1
-    # Size at least for the highest observed rate within this window (two decisions).
-    peak_window_s: float = 60.0
-    # Extra capacity over the sized rate: the minute-to-minute swing a start-up time hides (the Azure
-    # conversation trace moves +-15% minute to minute; tuned on it, benchmarks/REPORT_autoscaling.md).
-    headroom: float = 0.3
+    # Size at least for the highest observed rate within this window (0: off; the burst margin below
+    # replaces it).
+    peak_window_s: float = 0.0
+    # Burst margin: burst_z standard deviations of the forecast error over the horizon (one start-up
+    # plus one interval), learnt online from the one-step under-forecasts (an exponential average of
+    # squared errors, weight variability_alpha; demand below the forecast is no risk). burst_z was
+    # tuned on the first 30 min of the traces only (benchmarks/REPORT_autoscaling.md).
+    burst_z: float = 2.0
+    variability_alpha: float = 0.1
+    # Flat extra capacity over the sized rate (0: the burst margin sizes the headroom).
+    headroom: float = 0.0
     scale_down_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
     # No decrease of a configuration within this long of its last increase (no direction reversal).
     reversal_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
@@ -83,6 +89,13 @@ class Policy:
     correction_settle_s: float = 90.0
     # Churn cost: $/h-equivalent per device removed from a running replica (inputs.SolveOptions).
     move_penalty_per_device_hour: float = 5.0
+    # A rollout that overfills a pool pays this many times the pool's device price per device short (the
+    # operator's planner uses 2: make-before-break needs room for both sets for a moment).
+    surge_shortfall_price_factor: float = 2.0
+    # A steady fleet is re-solved from scratch (churn cost included) after this long without a change, and
+    # the result applied only when it saves at least this share of the fleet's $/h.
+    rebalance_after_s: float = 120.0
+    rebalance_min_saving: float = 0.05
     solve_time_limit_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -100,11 +113,18 @@ class Policy:
             "idle_to_zero_s",
             "move_penalty_per_device_hour",
             "correction_step",
+            "burst_z",
+            "surge_shortfall_price_factor",
+            "rebalance_after_s",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0.0:
                 raise AutoscaleError(f"policy.{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("level_alpha", "trend_beta"):
+        if not 0.0 <= self.rebalance_min_saving < 1.0:
+            raise AutoscaleError(
+                f"policy.rebalance_min_saving: must be in [0, 1), got {self.rebalance_min_saving}"
+            )
+        for name in ("level_alpha", "trend_beta", "variability_alpha"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise AutoscaleError(f"policy.{name}: must be in (0, 1], got {getattr(self, name)}")
         if not 0.0 < self.correction_min <= 1.0 <= self.correction_max:
@@ -149,6 +169,8 @@ class ServiceState:
 
     level_rps: float | None = None
     trend_rps_per_s: float = 0.0
+    # Exponential average of the squared one-step under-forecasts, (req/s)^2: the burst margin's scale.
+    error_var: float = 0.0
     last_observed_s: float | None = None
     # (time, rate) of the observations within the peak window.
     recent: tuple[tuple[float, float], ...] = ()
@@ -218,12 +240,16 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
     if obs.missing:
         return state
     rps = float(obs.requests_per_second or 0.0)
+    error_var = state.error_var
     if state.level_rps is None or state.last_observed_s is None:
         level, trend = rps, 0.0
     else:
         dt = max(now_s - state.last_observed_s, 1e-9)
         # Holt's double exponential smoothing with irregular steps: trend per second.
         predicted = state.level_rps + state.trend_rps_per_s * dt
+        # Only demand above the forecast threatens the SLO: the margin learns from those misses.
+        miss = max(0.0, rps - max(0.0, predicted))
+        error_var = (1.0 - policy.variability_alpha) * error_var + policy.variability_alpha * miss * miss
         level = policy.level_alpha * rps + (1.0 - policy.level_alpha) * predicted
         trend = policy.trend_beta * (level - state.level_rps) / dt + (1.0 - policy.trend_beta) * (
             state.trend_rps_per_s
@@ -246,6 +272,7 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
         state,
         level_rps=level,
         trend_rps_per_s=trend,
+        error_var=error_var,
         last_observed_s=now_s,
         recent=recent,
         bucket_share=share,
@@ -320,12 +347,23 @@ def correct(
     return replace(state, correction=factor)
 
 
+def burst_margin_rps(state: ServiceState, policy: Policy) -> float:
+    """burst_z standard deviations of the forecast error over one start-up plus one interval.
+
+    The one-step error's deviation is learnt online; over h steps it grows like sqrt(h) (errors of a
+    level that wanders as a random walk), which is what a new replica asked for now has to cover.
+    """
+    steps = max(1.0, (policy.startup_s + policy.interval_s) / policy.interval_s)
+    return policy.burst_z * math.sqrt(max(0.0, state.error_var) * steps)
+
+
 def sizing_rps(state: ServiceState, policy: Policy) -> tuple[float, float]:
-    """(forecast one start-up ahead, rate to size for: peak-window max or forecast, plus headroom)."""
+    """(forecast one start-up ahead, rate to size for: the forecast (at least the level and the recent
+    peak) plus the burst margin, divided by the capacity correction)."""
     ahead = forecast(state, policy.startup_s + policy.interval_s)
     peak = max((r for _, r in state.recent), default=0.0)
     now = state.level_rps or 0.0
-    base = max(ahead, peak, now)
+    base = max(ahead, peak, now) + burst_margin_rps(state, policy)
     return ahead, base * (1.0 + policy.headroom) / state.correction
 
 
@@ -361,12 +399,15 @@ def _solve(
     demands: Sequence[inputs.ServiceDemand],
     current: Mapping[inputs.CandidateKey, int],
     policy: Policy,
+    penalty: float,
 ) -> allocation.Plan:
-    """The fleet solve at the sized demand, warm-started from (and penalised for leaving) `current`."""
+    """The fleet solve at the sized demand, warm-started from (and charged `penalty` per device-hour for
+    leaving) `current`, the surge of make-before-break priced."""
     sized = replace(problem, services=tuple(demands), current_replicas=dict(current))
     options = inputs.SolveOptions(
         time_limit_s=policy.solve_time_limit_s,
-        move_penalty_per_device_hour=policy.move_penalty_per_device_hour,
+        move_penalty_per_device_hour=penalty,
+        surge_shortfall_price_factor=policy.surge_shortfall_price_factor,
     )
     return solve.solve(sized, options)
 
@@ -486,6 +527,8 @@ def decide(
             raw = 0.0
         history = (*((ts, r) for ts, r in s.sized_history if ts > now_s - policy.scale_down_window_s),)
         history = (*history, (now_s, raw))
+        # The rate sized for: the highest sized rate of the stabilization window, so capacity drops only
+        # after the window has seen no need for it (HPA's scale-down stabilization, on the rate).
         rate = 0.0 if idle else max(r for _, r in history)
         capacity = serving_capacity_rps(cands, mine, sid, s.bucket_share or share) * s.correction
         s = replace(s, sized_history=history, sized_rps=rate)
@@ -493,7 +536,6 @@ def decide(
         warming = (
             now_s - (now_s if s.first_decision_s is None else s.first_decision_s) < policy.scale_down_window_s
         )
-        # Only when every running configuration grew within the window is there nothing to shrink.
         grown = dict(s.increased_s)
         recently_up = bool(mine) and all(
             now_s - grown.get(k, -math.inf) < policy.reversal_window_s for k in mine
@@ -509,6 +551,7 @@ def decide(
             and all(n <= mine.get(k, 0) for k, n in planned.items())
             and serving_capacity_rps(cands, planned, sid, s.bucket_share or share) * s.correction >= rate
         )
+        steady_for = now_s - max(s.last_change_s, s.first_decision_s or now_s)
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
             mode[sid] = "idle"
@@ -519,34 +562,31 @@ def decide(
             continue
         elif rate > capacity or not mine:
             mode[sid] = "up"
-        elif rate >= capacity * (1.0 - policy.tolerance):
-            settled_for = now_s - max(s.last_change_s, s.first_decision_s or now_s)
-            if is_starting or settled_for < policy.reversal_window_s:
-                held[sid] = (
-                    f"sized for {rate:.2f} req/s, within {policy.tolerance:.0%} of the {capacity:.2f} req/s "
-                    "running: no change"
-                )
-                continue
-            # Steady for a window: re-solve with the churn cost, so load moves back to a cheaper pool
-            # that has freed up when the saving beats the move penalty.
+        elif rate < capacity * (1.0 - policy.tolerance) and may_decrease[sid]:
+            mode[sid] = "down"
+        elif not is_starting and steady_for >= policy.rebalance_after_s and not warming:
+            # Re-solve the whole fleet at the sized rate with the churn cost, from what runs: load moves
+            # back to a cheaper pool that has freed up when the saving beats the churn cost.
             mode[sid] = "rebalance"
-        elif not may_decrease[sid]:
+        else:
             why = (
                 "replicas still starting"
                 if is_starting
                 else "within the reversal window of an increase"
-                if recently_up
+                if recently_up and rate < capacity * (1.0 - policy.tolerance)
                 else "stabilization window not yet full"
+                if warming and rate < capacity * (1.0 - policy.tolerance)
+                else f"within {policy.tolerance:.0%} of the {capacity:.2f} req/s running"
             )
-            held[sid] = f"sized for {rate:.2f} req/s below the {capacity:.2f} req/s running; holds: {why}"
+            held[sid] = f"sized for {rate:.2f} req/s, {capacity:.2f} req/s running; holds: {why}"
             continue
-        else:
-            mode[sid] = "down"
         changing.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
 
-    # Services with replicas still starting are solved first with a prohibitive move penalty, so the
-    # solver keeps every replica and only adds (no second move on top of one in flight); then the others
-    # with the policy's churn cost, on what is left.
+    # One global solve over every candidate, from what runs (current_replicas) with the churn cost, not an
+    # incremental fill: scale-up lands where the whole fleet is cheapest, scale-down drops what saves the
+    # most (the most expensive replicas per req/s first), and load moves back to cheap pools when they
+    # free. Services with replicas still starting are solved first with a prohibitive churn cost (they only
+    # add: no second move on top of one in flight), then the others on what is left.
     ids_changing = {d.id for d in changing}
     decided = set(state.decided)
     # Services that do not change keep their last decision (what runs, when there was none yet): the
@@ -563,17 +603,22 @@ def decide(
         targets.update(done)
     plan: allocation.Plan | None = None
     solver_targets: dict[inputs.CandidateKey, int] = {}
-    # Scale-down keeps to the configurations running (penalty 0: the solver drops the replicas whose
-    # removal saves the most, i.e. the most expensive per req/s first); scale-up and rebalancing may
-    # open any configuration, charged the churn cost for what they replace.
+    # (services, churn penalty, only the configurations running): scale-up may open any configuration
+    # and keeps what runs; scale-down first keeps to what runs (it drops
+    # the replicas whose removal saves the most: the most expensive per req/s first); rebalancing and
+    # scale-down also solve from scratch (no churn cost), taken only when that saves rebalance_min_saving
+    # of the $/h against the alternative (a move, make before break).
+    shrinking = ("down", "idle", "rebalance")
     groups = (
         ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR, False),
+        # Scale-up only adds (a move on top of a scale-up would hold both sets through a start-up
+        # time): moves come from rebalancing and scale-down, when they save enough.
         (
-            [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in ("down", "idle")],
-            policy.move_penalty_per_device_hour,
+            [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in shrinking],
+            KEEP_PENALTY_PER_DEVICE_HOUR,
             False,
         ),
-        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) in ("down", "idle")], 0.0, True),
+        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) in shrinking], 0.0, True),
     )
     for group, penalty, only_running in groups:
         if not group:
@@ -584,42 +629,52 @@ def decide(
             problem,
             services=tuple(group),
             pools=_pools_without(problem.pools, {**targets, **others}),
-            candidates=tuple(
-                c
-                for c in problem.candidates
-                if c.service in ids and (not only_running or current.get(c.key, 0) > 0)
-            ),
+            candidates=tuple(c for c in problem.candidates if c.service in ids),
         )
         mine = {k: n for k, n in current.items() if k.service in ids}
         try:
-            plan = _solve(sub, group, mine, replace(policy, move_penalty_per_device_hour=penalty))
+            if only_running:
+                kept = replace(sub, candidates=tuple(c for c in sub.candidates if mine.get(c.key, 0) > 0))
+                fresh = _solve(sub, group, mine, policy, 0.0)
+                try:
+                    plan = _solve(kept, group, mine, policy, 0.0)
+                except inputs.PlacementError:
+                    plan = fresh
+                if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
+                    plan = fresh
+            else:
+                plan = _solve(sub, group, mine, policy, penalty)
         except inputs.PlacementError as error:
             for d in group:
                 held[d.id] = f"no plan at the sized demand ({error}): holding"
             targets.update({k: n for k, n in mine.items() if n > 0})
             continue
         got = _plan_targets(plan)
-        if only_running:
-            # Scale-down never shrinks a configuration within the reversal window of its increase.
-            for d in group:
-                grown = dict(service_states[d.id].increased_s)
-                for k, n in mine.items():
-                    if k.service == d.id and now_s - grown.get(k, -math.inf) < policy.reversal_window_s:
-                        got[k] = max(got.get(k, 0), n)
-        solver_targets.update(got)
         for d in group:
-            service_states[d.id] = replace(
-                service_states[d.id], planned=tuple((k, n) for k, n in got.items() if k.service == d.id)
-            )
-        for d in group:
-            want = {k: n for k, n in got.items() if k.service == d.id}
-            adds = any(n > mine.get(k, 0) for k, n in want.items())
-            if adds or starting_now[d.id]:
+            sid = d.id
+            want = {k: n for k, n in got.items() if k.service == sid and n > 0}
+            have = {k: n for k, n in mine.items() if k.service == sid and n > 0}
+            price_want = sum(n * cands[k].price_per_hour for k, n in want.items())
+            price_have = sum(n * cands[k].price_per_hour for k, n in have.items())
+            if mode.get(sid) == "rebalance" and (
+                price_want >= price_have * (1.0 - policy.rebalance_min_saving) or want == have
+            ):
+                held[sid] = (
+                    f"sized for {service_states[sid].sized_rps or 0.0:.2f} req/s: the fleet that runs is "
+                    f"within {policy.rebalance_min_saving:.0%} of the cheapest (${price_want:.2f}/h vs "
+                    f"${price_have:.2f}/h)"
+                )
+                targets.update(have)
+                continue
+            solver_targets.update(want)
+            service_states[sid] = replace(service_states[sid], planned=tuple(want.items()))
+            adds = any(n > have.get(k, 0) for k, n in want.items())
+            if adds or starting_now[sid] or not may_decrease[sid]:
                 # Make before break: a replica the plan drops (a move to another pool) goes only once
                 # nothing of the service is starting, in a later decision.
-                if any(want.get(k, 0) < n for k, n in mine.items()):
-                    notes[d.id].append("removals wait for the new replicas (make before break)")
-                want = {k: max(want.get(k, 0), n) for k, n in {**mine, **want}.items() if k.service == d.id}
+                if any(want.get(k, 0) < n for k, n in have.items()):
+                    notes[sid].append("removals wait for the new replicas (make before break)")
+                want = {k: max(want.get(k, 0), have.get(k, 0)) for k in {**have, **want}}
             targets.update(want)
     # No configuration shrinks within the reversal window of its own increase, whatever path (scale-down,
     # rebalance, completing a move) asked for it; scale to zero of an idle opted-in service excepted.

@@ -159,6 +159,10 @@ class Result:
     ttft_ms: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     # Scale-direction reversals of one configuration (down after up, or up after down) within the window.
     reversals: int = 0
+    # Replicas a controller asked for that their pool had no free devices for (not created).
+    refused: int = 0
+    # Highest devices in use per pool at any decision (starting, serving and draining replicas).
+    peak_devices: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def attainment(self) -> float:
@@ -269,9 +273,16 @@ def replay(
     def new_replica(key: inputs.CandidateKey, created: float, ready: float) -> _Replica:
         return _Replica(key, created, ready, lanes=[ready] * configs[key].slots)
 
+    pool_devices = {p.id: p.devices_total for p in problem.pools}
+    refused = [0]
     replicas: list[_Replica] = [
         new_replica(key, 0.0, 0.0) for key, count in initial.items() for _ in range(count)
     ]
+    for pool_id, used in _devices(initial, configs).items():
+        if used > pool_devices.get(pool_id, 0):
+            raise ReplayError(
+                f"initial: {used} devices in pool {pool_id}, which has {pool_devices.get(pool_id, 0)}"
+            )
     readies: list[float] = []
     queue: deque[int] = deque()
     route: list[Routing | None] = [initial_routing]
@@ -360,15 +371,33 @@ def replay(
                 out[rep.key] = out.get(rep.key, 0) + 1
         return out
 
+    def devices_in_use(now: float) -> dict[str, int]:
+        # A draining replica holds its devices until its last request finishes.
+        used: dict[str, int] = {}
+        for rep in replicas:
+            if rep.ended_s is None or rep.ended_s > now:
+                used[rep.key.pool] = used.get(rep.key.pool, 0) + configs[rep.key].devices
+        return used
+
     def apply(targets: Targets, now: float) -> None:
         for key in targets:
             if key not in configs:
                 raise ReplayError(f"controller: {key} is not an aggregated candidate of the problem")
         have = alive()
-        for key in set(have) | set(targets):
+        # Removals first (they free nothing until drained), then additions while the pool has devices:
+        # make-before-break cannot put more replicas in a pool than it holds; what does not fit is not
+        # created (the controller asks again at its next decision) and is counted.
+        order = sorted(set(have) | set(targets), key=lambda k: int(targets.get(k, 0)) - have.get(k, 0))
+        used = devices_in_use(now)
+        for key in order:
             diff = max(0, int(targets.get(key, 0))) - have.get(key, 0)
             if diff > 0:
                 for _ in range(diff):
+                    need = configs[key].devices
+                    if used.get(key.pool, 0) + need > pool_devices.get(key.pool, 0):
+                        refused[0] += 1
+                        continue
+                    used[key.pool] = used.get(key.pool, 0) + need
                     replicas.append(new_replica(key, now, now + startup_s))
                     heapq.heappush(readies, now + startup_s)
             elif diff < 0:
@@ -385,6 +414,7 @@ def replay(
                     rep.ended_s = now if rep.ready_s > now else max(now, rep.last_finish_s)
 
     steps: list[Step] = []
+    peak_used: dict[str, int] = {}
     history: dict[inputs.CandidateKey, list[tuple[float, int]]] = {}
     t_next_tick = interval_s
     i_arrival = 0
@@ -431,6 +461,8 @@ def replay(
             if control.routing is not None:
                 route[0] = control.routing
             apply(control.targets, now)
+            for pool_id, used_now in devices_in_use(now).items():
+                peak_used[pool_id] = max(peak_used.get(pool_id, 0), used_now)
             after = alive()
             for key in set(current) | set(after):
                 if after.get(key, 0) != current.get(key, 0):
@@ -458,7 +490,17 @@ def replay(
         steps=steps,
         ttft_ms=ttft_ms,
         reversals=_reversals(history, reversal_window_s),
+        refused=refused[0],
+        peak_devices=peak_used,
     )
+
+
+def _devices(targets: Targets, configs: Mapping[inputs.CandidateKey, _Config]) -> dict[str, int]:
+    """Devices per pool of these replicas."""
+    out: dict[str, int] = {}
+    for key, count in targets.items():
+        out[key.pool] = out.get(key.pool, 0) + count * configs[key].devices
+    return out
 
 
 def _reversals(history: Mapping[inputs.CandidateKey, list[tuple[float, int]]], window_s: float) -> int:

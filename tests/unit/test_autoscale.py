@@ -34,7 +34,7 @@ def _key(pool: inputs.Pool) -> inputs.CandidateKey:
 
 TRAITS = {SVC: autoscale.ServiceTraits(ttft_p99_ms=1000.0, itl_p99_ms=50.0)}
 # No forecast trend or headroom: the sized rate is the observed one, so the tests can read replicas off.
-FLAT = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0)
+FLAT = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0, burst_z=0.0)
 
 
 def _obs(rps: float | None, **kw: float) -> dict[str, autoscale.Observation]:
@@ -152,7 +152,7 @@ def test_correction_drops_on_slo_misses_at_model_load_and_is_bounded():
 
 
 def test_the_sized_rate_holds_the_highest_of_the_scale_down_window():
-    policy = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0)
+    policy = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0, burst_z=0.0)
     decisions = _run([40.0] + [10.0] * 4, policy=policy)
     assert decisions[-1].services[0].sizing_rps == pytest.approx(40.0)
 
