@@ -186,3 +186,15 @@ def test_bucket_share_from_histograms_is_the_product_of_the_marginals():
 def test_cdf_interpolates_within_a_histogram_bucket():
     assert autoscale.cdf_at([10.0, 20.0, math.inf], [0.0, 10.0, 10.0], 15.0) == pytest.approx(0.5)
     assert autoscale.cdf_at([10.0, 20.0, math.inf], [0.0, 10.0, 10.0], 25.0) == pytest.approx(1.0)
+
+
+def test_the_burst_margin_follows_the_observed_variability_not_a_fixed_factor():
+    policy = autoscale.Policy(trend_beta=1e-9, peak_window_s=0.0, burst_z=2.0)
+    steady = _run([20.0] * 20, policy=policy)[-1].services[0]
+    noisy = _run([14.0, 26.0] * 10, policy=policy)[-1].services[0]
+    # Same mean rate: the steady stream is sized at its rate, the noisy one well above its mean.
+    assert steady.sizing_rps == pytest.approx(20.0, rel=0.01)
+    assert noisy.sizing_rps > 26.0
+    # Demand below the forecast is no risk: a falling rate adds no margin.
+    falling = _run([40.0 - i for i in range(20)], policy=policy)[-1].state.services[SVC]
+    assert autoscale.burst_margin_rps(falling, policy) == 0.0

@@ -157,3 +157,60 @@ def test_trace_files_load_azure_and_mooncake_samples(tmp_path: Path):
     other.write_text("")
     with pytest.raises(traces.TraceError, match="unknown trace format"):
         traces.load(other)
+
+
+def test_make_before_break_never_puts_more_replicas_in_a_pool_than_it_holds():
+    # Pool B holds 8 one-device replicas. A controller that moves the whole fleet within pool B's
+    # configurations (asking 8 new while 8 drain) must not get 16 at once: what does not fit is refused.
+    trace = _poisson(lambda t: 20.0, 900.0, output=200.0)
+    problem, wl = _case(trace)
+    other = inputs.CandidateKey(SVC, "aggregated", POOL_B.id, "fp8", 2)
+    cand = next(c for c in problem.candidates if c.key == _key(POOL_B))
+    problem = inputs.FleetProblem(
+        problem.services,
+        problem.pools,
+        (
+            *problem.candidates,
+            inputs.Candidate(
+                SVC,
+                "aggregated",
+                POOL_B.id,
+                "l40s",
+                "fp8",
+                2,
+                cand.max_rps_per_bucket,
+                2.0,
+                cand.ttft_p99_ms_per_bucket,
+                cand.itl_p99_ms_per_bucket,
+            ),
+        ),
+    )
+
+    def move(now, obs, current, starting):
+        return replay.Control({other: 4} if now >= 300.0 else {_key(POOL_B): 8})
+
+    res = replay.replay(problem, wl, SLO, trace, move, {_key(POOL_B): 8}, startup_s=60.0)
+    assert res.peak_devices[POOL_B.id] <= POOL_B.devices_total
+    assert res.refused > 0
+    # Once the old replicas have drained the new ones fit and run.
+    assert res.steps[-1].replicas == {other: 4}
+
+
+def test_every_request_is_served_or_counted_as_missed():
+    # No replica for the first 5 minutes, then a small fleet: requests queue, some are served late
+    # (misses), the rest in time; none disappears.
+    trace = _poisson(lambda t: 6.0, 900.0)
+    problem, wl = _case(trace)
+
+    def late(now, obs, current, starting):
+        return replay.Control({_key(POOL_B): 3} if now >= 300.0 else {})
+
+    res = replay.replay(problem, wl, SLO, trace, late, {}, startup_s=30.0)
+    served = np.isfinite(res.ttft_ms)
+    assert res.requests == trace.ts.size == served.sum() + (~served).sum()
+    in_slo = served & (res.ttft_ms <= SLO.ttft_p99_ms)
+    assert res.met == int(in_slo.sum())
+    # Requests before the first replica was ready waited minutes: misses, but served.
+    early = trace.ts < 300.0
+    assert served[early].all() and not in_slo[early][: int(early.sum() * 0.5)].any()
+    assert 0.0 < res.attainment < 1.0
