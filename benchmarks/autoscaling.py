@@ -171,29 +171,40 @@ ORACLE_INTERVAL_S = 30.0
 
 def oracle(case: Case) -> tuple[replay.Controller, dict[Any, int], dict[Any, tuple[float, ...]]]:
     """Zero-start-up oracle: every 30 s, the cheapest fleet for the next 30 s's actual demand (rate and
-    mix), known in advance and ready at once. Replayed with startup_s=0, its attainment is the ceiling a
-    policy that follows the demand at the solver's capacity (no margin) reaches in the fleet model."""
+    mix), known in advance and ready at once, solved from what runs with the churn cost (so it adds and
+    removes rather than reshuffling pools every window). Replayed with startup_s=0 and no margin, its
+    attainment is what following the demand exactly at the solver's capacity reaches in the fleet model:
+    the bound buys that fleet (per minute)."""
     from placement import simulate
 
     buckets = simulate.bucket_of(case.wl, case.trace.prompt, case.trace.output)
     window = (case.trace.ts // ORACLE_INTERVAL_S).astype(int)
     n_buckets = len(case.wl.buckets)
-    plans: dict[int, allocation.Plan] = {}
+    demands: dict[int, tuple[float, ...]] = {}
     for w in range(int(window.max()) + 1):
         inside = buckets[(window == w) & (buckets >= 0)]
         counts = np.bincount(inside, minlength=n_buckets) / ORACLE_INTERVAL_S
-        if counts.sum() == 0.0:
-            continue
-        demand = replace(case.problem.services[0], bucket_rps=tuple(float(x) for x in counts), min_replicas=0)
-        plans[w] = solve.solve(replace(case.problem, services=(demand,)))
+        if counts.sum() > 0.0:
+            demands[w] = tuple(float(x) for x in counts)
+    options = inputs.SolveOptions(
+        move_penalty_per_device_hour=autoscale.Policy().move_penalty_per_device_hour,
+        surge_shortfall_price_factor=autoscale.Policy().surge_shortfall_price_factor,
+    )
+
+    def plan_for(w: int, current: Any) -> allocation.Plan | None:
+        if w not in demands:
+            return None
+        demand = replace(case.problem.services[0], bucket_rps=demands[w], min_replicas=0)
+        problem = replace(case.problem, services=(demand,), current_replicas=dict(current))
+        return solve.solve(problem, options)
 
     def control(now: float, obs: Any, current: Any, starting: Any) -> replay.Control:
-        plan = plans.get(int(now // ORACLE_INTERVAL_S))
+        plan = plan_for(int(now // ORACLE_INTERVAL_S), current)
         if plan is None:
             return replay.Control({})
         return replay.Control(replay.targets_of(plan), replay.routing_of(plan))
 
-    first = plans.get(0)
+    first = plan_for(0, {})
     return (
         control,
         replay.targets_of(first) if first else {},
@@ -238,7 +249,7 @@ def _mix_capacity(case: Case, cand: inputs.Candidate) -> float:
     return 1.0 / load if load > 0.0 else 0.0
 
 
-def run(case: Case, policy: autoscale.Policy) -> dict[str, Any]:
+def run(case: Case, policy: autoscale.Policy, only: list[str] | None = None) -> dict[str, Any]:
     """All policies on one case."""
     rates = minute_rates(case.trace)
     peak_rps = float(np.percentile(rates, PEAK_QUANTILE))
@@ -272,10 +283,13 @@ def run(case: Case, policy: autoscale.Policy) -> dict[str, Any]:
         "static-mean": replay.routing_of(mean),
         "threshold": None,
     }
-    oracle_control, oracle_initial, oracle_routing = oracle(case)
-    controllers["oracle-0s"] = (oracle_control, oracle_initial)
-    routing["oracle-0s"] = oracle_routing
+    if only is None or "oracle-0s" in only:
+        oracle_control, oracle_initial, oracle_routing = oracle(case)
+        controllers["oracle-0s"] = (oracle_control, oracle_initial)
+        routing["oracle-0s"] = oracle_routing
     for name, (control, initial) in controllers.items():
+        if only is not None and name not in only:
+            continue
         started = time.perf_counter()
         # The oracle ticks at the start of each of its windows and starts replicas instantly.
         extra = (
@@ -383,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KNOB=VALUE", help="override a Policy knob (tuning)"
     )
+    parser.add_argument(
+        "--policies", nargs="+", default=None, help="only these policies (tuning runs: chipfit static-peak)"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="directory for one PNG per case")
     args = parser.parse_args(argv)
@@ -395,9 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':12} {'policy':18} {'in SLO':>8} {'$':>9} {'GPU-h':>8} {'reversals':>9} {'refused':>8}")
     for name in args.trace:
         case = build_case(name, args.scale, pools, args.span)
-        results = run(case, policy)
+        results = run(case, policy, args.policies)
         everything[case.name] = results
         for pol in ("chipfit", "threshold", "static-peak", "static-mean", "oracle-0s"):
+            if pol not in results:
+                continue
             r = results[pol]
             print(
                 f"{case.name:12} {pol:18} {r['attainment']:8.2%} {r['dollars']:9.2f} "

@@ -296,8 +296,8 @@ def replay(
 
     def pick(b: int, now: float, only: inputs.CandidateKey | None) -> int:
         # Configuration `only`: its ready replica with the shortest work queue. Any configuration: the
-        # cheapest place for this request ($ x its work) among those that admit it within tolerance,
-        # else the shortest wait.
+        # cheapest place for this request ($ x its work) among those with a free slot, then among those
+        # that admit it within tolerance, else the shortest wait.
         best = -1
         best_score = (math.inf, math.inf, math.inf)
         for i, rep in enumerate(replicas):
@@ -311,7 +311,7 @@ def replay(
             score = (
                 (0.0, 0.0, wait)
                 if only is not None
-                else (float(wait > tolerance_s), cfg.price_per_hour * work, wait)
+                else (float(wait > 0.0) + float(wait > tolerance_s), cfg.price_per_hour * work, wait)
             )
             if score < best_score:
                 best, best_score = i, score
@@ -329,9 +329,11 @@ def replay(
             if keys:
                 w = np.array([weights[k][b] for k in keys])
                 best = pick(b, now, keys[int(rng.choice(len(keys), p=w / w.sum()))])
-        # A routed configuration that cannot admit it within tolerance (the mix shifted since the plan):
-        # the gateway sends it to the cheapest replica that can.
-        if best < 0 or replicas[best].lanes[0] - now > tolerance_s:
+        # A routed configuration with no free batch slot (the mix shifted since the plan, or its new
+        # replicas are still starting): a load-aware gateway (the Inference Extension's endpoint picker
+        # scores queue length and KV usage) sends it to the cheapest replica with a free slot, else the
+        # cheapest that admits it within the tolerance, else the shortest wait.
+        if best < 0 or replicas[best].lanes[0] > now:
             other = pick(b, now, None)
             if other >= 0 and (best < 0 or replicas[other].lanes[0] < replicas[best].lanes[0]):
                 best = other
