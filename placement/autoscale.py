@@ -190,6 +190,9 @@ class ServiceState:
     # When each configuration last grew: a configuration does not shrink within the reversal window of
     # its own increase (no direction reversal), others of the service may.
     increased_s: tuple[tuple[inputs.CandidateKey, float], ...] = ()
+    # When each configuration last shrank: within the reversal window it does not grow again (growth goes
+    # to other configurations), and it is left out of the solve at its count.
+    decreased_s: tuple[tuple[inputs.CandidateKey, float], ...] = ()
     last_change_s: float = -math.inf
 
 
@@ -415,6 +418,75 @@ def _solve(
     return solve.solve(sized, options)
 
 
+def _layout(
+    sub: inputs.FleetProblem,
+    group: Sequence[inputs.ServiceDemand],
+    mine: Mapping[inputs.CandidateKey, int],
+    policy: Policy,
+    penalty: float,
+    only_running: bool,
+    starting: bool,
+) -> allocation.Plan:
+    """The plan for one group of services (see decide: scale-down keeps to what runs unless a layout
+    from scratch saves rebalance_min_saving; growth keeps what runs unless likewise)."""
+    if only_running:
+        kept = replace(sub, candidates=tuple(c for c in sub.candidates if mine.get(c.key, 0) > 0))
+        fresh = _solve(sub, group, mine, policy, 0.0)
+        try:
+            plan = _solve(kept, group, mine, policy, 0.0)
+        except inputs.PlacementError:
+            return fresh
+        return (
+            fresh
+            if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving)
+            else plan
+        )
+    plan = _solve(sub, group, mine, policy, penalty)
+    if not starting:
+        # Growth from scratch too (churn cost charged): when adding to what runs leaves the fleet dearer
+        # than a fresh layout by rebalance_min_saving, the fresh one is the target (new replicas first,
+        # the replaced ones go once they are ready).
+        fresh = _solve(sub, group, mine, policy, policy.move_penalty_per_device_hour)
+        if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
+            return fresh
+    return plan
+
+
+def _without(
+    problem: inputs.FleetProblem,
+    frozen: Mapping[inputs.CandidateKey, int],
+    cands: Mapping[inputs.CandidateKey, inputs.Candidate],
+) -> inputs.FleetProblem | None:
+    """`problem` with the frozen configurations taken out: their candidates gone, their devices out of
+    the pools, and the demand they serve off the services' (each serves the same share f of every bucket
+    it can: sum_b f d_b / cap_b = its replicas). None when they would serve everything (nothing to solve)."""
+    services = []
+    for demand in problem.services:
+        rps = list(demand.bucket_rps)
+        for key, n in frozen.items():
+            if key.service != demand.id or n <= 0 or key not in cands or key.role != "aggregated":
+                continue
+            caps = cands[key].max_rps_per_bucket
+            load = sum(r / c for r, c in zip(rps, caps, strict=False) if c > 0.0 and r > 0.0)
+            if load <= 0.0:
+                continue
+            share = min(1.0, n / load)
+            rps = [r * (1.0 - share) if i < len(caps) and caps[i] > 0.0 else r for i, r in enumerate(rps)]
+        if sum(rps) <= 1e-9:
+            return None
+        kept = sum(n for k, n in frozen.items() if k.service == demand.id)
+        services.append(
+            replace(demand, bucket_rps=tuple(rps), min_replicas=max(0, demand.min_replicas - kept))
+        )
+    return replace(
+        problem,
+        services=tuple(services),
+        pools=_pools_without(problem.pools, {k: n for k, n in frozen.items() if n > 0}),
+        candidates=tuple(c for c in problem.candidates if c.key not in frozen),
+        current_replicas={k: n for k, n in problem.current_replicas.items() if k not in frozen},
+    )
+
+
 def _plan_targets(plan: allocation.Plan) -> dict[inputs.CandidateKey, int]:
     """Replicas per configuration in a plan."""
     out: dict[inputs.CandidateKey, int] = {}
@@ -635,35 +707,71 @@ def decide(
             candidates=tuple(c for c in problem.candidates if c.service in ids),
         )
         mine = {k: n for k, n in current.items() if k.service in ids}
-        try:
-            if only_running:
-                kept = replace(sub, candidates=tuple(c for c in sub.candidates if mine.get(c.key, 0) > 0))
-                fresh = _solve(sub, group, mine, policy, 0.0)
-                try:
-                    plan = _solve(kept, group, mine, policy, 0.0)
-                except inputs.PlacementError:
-                    plan = fresh
-                if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
-                    plan = fresh
+        # Configurations that shrank within the reversal window stay as they are, out of the solve: their
+        # replicas serve their share of the demand and hold their devices, so growth lands elsewhere (no
+        # up-after-down reversal). When the rest cannot carry the demand, the solve includes them again.
+        frozen = {
+            k: mine.get(k, 0)
+            for d in group
+            for k, t in service_states[d.id].decreased_s
+            if now_s - t < policy.reversal_window_s and k.role == "aggregated" and not only_running
+        }
+        thawed = _without(sub, frozen, cands) if frozen else None
+        full = (sub, group, mine)
+        tries = [full]
+        if thawed is not None:
+            mine_rest = {k: n for k, n in mine.items() if k not in frozen}
+            tries.insert(0, (thawed, list(thawed.services), mine_rest))
+        plan = None
+        failure = ""
+        for attempt_sub, attempt_group, attempt_mine in tries:
+            try:
+                plan = _layout(
+                    attempt_sub,
+                    attempt_group,
+                    attempt_mine,
+                    policy,
+                    penalty,
+                    only_running,
+                    starting_now[group[0].id],
+                )
+            except inputs.PlacementError as error:
+                failure = str(error)
+                continue
+            if attempt_sub is not sub:
+                mine = attempt_mine
             else:
-                plan = _solve(sub, group, mine, policy, penalty)
-                if not starting_now[group[0].id]:
-                    # Growth from scratch too (churn cost charged): when adding to what runs leaves the
-                    # fleet dearer than a fresh layout by rebalance_min_saving, the fresh one is the target
-                    # (new replicas first, the replaced ones go once they are ready).
-                    fresh = _solve(sub, group, mine, policy, policy.move_penalty_per_device_hour)
-                    if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
-                        plan = fresh
-        except inputs.PlacementError as error:
+                thawed = None
+            break
+        if plan is None:
             for d in group:
-                held[d.id] = f"no plan at the sized demand ({error}): holding"
+                held[d.id] = f"no plan at the sized demand ({failure}): holding"
             targets.update({k: n for k, n in mine.items() if n > 0})
             continue
         got = _plan_targets(plan)
+        if thawed is not None:
+            mine = {**mine, **{k: n for k, n in frozen.items() if n > 0}}
+            got = {**got, **{k: n for k, n in frozen.items() if n > 0}}
         for d in group:
             sid = d.id
             want = {k: n for k, n in got.items() if k.service == sid and n > 0}
             have = {k: n for k, n in mine.items() if k.service == sid and n > 0}
+            shrank = dict(service_states[sid].decreased_s)
+            regrow = [
+                k
+                for k, n in want.items()
+                if n > have.get(k, 0) and now_s - shrank.get(k, -math.inf) < policy.reversal_window_s
+            ]
+            if only_running and regrow:
+                # A scale-down that would grow a configuration that just shrank (a swap between running
+                # configurations) waits: the fleet is over its need, holding it is safe.
+                held[sid] = (
+                    f"sized for {service_states[sid].sized_rps or 0.0:.2f} req/s: scaling down would grow "
+                    f"{regrow[0].pool}/{regrow[0].precision}/tp{regrow[0].tp} within the reversal window "
+                    "of its decrease: holds"
+                )
+                targets.update(have)
+                continue
             price_want = sum(n * cands[k].price_per_hour for k, n in want.items())
             price_have = sum(n * cands[k].price_per_hour for k, n in have.items())
             if mode.get(sid) == "rebalance" and (
@@ -714,6 +822,14 @@ def decide(
                 for k, t in grown_keys.items()
                 if now_s - t < policy.reversal_window_s and k in mine_after
             ),
+        )
+        shrunk_keys = dict(s.decreased_s)
+        for k, n in mine_before.items():
+            if mine_after.get(k, 0) < n:
+                shrunk_keys[k] = now_s
+        s = replace(
+            s,
+            decreased_s=tuple((k, t) for k, t in shrunk_keys.items() if now_s - t < policy.reversal_window_s),
         )
         if mine_after != mine_before:
             s = replace(s, last_change_s=now_s)

@@ -198,3 +198,40 @@ def test_the_burst_margin_follows_the_observed_variability_not_a_fixed_factor():
     # Demand below the forecast is no risk: a falling rate adds no margin.
     falling = _run([40.0 - i for i in range(20)], policy=policy)[-1].state.services[SVC]
     assert autoscale.burst_margin_rps(falling, policy) == 0.0
+
+
+def test_no_configuration_grows_again_within_the_window_of_its_decrease():
+    # Three pools: cheap (2 replicas), mid, dear. A burst lands on cheap + mid; the rate falls and the
+    # dearer replicas go; a new burst inside the window must not grow a configuration that just shrank
+    # (up after down) when another can take it, and the capacity must still cover the burst.
+    mid = inputs.Pool("mid", "h100", devices_per_node=8, nodes=1, price_per_device_hour=2.0)
+    pools = (CHEAP, mid, DEAR)
+    cands = tuple(
+        inputs.Candidate(
+            SVC, "aggregated", p.id, p.accelerator, "fp8", 1, (RPS_PER_REPLICA,), p.price_per_device_hour
+        )
+        for p in pools
+    )
+    problem = inputs.FleetProblem((inputs.ServiceDemand(SVC, (10.0,)),), pools, cands)
+    rates = [45.0] * 2 + [12.0] * 14 + [35.0] * 4
+    decisions = _run(
+        rates,
+        problem=problem,
+        start={_key(CHEAP): 2, inputs.CandidateKey(SVC, "aggregated", "mid", "fp8", 1): 3},
+    )
+    shrank: dict[inputs.CandidateKey, float] = {}
+    before = {_key(CHEAP): 2, inputs.CandidateKey(SVC, "aggregated", "mid", "fp8", 1): 3}
+    reversals = 0
+    for d in decisions:
+        for k in set(before) | set(d.targets):
+            if d.targets.get(k, 0) < before.get(k, 0):
+                shrank[k] = d.time_s
+            elif (
+                d.targets.get(k, 0) > before.get(k, 0)
+                and d.time_s - shrank.get(k, -math.inf) < FLAT.reversal_window_s
+            ):
+                reversals += 1
+        before = dict(d.targets)
+    assert shrank, "the fleet never scaled down: the scenario does not test anything"
+    assert reversals == 0
+    assert sum(decisions[-1].targets.values()) * RPS_PER_REPLICA >= 35.0
