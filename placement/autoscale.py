@@ -265,13 +265,16 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
     if obs.bucket_share is not None and sum(obs.bucket_share) > 0.0 and rps > 0.0:
         total = sum(obs.bucket_share)
         new = tuple(max(0.0, s) / total for s in obs.bucket_share)
+        # The mix is weighted by the traffic it was seen on: a quiet window's few requests (a 1-minute
+        # mix of a handful of long prompts) barely move the mix the fleet is sized with for the busy
+        # rate it holds (the sized rate is the window's highest).
+        weight = policy.level_alpha * (
+            min(1.0, rps / state.sized_rps) if state.sized_rps is not None and state.sized_rps > 0.0 else 1.0
+        )
         share = (
             new
             if share is None or len(share) != len(new)
-            else tuple(
-                policy.level_alpha * a + (1.0 - policy.level_alpha) * b
-                for a, b in zip(new, share, strict=True)
-            )
+            else tuple(weight * a + (1.0 - weight) * b for a, b in zip(new, share, strict=True))
         )
     last_traffic = now_s if rps > 0.0 or (obs.waiting or 0.0) > 0.0 else state.last_traffic_s
     return replace(
