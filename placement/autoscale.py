@@ -4,16 +4,20 @@ One pure function, `decide`, is what the operator's timer and the trace-replay s
 benchmark measures the code that runs. Each decision:
 
 1. per service, updates a Holt (level + trend) forecast of the request rate from the observation, and
-   sizes for the higher of the forecast one start-up time ahead and the highest rate seen within a short
-   peak window, plus headroom, divided by the online capacity correction;
+   sizes for the forecast one start-up time ahead (at least the level) plus a burst margin learnt from
+   the forecast's own under-forecasts (burst_z deviations over the horizon), divided by the online
+   capacity correction;
 2. spreads that rate over the service's request-size buckets with the observed size mix;
-3. solves the same fleet MILP the planner uses (placement.solve), warm-started from what runs now: the
-   move penalty is the churn cost, so scale-up lands on the cheapest pool with room that meets the SLO,
-   a full pool spills to the next chip type and load moves back when the solver finds it cheaper by more
-   than the penalty; prefill and decode are separate roles of the same solve;
+3. solves the same fleet MILP the planner uses (placement.solve) over every candidate, from what runs:
+   scale-up keeps what runs and adds on the cheapest pool with room that meets the SLO (a full pool
+   spills to the next chip type), scale-down drops the replicas whose removal saves the most, and a
+   layout from scratch (a move, made before break, its surge priced) is taken when it saves
+   rebalance_min_saving, which is how load moves back to a pool that freed up; prefill and decode are
+   separate roles of the same solve;
 4. stabilizes per configuration: increases apply at once; a decrease applies only to the highest
    recommendation of the last `scale_down_window_s`, never within `reversal_window_s` of an increase of
-   that configuration, never while replicas of the service are still starting, and never by less than
+   that configuration (nor an increase within it of a decrease: the configuration stays out of the
+   solve), never while replicas of the service are still starting, and never by less than
    the tolerance (hysteresis). Missing metrics hold the last decision; nothing goes to zero unless the
    service opted in and saw no traffic for `idle_to_zero_s`.
 
@@ -694,8 +698,8 @@ def decide(
     shrinking = ("down", "idle", "rebalance")
     groups = (
         ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR, False),
-        # Scale-up only adds (a move on top of a scale-up would hold both sets through a start-up
-        # time): moves come from rebalancing and scale-down, when they save enough.
+        # Scale-up keeps what runs and adds; a layout from scratch (a move, both sets held through a
+        # start-up) only when it saves rebalance_min_saving (_layout).
         (
             [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in shrinking],
             KEEP_PENALTY_PER_DEVICE_HOUR,
@@ -730,11 +734,11 @@ def decide(
         if thawed is not None:
             mine_rest = {k: n for k, n in mine.items() if k not in frozen}
             tries.insert(0, (thawed, list(thawed.services), mine_rest))
-        plan = None
+        found: allocation.Plan | None = None
         failure = ""
         for attempt_sub, attempt_group, attempt_mine in tries:
             try:
-                plan = _layout(
+                found = _layout(
                     attempt_sub,
                     attempt_group,
                     attempt_mine,
@@ -751,11 +755,12 @@ def decide(
             else:
                 thawed = None
             break
-        if plan is None:
+        if found is None:
             for d in group:
                 held[d.id] = f"no plan at the sized demand ({failure}): holding"
             targets.update({k: n for k, n in mine.items() if n > 0})
             continue
+        plan = found
         got = _plan_targets(plan)
         if thawed is not None:
             mine = {**mine, **{k: n for k, n in frozen.items() if n > 0}}

@@ -1,15 +1,22 @@
 """Trace replay through a discrete-event model of one service's fleet, driven by a scaling controller.
 
-The fleet model: each replica of a configuration is a continuous-batching server whose concurrent work
-is bounded by the performance model's SLO-bounded capacity. A request of bucket b on configuration k
-holds its replica for its own duration (TTFT plus output tokens x ITL, both the model's p99 at capacity)
-and takes a share 1 / (cap[k, b] * mean duration of b) of the replica's batch, so a replica that admits
-up to a full batch serves exactly cap[k, b] req/s (Little's law) within the SLO. A request that finds no
-ready replica with room waits in one FIFO queue (the gateway's); its TTFT is the wait plus the model's
-TTFT, and it is within the SLO when that is within the TTFT SLO (ITL holds by construction while the
-batch is within its bound). New replicas become ready `startup_s` after they are asked for and cost from
-that moment (the pod holds its devices while it starts); removed replicas stop admitting and cost until
-their in-flight requests finish (graceful drain). Starting replicas are cancelled first.
+The fleet model: each replica of a configuration is a continuous-batching server with batch slots. The
+performance model's SLO-bounded capacity cap[k, b] already prices the queueing of a Poisson stream up to
+that rate (its p99 TTFT and ITL at capacity are within the SLO), so the fleet model must not charge it
+again: a replica admits up to the 99th percentile of the concurrency a Poisson stream at its capacity
+reaches (mean + 2.33 sqrt(mean), the mean from Little's law over the workload's mix), and a request
+holds a slot for its share of the replica's throughput, so a full replica serves at most
+SATURATION_MAX x cap (an assumption: the model does not say how fast latency degrades above capacity).
+A steady stream at capacity keeps >= 99% within the SLO, one at 1.3x capacity a few percent
+(benchmarks/replay_calibration.py). A request's TTFT is the model's p99 TTFT at capacity plus the part
+of its wait for a slot beyond the queueing the model priced (queue_tolerance x the TTFT SLO); no
+request is lost (served within the SLO, served late, or never served: all counted). The gateway routes
+by the plan's per-bucket shares and spills a request whose routed configuration has no free slot to the
+cheapest replica with one (a load-aware endpoint picker). New replicas become ready `startup_s` after
+they are asked for and cost from that moment (the pod holds its devices while it starts); removed
+replicas stop admitting and cost, and hold their devices, until their in-flight requests finish
+(graceful drain); starting replicas are cancelled first. A pool never holds more devices than it has:
+an addition without room (make-before-break into a full pool) is not created and is counted as refused.
 
 Every `interval_s` the controller sees what Prometheus would show (rate and size mix over the last
 minute, p99 TTFT and ITL of the requests started in it, waiting requests, batch occupancy as KV usage)
