@@ -457,7 +457,12 @@ def measure(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     pools = generate_pools()
-    services = generate_services(n_services)
+    cached = run_dir.parent / f"replan-fleet-{n_services}-{SEED}.json"
+    if cached.exists():
+        services = json.loads(cached.read_text())
+    else:
+        services = generate_services(n_services)
+        cached.write_text(json.dumps(services))
     pools_file = run_dir.parent / f"{run_dir.name}-pools.json"
     pools_file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": pools}))
     pools_yaml = run_dir.parent / f"{run_dir.name}-pools.yaml"
@@ -583,6 +588,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--dry", action="store_true", help="print the generated fleet's plan summary and stop")
     args = parser.parse_args()
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # the context managers stop what was started
+
+    signal.signal(signal.SIGTERM, interrupted)
     if args.dry:
         from chipfit import handlers, planning
         from chipfit.api import v1alpha1

@@ -117,7 +117,7 @@ def test_failures_count_up_and_reset_on_success() -> None:
 def test_a_service_request_made_during_a_failure_is_kept() -> None:
     fleet = _fleet(failures_left=1)
     reconciled: list[tuple[str, str]] = []
-    fleet.reconcile_one = lambda ns, name: reconciled.append((ns, name))  # type: ignore[method-assign]
+    fleet.reconcile_one = lambda ns, name, owned=None: reconciled.append((ns, name))  # type: ignore[method-assign]
 
     async def scenario() -> None:
         fleet.start()
