@@ -89,7 +89,9 @@ MODELS: tuple[tuple[str, float, str], ...] = (
 ENGINES: tuple[tuple[str, float], ...] = (("vllm", 0.6), ("sglang", 0.2), ("trtllm", 0.15), ("tgi", 0.05))
 
 
-def _choice(rng: np.random.Generator, items: tuple[Any, ...], weights: tuple[float, ...] | None = None) -> Any:
+def _choice(
+    rng: np.random.Generator, items: tuple[Any, ...], weights: tuple[float, ...] | None = None
+) -> Any:
     if weights is None:
         return items[int(rng.integers(len(items)))]
     p = np.asarray(weights, dtype=float)
@@ -106,11 +108,20 @@ def generate_pools(nodes: int = NODES_PER_POOL) -> list[dict[str, Any]]:
             "accelerator": acc,
             "devicesPerNode": per_node,
             "nodes": nodes,
-            "pricePerDeviceHour": price if price is not None else catalog.ACCELERATORS[acc].default_price_per_hour,
+            "pricePerDeviceHour": price
+            if price is not None
+            else catalog.ACCELERATORS[acc].default_price_per_hour,
             "spot": spot,
             "nodeSelector": {POOL_LABEL: name},
         }
-        out.append({"apiVersion": f"{GROUP}/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": name}, "spec": spec})
+        out.append(
+            {
+                "apiVersion": f"{GROUP}/v1alpha1",
+                "kind": "AcceleratorPool",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+        )
     return out
 
 
@@ -128,7 +139,11 @@ def generate_services(n: int, seed: int = SEED) -> list[dict[str, Any]]:
     drawn = _draw(seed)
     while len(kept) < n:
         batch = [next(drawn) for _ in range(n - len(kept))]
+        names = [p.metadata.name for p in pools]
         typed = [handlers.parse_service(b) for b in batch]
+        valid = [handlers.first_problem(t, names) is None for t in typed]
+        batch = [b for b, ok in zip(batch, valid, strict=True) if ok]
+        typed = [t for t, ok in zip(typed, valid, strict=True) if ok]
         cset = planning.build_inputs(typed, pools)
         # Placeable: every request-size bucket has an aggregated configuration that serves it.
         covered: dict[str, set[int]] = {}
@@ -136,7 +151,9 @@ def generate_services(n: int, seed: int = SEED) -> list[dict[str, Any]]:
         for c in cset.problem.candidates:
             width[c.service] = len(c.max_rps_per_bucket)
             if c.role == "aggregated":
-                covered.setdefault(c.service, set()).update(i for i, r in enumerate(c.max_rps_per_bucket) if r > 0)
+                covered.setdefault(c.service, set()).update(
+                    i for i, r in enumerate(c.max_rps_per_bucket) if r > 0
+                )
         placeable = {s for s, n in width.items() if len(covered.get(s, ())) == n}
         kept += [b for b, t in zip(batch, typed, strict=True) if planning.service_id(t) in placeable]
     return kept[:n]
@@ -146,6 +163,8 @@ def _draw(seed: int) -> Iterator[dict[str, Any]]:
     """Diverse InferenceServices, one after another (deterministic for a seed)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import plan_speed  # the traffic classes and SLO tiers of the planning benchmark
+
+    from placement import catalog
 
     rng = np.random.default_rng(seed)
     classes = plan_speed.TRAFFIC_CLASSES
@@ -157,7 +176,7 @@ def _draw(seed: int) -> Iterator[dict[str, Any]]:
         jitter = rng.lognormal(0.0, 0.3, size=2)
         p_mean, p_p99 = plan_speed._round2(p_mean * jitter[0]), plan_speed._round2(p_p99 * jitter[0])
         o_mean, o_p99 = plan_speed._round2(o_mean * jitter[1]), plan_speed._round2(o_p99 * jitter[1])
-        context = 32768
+        context = min(catalog.MODELS[model_id].max_context_tokens, 32768)
         if p_p99 + o_p99 > context:
             continue
         ttfts, itls = plan_speed.SLO_TIERS[_choice(rng, tiers)]
@@ -243,7 +262,9 @@ def control_plane(run_dir: Path, pools_file: Path) -> Iterator[Path]:
             raise RuntimeError(f"cluster.sh up failed:\n{up.stderr[-3000:]}")
         yield run_dir / "kubeconfig"
     finally:
-        down = subprocess.run(["bash", str(E2E / "cluster.sh"), "down"], env=env, capture_output=True, text=True)
+        down = subprocess.run(
+            ["bash", str(E2E / "cluster.sh"), "down"], env=env, capture_output=True, text=True
+        )
         if down.returncode != 0:
             print(f"cluster.sh down: {down.stderr[-2000:]}", file=sys.stderr)
 
@@ -256,7 +277,9 @@ def component_pid(run_dir: Path, name: str) -> int | None:
 
 
 @contextlib.contextmanager
-def operator(kubeconfig: Path, tree: Path | None, log: Path, debounce_s: float | None) -> Iterator[subprocess.Popen[bytes]]:
+def operator(
+    kubeconfig: Path, tree: Path | None, log: Path, debounce_s: float | None
+) -> Iterator[subprocess.Popen[bytes]]:
     """`chipfit operator --standalone` of this tree (or `tree`) as a child process; SIGTERM afterwards."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "_operator"]
@@ -292,7 +315,9 @@ def operator(kubeconfig: Path, tree: Path | None, log: Path, debounce_s: float |
 def _operator_main(argv: list[str]) -> None:
     if os.environ.get("CHIPFIT_TREE"):
         # Only the tree on PYTHONPATH (drop the editable install's finder, which would serve this tree).
-        sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))]
+        sys.meta_path[:] = [
+            f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))
+        ]
     from chipfit import cli
 
     sys.exit(cli.main(argv))
@@ -322,8 +347,18 @@ class Observer:
         custom = kubernetes.client.CustomObjectsApi(self.client)
         core = kubernetes.client.CoreV1Api(self.client)
         sources = [
-            (self.services, lambda **kw: custom.list_cluster_custom_object(GROUP, "v1alpha1", "inferenceservices", **kw), True),
-            (self.pods, lambda **kw: core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/managed-by=chipfit", _preload_content=False, **kw), False),
+            (
+                self.services,
+                lambda **kw: custom.list_cluster_custom_object(GROUP, "v1alpha1", "inferenceservices", **kw),
+                True,
+            ),
+            (
+                self.pods,
+                lambda **kw: core.list_pod_for_all_namespaces(
+                    label_selector="app.kubernetes.io/managed-by=chipfit", _preload_content=False, **kw
+                ),
+                False,
+            ),
             (self.nodes, lambda **kw: core.list_node(_preload_content=False, **kw), False),
         ]
         for store, lister, custom_kind in sources:
@@ -336,10 +371,7 @@ class Observer:
 
         while not self.stopping:
             try:
-                if custom_kind:
-                    listed = lister()
-                else:
-                    listed = json.loads(lister().data)
+                listed = lister() if custom_kind else json.loads(lister().data)
                 version = listed["metadata"]["resourceVersion"]
                 with self.lock:
                     store.clear()
@@ -351,7 +383,10 @@ class Observer:
                 if custom_kind:
                     stream = watch.stream(lister, **kwargs)
                 else:
-                    stream = watch.stream(lambda **kw: lister(**{k: v for k, v in kw.items() if k != "_preload_content"}), **kwargs)
+                    stream = watch.stream(
+                        lambda **kw: lister(**{k: v for k, v in kw.items() if k != "_preload_content"}),
+                        **kwargs,
+                    )
                 for event in stream:
                     obj = event["object"]
                     if not isinstance(obj, dict):
@@ -405,14 +440,21 @@ def planned_replicas(service: Mapping[str, Any]) -> int:
 
 
 def running_elsewhere(
-    service: Mapping[str, Any], pods: Mapping[tuple[str, str], Mapping[str, Any]], nodes: Mapping[str, Any], lost: str
+    service: Mapping[str, Any],
+    pods: Mapping[tuple[str, str], Mapping[str, Any]],
+    nodes: Mapping[str, Any],
+    lost: str,
 ) -> bool:
     """Every planned replica has a Running pod on a live node outside the lost pool."""
     ns, name = service["metadata"]["namespace"], service["metadata"]["name"]
     count = 0
     for (pod_ns, _), pod in pods.items():
         labels = pod["metadata"].get("labels") or {}
-        if pod_ns != ns or labels.get("chipfit.io/service") != name or labels.get("chipfit.io/role") == "router":
+        if (
+            pod_ns != ns
+            or labels.get("chipfit.io/service") != name
+            or labels.get("chipfit.io/role") == "router"
+        ):
             continue
         if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
             continue
@@ -427,7 +469,9 @@ def snapshot(kubeconfig: Path) -> dict[str, Any]:
     """resourceVersion of every service and (resourceVersion, generation) of every chipfit Deployment."""
     services = json.loads(kubectl(kubeconfig, "get", "inferenceservices", "-A", "-o", "json"))["items"]
     deployments = json.loads(
-        kubectl(kubeconfig, "get", "deployments", "-A", "-l", "app.kubernetes.io/managed-by=chipfit", "-o", "json")
+        kubectl(
+            kubeconfig, "get", "deployments", "-A", "-l", "app.kubernetes.io/managed-by=chipfit", "-o", "json"
+        )
     )["items"]
     owned: dict[str, list[tuple[str, str, int]]] = {}
     for d in deployments:
@@ -475,11 +519,20 @@ def measure(
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"))
         kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
         namespaces = sorted({s["metadata"]["namespace"] for s in services})
-        apply(kubeconfig, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+        apply(
+            kubeconfig,
+            [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces],
+        )
         apply(kubeconfig, pools)
         for ns in namespaces:  # pods are admitted once the namespace's default ServiceAccount exists
             for _ in range(120):
-                if subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "sa", "default", "-n", ns], capture_output=True).returncode == 0:
+                if (
+                    subprocess.run(
+                        [str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "sa", "default", "-n", ns],
+                        capture_output=True,
+                    ).returncode
+                    == 0
+                ):
                     break
                 time.sleep(0.5)
         apply(kubeconfig, services)
@@ -496,7 +549,9 @@ def measure(
                     if n_ready >= n_services and len(observer.services) >= n_services:
                         break
                     if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError(f"{label}: only {n_ready}/{n_services} Ready after {timeout_s:.0f} s (log {log})")
+                        raise RuntimeError(
+                            f"{label}: only {n_ready}/{n_services} Ready after {timeout_s:.0f} s (log {log})"
+                        )
                     observer.changed.wait(timeout=5)
             result["converge_s"] = round(time.monotonic() - started, 1)
             result["converge_operator_cpu_s"] = round(cpu_seconds(proc.pid), 1)
@@ -511,7 +566,11 @@ def measure(
             affected = sorted(k for k, v in before.items() if lost in v["pools"])
             result["lost_pool"] = lost
             result["affected"] = len(affected)
-            lost_nodes = [n for n, body in observer.nodes.items() if (body["metadata"].get("labels") or {}).get(POOL_LABEL) == lost]
+            lost_nodes = [
+                n
+                for n, body in observer.nodes.items()
+                if (body["metadata"].get("labels") or {}).get(POOL_LABEL) == lost
+            ]
             op_cpu0 = cpu_seconds(proc.pid)
             api_cpu0 = cpu_seconds(apiserver) if apiserver else float("nan")
             kubectl(kubeconfig, "delete", "node", "--wait=false", *lost_nodes)
@@ -529,11 +588,17 @@ def measure(
                             continue
                         if key not in placed and lost not in pools_of(service) and pools_of(service):
                             placed[key] = now
-                        if key in placed and key not in running and running_elsewhere(service, observer.pods, observer.nodes, lost):
+                        if (
+                            key in placed
+                            and key not in running
+                            and running_elsewhere(service, observer.pods, observer.nodes, lost)
+                        ):
                             running[key] = now
                     observer.changed.wait(timeout=1)
             result["operator_cpu_s_after_loss"] = round(cpu_seconds(proc.pid) - op_cpu0, 2)
-            result["apiserver_cpu_s_after_loss"] = round(cpu_seconds(apiserver) - api_cpu0, 2) if apiserver else None
+            result["apiserver_cpu_s_after_loss"] = (
+                round(cpu_seconds(apiserver) - api_cpu0, 2) if apiserver else None
+            )
             time.sleep(15)  # anything the operator still does to the others would show now
             after = snapshot(kubeconfig)
             result["operator_cpu_s_total"] = round(cpu_seconds(proc.pid), 1)
@@ -552,11 +617,15 @@ def measure(
             "not_placed": [k for k in affected if k not in placed],
             "not_running": [k for k in affected if k not in running],
             "unaffected": len(unaffected),
-            "unaffected_status_changed": sorted(k for k in unaffected if after.get(k, {}).get("rv") != before[k]["rv"]),
+            "unaffected_status_changed": sorted(
+                k for k in unaffected if after.get(k, {}).get("rv") != before[k]["rv"]
+            ),
             "unaffected_deployments_changed": sorted(
                 k for k in unaffected if after.get(k, {}).get("deployments") != before[k]["deployments"]
             ),
-            "unaffected_moved": sorted(k for k in unaffected if after.get(k, {}).get("pools") != before[k]["pools"]),
+            "unaffected_moved": sorted(
+                k for k in unaffected if after.get(k, {}).get("pools") != before[k]["pools"]
+            ),
         }
     )
     return result
@@ -566,11 +635,19 @@ def measure(
 def previous_tree(commit: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="chipfit-replan-prev-"))
     path = tmp / "tree"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield path
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -580,13 +657,23 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=300)
-    parser.add_argument("--previous", help="also measure this commit's operator first (same fleet, fresh cluster)")
-    parser.add_argument("--tree", type=Path, help="measure the operator of this source tree instead of this one")
+    parser.add_argument(
+        "--previous", help="also measure this commit's operator first (same fleet, fresh cluster)"
+    )
+    parser.add_argument(
+        "--tree", type=Path, help="measure the operator of this source tree instead of this one"
+    )
     parser.add_argument("--run-dir", type=Path, default=E2E / ".run" / "replan-bench")
-    parser.add_argument("--timeout", type=float, default=900.0, help="bound on converging and on re-placing (s)")
-    parser.add_argument("--debounce", type=float, default=None, help="operator --debounce-seconds (default: its own)")
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="bound on converging and on re-placing (s)"
+    )
+    parser.add_argument(
+        "--debounce", type=float, default=None, help="operator --debounce-seconds (default: its own)"
+    )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--dry", action="store_true", help="print the generated fleet's plan summary and stop")
+    parser.add_argument(
+        "--dry", action="store_true", help="print the generated fleet's plan summary and stop"
+    )
     args = parser.parse_args()
 
     def interrupted(signum: int, _frame: Any) -> None:
@@ -605,15 +692,42 @@ def main() -> None:
         for u in solved.plan.pools:
             used[u.pool] = u.devices_used
         print([(sid, o.reason) for sid, o in solved.outcomes.items() if o.served != "served"][:20])
-        print(sorted(sum(p.replicas * p.tensor_parallel for p in o.placements) for o in solved.outcomes.values()))
-        print(json.dumps({"cpu_s": round(time.process_time() - t, 1), "status": solved.plan.status, "gap": solved.plan.gap, "devices": used, "unserved": sum(1 for o in solved.outcomes.values() if o.served != "served")}))
+        print(
+            sorted(
+                sum(p.replicas * p.tensor_parallel for p in o.placements) for o in solved.outcomes.values()
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    "cpu_s": round(time.process_time() - t, 1),
+                    "status": solved.plan.status,
+                    "gap": solved.plan.gap,
+                    "devices": used,
+                    "unserved": sum(1 for o in solved.outcomes.values() if o.served != "served"),
+                }
+            )
+        )
         return
     results = []
     if args.previous:
         with previous_tree(args.previous) as tree:
-            results.append(measure(tree, args.services, args.run_dir, args.timeout, args.debounce, f"previous {args.previous}"))
+            results.append(
+                measure(
+                    tree,
+                    args.services,
+                    args.run_dir,
+                    args.timeout,
+                    args.debounce,
+                    f"previous {args.previous}",
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
-    results.append(measure(args.tree, args.services, args.run_dir, args.timeout, args.debounce, str(args.tree or "this tree")))
+    results.append(
+        measure(
+            args.tree, args.services, args.run_dir, args.timeout, args.debounce, str(args.tree or "this tree")
+        )
+    )
     print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

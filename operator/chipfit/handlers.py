@@ -434,7 +434,9 @@ class Fleet:
         if self.indexes is None:
             return None
         services, pools, profiles, nodes = (_index_values(self.indexes[name]) for name in INDEX_NAMES)
-        return FleetView(services=services, pools=pools, profiles=profiles, nodes=nodes, owned=self.owned_view())
+        return FleetView(
+            services=services, pools=pools, profiles=profiles, nodes=nodes, owned=self.owned_view()
+        )
 
     def owned_view(
         self, keys: Sequence[tuple[str, str]] | None = None
@@ -517,6 +519,7 @@ class Fleet:
         # Every service is reconciled below and says again what its surge holds.
         self.surge_units = {}
         solved_s = time.monotonic()
+
         # Services whose placement changed first (a node loss moves a few of many: they are what waits),
         # and among them the widest replicas first: their pods reach the scheduler first and take whole
         # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
@@ -525,7 +528,9 @@ class Fleet:
         def order(service: v1alpha1.InferenceService) -> tuple[bool, int]:
             outcome = outcomes.get(planning.service_id(service))
             previous = service.status.placement if service.status else None
-            unchanged = outcome is not None and _placement_keys(previous) == _placement_keys(outcome.placements)
+            unchanged = outcome is not None and _placement_keys(previous) == _placement_keys(
+                outcome.placements
+            )
             return unchanged, -_widest(outcome)
 
         ordered = sorted(valid, key=order)

@@ -127,7 +127,11 @@ class World:
                 # The kwok pods run: the Deployment is rolled out and ready.
                 replicas = body["spec"]["replicas"]
                 body["metadata"]["generation"] = 1
-                body["status"] = {"observedGeneration": 1, "updatedReplicas": replicas, "readyReplicas": replicas}
+                body["status"] = {
+                    "observedGeneration": 1,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                }
             target = owned_deployments if kind == "Deployment" else owned_services
             key = (namespace, body["metadata"]["labels"][render.LABEL_SERVICE])
             target.setdefault(key, Store()).append(body)
@@ -136,7 +140,10 @@ class World:
             return {(b["metadata"].get("namespace"), b["metadata"]["name"]): Store([b]) for b in bodies}
 
         pools = [
-            {**copy.deepcopy(p), "status": copy.deepcopy(self.cluster.statuses.get(p["metadata"]["name"], {}))}
+            {
+                **copy.deepcopy(p),
+                "status": copy.deepcopy(self.cluster.statuses.get(p["metadata"]["name"], {})),
+            }
             for p in self.pools
         ]
         return {
@@ -177,7 +184,9 @@ def test_replans_read_the_index_and_write_the_moved_service_first(world: World) 
     fleet = handlers.Fleet(cluster=world.cluster, metrics=metrics.OperatorMetrics())  # type: ignore[arg-type]
     first = _replan(fleet, world)
     assert ("status", "InferenceService/small") in first and ("status", "InferenceService/wide") in first
-    pools = {name: {p["pool"] for p in world.cluster.statuses[name]["placement"]} for name in ("small", "wide")}
+    pools = {
+        name: {p["pool"] for p in world.cluster.statuses[name]["placement"]} for name in ("small", "wide")
+    }
     assert pools == {"small": {"l4"}, "wide": {"h100"}}
     wide_replica_devices = max(p["tensorParallel"] for p in world.cluster.statuses["wide"]["placement"])
     assert wide_replica_devices > 1  # "wide" is the widest: before, it went first whatever changed
