@@ -221,6 +221,7 @@ def plan_outcomes(
     pools: Sequence[v1alpha1.AcceleratorPool],
     profiles: Sequence[v1alpha1.PerformanceProfile],
     planner: planning.Planner,
+    pinned: frozenset[str] = frozenset(),
 ) -> Solved:
     """Solve the fleet and split the plan per service (the operator's re-plan and `chipfit render`).
 
@@ -230,7 +231,14 @@ def plan_outcomes(
     """
     relaxed_reason: str | None = None
     try:
-        fleet_plan = planner.plan(services, pools, profiles)
+        try:
+            fleet_plan = planner.plan(services, pools, profiles, pinned=pinned)
+        except inputs.InfeasibleError:
+            if not pinned:
+                raise
+            # What stays where it runs leaves too little room for the rest: place everything anew.
+            logger.info("the repair with %d services pinned is infeasible; re-planning all", len(pinned))
+            fleet_plan = planner.plan(services, pools, profiles)
     except inputs.InfeasibleError as exc:
         relaxed_reason = str(exc)
         logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
@@ -326,6 +334,10 @@ class Fleet:
     room_units: dict[str, int] | None = None
     surge_units: dict[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     replan_requested: bool = False
+    # Whether the requested re-plan must solve the whole fleet afresh (anything but node capacity changed).
+    replan_full: bool = False
+    # Each pool's capacity at the last successful re-plan (what a repair compares against).
+    capacities: dict[str, reconcile.PoolCapacity] | None = None
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     # kopf's in-memory indexes of services, pools, profiles and nodes (set at startup): a re-plan reads them
@@ -348,10 +360,16 @@ class Fleet:
 
     # -- triggers (called from handlers, on the event loop) --
 
-    def request_replan(self, why: str) -> None:
-        """Ask for a whole-fleet re-plan (debounced)."""
+    def request_replan(self, why: str, *, capacity_only: bool = False) -> None:
+        """Ask for a whole-fleet re-plan (debounced).
+
+        `capacity_only`: only node capacity changed (nodes lost, added, cordoned); unless something else asks
+        for a full re-plan before it runs, the re-plan repairs: services the change did not touch keep
+        their placement (`pinned_services`).
+        """
         logger.debug("re-plan requested: %s", why)
         self.replan_requested = True
+        self.replan_full = self.replan_full or not capacity_only
         self._signal()
 
     def request_resync(self) -> bool:
@@ -396,12 +414,13 @@ class Fleet:
                 await asyncio.sleep(self.debounce_s)
             self._wake.clear()
             replan, self.replan_requested = self.replan_requested, False
+            full, self.replan_full = self.replan_full, False
             services, self.services_requested = self.services_requested, set()
             try:
                 if replan:
                     # The indexes are read here, on the event loop that updates them; the thread gets a copy.
                     view = self.view()
-                    await asyncio.to_thread(self.replan, view)
+                    await asyncio.to_thread(self.replan, view, full=full)
                 for namespace, name in sorted(services):
                     owned = self.owned_view([(namespace, render.label_value(name))])
                     await asyncio.to_thread(self.reconcile_one, namespace, name, owned)
@@ -423,6 +442,7 @@ class Fleet:
                     self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
                 # The work that failed is asked for again, with whatever arrived meanwhile.
                 self.replan_requested = self.replan_requested or replan
+                self.replan_full = self.replan_full or (replan and full)
                 self.services_requested |= services
                 await asyncio.sleep(delay)
                 self._wake.set()
@@ -455,11 +475,13 @@ class Fleet:
 
     # -- work (runs in a worker thread) --
 
-    def replan(self, view: FleetView | None = None) -> None:
+    def replan(self, view: FleetView | None = None, *, full: bool = True) -> None:
         """Solve the whole fleet on the capacity the nodes really offer, then reconcile every service.
 
-        Reads `view` (kopf's indexes) when given, else lists each kind once. Raises SolveFailedError when no
-        plan can be made, so the worker retries; the running placement stays as it is meanwhile.
+        Reads `view` (kopf's indexes) when given, else lists each kind once. `full=False` (only node
+        capacity changed): services the change did not touch keep their placement (`pinned_services`).
+        Raises SolveFailedError when no plan can be made, so the worker retries; the running placement stays
+        as it is meanwhile.
         """
         started = time.monotonic()
         if view is None:
@@ -495,13 +517,15 @@ class Fleet:
             )
             for p in pools
         ]
+        pinned = frozenset() if full else self.pinned_services(valid, capacities)
         self._read_s = time.monotonic()
-        solved = self._solve(valid, seen, profiles)
+        solved = self._solve(valid, seen, profiles, pinned)
         if solved is None:
             # No plan at all (solver failure): every service keeps running as it does; retried with back-off.
             self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
             raise SolveFailedError("no fleet plan (see the previous warning); keeping the current placement")
         outcomes, explanations, usage = solved
+        self.capacities = dict(capacities)
         outcomes.update({sid: o for sid, o in self.autoscaled.items() if sid in outcomes})
         self.outcomes = outcomes
         self.pools_by_name = dict(by_name)
@@ -552,9 +576,10 @@ class Fleet:
         self.last_replan_s = time.monotonic()
         self.metrics.observe_reconcile("fleet", time.monotonic() - started)
         logger.info(
-            "re-plan: %d services (%d placements changed), %d pairs priced; read %.2f s, plan %.2f s "
-            "(solve %.2f s), reconcile %.2f s",
+            "re-plan: %d services (%d pinned, %d placements changed), %d pairs priced; read %.2f s, "
+            "plan %.2f s (solve %.2f s), reconcile %.2f s",
             len(valid),
+            len(pinned),
             moved,
             self.planner.last_priced_pairs,
             self._read_s - started,
@@ -570,11 +595,45 @@ class Fleet:
         resource = render.resource_name(pool, chip)
         return reconcile.pool_capacity(pool, resource, chip.resource_units_per_device, nodes, owners)
 
+    def pinned_services(
+        self, services: Sequence[v1alpha1.InferenceService], capacities: Mapping[str, reconcile.PoolCapacity]
+    ) -> frozenset[str]:
+        """Services a capacity-only change leaves where they run (ids); the others are placed anew.
+
+        A service stays when its spec is the one its status was planned for, the last plan served it
+        fully, and every pool it runs on kept at least the nodes and devices it had at the last re-plan.
+        Nothing is pinned before a first re-plan (the periodic resync and every spec change solve afresh).
+        """
+        previous = self.capacities
+        if previous is None:
+            return frozenset()
+        shrunk = {
+            name
+            for name, before in previous.items()
+            if name not in capacities
+            or capacities[name].devices_total < before.devices_total
+            or capacities[name].nodes_ready < before.nodes_ready
+        }
+        pinned = set()
+        for service in services:
+            sid = planning.service_id(service)
+            status = service.status
+            last = self.outcomes.get(sid)
+            if status is None or not status.placement or last is None or last.served != "served":
+                continue
+            if status.observed_generation != service.metadata.generation:
+                continue
+            if any(p.pool in shrunk or p.pool not in capacities for p in status.placement):
+                continue
+            pinned.add(sid)
+        return frozenset(pinned)
+
     def _solve(
         self,
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
+        pinned: frozenset[str] = frozenset(),
     ) -> (
         tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
         | None
@@ -585,7 +644,7 @@ class Fleet:
         started = time.monotonic()
         try:
             self.planner.options = self.options
-            solved = plan_outcomes(services, pools, profiles, self.planner)
+            solved = plan_outcomes(services, pools, profiles, self.planner, pinned)
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
                 "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
@@ -852,7 +911,7 @@ class Fleet:
             changed = self.node_fingerprints.get(name) != fingerprint
             self.node_fingerprints[name] = fingerprint
         if changed:
-            self.request_replan(f"node {name} changed")
+            self.request_replan(f"node {name} changed", capacity_only=True)
         return changed
 
 

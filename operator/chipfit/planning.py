@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from chipfit import rules
 from chipfit.api import v1alpha1
@@ -350,6 +350,31 @@ def _finish(
     )
 
 
+def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.CandidateSet:
+    """The candidate set with each pinned service offered only the configurations it runs now.
+
+    The operator's repair after capacity loss: the services the loss did not touch stay where they run (the
+    solver may still size their replicas), only the others are placed anew, in what is left; the MILP is
+    then small, and nothing untouched moves. A pinned service that runs no configuration still offered
+    (none placed yet, or its candidates changed) keeps all of them.
+    """
+    if not pinned:
+        return cset
+    running = {key for key, replicas in cset.problem.current_replicas.items() if replicas > 0}
+    offered: dict[str, bool] = {}
+    for c in cset.problem.candidates:
+        if c.service in pinned and c.key in running:
+            offered[c.service] = True
+    kept = tuple(
+        c
+        for c in cset.problem.candidates
+        if c.service not in pinned or not offered.get(c.service) or c.key in running
+    )
+    if len(kept) == len(cset.problem.candidates):
+        return cset
+    return dataclasses.replace(cset, problem=dataclasses.replace(cset.problem, candidates=kept))
+
+
 class Planner:
     """Plans a fleet again and again, recomputing only what changed (the operator's fleet worker holds one).
 
@@ -442,11 +467,15 @@ class Planner:
         *,
         with_baseline: bool = False,
         progress: Callable[[str], None] | None = None,
+        pinned: Collection[str] = (),
     ) -> FleetPlan:
-        """plan_fleet with the caches (see the class docstring); raises what plan_fleet raises."""
+        """plan_fleet with the caches (see the class docstring); raises what plan_fleet raises.
+
+        `pinned`: ids of services that keep the configurations they run now (see `pin`).
+        """
         step = progress or (lambda _label: None)
         step("predicting capacity")
-        cset = self.build_inputs(services, pools, performance_profiles)
+        cset = pin(self.build_inputs(services, pools, performance_profiles), pinned)
         step("solving the fleet MILP")
         last = self._last
         if last is not None and last[0] == cset.problem and last[1] == self.options:

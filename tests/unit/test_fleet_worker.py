@@ -57,7 +57,7 @@ class FlakyFleet(handlers.Fleet):
     attempts: int = 0
     views: list[handlers.FleetView | None] = dataclasses.field(default_factory=list)
 
-    def replan(self, view: handlers.FleetView | None = None) -> None:
+    def replan(self, view: handlers.FleetView | None = None, *, full: bool = True) -> None:
         self.attempts += 1
         self.views.append(view)
         if self.failures_left > 0:

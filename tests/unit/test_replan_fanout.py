@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from chipfit import handlers, metrics, render
+from chipfit import handlers, metrics, planning, render
+from placement import candidates
+from placement.solver import inputs
 
 NAMESPACE = "team"
 
@@ -171,16 +173,17 @@ def world() -> World:
     )
 
 
-def _replan(fleet: handlers.Fleet, world: World) -> list[tuple[str, str]]:
+def _replan(fleet: handlers.Fleet, world: World, *, full: bool = True) -> list[tuple[str, str]]:
     fleet.indexes = world.indexes()
     start = len(world.cluster.calls)
     view = fleet.view()
     assert view is not None and view.owned is not None
-    fleet.replan(view)
+    fleet.replan(view, full=full)
     return world.cluster.calls[start:]
 
 
-def test_replans_read_the_index_and_write_the_moved_service_first(world: World) -> None:
+@pytest.mark.parametrize("full", [True, False], ids=["full", "repair"])
+def test_replans_read_the_index_and_write_the_moved_service_first(world: World, full: bool) -> None:
     fleet = handlers.Fleet(cluster=world.cluster, metrics=metrics.OperatorMetrics())  # type: ignore[arg-type]
     first = _replan(fleet, world)
     assert ("status", "InferenceService/small") in first and ("status", "InferenceService/wide") in first
@@ -198,10 +201,64 @@ def test_replans_read_the_index_and_write_the_moved_service_first(world: World) 
 
     # The L4 node is lost: "small" moves to the H100 pool. Its status is the first thing written.
     world.nodes = [n for n in world.nodes if n["metadata"]["name"] != "l4-0"]
-    after = _replan(fleet, world)
+    after = _replan(fleet, world, full=full)
     statuses = [target for call, target in after if call == "status" and target.startswith("Inference")]
     assert statuses and statuses[0] == "InferenceService/small"
     assert {p["pool"] for p in world.cluster.statuses["small"]["placement"]} == {"h100"}
     # "wide" did not move and nothing of it was written.
     assert not [c for c in after if c[1].endswith("/wide") or c[1].startswith("Deployment/wide")]
     assert not [c for c in after if "wide" in c[1]]
+
+
+def test_a_capacity_change_pins_exactly_the_services_it_does_not_touch(world: World) -> None:
+    fleet = handlers.Fleet(cluster=world.cluster, metrics=metrics.OperatorMetrics())  # type: ignore[arg-type]
+    _replan(fleet, world)
+    _replan(fleet, world)
+    assert fleet.capacities is not None
+    live = [handlers.parse_service(b) for b in _index_bodies(world, "inferenceservice_index")]
+    same = dict(fleet.capacities)
+    assert fleet.pinned_services(live, same) == {"team/small", "team/wide"}
+    # The L4 pool lost its node: what runs there is placed anew, the rest stays.
+    shrunk = {**same, "l4": dataclasses.replace(same["l4"], nodes_ready=0, devices_total=0)}
+    assert fleet.pinned_services(live, shrunk) == {"team/wide"}
+    gone = {name: c for name, c in same.items() if name != "h100"}
+    assert fleet.pinned_services(live, gone) == {"team/small"}
+    # More capacity moves nobody; a service whose spec changed since its status is never pinned.
+    grown = {**same, "h100": dataclasses.replace(same["h100"], nodes_ready=2, devices_total=16)}
+    assert fleet.pinned_services(live, grown) == {"team/small", "team/wide"}
+    edited = [
+        s.model_copy(update={"metadata": s.metadata.model_copy(update={"generation": 2})})
+        if s.metadata.name == "wide"
+        else s
+        for s in live
+    ]
+    assert fleet.pinned_services(edited, same) == {"team/small"}
+    # A fresh operator (no re-plan yet) pins nothing.
+    fresh = handlers.Fleet(cluster=world.cluster, metrics=metrics.OperatorMetrics())  # type: ignore[arg-type]
+    assert fresh.pinned_services(live, same) == frozenset()
+
+
+def _index_bodies(world: World, name: str) -> list[dict[str, Any]]:
+    return [body for store in world.indexes()[name].values() for body in store]
+
+
+def test_pinning_offers_a_pinned_service_only_what_it_runs() -> None:
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("a", (1.0,)), inputs.ServiceDemand("b", (1.0,))),
+        pools=(inputs.Pool("p", "l4", 8, 1, 1.0), inputs.Pool("q", "h100", 8, 1, 5.0)),
+        candidates=tuple(
+            inputs.Candidate(service, "aggregated", pool, acc, "bf16", 1, (1.0,), price)
+            for service in ("a", "b")
+            for pool, acc, price in (("p", "l4", 1.0), ("q", "h100", 5.0))
+        ),
+        current_replicas={inputs.CandidateKey("a", "aggregated", "q", "bf16", 1): 1},
+    )
+    cset = candidates.CandidateSet(problem=problem, specs={}, rejections=())
+    pinned = planning.pin(cset, {"a", "b"})
+    # "a" runs on q: only q is offered; "b" runs nothing yet: everything stays offered.
+    assert sorted((c.service, c.pool) for c in pinned.problem.candidates) == [
+        ("a", "q"),
+        ("b", "p"),
+        ("b", "q"),
+    ]
+    assert planning.pin(cset, ()) is cset
