@@ -360,19 +360,24 @@ def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.Ca
     """
     if not pinned:
         return cset
-    running = {key for key, replicas in cset.problem.current_replicas.items() if replicas > 0}
-    offered: dict[str, bool] = {}
-    for c in cset.problem.candidates:
+    problem = cset.problem
+    running = {key: replicas for key, replicas in problem.current_replicas.items() if replicas > 0}
+    offered: dict[str, list[inputs.CandidateKey]] = {}
+    for c in problem.candidates:
         if c.service in pinned and c.key in running:
-            offered[c.service] = True
-    kept = tuple(
-        c
-        for c in cset.problem.candidates
-        if c.service not in pinned or not offered.get(c.service) or c.key in running
+            offered.setdefault(c.service, []).append(c.key)
+    kept = tuple(c for c in problem.candidates if c.service not in offered or c.key in running)
+    # One configuration: its replica count stays too (the solver would otherwise resize it to the
+    # cheapest count for its rate, a change the capacity loss did not call for).
+    services = tuple(
+        dataclasses.replace(s, min_replicas=running[keys[0]], max_replicas=running[keys[0]])
+        if len(keys := offered.get(s.id, [])) == 1 and running[keys[0]] >= s.min_replicas
+        else s
+        for s in problem.services
     )
-    if len(kept) == len(cset.problem.candidates):
+    if kept == problem.candidates and services == problem.services:
         return cset
-    return dataclasses.replace(cset, problem=dataclasses.replace(cset.problem, candidates=kept))
+    return dataclasses.replace(cset, problem=dataclasses.replace(problem, candidates=kept, services=services))
 
 
 class Planner:
@@ -476,11 +481,16 @@ class Planner:
         step = progress or (lambda _label: None)
         step("predicting capacity")
         cset = pin(self.build_inputs(services, pools, performance_profiles), pinned)
+        options = self.options
+        if pinned:
+            # A repair: most services have one configuration left, so one MILP is small; the per-service
+            # decomposition would still solve a sub-problem for every pinned service.
+            options = dataclasses.replace(options or inputs.SolveOptions(), method="milp")
         step("solving the fleet MILP")
         last = self._last
-        if last is not None and last[0] == cset.problem and last[1] == self.options:
+        if last is not None and last[0] == cset.problem and last[1] == options:
             plan = last[2]
         else:
-            plan = solve.solve(cset.problem, self.options)
-            self._last = (cset.problem, self.options, plan)
-        return _finish(cset, plan, self.options, with_baseline, step)
+            plan = solve.solve(cset.problem, options)
+            self._last = (cset.problem, options, plan)
+        return _finish(cset, plan, options, with_baseline, step)

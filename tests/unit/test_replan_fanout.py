@@ -261,4 +261,7 @@ def test_pinning_offers_a_pinned_service_only_what_it_runs() -> None:
         ("b", "p"),
         ("b", "q"),
     ]
+    # "a" keeps its replica count too; "b" is sized by the solver as before.
+    sized = {s.id: (s.min_replicas, s.max_replicas) for s in pinned.problem.services}
+    assert sized == {"a": (1, 1), "b": (0, None)}
     assert planning.pin(cset, ()) is cset
