@@ -233,11 +233,12 @@ def plan_outcomes(
     try:
         try:
             fleet_plan = planner.plan(services, pools, profiles, pinned=pinned)
-        except inputs.InfeasibleError:
+        except inputs.PlacementError as exc:
             if not pinned:
                 raise
-            # What stays where it runs leaves too little room for the rest: place everything anew.
-            logger.info("the repair with %d services pinned is infeasible; re-planning all", len(pinned))
+            # What stays where it runs leaves too little room for the rest (or the repair found no plan in
+            # its time): place everything anew.
+            logger.info("the repair with %d services pinned failed (%s); re-planning all", len(pinned), exc)
             fleet_plan = planner.plan(services, pools, profiles)
     except inputs.InfeasibleError as exc:
         relaxed_reason = str(exc)
@@ -442,7 +443,8 @@ class Fleet:
                     self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
                 # The work that failed is asked for again, with whatever arrived meanwhile.
                 self.replan_requested = self.replan_requested or replan
-                self.replan_full = self.replan_full or (replan and full)
+                # A failed repair is retried as a full re-plan.
+                self.replan_full = self.replan_full or replan
                 self.services_requested |= services
                 await asyncio.sleep(delay)
                 self._wake.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Sequence
+from typing import Final
 
 from chipfit import rules
 from chipfit.api import v1alpha1
@@ -350,6 +351,12 @@ def _finish(
     )
 
 
+# A repair's MILP (most services pinned) returns its incumbent after this long: on a 300-service fleet that
+# lost a 56-service pool it had found the plan it still held at 10 s within 5 s (REPORT_solver.md), and
+# the operator must re-place a lost pool's services within seconds.
+REPAIR_TIME_LIMIT_S: Final = 5.0
+
+
 def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.CandidateSet:
     """The candidate set with each pinned service offered only the configurations it runs now.
 
@@ -485,7 +492,10 @@ class Planner:
         if pinned:
             # A repair: most services have one configuration left, so one MILP is small; the per-service
             # decomposition would still solve a sub-problem for every pinned service.
-            options = dataclasses.replace(options or inputs.SolveOptions(), method="milp")
+            base = options or inputs.SolveOptions()
+            options = dataclasses.replace(
+                base, method="milp", time_limit_s=min(base.time_limit_s, REPAIR_TIME_LIMIT_S)
+            )
         step("solving the fleet MILP")
         last = self._last
         if last is not None and last[0] == cset.problem and last[1] == options:
