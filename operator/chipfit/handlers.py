@@ -361,16 +361,16 @@ class Fleet:
 
     # -- triggers (called from handlers, on the event loop) --
 
-    def request_replan(self, why: str, *, capacity_only: bool = False) -> None:
+    def request_replan(self, why: str, *, repair: bool = False) -> None:
         """Ask for a whole-fleet re-plan (debounced).
 
-        `capacity_only`: only node capacity changed (nodes lost, added, cordoned); unless something else asks
-        for a full re-plan before it runs, the re-plan repairs: services the change did not touch keep
-        their placement (`pinned_services`).
+        `repair`: nothing but node capacity changed (nodes lost, added, cordoned), or a service already
+        planned for its spec was seen again; unless something else asks for a full re-plan before it runs,
+        services the change did not touch keep their placement (`pinned_services`).
         """
         logger.debug("re-plan requested: %s", why)
         self.replan_requested = True
-        self.replan_full = self.replan_full or not capacity_only
+        self.replan_full = self.replan_full or not repair
         self._signal()
 
     def request_resync(self) -> bool:
@@ -913,7 +913,7 @@ class Fleet:
             changed = self.node_fingerprints.get(name) != fingerprint
             self.node_fingerprints[name] = fingerprint
         if changed:
-            self.request_replan(f"node {name} changed", capacity_only=True)
+            self.request_replan(f"node {name} changed", repair=True)
         return changed
 
 
@@ -1005,7 +1005,17 @@ async def inferenceservice_changed(body: kopf.Body, memo: Any, **_: Any) -> None
         await asyncio.to_thread(fleet.mark_invalid, service, problem.field, problem.reason)
         fleet.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
         raise kopf.PermanentError(f"{problem.field}: {problem.reason}")
-    fleet.request_replan(f"InferenceService {service.metadata.namespace}/{service.metadata.name}")
+    # A service its status says is planned for this very spec (seen again after an operator restart, or by
+    # a create handler that ran late) needs no fresh solve of the others: a repair places it if it is not.
+    status = service.status
+    planned = (
+        status is not None
+        and bool(status.placement)
+        and status.observed_generation == service.metadata.generation
+    )
+    fleet.request_replan(
+        f"InferenceService {service.metadata.namespace}/{service.metadata.name}", repair=planned
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, "inferenceservices", optional=True)
