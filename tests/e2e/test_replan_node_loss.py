@@ -42,6 +42,14 @@ ENGINES: Final = ("vllm", "sglang", "trtllm", "tgi")
 # (prompt mean, output mean, TTFT p99 ms, ITL p99 ms, req/s): loose enough for every pool's chip.
 SHAPES: Final = ((1155, 211, 3000, 150), (2048, 28, 2000, 100), (600, 300, 5000, 200), (3000, 250, 5000, 150))
 RATES: Final = (0.2, 0.5, 1.0)
+# Pools each quarter of the services may use: every service has two or more (so it can move), and no
+# single pool can take them all (so some services are always off the lost pool).
+ALLOWED: Final = (
+    ("rp-l4", "rp-l40s", "rp-a100", "rp-h100"),
+    ("rp-l40s", "rp-a100"),
+    ("rp-a100", "rp-h100"),
+    ("rp-l4", "rp-h100"),
+)
 
 
 def pools() -> list[dict[str, Any]]:
@@ -63,7 +71,7 @@ def pools() -> list[dict[str, Any]]:
 
 
 def services(namespace: str) -> list[dict[str, Any]]:
-    """Varied models, engines, request shapes, SLOs and rates; each may use any of the test's pools."""
+    """Varied models, engines, request shapes, SLOs, rates and allowed pools."""
     out = []
     combos = itertools.product(range(len(SHAPES)), range(len(MODELS)), range(len(ENGINES)))
     for i, (shape, model, engine) in enumerate(itertools.islice(combos, 0, None, 2)):
@@ -85,10 +93,10 @@ def services(namespace: str) -> list[dict[str, Any]]:
                         "requestsPerSecond": RATES[i % len(RATES)],
                         "promptTokens": {"mean": prompt},
                         "outputTokens": {"mean": output},
-                        "maxContextTokens": 8192,
+                        "maxContextTokens": 4096,
                     },
                     "replicas": {"min": 1, "max": 8},
-                    "placement": {"allowedPools": [p[0] for p in POOLS]},
+                    "placement": {"allowedPools": list(ALLOWED[i % len(ALLOWED)])},
                 },
             }
         )
