@@ -17,7 +17,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import kopf
@@ -561,11 +561,21 @@ class Fleet:
 
         ordered = sorted(valid, key=order)
         moved = sum(1 for s in ordered if not order(s)[0])
-        for service in ordered:
+        # The moved services' statuses go out first, all of them, then their objects are rolled out, then
+        # the unchanged services are checked (each at once).
+        rollouts: list[Callable[[], None]] = []
+        for index, service in enumerate(ordered):
+            if index == moved:
+                self._roll_out(rollouts)
             sid = planning.service_id(service)
             try:
                 self.reconcile_service(
-                    service, outcomes.get(sid), explanations.get(sid), by_name, owned=view.owned
+                    service,
+                    outcomes.get(sid),
+                    explanations.get(sid),
+                    by_name,
+                    owned=view.owned,
+                    deferred=rollouts if index < moved else None,
                 )
             except kube.ApiError as exc:
                 if exc.transient:
@@ -573,6 +583,7 @@ class Fleet:
                 # One service's rejected object must not stop the others' reconciles.
                 logger.error("reconcile of %s failed: %s", sid, exc)
                 self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
+        self._roll_out(rollouts)
         for pool in pools:
             self._write_pool_status(pool, capacities[pool.metadata.name], usage.get(pool.metadata.name))
         self.last_replan_s = time.monotonic()
@@ -589,6 +600,18 @@ class Fleet:
             self._solve_s,
             self.last_replan_s - solved_s,
         )
+
+    def _roll_out(self, rollouts: list[Callable[[], None]]) -> None:
+        """Run the deferred rollouts (in order), each service's failure its own (transient ones propagate)."""
+        while rollouts:
+            act = rollouts.pop(0)
+            try:
+                act()
+            except kube.ApiError as exc:
+                if exc.transient:
+                    raise
+                logger.error("rollout failed: %s", exc)
+                self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
 
     def _capacity(
         self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]], owners: Mapping[str, str]
@@ -712,10 +735,14 @@ class Fleet:
         explanation: str | None,
         pools: Mapping[str, v1alpha1.AcceleratorPool] | None = None,
         owned: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> None:
-        """Render the service's placement, apply what changed, drain what is replaced, write status.
+        """Render the service's placement, write its status, apply what changed, drain what is replaced.
 
         `owned`: the operator's index copy of the Deployments and Services it manages (None: listed).
+        The status (the plan's durable record, computed from the objects as they are) is written before
+        anything is applied; with `deferred`, applying is appended there to run later, so a re-plan can
+        publish every moved service's new placement before it rolls any of them out.
         """
         started = time.monotonic()
         namespace = service.metadata.namespace or "default"
@@ -760,25 +787,6 @@ class Fleet:
         actions = reconcile.plan_actions(desired, deployments, services, room)
         self.surge_units[sid] = actions.surge_units
 
-        previous = service.status.placement if service.status else None
-        if _placement_keys(previous) != _placement_keys(outcome.placements):
-            message = f"placed {_placement_text(outcome.placements)}"
-            if explanation:
-                message += f": {explanation}"
-            self.cluster.post_event(body, "Normal", "Placed", message)
-            for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
-                self.metrics.record_placement_change(namespace, name, role)
-        for obj in sorted(actions.apply, key=lambda o: -reconcile.device_units_of(o)):
-            self.cluster.apply(obj)
-        for kind, object_name in actions.delete:
-            api_version = "apps/v1" if kind == "Deployment" else "v1"
-            if self.cluster.delete(api_version, kind, namespace, object_name):
-                why = (
-                    "its pool has no room to run it beside its replacement"
-                    if object_name in actions.drained_early
-                    else "replaced and ready"
-                )
-                self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
         unschedulable = None
         if self.explain_pods and any(d.ready_replicas < d.replicas for d in deployments):
             # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
@@ -793,7 +801,33 @@ class Fleet:
         status = reconcile.compute_status(service, outcome, deployments, actions, _now(), unschedulable)
         self._write_status(service, status)
         self._record_metrics(service, outcome, status)
-        self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)
+        previous = service.status.placement if service.status else None
+        if _placement_keys(previous) != _placement_keys(outcome.placements):
+            message = f"placed {_placement_text(outcome.placements)}"
+            if explanation:
+                message += f": {explanation}"
+            self.cluster.post_event(body, "Normal", "Placed", message)
+            for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
+                self.metrics.record_placement_change(namespace, name, role)
+
+        def act() -> None:
+            for obj in sorted(actions.apply, key=lambda o: -reconcile.device_units_of(o)):
+                self.cluster.apply(obj)
+            for kind, object_name in actions.delete:
+                api_version = "apps/v1" if kind == "Deployment" else "v1"
+                if self.cluster.delete(api_version, kind, namespace, object_name):
+                    why = (
+                        "its pool has no room to run it beside its replacement"
+                        if object_name in actions.drained_early
+                        else "replaced and ready"
+                    )
+                    self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
+            self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)
+
+        if deferred is not None:
+            deferred.append(act)
+        else:
+            act()
 
     def mark_invalid(self, service: v1alpha1.InferenceService, field: str, reason: str) -> None:
         """Condition Placed=False InvalidSpec naming the field, and a Warning Event when it is news."""

@@ -205,6 +205,9 @@ def test_replans_read_the_index_and_write_the_moved_service_first(world: World, 
     statuses = [target for call, target in after if call == "status" and target.startswith("Inference")]
     assert statuses and statuses[0] == "InferenceService/small"
     assert {p["pool"] for p in world.cluster.statuses["small"]["placement"]} == {"h100"}
+    # The new placement is published before it is rolled out.
+    applies = [i for i, c in enumerate(after) if c[0] == "apply" and c[1].startswith("Deployment/small-")]
+    assert applies and after.index(("status", "InferenceService/small")) < applies[0]
     # "wide" did not move and nothing of it was written.
     assert not [c for c in after if c[1].endswith("/wide") or c[1].startswith("Deployment/wide")]
     assert not [c for c in after if "wide" in c[1]]
