@@ -482,11 +482,36 @@ def snapshot(kubeconfig: Path) -> dict[str, Any]:
     return {
         f"{s['metadata']['namespace']}/{s['metadata']['name']}": {
             "rv": s["metadata"]["resourceVersion"],
+            "status": s.get("status") or {},
             "pools": sorted(pools_of(s)),
             "deployments": sorted(owned.get(s["metadata"]["uid"], [])),
         }
         for s in services
     }
+
+
+def _status_diffs(
+    before: Mapping[str, Any], after: Mapping[str, Any], keys: list[str], limit: int = 5
+) -> dict[str, list[str]]:
+    """For the first `limit` services whose status changed: what changed (fields, conditions by type)."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        old, new = before[key]["status"], after.get(key, {}).get("status", {})
+        if old == new:
+            continue
+        changed = []
+        for field in sorted(set(old) | set(new)):
+            if field == "conditions":
+                conditions = {c["type"]: c for c in old.get(field) or ()}
+                for c in new.get(field) or ():
+                    if conditions.get(c["type"]) != c:
+                        changed.append(f"condition {c['type']}: {conditions.get(c['type'])} -> {c}")
+            elif old.get(field) != new.get(field):
+                changed.append(f"{field}: {old.get(field)} -> {new.get(field)}")
+        out[key] = changed
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -623,6 +648,7 @@ def measure(
             "unaffected_deployments_changed": sorted(
                 k for k in unaffected if after.get(k, {}).get("deployments") != before[k]["deployments"]
             ),
+            "unaffected_status_diff": _status_diffs(before, after, unaffected),
             "unaffected_moved": sorted(
                 k for k in unaffected if after.get(k, {}).get("pools") != before[k]["pools"]
             ),
