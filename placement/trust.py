@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Final, Literal
 
@@ -170,6 +171,21 @@ def assess(
             error += OUT_OF_RANGE_EXTRA_ERROR
             notes.append("outside the calibrated range: " + ", ".join(outside))
     return Trust(level, in_range, tuple(notes), round(error, 4))
+
+
+def from_profile(level: str, note: str, rms_log_error: float, specs: Trust) -> Trust:
+    """The trust of a figure fitted to a measured profile (profile_fit's level and note).
+
+    Inside the measured range the fit's own residual is the typical error; a little beyond it the
+    out-of-range band is added; further out only the efficiency carries over, so the figure is as
+    trustworthy as the specs-based prediction, and says both.
+    """
+    fit_error = math.expm1(abs(rms_log_error))
+    if level == "calibrated":
+        return Trust("calibrated", True, (note,), round(fit_error, 4))
+    if level == "calibrated-extrapolated":
+        return Trust("calibrated", False, (note,), round(fit_error + OUT_OF_RANGE_EXTRA_ERROR, 4))
+    return Trust(specs.level, False, (note, *specs.notes), specs.typical_error)
 
 
 def measured(source: str) -> Trust:

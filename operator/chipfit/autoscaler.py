@@ -25,6 +25,10 @@ from placement.solver import inputs
 logger = logging.getLogger(__name__)
 
 CONDITION = "Autoscaling"
+# Condition reasons of a service whose metrics are (or were until a moment ago) away.
+OUTAGE_REASONS = frozenset(
+    {"MetricsMissing", "MetricsUnavailable", "MetricsWarmingUp", "CapacityLostWithoutMetrics"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,35 @@ class ServiceReport:
     status: v1alpha1.AutoscalingStatus | None
     condition: tuple[bool, str, str]  # (status, reason, message)
     event: tuple[str, str, str] | None  # (type, reason, message)
+    # Hand the service back to the fleet's spec-sized plan (its autoscaled placement cannot be held).
+    release: bool = False
+
+
+def policy_from_settings(settings: Sequence[str]) -> autoscale.Policy:
+    """A Policy from `knob=value` strings (the operator's --autoscaling-policy, the chart's
+    autoscaling.policy); an unknown knob, a value that is not a number or out of range raises ValueError
+    naming the knob."""
+    knobs = {f.name: f for f in dataclasses.fields(autoscale.Policy)}
+    values: dict[str, float] = {}
+    for item in settings:
+        for part in (p.strip() for p in item.split(",")):
+            if not part:
+                continue
+            name, sep, text = part.partition("=")
+            name = name.strip()
+            if not sep:
+                raise ValueError(f"{part!r}: expected knob=value")
+            if name not in knobs:
+                raise ValueError(f"{name}: unknown knob (known: {', '.join(sorted(knobs))})")
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{name}: {text.strip()!r} is not a number") from None
+            values[name] = value
+    try:
+        return autoscale.Policy(**values)
+    except autoscale.AutoscaleError as error:
+        raise ValueError(str(error).removeprefix("policy.")) from None
 
 
 def _now() -> str:
@@ -66,6 +99,48 @@ def current_replicas(
     return have, starting
 
 
+def fit_to_capacity(
+    current: Mapping[inputs.CandidateKey, int],
+    starting: Mapping[inputs.CandidateKey, int],
+    problem: inputs.FleetProblem,
+) -> tuple[dict[inputs.CandidateKey, int], dict[inputs.CandidateKey, int], dict[inputs.CandidateKey, int]]:
+    """(replicas, of which not ready, lost): replicas beyond what their pool's ready nodes can hold are
+    lost, not starting (a reclaimed spot node's pods never start again). Decide then sees the capacity
+    missing and re-places it on capacity that exists, at once, instead of waiting for them.
+
+    A replica needs its tensor-parallel devices on one node; lost first are the ones not ready."""
+    nodes = {p.id: p for p in problem.pools}
+    have = dict(current)
+    pending = dict(starting)
+    lost: dict[inputs.CandidateKey, int] = {}
+    by_pool: dict[str, list[inputs.CandidateKey]] = {}
+    for key in current:
+        by_pool.setdefault(key.pool, []).append(key)
+    for pool_id, keys in by_pool.items():
+        pool = nodes.get(pool_id)
+        if pool is None:
+            continue
+        # Node slots left per node, filled by the ready replicas first, then the starting ones.
+        free = [pool.devices_per_node] * pool.nodes
+        for ready_pass in (True, False):
+            for key in sorted(keys, key=lambda k: -k.tp):
+                n = have[key] - pending.get(key, 0) if ready_pass else pending.get(key, 0)
+                for _ in range(max(0, n)):
+                    slot = next((i for i, f in enumerate(free) if f >= key.tp), None)
+                    if slot is not None:
+                        free[slot] -= key.tp
+                        continue
+                    lost[key] = lost.get(key, 0) + 1
+                    have[key] -= 1
+                    if not ready_pass:
+                        pending[key] -= 1
+    return (
+        {k: n for k, n in have.items() if n > 0},
+        {k: n for k, n in pending.items() if n > 0},
+        lost,
+    )
+
+
 def outcome_of(
     targets: Mapping[inputs.CandidateKey, int],
     cands: Mapping[inputs.CandidateKey, inputs.Candidate],
@@ -81,6 +156,12 @@ def outcome_of(
             precision=k.precision,  # type: ignore[arg-type]
             tensor_parallel=k.tp,
             replicas=n,
+            # The engine settings the candidate was priced with: its pods must run exactly these.
+            engine_config=v1alpha1.PricedEngineConfig(
+                prefill_chunk_tokens=cands[k].engine_config.prefill_chunk_tokens,
+                max_num_seqs=cands[k].engine_config.max_num_seqs,
+                max_model_len=cands[k].engine_config.max_model_len,
+            ),
         )
         for k, n in sorted(targets.items())
         if k.service == sid and n > 0 and k in cands
@@ -106,6 +187,13 @@ class Autoscaler:
     state: autoscale.State = dataclasses.field(default_factory=autoscale.State)
     outcomes: dict[str, reconcile.ServiceOutcome] = dataclasses.field(default_factory=dict)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Prometheus rate() window of the signals (observe.DEFAULT_WINDOW unless the operator's flag says).
+    rate_window: str = observe.DEFAULT_WINDOW
+    # The last Autoscaling condition reason per service (Events say when it changes).
+    conditions: dict[str, str] = dataclasses.field(default_factory=dict)
+    # When each service's metrics came back after an outage (monotonic seconds of the tick clock).
+    restored: dict[str, float] = dataclasses.field(default_factory=dict)
+    planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
     _cache_key: tuple[Any, ...] | None = None
     _cset: candidates.CandidateSet | None = None
     started_s: float | None = None
@@ -123,7 +211,9 @@ class Autoscaler:
             tuple((p.metadata.name, p.metadata.generation) for p in profiles),
         )
         if key != self._cache_key or self._cset is None:
-            self._cset = planning.build_inputs(services, pools, profiles)
+            # The planner's per-(service, pool) cache: a node count or a rate change re-prices nothing,
+            # one service's spec only its pools (tests/unit/test_planner.py: the same candidates).
+            self._cset = self.planner.build_inputs(services, pools, profiles)
             self._cache_key = key
         return self._cset
 
@@ -158,6 +248,7 @@ class Autoscaler:
         observations: dict[str, autoscale.Observation] = {}
         roles_seen: dict[str, dict[str, observe.RoleSignals]] = {}
         errors: dict[str, str] = {}
+        gateways: dict[str, observe.GatewaySignals] = {}
         for sid, spec in cset.specs.items():
             service = by_id[sid]
             namespace = service.metadata.namespace or "default"
@@ -166,12 +257,38 @@ class Autoscaler:
             signals = {}
             for role in roles:
                 sel = observe.selector(namespace, service.metadata.name, role, **self.labels)
-                signals[role] = observe.read_role(query, observe.queries(table, sel))
+                signals[role] = observe.read_role(query, observe.queries(table, sel, self.rate_window))
             roles_seen[sid] = signals
             first_error = next((r.error for r in signals.values() if r.error), None)
             if first_error:
                 errors[sid] = first_error
             observations[sid] = observe.observation(signals, spec.workload)
+            if _scale_to_zero(service):
+                # At zero replicas no engine reports anything: the activator's count is the demand.
+                gateway = observe.read_gateway(
+                    query, observe.gateway_queries(namespace, service.metadata.name, self.rate_window)
+                )
+                gateways[sid] = gateway
+                observations[sid] = observe.with_gateway(observations[sid], gateway)
+        # Metrics that come back after an outage: a rate() window holding the gap reads low (its samples
+        # cover part of the window). Hold until one whole window of fresh samples, so a decrease never
+        # rests on a partial window.
+        warming: dict[str, str] = {}
+        window_s = observe.window_seconds(self.rate_window)
+        for sid in list(observations):
+            if sid in errors or observations[sid].missing:
+                self.restored.pop(sid, None)
+                continue
+            if self.conditions.get(sid) in OUTAGE_REASONS:
+                since = self.restored.setdefault(sid, now_s)
+                if now_s - since < window_s:
+                    warming[sid] = (
+                        f"metrics back for {now_s - since:.0f} s: holding the last decision until one "
+                        f"full {self.rate_window} rate window of fresh samples"
+                    )
+                    observations[sid] = autoscale.Observation(requests_per_second=None)
+                    continue
+            self.restored.pop(sid, None)
         traits = {
             sid: autoscale.ServiceTraits(
                 spec.ttft_p99_ms,
@@ -181,6 +298,10 @@ class Autoscaler:
             for sid, spec in cset.specs.items()
         }
         current, starting = current_replicas(services)
+        current, starting, lost = fit_to_capacity(current, starting, cset.problem)
+        lost_services = {k.service for k in lost}
+        for key, n in lost.items():
+            logger.info("%s: %d replica(s) on %s lost their nodes (reclaimed?)", key.service, n, key.pool)
         decision = autoscale.decide(
             cset.problem, traits, self.state, observations, current, now_s, self.policy, starting=starting
         )
@@ -198,8 +319,22 @@ class Autoscaler:
             )
             price = d.price_per_hour
             previous = self.outcomes.get(d.service)
-            outcome = outcome_of(decision.targets, cands, d.service, previous)
-            self.outcomes[d.service] = outcome
+            decided = any(k.service == d.service for k in decision.targets)
+            outcome: reconcile.ServiceOutcome | None
+            release = d.held and obs.missing and d.service in lost_services
+            if release:
+                # Metrics missing and replicas lost with their nodes: holding would keep them on a pool
+                # that is gone. The fleet's spec-sized plan re-places the service on what exists until
+                # metrics return (then the autoscaler decides from what runs).
+                outcome = None
+                self.outcomes.pop(d.service, None)
+            elif d.held and previous is None and not decided:
+                # Nothing decided and nothing running yet (a new service, metrics not there yet): the
+                # fleet's spec-sized plan stands. Holding "nothing" would remove it.
+                outcome = None
+            else:
+                outcome = outcome_of(decision.targets, cands, d.service, previous)
+                self.outcomes[d.service] = outcome
             status = v1alpha1.AutoscalingStatus(
                 observed_requests_per_second=obs.requests_per_second,
                 observed_ttft_p99_ms=obs.ttft_p99_ms,
@@ -214,19 +349,39 @@ class Autoscaler:
                 last_decision=d.direction,
                 last_decision_reason=d.reason[: v1alpha1.MAX_TEXT_LENGTH],
                 last_decision_time=_now(),
+                pending_requests=gateways[d.service].pending if d.service in gateways else None,
+                cold_start_seconds=gateways[d.service].cold_start_s if d.service in gateways else None,
             )
-            if sid_error := errors.get(d.service):
+            if release:
+                lost_n = sum(n for k, n in lost.items() if k.service == d.service)
+                condition = (
+                    False,
+                    "CapacityLostWithoutMetrics",
+                    f"{lost_n} replica(s) lost their nodes while metrics are missing: re-planned from "
+                    "spec.workload until metrics return",
+                )
+            elif sid_error := errors.get(d.service):
                 condition = (False, "MetricsUnavailable", f"holding the last decision: {sid_error}")
+            elif d.service in warming:
+                condition = (False, "MetricsWarmingUp", warming[d.service])
             elif d.held and obs.missing:
                 condition = (False, "MetricsMissing", d.reason)
             else:
                 condition = (True, "Active", d.reason)
+            # One Event per decision that changes replicas; for missing metrics one when they go missing
+            # (not one per tick while they stay away) and one when they are back.
+            was = self.conditions.get(d.service)
+            self.conditions[d.service] = condition[1]
             event = None
             if d.direction != "hold":
                 event = ("Normal", f"Scaled{d.direction.capitalize()}", d.reason)
-            elif obs.missing:
-                event = ("Warning", "MetricsMissing", d.reason)
-            reports.append(ServiceReport(namespace, service.metadata.name, outcome, status, condition, event))
+            elif not condition[0] and was not in OUTAGE_REASONS:
+                event = ("Warning", "MetricsMissing", condition[2])
+            elif condition[0] and was in OUTAGE_REASONS:
+                event = ("Normal", "MetricsRestored", f"metrics are back: {d.reason}")
+            reports.append(
+                ServiceReport(namespace, service.metadata.name, outcome, status, condition, event, release)
+            )
         return reports
 
 
@@ -252,19 +407,36 @@ def condition_patch(
     return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in [*kept, new]]
 
 
+# How often the loop looks at the fleet's nodes between decisions: a node that vanishes (a spot reclaim)
+# is acted on within this, not within a whole interval.
+NODE_WATCH_S = 1.0
+
+
+def _nodes_signature(fleet: Any) -> int:
+    """A hash of the nodes the fleet worker's watch knows (ready state, devices, labels)."""
+    return hash(tuple(sorted((getattr(fleet, "node_fingerprints", None) or {}).items())))
+
+
 async def run(
     autoscaler: Autoscaler,
     fleet: Any,
     query: observe.QueryFn | None,
     clock: Callable[[], float],
 ) -> None:
-    """Every policy.interval_s: one tick in a worker thread, then status, Events and reconciles."""
+    """Every policy.interval_s, or at once when the nodes change: one tick in a worker thread, then
+    status, Events and reconciles."""
     while True:
+        nodes = _nodes_signature(fleet)
         try:
             await asyncio.to_thread(_apply_tick, autoscaler, fleet, query, clock())
         except Exception:
             logger.exception("autoscaling tick failed; holding and retrying next interval")
-        await asyncio.sleep(autoscaler.policy.interval_s)
+        deadline = clock() + autoscaler.policy.interval_s
+        while clock() < deadline:
+            await asyncio.sleep(min(NODE_WATCH_S, max(0.0, deadline - clock())))
+            if _nodes_signature(fleet) != nodes:
+                logger.info("nodes changed: deciding now")
+                break
 
 
 def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | None, now_s: float) -> None:
@@ -302,9 +474,15 @@ def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | Non
         patch: dict[str, Any] = {"conditions": condition_patch(service, report, now)}
         if report.status is not None:
             patch["autoscaling"] = report.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            fleet.metrics.record_autoscale_attainment(
+                report.namespace, report.name, report.status.slo_attainment
+            )
         cluster.patch_status(kube.KINDS.inference_service, report.namespace, report.name, patch)
         if report.event is not None:
             cluster.post_event(body, *report.event)
+        if report.release:
+            fleet.autoscaled.pop(planning.service_id(service), None)
+            fleet.request_replan(f"autoscaler released {report.namespace}/{report.name}: capacity lost")
         if report.outcome is not None:
             fleet.autoscaled[planning.service_id(service)] = report.outcome
             fleet.outcomes[planning.service_id(service)] = report.outcome

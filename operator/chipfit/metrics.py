@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import threading
 import time
 import wsgiref.simple_server
@@ -261,6 +262,13 @@ class OperatorMetrics:
             ("namespace", "service", "decision"),
             registry=r,
         )
+        self.autoscale_attainment = Gauge(
+            f"{p}_autoscale_slo_attainment_ratio",
+            "Share of the service's requests over the autoscaler's rate window whose TTFT met the SLO, from "
+            "the engines' histograms (docs/autoscaling.md).",
+            ("namespace", "service"),
+            registry=r,
+        )
 
         # Per pool.
         self.pool_devices = Gauge(
@@ -444,8 +452,11 @@ class OperatorMetrics:
                 self.service_workload_rps,
                 self.service_workload_tokens,
                 self.service_capacity_rps,
+                self.autoscale_attainment,
             ):
                 _remove_if_present(gauge, service_key)
+            for decision in AUTOSCALE_DECISIONS:
+                _remove_if_present(self.autoscale_decisions, (namespace, service, decision))
             for role in ROLES:
                 _remove_if_present(self.placement_changes, (namespace, service, role))
 
@@ -455,6 +466,17 @@ class OperatorMetrics:
         _check_name("service", service)
         _check_choice("decision", decision, AUTOSCALE_DECISIONS)
         self.autoscale_decisions.labels(namespace, service, decision).inc()
+
+    def record_autoscale_attainment(self, namespace: str, service: str, attainment: float | None) -> None:
+        """The SLO attainment the autoscaler observed for a service (None: not observed, series removed)."""
+        _check_name("namespace", namespace)
+        _check_name("service", service)
+        if attainment is None or not math.isfinite(attainment):
+            _remove_if_present(self.autoscale_attainment, (namespace, service))
+            return
+        if not 0.0 <= attainment <= 1.0:
+            raise ValueError(f"attainment: must be within [0, 1], got {attainment}")
+        self.autoscale_attainment.labels(namespace, service).set(attainment)
 
     def record_placement_change(self, namespace: str, service: str, role: Role) -> None:
         """Count one change of a service role's planned accelerator, pool or replica count."""

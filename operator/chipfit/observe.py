@@ -24,7 +24,9 @@ rate is then None and placement.autoscale.decide holds the last decision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,25 @@ DEFAULT_WINDOW = "1m"
 DEFAULT_SERVICE_LABEL = "chipfit_io_service"
 DEFAULT_ROLE_LABEL = "chipfit_io_role"
 DEFAULT_NAMESPACE_LABEL = "namespace"
+
+
+_DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+
+def check_window(window: str) -> str:
+    """A Prometheus duration for rate() windows (e.g. 1m, 15s, 1m30s); ValueError saying why otherwise."""
+    text = window.strip()
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"{window!r} is not a Prometheus duration such as 15s, 1m or 1m30s")
+    return text
+
+
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def window_seconds(window: str) -> float:
+    """Seconds of a Prometheus duration checked by check_window (1m30s -> 90.0)."""
+    return sum(float(n) * _UNIT_S[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h)", check_window(window)))
 
 
 @dataclass(frozen=True)
@@ -295,6 +316,59 @@ def read_role(query: QueryFn, q: Queries) -> RoleSignals:
         )
     except Exception as error:
         return RoleSignals(None, error=f"{type(error).__name__}: {error}"[:300])
+
+
+# The activator's series (chipfit.activator): the demand of a service as its gateway sees it, which is
+# the only demand there is while the service has no replica (no engine exports anything then).
+GATEWAY_REQUESTS = "chipfit_activator_requests_total"
+GATEWAY_PENDING = "chipfit_activator_pending_requests"
+GATEWAY_COLD_START = "chipfit_activator_last_cold_start_seconds"
+GATEWAY_NAMESPACE_LABEL = "inference_namespace"
+GATEWAY_SERVICE_LABEL = "inference_service"
+
+
+@dataclass(frozen=True)
+class GatewaySignals:
+    """What the activator in front of one service reports (None: no activator series)."""
+
+    requests_per_second: float | None = None
+    pending: float | None = None
+    cold_start_s: float | None = None
+    error: str | None = None
+
+
+def gateway_queries(namespace: str, service: str, window: str = DEFAULT_WINDOW) -> tuple[str, str, str]:
+    """PromQL of (request rate, held requests, last cold start) at the service's activator."""
+    sel = f'{GATEWAY_NAMESPACE_LABEL}="{namespace}", {GATEWAY_SERVICE_LABEL}="{service}"'
+    return (
+        f"sum(rate({GATEWAY_REQUESTS}{{{sel}}}[{window}]))",
+        f"sum({GATEWAY_PENDING}{{{sel}}})",
+        f"max({GATEWAY_COLD_START}{{{sel}}})",
+    )
+
+
+def read_gateway(query: QueryFn, queries_: tuple[str, str, str]) -> GatewaySignals:
+    """Run the activator's queries; an I/O error is reported, never raised."""
+    try:
+        rate, pending, cold = (_scalar(query(q)) for q in queries_)
+    except Exception as error:
+        return GatewaySignals(error=f"{type(error).__name__}: {error}"[:300])
+    return GatewaySignals(rate, pending, cold if cold else None)
+
+
+def with_gateway(obs: autoscale.Observation, gateway: GatewaySignals) -> autoscale.Observation:
+    """The engines' observation with the activator's demand: requests it counted are demand even when no
+    engine served them (zero replicas), and the requests it holds are waiting ones."""
+    if gateway.requests_per_second is None and gateway.pending is None:
+        return obs
+    engines = None if obs.missing else obs.requests_per_second
+    rates = [r for r in (engines, gateway.requests_per_second) if r is not None]
+    waiting = [w for w in (obs.waiting, gateway.pending) if w is not None]
+    return dataclasses.replace(
+        obs,
+        requests_per_second=max(rates) if rates else None,
+        waiting=sum(waiting) if waiting else None,
+    )
 
 
 def observation(roles: Mapping[str, RoleSignals], wl: workload.BucketedWorkload) -> autoscale.Observation:

@@ -49,15 +49,33 @@ LIVENESS_FAILURES: Final = 6
 TERMINATION_GRACE_S: Final = 120
 # Kubernetes accepts any grace period; an hour bounds how long a scale-down can hold devices.
 MAX_TERMINATION_GRACE_S: Final = 3600
+# The preStop wait is at least this long (endpoint removal reaching kube-proxy and gateways takes seconds)
+# and ends this long before the grace period does (the engine's own shutdown after SIGTERM).
+PRE_STOP_MIN_S: Final = 10
+PRE_STOP_MARGIN_S: Final = 10
+
+
+def longest_request_s(service: v1alpha1.InferenceService) -> float:
+    """The service's longest expected request at the SLO's speed: TTFT + p99 output tokens x ITL."""
+    wl = service.spec.workload
+    output = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
+    return service.spec.slo.ttft_p99_ms / 1000.0 + output * service.spec.slo.itl_p99_ms / 1000.0
 
 
 def termination_grace_s(service: v1alpha1.InferenceService) -> int:
     """Seconds a removed replica gets to drain: its p99 request at the SLO's speed (TTFT + p99 output
     tokens x ITL), doubled, at least TERMINATION_GRACE_S and at most MAX_TERMINATION_GRACE_S."""
-    wl = service.spec.workload
-    output = wl.output_tokens.p99 if wl.output_tokens.p99 is not None else wl.output_tokens.mean
-    longest = service.spec.slo.ttft_p99_ms / 1000.0 + output * service.spec.slo.itl_p99_ms / 1000.0
+    longest = longest_request_s(service)
     return int(min(MAX_TERMINATION_GRACE_S, max(TERMINATION_GRACE_S, math.ceil(2.0 * longest))))
+
+
+def pre_stop_s(service: v1alpha1.InferenceService) -> int:
+    """The preStop wait of an engine container: the longest expected request (at least PRE_STOP_MIN_S),
+    within the grace period. The pod leaves the Service's endpoints when it starts terminating, so no new
+    request arrives while in-flight ones finish; the engine gets SIGTERM only after the wait (vLLM before
+    --shutdown-timeout, which the pinned image does not have, aborts in-flight requests on SIGTERM)."""
+    grace = termination_grace_s(service)
+    return int(min(grace - PRE_STOP_MARGIN_S, max(PRE_STOP_MIN_S, math.ceil(longest_request_s(service)))))
 
 
 # Preferred-affinity weights range 1..100 (PodSpec API); the packing preference is the strongest one.
@@ -364,6 +382,9 @@ def render_deployment(
     container = _container(launch, service.spec.overrides)
     container["resources"] = {"requests": {resource: units}, "limits": {resource: units}}
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    # Scale-down drains: the kubelet's own sleep (Kubernetes >= 1.30, PodLifecycleSleepAction; needs no
+    # shell in the image) keeps the engine serving its in-flight requests after the pod left the endpoints.
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": pre_stop_s(service)}}}
     pod_spec: dict[str, Any] = {
         "containers": [container],
         # NCCL / RCCL and the engines' worker processes share tensors through /dev/shm; the container

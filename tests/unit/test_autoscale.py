@@ -51,7 +51,7 @@ def _run(
 ) -> list[autoscale.Decision]:
     """Decisions every interval, each applied at once (replicas ready immediately)."""
     problem = problem or _problem()
-    current = dict(start or {_key(CHEAP): 1})
+    current = dict(start if start is not None else {_key(CHEAP): 1})
     state = autoscale.State()
     out = []
     for i, rps in enumerate(rates):
@@ -128,6 +128,19 @@ def test_zero_traffic_keeps_one_replica_unless_opted_in():
     # And back from zero on the first request.
     back = _run([0.0] * 30 + [3.0], policy=policy, traits=opted)[-1]
     assert sum(back.targets.values()) == 1
+
+
+def test_an_opted_in_service_at_zero_without_demand_stays_at_zero():
+    """Found by the e2e test: a scale-to-zero service starting at zero was woken by the replica floor and
+    kept a replica for one idle period though nothing asked for it."""
+    policy = autoscale.Policy(headroom=0.0, idle_to_zero_s=120.0)
+    opted = {SVC: autoscale.ServiceTraits(1000.0, 50.0, scale_to_zero=True)}
+    stays = _run([0.0] * 5, policy=policy, traits=opted, start={}, problem=_problem(spec_rps=0.0))
+    assert all(d.targets == {} for d in stays)
+    assert all(d.services[0].direction == "hold" for d in stays)
+    # The first request (the activator counts it) brings it up at once.
+    back = _run([0.0, 0.0, 0.5], policy=policy, traits=opted, start={}, problem=_problem(spec_rps=0.0))
+    assert back[1].targets == {} and sum(back[2].targets.values()) == 1
 
 
 def test_within_tolerance_nothing_changes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,16 @@ def test_a_rate_above_the_spec_scales_up_with_an_event_and_status(fleet):
         spec_rps * 20
     )
     assert high.status.observed_ttft_p99_ms == pytest.approx(200.0)
+    # What the autoscaler hands the fleet worker renders as the planner's outcomes do (each placement
+    # carries the engine settings it was priced with; without them the renderer refuses).
+    from chipfit import render
+
+    service = services[0].model_copy(
+        update={"metadata": services[0].metadata.model_copy(update={"uid": "uid-1"})}
+    )
+    rendered = render.render_planned(service, high.outcome.placements, {p.metadata.name: p for p in pools})
+    assert any(o["kind"] == "Deployment" for o in rendered)
+    assert all(p.engine_config is not None for p in high.outcome.placements)
     assert high.status.dollars_per_hour and high.status.dollars_per_hour > 0
     assert high.condition[0] is True
     sid = planning.service_id(services[0])
@@ -80,6 +91,20 @@ def test_prometheus_down_holds_and_says_why(fleet):
     assert sum(p.replicas for p in held.outcome.placements) == sum(
         p.replicas for p in first.outcome.placements
     )
+
+
+def test_missing_metrics_before_anything_runs_leave_the_spec_sized_plan(fleet):
+    """A new service's first tick comes before its pods exist: no metrics, no replicas. Holding "nothing"
+    would override the planner's spec-sized plan with zero replicas (found by the e2e test)."""
+    services, pools = fleet
+    fresh = [s.model_copy(update={"status": None}) for s in services]
+    [report] = autoscaler.Autoscaler().tick(fresh, pools, [], _answer_nothing, 0.0)
+    assert report.outcome is None
+    assert report.condition[:2] == (False, "MetricsMissing")
+
+
+def _answer_nothing(promql: str) -> list[dict[str, Any]]:
+    return []
 
 
 def test_drain_time_covers_the_longest_expected_request(fleet):
@@ -110,3 +135,172 @@ def test_drain_time_covers_the_longest_expected_request(fleet):
     assert render.termination_grace_s(longer) == min(
         render.MAX_TERMINATION_GRACE_S, max(short, math.ceil(expected))
     )
+
+
+def test_removed_replicas_wait_out_the_longest_request_before_sigterm(fleet):
+    from chipfit import handlers, render
+
+    services, pools = fleet
+    solved = handlers.plan_outcomes(services, pools, [], planning.Planner())
+    service = services[0].model_copy(
+        update={"metadata": services[0].metadata.model_copy(update={"uid": "uid-1"})}
+    )
+    placements = solved.outcomes[planning.service_id(service)].placements
+    by_name = {p.metadata.name: p for p in pools}
+    deployments = [
+        o for o in render.render_planned(service, placements, by_name)
+        if o["kind"] == "Deployment" and o["metadata"]["labels"].get("chipfit.io/role") != "router"
+    ]  # fmt: skip
+    assert deployments
+    longest = render.longest_request_s(service)
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        wait = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # The wait covers the longest expected request and ends before the kubelet's SIGKILL.
+        assert wait >= longest and wait >= render.PRE_STOP_MIN_S
+        assert wait < pod["terminationGracePeriodSeconds"]
+
+
+def test_policy_settings_override_the_named_knobs_only():
+    policy = autoscaler.policy_from_settings(["interval_s=3,scale_down_window_s=20", "startup_s=5"])
+    assert (policy.interval_s, policy.scale_down_window_s, policy.startup_s) == (3.0, 20.0, 5.0)
+    default = autoscaler.autoscale.Policy()
+    assert policy.headroom == default.headroom and policy.idle_to_zero_s == default.idle_to_zero_s
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("intervl_s=3", "intervl_s: unknown knob"),
+        ("interval_s=fast", "interval_s: 'fast' is not a number"),
+        ("interval_s=0", "interval_s: must be > 0"),
+        ("level_alpha=2", "level_alpha: must be in (0, 1]"),
+        ("interval_s", "expected knob=value"),
+    ],
+)
+def test_a_bad_policy_setting_is_refused_naming_the_knob(setting, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        autoscaler.policy_from_settings([setting])
+
+
+def test_the_operator_refuses_bad_autoscaling_flags_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    for flags, named in (
+        (["--autoscaling-policy", "nope=1"], "--autoscaling-policy: nope: unknown knob"),
+        (["--autoscaling-rate-window", "20 seconds"], "--autoscaling-rate-window: '20 seconds'"),
+        (["--prometheus-url", "prom:9090"], "--prometheus-url: must start with http://"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "chipfit.cli", "operator", "--kubeconfig", str(tmp_path / "none"), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert named in result.stderr, result.stderr
+
+
+def test_a_service_at_zero_comes_back_on_a_request_held_by_the_activator(fleet):
+    services, pools = fleet
+    base = services[0]
+    at_zero = base.model_copy(
+        update={
+            "spec": base.spec.model_copy(
+                update={"replicas": v1alpha1.Replicas(min=0, max=4, scale_to_zero=True)}
+            ),
+            "status": None,
+        }
+    )
+
+    def query(promql: str) -> list[dict[str, Any]]:
+        # No engine series (no replica); the activator counted a request and holds it.
+        if promql.startswith("sum(rate(chipfit_activator_requests_total"):
+            return [{"metric": {}, "value": [0, "0.05"]}]
+        if promql.startswith("sum(chipfit_activator_pending_requests"):
+            return [{"metric": {}, "value": [0, "1"]}]
+        return []
+
+    [report] = autoscaler.Autoscaler().tick([at_zero], pools, [], query, 0.0)
+    assert report.outcome is not None and sum(p.replicas for p in report.outcome.placements) >= 1
+    assert report.event is not None and report.event[1] == "ScaledUp"
+    assert report.status is not None and report.status.pending_requests == 1.0
+    # Without the activator's series the same service holds at zero (missing metrics never scale).
+    [held] = autoscaler.Autoscaler().tick([at_zero], pools, [], _answer_nothing, 0.0)
+    assert held.outcome is None and held.condition[1] == "MetricsMissing"
+
+
+def test_metrics_missing_is_one_warning_when_they_go_and_one_event_when_they_return(fleet):
+    services, pools = fleet
+    scaler = autoscaler.Autoscaler()
+    scaler.tick(services, pools, [], _answer(5.0), 0.0)
+
+    def down(promql: str) -> list[dict[str, Any]]:
+        raise ConnectionError("connection refused")
+
+    events = [r.event for t in (30.0, 60.0, 90.0) for r in scaler.tick(services, pools, [], down, t)]
+    assert [e[1] for e in events if e is not None] == ["MetricsMissing"]
+    # Back: held for one whole rate window first (a window over the gap reads low), then active.
+    [warming] = scaler.tick(services, pools, [], _answer(0.01), 120.0)
+    assert warming.condition[:2] == (False, "MetricsWarmingUp") and warming.event is None
+    assert warming.status is not None and warming.status.last_decision == "hold"
+    [back] = scaler.tick(services, pools, [], _answer(5.0), 120.0 + 61.0)
+    assert back.condition[0] is True
+    assert back.event is not None and back.event[1] in ("MetricsRestored", "ScaledUp", "ScaledDown")
+
+
+def test_replicas_whose_nodes_vanished_are_lost_not_starting():
+    from placement.solver import inputs
+
+    def key(pool: str, tp: int = 1) -> Any:
+        return inputs.CandidateKey("ml/chat", "aggregated", pool, "bf16", tp)
+
+    spot = inputs.Pool("spot", "l4", devices_per_node=1, nodes=0, price_per_device_hour=0.3, spot=True)
+    ondemand = inputs.Pool("ondemand", "l4", devices_per_node=4, nodes=1, price_per_device_hour=0.8)
+    problem = inputs.FleetProblem(services=(), pools=(spot, ondemand), candidates=())
+    current = {key("spot"): 2, key("ondemand"): 3, key("ondemand", 2): 1}
+    starting = {key("spot"): 1, key("ondemand", 2): 1}
+    have, pending, lost = autoscaler.fit_to_capacity(current, starting, problem)
+    # The spot pool has no node left: both its replicas are lost. The on-demand node holds 4 devices:
+    # the 3 ready tp1 replicas stay, the starting tp2 one cannot fit and is lost too.
+    assert lost == {key("spot"): 2, key("ondemand", 2): 1}
+    assert have == {key("ondemand"): 3} and pending == {}
+    # With room, nothing is lost.
+    roomy = inputs.FleetProblem(services=(), pools=(ondemand,), candidates=())
+    assert autoscaler.fit_to_capacity({key("ondemand"): 4}, {}, roomy)[2] == {}
+
+
+def test_lost_nodes_with_metrics_missing_hand_the_service_back_to_the_planner(fleet):
+    services, pools = fleet
+    scaler = autoscaler.Autoscaler()
+    [first] = scaler.tick(services, pools, [], _answer(5.0), 0.0)
+    assert first.outcome is not None and first.outcome.placements
+    # The service runs what was decided; then the nodes of its pools vanish while Prometheus is down.
+    running = services[0].model_copy(
+        update={
+            "status": v1alpha1.InferenceServiceStatus(
+                placement=[
+                    p.model_copy(update={"ready_replicas": p.replicas}) for p in first.outcome.placements
+                ]
+            )
+        }
+    )
+    used = {p.pool for p in first.outcome.placements}
+    gone = [
+        p.model_copy(update={"spec": p.spec.model_copy(update={"nodes": 0})})
+        if p.metadata.name in used
+        else p
+        for p in pools
+    ]
+
+    def down(promql: str) -> list[dict[str, Any]]:
+        raise ConnectionError("connection refused")
+
+    [report] = scaler.tick([running], gone, [], down, 30.0)
+    assert report.release and report.outcome is None
+    assert report.condition[:2] == (False, "CapacityLostWithoutMetrics")
+    # With metrics present the same loss is re-placed by the autoscaler itself, off the vanished pools.
+    [placed] = autoscaler.Autoscaler().tick([running], gone, [], _answer(5.0), 0.0)
+    assert not placed.release and placed.outcome is not None
+    assert placed.outcome.placements and not {p.pool for p in placed.outcome.placements} & used

@@ -555,11 +555,29 @@ def test_dashboard_configmaps_carry_the_sidecar_label_and_the_files(full_docs: l
         assert json.loads(body) == json.loads(files[name].read_text())
 
 
+def policy_knobs() -> list[str]:
+    """The names autoscaling.policy accepts: the fields of placement.autoscale.Policy."""
+    import dataclasses
+
+    from placement import autoscale
+
+    return sorted(f.name for f in dataclasses.fields(autoscale.Policy))
+
+
+def test_values_schema_lists_the_autoscaling_policy_knobs() -> None:
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    knobs = schema["properties"]["autoscaling"]["properties"]["policy"]["propertyNames"]["enum"]
+    stale = f"values.schema.json autoscaling.policy is stale: {sys.argv[0]} --write-schema"
+    assert knobs == policy_knobs(), stale
+
+
 def write_schema() -> None:
-    """Re-derive the CRD-backed sections of values.schema.json from crds/."""
+    """Re-derive the CRD-backed sections of values.schema.json from crds/, and the autoscaling policy's
+    knob names from placement.autoscale.Policy."""
     schema = json.loads(VALUES_SCHEMA.read_text())
     for key, spec in expected_spec_schemas().items():
         schema["properties"][key]["items"]["properties"]["spec"] = spec
+    schema["properties"]["autoscaling"]["properties"]["policy"]["propertyNames"]["enum"] = policy_knobs()
     VALUES_SCHEMA.write_text(json.dumps(schema, indent=2) + "\n")
 
 

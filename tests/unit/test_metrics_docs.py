@@ -34,6 +34,7 @@ def _exported() -> dict[str, tuple[str, frozenset[str]]]:
     m.record_pool(metrics.PoolUsage("l4-pool", "l4", 4, 1, 0.8))
     m.record_placement_change("ns", "svc", "decode")
     m.record_autoscale_decision("ns", "svc", "ScaledUp")
+    m.record_autoscale_attainment("ns", "svc", 0.99)
     m.observe_solve(0.1, "optimal", gap_ratio=0.0, objective_dollars_per_hour=0.8)
     m.observe_reconcile("fleet", 0.1)
     out = {}

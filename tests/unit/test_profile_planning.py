@@ -12,7 +12,7 @@ import yaml
 
 from chipfit import cli, planning, validation
 from chipfit.api import v1alpha1
-from placement import catalog, perf, perf_efficiency, profile_fit
+from placement import catalog, perf, perf_efficiency, profile_fit, trust
 from tests.unit.chipfit_builders import POOLS, SERVICES
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -153,6 +153,21 @@ def test_predict_with_a_profile_says_calibrated_and_changes_the_figures(
     assert calibrated["basis"].startswith("calibrated from a profile, inside its measured range")
     assert calibrated["output_tokens_per_s"] < plain["output_tokens_per_s"]
     assert calibrated["max_rps_under_slo"] < plain["max_rps_under_slo"]
+    # The trust line follows the profile, not the specs-only model it replaced.
+    assert calibrated["trust_level"] == "calibrated" and calibrated["in_calibrated_range"]
+    assert calibrated["trust"] == "calibrated from a profile, inside its measured range"
+    assert calibrated["trust"] != plain["trust"]
+
+
+def test_a_profile_far_from_the_request_keeps_the_specs_trust_and_says_why() -> None:
+    specs = trust.Trust("uncalibrated", True, (trust.UNCALIBRATED_NOTE,), 0.25)
+    far = trust.from_profile("calibrated-transfer", "9.0x beyond the measured range", 0.05, specs)
+    near = trust.from_profile(
+        "calibrated-extrapolated", "calibrated from a profile, 1.5x beyond", 0.05, specs
+    )
+    inside = trust.from_profile("calibrated", "calibrated from a profile, inside", 0.05, specs)
+    assert far.level == "uncalibrated" and far.typical_error == 0.25 and trust.UNCALIBRATED_NOTE in far.label
+    assert inside.typical_error < near.typical_error and not near.in_range and inside.in_range
 
 
 def test_predict_with_a_profile_of_another_chip_is_a_one_line_error(

@@ -789,6 +789,16 @@ class AutoscalingStatus(ApiModel):
     last_decision: Literal["up", "down", "move", "hold"] | None = None
     last_decision_reason: Text | None = None
     last_decision_time: Annotated[str, Field(max_length=64)] | None = None
+    pending_requests: (
+        Annotated[float, Field(ge=0, description="Requests the activator holds for a ready replica.")] | None
+    ) = None
+    cold_start_seconds: (
+        Annotated[
+            float,
+            Field(ge=0, description="How long the first request of the last scale from zero waited."),
+        ]
+        | None
+    ) = None
 
 
 class InferenceServiceStatus(ApiModel):

@@ -57,18 +57,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="Prometheus server the autoscaler reads engine metrics from (default: $CHIPFIT_PROMETHEUS_URL); "
         "empty: no autoscaling, services are sized from spec.workload",
     )
+    parser.add_argument(
+        "--autoscaling-policy",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="override one autoscaling policy knob (repeatable; names and defaults in docs/autoscaling.md), "
+        "e.g. interval_s=30 scale_down_window_s=300",
+    )
+    parser.add_argument(
+        "--autoscaling-rate-window",
+        default=None,
+        help="Prometheus rate() window of the observed signals (default: 1m); at least 4 scrape intervals",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
 
-def _memo(kopf: Any, fleet: Any, prometheus_url: str) -> Any:
+def _memo(kopf: Any, fleet: Any, prometheus_url: str, scaler: Any) -> Any:
     """kopf's memo: the fleet worker and, always, the autoscaler (without a URL it only reports that)."""
+    from chipfit import observe
+
+    query = observe.prometheus_query(prometheus_url) if prometheus_url else None
+    return kopf.Memo(fleet=fleet, autoscaler=scaler, prometheus_query=query)
+
+
+def _autoscaler(args: argparse.Namespace) -> Any:
+    """The autoscaler with the policy the flags give; a bad flag raises ValueError naming it and why."""
     from chipfit import autoscaler, observe
 
-    if prometheus_url and not prometheus_url.startswith(("http://", "https://")):
-        raise SystemExit(f"--prometheus-url: must start with http:// or https://, got {prometheus_url!r}")
-    query = observe.prometheus_query(prometheus_url) if prometheus_url else None
-    return kopf.Memo(fleet=fleet, autoscaler=autoscaler.Autoscaler(), prometheus_query=query)
+    if args.prometheus_url and not args.prometheus_url.startswith(("http://", "https://")):
+        url = args.prometheus_url
+        raise ValueError(f"--prometheus-url: must start with http:// or https://, got {url!r}")
+    try:
+        policy = autoscaler.policy_from_settings(args.autoscaling_policy)
+    except ValueError as error:
+        raise ValueError(f"--autoscaling-policy: {error}") from None
+    try:
+        window = observe.check_window(args.autoscaling_rate_window or observe.DEFAULT_WINDOW)
+    except ValueError as error:
+        raise ValueError(f"--autoscaling-rate-window: {error}") from None
+    return autoscaler.Autoscaler(policy=policy, rate_window=window)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO (nodes heartbeat constantly); keep failures only.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        scaler = _autoscaler(args)  # flags checked before anything starts
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             print(f"--kubeconfig: no such file {args.kubeconfig}", file=sys.stderr)
@@ -120,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             standalone=args.standalone,
             **peering,
             liveness_endpoint=args.liveness,
-            memo=_memo(kopf, fleet, args.prometheus_url),
+            memo=_memo(kopf, fleet, args.prometheus_url, scaler),
         )
     finally:
         if server is not None:

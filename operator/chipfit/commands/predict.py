@@ -201,6 +201,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "price_per_hour": None if price_per_device_hour is None else round(price_per_device_hour * tp, 4),
         "dollars_per_million_output_tokens": _dollars(price_per_device_hour, tp, offline.output_tokens_per_s),
     }
+    batch: float = offline.batch
     if args.rps is not None:
         slo = perf.LatencySlo(args.ttft_p99_ms, args.itl_p99_ms)
         best = (
@@ -228,6 +229,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["ttft_p99_ms_at_rps"] = None if load is None else round(load.ttft_p99_ms + overhead_ms, 3)
         if load is not None:
             report["basis"] = _basis(cal, model.id, tp, args.isl, args.osl, load.batch)
+            batch = load.batch
         report["itl_p99_ms_at_rps"] = None if load is None else round(load.itl_p99_ms, 3)
         for stat in ("ttft_mean_ms", "ttft_p50_ms", "itl_mean_ms", "itl_p50_ms"):
             report[f"{stat}_at_rps"] = None if load is None else round(getattr(load, stat), 3)
@@ -236,6 +238,11 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         report["dollars_per_million_output_tokens_at_max_rps"] = _dollars(
             price_per_device_hour, tp, best.max_rps * args.osl
         )
+    if cal is not None:  # The trust line follows the profile where one answers, at the batch the basis names.
+        fitted = cal.trust(model.id, tp, args.isl, args.osl, batch)
+        confidence = trust.from_profile(fitted.level, fitted.note, cal.rms_log_error_after, confidence)
+        report["trust"], report["trust_level"] = confidence.label, confidence.level
+        report["typical_error"], report["in_calibrated_range"] = confidence.typical_error, confidence.in_range
     return report
 
 
