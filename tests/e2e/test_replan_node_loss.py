@@ -104,11 +104,13 @@ def services(namespace: str) -> list[dict[str, Any]]:
 
 
 def _ready(service: dict[str, Any]) -> bool:
+    """Ready for its spec, and settled: the autoscaler (no Prometheus here) has said so too."""
     status = service.get("status") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or ()}
     return (
         status.get("observedGeneration") == service["metadata"]["generation"]
         and conditions.get("Ready") == "True"
+        and "Autoscaling" in conditions
         and bool(status.get("placement"))
     )
 
