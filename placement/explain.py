@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -156,22 +157,36 @@ def explain(
     cset: candidates.CandidateSet, plan: allocation.Plan, *, runners_up: int = DEFAULT_RUNNERS_UP
 ) -> tuple[Explanation, ...]:
     """An explanation per service of the plan, in the plan's order."""
+    # Each service's explanation reads only its own demand, candidates and rejections: split them once
+    # (scanning the whole fleet's candidates per service is quadratic: seconds at a few hundred services).
+    own_candidates: dict[str, list[inputs.Candidate]] = defaultdict(list)
+    for c in cset.problem.candidates:
+        own_candidates[c.service].append(c)
+    own_rejections: dict[str, list[candidates.Rejection]] = defaultdict(list)
+    for rej in cset.rejections:
+        own_rejections[rej.service].append(rej)
+    demands = {s.id: s for s in cset.problem.services}
     out = []
     for sp in plan.services:
+        mine = dataclasses.replace(
+            cset,
+            problem=dataclasses.replace(
+                cset.problem,
+                services=(demands[sp.service],) if sp.service in demands else (),
+                candidates=tuple(own_candidates.get(sp.service, ())),
+            ),
+            rejections=tuple(own_rejections.get(sp.service, ())),
+        )
         idle = sp.demand_rps <= 0.0
-        alternatives = _alternatives(cset, sp.service) if sp.service in cset.specs and not idle else []
+        alternatives = _alternatives(mine, sp.service) if sp.service in cset.specs and not idle else []
         chosen = {a.accelerator for a in sp.assignments}
         others = tuple(r for r in alternatives if r.accelerator not in chosen)[:runners_up]
-        if (
-            sp.status == "unserved"
-            and not sp.assignments
-            and not any(c.service == sp.service for c in cset.problem.candidates)
-        ):
-            summary = _unplaceable(cset, sp.service)
+        if sp.status == "unserved" and not sp.assignments and not mine.problem.candidates:
+            summary = _unplaceable(mine, sp.service)
         elif sp.status == "served":
             summary = _served(sp, others) + _trust_sentence(cset, sp)
         else:
-            summary = _uncovered_sentence(cset, sp.service) or (
+            summary = _uncovered_sentence(mine, sp.service) or (
                 f"{sp.served_rps:.2f} of {sp.demand_rps:.2f} req/s served: {sp.reason}."
             )
         out.append(Explanation(sp.service, summary, others))

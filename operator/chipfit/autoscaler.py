@@ -23,6 +23,8 @@ from placement import autoscale, candidates
 from placement.solver import inputs
 
 logger = logging.getLogger(__name__)
+# The API server's answer to a write made onto an older version of the object.
+HTTP_CONFLICT = 409
 
 CONDITION = "Autoscaling"
 # Condition reasons of a service whose metrics are (or were until a moment ago) away.
@@ -477,7 +479,28 @@ def _apply_tick(autoscaler: Autoscaler, fleet: Any, query: observe.QueryFn | Non
             fleet.metrics.record_autoscale_attainment(
                 report.namespace, report.name, report.status.slo_attainment
             )
-        cluster.patch_status(kube.KINDS.inference_service, report.namespace, report.name, patch)
+        old = service.status.to_wire() if service.status else {}
+        if all(old.get(key) == value for key, value in patch.items()):
+            pass  # nothing new: no write (the status's resourceVersion stays)
+        else:
+            # `conditions` is written whole (a merge patch replaces lists): only onto the version read, so a
+            # fleet reconcile's newer Ready/Placed conditions are never reverted (409: next tick retries).
+            try:
+                cluster.patch_status(
+                    kube.KINDS.inference_service,
+                    report.namespace,
+                    report.name,
+                    patch,
+                    resource_version=service.metadata.resource_version,
+                )
+            except kube.ApiError as exc:
+                if exc.status != HTTP_CONFLICT:
+                    raise
+                logger.info(
+                    "%s/%s changed since it was read: its autoscaling status waits for the next tick",
+                    report.namespace,
+                    report.name,
+                )
         if report.event is not None:
             cluster.post_event(body, *report.event)
         if report.release:

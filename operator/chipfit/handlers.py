@@ -17,7 +17,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import kopf
@@ -25,7 +25,7 @@ import pydantic
 
 from chipfit import autoscaler, kube, metrics, planning, reconcile, render, rules, validation
 from chipfit.api import v1alpha1
-from chipfit.profiling import operate
+from chipfit.profiling import job, operate
 from placement import catalog, trust
 from placement.solver import allocation, inputs
 
@@ -33,8 +33,8 @@ GROUP: Final = v1alpha1.GROUP
 VERSION: Final = v1alpha1.VERSION
 # Coalesce bursts (`kubectl apply -f examples/`, a node pool scaling) into one solve.
 REPLAN_DEBOUNCE_S: Final = 2.0
-# How often a ProfilingRun is advanced (its Job started, its pod's result read, its engine version checked).
-PROFILING_POLL_S: Final = 5.0
+# The label a ProfilingRun's Job and pod carry (its name as a label value).
+PROFILING_RUN_LABEL: Final = job.LABEL_RUN
 # Back-off after a failed piece of fleet work (API error, failed solve, anything unexpected): the first
 # retry after 5 s, doubling up to 5 min, so a broken dependency is retried for ever but never hammered.
 RETRY_DELAY_S: Final = 5.0
@@ -65,6 +65,9 @@ INDEX_NAMES: Final = (
     "node_index",
 )
 MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
+# The kopf indexes of the Deployments and Services chipfit manages (by namespace and service label): a
+# reconcile reads its objects there instead of two LISTs per service.
+OWNED_INDEXES: Final = ("owned_deployment_index", "owned_service_index")
 
 logger = logging.getLogger("chipfit.operator")
 
@@ -218,6 +221,7 @@ def plan_outcomes(
     pools: Sequence[v1alpha1.AcceleratorPool],
     profiles: Sequence[v1alpha1.PerformanceProfile],
     planner: planning.Planner,
+    pinned: frozenset[str] = frozenset(),
 ) -> Solved:
     """Solve the fleet and split the plan per service (the operator's re-plan and `chipfit render`).
 
@@ -227,7 +231,15 @@ def plan_outcomes(
     """
     relaxed_reason: str | None = None
     try:
-        fleet_plan = planner.plan(services, pools, profiles)
+        try:
+            fleet_plan = planner.plan(services, pools, profiles, pinned=pinned)
+        except inputs.PlacementError as exc:
+            if not pinned:
+                raise
+            # What stays where it runs leaves too little room for the rest (or the repair found no plan in
+            # its time): place everything anew.
+            logger.info("the repair with %d services pinned failed (%s); re-planning all", len(pinned), exc)
+            fleet_plan = planner.plan(services, pools, profiles)
     except inputs.InfeasibleError as exc:
         relaxed_reason = str(exc)
         logger.warning("replica minimums cannot all be met (%s); planning without them", exc)
@@ -291,6 +303,9 @@ class FleetView:
     pools: tuple[Mapping[str, Any], ...]
     profiles: tuple[Mapping[str, Any], ...]
     nodes: tuple[Mapping[str, Any], ...]
+    # The Deployments and Services chipfit manages, by (namespace, chipfit.io/service label value); None:
+    # list them from the API server per service.
+    owned: Mapping[tuple[str, str], tuple[Mapping[str, Any], ...]] | None = None
 
 
 def _index_values(index: Mapping[Any, Any]) -> tuple[Mapping[str, Any], ...]:
@@ -320,6 +335,10 @@ class Fleet:
     room_units: dict[str, int] | None = None
     surge_units: dict[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     replan_requested: bool = False
+    # Whether the requested re-plan must solve the whole fleet afresh (anything but node capacity changed).
+    replan_full: bool = False
+    # Each pool's capacity at the last successful re-plan (what a repair compares against).
+    capacities: dict[str, reconcile.PoolCapacity] | None = None
     services_requested: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     node_fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     # kopf's in-memory indexes of services, pools, profiles and nodes (set at startup): a re-plan reads them
@@ -334,15 +353,24 @@ class Fleet:
     pools_by_name: dict[str, v1alpha1.AcceleratorPool] = dataclasses.field(default_factory=dict)
     # Candidates and plans cached across re-plans: only what a change touches is priced again.
     planner: planning.Planner = dataclasses.field(default_factory=planning.Planner)
+    # Phase times of the last re-plan (monotonic seconds; for its log line).
+    _read_s: float = 0.0
+    _solve_s: float = 0.0
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
     # -- triggers (called from handlers, on the event loop) --
 
-    def request_replan(self, why: str) -> None:
-        """Ask for a whole-fleet re-plan (debounced)."""
+    def request_replan(self, why: str, *, repair: bool = False) -> None:
+        """Ask for a whole-fleet re-plan (debounced).
+
+        `repair`: nothing but node capacity changed (nodes lost, added, cordoned), or a service already
+        planned for its spec was seen again; unless something else asks for a full re-plan before it runs,
+        services the change did not touch keep their placement (`pinned_services`).
+        """
         logger.debug("re-plan requested: %s", why)
         self.replan_requested = True
+        self.replan_full = self.replan_full or not repair
         self._signal()
 
     def request_resync(self) -> bool:
@@ -387,14 +415,16 @@ class Fleet:
                 await asyncio.sleep(self.debounce_s)
             self._wake.clear()
             replan, self.replan_requested = self.replan_requested, False
+            full, self.replan_full = self.replan_full, False
             services, self.services_requested = self.services_requested, set()
             try:
                 if replan:
                     # The indexes are read here, on the event loop that updates them; the thread gets a copy.
                     view = self.view()
-                    await asyncio.to_thread(self.replan, view)
+                    await asyncio.to_thread(self.replan, view, full=full)
                 for namespace, name in sorted(services):
-                    await asyncio.to_thread(self.reconcile_one, namespace, name)
+                    owned = self.owned_view([(namespace, render.label_value(name))])
+                    await asyncio.to_thread(self.reconcile_one, namespace, name, owned)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is retried: nothing the user asked for is dropped
@@ -413,6 +443,8 @@ class Fleet:
                     self.metrics.observe_reconcile("fleet", 0.0, "unexpected")
                 # The work that failed is asked for again, with whatever arrived meanwhile.
                 self.replan_requested = self.replan_requested or replan
+                # A failed repair is retried as a full re-plan.
+                self.replan_full = self.replan_full or replan
                 self.services_requested |= services
                 await asyncio.sleep(delay)
                 self._wake.set()
@@ -424,15 +456,34 @@ class Fleet:
         if self.indexes is None:
             return None
         services, pools, profiles, nodes = (_index_values(self.indexes[name]) for name in INDEX_NAMES)
-        return FleetView(services=services, pools=pools, profiles=profiles, nodes=nodes)
+        return FleetView(
+            services=services, pools=pools, profiles=profiles, nodes=nodes, owned=self.owned_view()
+        )
+
+    def owned_view(
+        self, keys: Sequence[tuple[str, str]] | None = None
+    ) -> dict[tuple[str, str], tuple[Mapping[str, Any], ...]] | None:
+        """A copy of the owned-objects index (all keys, or only `keys`); None without it (list instead)."""
+        indexes = [(self.indexes or {}).get(name) for name in OWNED_INDEXES]
+        if any(index is None for index in indexes):
+            return None
+        out: dict[tuple[str, str], tuple[Mapping[str, Any], ...]] = {}
+        for index in indexes:
+            assert index is not None
+            wanted = list(index) if keys is None else [k for k in keys if k in index]
+            for key in wanted:
+                out[key] = out.get(key, ()) + tuple(index[key])
+        return out
 
     # -- work (runs in a worker thread) --
 
-    def replan(self, view: FleetView | None = None) -> None:
+    def replan(self, view: FleetView | None = None, *, full: bool = True) -> None:
         """Solve the whole fleet on the capacity the nodes really offer, then reconcile every service.
 
-        Reads `view` (kopf's indexes) when given, else lists each kind once. Raises SolveFailedError when no
-        plan can be made, so the worker retries; the running placement stays as it is meanwhile.
+        Reads `view` (kopf's indexes) when given, else lists each kind once. `full=False` (only node
+        capacity changed): services the change did not touch keep their placement (`pinned_services`).
+        Raises SolveFailedError when no plan can be made, so the worker retries; the running placement stays
+        as it is meanwhile.
         """
         started = time.monotonic()
         if view is None:
@@ -468,12 +519,15 @@ class Fleet:
             )
             for p in pools
         ]
-        solved = self._solve(valid, seen, profiles)
+        pinned = frozenset() if full else self.pinned_services(valid, capacities)
+        self._read_s = time.monotonic()
+        solved = self._solve(valid, seen, profiles, pinned)
         if solved is None:
             # No plan at all (solver failure): every service keeps running as it does; retried with back-off.
             self.metrics.observe_reconcile("fleet", time.monotonic() - started, "unexpected")
             raise SolveFailedError("no fleet plan (see the previous warning); keeping the current placement")
         outcomes, explanations, usage = solved
+        self.capacities = dict(capacities)
         outcomes.update({sid: o for sid, o in self.autoscaled.items() if sid in outcomes})
         self.outcomes = outcomes
         self.pools_by_name = dict(by_name)
@@ -490,22 +544,74 @@ class Fleet:
         }
         # Every service is reconciled below and says again what its surge holds.
         self.surge_units = {}
-        # Services with the widest replicas first: their pods reach the scheduler first and take whole
+        solved_s = time.monotonic()
+
+        # Services whose placement changed first (a node loss moves a few of many: they are what waits),
+        # and among them the widest replicas first: their pods reach the scheduler first and take whole
         # nodes before narrow replicas spread over them (the default scheduler does not bin-pack).
-        for service in sorted(valid, key=lambda s: -_widest(outcomes.get(planning.service_id(s)))):
+        # Unchanged services follow; with the owned-objects index they cost no API call unless something
+        # of theirs differs from the plan.
+        def order(service: v1alpha1.InferenceService) -> tuple[bool, int]:
+            outcome = outcomes.get(planning.service_id(service))
+            previous = service.status.placement if service.status else None
+            unchanged = outcome is not None and _placement_keys(previous) == _placement_keys(
+                outcome.placements
+            )
+            return unchanged, -_widest(outcome)
+
+        ordered = sorted(valid, key=order)
+        moved = sum(1 for s in ordered if not order(s)[0])
+        # The moved services' statuses go out first, all of them, then their objects are rolled out, then
+        # the unchanged services are checked (each at once).
+        rollouts: list[Callable[[], None]] = []
+        for index, service in enumerate(ordered):
+            if index == moved:
+                self._roll_out(rollouts)
             sid = planning.service_id(service)
             try:
-                self.reconcile_service(service, outcomes.get(sid), explanations.get(sid), by_name)
+                self.reconcile_service(
+                    service,
+                    outcomes.get(sid),
+                    explanations.get(sid),
+                    by_name,
+                    owned=view.owned,
+                    deferred=rollouts if index < moved else None,
+                )
             except kube.ApiError as exc:
                 if exc.transient:
                     raise
                 # One service's rejected object must not stop the others' reconciles.
                 logger.error("reconcile of %s failed: %s", sid, exc)
                 self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
+        self._roll_out(rollouts)
         for pool in pools:
             self._write_pool_status(pool, capacities[pool.metadata.name], usage.get(pool.metadata.name))
         self.last_replan_s = time.monotonic()
         self.metrics.observe_reconcile("fleet", time.monotonic() - started)
+        logger.info(
+            "re-plan: %d services (%d pinned, %d placements changed), %d pairs priced; read %.2f s, "
+            "plan %.2f s (solve %.2f s), reconcile %.2f s",
+            len(valid),
+            len(pinned),
+            moved,
+            self.planner.last_priced_pairs,
+            self._read_s - started,
+            solved_s - self._read_s,
+            self._solve_s,
+            self.last_replan_s - solved_s,
+        )
+
+    def _roll_out(self, rollouts: list[Callable[[], None]]) -> None:
+        """Run the deferred rollouts (in order), each service's failure its own (transient ones propagate)."""
+        while rollouts:
+            act = rollouts.pop(0)
+            try:
+                act()
+            except kube.ApiError as exc:
+                if exc.transient:
+                    raise
+                logger.error("rollout failed: %s", exc)
+                self.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
 
     def _capacity(
         self, pool: v1alpha1.AcceleratorPool, nodes: Sequence[Mapping[str, Any]], owners: Mapping[str, str]
@@ -514,11 +620,45 @@ class Fleet:
         resource = render.resource_name(pool, chip)
         return reconcile.pool_capacity(pool, resource, chip.resource_units_per_device, nodes, owners)
 
+    def pinned_services(
+        self, services: Sequence[v1alpha1.InferenceService], capacities: Mapping[str, reconcile.PoolCapacity]
+    ) -> frozenset[str]:
+        """Services a capacity-only change leaves where they run (ids); the others are placed anew.
+
+        A service stays when its spec is the one its status was planned for, the last plan served it
+        fully, and every pool it runs on kept at least the nodes and devices it had at the last re-plan.
+        Nothing is pinned before a first re-plan (the periodic resync and every spec change solve afresh).
+        """
+        previous = self.capacities
+        if previous is None:
+            return frozenset()
+        shrunk = {
+            name
+            for name, before in previous.items()
+            if name not in capacities
+            or capacities[name].devices_total < before.devices_total
+            or capacities[name].nodes_ready < before.nodes_ready
+        }
+        pinned = set()
+        for service in services:
+            sid = planning.service_id(service)
+            status = service.status
+            last = self.outcomes.get(sid)
+            if status is None or not status.placement or last is None or last.served != "served":
+                continue
+            if status.observed_generation != service.metadata.generation:
+                continue
+            if any(p.pool in shrunk or p.pool not in capacities for p in status.placement):
+                continue
+            pinned.add(sid)
+        return frozenset(pinned)
+
     def _solve(
         self,
         services: Sequence[v1alpha1.InferenceService],
         pools: Sequence[v1alpha1.AcceleratorPool],
         profiles: Sequence[v1alpha1.PerformanceProfile],
+        pinned: frozenset[str] = frozenset(),
     ) -> (
         tuple[dict[str, reconcile.ServiceOutcome], dict[str, str], dict[str, allocation.PoolAllocation]]
         | None
@@ -529,7 +669,7 @@ class Fleet:
         started = time.monotonic()
         try:
             self.planner.options = self.options
-            solved = plan_outcomes(services, pools, profiles, self.planner)
+            solved = plan_outcomes(services, pools, profiles, self.planner, pinned)
         except (planning.PlanningError, inputs.PlacementError) as exc:
             status: metrics.SolverStatus = (
                 "infeasible" if isinstance(exc, inputs.InfeasibleError) else "error"
@@ -538,6 +678,7 @@ class Fleet:
             logger.warning("fleet plan failed, keeping the current placement: %s", exc)
             return None
         plan = solved.plan
+        self._solve_s = plan.solve_seconds
         self.metrics.observe_solve(
             plan.solve_seconds,
             plan.status,
@@ -547,8 +688,16 @@ class Fleet:
         )
         return solved.outcomes, solved.explanations, {u.pool: u for u in plan.pools}
 
-    def reconcile_one(self, namespace: str, name: str) -> None:
-        """Advance one service's rollout from the last plan (a re-plan when there is none yet)."""
+    def reconcile_one(
+        self,
+        namespace: str,
+        name: str,
+        owned: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Advance one service's rollout from the last plan (a re-plan when there is none yet).
+
+        `owned`: its Deployments and Services from the operator's index (None: listed).
+        """
         body = self.cluster.get_inference_service(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -557,7 +706,27 @@ class Fleet:
         if outcome is None:
             self.request_replan(f"no plan yet for {namespace}/{name}")
             return
-        self.reconcile_service(service, outcome, None)
+        self.reconcile_service(service, outcome, None, owned=owned)
+
+    def _owned(
+        self,
+        namespace: str,
+        name: str,
+        owned: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The service's Deployments and Services: from the index copy when given, else two LISTs."""
+        label = render.label_value(name)
+        if owned is None:
+            return self.cluster.list_owned(namespace, f"{render.LABEL_SERVICE}={label}")
+        deployments: list[dict[str, Any]] = []
+        services: list[dict[str, Any]] = []
+        for body in owned.get((namespace, label), ()):
+            kind = body.get("kind")
+            if kind == "Deployment":
+                deployments.append(dict(body))
+            elif kind == "Service":
+                services.append(dict(body))
+        return deployments, services
 
     def reconcile_service(
         self,
@@ -565,8 +734,16 @@ class Fleet:
         outcome: reconcile.ServiceOutcome | None,
         explanation: str | None,
         pools: Mapping[str, v1alpha1.AcceleratorPool] | None = None,
+        owned: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> None:
-        """Render the service's placement, apply what changed, drain what is replaced, write status."""
+        """Render the service's placement, write its status, apply what changed, drain what is replaced.
+
+        `owned`: the operator's index copy of the Deployments and Services it manages (None: listed).
+        The status (the plan's durable record, computed from the objects as they are) is written before
+        anything is applied; with `deferred`, applying is appended there to run later, so a re-plan can
+        publish every moved service's new placement before it rolls any of them out.
+        """
         started = time.monotonic()
         namespace = service.metadata.namespace or "default"
         name = service.metadata.name
@@ -585,7 +762,7 @@ class Fleet:
             self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started, "permanent")
             return
         selector = f"{render.LABEL_SERVICE}={render.label_value(name)}"
-        raw_deployments, raw_services = self.cluster.list_owned(namespace, selector)
+        raw_deployments, raw_services = self._owned(namespace, name, owned)
         uid = service.metadata.uid or ""
         for kind, api_version, stale in [
             ("Deployment", "apps/v1", raw_deployments),
@@ -610,25 +787,6 @@ class Fleet:
         actions = reconcile.plan_actions(desired, deployments, services, room)
         self.surge_units[sid] = actions.surge_units
 
-        previous = service.status.placement if service.status else None
-        if _placement_keys(previous) != _placement_keys(outcome.placements):
-            message = f"placed {_placement_text(outcome.placements)}"
-            if explanation:
-                message += f": {explanation}"
-            self.cluster.post_event(body, "Normal", "Placed", message)
-            for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
-                self.metrics.record_placement_change(namespace, name, role)
-        for obj in sorted(actions.apply, key=lambda o: -reconcile.device_units_of(o)):
-            self.cluster.apply(obj)
-        for kind, object_name in actions.delete:
-            api_version = "apps/v1" if kind == "Deployment" else "v1"
-            if self.cluster.delete(api_version, kind, namespace, object_name):
-                why = (
-                    "its pool has no room to run it beside its replacement"
-                    if object_name in actions.drained_early
-                    else "replaced and ready"
-                )
-                self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
         unschedulable = None
         if self.explain_pods and any(d.ready_replicas < d.replicas for d in deployments):
             # Say why replicas are missing when the scheduler cannot place them (full or fragmented nodes).
@@ -643,7 +801,33 @@ class Fleet:
         status = reconcile.compute_status(service, outcome, deployments, actions, _now(), unschedulable)
         self._write_status(service, status)
         self._record_metrics(service, outcome, status)
-        self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)
+        previous = service.status.placement if service.status else None
+        if _placement_keys(previous) != _placement_keys(outcome.placements):
+            message = f"placed {_placement_text(outcome.placements)}"
+            if explanation:
+                message += f": {explanation}"
+            self.cluster.post_event(body, "Normal", "Placed", message)
+            for role in {p.role for p in outcome.placements} | {p.role for p in previous or ()}:
+                self.metrics.record_placement_change(namespace, name, role)
+
+        def act() -> None:
+            for obj in sorted(actions.apply, key=lambda o: -reconcile.device_units_of(o)):
+                self.cluster.apply(obj)
+            for kind, object_name in actions.delete:
+                api_version = "apps/v1" if kind == "Deployment" else "v1"
+                if self.cluster.delete(api_version, kind, namespace, object_name):
+                    why = (
+                        "its pool has no room to run it beside its replacement"
+                        if object_name in actions.drained_early
+                        else "replaced and ready"
+                    )
+                    self.cluster.post_event(body, "Normal", "Drained", f"deleted {kind} {object_name}: {why}")
+            self.metrics.observe_reconcile("inferenceservice", time.monotonic() - started)
+
+        if deferred is not None:
+            deferred.append(act)
+        else:
+            act()
 
     def mark_invalid(self, service: v1alpha1.InferenceService, field: str, reason: str) -> None:
         """Condition Placed=False InvalidSpec naming the field, and a Warning Event when it is news."""
@@ -763,7 +947,7 @@ class Fleet:
             changed = self.node_fingerprints.get(name) != fingerprint
             self.node_fingerprints[name] = fingerprint
         if changed:
-            self.request_replan(f"node {name} changed")
+            self.request_replan(f"node {name} changed", repair=True)
         return changed
 
 
@@ -819,7 +1003,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, **kwargs:
     fleet = _fleet(memo)
     # kopf's indexes are live views it keeps current from its watch streams (and fully populated before
     # resource handlers run): re-plans read them instead of listing every kind again.
-    fleet.indexes = {name: kwargs[name] for name in INDEX_NAMES}
+    fleet.indexes = {name: kwargs[name] for name in (*INDEX_NAMES, *OWNED_INDEXES)}
+    memo.profiling_runs = kwargs["profilingrun_index"]
+    memo.profiling_runs_by_service = kwargs["profilingrun_service_index"]
+    memo.profiling_locks = {}
     fleet.start()
     scaler = getattr(memo, "autoscaler", None)
     if scaler is not None:
@@ -852,7 +1039,17 @@ async def inferenceservice_changed(body: kopf.Body, memo: Any, **_: Any) -> None
         await asyncio.to_thread(fleet.mark_invalid, service, problem.field, problem.reason)
         fleet.metrics.observe_reconcile("inferenceservice", 0.0, "permanent")
         raise kopf.PermanentError(f"{problem.field}: {problem.reason}")
-    fleet.request_replan(f"InferenceService {service.metadata.namespace}/{service.metadata.name}")
+    # A service its status says is planned for this very spec (seen again after an operator restart, or by
+    # a create handler that ran late) needs no fresh solve of the others: a repair places it if it is not.
+    status = service.status
+    planned = (
+        status is not None
+        and bool(status.placement)
+        and status.observed_generation == service.metadata.generation
+    )
+    fleet.request_replan(
+        f"InferenceService {service.metadata.namespace}/{service.metadata.name}", repair=planned
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, "inferenceservices", optional=True)
@@ -885,18 +1082,93 @@ async def performanceprofile_changed(body: kopf.Body, memo: Any, **_: Any) -> No
     _fleet(memo).request_replan(f"PerformanceProfile {body['metadata']['name']}")
 
 
-@kopf.timer(GROUP, VERSION, "profilingruns", interval=PROFILING_POLL_S)
-async def profilingrun_tick(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Start a run's Job, collect its profile, then keep checking the pool's engine version.
+# --- ProfilingRuns: advanced on watch events of the run, its Job, its pod and its service -----------------
+#
+# Event handlers, not a kopf timer: kopf puts its finalizer on every object a timer watches (kopf#1074), so
+# a run could not be deleted while no operator runs. Raw event handlers put none; every step is idempotent
+# (server-side apply, status patches), so a step repeated on another event does no harm.
+
+
+def _run_by_label(memo: Any, label: str) -> Mapping[str, Any] | None:
+    """The run whose objects carry this chipfit.io/profiling-run label value (kopf index), or None."""
+    runs = memo.profiling_runs
+    if label not in runs:
+        return None
+    found = list(runs[label])
+    return found[0] if found else None
+
+
+async def step_profiling_run(memo: Any, body: Mapping[str, Any], attempt: int = 0) -> None:
+    """Advance one run by a step (serialized per run); a transient API failure is retried with back-off."""
+    name = body["metadata"]["name"]
+    locks: dict[str, asyncio.Lock] = memo.profiling_locks
+    lock = locks.setdefault(name, asyncio.Lock())
+    async with lock:
+        # The newest body kopf has seen (an event handler's own body may be older than our last patch).
+        label = render.label_value(name)
+        latest = _run_by_label(memo, label) if getattr(memo, "profiling_runs", None) is not None else None
+        current = _plain(latest if latest is not None else body)
+        if current["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            await asyncio.to_thread(operate.step, _fleet(memo).cluster, current)
+        except kube.ApiError as error:
+            if not error.transient:
+                logger.error("ProfilingRun %s: %s", name, error)
+                return
+            delay = retry_delay_s(attempt + 1)
+            logger.warning("ProfilingRun %s: %s; retrying in %.0f s", name, error, delay)
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, lambda: loop.create_task(step_profiling_run(memo, current, attempt + 1)))
+
+
+@kopf.on.event(GROUP, VERSION, "profilingruns")
+async def profilingrun_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A run appeared or changed: start its Job, or collect its result, or check its engine version.
 
     The profile it writes re-plans the fleet through performanceprofile_changed.
     """
-    try:
-        await asyncio.to_thread(operate.step, _fleet(memo).cluster, _plain(body))
-    except kube.ApiError as error:
-        if error.transient:
-            raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_S) from error
-        raise kopf.PermanentError(str(error)) from error
+    if event.get("type") == "DELETED":
+        memo.profiling_locks.pop(body["metadata"]["name"], None)
+        return
+    await step_profiling_run(memo, body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={PROFILING_RUN_LABEL: kopf.PRESENT})
+async def profiler_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """The profiler's Job changed (its pod finished or failed, it was deleted): advance its run.
+
+    The Job's status follows its pod (succeeded, failed, ready counts, conditions), so pods need no watch
+    of their own (a pod watch would stream every serving pod of the cluster through the operator).
+    """
+    run = _run_by_label(memo, body["metadata"]["labels"][PROFILING_RUN_LABEL])
+    if run is not None:
+        await step_profiling_run(memo, run)
+
+
+@kopf.on.event(GROUP, VERSION, "inferenceservices")
+async def profiled_service_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A profiled service changed (its placement, its engine): its finished runs check the engine image."""
+    key = (body["metadata"].get("namespace", "default"), body["metadata"]["name"])
+    runs = memo.profiling_runs_by_service
+    if key not in runs:
+        return
+    for run in list(runs[key]):
+        if ((run.get("status") or {}).get("phase")) == "Succeeded":
+            await step_profiling_run(memo, run)
+
+
+@kopf.index(GROUP, VERSION, "profilingruns")
+def profilingrun_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every ProfilingRun, by the label value its Job and pod carry."""
+    return {render.label_value(body["metadata"]["name"]): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "profilingruns")
+def profilingrun_service_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every ProfilingRun, by the (namespace, name) of the service it profiles."""
+    target = (body.get("spec") or {}).get("service") or {}
+    return {(target.get("namespace", "default"), target.get("name", "")): _plain(body)}
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -937,6 +1209,30 @@ def acceleratorpool_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, s
 def performanceprofile_index(body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
     """Every PerformanceProfile, by name."""
     return {_key(body): _plain(body)}
+
+
+def _owned_entry(body: kopf.Body, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    service = labels.get(render.LABEL_SERVICE)
+    if service is None:
+        return {}
+    slim = {k: _plain(v) for k, v in body.items() if k != "metadata"}
+    slim["metadata"] = {k: _plain(v) for k, v in meta.items() if k != "managedFields"}
+    slim["kind"] = kind
+    return {(meta.get("namespace", "default"), service): slim}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED_BY_LABEL)
+def owned_deployment_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every Deployment chipfit manages, by (namespace, chipfit.io/service)."""
+    return _owned_entry(body, "Deployment")
+
+
+@kopf.index("", "v1", "services", labels=MANAGED_BY_LABEL)
+def owned_service_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every Service chipfit manages, by (namespace, chipfit.io/service)."""
+    return _owned_entry(body, "Service")
 
 
 @kopf.index("", "v1", "nodes")

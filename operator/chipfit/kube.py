@@ -207,14 +207,26 @@ class Kube:
         return True
 
     def patch_status(
-        self, kinds: tuple[str, str], namespace: str | None, name: str, status: Mapping[str, Any]
+        self,
+        kinds: tuple[str, str],
+        namespace: str | None,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> None:
-        """Merge-patch the status subresource (null values remove fields)."""
+        """Merge-patch the status subresource (null values remove fields).
+
+        With `resource_version`, the patch applies only to that version of the object (else 409 Conflict):
+        a writer that read the status earlier cannot overwrite what another wrote since.
+        """
         resource = self._resource(*kinds)
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         _call(
             f"patch {kinds[1]} {namespace or ''}/{name} status",
             resource.status.patch,
-            body={"status": dict(status)},
+            body=body,
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Final
 
 from chipfit import rules
 from chipfit.api import v1alpha1
@@ -350,6 +351,42 @@ def _finish(
     )
 
 
+# A repair's MILP (most services pinned) returns its incumbent after this long: on a 300-service fleet that
+# lost a 56-service pool it had found the plan it still held at 10 s within 5 s (REPORT_solver.md), and
+# the operator must re-place a lost pool's services within seconds.
+REPAIR_TIME_LIMIT_S: Final = 5.0
+
+
+def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.CandidateSet:
+    """The candidate set with each pinned service offered only the configurations it runs now.
+
+    The operator's repair after capacity loss: the services the loss did not touch stay where they run (the
+    solver may still size their replicas), only the others are placed anew, in what is left; the MILP is
+    then small, and nothing untouched moves. A pinned service that runs no configuration still offered
+    (none placed yet, or its candidates changed) keeps all of them.
+    """
+    if not pinned:
+        return cset
+    problem = cset.problem
+    running = {key: replicas for key, replicas in problem.current_replicas.items() if replicas > 0}
+    offered: dict[str, list[inputs.CandidateKey]] = {}
+    for c in problem.candidates:
+        if c.service in pinned and c.key in running:
+            offered.setdefault(c.service, []).append(c.key)
+    kept = tuple(c for c in problem.candidates if c.service not in offered or c.key in running)
+    # One configuration: its replica count stays too (the solver would otherwise resize it to the
+    # cheapest count for its rate, a change the capacity loss did not call for).
+    services = tuple(
+        dataclasses.replace(s, min_replicas=running[keys[0]], max_replicas=running[keys[0]])
+        if len(keys := offered.get(s.id, [])) == 1 and running[keys[0]] >= s.min_replicas
+        else s
+        for s in problem.services
+    )
+    if kept == problem.candidates and services == problem.services:
+        return cset
+    return dataclasses.replace(cset, problem=dataclasses.replace(problem, candidates=kept, services=services))
+
+
 class Planner:
     """Plans a fleet again and again, recomputing only what changed (the operator's fleet worker holds one).
 
@@ -442,16 +479,28 @@ class Planner:
         *,
         with_baseline: bool = False,
         progress: Callable[[str], None] | None = None,
+        pinned: Collection[str] = (),
     ) -> FleetPlan:
-        """plan_fleet with the caches (see the class docstring); raises what plan_fleet raises."""
+        """plan_fleet with the caches (see the class docstring); raises what plan_fleet raises.
+
+        `pinned`: ids of services that keep the configurations they run now (see `pin`).
+        """
         step = progress or (lambda _label: None)
         step("predicting capacity")
-        cset = self.build_inputs(services, pools, performance_profiles)
+        cset = pin(self.build_inputs(services, pools, performance_profiles), pinned)
+        options = self.options
+        if pinned:
+            # A repair: most services have one configuration left, so one MILP is small; the per-service
+            # decomposition would still solve a sub-problem for every pinned service.
+            base = options or inputs.SolveOptions()
+            options = dataclasses.replace(
+                base, method="milp", time_limit_s=min(base.time_limit_s, REPAIR_TIME_LIMIT_S)
+            )
         step("solving the fleet MILP")
         last = self._last
-        if last is not None and last[0] == cset.problem and last[1] == self.options:
+        if last is not None and last[0] == cset.problem and last[1] == options:
             plan = last[2]
         else:
-            plan = solve.solve(cset.problem, self.options)
-            self._last = (cset.problem, self.options, plan)
-        return _finish(cset, plan, self.options, with_baseline, step)
+            plan = solve.solve(cset.problem, options)
+            self._last = (cset.problem, options, plan)
+        return _finish(cset, plan, options, with_baseline, step)

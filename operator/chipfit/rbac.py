@@ -49,14 +49,15 @@ OPERATOR_PERMISSIONS: Final[tuple[Permission, ...]] = (
     Permission(CHIPFIT, "acceleratorpools/status", ("patch",), "nodes and devices seen, allocated"),
     # Profiles: watched for measured capacity; a finished ProfilingRun's result is applied as one.
     Permission(CHIPFIT, "performanceprofiles", (*WATCH, *APPLY), "measured capacity; profiling results"),
-    Permission(CHIPFIT, "profilingruns", (*WATCH, "patch"), "kopf handlers and timers of profiling runs"),
+    Permission(CHIPFIT, "profilingruns", (*WATCH, "patch"), "kopf event handlers of profiling runs"),
     Permission(CHIPFIT, "profilingruns/status", ("patch",), "run phase, Job, profile, conditions"),
     # What a placement becomes: Deployments (watched to advance rollouts) and Services per role and pool,
-    # applied server-side and deleted when a placement moves.
+    # applied server-side and deleted when a placement moves; both watched into kopf indexes, which
+    # reconciles read instead of listing them per service.
     Permission(APPS, "deployments", (*WATCH, *APPLY, "delete"), "serving replicas; rollout progress"),
-    Permission(CORE, "services", ("list", *APPLY, "delete"), "stable endpoints per role for the router"),
-    # A profiling run: one Job, read back for its outcome.
-    Permission(BATCH, "jobs", ("get", *APPLY), "profiling Jobs"),
+    Permission(CORE, "services", (*WATCH, *APPLY, "delete"), "stable endpoints per role for the router"),
+    # A profiling run: one Job, watched and read back for its outcome.
+    Permission(BATCH, "jobs", ("get", *WATCH, *APPLY), "profiling Jobs"),
     # A router that discovers its prefill and decode pods (SGLang) runs as its own ServiceAccount with a
     # Role to watch pods in its namespace; the API server lets the operator grant only what it holds
     # itself (RBAC escalation check), hence pods here too, which also quote the scheduler's reasons and

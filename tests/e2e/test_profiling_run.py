@@ -171,3 +171,39 @@ def test_profilingrun_creates_a_job_and_its_result_becomes_an_owned_profile(
         "the profile garbage-collected with its run",
         lambda: cluster.kubectl("get", "performanceprofile", RUN, check=False).returncode != 0,
     )
+
+
+def test_a_run_is_deleted_while_no_operator_runs(
+    cluster: Cluster, planned: tuple[Operator, dict[str, Any]]
+) -> None:
+    """Runs carry no finalizer (no kopf timer, kopf#1074): deleting one never waits for the operator."""
+    operator, service = planned
+    placement = next(p for p in service["status"]["placement"] if p["role"] == "aggregated")
+    name = "chat-8b-orphan"
+    run = {
+        "apiVersion": "chipfit.io/v1alpha1",
+        "kind": "ProfilingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "service": {"namespace": NAMESPACE, "name": SERVICE},
+            "pool": placement["pool"],
+            "load": {"concurrency": [1], "promptTokens": 128, "outputTokens": 16, "durationSeconds": 10},
+        },
+    }
+    cluster.apply_objects([run])
+    try:
+        # The operator handled it (its Job exists, the run is Running) ...
+        _wait(
+            operator,
+            "the run Running",
+            lambda: cluster.get_json("profilingrun", name).get("status", {}).get("phase") == "Running",
+        )
+        assert not cluster.get_json("profilingrun", name)["metadata"].get("finalizers")
+        operator.stop()
+        # ... and with no operator running, the run goes at once (kubectl waits for it to be gone).
+        cluster.kubectl("delete", "profilingrun", name, "--timeout=60s")
+        assert cluster.kubectl("get", "profilingrun", name, check=False).returncode != 0
+    finally:
+        cluster.kubectl("delete", "profilingrun", name, "--ignore-not-found", "--wait=false", check=False)
+        if operator.process is None or operator.process.poll() is not None:
+            operator.start()

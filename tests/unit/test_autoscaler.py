@@ -304,3 +304,67 @@ def test_lost_nodes_with_metrics_missing_hand_the_service_back_to_the_planner(fl
     [placed] = autoscaler.Autoscaler().tick([running], gone, [], _answer(5.0), 0.0)
     assert not placed.release and placed.outcome is not None
     assert placed.outcome.placements and not {p.pool for p in placed.outcome.placements} & used
+
+
+class _StatusCluster:
+    """Lists one service (as the API server returns it) and records status writes; 409 on demand."""
+
+    def __init__(self, service: dict[str, Any], pools: list[dict[str, Any]]) -> None:
+        self.service = service
+        self.pools = pools
+        self.writes: list[tuple[dict[str, Any], str | None]] = []
+        self.conflict = False
+
+    def list_inference_services(self) -> list[dict[str, Any]]:
+        return [self.service]
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        return self.pools
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return []
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        return []
+
+    def patch_status(
+        self, kinds: Any, namespace: Any, name: str, status: Any, resource_version: Any = None
+    ) -> None:
+        from chipfit import kube
+
+        if self.conflict:
+            raise kube.ApiError("patch status", 409, "Conflict")
+        self.writes.append((dict(status), resource_version))
+
+    def post_event(self, *_: Any) -> None:
+        pass
+
+
+def test_status_writes_go_onto_the_version_read_and_only_when_something_changed(fleet):
+    from chipfit import handlers, metrics
+
+    services, pools = fleet
+    body = services[0].model_dump(mode="json", by_alias=True, exclude_none=True)
+    body["metadata"]["resourceVersion"] = "41"
+    # What the fleet worker wrote last: Ready. The autoscaler must not put an older Ready back.
+    ready = {"type": "Ready", "status": "True", "reason": "ReplicasReady", "message": "1/1 replicas ready",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    body["status"] = {"conditions": [ready]}
+    cluster = _StatusCluster(
+        body, [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in pools]
+    )
+    worker = handlers.Fleet(cluster=cluster, metrics=metrics.OperatorMetrics())  # type: ignore[arg-type]
+    scaler = autoscaler.Autoscaler()
+    autoscaler._apply_tick(scaler, worker, None, 0.0)
+    ((written, version),) = cluster.writes
+    assert version == "41"  # a precondition: the API server refuses it if the status moved since
+    assert ready in written["conditions"] and any(c["type"] == "Autoscaling" for c in written["conditions"])
+    # The next tick finds its own condition there: nothing to write.
+    body["status"] = {"conditions": written["conditions"]}
+    autoscaler._apply_tick(scaler, worker, None, 1.0)
+    assert len(cluster.writes) == 1
+    # Somebody wrote meanwhile (409): the tick leaves it for the next one instead of failing.
+    body["status"] = {"conditions": [ready]}
+    cluster.conflict = True
+    autoscaler._apply_tick(scaler, worker, None, 2.0)
+    assert len(cluster.writes) == 1

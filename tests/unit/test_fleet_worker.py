@@ -57,7 +57,7 @@ class FlakyFleet(handlers.Fleet):
     attempts: int = 0
     views: list[handlers.FleetView | None] = dataclasses.field(default_factory=list)
 
-    def replan(self, view: handlers.FleetView | None = None) -> None:
+    def replan(self, view: handlers.FleetView | None = None, *, full: bool = True) -> None:
         self.attempts += 1
         self.views.append(view)
         if self.failures_left > 0:
@@ -117,7 +117,7 @@ def test_failures_count_up_and_reset_on_success() -> None:
 def test_a_service_request_made_during_a_failure_is_kept() -> None:
     fleet = _fleet(failures_left=1)
     reconciled: list[tuple[str, str]] = []
-    fleet.reconcile_one = lambda ns, name: reconciled.append((ns, name))  # type: ignore[method-assign]
+    fleet.reconcile_one = lambda ns, name, owned=None: reconciled.append((ns, name))  # type: ignore[method-assign]
 
     async def scenario() -> None:
         fleet.start()

@@ -1,8 +1,9 @@
 """One step of a ProfilingRun's reconcile: start its Job, collect its result, watch the engine version.
 
-Called from a kopf timer (chipfit.handlers.profilingrun_tick) with the run's body; every step is
-idempotent (server-side apply, status patches), so a restart or a repeated tick does no harm. The pure
-parts (what to create, what the result becomes) live in chipfit.profiling.job.
+Called from kopf event handlers (chipfit.handlers.profilingrun_event and those of its Job and of its
+service) with the run's body; every step is idempotent (server-side apply, status patches), so a restart
+or a step repeated on another event does no harm. The pure parts (what to create, what the result
+becomes) live in chipfit.profiling.job.
 """
 
 from __future__ import annotations
