@@ -136,7 +136,9 @@ def test_an_engine_without_a_table_is_named():
         observe.metrics_for("nope")
 
 
-@pytest.mark.parametrize(("window", "seconds"), [("1m", 60.0), ("20s", 20.0), ("1m30s", 90.0), ("500ms", 0.5)])
+@pytest.mark.parametrize(
+    ("window", "seconds"), [("1m", 60.0), ("20s", 20.0), ("1m30s", 90.0), ("500ms", 0.5)]
+)
 def test_rate_windows_are_prometheus_durations(window, seconds):
     assert observe.window_seconds(window) == seconds
 
