@@ -394,6 +394,7 @@ def build_report(with_cv: bool) -> str:
             }
         ),
         "",
+        *latency_under_load_section(),
         "## Known gaps",
         "",
         "- MLPerf request sizes (audited in `benchmarks/REQUEST_SIZES.md`): Llama-2-70B output 291 tokens",
@@ -402,10 +403,10 @@ def build_report(with_cv: bool) -> str:
         "  is in PTB words, not BPE tokens. Mixtral MLPerf rows are reported but not fitted on.",
         "- Latency under load (TTFT/ITL means and percentiles) has no published measurement in the",
         "  project's calibration set: TensorRT-LLM's online-serving tables and MLPerf v5.1 are held out",
-        "  for judging and never added. What is checked here is capacity under latency limits (MLPerf",
-        "  Server, above and per chip in the specs-only section); the serving path's fixed cost",
-        "  (perf.SERVING_PATH_FIXED_S) is measured on the real vLLM engine",
-        "  (`benchmarks/serving_path.py` -> `benchmarks/results/serving_path_vllm_cpu.json`).",
+        "  for judging and never added. It is checked against the real vLLM engine (section above) and",
+        "  through capacity under latency limits (MLPerf Server, above and per chip in the specs-only",
+        "  section); the serving path's fixed cost (perf.SERVING_PATH_FIXED_S) is measured on the real",
+        "  vLLM engine (`benchmarks/serving_path.py` -> `benchmarks/results/serving_path_vllm_cpu.json`).",
         "- NeuralMagic's closed L40S vLLM row (118 tokens/s per GPU on Llama-2-70B, the MLPerf reference",
         "  harness) and RedHat's L40S row run far below what the engine reaches elsewhere; they are kept.",
         "- Power-capped `_MaxQ` systems and the 1000 W H200 `-CTS` variant are left out: the model uses",
@@ -416,6 +417,68 @@ def build_report(with_cv: bool) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+LOAD_CHECK = ROOT / "benchmarks" / "results" / "load_model_check.md"
+
+
+def latency_under_load_section() -> list[str]:
+    """TTFT/ITL under load against the real vLLM engine (benchmarks/load_model_check.py's tables)."""
+    tables = LOAD_CHECK.read_text(encoding="utf-8").rstrip("\n").splitlines() if LOAD_CHECK.exists() else []
+    return [
+        "## Latency under load on the real engine (TTFT/ITL mean, p50, p99)",
+        "",
+        "The project's vLLM CPU engine (0.32.0, tiny local Llama, `tests/engine/harness.py`), twice: with",
+        "its own defaults (max_num_seqs 128, 2048 batched tokens on CPU) and with `--max-num-seqs 4`, an",
+        "admission limit the sweep crosses. Per engine, three repeats of a closed-loop concurrency sweep",
+        "(1-16 users) and of Poisson rates at 0.2-1.3x the capacity that sweep measured, 256/64 tokens,",
+        "10 s measured after 2 s warm-up per point, client (httpx streaming) and the engine's own",
+        "histograms (TTFT from the tokenized hand-off, queue time, ITL) per point:",
+        "",
+        "```sh",
+        ".venv/bin/python benchmarks/load_latency.py --runs 3 --write   # ~20 min: starts/stops its engines",
+        ".venv/bin/python benchmarks/load_model_check.py > benchmarks/results/load_model_check.md",
+        "```",
+        "",
+        "The CPU chip is the host as `chipfit profile` declares it (nominal core peak, copy bandwidth),",
+        "its efficiency fitted by `placement/profile_fit.py` on ONE sweep (default engine, repeat 0) per",
+        "clock: the client's (the fitted per-request overhead, 65-85 ms, is the API front end on this",
+        "machine) and the engine's. Everything else is held out: the other repeats, every Poisson point",
+        'and the whole max-num-seqs-4 engine. "before" is the model at 2aec971 (its own fit; every point',
+        'predicted by latency_at_rate at the rate it achieved, what profile_fit did), "after" this',
+        "branch: the fit reads a sweep point as the closed loop it was, a concurrency point is predicted",
+        "by `latency_at_concurrency` (admission queue past the slots), a Poisson point by",
+        "`latency_over_run` (a finite run from an idle engine at the offered rate, the queue growing at",
+        "λ - μ past capacity).",
+        "",
+        "The machine was shared with six other engineers' jobs and engines (load average 9-24 on 2",
+        "cores during the run; the engine's CPU worker alone busy-polls one core): absolute speeds",
+        "moved 2-3x between repeats of the same point (the [min-max] columns), and the client's TTFT",
+        "carries an API front end starved of CPU (its CPU accounting: 0.10-0.15 ms per output token at",
+        "load, not modelled beyond the fitted per-request overhead). What holds across repeats, and what",
+        "the model must get right, is the mechanism: past `max_num_seqs` the engine's own queue time",
+        "grows by one slot turnover (1 / throughput) per extra user while its ITL stays flat (tokens per",
+        "step pinned at ~19 = 4 decodes + prefill). The model before had no admission limit in a closed",
+        "loop (engine TTFT 35 ms at 16 users against 665-1623 ms measured); after, it predicts the queue",
+        "(701 ms against 630-1480 ms) and engine TTFT 740 ms against 665-1623 ms. Over all 61 held-out",
+        "points the median |error| of the engine's TTFT falls from 189% to 119% and of its ITL from 88%",
+        "to 74%; client TTFT p99 735% -> 491%. Absolute level: the model's throughput at 4 slots is ~2x",
+        "the measured one (ITL at batch 4: 3-4 ms predicted, 5-7 ms measured under contention), so its",
+        "queue per extra user is about half the measured one, and Poisson rates that saturate the real",
+        "engine (0.6-1.3x its measured capacity) sit below the model's own capacity: at 0.8 vs 0.2 of",
+        "measured capacity the engine's TTFT grows 4.5-7x, the model's 1.0-1.1x; at 0.8 vs 0.2 of its own",
+        "capacity the model's grows 1.4x (128 slots) and 3.2x (4 slots).",
+        "",
+        *tables,
+        "",
+        "Calibration data (../shared/data/calibration) before/after this change: offline throughput is",
+        "untouched (same tables above, 6.9% / 21.1%; held-out TensorRT-LLM H200/L40S columns 7.4% /",
+        "15.7%); MLPerf Server capacity under TTFT p99 2 s / TPOT p99 200 ms, never fitted on (the",
+        "held-out split for latency-bound capacity), all 41 rows median |error| 16.8% -> 16.7%, p90",
+        "56.2% -> 56.2% (the 2 s TTFT limit rarely binds there; the whole-iteration TTFT lowers",
+        "TTFT-bound capacity by ~1% on 16k-token prompts).",
+        "",
+    ]
 
 
 def main() -> int:

@@ -4,16 +4,20 @@ One pure function, `decide`, is what the operator's timer and the trace-replay s
 benchmark measures the code that runs. Each decision:
 
 1. per service, updates a Holt (level + trend) forecast of the request rate from the observation, and
-   sizes for the higher of the forecast one start-up time ahead and the highest rate seen within a short
-   peak window, plus headroom, divided by the online capacity correction;
+   sizes for the forecast one start-up time ahead (at least the level) plus a burst margin learnt from
+   the forecast's own under-forecasts (burst_z deviations over the horizon), divided by the online
+   capacity correction;
 2. spreads that rate over the service's request-size buckets with the observed size mix;
-3. solves the same fleet MILP the planner uses (placement.solve), warm-started from what runs now: the
-   move penalty is the churn cost, so scale-up lands on the cheapest pool with room that meets the SLO,
-   a full pool spills to the next chip type and load moves back when the solver finds it cheaper by more
-   than the penalty; prefill and decode are separate roles of the same solve;
+3. solves the same fleet MILP the planner uses (placement.solve) over every candidate, from what runs:
+   scale-up keeps what runs and adds on the cheapest pool with room that meets the SLO (a full pool
+   spills to the next chip type), scale-down drops the replicas whose removal saves the most, and a
+   layout from scratch (a move, made before break, its surge priced) is taken when it saves
+   rebalance_min_saving, which is how load moves back to a pool that freed up; prefill and decode are
+   separate roles of the same solve;
 4. stabilizes per configuration: increases apply at once; a decrease applies only to the highest
    recommendation of the last `scale_down_window_s`, never within `reversal_window_s` of an increase of
-   that configuration, never while replicas of the service are still starting, and never by less than
+   that configuration (nor an increase within it of a decrease: the configuration stays out of the
+   solve), never while replicas of the service are still starting, and never by less than
    the tolerance (hysteresis). Missing metrics hold the last decision; nothing goes to zero unless the
    service opted in and saw no traffic for `idle_to_zero_s`.
 
@@ -61,11 +65,17 @@ class Policy:
     # Holt smoothing per decision: level and trend (a short horizon: bursts matter more than the day).
     level_alpha: float = 0.6
     trend_beta: float = 0.1
-    # Size at least for the highest observed rate within this window (two decisions).
-    peak_window_s: float = 60.0
-    # Extra capacity over the sized rate: the minute-to-minute swing a start-up time hides (the Azure
-    # conversation trace moves +-15% minute to minute; tuned on it, benchmarks/REPORT_autoscaling.md).
-    headroom: float = 0.3
+    # Size at least for the highest observed rate within this window (0: off; the burst margin below
+    # replaces it).
+    peak_window_s: float = 0.0
+    # Burst margin: burst_z standard deviations of the forecast error over the horizon (one start-up
+    # plus one interval), learnt online from the one-step under-forecasts (an exponential average of
+    # squared errors, weight variability_alpha; demand below the forecast is no risk). burst_z was
+    # tuned on the first 30 min of the traces only (benchmarks/REPORT_autoscaling.md).
+    burst_z: float = 0.5
+    variability_alpha: float = 0.1
+    # Flat extra capacity over the sized rate (0: the burst margin sizes the headroom).
+    headroom: float = 0.0
     scale_down_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
     # No decrease of a configuration within this long of its last increase (no direction reversal).
     reversal_window_s: float = DEFAULT_SCALE_DOWN_WINDOW_S
@@ -83,6 +93,16 @@ class Policy:
     correction_settle_s: float = 90.0
     # Churn cost: $/h-equivalent per device removed from a running replica (inputs.SolveOptions).
     move_penalty_per_device_hour: float = 5.0
+    # A rollout that overfills a pool pays this many times the pool's device price per device short (the
+    # operator's planner uses 2: make-before-break needs room for both sets for a moment).
+    surge_shortfall_price_factor: float = 2.0
+    # A steady fleet is re-solved from scratch (churn cost included) after this long without a change;
+    # that layout (a move, make before break), and the from-scratch layout on scale-up and scale-down, is
+    # taken only when it saves at least this share of the $/h. On the tuning split, moves at 5% / 15%
+    # saving cost 6.6 / 2.6 points of attainment for 11% / 7% less $ (REPORT_autoscaling.md): moves are
+    # kept for large savings (a pool that frees up after a spill) only.
+    rebalance_after_s: float = 120.0
+    rebalance_min_saving: float = 0.5
     solve_time_limit_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -100,11 +120,18 @@ class Policy:
             "idle_to_zero_s",
             "move_penalty_per_device_hour",
             "correction_step",
+            "burst_z",
+            "surge_shortfall_price_factor",
+            "rebalance_after_s",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0.0:
                 raise AutoscaleError(f"policy.{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("level_alpha", "trend_beta"):
+        if not 0.0 <= self.rebalance_min_saving < 1.0:
+            raise AutoscaleError(
+                f"policy.rebalance_min_saving: must be in [0, 1), got {self.rebalance_min_saving}"
+            )
+        for name in ("level_alpha", "trend_beta", "variability_alpha"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise AutoscaleError(f"policy.{name}: must be in (0, 1], got {getattr(self, name)}")
         if not 0.0 < self.correction_min <= 1.0 <= self.correction_max:
@@ -149,6 +176,8 @@ class ServiceState:
 
     level_rps: float | None = None
     trend_rps_per_s: float = 0.0
+    # Exponential average of the squared one-step under-forecasts, (req/s)^2: the burst margin's scale.
+    error_var: float = 0.0
     last_observed_s: float | None = None
     # (time, rate) of the observations within the peak window.
     recent: tuple[tuple[float, float], ...] = ()
@@ -165,6 +194,9 @@ class ServiceState:
     # When each configuration last grew: a configuration does not shrink within the reversal window of
     # its own increase (no direction reversal), others of the service may.
     increased_s: tuple[tuple[inputs.CandidateKey, float], ...] = ()
+    # When each configuration last shrank: within the reversal window it does not grow again (growth goes
+    # to other configurations), and it is left out of the solve at its count.
+    decreased_s: tuple[tuple[inputs.CandidateKey, float], ...] = ()
     last_change_s: float = -math.inf
 
 
@@ -218,12 +250,16 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
     if obs.missing:
         return state
     rps = float(obs.requests_per_second or 0.0)
+    error_var = state.error_var
     if state.level_rps is None or state.last_observed_s is None:
         level, trend = rps, 0.0
     else:
         dt = max(now_s - state.last_observed_s, 1e-9)
         # Holt's double exponential smoothing with irregular steps: trend per second.
         predicted = state.level_rps + state.trend_rps_per_s * dt
+        # Only demand above the forecast threatens the SLO: the margin learns from those misses.
+        miss = max(0.0, rps - max(0.0, predicted))
+        error_var = (1.0 - policy.variability_alpha) * error_var + policy.variability_alpha * miss * miss
         level = policy.level_alpha * rps + (1.0 - policy.level_alpha) * predicted
         trend = policy.trend_beta * (level - state.level_rps) / dt + (1.0 - policy.trend_beta) * (
             state.trend_rps_per_s
@@ -233,19 +269,23 @@ def observe(state: ServiceState, obs: Observation, now_s: float, policy: Policy)
     if obs.bucket_share is not None and sum(obs.bucket_share) > 0.0 and rps > 0.0:
         total = sum(obs.bucket_share)
         new = tuple(max(0.0, s) / total for s in obs.bucket_share)
+        # The mix is weighted by the traffic it was seen on: a quiet window's few requests (a 1-minute
+        # mix of a handful of long prompts) barely move the mix the fleet is sized with for the busy
+        # rate it holds (the sized rate is the window's highest).
+        weight = policy.level_alpha * (
+            min(1.0, rps / state.sized_rps) if state.sized_rps is not None and state.sized_rps > 0.0 else 1.0
+        )
         share = (
             new
             if share is None or len(share) != len(new)
-            else tuple(
-                policy.level_alpha * a + (1.0 - policy.level_alpha) * b
-                for a, b in zip(new, share, strict=True)
-            )
+            else tuple(weight * a + (1.0 - weight) * b for a, b in zip(new, share, strict=True))
         )
     last_traffic = now_s if rps > 0.0 or (obs.waiting or 0.0) > 0.0 else state.last_traffic_s
     return replace(
         state,
         level_rps=level,
         trend_rps_per_s=trend,
+        error_var=error_var,
         last_observed_s=now_s,
         recent=recent,
         bucket_share=share,
@@ -320,12 +360,23 @@ def correct(
     return replace(state, correction=factor)
 
 
+def burst_margin_rps(state: ServiceState, policy: Policy) -> float:
+    """burst_z standard deviations of the forecast error over one start-up plus one interval.
+
+    The one-step error's deviation is learnt online; over h steps it grows like sqrt(h) (errors of a
+    level that wanders as a random walk), which is what a new replica asked for now has to cover.
+    """
+    steps = max(1.0, (policy.startup_s + policy.interval_s) / policy.interval_s)
+    return policy.burst_z * math.sqrt(max(0.0, state.error_var) * steps)
+
+
 def sizing_rps(state: ServiceState, policy: Policy) -> tuple[float, float]:
-    """(forecast one start-up ahead, rate to size for: peak-window max or forecast, plus headroom)."""
+    """(forecast one start-up ahead, rate to size for: the forecast (at least the level and the recent
+    peak) plus the burst margin, divided by the capacity correction)."""
     ahead = forecast(state, policy.startup_s + policy.interval_s)
     peak = max((r for _, r in state.recent), default=0.0)
     now = state.level_rps or 0.0
-    base = max(ahead, peak, now)
+    base = max(ahead, peak, now) + burst_margin_rps(state, policy)
     return ahead, base * (1.0 + policy.headroom) / state.correction
 
 
@@ -361,14 +412,86 @@ def _solve(
     demands: Sequence[inputs.ServiceDemand],
     current: Mapping[inputs.CandidateKey, int],
     policy: Policy,
+    penalty: float,
 ) -> allocation.Plan:
-    """The fleet solve at the sized demand, warm-started from (and penalised for leaving) `current`."""
+    """The fleet solve at the sized demand, warm-started from (and charged `penalty` per device-hour for
+    leaving) `current`, the surge of make-before-break priced."""
     sized = replace(problem, services=tuple(demands), current_replicas=dict(current))
     options = inputs.SolveOptions(
         time_limit_s=policy.solve_time_limit_s,
-        move_penalty_per_device_hour=policy.move_penalty_per_device_hour,
+        move_penalty_per_device_hour=penalty,
+        surge_shortfall_price_factor=policy.surge_shortfall_price_factor,
     )
     return solve.solve(sized, options)
+
+
+def _layout(
+    sub: inputs.FleetProblem,
+    group: Sequence[inputs.ServiceDemand],
+    mine: Mapping[inputs.CandidateKey, int],
+    policy: Policy,
+    penalty: float,
+    only_running: bool,
+    starting: bool,
+) -> allocation.Plan:
+    """The plan for one group of services (see decide: scale-down keeps to what runs unless a layout
+    from scratch saves rebalance_min_saving; growth keeps what runs unless likewise)."""
+    if only_running:
+        kept = replace(sub, candidates=tuple(c for c in sub.candidates if mine.get(c.key, 0) > 0))
+        fresh = _solve(sub, group, mine, policy, 0.0)
+        try:
+            plan = _solve(kept, group, mine, policy, 0.0)
+        except inputs.PlacementError:
+            return fresh
+        return (
+            fresh
+            if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving)
+            else plan
+        )
+    plan = _solve(sub, group, mine, policy, penalty)
+    if not starting:
+        # Growth from scratch too (churn cost charged): when adding to what runs leaves the fleet dearer
+        # than a fresh layout by rebalance_min_saving, the fresh one is the target (new replicas first,
+        # the replaced ones go once they are ready).
+        fresh = _solve(sub, group, mine, policy, policy.move_penalty_per_device_hour)
+        if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
+            return fresh
+    return plan
+
+
+def _without(
+    problem: inputs.FleetProblem,
+    frozen: Mapping[inputs.CandidateKey, int],
+    cands: Mapping[inputs.CandidateKey, inputs.Candidate],
+) -> inputs.FleetProblem | None:
+    """`problem` with the frozen configurations taken out: their candidates gone, their devices out of
+    the pools, and the demand they serve off the services' (each serves the same share f of every bucket
+    it can: sum_b f d_b / cap_b = its replicas). None when they would serve everything (nothing to solve)."""
+    services = []
+    for demand in problem.services:
+        rps = list(demand.bucket_rps)
+        for key, n in frozen.items():
+            if key.service != demand.id or n <= 0 or key not in cands or key.role != "aggregated":
+                continue
+            caps = cands[key].max_rps_per_bucket
+            load = sum(r / c for r, c in zip(rps, caps, strict=False) if c > 0.0 and r > 0.0)
+            if load <= 0.0:
+                continue
+            share = min(1.0, n / load)
+            rps = [r * (1.0 - share) if i < len(caps) and caps[i] > 0.0 else r for i, r in enumerate(rps)]
+        if sum(rps) <= 1e-9:
+            return None
+        kept = sum(n for k, n in frozen.items() if k.service == demand.id)
+        services.append(
+            replace(demand, bucket_rps=tuple(rps), min_replicas=max(0, demand.min_replicas - kept))
+        )
+    return replace(
+        problem,
+        services=tuple(services),
+        pools=_pools_without(problem.pools, {k: n for k, n in frozen.items() if n > 0}),
+        candidates=tuple(c for c in problem.candidates if c.key not in frozen),
+        current_replicas={k: n for k, n in problem.current_replicas.items() if k not in frozen},
+    )
 
 
 def _plan_targets(plan: allocation.Plan) -> dict[inputs.CandidateKey, int]:
@@ -486,6 +609,8 @@ def decide(
             raw = 0.0
         history = (*((ts, r) for ts, r in s.sized_history if ts > now_s - policy.scale_down_window_s),)
         history = (*history, (now_s, raw))
+        # The rate sized for: the highest sized rate of the stabilization window, so capacity drops only
+        # after the window has seen no need for it (HPA's scale-down stabilization, on the rate).
         rate = 0.0 if idle else max(r for _, r in history)
         capacity = serving_capacity_rps(cands, mine, sid, s.bucket_share or share) * s.correction
         s = replace(s, sized_history=history, sized_rps=rate)
@@ -493,7 +618,6 @@ def decide(
         warming = (
             now_s - (now_s if s.first_decision_s is None else s.first_decision_s) < policy.scale_down_window_s
         )
-        # Only when every running configuration grew within the window is there nothing to shrink.
         grown = dict(s.increased_s)
         recently_up = bool(mine) and all(
             now_s - grown.get(k, -math.inf) < policy.reversal_window_s for k in mine
@@ -509,6 +633,7 @@ def decide(
             and all(n <= mine.get(k, 0) for k, n in planned.items())
             and serving_capacity_rps(cands, planned, sid, s.bucket_share or share) * s.correction >= rate
         )
+        steady_for = now_s - max(s.last_change_s, s.first_decision_s or now_s)
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
             mode[sid] = "idle"
@@ -524,34 +649,31 @@ def decide(
             continue
         elif rate > capacity or not mine:
             mode[sid] = "up"
-        elif rate >= capacity * (1.0 - policy.tolerance):
-            settled_for = now_s - max(s.last_change_s, s.first_decision_s or now_s)
-            if is_starting or settled_for < policy.reversal_window_s:
-                held[sid] = (
-                    f"sized for {rate:.2f} req/s, within {policy.tolerance:.0%} of the {capacity:.2f} req/s "
-                    "running: no change"
-                )
-                continue
-            # Steady for a window: re-solve with the churn cost, so load moves back to a cheaper pool
-            # that has freed up when the saving beats the move penalty.
+        elif rate < capacity * (1.0 - policy.tolerance) and may_decrease[sid]:
+            mode[sid] = "down"
+        elif not is_starting and steady_for >= policy.rebalance_after_s and not warming:
+            # Re-solve the whole fleet at the sized rate with the churn cost, from what runs: load moves
+            # back to a cheaper pool that has freed up when the saving beats the churn cost.
             mode[sid] = "rebalance"
-        elif not may_decrease[sid]:
+        else:
             why = (
                 "replicas still starting"
                 if is_starting
                 else "within the reversal window of an increase"
-                if recently_up
+                if recently_up and rate < capacity * (1.0 - policy.tolerance)
                 else "stabilization window not yet full"
+                if warming and rate < capacity * (1.0 - policy.tolerance)
+                else f"within {policy.tolerance:.0%} of the {capacity:.2f} req/s running"
             )
-            held[sid] = f"sized for {rate:.2f} req/s below the {capacity:.2f} req/s running; holds: {why}"
+            held[sid] = f"sized for {rate:.2f} req/s, {capacity:.2f} req/s running; holds: {why}"
             continue
-        else:
-            mode[sid] = "down"
         changing.append(_demand(base, rate, s.bucket_share, floor=0 if idle else 1))
 
-    # Services with replicas still starting are solved first with a prohibitive move penalty, so the
-    # solver keeps every replica and only adds (no second move on top of one in flight); then the others
-    # with the policy's churn cost, on what is left.
+    # One global solve over every candidate, from what runs (current_replicas) with the churn cost, not an
+    # incremental fill: scale-up lands where the whole fleet is cheapest, scale-down drops what saves the
+    # most (the most expensive replicas per req/s first), and load moves back to cheap pools when they
+    # free. Services with replicas still starting are solved first with a prohibitive churn cost (they only
+    # add: no second move on top of one in flight), then the others on what is left.
     ids_changing = {d.id for d in changing}
     decided = set(state.decided)
     # Services that do not change keep their last decision (what runs, when there was none yet): the
@@ -568,17 +690,22 @@ def decide(
         targets.update(done)
     plan: allocation.Plan | None = None
     solver_targets: dict[inputs.CandidateKey, int] = {}
-    # Scale-down keeps to the configurations running (penalty 0: the solver drops the replicas whose
-    # removal saves the most, i.e. the most expensive per req/s first); scale-up and rebalancing may
-    # open any configuration, charged the churn cost for what they replace.
+    # (services, churn penalty, only the configurations running): scale-up may open any configuration
+    # and keeps what runs; scale-down first keeps to what runs (it drops
+    # the replicas whose removal saves the most: the most expensive per req/s first); rebalancing and
+    # scale-down also solve from scratch (no churn cost), taken only when that saves rebalance_min_saving
+    # of the $/h against the alternative (a move, make before break).
+    shrinking = ("down", "idle", "rebalance")
     groups = (
         ([d for d in changing if starting_now[d.id]], KEEP_PENALTY_PER_DEVICE_HOUR, False),
+        # Scale-up keeps what runs and adds; a layout from scratch (a move, both sets held through a
+        # start-up) only when it saves rebalance_min_saving (_layout).
         (
-            [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in ("down", "idle")],
-            policy.move_penalty_per_device_hour,
+            [d for d in changing if not starting_now[d.id] and mode.get(d.id) not in shrinking],
+            KEEP_PENALTY_PER_DEVICE_HOUR,
             False,
         ),
-        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) in ("down", "idle")], 0.0, True),
+        ([d for d in changing if not starting_now[d.id] and mode.get(d.id) in shrinking], 0.0, True),
     )
     for group, penalty, only_running in groups:
         if not group:
@@ -589,42 +716,96 @@ def decide(
             problem,
             services=tuple(group),
             pools=_pools_without(problem.pools, {**targets, **others}),
-            candidates=tuple(
-                c
-                for c in problem.candidates
-                if c.service in ids and (not only_running or current.get(c.key, 0) > 0)
-            ),
+            candidates=tuple(c for c in problem.candidates if c.service in ids),
         )
         mine = {k: n for k, n in current.items() if k.service in ids}
-        try:
-            plan = _solve(sub, group, mine, replace(policy, move_penalty_per_device_hour=penalty))
-        except inputs.PlacementError as error:
+        # Configurations that shrank within the reversal window stay as they are, out of the solve: their
+        # replicas serve their share of the demand and hold their devices, so growth lands elsewhere (no
+        # up-after-down reversal). When the rest cannot carry the demand, the solve includes them again.
+        frozen = {
+            k: mine.get(k, 0)
+            for d in group
+            for k, t in service_states[d.id].decreased_s
+            if now_s - t < policy.reversal_window_s and k.role == "aggregated" and not only_running
+        }
+        thawed = _without(sub, frozen, cands) if frozen else None
+        full = (sub, group, mine)
+        tries = [full]
+        if thawed is not None:
+            mine_rest = {k: n for k, n in mine.items() if k not in frozen}
+            tries.insert(0, (thawed, list(thawed.services), mine_rest))
+        found: allocation.Plan | None = None
+        failure = ""
+        for attempt_sub, attempt_group, attempt_mine in tries:
+            try:
+                found = _layout(
+                    attempt_sub,
+                    attempt_group,
+                    attempt_mine,
+                    policy,
+                    penalty,
+                    only_running,
+                    starting_now[group[0].id],
+                )
+            except inputs.PlacementError as error:
+                failure = str(error)
+                continue
+            if attempt_sub is not sub:
+                mine = attempt_mine
+            else:
+                thawed = None
+            break
+        if found is None:
             for d in group:
-                held[d.id] = f"no plan at the sized demand ({error}): holding"
+                held[d.id] = f"no plan at the sized demand ({failure}): holding"
             targets.update({k: n for k, n in mine.items() if n > 0})
             continue
+        plan = found
         got = _plan_targets(plan)
-        if only_running:
-            # Scale-down never shrinks a configuration within the reversal window of its increase.
-            for d in group:
-                grown = dict(service_states[d.id].increased_s)
-                for k, n in mine.items():
-                    if k.service == d.id and now_s - grown.get(k, -math.inf) < policy.reversal_window_s:
-                        got[k] = max(got.get(k, 0), n)
-        solver_targets.update(got)
+        if thawed is not None:
+            mine = {**mine, **{k: n for k, n in frozen.items() if n > 0}}
+            got = {**got, **{k: n for k, n in frozen.items() if n > 0}}
         for d in group:
-            service_states[d.id] = replace(
-                service_states[d.id], planned=tuple((k, n) for k, n in got.items() if k.service == d.id)
-            )
-        for d in group:
-            want = {k: n for k, n in got.items() if k.service == d.id}
-            adds = any(n > mine.get(k, 0) for k, n in want.items())
-            if adds or starting_now[d.id]:
+            sid = d.id
+            want = {k: n for k, n in got.items() if k.service == sid and n > 0}
+            have = {k: n for k, n in mine.items() if k.service == sid and n > 0}
+            shrank = dict(service_states[sid].decreased_s)
+            regrow = [
+                k
+                for k, n in want.items()
+                if n > have.get(k, 0) and now_s - shrank.get(k, -math.inf) < policy.reversal_window_s
+            ]
+            if only_running and regrow:
+                # A scale-down that would grow a configuration that just shrank (a swap between running
+                # configurations) waits: the fleet is over its need, holding it is safe.
+                held[sid] = (
+                    f"sized for {service_states[sid].sized_rps or 0.0:.2f} req/s: scaling down would grow "
+                    f"{regrow[0].pool}/{regrow[0].precision}/tp{regrow[0].tp} within the reversal window "
+                    "of its decrease: holds"
+                )
+                targets.update(have)
+                continue
+            price_want = sum(n * cands[k].price_per_hour for k, n in want.items())
+            price_have = sum(n * cands[k].price_per_hour for k, n in have.items())
+            if mode.get(sid) == "rebalance" and (
+                price_want >= price_have * (1.0 - policy.rebalance_min_saving) or want == have
+            ):
+                held[sid] = (
+                    f"sized for {service_states[sid].sized_rps or 0.0:.2f} req/s: the fleet that runs is "
+                    f"within {policy.rebalance_min_saving:.0%} of the cheapest (${price_want:.2f}/h vs "
+                    f"${price_have:.2f}/h)"
+                )
+                targets.update(have)
+                continue
+            solver_targets.update(want)
+            service_states[sid] = replace(service_states[sid], planned=tuple(want.items()))
+            adds = any(n > have.get(k, 0) for k, n in want.items())
+            if adds or starting_now[sid] or not may_decrease[sid]:
                 # Make before break: a replica the plan drops (a move to another pool) goes only once
                 # nothing of the service is starting, in a later decision.
-                if any(want.get(k, 0) < n for k, n in mine.items()):
-                    notes[d.id].append("removals wait for the new replicas (make before break)")
-                want = {k: max(want.get(k, 0), n) for k, n in {**mine, **want}.items() if k.service == d.id}
+                if any(want.get(k, 0) < n for k, n in have.items()):
+                    notes[sid].append("removals wait for the new replicas (make before break)")
+                want = {k: max(want.get(k, 0), have.get(k, 0)) for k in {**have, **want}}
             targets.update(want)
     # No configuration shrinks within the reversal window of its own increase, whatever path (scale-down,
     # rebalance, completing a move) asked for it; scale to zero of an idle opted-in service excepted.
@@ -654,6 +835,14 @@ def decide(
                 for k, t in grown_keys.items()
                 if now_s - t < policy.reversal_window_s and k in mine_after
             ),
+        )
+        shrunk_keys = dict(s.decreased_s)
+        for k, n in mine_before.items():
+            if mine_after.get(k, 0) < n:
+                shrunk_keys[k] = now_s
+        s = replace(
+            s,
+            decreased_s=tuple((k, t) for k, t in shrunk_keys.items() if now_s - t < policy.reversal_window_s),
         )
         if mine_after != mine_before:
             s = replace(s, last_change_s=now_s)

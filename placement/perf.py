@@ -173,12 +173,19 @@ ENGINE_TRAITS: Final = {
 VLLM_LARGE_DEVICE_BYTES: Final = 70 * catalog.GIB
 VLLM_LARGE_DEVICE_MAX_BATCH: Final = 1024
 VLLM_LARGE_DEVICE_CHUNK_TOKENS: Final = 8192
+# vLLM's CPU backend serves with max_num_seqs 128 and 2048 batched tokens (OpenAI server; the same
+# get_batch_defaults, `if current_platform.is_cpu()`, vLLM 0.32): the project's real engine runs with these.
+VLLM_CPU_MAX_BATCH: Final = 128
 
 
 def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
     """The engine's scheduler limits on this accelerator (defaults can depend on the device)."""
     traits = ENGINE_TRAITS[engine]
     parent = acc.parent or acc.id
+    if engine == "vllm" and acc.vendor == "cpu":
+        return dataclasses.replace(
+            traits, max_batch=VLLM_CPU_MAX_BATCH, source=traits.source + "; CPU backend: max_num_seqs 128"
+        )
     if engine == "vllm" and acc.memory_bytes >= VLLM_LARGE_DEVICE_BYTES and not parent.startswith("a100"):
         return dataclasses.replace(
             traits,
@@ -1125,6 +1132,24 @@ def _serving_path_v(prompt_tokens: FloatArray) -> FloatArray:
     return out
 
 
+def _own_prefill_v(
+    r: _Rows, running: FloatArray, budget: FloatArray, prompt: FloatArray, others: FloatArray
+) -> FloatArray:
+    """Seconds of the iterations that carry one `prompt`-token prompt, once it is at the head of the queue.
+
+    The prompt is cut into n = ceil(prompt / budget) chunks, one per iteration; every one of those
+    iterations also decodes the `running` sequences (and reads every weight), and carries the mean prompt
+    tokens of other requests that arrive meanwhile (`others`, at most what the budget leaves). Draining the
+    prompt at the full iterations' token rate instead (prompt / (budget / t_full)) would count only the
+    prompt's share of an iteration: a short prompt still waits for a whole iteration.
+    """
+    chunks = np.maximum(1.0, np.ceil(prompt / np.maximum(budget, 1.0)))
+    own = prompt / chunks
+    tokens = own + np.minimum(others, np.maximum(budget - own, 0.0))
+    out: FloatArray = chunks * _decode_step_v(r, running, tokens, tokens / r.prompt)
+    return out
+
+
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
     """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
     running = np.maximum(batch, 1.0)
@@ -1145,15 +1170,18 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     admit_p50, admit_p99 = _admission_wait_v(r.limit, batch, r.output * step)
     ok &= np.isfinite(admit_p99)
     # TTFT: the serving path's fixed cost (front end, tokenization, scheduling, detokenization), waiting for
-    # a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
+    # a slot and for the prefill budget, the iteration in flight, then the prompt's own iterations: a prompt
+    # rides whole iterations, each also decoding the running sequences and reading every weight.
     path_p50, path_p99 = _serving_path_v(mean_prompt), _serving_path_v(p99_prompt)
-    ttft_p50 = path_p50 + admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = path_p99 + admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    own_p50 = _own_prefill_v(r, running, budget, mean_prompt, rate * step * mean_prompt)
+    own_p99 = _own_prefill_v(r, running, budget, p99_prompt, rate * step * mean_prompt)
+    ttft_p50 = path_p50 + admit_p50 + wait_p50 + own_p50 + step / 2.0
+    ttft_p99 = path_p99 + admit_p99 + wait_p99 + own_p99 + step
     ttft_mean = (
         path_p50
         + _admission_mean_v(r.limit, batch, r.output * step)
         + _queue_mean_v(rate, mean_prompt / service_rate_tok, r.second_moment / service_rate_tok**2)
-        + mean_prompt / service_rate_tok
+        + own_p50
         + step / 2.0
     )
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
@@ -1342,6 +1370,235 @@ def latencies_at(
     return out
 
 
+# Damped iterations solving a closed loop's throughput (converges geometrically; far more than needed).
+CLOSED_LOOP_STEPS: Final = 200
+# The iteration stops once every throughput moves less than this (relative) in a step.
+CLOSED_LOOP_TOLERANCE: Final = 1e-12
+
+
+def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Loads:
+    """Aggregated replica with `users` requests always in flight (a closed loop: a benchmark's concurrency).
+
+    Continuous batching as the engine runs it: of the requests in flight, those in the serving path
+    (front end, tokenization) are not in the engine; the engine runs at most `limit` sequences (max_num_seqs,
+    KV capacity, a budget that counts decode tokens) and the rest wait in its queue, never more than the
+    users there are. Throughput X solves X = running / (output · t(running, X · t · prompt)) (each request
+    holds its slot for about `output` iterations, prompt tokens arriving at X share them, at most the prefill
+    budget per iteration), Little's law gives the engine's population users - X · path and the queue wait
+    (population - limit) / X. Nothing diverges: past the admission limit TTFT grows linearly with the users
+    and ITL stays at the full batch's iteration.
+    """
+    path = _serving_path_v(r.prompt) + extra_path_s
+    slots = np.maximum(np.floor(r.limit), 1.0)
+    budget_full = np.where(r.has_chunk, _prefill_budget_v(r, slots), np.maximum(r.prompt_p99, r.prompt))
+    step = np.broadcast_to(_decode_step_v(r, 1.0, 0.0, 0.0), users.shape).copy()
+    rate = users / (path + r.output * step)
+    running = np.minimum(users, slots)
+    for _ in range(CLOSED_LOOP_STEPS):
+        inside = np.maximum(users - rate * path, 1e-9)
+        running = np.minimum(inside, slots)
+        budget = np.maximum(
+            np.where(r.has_chunk, _prefill_budget_v(r, np.maximum(running, 1.0)), budget_full), 1.0
+        )
+        prefill = np.minimum(rate * step * r.prompt, budget)
+        step = _decode_step_v(r, np.maximum(running, 1.0), prefill, prefill / r.prompt)
+        served = np.minimum(running / (r.output * step), budget / (step * r.prompt))
+        settled = np.abs(served - rate) <= CLOSED_LOOP_TOLERANCE * rate
+        rate = 0.5 * (rate + served)
+        if settled.all():
+            break
+    inside = np.maximum(users - rate * path, 1e-9)
+    running = np.minimum(inside, slots)
+    slot_wait = np.maximum(inside - slots, 0.0) / rate
+    budget = np.maximum(
+        np.where(r.has_chunk, _prefill_budget_v(r, np.maximum(running, 1.0)), budget_full), 1.0
+    )
+    full = _decode_step_v(r, np.maximum(running, 1.0), budget, budget / r.prompt)
+    service = r.prompt * full / budget
+    # Prompts queue for the prefill budget (M/G/1 at the loop's rate), never behind more than the other users.
+    second = r.second_moment * (full / budget) ** 2
+    stable, wait_p50, wait_p99, rho = _queue_tail_v(rate, service, second)
+    wait_mean = _queue_mean_v(rate, service, second)
+    most = (np.minimum(users, slots) - 1.0) * service
+    wait_p50, wait_p99, wait_mean = (
+        np.minimum(np.where(stable, w, np.inf), most) for w in (wait_p50, wait_p99, wait_mean)
+    )
+    others = rate * step * r.prompt
+    own_p50 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt, others)
+    own_p99 = _own_prefill_v(r, np.maximum(running, 1.0), budget, r.prompt_p99, others)
+    ttft_p50 = path + slot_wait + wait_p50 + own_p50 + step / 2.0
+    ttft_p99 = _serving_path_v(r.prompt_p99) + extra_path_s + slot_wait + wait_p99 + own_p99 + step
+    ttft_mean = path + slot_wait + wait_mean + own_p50 + step / 2.0
+    tokens_p99 = np.minimum(
+        _arrival_tokens_quantile_v(r, rate * step, TAIL_PROBABILITY) + wait_p99 * rate * r.prompt, budget
+    )
+    tokens_p50 = np.minimum(
+        _arrival_tokens_quantile_v(r, rate * step, 0.5) + wait_p50 * rate * r.prompt, budget
+    )
+    itl_p99 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p99, tokens_p99 / r.prompt)
+    itl_p50 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p50, tokens_p50 / r.prompt)
+    itl_p99 = np.maximum(itl_p99, itl_p50)
+    ok = np.broadcast_to(r.limit >= 1.0, users.shape)
+    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+
+
+def latency_at_concurrency(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    concurrency: float,
+    *,
+    efficiency: perf_efficiency.Efficiency | None = None,
+    prefill_chunk_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
+) -> LoadPrediction | None:
+    """TTFT and ITL (mean, p50, p99) of an aggregated replica with `concurrency` requests kept in flight.
+
+    What a concurrency sweep (`chipfit profile --concurrency`, vLLM's bench serve --max-concurrency)
+    measures; `rate_rps` of the answer is the throughput the loop reaches. Unlike an open-loop rate, any
+    concurrency has an answer: past the engine's admission limit the extra requests wait in its queue.
+    `max_num_seqs` is the engine's sequence cap when the deployment sets one (vLLM --max-num-seqs; default
+    the engine's own). `request_overhead_s` is a measured per-request front-end cost beyond
+    SERVING_PATH_FIXED_S (profile_fit.Calibration.request_overhead_s): a request spends it outside the
+    engine, so it lengthens the loop and TTFT. None only when not one request of this size fits.
+    """
+    if not (math.isfinite(request_overhead_s) and request_overhead_s >= 0):
+        raise InvalidConfigError(f"request_overhead_s must be >= 0 seconds, got {request_overhead_s!r}")
+    if config.role != "aggregated":
+        raise InvalidConfigError(f"a closed loop is modelled for aggregated replicas, not {config.role!r}")
+    if not (math.isfinite(concurrency) and concurrency >= 1):
+        raise InvalidConfigError(f"concurrency must be >= 1, got {concurrency!r}")
+    _validate_chunk(config, prefill_chunk_tokens)
+    reason = infeasibility(config)
+    if reason is not None:
+        raise InvalidConfigError(reason)
+    phys = _physics(config, efficiency)
+    if prefill_chunk_tokens is not None:
+        phys = _with_chunk(phys, prefill_chunk_tokens)
+    phys = _with_max_num_seqs(phys, max_num_seqs)
+    with np.errstate(all="ignore"):
+        loads = _closed_loads(
+            _Rows.of([(phys, workload)]), np.full((1, 1), float(concurrency)), float(request_overhead_s)
+        )
+    return _prediction(loads)
+
+
+def _open_loop(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    rate_rps: float,
+    efficiency: perf_efficiency.Efficiency | None,
+    max_num_seqs: int | None,
+) -> LoadPrediction | None:
+    """latency_at_rate, with the engine's sequence cap set to `max_num_seqs` when given."""
+    if max_num_seqs is None:
+        return latency_at_rate(config, workload, rate_rps, efficiency=efficiency)
+    phys = _with_max_num_seqs(_physics(config, efficiency), max_num_seqs)
+    with np.errstate(all="ignore"):
+        loads = _loads_at_rate(_Rows.of([(phys, workload)]), config.role, np.full((1, 1), float(rate_rps)))
+    return _prediction(loads)
+
+
+def _with_max_num_seqs(phys: _Physics, max_num_seqs: int | None) -> _Physics:
+    """The same replica with the engine's sequence cap set to `max_num_seqs` (None: unchanged)."""
+    if max_num_seqs is None:
+        return phys
+    if not isinstance(max_num_seqs, int) or isinstance(max_num_seqs, bool) or max_num_seqs < 1:
+        raise InvalidConfigError(f"max_num_seqs must be a positive integer, got {max_num_seqs!r}")
+    return dataclasses.replace(phys, engine=dataclasses.replace(phys.engine, max_batch=max_num_seqs))
+
+
+def latency_over_run(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    rate_rps: float,
+    duration_s: float,
+    *,
+    warmup_s: float = 0.0,
+    efficiency: perf_efficiency.Efficiency | None = None,
+    max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
+) -> LoadPrediction | None:
+    """TTFT and ITL (mean, p50, p99) a benchmark of Poisson arrivals at `rate_rps` measures over a finite run.
+
+    Arrivals run for `warmup_s + duration_s` seconds from an idle replica; the requests arriving in the last
+    `duration_s` are measured (`chipfit profile --rate`, vLLM's bench serve --request-rate). Unlike
+    latency_at_rate there is an answer at any rate, because a run is finite:
+
+    - the engine can serve at most μ = the closed loop's throughput with every slot busy
+      (latency_at_concurrency past the admission limit); above it the waiting queue grows at λ - μ, so a
+      request arriving at time s waits (λ - μ) s / μ for a slot: continuous batching keeps the batch at
+      the limit and ITL at the full batch's iteration, and TTFT grows with the run, not to infinity;
+    - below μ the steady state (latency_at_rate) holds once the queue has had time to build: a queue
+      started empty holds on average at most sqrt(2 (λ + μ) s / π) requests at time s (the driftless
+      diffusion's mean, an upper bound for any λ <= μ), so near capacity TTFT is the smaller of the steady
+      state's and that bound's (the queueing formula's 1 / (1 - ρ) needs a run longer than it to appear).
+
+    Means and p50s use the mean measured arrival time (s̄ = warmup + duration / 2), p99s the last
+    arrivals (warmup + 0.99 duration). `max_num_seqs` and `request_overhead_s` as in
+    latency_at_concurrency. None only when not one request of this size fits.
+    """
+    if not (math.isfinite(rate_rps) and rate_rps > 0):
+        raise InvalidConfigError(f"rate must be a positive number of requests/s, got {rate_rps!r}")
+    if not (math.isfinite(duration_s) and duration_s > 0 and math.isfinite(warmup_s) and warmup_s >= 0):
+        raise InvalidConfigError(
+            f"duration_s must be > 0 and warmup_s >= 0, got {duration_s!r}, {warmup_s!r}"
+        )
+    if config.role != "aggregated":
+        raise InvalidConfigError(f"a finite run is modelled for aggregated replicas, not {config.role!r}")
+    slots = max_batch(config, workload.prompt_tokens, workload.output_tokens)
+    if max_num_seqs is not None:
+        slots = min(slots, _with_max_num_seqs(_physics(config, efficiency), max_num_seqs).engine.max_batch)
+    if slots < 1:
+        return None
+    closed = functools.partial(
+        latency_at_concurrency,
+        efficiency=efficiency,
+        max_num_seqs=max_num_seqs,
+        request_overhead_s=request_overhead_s,
+    )
+    # The saturated engine: every slot busy with a queue behind (users well past the slots).
+    saturated = closed(config, workload, 2.0 * slots + 8.0)
+    if saturated is None:
+        return None
+    capacity = saturated.rate_rps
+    # Users at which the queue starts: every slot busy plus the requests in the serving path.
+    first_waiting = slots + capacity * (SERVING_PATH_FIXED_S + request_overhead_s)
+    mean_at = warmup_s + duration_s / 2.0
+    tail_at = warmup_s + (1.0 - TAIL_PROBABILITY) * duration_s
+
+    def queued(at_s: float) -> float:
+        """Requests waiting for a slot at time `at_s`: the fluid excess plus the diffusion bound."""
+        excess = max(rate_rps - capacity, 0.0) * at_s
+        return excess + math.sqrt(2.0 * (rate_rps + capacity) * at_s / math.pi)
+
+    at_mean = closed(config, workload, first_waiting + queued(mean_at))
+    at_tail = closed(config, workload, first_waiting + queued(tail_at))
+    assert at_mean is not None and at_tail is not None
+    steady = _open_loop(config, workload, rate_rps, efficiency, max_num_seqs) if rate_rps < capacity else None
+    if steady is not None and request_overhead_s > 0.0:
+        extra_ms = request_overhead_s * 1e3
+        steady = dataclasses.replace(
+            steady,
+            ttft_mean_ms=steady.ttft_mean_ms + extra_ms,
+            ttft_p50_ms=steady.ttft_p50_ms + extra_ms,
+            ttft_p99_ms=steady.ttft_p99_ms + extra_ms,
+        )
+    if steady is None:
+        return dataclasses.replace(
+            at_mean,
+            rate_rps=min(rate_rps, capacity),
+            ttft_p99_ms=at_tail.ttft_p99_ms,
+            prefill_utilization=1.0,
+        )
+    return dataclasses.replace(
+        steady,
+        ttft_mean_ms=min(steady.ttft_mean_ms, at_mean.ttft_mean_ms),
+        ttft_p50_ms=min(steady.ttft_p50_ms, at_mean.ttft_p50_ms),
+        ttft_p99_ms=min(steady.ttft_p99_ms, at_tail.ttft_p99_ms),
+    )
+
+
 def _decode_step(
     phys: _Physics, batch: float, workload: RequestSizes, prefill: float, prompts: float
 ) -> float:
@@ -1515,8 +1772,10 @@ def rate_from_profile(
 # read and step overhead dominate the prefill cost. Half octaves keep the best budget within ~20% of the
 # continuous optimum (the largest chunk whose iteration still meets the ITL objective).
 PREFILL_CHUNK_CANDIDATES: Final = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-# A budget other than the engine default is chosen only when it serves at least this much more (a
-# deployment keeps the engine's own setting unless the change pays).
+# Across request-size buckets (placement.candidates), a budget other than the engine default is kept only
+# when it saves at least this much. Within one question the model takes the budget serving the highest
+# rate, the larger budget on a tie: a margin there would make the answer depend on which budget happened
+# to be searched first, and a looser SLO could then serve less (a margin on the answer is not monotone).
 PREFILL_CHUNK_MIN_GAIN: Final = 0.01
 
 
@@ -1654,8 +1913,9 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             budgets = (None,)
         pending[i] = _Pending(q, phys, budgets)
     # Round k tries every question's k-th budget: the engine default is searched in full; another budget
-    # only needs to beat the best so far by PREFILL_CHUNK_MIN_GAIN, so it is tested there first and searched
-    # above it only when it meets the SLO there.
+    # only matters when it serves more than the best so far, so it is tested at that rate first and searched
+    # above it only when it meets the SLO there. The answer is the highest rate over the budgets (the
+    # larger budget on a tie), so it never falls when the SLO loosens.
     for role in ("aggregated", "decode", "prefill"):
         group = [p for p in pending.values() if p.question.config.role == role]
         if not group:
@@ -1673,17 +1933,12 @@ def _solve_rates(questions: Sequence[RateQuestion]) -> list[RatePrediction]:
             chunk = np.array([math.nan if c is None else float(c) for c in chosen]).reshape(-1, 1)
             rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
             floors = np.array(
-                [
-                    0.0
-                    if (b := group[k].best) is None or b.max_rps <= 0.0
-                    else b.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
-                    for k in sel
-                ]
+                [0.0 if (b := group[k].best) is None or b.max_rps <= 0.0 else b.max_rps for k in sel]
             ).reshape(-1, 1)
             found = _search(rows, role, [group[k].question for k in sel], floors)
             for k, result in zip(sel, found, strict=True):
                 p = group[k]
-                if p.best is None or (result is not None and result.max_rps > 0.0):
+                if p.best is None or (result is not None and result.max_rps > p.best.max_rps):
                     p.best = result
     for i, p in pending.items():
         assert p.best is not None, "the first budget is searched from zero and always answers"

@@ -69,6 +69,9 @@ class LoadMeasurement:
     itl_p99_ms: float | None = None
     ttft_mean_ms: float | None = None
     itl_mean_ms: float | None = None
+    # True for a point of a concurrency sweep (`concurrency` requests kept in flight: a closed loop, modelled
+    # by perf.latency_at_concurrency); False for Poisson arrivals at `requests_per_s` (perf.latency_at_rate).
+    closed_loop: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +177,20 @@ def predict(
     efficiency: perf_efficiency.Efficiency | None,
     request_overhead_s: float = 0.0,
 ) -> perf.LoadPrediction | None:
-    """The model's latencies at the point's measured rate and sizes (TTFT including the request overhead)."""
+    """The model's latencies at the point's load and sizes (TTFT including the request overhead).
+
+    A concurrency point is the closed loop it was (its users spend the request overhead outside the engine,
+    and past the engine's slots they queue); an open-loop point is evaluated at its measured rate.
+    """
     sizes = perf.RequestSizes(max(1.0, point.prompt_tokens), max(1.0, point.output_tokens))
+    if point.closed_loop and run.config.role == "aggregated":
+        return perf.latency_at_concurrency(
+            run.config,
+            sizes,
+            max(1.0, point.concurrency),
+            efficiency=efficiency,
+            request_overhead_s=request_overhead_s,
+        )
     load = perf.latency_at_rate(run.config, sizes, max(point.requests_per_s, 1e-6), efficiency=efficiency)
     if load is None:
         return None

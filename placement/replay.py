@@ -1,15 +1,22 @@
 """Trace replay through a discrete-event model of one service's fleet, driven by a scaling controller.
 
-The fleet model: each replica of a configuration is a continuous-batching server whose concurrent work
-is bounded by the performance model's SLO-bounded capacity. A request of bucket b on configuration k
-holds its replica for its own duration (TTFT plus output tokens x ITL, both the model's p99 at capacity)
-and takes a share 1 / (cap[k, b] * mean duration of b) of the replica's batch, so a replica that admits
-up to a full batch serves exactly cap[k, b] req/s (Little's law) within the SLO. A request that finds no
-ready replica with room waits in one FIFO queue (the gateway's); its TTFT is the wait plus the model's
-TTFT, and it is within the SLO when that is within the TTFT SLO (ITL holds by construction while the
-batch is within its bound). New replicas become ready `startup_s` after they are asked for and cost from
-that moment (the pod holds its devices while it starts); removed replicas stop admitting and cost until
-their in-flight requests finish (graceful drain). Starting replicas are cancelled first.
+The fleet model: each replica of a configuration is a continuous-batching server with batch slots. The
+performance model's SLO-bounded capacity cap[k, b] already prices the queueing of a Poisson stream up to
+that rate (its p99 TTFT and ITL at capacity are within the SLO), so the fleet model must not charge it
+again: a replica admits up to the 99th percentile of the concurrency a Poisson stream at its capacity
+reaches (mean + 2.33 sqrt(mean), the mean from Little's law over the workload's mix), and a request
+holds a slot for its share of the replica's throughput, so a full replica serves at most
+SATURATION_MAX x cap (an assumption: the model does not say how fast latency degrades above capacity).
+A steady stream at capacity keeps >= 99% within the SLO, one at 1.3x capacity a few percent
+(benchmarks/replay_calibration.py). A request's TTFT is the model's p99 TTFT at capacity plus the part
+of its wait for a slot beyond the queueing the model priced (queue_tolerance x the TTFT SLO); no
+request is lost (served within the SLO, served late, or never served: all counted). The gateway routes
+by the plan's per-bucket shares and spills a request whose routed configuration has no free slot to the
+cheapest replica with one (a load-aware endpoint picker). New replicas become ready `startup_s` after
+they are asked for and cost from that moment (the pod holds its devices while it starts); removed
+replicas stop admitting and cost, and hold their devices, until their in-flight requests finish
+(graceful drain); starting replicas are cancelled first. A pool never holds more devices than it has:
+an addition without room (make-before-break into a full pool) is not created and is counted as refused.
 
 Every `interval_s` the controller sees what Prometheus would show (rate and size mix over the last
 minute, p99 TTFT and ITL of the requests started in it, waiting requests, batch occupancy as KV usage)
@@ -80,6 +87,14 @@ OBSERVATION_WINDOW_S = 60.0
 # Admission waits up to this share of the TTFT SLO count as the queueing the capacity model already
 # priced (its max req/s keeps p99 TTFT, queueing included, within the SLO); longer waits add to the TTFT.
 DEFAULT_QUEUE_TOLERANCE = 0.25
+# z of the 99th percentile of a normal: a replica admits the concurrency a Poisson stream at its capacity
+# reaches 99% of the time (the model's p99 promise at capacity covers that fluctuation).
+POISSON_P99_Z = 2.326
+# Those extra slots let a full replica serve up to slots / mean slots x its capacity (1 + 2.33 / sqrt(mean):
+# 1.13-1.17x for the 70B replicas of the benchmark, up to 4x for a replica of one slot). Above its
+# SLO-bounded rate an engine's latency leaves the SLO; the model does not say how fast, so a replica never
+# serves more than this multiple of its capacity (an assumption; REPORT_autoscaling.md shows its effect).
+SATURATION_MAX = 1.25
 
 
 class ReplayError(ValueError):
@@ -151,6 +166,10 @@ class Result:
     ttft_ms: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     # Scale-direction reversals of one configuration (down after up, or up after down) within the window.
     reversals: int = 0
+    # Replicas a controller asked for that their pool had no free devices for (not created).
+    refused: int = 0
+    # Highest devices in use per pool at any decision (starting, serving and draining replicas).
+    peak_devices: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def attainment(self) -> float:
@@ -177,7 +196,13 @@ class _Replica:
 @dataclass(frozen=True)
 class _Config:
     work_s: NDArray[np.float64]  # replica-seconds per request, per bucket: 1 / max req/s (inf: cannot)
-    slots: int  # concurrent requests at capacity (Little's law over the workload's mix)
+    # How long a request holds a batch slot, in units of its work: max(mean concurrency at capacity,
+    # slots / SATURATION_MAX), so `slots` busy slots serve at most SATURATION_MAX x the capacity.
+    hold_slots: float
+    # Batch slots the replica admits within the SLO: the 99th percentile of the concurrency a Poisson stream
+    # at capacity reaches (mean + 2.33 sqrt(mean), square-root staffing), the fluctuation the performance
+    # model's p99 at capacity already priced; beyond it a request waits for a slot.
+    slots: int
     ttft_s: NDArray[np.float64]
     itl_s: NDArray[np.float64]
     price_per_hour: float
@@ -211,7 +236,10 @@ def _configs(
         mix = share[served] / share[served].sum() if served.any() else share[served]
         rate = 1.0 / float((mix * work[served]).sum()) if served.any() else 0.0
         hold = float((mix * (ttft[served] + out_mean[served] * itl[served])).sum()) if served.any() else 0.0
-        out[c.key] = _Config(work, max(1, round(rate * hold)), ttft, itl, c.price_per_hour, c.devices)
+        mean_slots = max(1.0, rate * hold)
+        slots = math.ceil(mean_slots + POISSON_P99_Z * math.sqrt(mean_slots))
+        hold_slots = max(mean_slots, slots / SATURATION_MAX)
+        out[c.key] = _Config(work, hold_slots, slots, ttft, itl, c.price_per_hour, c.devices)
     return out
 
 
@@ -252,9 +280,16 @@ def replay(
     def new_replica(key: inputs.CandidateKey, created: float, ready: float) -> _Replica:
         return _Replica(key, created, ready, lanes=[ready] * configs[key].slots)
 
+    pool_devices = {p.id: p.devices_total for p in problem.pools}
+    refused = [0]
     replicas: list[_Replica] = [
         new_replica(key, 0.0, 0.0) for key, count in initial.items() for _ in range(count)
     ]
+    for pool_id, used in _devices(initial, configs).items():
+        if used > pool_devices.get(pool_id, 0):
+            raise ReplayError(
+                f"initial: {used} devices in pool {pool_id}, which has {pool_devices.get(pool_id, 0)}"
+            )
     readies: list[float] = []
     queue: deque[int] = deque()
     route: list[Routing | None] = [initial_routing]
@@ -268,8 +303,8 @@ def replay(
 
     def pick(b: int, now: float, only: inputs.CandidateKey | None) -> int:
         # Configuration `only`: its ready replica with the shortest work queue. Any configuration: the
-        # cheapest place for this request ($ x its work) among those that admit it within tolerance,
-        # else the shortest wait.
+        # cheapest place for this request ($ x its work) among those with a free slot, then among those
+        # that admit it within tolerance, else the shortest wait.
         best = -1
         best_score = (math.inf, math.inf, math.inf)
         for i, rep in enumerate(replicas):
@@ -283,7 +318,7 @@ def replay(
             score = (
                 (0.0, 0.0, wait)
                 if only is not None
-                else (float(wait > tolerance_s), cfg.price_per_hour * work, wait)
+                else (float(wait > 0.0) + float(wait > tolerance_s), cfg.price_per_hour * work, wait)
             )
             if score < best_score:
                 best, best_score = i, score
@@ -301,9 +336,11 @@ def replay(
             if keys:
                 w = np.array([weights[k][b] for k in keys])
                 best = pick(b, now, keys[int(rng.choice(len(keys), p=w / w.sum()))])
-        # A routed configuration that cannot admit it within tolerance (the mix shifted since the plan):
-        # the gateway sends it to the cheapest replica that can.
-        if best < 0 or replicas[best].lanes[0] - now > tolerance_s:
+        # A routed configuration with no free batch slot (the mix shifted since the plan, or its new
+        # replicas are still starting): a load-aware gateway (the Inference Extension's endpoint picker
+        # scores queue length and KV usage) sends it to the cheapest replica with a free slot, else the
+        # cheapest that admits it within the tolerance, else the shortest wait.
+        if best < 0 or replicas[best].lanes[0] > now:
             other = pick(b, now, None)
             if other >= 0 and (best < 0 or replicas[other].lanes[0] < replicas[best].lanes[0]):
                 best = other
@@ -313,7 +350,7 @@ def replay(
         cfg = configs[rep.key]
         # The slot that frees first takes it for its share of the replica's throughput: slots x work.
         begin = max(now, rep.lanes[0])
-        heapq.heapreplace(rep.lanes, begin + cfg.slots * float(cfg.work_s[b]))
+        heapq.heapreplace(rep.lanes, begin + cfg.hold_slots * float(cfg.work_s[b]))
         wait = begin - float(trace.ts[r])
         rep.last_finish_s = max(
             rep.last_finish_s,
@@ -343,15 +380,33 @@ def replay(
                 out[rep.key] = out.get(rep.key, 0) + 1
         return out
 
+    def devices_in_use(now: float) -> dict[str, int]:
+        # A draining replica holds its devices until its last request finishes.
+        used: dict[str, int] = {}
+        for rep in replicas:
+            if rep.ended_s is None or rep.ended_s > now:
+                used[rep.key.pool] = used.get(rep.key.pool, 0) + configs[rep.key].devices
+        return used
+
     def apply(targets: Targets, now: float) -> None:
         for key in targets:
             if key not in configs:
                 raise ReplayError(f"controller: {key} is not an aggregated candidate of the problem")
         have = alive()
-        for key in set(have) | set(targets):
+        # Removals first (they free nothing until drained), then additions while the pool has devices:
+        # make-before-break cannot put more replicas in a pool than it holds; what does not fit is not
+        # created (the controller asks again at its next decision) and is counted.
+        order = sorted(set(have) | set(targets), key=lambda k: int(targets.get(k, 0)) - have.get(k, 0))
+        used = devices_in_use(now)
+        for key in order:
             diff = max(0, int(targets.get(key, 0))) - have.get(key, 0)
             if diff > 0:
                 for _ in range(diff):
+                    need = configs[key].devices
+                    if used.get(key.pool, 0) + need > pool_devices.get(key.pool, 0):
+                        refused[0] += 1
+                        continue
+                    used[key.pool] = used.get(key.pool, 0) + need
                     replicas.append(new_replica(key, now, now + startup_s))
                     heapq.heappush(readies, now + startup_s)
             elif diff < 0:
@@ -368,6 +423,7 @@ def replay(
                     rep.ended_s = now if rep.ready_s > now else max(now, rep.last_finish_s)
 
     steps: list[Step] = []
+    peak_used: dict[str, int] = {}
     history: dict[inputs.CandidateKey, list[tuple[float, int]]] = {}
     t_next_tick = interval_s
     i_arrival = 0
@@ -414,6 +470,8 @@ def replay(
             if control.routing is not None:
                 route[0] = control.routing
             apply(control.targets, now)
+            for pool_id, used_now in devices_in_use(now).items():
+                peak_used[pool_id] = max(peak_used.get(pool_id, 0), used_now)
             after = alive()
             for key in set(current) | set(after):
                 if after.get(key, 0) != current.get(key, 0):
@@ -441,7 +499,17 @@ def replay(
         steps=steps,
         ttft_ms=ttft_ms,
         reversals=_reversals(history, reversal_window_s),
+        refused=refused[0],
+        peak_devices=peak_used,
     )
+
+
+def _devices(targets: Targets, configs: Mapping[inputs.CandidateKey, _Config]) -> dict[str, int]:
+    """Devices per pool of these replicas."""
+    out: dict[str, int] = {}
+    for key, count in targets.items():
+        out[key.pool] = out.get(key.pool, 0) + count * configs[key].devices
+    return out
 
 
 def _reversals(history: Mapping[inputs.CandidateKey, list[tuple[float, int]]], window_s: float) -> int:

@@ -146,7 +146,13 @@ class Solver(_Out):
         float | None, Field(ge=0, description="Relative gap to the solver's bound, 0-1; null: no bound.")
     ]
     bound_source: Annotated[
-        str, Field(description="What bounds the gap: milp, full-lp, restricted-milp, per-service or none.")
+        str,
+        Field(
+            description=(
+                "What bounds the gap: milp, full-lp, restricted-milp, per-service, dantzig-wolfe, "
+                "lagrangian or none."
+            )
+        ),
     ]
     seconds: Annotated[float, Field(ge=0)]
     stages: Annotated[int, Field(ge=0)]

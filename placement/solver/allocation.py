@@ -87,7 +87,9 @@ class PoolAllocation:
 
 
 PlanStatus = Literal["optimal", "feasible"]
-BoundSource = Literal["milp", "full-lp", "restricted-milp", "per-service", "dantzig-wolfe", "none"]
+BoundSource = Literal[
+    "milp", "full-lp", "restricted-milp", "per-service", "dantzig-wolfe", "lagrangian", "none"
+]
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ class Plan:
     # "milp": HiGHS's bound on this MILP; "full-lp": LP relaxation over every candidate (after pruning);
     # "restricted-milp": HiGHS's bound on the pruned MILP only (not a bound for the full problem);
     # "per-service": decompose's sum of per-service bounds (capacity ignored: valid, weaker);
-    # "dantzig-wolfe": the master LP over per-service plans plus the pricing bounds (dantzig_wolfe).
+    # "dantzig-wolfe": the master LP over per-service plans plus the pricing bounds (dantzig_wolfe);
+    # "lagrangian": pool capacity relaxed at the LP's shadow prices, each service's integer optimum
+    # bounded alone (primal.lagrangian_bound: at least the full LP bound).
     bound_source: BoundSource = "milp"
 
     def service(self, service_id: str) -> ServiceAllocation:

@@ -60,6 +60,10 @@ class Pruned:
     lp_needs_unmet: bool
     # Column generation chose the candidates (the MILP is restricted).
     restricted: bool = False
+    # The LP's shadow price of one device per pool ($/h, <= 0), in problem.pools order, when computed.
+    pool_duals: tuple[float, ...] | None = None
+    # (service, pool) pairs the LP's optimum routes traffic through (for the primal heuristic), when computed.
+    lp_pools: frozenset[tuple[str, str]] | None = None
 
 
 # When the pruned MILP cannot serve what the LP serves, K grows by this factor per retry.
@@ -72,7 +76,11 @@ REDUCED_COST_TOLERANCE = 1e-9
 UNMET_PENALTY_FACTOR = 100.0
 
 
-def prune(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> Pruned:
+def prune(
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions,
+    keep: frozenset[inputs.CandidateKey] = frozenset(),
+) -> Pruned:
     """Candidates worth a variable: useful, not dominated, and (optionally) selected by column generation."""
     demand = {s.id: s for s in problem.services}
     groups: dict[tuple[str, str], list[inputs.Candidate]] = defaultdict(list)
@@ -81,7 +89,8 @@ def prune(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> Pruned:
     survivors: list[inputs.Candidate] = []
     for (service_id, _role), cands in groups.items():
         s = demand[service_id]
-        current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0}
+        # Running now (or in a plan to start from, `keep`): never dropped as dominated.
+        current = {c.key for c in cands if problem.current_replicas.get(c.key, 0) > 0 or c.key in keep}
         # Useless: cannot serve any bucket that has traffic (and no replica floor to satisfy).
         useful = [
             c
@@ -110,11 +119,21 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
     # Row numbering: front coverage per (service, bucket) with traffic, then back coverage for services
     # with prefill/decode candidates, then pools.
     has_pd = {c.service for c in cands if c.role != "aggregated"}
+    # Only buckets the MILP must serve get rows: those an aggregated candidate, or a prefill and a decode
+    # candidate together, can take (formulation.build leaves the others' unmet share free). A bucket no
+    # candidate can take would otherwise make this LP "need unmet" demand, and the solve would skip the
+    # all-served MILP for the priority stages.
+    able: dict[str, set[tuple[str, int]]] = {role: set() for role in inputs.ROLES}
+    for c in cands:
+        for b, cap in enumerate(c.max_rps_per_bucket):
+            if cap > 0.0:
+                able[c.role].add((c.service, b))
     front: dict[tuple[str, int], int] = {}
     for s in problem.services:
         for b, r in enumerate(s.bucket_rps):
-            if r > 0.0:
-                front[(s.id, b)] = len(front)
+            key = (s.id, b)
+            if r > 0.0 and (key in able["aggregated"] or (key in able["prefill"] and key in able["decode"])):
+                front[key] = len(front)
     back: dict[tuple[str, int], int] = {}
     for sid, b in front:
         if sid in has_pd:
@@ -132,7 +151,7 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
     for i, c in enumerate(cands):
         rates = services[c.service].bucket_rps
         for b, (cap, r) in enumerate(zip(c.max_rps_per_bucket, rates, strict=True)):
-            if cap <= 0.0 or r <= 0.0:
+            if cap <= 0.0 or r <= 0.0 or (c.service, b) not in front:
                 continue
             col_cand.append(i)
             col_front.append(front[(c.service, b)] if c.role != "decode" else -1)
@@ -173,6 +192,7 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
     y = np.zeros(n_rows)
     objective = math.inf
     unmet_total = math.inf
+    converged = False
     for _ in range(COLUMN_ROUNDS):
         cols = np.flatnonzero(active)
         n_cols = cols.size
@@ -221,6 +241,7 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
         reduced -= use * y[first_pool_row + pool_of]
         entering = (~active) & (reduced < -REDUCED_COST_TOLERANCE * np.maximum(1.0, np.abs(cost)))
         if not entering.any():
+            converged = True
             break
         active |= entering
     needs_unmet = unmet_total > inputs.FEASIBILITY_TOLERANCE * max(1.0, float(rate_of_row.sum()))
@@ -231,7 +252,11 @@ def _column_generation(problem: inputs.FleetProblem, cands: Sequence[inputs.Cand
     # the integer problem has somewhere to put the replicas rounding adds.
     slack = y[first_pool_row + pool_of] > -REDUCED_COST_TOLERANCE
     chosen = _chosen(cands, cand_of, keep, priced, cover_row, k, problem, pool_of, slack)
-    return Pruned(chosen, None if needs_unmet else objective, needs_unmet, True)
+    # The LP optimum bounds the full problem only once no column prices out (every candidate was priced).
+    bound = objective if converged and not needs_unmet else None
+    duals = tuple(float(v) for v in y[first_pool_row:])
+    used = frozenset((cands[int(i)].service, cands[int(i)].pool) for i in np.unique(cand_of[keep]))
+    return Pruned(chosen, bound, needs_unmet, True, duals, used)
 
 
 def _chosen(

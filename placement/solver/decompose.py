@@ -41,7 +41,7 @@ def decomposable(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> 
     and every pool's TP sizes pack by device count (any serving mode, replica floors allowed)."""
     if options.move_penalty_per_device_hour > 0.0 and problem.current_replicas:
         return False
-    if options.one_accelerator_per_service:
+    if options.one_accelerator_per_service or options.on_demand_floor > 0.0:
         return False
     if any(s.max_replicas is not None or s.max_dollars_per_hour is not None for s in problem.services):
         return False

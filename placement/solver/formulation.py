@@ -183,7 +183,11 @@ class _Builder:
         return r
 
 
-def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = None) -> Model:
+def build(
+    problem: inputs.FleetProblem,
+    options: inputs.SolveOptions | None = None,
+    keep: frozenset[inputs.CandidateKey] = frozenset(),
+) -> Model:
     """The MILP of `problem`: minimise $/h (+ stability penalty) with all traffic served where possible.
 
     Unmet-demand variables u exist for every (service, bucket) but are fixed to 0 here unless no
@@ -191,7 +195,7 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
     """
     options = options or inputs.SolveOptions()
     inputs.validate(problem)
-    pruned = colgen.prune(problem, options)
+    pruned = colgen.prune(problem, options, keep)
     candidates = pruned.candidates
     services = {s.id: s for s in problem.services}
     pools = {p.id: p for p in problem.pools}
@@ -256,6 +260,45 @@ def build(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
                     b.row([*f_agg, (z, 1.0)], -inf, 1.0)
                 if f_pre:
                     b.row([*f_pre, (z, -1.0)], -inf, 0.0)
+
+    # On-demand floor (options.on_demand_floor = phi): of what a stage serves of bucket b, at least phi on
+    # on-demand pools, per stage (front: aggregated + prefill; back: aggregated + decode):
+    #   sum_{c on-demand} f_cb - phi sum_c f_cb >= 0,
+    # written only where the stage has an on-demand configuration for b (else it would forbid serving b).
+    # Whether an on-demand configuration exists is judged over every candidate, not those column generation
+    # kept: a restricted MILP then serves nothing of b until it is widened (stages.solve_milp).
+    if options.on_demand_floor > 0.0:
+        phi = options.on_demand_floor
+        spot = {p.id: p.spot for p in problem.pools}
+        able: set[tuple[str, str, int]] = set()
+        for c in problem.candidates:
+            if not spot[c.pool]:
+                for k, cap in enumerate(c.max_rps_per_bucket):
+                    if cap > 0.0:
+                        able.add((c.service, c.role, k))
+        for s in problem.services:
+            for k, r in enumerate(s.bucket_rps):
+                if r <= 0.0:
+                    continue
+                for partner in ("prefill", "decode"):
+                    idx = [
+                        i
+                        for role in ("aggregated", partner)
+                        for i in by_service_role.get((s.id, role), [])
+                        if (i, k) in f_index
+                    ]
+                    on_demand = [i for i in idx if not pools[candidates[i].pool].spot]
+                    if not any((s.id, role, k) in able for role in ("aggregated", partner)):
+                        continue  # no on-demand configuration at all: the floor cannot hold
+                    if len(on_demand) == len(idx):
+                        continue  # nothing on spot: it holds
+                    if partner == "decode" and not any(candidates[i].role == "decode" for i in idx):
+                        continue  # aggregated only: the front row already says it
+                    b.row(
+                        [(f_index[(i, k)], (1.0 if i in on_demand else 0.0) - phi) for i in idx],
+                        0.0,
+                        inf,
+                    )
 
     # Load: a replica time-shares its capacity across buckets (Mélange):
     #   sum_b (r_b / cap_cb) f_cb <= n_c.

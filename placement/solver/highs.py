@@ -94,3 +94,61 @@ def run(
     bound = getattr(res, "mip_dual_bound", None)
     bound_value = objective if bound is None or not math.isfinite(float(bound)) else float(bound)
     return Run(x=x, objective=objective, bound=bound_value, optimal=res.status == MILP_OPTIMAL)
+
+
+def run_from(
+    model: formulation.Model,
+    start: Sequence[tuple[int, float]],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> Run | None:
+    """The MILP from a known plan: HiGHS (highspy, which takes a start; scipy's milp takes none) completes
+    the partial solution `start` (column, value) by an LP and improves on it until the deadline.
+
+    As `run`: None when the problem is infeasible, SolverError when HiGHS stops without a solution.
+    """
+    import highspy  # the official HiGHS binding: a warm start is what it adds to scipy's interface
+
+    with _quiet_stdout():  # the constructor prints a banner to the C stdout
+        h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    a = model.a.tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_ = a.shape[1]
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = model.c
+    lp.col_lower_ = model.var_lo
+    lp.col_upper_ = model.var_hi
+    lp.row_lower_ = model.row_lo
+    lp.row_upper_ = model.row_hi
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr
+    lp.a_matrix_.index_ = a.indices
+    lp.a_matrix_.value_ = a.data
+    lp.integrality_ = [
+        highspy.HighsVarType.kInteger if v else highspy.HighsVarType.kContinuous for v in model.integrality
+    ]
+    with _quiet_stdout():
+        h.passModel(lp)
+        cols = np.asarray([col for col, _ in start], dtype=np.int32)
+        values = np.asarray([v for _, v in start], dtype=np.float64)
+        h.setSolution(len(cols), cols, values)
+        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
+        h.setOptionValue("mip_rel_gap", options.mip_rel_gap)
+        h.run()
+    info = h.getInfo()
+    solution = h.getSolution()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return None
+    if not solution.value_valid or info.primal_solution_status == 0:
+        raise inputs.SolverError(
+            f"solver: HiGHS stopped without a solution ({h.modelStatusToString(status)})"
+        )
+    x = np.asarray(solution.col_value, dtype=np.float64)
+    return Run(
+        x=x,
+        objective=float(info.objective_function_value),
+        bound=float(info.mip_dual_bound),
+        optimal=status == highspy.HighsModelStatus.kOptimal,
+    )

@@ -174,13 +174,19 @@ class SolveOptions:
     max_candidates_per_bucket: int | None = None
     # "milp": one MILP; "decompose": per-service decomposition with pool pricing (large fleets);
     # "auto": decompose from DECOMPOSE_MIN_SERVICES services when the problem allows it, else MILP.
-    method: Literal["milp", "decompose", "dantzig-wolfe", "auto"] = "auto"
+    # "primal": the primal heuristic (solver.primal) with the full LP bound, for fleets too large for either.
+    method: Literal["milp", "decompose", "dantzig-wolfe", "primal", "auto"] = "auto"
     # Load each replica to at most this share of its SLO-bounded capacity: headroom for bursts the
     # sizing rate does not show (1.0 plans right up to the SLO bound).
     max_utilization: float = 1.0
     # Each service runs all its replicas (every role) on one accelerator type: how fleets are run by hand,
     # and the single-type baseline under the same pool capacity (placement.baselines).
     one_accelerator_per_service: bool = False
+    # Share of each service's served requests, per request-size bucket and per stage (aggregated or
+    # prefill; aggregated or decode), routed to replicas on on-demand pools (Pool.spot False), so a spot
+    # reclaim leaves at least this share of its capacity running. Hard where the service has an on-demand
+    # configuration for that bucket and stage; 0.0 ignores it.
+    on_demand_floor: float = 0.0
 
 
 @dataclass(frozen=True)

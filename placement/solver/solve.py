@@ -13,9 +13,10 @@ with pool prices instead of one MILP (benchmarks/REPORT_solver.md has the measur
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
-from placement.solver import allocation, dantzig_wolfe, decompose, inputs, stages
+from placement.solver import allocation, dantzig_wolfe, decompose, inputs, primal, stages
 
 # Above this many candidates `auto` turns on column generation for the MILP, keeping this many per
 # (service, bucket) besides what the LP uses (the examples' 6 services have ~250 candidates).
@@ -25,6 +26,10 @@ AUTO_CANDIDATES_PER_BUCKET = 3
 # penalty) `auto` solves service by service with a master over pool capacity (dantzig_wolfe): one MILP
 # over all of them spends its time limit far from the optimum (benchmarks/REPORT_solver.md, section d).
 DANTZIG_WOLFE_MIN_SERVICES = 20
+# From this many services, when neither decomposition applies, `auto` builds the plan with the primal
+# heuristic (primal: LP shadow prices, placement by priority, exact one-service MILPs for the largest):
+# one MILP over 100 diverse services found no plan at all in 60 s (benchmarks/REPORT_solver.md, (e)).
+PRIMAL_MIN_SERVICES = 100
 
 
 def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = None) -> allocation.Plan:
@@ -35,6 +40,10 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         raise inputs.InvalidProblemError(
             f"options.max_utilization: must be in (0, 1], got {options.max_utilization}"
         )
+    if not 0.0 <= options.on_demand_floor <= 1.0:
+        raise inputs.InvalidProblemError(
+            f"options.on_demand_floor: must be in [0, 1], got {options.on_demand_floor}"
+        )
     if options.max_utilization < 1.0:
         return _derated(problem, options)
     if options.method == "decompose" or (
@@ -43,20 +52,38 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions | None = No
         and decompose.decomposable(problem, options)
     ):
         return decompose.decompose(problem, options)
-    if options.method == "dantzig-wolfe" or (
-        options.method == "auto"
-        and len(problem.services) >= DANTZIG_WOLFE_MIN_SERVICES
-        and dantzig_wolfe.applicable(problem)
-    ):
-        return dantzig_wolfe.solve(problem, options)
-    if (
-        options.method == "auto"
-        and options.max_candidates_per_bucket is None
-        and len(problem.candidates) > AUTO_COLUMN_GENERATION_CANDIDATES
-    ):
-        # Too many columns for one exact MILP in interactive time: let the LP pick them.
-        options = replace(options, max_candidates_per_bucket=AUTO_CANDIDATES_PER_BUCKET)
-    return stages.solve_milp(problem, options)
+    if options.method == "primal":
+        return primal.solve(problem, options)
+    started = time.perf_counter()
+    try:
+        if options.method == "dantzig-wolfe" or (
+            options.method == "auto"
+            and len(problem.services) >= DANTZIG_WOLFE_MIN_SERVICES
+            and dantzig_wolfe.applicable(problem)
+        ):
+            return dantzig_wolfe.solve(problem, options)
+        if (
+            options.method == "auto"
+            and len(problem.services) >= PRIMAL_MIN_SERVICES
+            and primal.applicable(problem, options)
+        ):
+            return primal.solve(problem, options)
+        if (
+            options.method == "auto"
+            and options.max_candidates_per_bucket is None
+            and len(problem.candidates) > AUTO_COLUMN_GENERATION_CANDIDATES
+        ):
+            # Too many columns for one exact MILP in interactive time: let the LP pick them.
+            options = replace(options, max_candidates_per_bucket=AUTO_CANDIDATES_PER_BUCKET)
+        return stages.solve_milp(problem, options)
+    except inputs.SolverError:
+        # HiGHS stopped without any plan (time limit before an incumbent): never answer "no plan" where
+        # the heuristic finds one. Its own time is what is left, at least a tenth of the limit.
+        if options.method not in ("auto",) or not primal.applicable(problem, options):
+            raise
+        spent = time.perf_counter() - started
+        remaining = max(options.time_limit_s - spent, 0.1 * options.time_limit_s)
+        return primal.solve(problem, replace(options, time_limit_s=remaining))
 
 
 def _derated(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocation.Plan:

@@ -27,7 +27,16 @@ def solve_milp(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> al
     deadline = started + options.time_limit_s
     model = formulation.build(problem, options)
     # Column generation already proved full service impossible: go straight to the priority stages.
-    run = None if model.lp_needs_unmet else highs.run(model, model.c, model.var_hi, (), options, deadline)
+    run = None
+    if not model.lp_needs_unmet:
+        start = _current_start(problem, model)
+        # Warm start from what runs now (highspy; scipy's milp takes no start): HiGHS begins with the
+        # current placement as its incumbent when it is still feasible, completing the routing itself.
+        run = (
+            highs.run_from(model, start, options, deadline)
+            if start
+            else highs.run(model, model.c, model.var_hi, (), options, deadline)
+        )
     k = options.max_candidates_per_bucket
     while run is None and model.restricted and not model.lp_needs_unmet and k is not None:
         # The LP serves everything but the pruned integer problem cannot: widen the columns and retry,
@@ -63,6 +72,18 @@ def solve_milp(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> al
         if run is None:
             raise inputs.InfeasibleError(inputs.infeasible_reason(problem))
     return decode(problem, model, run, stages=stages, seconds=time.perf_counter() - started)
+
+
+def _current_start(problem: inputs.FleetProblem, model: formulation.Model) -> list[tuple[int, float]]:
+    """The current placement as a partial MIP start: replicas per candidate column (empty: none runs)."""
+    if not any(n > 0 for n in problem.current_replicas.values()):
+        return []
+    start = []
+    for i, c in enumerate(model.candidates):
+        col = model.n_index[i]
+        now = float(problem.current_replicas.get(c.key, 0))
+        start.append((col, min(now, float(model.var_hi[col]))))
+    return start
 
 
 def _pinned_run(

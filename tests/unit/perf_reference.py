@@ -162,12 +162,19 @@ ENGINE_TRAITS: Final = {
 VLLM_LARGE_DEVICE_BYTES: Final = 70 * catalog.GIB
 VLLM_LARGE_DEVICE_MAX_BATCH: Final = 1024
 VLLM_LARGE_DEVICE_CHUNK_TOKENS: Final = 8192
+# vLLM's CPU backend serves with max_num_seqs 128 and 2048 batched tokens (OpenAI server; the same
+# get_batch_defaults, `if current_platform.is_cpu()`, vLLM 0.32): the project's real engine runs with these.
+VLLM_CPU_MAX_BATCH: Final = 128
 
 
 def engine_traits(engine: str, acc: catalog.Accelerator) -> EngineTraits:
     """The engine's scheduler limits on this accelerator (defaults can depend on the device)."""
     traits = ENGINE_TRAITS[engine]
     parent = acc.parent or acc.id
+    if engine == "vllm" and acc.vendor == "cpu":
+        return dataclasses.replace(
+            traits, max_batch=VLLM_CPU_MAX_BATCH, source=traits.source + "; CPU backend: max_num_seqs 128"
+        )
     if engine == "vllm" and acc.memory_bytes >= VLLM_LARGE_DEVICE_BYTES and not parent.startswith("a100"):
         return dataclasses.replace(
             traits,
@@ -268,6 +275,8 @@ class LoadPrediction:
     itl_p99_ms: float
     prefill_utilization: float
     step_ms: float
+    ttft_mean_ms: float = 0.0
+    itl_mean_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -852,6 +861,16 @@ def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float,
     return quantile(0.5), quantile(TAIL_PROBABILITY)
 
 
+def _own_prefill(
+    phys: _Physics, workload: RequestSizes, running: float, budget: float, prompt: float, others: float
+) -> float:
+    """Seconds of the whole iterations that carry one prompt (each also decodes the running sequences)."""
+    chunks = max(1.0, math.ceil(prompt / max(budget, 1.0)))
+    own = prompt / chunks
+    tokens = own + min(others, max(budget - own, 0.0))
+    return chunks * _decode_step(phys, running, workload, tokens, tokens / workload.prompt_tokens)
+
+
 def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
     """Continuous batching with chunked prefill: decode and prompts share every iteration."""
     steady = _steady_batch(phys, workload, rate, with_prefill=True)
@@ -884,8 +903,11 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
     # TTFT: waiting for a slot and for the prefill budget, the prompt's own prefill, the iteration in flight.
     # The serving path's fixed cost (placement.perf.SERVING_PATH_FIXED_S, the same constant).
     path = perf.SERVING_PATH_FIXED_S
-    ttft_p50 = path + admit_p50 + wait_p50 + mean_prompt / service_rate_tok + step / 2.0
-    ttft_p99 = path + admit_p99 + wait_p99 + p99_prompt / service_rate_tok + step
+    others = rate * step * mean_prompt
+    own_p50 = _own_prefill(phys, workload, running, budget, mean_prompt, others)
+    own_p99 = _own_prefill(phys, workload, running, budget, p99_prompt, others)
+    ttft_p50 = path + admit_p50 + wait_p50 + own_p50 + step / 2.0
+    ttft_p99 = path + admit_p99 + wait_p99 + own_p99 + step
     # ITL: an iteration carries the prompt tokens that arrived during the previous one plus any backlog,
     # capped by the budget. Every iteration emits a token per running sequence, so the p99 gap is the
     # iteration whose prefill load has a 1% chance of being exceeded.
@@ -905,6 +927,99 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
         itl_p99_ms=itl_p99 * 1e3,
         prefill_utilization=rho,
         step_ms=step * 1e3,
+    )
+
+
+CLOSED_LOOP_STEPS: Final = 200
+
+
+def _queue_mean(rate: float, mean_service_s: float, second_moment_s2: float) -> float:
+    """Mean M/G/1 wait (Pollaczek-Khinchine); infinite at utilization >= 1."""
+    rho = rate * mean_service_s
+    return rate * second_moment_s2 / (2.0 * (1.0 - rho)) if rho < 1.0 else math.inf
+
+
+def latency_at_concurrency(
+    config: ReplicaConfig,
+    workload: RequestSizes,
+    concurrency: float,
+    *,
+    efficiency: perf_efficiency.Efficiency | None = None,
+    prefill_chunk_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    request_overhead_s: float = 0.0,
+) -> LoadPrediction | None:
+    """Aggregated replica with `concurrency` requests always in flight (closed loop); see perf."""
+    if config.role != "aggregated":
+        raise InvalidConfigError(f"a closed loop is modelled for aggregated replicas, not {config.role!r}")
+    _validate_chunk(config, prefill_chunk_tokens)
+    reason = infeasibility(config)
+    if reason is not None:
+        raise InvalidConfigError(reason)
+    phys = _physics(config, efficiency)
+    if prefill_chunk_tokens is not None:
+        phys = _with_chunk(phys, prefill_chunk_tokens)
+    if max_num_seqs is not None:
+        phys = dataclasses.replace(phys, engine=dataclasses.replace(phys.engine, max_batch=max_num_seqs))
+    limit = _batch_limit(
+        phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
+    )
+    if limit < 1.0:
+        return None
+    users, prompt, output = float(concurrency), workload.prompt_tokens, workload.output_tokens
+    path = perf.SERVING_PATH_FIXED_S + request_overhead_s
+    slots = max(math.floor(limit), 1.0)
+
+    def budget_at(running: float) -> float:
+        chunk = _prefill_budget(phys, max(running, 1.0))
+        if chunk is None:
+            chunk = max(workload.prompt_p99, prompt)
+        return max(chunk, 1.0)
+
+    step = _decode_step(phys, 1.0, workload, 0.0, 0.0)
+    rate = users / (path + output * step)
+    for _ in range(CLOSED_LOOP_STEPS):
+        running = min(max(users - rate * path, 1e-9), slots)
+        budget = budget_at(running)
+        prefill = min(rate * step * prompt, budget)
+        step = _decode_step(phys, max(running, 1.0), workload, prefill, prefill / prompt)
+        served = min(running / (output * step), budget / (step * prompt))
+        settled = abs(served - rate) <= perf.CLOSED_LOOP_TOLERANCE * rate
+        rate = 0.5 * (rate + served)
+        if settled:
+            break
+    inside = max(users - rate * path, 1e-9)
+    running = min(inside, slots)
+    slot_wait = max(inside - slots, 0.0) / rate
+    budget = budget_at(running)
+    full = _decode_step(phys, max(running, 1.0), workload, budget, budget / prompt)
+    service = prompt * full / budget
+    second = workload.prompt_second_moment * (full / budget) ** 2
+    tail = _queue_tail(rate, service, second)
+    wait_p50, wait_p99, rho = (math.inf, math.inf, rate * service) if tail is None else tail
+    wait_mean = _queue_mean(rate, service, second)
+    most = (min(users, slots) - 1.0) * service
+    wait_p50, wait_p99, wait_mean = min(wait_p50, most), min(wait_p99, most), min(wait_mean, most)
+    others = rate * step * prompt
+    own_p50 = _own_prefill(phys, workload, max(running, 1.0), budget, prompt, others)
+    own_p99 = _own_prefill(phys, workload, max(running, 1.0), budget, workload.prompt_p99, others)
+    tokens_p99 = min(
+        _arrival_tokens_quantile(rate * step, workload, TAIL_PROBABILITY) + wait_p99 * rate * prompt, budget
+    )
+    tokens_p50 = min(_arrival_tokens_quantile(rate * step, workload, 0.5) + wait_p50 * rate * prompt, budget)
+    itl_p99 = _decode_step(phys, max(running, 1.0), workload, tokens_p99, tokens_p99 / prompt)
+    itl_p50 = _decode_step(phys, max(running, 1.0), workload, tokens_p50, tokens_p50 / prompt)
+    return LoadPrediction(
+        rate_rps=rate,
+        batch=running,
+        ttft_p50_ms=(path + slot_wait + wait_p50 + own_p50 + step / 2.0) * 1e3,
+        ttft_p99_ms=(path + slot_wait + wait_p99 + own_p99 + step) * 1e3,
+        itl_p50_ms=itl_p50 * 1e3,
+        itl_p99_ms=max(itl_p99, itl_p50) * 1e3,
+        prefill_utilization=rho,
+        step_ms=step * 1e3,
+        ttft_mean_ms=(path + slot_wait + wait_mean + own_p50 + step / 2.0) * 1e3,
+        itl_mean_ms=step * 1e3,
     )
 
 
@@ -1124,9 +1239,6 @@ def rate_from_profile(
 # read and step overhead dominate the prefill cost. Half octaves keep the best budget within ~20% of the
 # continuous optimum (the largest chunk whose iteration still meets the ITL objective).
 PREFILL_CHUNK_CANDIDATES: Final = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-# A budget other than the engine default is chosen only when it serves at least this much more (a
-# deployment keeps the engine's own setting unless the change pays).
-PREFILL_CHUNK_MIN_GAIN: Final = 0.01
 
 
 def prefill_chunk_candidates(engine: EngineTraits) -> tuple[int, ...]:
@@ -1180,13 +1292,14 @@ def _max_rate_cached(
     else:
         budgets = (None,)
     # The engine default is searched in full; another budget only needs to beat the best so far, so it is
-    # tested there first and searched above it only when it meets the SLO there.
+    # tested there first and searched above it only when it meets the SLO there. The highest rate wins (the
+    # larger budget on a tie): no margin, so a looser SLO never serves less.
     best: RatePrediction | None = None
     for chunk in budgets:
         candidate = phys if chunk is None else _with_chunk(phys, chunk)
-        floor = 0.0 if best is None else best.max_rps * (1.0 + PREFILL_CHUNK_MIN_GAIN)
+        floor = 0.0 if best is None else best.max_rps
         found = _search_rate(config, candidate, workload, slo, itl_is_tpot, floor)
-        if best is None or (found is not None and found.max_rps > 0.0):
+        if best is None or (found is not None and found.max_rps > best.max_rps):
             best = found
     assert best is not None, "the first budget is searched from zero and always answers"
     return best

@@ -34,7 +34,7 @@ def _key(pool: inputs.Pool) -> inputs.CandidateKey:
 
 TRAITS = {SVC: autoscale.ServiceTraits(ttft_p99_ms=1000.0, itl_p99_ms=50.0)}
 # No forecast trend or headroom: the sized rate is the observed one, so the tests can read replicas off.
-FLAT = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0)
+FLAT = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0, burst_z=0.0)
 
 
 def _obs(rps: float | None, **kw: float) -> dict[str, autoscale.Observation]:
@@ -165,7 +165,7 @@ def test_correction_drops_on_slo_misses_at_model_load_and_is_bounded():
 
 
 def test_the_sized_rate_holds_the_highest_of_the_scale_down_window():
-    policy = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0)
+    policy = autoscale.Policy(headroom=0.0, trend_beta=1e-9, peak_window_s=0.0, burst_z=0.0)
     decisions = _run([40.0] + [10.0] * 4, policy=policy)
     assert decisions[-1].services[0].sizing_rps == pytest.approx(40.0)
 
@@ -199,3 +199,52 @@ def test_bucket_share_from_histograms_is_the_product_of_the_marginals():
 def test_cdf_interpolates_within_a_histogram_bucket():
     assert autoscale.cdf_at([10.0, 20.0, math.inf], [0.0, 10.0, 10.0], 15.0) == pytest.approx(0.5)
     assert autoscale.cdf_at([10.0, 20.0, math.inf], [0.0, 10.0, 10.0], 25.0) == pytest.approx(1.0)
+
+
+def test_the_burst_margin_follows_the_observed_variability_not_a_fixed_factor():
+    policy = autoscale.Policy(trend_beta=1e-9, peak_window_s=0.0, burst_z=2.0)
+    steady = _run([20.0] * 20, policy=policy)[-1].services[0]
+    noisy = _run([14.0, 26.0] * 10, policy=policy)[-1].services[0]
+    # Same mean rate: the steady stream is sized at its rate, the noisy one well above its mean.
+    assert steady.sizing_rps == pytest.approx(20.0, rel=0.01)
+    assert noisy.sizing_rps > 26.0
+    # Demand below the forecast is no risk: a falling rate adds no margin.
+    falling = _run([40.0 - i for i in range(20)], policy=policy)[-1].state.services[SVC]
+    assert autoscale.burst_margin_rps(falling, policy) == 0.0
+
+
+def test_no_configuration_grows_again_within_the_window_of_its_decrease():
+    # Three pools: cheap (2 replicas), mid, dear. A burst lands on cheap + mid; the rate falls and the
+    # dearer replicas go; a new burst inside the window must not grow a configuration that just shrank
+    # (up after down) when another can take it, and the capacity must still cover the burst.
+    mid = inputs.Pool("mid", "h100", devices_per_node=8, nodes=1, price_per_device_hour=2.0)
+    pools = (CHEAP, mid, DEAR)
+    cands = tuple(
+        inputs.Candidate(
+            SVC, "aggregated", p.id, p.accelerator, "fp8", 1, (RPS_PER_REPLICA,), p.price_per_device_hour
+        )
+        for p in pools
+    )
+    problem = inputs.FleetProblem((inputs.ServiceDemand(SVC, (10.0,)),), pools, cands)
+    rates = [45.0] * 2 + [12.0] * 14 + [35.0] * 4
+    decisions = _run(
+        rates,
+        problem=problem,
+        start={_key(CHEAP): 2, inputs.CandidateKey(SVC, "aggregated", "mid", "fp8", 1): 3},
+    )
+    shrank: dict[inputs.CandidateKey, float] = {}
+    before = {_key(CHEAP): 2, inputs.CandidateKey(SVC, "aggregated", "mid", "fp8", 1): 3}
+    reversals = 0
+    for d in decisions:
+        for k in set(before) | set(d.targets):
+            if d.targets.get(k, 0) < before.get(k, 0):
+                shrank[k] = d.time_s
+            elif (
+                d.targets.get(k, 0) > before.get(k, 0)
+                and d.time_s - shrank.get(k, -math.inf) < FLAT.reversal_window_s
+            ):
+                reversals += 1
+        before = dict(d.targets)
+    assert shrank, "the fleet never scaled down: the scenario does not test anything"
+    assert reversals == 0
+    assert sum(decisions[-1].targets.values()) * RPS_PER_REPLICA >= 35.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from placement import perf
@@ -42,3 +44,100 @@ def test_prefill_replicas_pay_the_serving_path_too() -> None:
     )
     assert prefill is not None and prefill.ttft_p50_ms >= 1e3 * perf.SERVING_PATH_FIXED_S
     assert prefill.ttft_mean_ms >= prefill.ttft_p50_ms * 0.5
+
+
+# --- the prompt's own iterations ---------------------------------------------------------------------------
+
+SHORT = perf.RequestSizes(64, 400)
+
+
+def test_a_short_prompt_still_waits_for_a_whole_iteration_of_the_running_batch() -> None:
+    """The iteration that carries a 64-token prompt also decodes every running sequence and reads every
+    weight: TTFT beyond the serving path and the iteration in flight is at least one such iteration, not the
+    prompt's token share of a full-budget iteration (which a 64-token prompt in an 8192-token budget would
+    make a small fraction of it)."""
+    for rate in (8.0, 20.0, 40.0):
+        answer = perf.latency_at_rate(CONFIG, SHORT, rate)
+        assert answer is not None and answer.batch > 10
+        own_ms = answer.ttft_p50_ms - 1e3 * perf.SERVING_PATH_FIXED_S - answer.step_ms / 2.0
+        decode_only = perf._decode_step(perf._physics(CONFIG, None), answer.batch, SHORT, 0.0, 0.0) * 1e3
+        assert own_ms >= decode_only
+
+
+# --- a closed loop (concurrency) ---------------------------------------------------------------------------
+
+
+def test_a_closed_loop_saturates_at_the_slot_limit_and_then_only_queues() -> None:
+    """Past the engine's slots (KV capacity here) more users add only queueing: throughput and ITL stay
+    at the full batch, and TTFT grows by one request's slot turnover per extra user (linear, no blow-up)."""
+    slots = perf.max_batch(CONFIG, SIZES.prompt_tokens, SIZES.output_tokens)
+    below = [perf.latency_at_concurrency(CONFIG, SIZES, c) for c in (1, 8, 64, slots // 2)]
+    above = [perf.latency_at_concurrency(CONFIG, SIZES, c) for c in (2 * slots, 3 * slots, 4 * slots)]
+    assert all(a is not None for a in below + above)
+    rates = [a.rate_rps for a in below if a is not None]
+    assert rates == sorted(rates) and rates[-1] > 10 * rates[0]
+    full = [a for a in above if a is not None]
+    assert full[0].batch == pytest.approx(full[-1].batch) and full[0].batch <= slots
+    assert full[-1].rate_rps == pytest.approx(full[0].rate_rps, rel=1e-6)
+    assert full[-1].itl_mean_ms == pytest.approx(full[0].itl_mean_ms, rel=1e-6)
+    step_1 = full[1].ttft_mean_ms - full[0].ttft_mean_ms
+    step_2 = full[2].ttft_mean_ms - full[1].ttft_mean_ms
+    assert step_1 > 0 and step_2 == pytest.approx(step_1, rel=1e-6)
+    # One more user waits one departure: slots users per (throughput)^-1 ... i.e. slots / rate seconds.
+    assert step_1 / 1e3 == pytest.approx(slots / full[0].rate_rps, rel=0.01)
+    # The closed loop's throughput at full slots is the offline throughput at the same sizes (both run
+    # every slot); small differences come from the serving path and the prompt's spread.
+    offline = perf.offline_throughput(CONFIG, SIZES.prompt_tokens, SIZES.output_tokens).requests_per_s
+    assert full[0].rate_rps == pytest.approx(offline, rel=0.1)
+
+
+def test_a_closed_loop_of_one_user_is_a_lone_request() -> None:
+    one = perf.latency_at_concurrency(CONFIG, SIZES, 1)
+    alone = load(1e-6)
+    assert one is not None
+    assert one.ttft_p50_ms == pytest.approx(alone.ttft_p50_ms, rel=0.05)
+    assert one.itl_p50_ms == pytest.approx(alone.itl_p50_ms, rel=0.05)
+
+
+# --- a finite run at any rate ------------------------------------------------------------------------------
+
+
+def test_a_finite_run_past_capacity_queues_instead_of_diverging() -> None:
+    capacity = perf.latency_at_concurrency(CONFIG, SIZES, 10_000).rate_rps  # type: ignore[union-attr]
+    runs = {
+        f: perf.latency_over_run(CONFIG, SIZES, f * capacity, 60.0, warmup_s=5.0) for f in (1.2, 1.5, 2.0)
+    }
+    assert perf.latency_at_rate(CONFIG, SIZES, 1.2 * capacity) is None  # no steady state there
+    ttft = [runs[f].ttft_mean_ms for f in (1.2, 1.5, 2.0)]  # type: ignore[union-attr]
+    assert all(math.isfinite(t) for t in ttft) and ttft == sorted(ttft)
+    # The queue grows at λ - μ: the extra wait is linear in the excess rate.
+    assert (ttft[2] - ttft[1]) / (ttft[1] - ttft[0]) == pytest.approx((2.0 - 1.5) / (1.5 - 1.2), rel=0.05)
+    # Served at capacity with every slot busy: ITL is the full batch's, whatever the excess.
+    assert runs[2.0].rate_rps == pytest.approx(capacity)  # type: ignore[union-attr]
+    assert runs[2.0].itl_mean_ms == pytest.approx(runs[1.2].itl_mean_ms)  # type: ignore[union-attr]
+    # A longer run measures a longer queue.
+    longer = perf.latency_over_run(CONFIG, SIZES, 1.5 * capacity, 120.0, warmup_s=5.0)
+    assert longer is not None and longer.ttft_mean_ms > runs[1.5].ttft_mean_ms  # type: ignore[union-attr]
+
+
+def test_a_long_run_below_capacity_is_the_steady_state_and_near_capacity_is_bounded_by_the_run() -> None:
+    capacity = perf.latency_at_concurrency(CONFIG, SIZES, 10_000).rate_rps  # type: ignore[union-attr]
+    steady = load(0.5 * capacity)
+    run = perf.latency_over_run(CONFIG, SIZES, 0.5 * capacity, 600.0)
+    assert run is not None and run.ttft_mean_ms == pytest.approx(steady.ttft_mean_ms)
+    assert run.itl_mean_ms == pytest.approx(steady.itl_mean_ms)
+    # TTFT rises with the rate through capacity without a jump to infinity.
+    means = [
+        perf.latency_over_run(CONFIG, SIZES, f * capacity, 30.0).ttft_mean_ms  # type: ignore[union-attr]
+        for f in (0.5, 0.8, 0.95, 1.0, 1.05, 1.5)
+    ]
+    assert means == sorted(means) and all(math.isfinite(m) for m in means)
+
+
+def test_finite_run_inputs_are_checked() -> None:
+    with pytest.raises(perf.InvalidConfigError, match="duration_s"):
+        perf.latency_over_run(CONFIG, SIZES, 1.0, 0.0)
+    with pytest.raises(perf.InvalidConfigError, match="rate"):
+        perf.latency_over_run(CONFIG, SIZES, -1.0, 10.0)
+    with pytest.raises(perf.InvalidConfigError, match="concurrency"):
+        perf.latency_at_concurrency(CONFIG, SIZES, 0)

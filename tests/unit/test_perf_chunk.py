@@ -212,8 +212,8 @@ def test_choosing_the_budget_never_serves_less_than_the_engine_default(
     assert chosen.prefill_chunk_tokens in perf.prefill_chunk_candidates(traits)
     assert chosen.prefill_chunk_tokens <= traits.prefill_chunk_tokens
     if chosen.prefill_chunk_tokens != traits.prefill_chunk_tokens:
-        # A budget other than the default must pay for the change.
-        assert chosen.max_rps >= default.max_rps * (1 + perf.PREFILL_CHUNK_MIN_GAIN)
+        # A budget other than the default is chosen only when it serves more (a tie keeps the default).
+        assert chosen.max_rps > default.max_rps
     if traits.budget_counts_decode and role == "aggregated":
         # vLLM refuses max_num_seqs above max_num_batched_tokens; every running sequence takes a token.
         assert chosen.max_batch <= chosen.prefill_chunk_tokens

@@ -45,12 +45,19 @@ def test_shipped_profiles_are_the_generators_output_and_valid() -> None:
 
 
 def _point_profile(efficiency: perf_efficiency.Efficiency) -> v1alpha1.PerformanceProfile:
-    """A sweep of llama-3.1-8b on one H100 (fp8, vLLM): the model's own latencies under `efficiency`."""
+    """A sweep of llama-3.1-8b on one H100 (fp8, vLLM): the model's own latencies under `efficiency`.
+
+    A concurrency sweep is a closed loop (profile_fit reads a point without an offered rate as one), so the
+    points are the closed loop's, at the throughput it reaches.
+    """
     config = perf.ReplicaConfig("llama-3.1-8b", "h100", "fp8", 1, engine="vllm")
     points = []
-    for concurrency, rate in ((1, 0.5), (4, 2.0), (16, 6.0), (32, 10.0)):
-        load = perf.latency_at_rate(config, perf.RequestSizes(1024, 256), rate, efficiency=efficiency)
+    for concurrency in (1, 4, 16, 32):
+        load = perf.latency_at_concurrency(
+            config, perf.RequestSizes(1024, 256), concurrency, efficiency=efficiency
+        )
         assert load is not None
+        rate = load.rate_rps
         points.append(
             {
                 "concurrency": concurrency,

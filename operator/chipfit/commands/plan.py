@@ -334,5 +334,6 @@ BOUND_NAMES = {
     "restricted-milp": "bound of the pruned MILP",
     "per-service": "per-service bound (capacity ignored)",
     "dantzig-wolfe": "Dantzig-Wolfe bound",
+    "lagrangian": "Lagrangian bound (pool capacity priced at the LP's duals)",
     "none": "no bound",
 }

@@ -43,6 +43,7 @@ def measured_run(
             itl_p99_ms=p.itl_p99_ms,
             ttft_mean_ms=p.ttft_mean_ms,
             itl_mean_ms=p.itl_mean_ms,
+            closed_loop=p.offered_requests_per_second is None,
         )
         for p in spec.points
     )
