@@ -430,6 +430,31 @@ def test_schema_rejects_bad_values(
     assert fragment in result.stderr, result.stderr
 
 
+def test_autoscaling_policy_values_become_operator_flags_the_operator_accepts(
+    helm: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    from chipfit import autoscaler
+
+    values = {
+        "autoscaling": {
+            "prometheusUrl": "http://prometheus:9090",
+            "policy": {"interval_s": 15, "headroom": 0.3},
+            "rateWindow": "30s",
+        }
+    }
+    args = one(render(helm, tmp_path, values), "Deployment")["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--autoscaling-rate-window=30s" in args
+    policy_flags = [a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-policy=")]
+    assert sorted(policy_flags) == ["headroom=0.3", "interval_s=15"]
+    policy = autoscaler.policy_from_settings(policy_flags)
+    assert (policy.interval_s, policy.headroom) == (15.0, 0.3)
+    bad = {"autoscaling": {"prometheusUrl": "", "policy": {"intervl_s": 15}}}
+    result = run_helm(helm, "template", RELEASE, str(CHART_DIR), values=bad, tmp=tmp_path)
+    assert result.returncode != 0 and "interval_s" in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------------------------------------------------
 # values.yaml prose, values.schema.json strictness, CRDs in sync
 # ---------------------------------------------------------------------------------------------------------

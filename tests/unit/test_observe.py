@@ -134,3 +134,16 @@ def test_nan_rates_are_missing():
 def test_an_engine_without_a_table_is_named():
     with pytest.raises(observe.ObserveError, match=r"spec\.engine"):
         observe.metrics_for("nope")
+
+
+@pytest.mark.parametrize(
+    ("window", "seconds"), [("1m", 60.0), ("20s", 20.0), ("1m30s", 90.0), ("500ms", 0.5)]
+)
+def test_rate_windows_are_prometheus_durations(window, seconds):
+    assert observe.window_seconds(window) == seconds
+
+
+@pytest.mark.parametrize("bad", ["20", "20 s", "1.5m", "", "m"])
+def test_a_bad_rate_window_is_refused_saying_why(bad):
+    with pytest.raises(ValueError, match="not a Prometheus duration"):
+        observe.check_window(bad)
