@@ -104,6 +104,10 @@ class Policy:
     rebalance_after_s: float = 120.0
     rebalance_min_saving: float = 0.5
     solve_time_limit_s: float = 10.0
+    # Share of each service's routed demand (per request-size bucket and stage) kept on on-demand pools,
+    # so a spot reclaim leaves at least this share serving while the lost replicas are re-placed
+    # (SolveOptions.on_demand_floor; hard where an on-demand configuration exists). 0 = spot by price only.
+    on_demand_floor: float = 0.0
 
     def __post_init__(self) -> None:
         """Every knob in range, named when not."""
@@ -127,6 +131,8 @@ class Policy:
         for name in non_negative:
             if not getattr(self, name) >= 0.0:
                 raise AutoscaleError(f"policy.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.on_demand_floor <= 1.0:
+            raise AutoscaleError(f"policy.on_demand_floor: must be in [0, 1], got {self.on_demand_floor}")
         if not 0.0 <= self.rebalance_min_saving < 1.0:
             raise AutoscaleError(
                 f"policy.rebalance_min_saving: must be in [0, 1), got {self.rebalance_min_saving}"
@@ -421,6 +427,7 @@ def _solve(
         time_limit_s=policy.solve_time_limit_s,
         move_penalty_per_device_hour=penalty,
         surge_shortfall_price_factor=policy.surge_shortfall_price_factor,
+        on_demand_floor=policy.on_demand_floor,
     )
     return solve.solve(sized, options)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -248,3 +249,26 @@ def test_no_configuration_grows_again_within_the_window_of_its_decrease():
     assert shrank, "the fleet never scaled down: the scenario does not test anything"
     assert reversals == 0
     assert sum(decisions[-1].targets.values()) * RPS_PER_REPLICA >= 35.0
+
+
+def test_an_on_demand_floor_keeps_a_share_off_the_spot_pool():
+    spot = inputs.Pool("spot", "h100", devices_per_node=8, nodes=1, price_per_device_hour=1.0, spot=True)
+    cands = tuple(
+        inputs.Candidate(
+            SVC, "aggregated", p.id, p.accelerator, "fp8", 1, (RPS_PER_REPLICA,), p.price_per_device_hour
+        )
+        for p in (spot, DEAR)
+    )
+    problem = inputs.FleetProblem((inputs.ServiceDemand(SVC, (10.0,)),), (spot, DEAR), cands)
+    spot_key = inputs.CandidateKey(SVC, "aggregated", "spot", "fp8", 1)
+    by_price = _run([40.0], problem=problem, start={spot_key: 1})[-1]
+    # Spot only by price: all four replicas on the cheap spot pool.
+    assert by_price.targets == {spot_key: 4}
+    floored = _run([40.0], problem=problem, start={spot_key: 1}, policy=replace(FLAT, on_demand_floor=0.5))[
+        -1
+    ]
+    on_demand = floored.targets.get(_key(DEAR), 0)
+    # Half of 40 req/s must be routed to on-demand replicas: at least two of them.
+    assert on_demand >= 2 and floored.targets.get(spot_key, 0) >= 1
+    with pytest.raises(autoscale.AutoscaleError, match=r"policy\.on_demand_floor"):
+        autoscale.Policy(on_demand_floor=1.5)
