@@ -30,6 +30,7 @@ import math
 import os
 import pstats
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -432,6 +433,7 @@ def previous_tree(commit: str) -> Any:
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -40,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -657,24 +656,12 @@ def measure(
     return result
 
 
-@contextlib.contextmanager
-def previous_tree(commit: str) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="chipfit-replan-prev-"))
-    path = tmp / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
+def previous_tree(commit: str) -> contextlib.AbstractContextManager[Path]:
+    """A temporary git worktree of `commit` (the planning benchmark's, removed afterwards)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import plan_speed
+
+    return plan_speed.previous_tree(commit)
 
 
 def main() -> None:
