@@ -757,6 +757,12 @@ def decide(
             except inputs.PlacementError as error:
                 failure = str(error)
                 continue
+            if attempt_sub is not sub and any(a.status != "served" for a in found.services):
+                # Without the frozen configurations the rest cannot carry the sized demand: regrowing
+                # one inside its window is better than an SLO break for the rest of the window.
+                failure = "the configurations outside the reversal window cannot carry the demand"
+                found = None
+                continue
             if attempt_sub is not sub:
                 mine = attempt_mine
             else:

@@ -272,3 +272,17 @@ def test_an_on_demand_floor_keeps_a_share_off_the_spot_pool():
     assert on_demand >= 2 and floored.targets.get(spot_key, 0) >= 1
     with pytest.raises(autoscale.AutoscaleError, match=r"policy\.on_demand_floor"):
         autoscale.Policy(on_demand_floor=1.5)
+
+
+def test_growth_that_only_a_configuration_that_just_shrank_can_carry_is_not_blocked():
+    # Two pools: after a down the dear configuration is inside its reversal window; when demand then
+    # outgrows the cheap pool only the dear one can carry it, and holding would break the SLO for the
+    # rest of the window (an up-after-down is the lesser evil here).
+    start = {_key(CHEAP): 2, _key(DEAR): 3}
+    rates = [45.0] * 2 + [12.0] * 14 + [35.0] * 2
+    decisions = _run(rates, start=start)
+    shrank_at = next(i for i, d in enumerate(decisions) if d.targets.get(_key(DEAR), 0) < 3)
+    assert shrank_at < 16, "the dear replicas never went: the scenario does not test anything"
+    last = decisions[-1]
+    assert (last.time_s - decisions[shrank_at].time_s) < FLAT.reversal_window_s
+    assert sum(last.targets.values()) * RPS_PER_REPLICA >= 35.0
