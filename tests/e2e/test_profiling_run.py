@@ -10,7 +10,10 @@ pod's status subresource, as the kubelet does.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -44,6 +47,27 @@ def _wait(operator: Operator, what: str, probe: Any) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}\noperator log:\n{operator.log_tail()}", pytrace=False)
         time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def _kwok_held(cluster: Cluster) -> Iterator[None]:
+    """kwok paused while the test plays the profiler's pod itself.
+
+    kwok's default pod-complete stage finishes every Job-owned pod about a second after it runs, with no
+    termination message: a fake the real profiler (minutes, then its result as the message) never
+    produces. The operator reacts to pod events at once, so that empty result would race the test's own
+    write and fail the run. Holding kwok (SIGSTOP, resumed in any case) leaves the pod to the test; keep
+    the hold well under the 40 s node lease so no node is marked lost.
+    """
+    pid_file = run_dir() / "pids" / "kwok"
+    pid = int(pid_file.read_text()) if cluster.mode == "local" and pid_file.exists() else None
+    if pid is not None:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +105,22 @@ def test_profilingrun_creates_a_job_and_its_result_becomes_an_owned_profile(
             "load": {"concurrency": [1, 8], "promptTokens": 512, "outputTokens": 64, "durationSeconds": 20},
         },
     }
+    with _kwok_held(cluster):
+        final = _play_the_profiler(cluster, operator, run, placement)
+    assert final["profile"] == RUN
+    # Deleting the run deletes its profile (owner reference, garbage collector).
+    cluster.kubectl("delete", "profilingrun", RUN)
+    _wait(
+        operator,
+        "the profile garbage-collected with its run",
+        lambda: cluster.kubectl("get", "performanceprofile", RUN, check=False).returncode != 0,
+    )
+
+
+def _play_the_profiler(
+    cluster: Cluster, operator: Operator, run: dict[str, Any], placement: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply the run, check its Job, write the profiler's result as kwok cannot; the run's final status."""
     cluster.apply_objects([run])
     name = f"profile-{RUN}"
 
@@ -156,21 +196,14 @@ def test_profilingrun_creates_a_job_and_its_result_becomes_an_owned_profile(
     assert profile["metadata"]["ownerReferences"][0]["name"] == RUN
     assert profile["spec"]["engineVersion"] == "0.32.0"
     assert profile["spec"]["points"][1]["concurrency"] >= 1
-    final = _wait(
+    final: dict[str, Any] = _wait(
         operator,
         "the run Succeeded",
         lambda: (
             (s := cluster.get_json("profilingrun", RUN).get("status", {})).get("phase") == "Succeeded" and s
         ),
     )
-    assert final["profile"] == RUN
-    # Deleting the run deletes its profile (owner reference, garbage collector).
-    cluster.kubectl("delete", "profilingrun", RUN)
-    _wait(
-        operator,
-        "the profile garbage-collected with its run",
-        lambda: cluster.kubectl("get", "performanceprofile", RUN, check=False).returncode != 0,
-    )
+    return final
 
 
 def test_a_run_is_deleted_while_no_operator_runs(
@@ -190,19 +223,20 @@ def test_a_run_is_deleted_while_no_operator_runs(
             "load": {"concurrency": [1], "promptTokens": 128, "outputTokens": 16, "durationSeconds": 10},
         },
     }
-    cluster.apply_objects([run])
     try:
-        # The operator handled it (its Job exists, the run is Running) ...
-        _wait(
-            operator,
-            "the run Running",
-            lambda: cluster.get_json("profilingrun", name).get("status", {}).get("phase") == "Running",
-        )
-        assert not cluster.get_json("profilingrun", name)["metadata"].get("finalizers")
-        operator.stop()
-        # ... and with no operator running, the run goes at once (kubectl waits for it to be gone).
-        cluster.kubectl("delete", "profilingrun", name, "--timeout=60s")
-        assert cluster.kubectl("get", "profilingrun", name, check=False).returncode != 0
+        with _kwok_held(cluster):  # Held only while the run lives (short: node leases last 40 s).
+            cluster.apply_objects([run])
+            # The operator handled it (its Job exists, the run is Running) ...
+            _wait(
+                operator,
+                "the run Running",
+                lambda: cluster.get_json("profilingrun", name).get("status", {}).get("phase") == "Running",
+            )
+            assert not cluster.get_json("profilingrun", name)["metadata"].get("finalizers")
+            operator.stop()
+            # ... and with no operator running, the run goes at once (kubectl waits for it to be gone).
+            cluster.kubectl("delete", "profilingrun", name, "--timeout=60s")
+            assert cluster.kubectl("get", "profilingrun", name, check=False).returncode != 0
     finally:
         cluster.kubectl("delete", "profilingrun", name, "--ignore-not-found", "--wait=false", check=False)
         if operator.process is None or operator.process.poll() is not None:
