@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
+from scipy import optimize
+
 from placement.solver import allocation, inputs, solve
 
 Direction = Literal["up", "down", "hold", "move"]
@@ -305,27 +308,68 @@ def serving_capacity_rps(
     service: str,
     share: Sequence[float],
 ) -> float:
-    """Req/s the service's ready replicas sustain within the SLO at this size mix (min over stages)."""
+    """Req/s the service's ready replicas sustain within the SLO at this size mix (min over stages).
+
+    The solver routes each request-size bucket to the configurations that serve it (a replica that cannot
+    serve long prompts takes short ones), so a fleet's capacity is the largest rate r whose buckets
+    r x share_b can be split over its replicas within their SLO-bounded rates: a small LP per stage,
+    max r s.t. sum_k x_kb = r share_b, sum_b x_kb / cap_kb <= n_k, x >= 0. (Charging each configuration
+    the whole mix, as before, counted a replica that serves only short prompts as no capacity at all.)
+    """
     total = sum(share)
     if total <= 0.0:
         return 0.0
-    share = [x / total for x in share]
-    front = 0.0
-    back = 0.0
-    has_back = False
+    mix = [x / total for x in share]
+    front: dict[inputs.CandidateKey, int] = {}
+    back: dict[inputs.CandidateKey, int] = {}
     for key, n in replicas.items():
         if key.service != service or n <= 0 or key not in candidates:
             continue
+        (back if key.role == "decode" else front)[key] = n
+    rate = _stage_capacity(candidates, front, mix)
+    return min(rate, _stage_capacity(candidates, back, mix)) if back else rate
+
+
+def _stage_capacity(
+    candidates: Mapping[inputs.CandidateKey, inputs.Candidate],
+    replicas: Mapping[inputs.CandidateKey, int],
+    mix: Sequence[float],
+) -> float:
+    """Largest rate of this mix the replicas carry with each bucket split over those that serve it."""
+    needed = [b for b, m in enumerate(mix) if m > 0.0]
+    # (configuration, bucket) pairs a replica can serve; every needed bucket needs one.
+    pairs: list[tuple[int, int, float]] = []
+    keys = list(replicas)
+    for i, key in enumerate(keys):
         caps = candidates[key].max_rps_per_bucket
-        # Harmonic mix: one req/s of this mix uses sum_b share_b / cap_b replica-seconds per second.
-        load = sum(s / c if c > 0.0 else math.inf for s, c in zip(share, caps, strict=False) if s > 0.0)
-        rate = n / load if load > 0.0 else 0.0
-        if key.role == "decode":
-            back += rate
-            has_back = True
-        else:
-            front += rate
-    return min(front, back) if has_back else front
+        pairs.extend((i, b, float(caps[b])) for b in needed if b < len(caps) and caps[b] > 0.0)
+    if not needed or {b for _, b, _ in pairs} != set(needed):
+        return 0.0
+    if len(keys) == 1:
+        # One configuration serves the mix in proportion: the harmonic mean (no LP needed).
+        return replicas[keys[0]] / sum(mix[b] / c for _, b, c in pairs)
+    # Variables: x_p (req/s of pair p), then r. Maximise r.
+    n_var = len(pairs) + 1
+    cost = np.zeros(n_var)
+    cost[-1] = -1.0
+    a_eq = np.zeros((len(needed), n_var))
+    row = {b: j for j, b in enumerate(needed)}
+    a_ub = np.zeros((len(keys), n_var))
+    for p, (i, b, c) in enumerate(pairs):
+        a_eq[row[b], p] = 1.0
+        a_ub[i, p] = 1.0 / c
+    for b, j in row.items():
+        a_eq[j, -1] = -mix[b]
+    result = optimize.linprog(
+        cost,
+        A_ub=a_ub,
+        b_ub=np.array([float(replicas[k]) for k in keys]),
+        A_eq=a_eq,
+        b_eq=np.zeros(len(needed)),
+        bounds=(0.0, None),
+        method="highs",
+    )
+    return float(result.x[-1]) if result.status == 0 else 0.0
 
 
 def correct(

@@ -286,3 +286,42 @@ def test_growth_that_only_a_configuration_that_just_shrank_can_carry_is_not_bloc
     last = decisions[-1]
     assert (last.time_s - decisions[shrank_at].time_s) < FLAT.reversal_window_s
     assert sum(last.targets.values()) * RPS_PER_REPLICA >= 35.0
+
+
+# Two request sizes: a small-memory configuration serves only short prompts (fast), a large one both.
+SHORT_ONLY = inputs.Candidate(SVC, "aggregated", "cheap", "h100", "fp8", 1, (10.0, 0.0), 1.0)
+BOTH = inputs.Candidate(SVC, "aggregated", "dear", "h100", "fp8", 2, (5.0, 5.0), 6.0)
+
+
+def test_the_capacity_of_a_fleet_counts_replicas_that_serve_only_some_request_sizes():
+    cands = {c.key: c for c in (SHORT_ONLY, BOTH)}
+    fleet = {SHORT_ONLY.key: 1, BOTH.key: 1}
+    # Half the requests short, half long: the short-only replica takes short ones (up to 10 req/s), the
+    # other the long ones (5 req/s), so the fleet carries 10 req/s of the mix. Charging each replica the
+    # whole mix counted the short-only one as nothing (5 req/s).
+    assert autoscale.serving_capacity_rps(cands, fleet, SVC, (0.5, 0.5)) == pytest.approx(10.0, rel=1e-6)
+    # All short: both serve them.
+    assert autoscale.serving_capacity_rps(cands, fleet, SVC, (1.0, 0.0)) == pytest.approx(15.0, rel=1e-6)
+    # A size no replica serves: no capacity for the mix.
+    assert autoscale.serving_capacity_rps(cands, {SHORT_ONLY.key: 3}, SVC, (0.5, 0.5)) == 0.0
+    # One configuration: the harmonic mix, as before.
+    assert autoscale.serving_capacity_rps(cands, {BOTH.key: 2}, SVC, (0.5, 0.5)) == pytest.approx(10.0)
+
+
+def test_a_fleet_with_replicas_for_short_prompts_scales_down_when_it_holds_more_than_needed():
+    # 4 short-only and 2 general replicas hold 20 req/s of a half-short mix (short-only: 10 req/s of short
+    # each, the general ones the long half). Demand is 14 req/s: 1 short-only and 2 general replicas carry
+    # it. When the capacity ignored the short-only replicas it saw 10 req/s running, below the demand, so
+    # every decision was a scale-up that added nothing, and the fleet never shrank.
+    pools = (
+        inputs.Pool("cheap", "h100", devices_per_node=8, nodes=1, price_per_device_hour=1.0),
+        inputs.Pool("dear", "h100", devices_per_node=8, nodes=1, price_per_device_hour=3.0),
+    )
+    problem = inputs.FleetProblem((inputs.ServiceDemand(SVC, (10.0, 10.0)),), pools, (SHORT_ONLY, BOTH))
+    current = {SHORT_ONLY.key: 4, BOTH.key: 2}
+    obs = autoscale.Observation(requests_per_second=14.0, bucket_share=(0.5, 0.5))
+    state = autoscale.State()
+    for i in range(20):
+        d = autoscale.decide(problem, TRAITS, state, {SVC: obs}, current, i * FLAT.interval_s, FLAT)
+        state, current = d.state, dict(d.targets)
+    assert current == {SHORT_ONLY.key: 1, BOTH.key: 2}, d.services[0].reason
