@@ -72,12 +72,23 @@ def scaled(trace: replay.Trace, copies: int, seed: int = 0) -> replay.Trace:
     return replay.Trace.of(ts, np.tile(trace.prompt, copies), np.tile(trace.output, copies))
 
 
-def fleet_pools() -> list[inputs.Pool]:
-    """The examples' pools (prices, node counts, spot) as the solver sees them."""
+# The second scenario: the same pools and prices with this many times their nodes, so the efficient chips'
+# capacity never binds (a cloud region with on-demand H100/H200/MI300X capacity). The examples' fleet
+# (H100 16 GPUs, H200 8, MI300X 8) is the first scenario; both are reported.
+UNCAPPED_NODES_FACTOR = 8
+FLEETS = ("examples", "uncapped")
+
+
+def fleet_pools(fleet: str = "examples") -> list[inputs.Pool]:
+    """The examples' pools (prices, node counts, spot) as the solver sees them; `uncapped`: the same with
+    UNCAPPED_NODES_FACTOR x the nodes."""
     loaded = validation.load_and_validate([ROOT / "examples"])
     if loaded.problems:
         raise SystemExit("examples/ do not validate: " + str(loaded.problems[0]))
-    return [planning.to_pool(p) for p in loaded.pools]
+    pools = [planning.to_pool(p) for p in loaded.pools]
+    if fleet == "uncapped":
+        pools = [replace(p, nodes=p.nodes * UNCAPPED_NODES_FACTOR) for p in pools]
+    return pools
 
 
 def minute_rates(trace: replay.Trace) -> np.ndarray:
@@ -166,6 +177,94 @@ def hindsight(case: Case) -> tuple[float, list[tuple[float, float]], allocation.
     return dollars, curve, peak
 
 
+def window_demands(case: Case, window_s: float) -> list[tuple[float, ...]]:
+    """Req/s per bucket in each `window_s` window of the trace (the bound's minutes, the oracle's 30 s)."""
+    from placement import simulate
+
+    buckets = simulate.bucket_of(case.wl, case.trace.prompt, case.trace.output)
+    window = (case.trace.ts // window_s).astype(int)
+    n_buckets = len(case.wl.buckets)
+    out = []
+    for w in range(int(window.max()) + 1):
+        inside = buckets[(window == w) & (buckets >= 0)]
+        out.append(tuple(float(x) for x in np.bincount(inside, minlength=n_buckets) / window_s))
+    return out
+
+
+def window_bound(case: Case, window_s: float, relaxed: bool) -> float:
+    """$ of the cheapest fleet per `window_s` window for that window's demand: integer replicas (HiGHS's
+    dual bound, as hindsight()) or the LP relaxation (fractional replicas: what integrality costs).
+
+    With window_s = 60 and integer replicas this is hindsight()'s bound; 30 s windows are the demand the
+    oracle follows (finer windows see the sub-minute peaks a fleet must carry as they come)."""
+    dollars = 0.0
+    cache: dict[tuple[float, ...], float] = {}
+    for w, demand_rps in enumerate(window_demands(case, window_s)):
+        key = tuple(round(x, 4) for x in demand_rps)
+        if key not in cache:
+            cache[key] = (
+                0.0 if sum(key) == 0.0 else (fluid_price(case, key) if relaxed else _integer(case, key))
+            )
+        span = min(window_s, case.trace.duration_s - w * window_s)
+        dollars += cache[key] * span / 3600.0
+    return dollars
+
+
+def _integer(case: Case, demand_rps: tuple[float, ...]) -> float:
+    demand = replace(case.problem.services[0], bucket_rps=demand_rps, min_replicas=0)
+    plan = solve.solve(replace(case.problem, services=(demand,)))
+    return min(plan.price_per_hour, plan.bound)
+
+
+def fluid_price(case: Case, demand_rps: tuple[float, ...]) -> float:
+    """$/h of the LP relaxation: fractional replicas, each bucket split over the configurations that
+    serve it within the SLO, pools' devices respected (min sum price_k n_k s.t. sum_k x_kb = d_b,
+    sum_b x_kb / cap_kb <= n_k, sum_k devices_k n_k <= pool devices)."""
+    from scipy import optimize
+
+    cands = [c for c in case.problem.candidates if c.role == "aggregated"]
+    pairs = [
+        (i, b, cap) for i, c in enumerate(cands) for b, cap in enumerate(c.max_rps_per_bucket) if cap > 0
+    ]
+    n_x, n_k = len(pairs), len(cands)
+    cost = np.concatenate([np.zeros(n_x), [c.price_per_hour for c in cands]])
+    a_eq = np.zeros((len(demand_rps), n_x + n_k))
+    a_ub = np.zeros((n_k, n_x + n_k))
+    for p, (i, b, cap) in enumerate(pairs):
+        a_eq[b, p] = 1.0
+        a_ub[i, p] = 1.0 / cap
+    for i in range(n_k):
+        a_ub[i, n_x + i] = -1.0
+    pool_ids = sorted({c.pool for c in cands})
+    a_pool = np.zeros((len(pool_ids), n_x + n_k))
+    for i, c in enumerate(cands):
+        a_pool[pool_ids.index(c.pool), n_x + i] = c.devices
+    totals = {p.id: p.devices_total for p in case.problem.pools}
+    result = optimize.linprog(
+        cost,
+        A_ub=np.vstack([a_ub, a_pool]),
+        b_ub=np.concatenate([np.zeros(n_k), [totals[p] for p in pool_ids]]),
+        A_eq=a_eq,
+        b_eq=np.asarray(demand_rps),
+        bounds=(0.0, None),
+        method="highs",
+    )
+    if result.status != 0:
+        raise SystemExit(f"{case.name}: fluid bound infeasible for {demand_rps}")
+    return float(result.fun)
+
+
+def oracle_breakdown(case: Case, replayed: dict[str, Any], interval_s: float) -> dict[str, float]:
+    """The oracle's $ split: the fleet it asked for (price of the replicas it kept alive, per window) and
+    what draining replicas cost after they were removed (the rest of its $)."""
+    steps = replayed["steps"]
+    alive = 0.0
+    for i, step in enumerate(steps):
+        until = steps[i + 1]["t"] if i + 1 < len(steps) else case.trace.duration_s
+        alive += step["price_per_hour"] * max(0.0, until - step["t"]) / 3600.0
+    return {"alive_fleet": alive, "drain_and_opening": replayed["dollars"] - alive}
+
+
 ORACLE_INTERVAL_S = 30.0
 
 
@@ -249,7 +348,9 @@ def _mix_capacity(case: Case, cand: inputs.Candidate) -> float:
     return 1.0 / load if load > 0.0 else 0.0
 
 
-def run(case: Case, policy: autoscale.Policy, only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    case: Case, policy: autoscale.Policy, only: list[str] | None = None, yardsticks: bool = False
+) -> dict[str, Any]:
     """All policies on one case."""
     rates = minute_rates(case.trace)
     peak_rps = float(np.percentile(rates, PEAK_QUANTILE))
@@ -326,6 +427,19 @@ def run(case: Case, policy: autoscale.Policy, only: list[str] | None = None) -> 
             ],
         }
     results["hindsight-optimal"] = {"dollars": bound, "curve": curve}
+    if yardsticks:
+        # The bound's parts (REPORT_autoscaling.md 1): integrality (LP relaxation) and the window the demand
+        # is averaged over (30 s: what the oracle follows). Every one is a yardstick, labelled; only the
+        # 60 s integer one (= the bound above) and the LP ones are lower bounds on a policy that gives
+        # each minute its mean demand's capacity.
+        results["yardsticks"] = {
+            "integer_60s": bound,
+            "fluid_60s": window_bound(case, MINUTE_S, relaxed=True),
+            "integer_30s": window_bound(case, ORACLE_INTERVAL_S, relaxed=False),
+            "fluid_30s": window_bound(case, ORACLE_INTERVAL_S, relaxed=True),
+        }
+        if "oracle-0s" in results:
+            results["yardsticks"]["oracle"] = oracle_breakdown(case, results["oracle-0s"], ORACLE_INTERVAL_S)
     chip = results["chipfit"]
     results["summary"] = {
         "case": case.name,
@@ -400,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policies", nargs="+", default=None, help="only these policies (tuning runs: chipfit static-peak)"
     )
+    parser.add_argument(
+        "--fleet", choices=FLEETS, default="examples", help=f"uncapped: {UNCAPPED_NODES_FACTOR}x the nodes"
+    )
+    parser.add_argument("--yardsticks", action="store_true", help="the bound's parts (fluid, 30 s windows)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="directory for one PNG per case")
     args = parser.parse_args(argv)
@@ -407,12 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     if "scale_down_window_s" in overrides:
         overrides.setdefault("reversal_window_s", overrides["scale_down_window_s"])
     policy = autoscale.Policy(startup_s=args.startup_s, **overrides)
-    pools = fleet_pools()
+    pools = fleet_pools(args.fleet)
     everything: dict[str, Any] = {}
     print(f"{'case':12} {'policy':18} {'in SLO':>8} {'$':>9} {'GPU-h':>8} {'reversals':>9} {'refused':>8}")
     for name in args.trace:
         case = build_case(name, args.scale, pools, args.span)
-        results = run(case, policy, args.policies)
+        if args.fleet != "examples":
+            case = replace(case, name=f"{case.name}-{args.fleet}")
+        results = run(case, policy, args.policies, args.yardsticks)
         everything[case.name] = results
         for pol in ("chipfit", "threshold", "static-peak", "static-mean", "oracle-0s"):
             if pol not in results:
@@ -425,6 +545,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{case.name:12} {'hindsight-optimal':18} {'':>8} {results['hindsight-optimal']['dollars']:9.2f}"
         )
+        if "yardsticks" in results:
+            y = results["yardsticks"]
+            print(
+                f"  yardsticks: integer 60 s {y['integer_60s']:.2f}, fluid 60 s {y['fluid_60s']:.2f}, "
+                f"integer 30 s {y['integer_30s']:.2f}, fluid 30 s {y['fluid_30s']:.2f}"
+                + (
+                    f"; oracle alive fleet {y['oracle']['alive_fleet']:.2f} + drain/opening "
+                    f"{y['oracle']['drain_and_opening']:.2f}"
+                    if "oracle" in y
+                    else ""
+                )
+            )
         s = results["summary"]
         print(
             f"  chipfit: {s['chipfit_vs_optimal']:.3f}x the bound, saving "
