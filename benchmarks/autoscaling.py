@@ -268,7 +268,9 @@ def oracle_breakdown(case: Case, replayed: dict[str, Any], interval_s: float) ->
 ORACLE_INTERVAL_S = 30.0
 
 
-def oracle(case: Case) -> tuple[replay.Controller, dict[Any, int], dict[Any, tuple[float, ...]]]:
+def oracle(
+    case: Case, churn: bool = True
+) -> tuple[replay.Controller, dict[Any, int], dict[Any, tuple[float, ...]]]:
     """Zero-start-up oracle: every 30 s, the cheapest fleet for the next 30 s's actual demand (rate and
     mix), known in advance and ready at once, solved from what runs with the churn cost (so it adds and
     removes rather than reshuffling pools every window). Replayed with startup_s=0 and no margin, its
@@ -286,7 +288,8 @@ def oracle(case: Case) -> tuple[replay.Controller, dict[Any, int], dict[Any, tup
         if counts.sum() > 0.0:
             demands[w] = tuple(float(x) for x in counts)
     options = inputs.SolveOptions(
-        move_penalty_per_device_hour=autoscale.Policy().move_penalty_per_device_hour,
+        # churn=False (oracle-0s-fresh): the cheapest fleet of each window from scratch, no churn cost.
+        move_penalty_per_device_hour=autoscale.Policy().move_penalty_per_device_hour if churn else 0.0,
         surge_shortfall_price_factor=autoscale.Policy().surge_shortfall_price_factor,
     )
 
@@ -388,6 +391,10 @@ def run(
         oracle_control, oracle_initial, oracle_routing = oracle(case)
         controllers["oracle-0s"] = (oracle_control, oracle_initial)
         routing["oracle-0s"] = oracle_routing
+    if yardsticks and (only is None or "oracle-0s" in only):
+        fresh_control, fresh_initial, fresh_routing = oracle(case, churn=False)
+        controllers["oracle-0s-fresh"] = (fresh_control, fresh_initial)
+        routing["oracle-0s-fresh"] = fresh_routing
     for name, (control, initial) in controllers.items():
         if only is not None and name not in only:
             continue
@@ -399,7 +406,7 @@ def run(
                 "startup_s": 0.0,
                 "reversal_window_s": common["reversal_window_s"],
             }
-            if name == "oracle-0s"
+            if name.startswith("oracle-0s")
             else common
         )
         res = replay.replay(
@@ -440,6 +447,10 @@ def run(
         }
         if "oracle-0s" in results:
             results["yardsticks"]["oracle"] = oracle_breakdown(case, results["oracle-0s"], ORACLE_INTERVAL_S)
+        if "oracle-0s-fresh" in results:
+            results["yardsticks"]["oracle_fresh"] = oracle_breakdown(
+                case, results["oracle-0s-fresh"], ORACLE_INTERVAL_S
+            )
     chip = results["chipfit"]
     results["summary"] = {
         "case": case.name,
@@ -534,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             case = replace(case, name=f"{case.name}-{args.fleet}")
         results = run(case, policy, args.policies, args.yardsticks)
         everything[case.name] = results
-        for pol in ("chipfit", "threshold", "static-peak", "static-mean", "oracle-0s"):
+        for pol in ("chipfit", "threshold", "static-peak", "static-mean", "oracle-0s", "oracle-0s-fresh"):
             if pol not in results:
                 continue
             r = results[pol]
@@ -554,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"; oracle alive fleet {y['oracle']['alive_fleet']:.2f} + drain/opening "
                     f"{y['oracle']['drain_and_opening']:.2f}"
                     if "oracle" in y
+                    else ""
+                )
+                + (
+                    f"; fresh oracle alive fleet {y['oracle_fresh']['alive_fleet']:.2f} + drain/opening "
+                    f"{y['oracle_fresh']['drain_and_opening']:.2f}"
+                    if "oracle_fresh" in y
                     else ""
                 )
             )

@@ -510,6 +510,37 @@ def _layout(
     return plan
 
 
+def _fit_pools(
+    want: Mapping[inputs.CandidateKey, int],
+    have: Mapping[inputs.CandidateKey, int],
+    planned: Mapping[inputs.CandidateKey, int],
+    room: Mapping[str, int],
+) -> tuple[dict[inputs.CandidateKey, int], int, int]:
+    """`want` (make before break: at least `have` everywhere) fitted into each pool's devices: first the
+    replicas the plan replaces there go now (down to `planned`), then additions are left out (largest
+    first). Returns the targets, replicas released early and additions left out."""
+    out = dict(want)
+    released = 0
+    dropped = 0
+    for pool in sorted({k.pool for k in out}):
+        mine = [k for k in out if k.pool == pool]
+        used = sum(out[k] * k.tp for k in mine)
+        while used > room.get(pool, 0):
+            going = [k for k in mine if out[k] > planned.get(k, 0) and out[k] <= have.get(k, 0)]
+            growing = [k for k in mine if out[k] > have.get(k, 0)]
+            if going:
+                k = max(going, key=lambda key: (key.tp, out[key]))
+                released += 1
+            elif growing:
+                k = max(growing, key=lambda key: (out[key] - have.get(key, 0)) * key.tp)
+                dropped += 1
+            else:
+                break
+            out[k] -= 1
+            used -= k.tp
+    return {k: n for k, n in out.items() if n > 0}, released, dropped
+
+
 def _without(
     problem: inputs.FleetProblem,
     frozen: Mapping[inputs.CandidateKey, int],
@@ -819,6 +850,8 @@ def decide(
             continue
         plan = found
         got = _plan_targets(plan)
+        # Devices each pool has for this group (other services' replicas already out of sub.pools).
+        room = {p.id: p.devices_total for p in sub.pools}
         if thawed is not None:
             mine = {**mine, **{k: n for k, n in frozen.items() if n > 0}}
             got = {**got, **{k: n for k, n in frozen.items() if n > 0}}
@@ -860,9 +893,23 @@ def decide(
             if adds or starting_now[sid] or not may_decrease[sid]:
                 # Make before break: a replica the plan drops (a move to another pool) goes only once
                 # nothing of the service is starting, in a later decision.
-                if any(want.get(k, 0) < n for k, n in have.items()):
-                    notes[sid].append("removals wait for the new replicas (make before break)")
+                planned_now = dict(want)
                 want = {k: max(want.get(k, 0), have.get(k, 0)) for k in {**have, **want}}
+                # A pool without devices for the additions beside the replicas they replace: make before
+                # break cannot happen there. Asking anyway left the additions pending (counted as starting,
+                # which holds every scale-down) and the same move was asked at every decision while the
+                # fleet kept its old, short layout (the code trace's fleet sat 19 minutes so). The replaced
+                # replicas in that pool go first (break before make, that pool only); what still does not
+                # fit is not asked for.
+                want, released, dropped = _fit_pools(want, have, planned_now, room)
+                if any(want.get(k, 0) > planned_now.get(k, 0) for k in have):
+                    notes[sid].append("removals wait for the new replicas (make before break)")
+                if released:
+                    notes[sid].append(f"{released} replaced replicas go first: no room for both")
+                if dropped:
+                    notes[sid].append(f"{dropped} additions wait: their pool is full")
+            for k, n in want.items():
+                room[k.pool] = room.get(k.pool, 0) - n * k.tp
             targets.update(want)
     # No configuration shrinks within the reversal window of its own increase, whatever path (scale-down,
     # rebalance, completing a move) asked for it; scale to zero of an idle opted-in service excepted.

@@ -325,3 +325,23 @@ def test_a_fleet_with_replicas_for_short_prompts_scales_down_when_it_holds_more_
         d = autoscale.decide(problem, TRAITS, state, {SVC: obs}, current, i * FLAT.interval_s, FLAT)
         state, current = d.state, dict(d.targets)
     assert current == {SHORT_ONLY.key: 1, BOTH.key: 2}, d.services[0].reason
+
+
+def test_a_move_into_a_full_pool_replaces_there_instead_of_asking_for_devices_the_pool_lacks():
+    # One 8-device pool full of small replicas (4 x tp2, 1 req/s each); demand rises to 15 req/s, which
+    # only the large configuration (tp4, 10 req/s) carries. Make before break cannot happen in a full pool:
+    # asking for the tp4 replicas beside the tp2 ones left them pending and the same move was asked at
+    # every decision while the fleet stayed at 4 req/s. The replaced replicas in that pool go first.
+    pool = inputs.Pool("p", "h100", devices_per_node=8, nodes=1, price_per_device_hour=1.0)
+    small = inputs.Candidate(SVC, "aggregated", "p", "h100", "fp8", 2, (1.0,), 2.0)
+    large = inputs.Candidate(SVC, "aggregated", "p", "h100", "fp8", 4, (10.0,), 4.0)
+    problem = inputs.FleetProblem((inputs.ServiceDemand(SVC, (10.0,)),), (pool,), (small, large))
+    current = {small.key: 4}
+    state = autoscale.State()
+    for i, rps in enumerate([4.0, 15.0, 15.0]):
+        obs = {SVC: autoscale.Observation(requests_per_second=rps)}
+        d = autoscale.decide(problem, TRAITS, state, obs, current, i * FLAT.interval_s, FLAT)
+        state, current = d.state, dict(d.targets)
+        # Never more devices asked for than the pool has.
+        assert sum(n * k.tp for k, n in current.items()) <= pool.devices_total, d.services[0].reason
+    assert current == {large.key: 2}, d.services[0].reason
