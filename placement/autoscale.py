@@ -75,7 +75,7 @@ class Policy:
     # plus one interval), learnt online from the one-step under-forecasts (an exponential average of
     # squared errors, weight variability_alpha; demand below the forecast is no risk). burst_z was
     # tuned on the first 30 min of the traces only (benchmarks/REPORT_autoscaling.md).
-    burst_z: float = 0.5
+    burst_z: float = 1.5
     variability_alpha: float = 0.1
     # Flat extra capacity over the sized rate (0: the burst margin sizes the headroom).
     headroom: float = 0.0
