@@ -1804,12 +1804,22 @@ def prefill_chunk_candidates(engine: EngineTraits) -> tuple[int, ...]:
 
 
 def _with_chunk(phys: _Physics, chunk_tokens: int) -> _Physics:
-    """The same replica run with a different chunked-prefill budget."""
+    """The same replica run with a different chunked-prefill budget (memoized per physics object)."""
     if chunk_tokens == phys.engine.prefill_chunk_tokens:
         return phys
-    return dataclasses.replace(
+    hit = _WITH_CHUNK.get((id(phys), chunk_tokens))
+    if hit is not None and hit[0] is phys:
+        return hit[1]
+    out = dataclasses.replace(
         phys, engine=dataclasses.replace(phys.engine, prefill_chunk_tokens=chunk_tokens)
     )
+    if len(_WITH_CHUNK) > 65536:
+        _WITH_CHUNK.clear()
+    _WITH_CHUNK[(id(phys), chunk_tokens)] = (phys, out)
+    return out
+
+
+_WITH_CHUNK: dict[tuple[int, int], tuple[_Physics, _Physics]] = {}
 
 
 # --- the highest SLO-meeting rate, for many questions at once ----------------------------------------------
@@ -1873,6 +1883,7 @@ def clear_rate_cache() -> None:
     _BLOCK_CACHE.clear()
     _BLOCK_CACHE_ROWS[0] = 0
     _PHYSICS_VECTORS.clear()
+    _WITH_CHUNK.clear()
     _physics.cache_clear()
     _physics_cached.cache_clear()
     _infeasibility_cached.cache_clear()
@@ -2114,6 +2125,9 @@ class _BlockRow:
     cache: dict[_RowKey, RowAnswer]
     size: tuple[float, float, float, float]
     best: RowAnswer
+    # The call's table of blocks (physics columns, then TTFT and ITL objectives and TPOT) and this row's.
+    table: FloatArray
+    slot: int
 
 
 def block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
@@ -2130,6 +2144,8 @@ def _block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
     answers: list[list[RowAnswer | None]] = []
     infeasible: list[str | None] = []
     todo: list[tuple[int, int, _BlockRow]] = []
+    table_rows: list[tuple[float, ...]] = []
+    table = np.zeros((0, len(_PHYSICS_COLUMNS) + 3))
     for b, block in enumerate(blocks):
         config = block.config
         if block.prefill_chunk_tokens is not None:
@@ -2153,6 +2169,9 @@ def _block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
         if cache is None:
             cache = _BLOCK_CACHE[outer] = {}
         rows: list[RowAnswer | None] = []
+        slot = len(table_rows)
+        slo = block.slo
+        table_rows.append((*_physics_vector(phys), slo.ttft_p99_ms, slo.itl_p99_ms, float(block.itl_is_tpot)))
         for i, size in enumerate(block.sizes):
             p, o, pp, op = size
             misfit = _sequence_misfit(phys, config.role, pp + op)
@@ -2162,9 +2181,18 @@ def _block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
             hit = cache.get((p, o, pp, op, final))
             rows.append(hit)
             if hit is None:
-                todo.append((b, i, _BlockRow(block, phys, budgets, cache, (p, o, pp, op), _PLACEHOLDER_ROW)))
+                todo.append(
+                    (
+                        b,
+                        i,
+                        _BlockRow(block, phys, budgets, cache, (p, o, pp, op), _PLACEHOLDER_ROW, table, slot),
+                    )
+                )
         answers.append(rows)
     if todo:
+        table = np.array(table_rows, dtype=np.float64)
+        for _, _, row in todo:
+            row.table = table
         _solve_block_rows([row for _, _, row in todo])
         for b, i, row in todo:
             answers[b][i] = row.best
@@ -2228,17 +2256,20 @@ def _block_rows(
     items: Sequence[tuple[_BlockRow, int | None]],
 ) -> tuple[_Rows, FloatArray, FloatArray, BoolArray]:
     """_Rows of rows at budgets (None: the engine's own) and their SLO columns."""
-    phys = np.array([_physics_vector(r.phys) for r, _ in items], dtype=np.float64).reshape(len(items), -1)
-    sizes = np.array([r.size[:3] for r, _ in items], dtype=np.float64).reshape(len(items), 3)
-    rows = _Rows.from_arrays(phys, sizes)
+    table = items[0][0].table
+    columns = table[np.fromiter((r.slot for r, _ in items), dtype=np.intp, count=len(items))]
+    width = len(_PHYSICS_COLUMNS)
+    sizes = np.array([r.size for r, _ in items], dtype=np.float64).reshape(len(items), 4)
+    rows = _Rows.from_arrays(columns[:, :width], sizes[:, :3])
     chunk = np.array([math.nan if c is None else float(c) for _, c in items]).reshape(-1, 1)
     if not np.isnan(chunk).all():
         rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
-    slo = np.array(
-        [(r.block.slo.ttft_p99_ms, r.block.slo.itl_p99_ms, r.block.itl_is_tpot) for r, _ in items],
-        dtype=np.float64,
-    ).reshape(len(items), 3)
-    return rows, slo[:, 0:1], slo[:, 1:2], slo[:, 2:3] > 0.5
+    return (
+        rows,
+        columns[:, width : width + 1],
+        columns[:, width + 1 : width + 2],
+        columns[:, width + 2 :] > 0.5,
+    )
 
 
 def _rows_at(items: Sequence[tuple[_BlockRow, int | None]]) -> list[RowAnswer]:
@@ -2598,8 +2629,14 @@ def _search_arrays(r: _Rows, role: str, ttft_slo: FloatArray, itl_slo: FloatArra
         code=np.full(n, -1, dtype=np.int64),
         why={},
     )
-    for i in np.nonzero(~low_meets[:, 0])[0].tolist():
-        found.why[i] = _why_not(role, all_ttft_slo[i], all_itl_slo[i], _prediction(low, i))
+    missed = np.nonzero(~low_meets[:, 0])[0]
+    if missed.size:
+        shape = low_meets.shape
+        kept = np.broadcast_to(low.ok, shape)[missed, 0].tolist()
+        ttft_ms = (np.broadcast_to(low.ttft_p99, shape)[missed, 0] * 1e3).tolist()
+        itl_ms = (np.broadcast_to(low.itl_p99, shape)[missed, 0] * 1e3).tolist()
+        for i, ok, ttft, itl in zip(missed.tolist(), kept, ttft_ms, itl_ms, strict=True):
+            found.why[i] = _why_not(role, all_ttft_slo[i], all_itl_slo[i], (ttft, itl) if ok else None)
     live = np.nonzero(low_meets[:, 0])[0]
     if live.size == 0:
         return found
@@ -2775,15 +2812,17 @@ def _zero(reason: str) -> RatePrediction:
 _ZERO_PLACEHOLDER: Final = _zero("not searched")
 
 
-def _why_not(role: str, ttft_slo_ms: float, itl_slo_ms: float, load: LoadPrediction | None) -> str:
-    """Explain why even a vanishing rate misses the SLO."""
-    if load is None:
+def _why_not(role: str, ttft_slo_ms: float, itl_slo_ms: float, load_ms: tuple[float, float] | None) -> str:
+    """Explain why even a vanishing rate misses the SLO (`load_ms`: TTFT and ITL p99 there, None when the
+    replica cannot keep up even there)."""
+    if load_ms is None:
         return "the replica cannot hold even one request of this size"
+    ttft_ms, itl_ms = load_ms
     parts = []
-    if role != "decode" and load.ttft_p99_ms > ttft_slo_ms:
-        parts.append(f"TTFT p99 {load.ttft_p99_ms:.0f} ms > {ttft_slo_ms:.0f} ms at zero load")
-    if role != "prefill" and load.itl_p99_ms > itl_slo_ms:
-        parts.append(f"ITL p99 {load.itl_p99_ms:.1f} ms > {itl_slo_ms:.1f} ms at zero load")
+    if role != "decode" and ttft_ms > ttft_slo_ms:
+        parts.append(f"TTFT p99 {ttft_ms:.0f} ms > {ttft_slo_ms:.0f} ms at zero load")
+    if role != "prefill" and itl_ms > itl_slo_ms:
+        parts.append(f"ITL p99 {itl_ms:.1f} ms > {itl_slo_ms:.1f} ms at zero load")
     return "; ".join(parts) or "SLO not met at zero load"
 
 
