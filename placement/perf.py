@@ -2172,12 +2172,17 @@ def _block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
         slot = len(table_rows)
         slo = block.slo
         table_rows.append((*_physics_vector(phys), slo.ttft_p99_ms, slo.itl_p99_ms, float(block.itl_is_tpot)))
+        longest = min(
+            float(phys.model.max_context_tokens),
+            math.inf if config.role == "prefill" else phys.kv_capacity_tokens,
+        )
         for i, size in enumerate(block.sizes):
             p, o, pp, op = size
-            misfit = _sequence_misfit(phys, config.role, pp + op)
-            if misfit is not None:
-                rows.append(_zero_row(misfit))
-                continue
+            if pp + op > longest:
+                misfit = _sequence_misfit(phys, config.role, pp + op)
+                if misfit is not None:
+                    rows.append(_zero_row(misfit))
+                    continue
             hit = cache.get((p, o, pp, op, final))
             rows.append(hit)
             if hit is None:
@@ -2217,21 +2222,22 @@ def _solve_block_rows(rows: Sequence[_BlockRow]) -> None:
         live = [r for r in live if round_index < len(r.budgets) and _row_may_win(r)]
         if not live:
             break
-        items = [(r, r.budgets[round_index]) for r in live]
-        # Rows whose best is positive search this budget only when it meets the SLO at that rate.
-        tests = [
-            (r, budget)
-            for r, budget in items
-            if r.best.max_rps > 0.0 and r.cache.get((*r.size, _budget_key(budget))) is None
-        ]
+        # A budget already answered is compared as it is; rows whose best is positive search the budget only
+        # when it meets the SLO at that rate; the others search it.
+        tests: list[tuple[_BlockRow, int | None]] = []
+        wanted: list[tuple[_BlockRow, int | None]] = []
+        for r in live:
+            budget = r.budgets[round_index]
+            hit = r.cache.get((*r.size, _budget_key(budget)))
+            if hit is not None:
+                if hit.max_rps > r.best.max_rps:
+                    r.best = hit
+            elif r.best.max_rps > 0.0:
+                tests.append((r, budget))
+            else:
+                wanted.append((r, budget))
         passed = _block_floors_met(tests)
-        wanted = [
-            (r, budget)
-            for r, budget in items
-            if r.best.max_rps <= 0.0
-            or id(r) in passed
-            or r.cache.get((*r.size, _budget_key(budget))) is not None
-        ]
+        wanted.extend(t for t in tests if id(t[0]) in passed)
         for (r, _), answer in zip(wanted, _rows_at(wanted), strict=True):
             if answer.max_rps > r.best.max_rps:
                 r.best = answer
