@@ -483,13 +483,24 @@ def _repels(pool: v1alpha1.AcceleratorPool, node: Mapping[str, Any]) -> bool:
 def node_owners(
     pools: Sequence[v1alpha1.AcceleratorPool], nodes: Sequence[Mapping[str, Any]]
 ) -> dict[str, str]:
-    """Node name -> the pool whose nodeSelector matches it most specifically (most labels; then name).
+    """Node name -> the one pool it counts in: of the pools whose nodeSelector matches it, the narrowest.
 
-    Selectors nest in practice (a spot pool adds a capacity-type label to the on-demand pool's selector):
-    a node belongs to one pool only, so its devices are never counted twice.
+    A node belongs to one pool only, so its devices are never counted twice. Narrowest: the pool whose
+    selector matches the fewest of `nodes`, then the one with the most selector labels, then by name.
+    Selectors overlap in two ways, and both give the node to the pool whose nodes are a subset of the
+    other's:
+    - nested: a spot pool adds a capacity-type label to the on-demand pool's selector;
+    - not nested: a pool selecting {chipfit.io/pool: team-l4} and another selecting the instance type and
+      GPU product that those nodes (and others) also carry. Counting labels alone gave every such node to
+      the broader pool (two labels beat one) and left the narrower pool with no nodes at all.
     """
+    matched = {
+        p.metadata.name: sum(1 for node in nodes if _matches(p.spec.node_selector, node)) for p in pools
+    }
+    ranked = sorted(
+        pools, key=lambda p: (matched[p.metadata.name], -len(p.spec.node_selector), p.metadata.name)
+    )
     owners: dict[str, str] = {}
-    ranked = sorted(pools, key=lambda p: (-len(p.spec.node_selector), p.metadata.name))
     for node in nodes:
         for pool in ranked:
             if _matches(pool.spec.node_selector, node):
