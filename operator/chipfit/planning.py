@@ -145,6 +145,7 @@ def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
         workload=wl,
         engine=spec.engine,
         engine_version=spec.engine_version,
+        own_image=bool(spec.overrides is not None and spec.overrides.image),
         serving=spec.serving,
         min_replicas=replicas.min,
         max_replicas=replicas.max,
