@@ -199,3 +199,40 @@ def test_after_the_session_fleets_pool_loss_every_service_is_placed_elsewhere() 
         placed = {p["pool"] for p in status.get("placement") or () if p["replicas"] > 0}
         assert placed and "rp-a100" not in placed, (name, status)
         assert placed <= set(body["spec"]["placement"]["allowedPools"]), (name, placed)
+
+
+def test_a_declared_chips_node_label_limits_the_nodes_its_pool_counts() -> None:
+    """A pool whose chip declares a node label counts only nodes carrying it: its pods' node affinity names
+    that label (render.node_affinity), so they could never run on the others."""
+    spec = {
+        "vendor": "nvidia",
+        "memoryGib": 96,
+        "memoryBandwidthGbps": 4000,
+        "denseTflops": {"bf16": 800},
+        "precisions": ["bf16"],
+        "interconnectGbps": 200,
+        "maxTensorParallel": 4,
+        "nodeLabel": {"key": "nvidia.com/gpu.product", "value": "ACME-X1"},
+        "source": "test",
+    }
+    acme = v1alpha1.AcceleratorPool.model_validate(
+        {
+            "metadata": {"name": "acme"},
+            "spec": {"accelerator": "acme-x1", "devicesPerNode": 4, "nodes": 2, "acceleratorSpec": spec},
+        }
+    )
+
+    def node(name: str, product: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "4"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+
+    nodes = [node("x1", "ACME-X1"), node("h100", "NVIDIA-H100-80GB-HBM3")]
+    assert reconcile.node_owners([acme], nodes) == {"x1": "acme"}
+    assert capacities([acme], nodes) == {"acme": (1, 4)}
+    # The same without owners (pool_capacity's own matching).
+    assert reconcile.pool_capacity(acme, "nvidia.com/gpu", 1, nodes).nodes_ready == 1
