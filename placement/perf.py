@@ -297,6 +297,9 @@ class LoadPrediction:
     step_ms: float
     ttft_mean_ms: float = 0.0
     itl_mean_ms: float = 0.0
+    # MLPerf's TPOT p99: the 99th percentile over requests of each request's mean inter-token time
+    # (_tpot_p99_v); 0.0 where not modelled (prefill-only replicas).
+    tpot_p99_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -982,6 +985,8 @@ class _Loads:
     # percentiles).
     ttft_mean: FloatArray
     itl_mean: FloatArray
+    # p99 over requests of each request's mean inter-token time (MLPerf's TPOT; see _tpot_p99_v).
+    tpot_p99: FloatArray
 
 
 def _steady_v(r: _Rows, rate: FloatArray, with_prefill: bool) -> tuple[BoolArray, FloatArray, FloatArray]:
@@ -1159,6 +1164,44 @@ def _own_prefill_v(
     return out
 
 
+def _tpot_p99_v(
+    r: _Rows,
+    rate: FloatArray,
+    batch: FloatArray | float,
+    step: FloatArray,
+    budget: FloatArray | float,
+    batch_varies: bool = True,
+) -> FloatArray:
+    """p99 over requests of each request's mean inter-token time (MLPerf's TPOT), seconds.
+
+    A request's TPOT averages the iterations it decodes in, so it moves with what those iterations carry
+    on average over its own lifetime, not with one iteration's tail (that is ITL p99):
+
+    - the running batch: with Poisson arrivals each holding a slot for about `output` iterations, the batch
+      is the population of an M/G/inf system (Poisson, mean B); its average over a window as long as the
+      holding time has variance 2B/3 (autocovariance B (1 - tau / H) for a fixed holding time H), capped
+      at the slot limit. A closed loop (`batch_varies` False) holds the batch fixed;
+    - the prompt tokens riding those iterations: compound Poisson per iteration (mean λ t E[L], variance
+      λ t E[L²]), averaged over the request's `output` iterations, capped by the prefill budget.
+
+    The two independent deviations, each taken at its p99 through the iteration time, add in quadrature
+    on top of the mean iteration `step`.
+    """
+    running = np.maximum(batch, 1.0)
+    prefill = np.minimum(rate * step * r.prompt, np.maximum(budget, 0.0))
+    base = _decode_step_v(r, running, prefill, prefill / r.prompt)
+    spread = Z_P99 * np.sqrt(rate * step * r.second_moment / np.maximum(r.output, 1.0))
+    prefill_hi = np.minimum(prefill + spread, np.maximum(budget, prefill))
+    from_prefill = _decode_step_v(r, running, prefill_hi, prefill_hi / r.prompt) - base
+    if batch_varies:
+        batch_hi = np.minimum(running + Z_P99 * np.sqrt(2.0 * np.maximum(batch, 0.0) / 3.0), np.maximum(r.limit, running))
+        from_batch = _decode_step_v(r, batch_hi, prefill, prefill / r.prompt) - base
+    else:
+        from_batch = np.zeros_like(from_prefill)
+    out: FloatArray = step + np.sqrt(np.maximum(from_prefill, 0.0) ** 2 + np.maximum(from_batch, 0.0) ** 2)
+    return out
+
+
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
     """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
     running = np.maximum(batch, 1.0)
@@ -1205,8 +1248,9 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     itl_p99 = _decode_step_v(r, running, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step_v(r, running, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
+    tpot_p99 = _tpot_p99_v(r, rate, batch, step, budget)
     # The mean gap is the mean iteration: the steady state's step already carries the mean prefill load.
-    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99)
 
 
 def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
@@ -1230,6 +1274,7 @@ def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArra
         zero,
         admit_mean + step,
         step,
+        _tpot_p99_v(r, rate, batch, step, 0.0),
     )
 
 
@@ -1298,7 +1343,7 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     batch = np.broadcast_to(pre.prompts_per_batch, shape)
     step = np.broadcast_to(pre.batch_s, shape)
     return _Loads(
-        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero
+        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero, zero
     )
 
 
@@ -1328,6 +1373,7 @@ def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
         step_ms=float(loads.step[i, j]) * 1e3,
         ttft_mean_ms=float(np.broadcast_to(loads.ttft_mean, loads.ok.shape)[i, j]) * 1e3,
         itl_mean_ms=float(np.broadcast_to(loads.itl_mean, loads.ok.shape)[i, j]) * 1e3,
+        tpot_p99_ms=float(np.broadcast_to(loads.tpot_p99, loads.ok.shape)[i, j]) * 1e3,
     )
 
 
@@ -1448,7 +1494,8 @@ def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Lo
     itl_p50 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p50, tokens_p50 / r.prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
     ok = np.broadcast_to(r.limit >= 1.0, users.shape)
-    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    tpot_p99 = _tpot_p99_v(r, rate, running, step, budget, batch_varies=False)
+    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99)
 
 
 def latency_at_concurrency(
@@ -2108,7 +2155,7 @@ def _meets(
     role: str, loads: _Loads, ttft_slo_ms: FloatArray, itl_slo_ms: FloatArray, tpot: BoolArray
 ) -> BoolArray:
     """Where both objectives hold (a prefill replica has no ITL, a decode replica's TTFT is not its own)."""
-    itl = np.where(tpot, loads.step, loads.itl_p99)
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99)
     ttft_ok = (loads.ttft_p99 * 1e3 <= ttft_slo_ms) if role != "decode" else True
     itl_ok = (itl * 1e3 <= itl_slo_ms) if role != "prefill" else True
     out: BoolArray = loads.ok & ttft_ok & itl_ok
@@ -2222,7 +2269,11 @@ def _secant_guess(
         objectives.append((at_lo.ttft_p99, at_hi.ttft_p99, ttft_slo_ms))
     if role != "prefill":
         objectives.append(
-            (np.where(tpot, at_lo.step, at_lo.itl_p99), np.where(tpot, at_hi.step, at_hi.itl_p99), itl_slo_ms)
+            (
+                np.where(tpot, at_lo.tpot_p99, at_lo.itl_p99),
+                np.where(tpot, at_hi.tpot_p99, at_hi.itl_p99),
+                itl_slo_ms,
+            )
         )
     for lat_lo, lat_hi, bound in objectives:
         s_lo = (bound / (lat_lo * 1e3) - 1.0)[:, 0]
@@ -2238,7 +2289,7 @@ def _min_slack(
 ) -> FloatArray:
     """min over the objectives of objective / latency - 1: >= 0 exactly where _meets holds, -1 where the
     replica cannot keep up."""
-    itl = np.where(tpot, loads.step, loads.itl_p99) * 1e3
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99) * 1e3
     slack_itl = itl_slo_ms / itl - 1.0
     slack_ttft = ttft_slo_ms / (loads.ttft_p99 * 1e3) - 1.0
     slack = (
@@ -2387,7 +2438,9 @@ def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[Rate
         above_ok & (above.ttft_p99[:, 0] * 1e3 > ttft_slo[:, 0]) if role != "decode" else above_ok & False
     )
     itl_binds = (
-        above_ok & (above.itl_p99[:, 0] * 1e3 > itl_slo[:, 0]) if role != "prefill" else above_ok & False
+        above_ok & (np.where(tpot, above.tpot_p99, above.itl_p99)[:, 0] * 1e3 > itl_slo[:, 0])
+        if role != "prefill"
+        else above_ok & False
     )
     reasons = np.where(ttft_binds, 1, np.where(itl_binds, 2, 0)).tolist()
     rates = best.rate[:, 0].tolist()

@@ -277,6 +277,7 @@ class LoadPrediction:
     step_ms: float
     ttft_mean_ms: float = 0.0
     itl_mean_ms: float = 0.0
+    tpot_p99_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -871,6 +872,35 @@ def _own_prefill(
     return chunks * _decode_step(phys, running, workload, tokens, tokens / workload.prompt_tokens)
 
 
+def _tpot_p99(
+    phys: _Physics,
+    workload: RequestSizes,
+    rate: float,
+    batch: float,
+    step: float,
+    budget: float,
+    limit: float,
+    batch_varies: bool = True,
+) -> float:
+    """MLPerf's TPOT p99 (p99 over requests of each one's mean inter-token time), seconds (scalar twin).
+
+    The request-averaged batch (M/G/inf population averaged over one holding time: variance 2B/3, capped
+    at the slot limit) and the request-averaged prompt tokens per iteration (compound Poisson, variance
+    λ t E[L²] / output, capped by the budget), each at its p99 through the iteration time, in quadrature.
+    """
+    running = max(batch, 1.0)
+    prefill = min(rate * step * workload.prompt_tokens, max(budget, 0.0))
+    base = _decode_step(phys, running, workload, prefill, prefill / workload.prompt_tokens)
+    spread = Z_P99 * math.sqrt(rate * step * workload.prompt_second_moment / max(workload.output_tokens, 1.0))
+    prefill_hi = min(prefill + spread, max(budget, prefill))
+    from_prefill = _decode_step(phys, running, workload, prefill_hi, prefill_hi / workload.prompt_tokens) - base
+    from_batch = 0.0
+    if batch_varies:
+        batch_hi = min(running + Z_P99 * math.sqrt(2.0 * max(batch, 0.0) / 3.0), max(limit, running))
+        from_batch = _decode_step(phys, batch_hi, workload, prefill, prefill / workload.prompt_tokens) - base
+    return step + math.sqrt(max(from_prefill, 0.0) ** 2 + max(from_batch, 0.0) ** 2)
+
+
 def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
     """Continuous batching with chunked prefill: decode and prompts share every iteration."""
     steady = _steady_batch(phys, workload, rate, with_prefill=True)
@@ -918,6 +948,7 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
     itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = max(itl_p99, itl_p50)
+    tpot_p99 = _tpot_p99(phys, workload, rate, batch, step, budget, limit)
     return LoadPrediction(
         rate_rps=rate,
         batch=batch,
@@ -927,6 +958,7 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
         itl_p99_ms=itl_p99 * 1e3,
         prefill_utilization=rho,
         step_ms=step * 1e3,
+        tpot_p99_ms=tpot_p99 * 1e3,
     )
 
 
@@ -1047,6 +1079,7 @@ def _decode_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPre
         itl_p99_ms=step_p99 * 1e3,
         prefill_utilization=0.0,
         step_ms=step * 1e3,
+        tpot_p99_ms=_tpot_p99(phys, workload, rate, batch, step, 0.0, limit) * 1e3,
     )
 
 
@@ -1323,7 +1356,7 @@ def _search_rate(
         if load is None:
             return False
         ttft_ok = config.role == "decode" or load.ttft_p99_ms <= slo.ttft_p99_ms
-        itl_ms = load.step_ms if itl_is_tpot else load.itl_p99_ms
+        itl_ms = load.tpot_p99_ms if itl_is_tpot else load.itl_p99_ms
         itl_ok = config.role == "prefill" or itl_ms <= slo.itl_p99_ms
         return ttft_ok and itl_ok
 
