@@ -395,6 +395,7 @@ def build_report(with_cv: bool) -> str:
         ),
         "",
         *latency_under_load_section(),
+        *server_latency_section(),
         "## Known gaps",
         "",
         "- MLPerf request sizes (audited in `benchmarks/REQUEST_SIZES.md`): Llama-2-70B output 291 tokens",
@@ -420,6 +421,15 @@ def build_report(with_cv: bool) -> str:
 
 
 LOAD_CHECK = ROOT / "benchmarks" / "results" / "load_model_check.md"
+
+
+def server_latency_section() -> list[str]:
+    """Latency at the submitted load of MLPerf Server/Interactive runs (benchmarks/server_latency.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import server_latency  # noqa: PLC0415 (a sibling script, importable once benchmarks/ is on the path)
+
+    lines: list[str] = server_latency.section()
+    return lines
 
 
 def latency_under_load_section() -> list[str]:
