@@ -383,7 +383,7 @@ def build_report(with_cv: bool) -> str:
         "Not fitted on. The TPOT limit is read as MLPerf defines it (p99 over requests of each request's",
         "mean inter-token time, `itl_is_tpot=True`); GPT-J (beam search, which the serving model does not",
         "represent) is left out. The model chooses the chunked-prefill budget (a smaller one only lowers",
-        "the ITL tail, which TPOT averages away): it leaves the engine default in "
+        "the ITL tail and, a little, the prompt-load part of TPOT p99): it leaves the engine default in "
         f"{chunk_changed} of the {chunk_total}",
         "(row, tp) configurations.",
         "",
@@ -426,7 +426,7 @@ LOAD_CHECK = ROOT / "benchmarks" / "results" / "load_model_check.md"
 def server_latency_section() -> list[str]:
     """Latency at the submitted load of MLPerf Server/Interactive runs (benchmarks/server_latency.py)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import server_latency  # noqa: PLC0415 (a sibling script, importable once benchmarks/ is on the path)
+    import server_latency
 
     lines: list[str] = server_latency.section()
     return lines

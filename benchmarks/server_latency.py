@@ -182,7 +182,8 @@ def section() -> list[str]:
         "```",
         "",
         "| run | tp | capacity/accel meas. / before / after | TTFT mean meas. / before / after (ms) "
-        "| TTFT p99 meas. / before / after | TPOT mean meas. / before / after | TPOT p99 meas. / before / after |",
+        "| TTFT p99 meas. / before / after | TPOT mean meas. / before / after "
+        "| TPOT p99 meas. / before / after |",
         "|---|---:|---|---|---|---|---|",
     ]
 
@@ -213,12 +214,21 @@ def section() -> list[str]:
     for key in fields:
         before_e = [err(b, row, key) for row, b, _ in results]
         after_e = [err(a, row, key) for row, _, a in results]
-        out.append(f"| {key.removesuffix('_ms').replace('_', ' ')} | {_median_abs(before_e)} | {_median_abs(after_e)} |")
-    cap_before = [(b.capacity_per_accel / (row.completed_qps / row.n_accel) - 1.0) * 100.0 for row, b, _ in results]
-    cap_after = [(a.capacity_per_accel / (row.completed_qps / row.n_accel) - 1.0) * 100.0 for row, _, a in results]
+        out.append(
+            f"| {key.removesuffix('_ms').replace('_', ' ')} "
+            f"| {_median_abs(before_e)} | {_median_abs(after_e)} |"
+        )
+    cap_before = [
+        (b.capacity_per_accel / (row.completed_qps / row.n_accel) - 1.0) * 100.0 for row, b, _ in results
+    ]
+    cap_after = [
+        (a.capacity_per_accel / (row.completed_qps / row.n_accel) - 1.0) * 100.0 for row, _, a in results
+    ]
     out.append(f"| capacity within the limits | {_median_abs(cap_before)} | {_median_abs(cap_after)} |")
     ratio_rows = [(row, a) for row, _, a in results if a.latency is not None]
-    measured_ratio = statistics.median(r.measured["tpot_p99_ms"] / r.measured["tpot_mean_ms"] for r, _ in ratio_rows)
+    measured_ratio = statistics.median(
+        r.measured["tpot_p99_ms"] / r.measured["tpot_mean_ms"] for r, _ in ratio_rows
+    )
     model_ratio = statistics.median(
         a.latency["tpot_p99_ms"] / a.latency["tpot_mean_ms"] for _, a in ratio_rows if a.latency is not None
     )

@@ -1194,7 +1194,9 @@ def _tpot_p99_v(
     prefill_hi = np.minimum(prefill + spread, np.maximum(budget, prefill))
     from_prefill = _decode_step_v(r, running, prefill_hi, prefill_hi / r.prompt) - base
     if batch_varies:
-        batch_hi = np.minimum(running + Z_P99 * np.sqrt(2.0 * np.maximum(batch, 0.0) / 3.0), np.maximum(r.limit, running))
+        batch_hi = np.minimum(
+            running + Z_P99 * np.sqrt(2.0 * np.maximum(batch, 0.0) / 3.0), np.maximum(r.limit, running)
+        )
         from_batch = _decode_step_v(r, batch_hi, prefill, prefill / r.prompt) - base
     else:
         from_batch = np.zeros_like(from_prefill)
@@ -1343,7 +1345,18 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     batch = np.broadcast_to(pre.prompts_per_batch, shape)
     step = np.broadcast_to(pre.batch_s, shape)
     return _Loads(
-        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero, zero
+        np.broadcast_to(ok, shape),
+        rate,
+        batch,
+        step,
+        ttft_p50,
+        ttft_p99,
+        zero,
+        zero,
+        rho,
+        ttft_mean,
+        zero,
+        zero,
     )
 
 
@@ -1495,7 +1508,9 @@ def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Lo
     itl_p99 = np.maximum(itl_p99, itl_p50)
     ok = np.broadcast_to(r.limit >= 1.0, users.shape)
     tpot_p99 = _tpot_p99_v(r, rate, running, step, budget, batch_varies=False)
-    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99)
+    return _Loads(
+        ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99
+    )
 
 
 def latency_at_concurrency(

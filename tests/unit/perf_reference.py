@@ -893,7 +893,9 @@ def _tpot_p99(
     base = _decode_step(phys, running, workload, prefill, prefill / workload.prompt_tokens)
     spread = Z_P99 * math.sqrt(rate * step * workload.prompt_second_moment / max(workload.output_tokens, 1.0))
     prefill_hi = min(prefill + spread, max(budget, prefill))
-    from_prefill = _decode_step(phys, running, workload, prefill_hi, prefill_hi / workload.prompt_tokens) - base
+    from_prefill = (
+        _decode_step(phys, running, workload, prefill_hi, prefill_hi / workload.prompt_tokens) - base
+    )
     from_batch = 0.0
     if batch_varies:
         batch_hi = min(running + Z_P99 * math.sqrt(2.0 * max(batch, 0.0) / 3.0), max(limit, running))

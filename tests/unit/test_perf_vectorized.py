@@ -149,7 +149,15 @@ def test_latency_at_a_rate_equals_the_scalar_reference(model: str, chip: str, ro
         assert (old is None) == (new is None), rate
         if old is None or new is None:
             continue
-        for field in ("batch", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "step_ms", "tpot_p99_ms"):
+        for field in (
+            "batch",
+            "ttft_p50_ms",
+            "ttft_p99_ms",
+            "itl_p50_ms",
+            "itl_p99_ms",
+            "step_ms",
+            "tpot_p99_ms",
+        ):
             assert getattr(new, field) == pytest.approx(getattr(old, field), rel=1e-9, abs=1e-12), field
         assert math.isclose(new.prefill_utilization, old.prefill_utilization, rel_tol=1e-9, abs_tol=1e-12)
 
