@@ -1360,11 +1360,46 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     )
 
 
+# The steady batch at a given rate: a grid over the slot range, then bisection within the first cell that
+# holds a root (2^-60 of a cell: exact to double precision).
+STEADY_GRID_POINTS: Final = 16
+STEADY_BISECTION_STEPS: Final = 60
+
+
+def _steady_batch_v(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, FloatArray]:
+    """(stable, B): the smallest decode batch with B = λ · output · t(B) within the slot limit, per row.
+
+    In the explicit steady state (_search_step) a batch B sustains the rate B / (output · t(B)); the root is
+    where that equals λ. A grid over (0, limit] finds the first load at which sequences leave at least as
+    fast as they arrive, bisection pins the root between it and the grid point before. Stable where the
+    root lies within the slot limit. Unlike a damped iteration this converges near saturation, where the
+    rate a batch sustains flattens (dλ/dB -> 0) and the batch climbs steeply with the rate: there an
+    iteration stopped after a fixed number of steps sits well below the batch, and so below the ITL and
+    TTFT, the engine reaches.
+    """
+    top = np.maximum(r.limit, 1.0)
+    demand = rate * r.output
+    fractions = np.arange(1, STEADY_GRID_POINTS + 1, dtype=np.float64).reshape(1, -1) / STEADY_GRID_POINTS
+    grid = top * fractions
+    keeps_up = grid - demand * _search_step(r, role, grid) >= 0.0
+    stable = keeps_up.any(axis=1, keepdims=True)
+    first = np.argmax(keeps_up, axis=1).reshape(-1, 1)
+    hi = np.take_along_axis(grid, first, axis=1)
+    lo = np.where(first > 0, np.take_along_axis(grid, np.maximum(first - 1, 0), axis=1), 0.0)
+    for _ in range(STEADY_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        behind = mid - demand * _search_step(r, role, mid) < 0.0
+        lo = np.where(behind, mid, lo)
+        hi = np.where(behind, hi, mid)
+    return stable, np.where(stable, hi, top)
+
+
 def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:
-    """Latencies of rows of one role at arrival rates `rate` (the steady state found by iteration)."""
+    """Latencies of rows of one role at arrival rates `rate` (the steady state of _steady_batch_v)."""
     if role == "prefill":
         return _prefill_loads(r, _prefill_rows(r), rate)
-    stable, batch, step = _steady_v(r, rate, with_prefill=role != "decode")
+    stable, batch = _steady_batch_v(r, role, rate)
+    step = _search_step(r, role, batch)
     loads = (
         _aggregated_loads(r, rate, batch, step) if role != "decode" else _decode_loads(r, rate, batch, step)
     )
@@ -2212,7 +2247,7 @@ def _batch_at_rate(
 
     Newton starts from `start` where given (positive, within the slot limit), else from the batch the
     zero-load step gives. Stable where the root exists within the slot limit. Rows Newton does not settle
-    fall back to the damped iteration of _steady_v (the same fixed point).
+    fall back to the grid and bisection of _steady_batch_v (the same fixed point).
     """
     demand = rate * r.output
     batch = demand * _search_step(r, role, np.zeros_like(demand))
@@ -2244,7 +2279,7 @@ def _batch_at_rate(
     unsettled = ~settled & (batch <= r.limit)
     if unsettled.any():
         rows = np.nonzero(unsettled[:, 0])[0]
-        fallback, fallback_batch, _ = _steady_v(r.take(rows), rate[rows], with_prefill=role != "decode")
+        fallback, fallback_batch = _steady_batch_v(r.take(rows), role, rate[rows])
         stable[rows] = fallback
         batch[rows] = fallback_batch
     return stable, batch

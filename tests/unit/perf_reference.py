@@ -760,27 +760,51 @@ def _prefill_budget(phys: _Physics, running: float) -> float | None:
     return float(chunk) - running if phys.engine.budget_counts_decode else float(chunk)
 
 
+STEADY_GRID_POINTS: Final = 16
+STEADY_BISECTION_STEPS: Final = 60
+
+
 def _steady_batch(
     phys: _Physics, workload: RequestSizes, rate: float, with_prefill: bool
 ) -> tuple[float, float] | None:
-    """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable."""
+    """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable.
+
+    In steady state B decoding sequences share every iteration with the B / output prompts that replace
+    the finished ones, so t(B) is explicit; the smallest root within the slot limit is bracketed on a grid
+    and bisected.
+    """
     limit = _batch_limit(
         phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
     )
-    batch = 1.0
-    step = _decode_step(phys, batch, workload, 0.0, 0.0)
-    for _ in range(FIXED_POINT_STEPS):
-        prefill = rate * workload.prompt_tokens * step if with_prefill else 0.0
-        prompts = rate * step if with_prefill else 0.0
-        new_step = _decode_step(phys, max(batch, 1.0), workload, prefill, prompts)
-        new_batch = rate * workload.output_tokens * new_step
-        if new_batch > limit:
-            return None
-        if abs(new_batch - batch) <= 1e-6 * max(batch, 1.0) and abs(new_step - step) <= 1e-9:
-            return new_batch, new_step
-        batch, step = 0.5 * (batch + new_batch), new_step
-    # A slowly converging iteration means λ sits at the edge of stability: treat as unstable if it drifts.
-    return (batch, step) if batch <= limit else None
+
+    def step_at(batch: float) -> float:
+        if not with_prefill:
+            return _decode_step(phys, max(batch, 1.0), workload, 0.0, 0.0)
+        return _decode_step(
+            phys,
+            max(batch, 1.0),
+            workload,
+            batch * workload.prompt_tokens / workload.output_tokens,
+            batch / workload.output_tokens,
+        )
+
+    top = max(limit, 1.0)
+    demand = rate * workload.output_tokens
+    lo = 0.0
+    for k in range(1, STEADY_GRID_POINTS + 1):
+        hi = top * k / STEADY_GRID_POINTS
+        if hi - demand * step_at(hi) >= 0.0:
+            break
+        lo = hi
+    else:
+        return None
+    for _ in range(STEADY_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if mid - demand * step_at(mid) < 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return hi, step_at(hi)
 
 
 def _queue_tail(
@@ -855,6 +879,9 @@ def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float,
             return 0.0, 0.0
         p_wait = 1.0 / (1.0 + beta * _STANDARD_NORMAL.cdf(beta) / density)
     drain_rate = servers / hold_s - offered / hold_s
+    if drain_rate <= 0.0:
+        # Offered load within rounding of the slots: saturated, as the vectorized division by zero says.
+        return math.inf, math.inf
 
     def quantile(tail: float) -> float:
         return math.log(p_wait / tail) / drain_rate if p_wait > tail else 0.0
