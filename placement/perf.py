@@ -1391,7 +1391,9 @@ def _steady_batch_v(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, F
         behind = mid - demand * _search_step(r, role, mid) < 0.0
         lo = np.where(behind, mid, lo)
         hi = np.where(behind, hi, mid)
-    return stable, np.where(stable, hi, top)
+    # No arrivals: nothing decodes (the bisection would only approach 0).
+    batch = np.where(demand <= 0.0, 0.0, np.where(stable, hi, top))
+    return stable & (batch <= r.limit), batch
 
 
 def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:

@@ -790,6 +790,8 @@ def _steady_batch(
 
     top = max(limit, 1.0)
     demand = rate * workload.output_tokens
+    if demand <= 0.0:
+        return 0.0, step_at(0.0)
     lo = 0.0
     for k in range(1, STEADY_GRID_POINTS + 1):
         hi = top * k / STEADY_GRID_POINTS
@@ -804,7 +806,7 @@ def _steady_batch(
             lo = mid
         else:
             hi = mid
-    return hi, step_at(hi)
+    return (hi, step_at(hi)) if hi <= limit else None
 
 
 def _queue_tail(
