@@ -185,3 +185,20 @@ def test_a_tpot_limit_binds_on_the_tpot_p99_not_on_the_mean_iteration() -> None:
     # Reading the limit as the mean iteration would have admitted a higher rate.
     above = load(answer.max_rps * 1.02)
     assert above.tpot_p99_ms > limit_ms
+
+
+def test_near_capacity_a_short_run_has_not_filled_the_batch_that_a_long_run_reaches() -> None:
+    """From idle the batch relaxes to its steady state slowly near saturation (time constant: the holding
+    time over 1 - B t'/t): a run of a few seconds measures a smaller batch and ITL than the steady state; a
+    long run the steady state itself; at half load a short run after a warm-up of a few holding times has
+    filled."""
+    capacity = perf.latency_at_concurrency(CONFIG, SIZES, 10_000).rate_rps  # type: ignore[union-attr]
+    rate = 0.97 * capacity
+    steady = load(rate)
+    short = perf.latency_over_run(CONFIG, SIZES, rate, 5.0, warmup_s=30.0)
+    long = perf.latency_over_run(CONFIG, SIZES, rate, 3000.0, warmup_s=1000.0)
+    assert short is not None and long is not None
+    assert short.batch < 0.9 * steady.batch and short.itl_mean_ms < steady.itl_mean_ms
+    assert long.batch == pytest.approx(steady.batch) and long.itl_mean_ms == pytest.approx(steady.itl_mean_ms)
+    half = perf.latency_over_run(CONFIG, SIZES, 0.5 * capacity, 5.0, warmup_s=30.0)
+    assert half is not None and half.itl_mean_ms == pytest.approx(load(0.5 * capacity).itl_mean_ms)
