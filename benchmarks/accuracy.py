@@ -479,7 +479,7 @@ def latency_under_load_section() -> list[str]:
         "measured capacity the engine's TTFT grows 4.5-7x, the model's 1.0-1.1x; at 0.8 vs 0.2 of its own",
         "capacity the model's grows 1.4x (128 slots) and 3.2x (4 slots).",
         "",
-        "Wave 4 (same recorded engine data, `load_model_check.py` re-run; \"after\" columns are this",
+        'Wave 4 (same recorded engine data, `load_model_check.py` re-run; "after" columns are this',
         "branch, its own before being 0d08719): the steady state at a rate is now solved exactly near",
         "saturation (grid + bisection on the batch; the damped iteration had stopped 5-10% below the",
         "batch), and `latency_over_run` reads the batch a finite run from idle has filled to",
