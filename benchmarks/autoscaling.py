@@ -216,6 +216,9 @@ def _integer(case: Case, demand_rps: tuple[float, ...]) -> float:
     return min(plan.price_per_hour, plan.bound)
 
 
+UNSERVED_PRICE = 1e4
+
+
 def fluid_price(case: Case, demand_rps: tuple[float, ...]) -> float:
     """$/h of the LP relaxation: fractional replicas, each bucket split over the configurations that
     serve it within the SLO, pools' devices respected (min sum price_k n_k s.t. sum_k x_kb = d_b,
@@ -227,16 +230,21 @@ def fluid_price(case: Case, demand_rps: tuple[float, ...]) -> float:
         (i, b, cap) for i, c in enumerate(cands) for b, cap in enumerate(c.max_rps_per_bucket) if cap > 0
     ]
     n_x, n_k = len(pairs), len(cands)
-    cost = np.concatenate([np.zeros(n_x), [c.price_per_hour for c in cands]])
-    a_eq = np.zeros((len(demand_rps), n_x + n_k))
-    a_ub = np.zeros((n_k, n_x + n_k))
+    # A minute the fleet cannot serve whole (the code trace's busiest minutes on the examples' fleet): the
+    # unserved req/s u_b cost UNSERVED_PRICE each and the bound is the fleet's $ at that optimum (the
+    # integer bound's plan likewise serves what the fleet can).
+    n_b = len(demand_rps)
+    cost = np.concatenate([np.zeros(n_x), [c.price_per_hour for c in cands], np.full(n_b, UNSERVED_PRICE)])
+    a_eq = np.zeros((n_b, n_x + n_k + n_b))
+    a_eq[:, n_x + n_k :] = np.eye(n_b)
+    a_ub = np.zeros((n_k, n_x + n_k + n_b))
     for p, (i, b, cap) in enumerate(pairs):
         a_eq[b, p] = 1.0
         a_ub[i, p] = 1.0 / cap
     for i in range(n_k):
         a_ub[i, n_x + i] = -1.0
     pool_ids = sorted({c.pool for c in cands})
-    a_pool = np.zeros((len(pool_ids), n_x + n_k))
+    a_pool = np.zeros((len(pool_ids), n_x + n_k + n_b))
     for i, c in enumerate(cands):
         a_pool[pool_ids.index(c.pool), n_x + i] = c.devices
     totals = {p.id: p.devices_total for p in case.problem.pools}
@@ -250,8 +258,8 @@ def fluid_price(case: Case, demand_rps: tuple[float, ...]) -> float:
         method="highs",
     )
     if result.status != 0:
-        raise SystemExit(f"{case.name}: fluid bound infeasible for {demand_rps}")
-    return float(result.fun)
+        raise SystemExit(f"{case.name}: fluid bound failed for {demand_rps}: {result.message}")
+    return float(np.dot(cost[n_x : n_x + n_k], result.x[n_x : n_x + n_k]))
 
 
 def oracle_breakdown(case: Case, replayed: dict[str, Any], interval_s: float) -> dict[str, float]:
