@@ -898,10 +898,17 @@ def decide(
                 # A pool without devices for the additions beside the replicas they replace: make before
                 # break cannot happen there. Asking anyway left the additions pending (counted as starting,
                 # which holds every scale-down) and the same move was asked at every decision while the
-                # fleet kept its old, short layout (the code trace's fleet sat 19 minutes so). The replaced
-                # replicas in that pool go first (break before make, that pool only); what still does not
-                # fit is not asked for.
-                want, released, dropped = _fit_pools(want, have, planned_now, room)
+                # fleet kept its old, short layout (the code trace's fleet sat 19 minutes so). What does
+                # not fit is not asked for. Only when what runs cannot carry even the observed rate (the
+                # move is the way out of an SLO break) do the replaced replicas in that pool go first
+                # (break before make, that pool only); otherwise a shrink-then-regrow inside the window
+                # would be a reversal (2 on the code trace's held-out half when they always went first).
+                observed_rps = (observations[sid].requests_per_second or 0.0) if sid in observations else 0.0
+                share_now = service_states[sid].bucket_share or d.bucket_rps
+                short = serving_capacity_rps(cands, have, sid, share_now) * service_states[sid].correction
+                want, released, dropped = _fit_pools(
+                    want, have, planned_now if short < observed_rps else want, room
+                )
                 if any(want.get(k, 0) > planned_now.get(k, 0) for k in have):
                     notes[sid].append("removals wait for the new replicas (make before break)")
                 if released:
