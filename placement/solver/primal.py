@@ -34,7 +34,8 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,10 +46,13 @@ from placement.solver import allocation, colgen, decompose, formulation, highs, 
 # whole-replica single plans, and per bucket the cheapest per req/s and the cheapest to carry it alone.
 SHORTLIST_SINGLES = 4
 SHORTLIST_PER_BUCKET = 2
-# Share of the time limit the exact one-service MILPs may use (the rest is the LP, the vectorised plans and
-# the improvement pass); and a cap in seconds, since a plan in seconds is the point of this path.
-EXACT_TIME_SHARE = 0.25
-EXACT_TIME_CAP_S = 10.0
+# Work limits, not wall-clock caps: the same input gives the same plan however busy the machine is. The
+# time limit stays a safety net only (every step stops at it; a plan cut short there is not reproducible).
+# Branch-and-bound nodes per one-service MILP (a service's own MILP over its shortlist solves in a few
+# hundred nodes at most; at the limit HiGHS returns its incumbent).
+EXACT_NODE_LIMIT = 500
+# One-service MILPs the placement, repair and improvement may run in all (then vectorised plans only).
+EXACT_MAX_MILPS = 400
 # Relative gap of each one-service MILP (a service's own optimum; the fleet's bound is the LP's).
 EXACT_MIP_GAP = 1e-3
 # Services get the exact MILP, largest LP cost first, until this share of the fleet's LP cost is covered.
@@ -56,14 +60,19 @@ EXACT_COST_SHARE = 0.9
 # Unmet req/s in a one-service MILP that cannot serve everything costs this multiple of the dearest
 # $/(req/s) of its candidates: it serves what fits first, then saves.
 UNMET_WEIGHT = 100.0
-# The Lagrangian bound's exact one-service MILPs (all candidates) get this share of the time limit, capped.
-BOUND_TIME_SHARE = 0.25
-BOUND_TIME_CAP_S = 10.0
+# The Lagrangian bound's exact one-service MILPs (all candidates), largest gap first: at most this many,
+# each with this node limit (the rest use the closed form).
+BOUND_MAX_MILPS = 400
+BOUND_NODE_LIMIT = 200
 # Up to this many services, HiGHS polishes the heuristic plan (the MILP over the columns the LP keeps and
-# the plan's own, started from the plan: highspy) for this share of the time limit.
-POLISH_MAX_SERVICES = 500
-POLISH_TIME_SHARE = 0.4
-POLISH_TIME_CAP_S = 10.0
+# the plan's own, started from the plan: highspy) for this many branch-and-bound nodes.
+POLISH_MAX_SERVICES = 30
+POLISH_NODE_LIMIT = 500
+# The master over every plan the heuristic met (one per service, pool capacity; highspy from the plan):
+# branch-and-bound nodes.
+MASTER_NODE_LIMIT = 5000
+# Pricing rounds (Dantzig-Wolfe on the master's LP prices) before the master MILP.
+PRICE_ROUNDS = 3
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -87,6 +96,16 @@ class _Svc:
     # Buckets each mode can serve (an aggregated replica, or a prefill and a decode one).
     agg_ok: NDArray[np.bool_] | None = None
     pd_ok: NDArray[np.bool_] | None = None
+    # Every plan of this service met on the way (by its replicas), for the master (`_master`).
+    columns: dict[tuple[tuple[str, str, str, int, int], ...], _Choice] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    """What is left of the deterministic work budget, and the wall-clock safety net."""
+
+    exact_left: int
+    deadline: float
 
 
 def applicable(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> bool:
@@ -117,6 +136,18 @@ def _effective_sizes(problem: inputs.FleetProblem) -> dict[tuple[str, int], floa
         else:
             out.update({(p.id, t): float(dpn) for t in tps})  # one replica per node
     return out
+
+
+def _trace(label: str, services: Sequence[_Svc]) -> None:
+    import os
+    import sys
+
+    if os.environ.get("CHIPFIT_PRIMAL_TRACE"):
+        cost = sum(s.plan.price_per_hour for s in services if s.plan is not None)
+        short = sum(s.short for s in services)
+        print(
+            f"[primal] {label}: cpu {time.process_time():.1f} ${cost:.2f} short {short:.3f}", file=sys.stderr
+        )
 
 
 def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocation.Plan:
@@ -154,7 +185,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         reserved = np.where(outside, np.inf, shadow)
 
     services = _services(problem, price, options.on_demand_floor > 0.0)
-    exact_deadline = started + min(EXACT_TIME_SHARE * options.time_limit_s, EXACT_TIME_CAP_S)
+    work = _Work(EXACT_MAX_MILPS, deadline)
     # Who gets the exact MILP: budgets first (a budget binds only there), then the largest, until
     # EXACT_COST_SHARE of the fleet's cost is covered.
     total = sum(s.lp_cost for s in services) or 1.0
@@ -184,11 +215,10 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             ),
         )
         for svc in order:
-            use_exact = svc.exact and time.perf_counter() < exact_deadline
-            _place(problem, svc, reserved, price, eff, pidx, left, options, use_exact, deadline, True)
+            _place(problem, svc, reserved, price, eff, pidx, left, options, svc.exact, work, True)
             if svc.short > allocation.unmet_tolerance(svc.demand):
                 # Its LP pools are full: any pool, at the shadow prices.
-                _place(problem, svc, shadow, price, eff, pidx, left, options, use_exact, deadline, False)
+                _place(problem, svc, shadow, price, eff, pidx, left, options, svc.exact, work, False)
         short = sum(svc.short for svc in services)
         cost = sum(svc.plan.price_per_hour for svc in services if svc.plan is not None)
         if best is None or (short, cost) < best[:2]:
@@ -201,6 +231,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             break
         first_of |= late
     assert best is not None
+    _trace(f"passes: best ${best[1]:.2f} short {best[0]:.3f}", services)
     left = capacity.copy()
     for svc, (chosen,) in zip(services, best[2], strict=True):
         if chosen is not None:
@@ -211,32 +242,63 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # elsewhere whole.
     for svc in sorted(services, key=lambda s: (-s.demand.priority, s.index)):
         if svc.short > allocation.unmet_tolerance(svc.demand) and time.perf_counter() < deadline:
-            _evict_for(problem, svc, services, price, eff, pidx, left, options, deadline)
+            _evict_for(problem, svc, services, price, eff, pidx, left, options, work)
     # Improvement at the true prices, largest first, in what the others leave.
     for svc in sorted(services, key=lambda s: -s.lp_cost):
         if time.perf_counter() > deadline:
             break
-        _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, deadline, False)
+        _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
 
+    _trace("improved", services)
+    # More plans per service for the master: the cheapest alone at the true and at the shadow prices (pool
+    # capacity is the master's to enforce), and each service's exact optimum at the shadow prices (the
+    # Lagrangian bound's one-service MILPs, over all candidates).
+    # Then rounds of Dantzig-Wolfe pricing: the master LP's pool prices give every service its best plan
+    # at those prices (a column), and the Lagrangian bound at them (the best over the rounds is kept).
+    tp = np.array([c.tp for c in cands], dtype=np.float64)
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] = {}
+    for svc in services:
+        _remember(svc, _vector_plan(problem, svc, price, eff, pidx, capacity.copy()))
+    lagrangian = -math.inf
+    pi = duals
+    for _round in range(PRICE_ROUNDS):
+        at = price - pi[pidx] * tp
+        value, optima = lagrangian_bound(problem, services, pi, at, options, deadline, eff, pidx, cache)
+        lagrangian = max(lagrangian, value)
+        for svc in services:
+            _remember(svc, _vector_plan(problem, svc, at, eff, pidx, capacity.copy()))
+            if svc.index in optima:
+                _remember(svc, optima[svc.index])
+        _trace(f"round {_round}: bound {value:.2f}", services)
+        nxt = _master_prices(services, capacity, options, deadline)
+        if nxt is None or np.allclose(nxt, pi) or time.perf_counter() > deadline:
+            break
+        pi = nxt
+    if _master(services, capacity, options, deadline):
+        _trace("master", services)
+        left = capacity.copy()
+        for svc in services:
+            for p, d in (svc.usage or {}).items():
+                left[p] -= d
+        # The master may have freed room: one more improvement pass at the true prices.
+        for svc in sorted(services, key=lambda s: -s.lp_cost):
+            if time.perf_counter() > deadline:
+                break
+            _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
+
+    _trace("after master", services)
     plans = [svc.plan for svc in services if svc.plan is not None]
     # The LP bound is a bound on plans serving every coverable request: claimed only for such a plan.
     served_all = all(svc.short <= allocation.unmet_tolerance(svc.demand) for svc in services)
     if served_all and len(services) <= POLISH_MAX_SERVICES:
-        polish_deadline = min(
-            deadline, time.perf_counter() + min(POLISH_TIME_SHARE * options.time_limit_s, POLISH_TIME_CAP_S)
-        )
-        better = _polish(problem, pruned, plans, options, polish_deadline)
+        better = _polish(problem, pruned, plans, options, deadline)
         if better is not None:
             plans = better
+        _trace(f"polish {sum(p.price_per_hour for p in plans):.2f}", services)
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
     source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
-    if not math.isnan(bound):
-        bound_deadline = time.perf_counter() + min(BOUND_TIME_SHARE * options.time_limit_s, BOUND_TIME_CAP_S)
-        lagrangian = lagrangian_bound(
-            problem, services, duals, shadow, options, min(deadline, bound_deadline)
-        )
-        if lagrangian > bound:
-            bound, source = lagrangian, "lagrangian"
+    if served_all and lagrangian > (-math.inf if math.isnan(bound) else bound):
+        bound, source = lagrangian, "lagrangian"
     return allocation.assemble(
         pools,
         plans,
@@ -358,6 +420,11 @@ class _Choice:
     usage: dict[int, float]
     short: float
 
+    @property
+    def usage_key(self) -> list[tuple[str, str, str, int, int]]:
+        """The plan's replicas per configuration (pool, role, precision, tp, replicas): its identity."""
+        return [(a.pool, a.role, a.precision, a.tp, a.replicas) for a in self.plan.assignments]
+
 
 def _place(
     problem: inputs.FleetProblem,
@@ -369,7 +436,7 @@ def _place(
     left: NDArray[np.float64],
     options: inputs.SolveOptions,
     exact: bool,
-    deadline: float,
+    work: _Work,
     first: bool,
 ) -> None:
     """Plan one service in what is left of the pools (first time), or re-plan it and keep the better."""
@@ -386,10 +453,12 @@ def _place(
         )
     )
     choice = None
-    if exact or must_exact:
-        choice = _exact_plan(problem, svc, score, price, eff, pidx, left, options, deadline)
+    if must_exact or (exact and work.exact_left > 0):
+        work.exact_left -= 1
+        choice = _exact_plan(problem, svc, score, price, eff, pidx, left, options, work.deadline)
     if choice is None:
         choice = _vector_plan(problem, svc, score, eff, pidx, left)
+    _remember(svc, choice)
     old = None if first or svc.plan is None else _Choice(svc.plan, svc.usage or {}, svc.short)
     tol = allocation.unmet_tolerance(svc.demand)
     if old is not None and not (
@@ -619,9 +688,9 @@ def _exact_plan(
     for (_sid, b), col in model.u_index.items():
         if (s.id, b) not in model.uncoverable:
             unmet[col] = s.bucket_rps[b]
-    end = min(deadline, time.perf_counter() + max(1.0, options.time_limit_s))
+    end = deadline
     try:
-        run = highs.run(model, c, var_hi, extra, opts, end)
+        run = highs.run(model, c, var_hi, extra, opts, end, EXACT_NODE_LIMIT)
         if run is None:
             # Not everything fits (or a budget rules it out): serve what fits first, then save.
             var_hi = var_hi.copy()
@@ -633,7 +702,15 @@ def _exact_plan(
                 dearest = float(
                     np.max(np.where(caps > 0.0, prices[:, None] / np.where(caps > 0.0, caps, 1.0), 0.0))
                 )
-            run = highs.run(model, c + UNMET_WEIGHT * max(dearest, 1.0) * unmet, var_hi, extra, opts, end)
+            run = highs.run(
+                model,
+                c + UNMET_WEIGHT * max(dearest, 1.0) * unmet,
+                var_hi,
+                extra,
+                opts,
+                end,
+                EXACT_NODE_LIMIT,
+            )
     except inputs.SolverError:
         return None
     if run is None:
@@ -661,7 +738,7 @@ def _evict_for(
     pidx: NDArray[np.int64],
     left: NDArray[np.float64],
     options: inputs.SolveOptions,
-    deadline: float,
+    work: _Work,
 ) -> None:
     """Move other services off the pools `svc` can use, then plan `svc` again.
 
@@ -677,13 +754,13 @@ def _evict_for(
     movers.sort(key=lambda t: t.lp_cost)
     elsewhere = np.where(closed, np.inf, price)
     for t in movers:
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > work.deadline:
             break
         was = t.short
-        _place(problem, t, elsewhere, price, eff, pidx, left, options, t.exact, deadline, False)
+        _place(problem, t, elsewhere, price, eff, pidx, left, options, t.exact, work, False)
         if t.short > was + allocation.unmet_tolerance(t.demand):
             continue  # _place keeps the old plan when the new one serves less
-    _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, deadline, False)
+    _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
     if svc.short < old_short - allocation.unmet_tolerance(svc.demand):
         return
     # No gain: undo every move.
@@ -699,7 +776,10 @@ def lagrangian_bound(
     shadow: NDArray[np.float64],
     options: inputs.SolveOptions,
     deadline: float,
-) -> float:
+    eff: NDArray[np.float64] | None = None,
+    pidx: NDArray[np.int64] | None = None,
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] | None = None,
+) -> tuple[float, dict[int, _Choice]]:
     """A lower bound on every plan serving all coverable demand: pool capacity relaxed at prices pi.
 
     For any pi <= 0, L(pi) = pi . capacity + sum_s v_s(pi), v_s(pi) the least a service can pay alone with
@@ -707,7 +787,12 @@ def lagrangian_bound(
     relaxation of the pools' device counts, which every plan obeys). pi = the LP's pool duals makes it at
     least the LP bound once v_s is the service's integer optimum: it knows that 0.3 of a replica costs
     one. v_s is bounded from below two ways: HiGHS's dual bound on the service's own MILP over all its
-    candidates (largest services first, while time lasts), else `_cheap_bound` (closed form).
+    candidates (largest gap between its plan and its closed form first, BOUND_MAX_MILPS of them, each
+    within BOUND_NODE_LIMIT nodes: a work limit, so the bound does not depend on the machine's load), else
+    `_cheap_bound` (closed form).
+
+    Also returns, per service index, the plan those MILPs found (with `eff` and `pidx`, its effective
+    devices per pool): the service's best plan at these prices, a column for the master.
     """
     capacity = np.array([float(p.devices_total) for p in problem.pools])
     total = float(duals @ capacity)
@@ -720,25 +805,211 @@ def lagrangian_bound(
     opts = replace(
         options, max_candidates_per_bucket=None, mip_rel_gap=max(options.mip_rel_gap, EXACT_MIP_GAP)
     )
-    for svc in sorted(services, key=lambda t: -((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index])):
+    optima: dict[int, _Choice] = {}
+    ranked = sorted(
+        services, key=lambda t: (-((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index]), t.index)
+    )
+    for svc in ranked[:BOUND_MAX_MILPS]:
         if time.perf_counter() > deadline:
             break
-        s = svc.demand
-        sub = inputs.FleetProblem((s,), problem.pools, tuple(problem.candidates[i] for i in owned[s.id]))
-        try:
-            model = formulation.build(sub, opts)
-        except inputs.PlacementError:
+        if cache is not None and svc.index in cache:
+            built = cache[svc.index]
+        else:
+            s = svc.demand
+            sub = inputs.FleetProblem((s,), problem.pools, tuple(problem.candidates[i] for i in owned[s.id]))
+            try:
+                built = (sub, formulation.build(sub, opts))
+            except inputs.PlacementError:
+                built = None
+            if cache is not None:
+                cache[svc.index] = built
+        if built is None:
             continue
+        sub, model = built
         cost = model.c.copy()
         for k, cand in enumerate(model.candidates):
             cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
         try:
-            run = highs.run(model, cost, model.var_hi, (), opts, deadline)
+            run = highs.run(model, cost, model.var_hi, (), opts, deadline, BOUND_NODE_LIMIT)
         except inputs.SolverError:
             continue
         if run is not None and math.isfinite(run.bound):
             exact[svc.index] = max(run.bound, cheap[svc.index])
-    return total + sum(exact.get(svc.index, cheap[svc.index]) for svc in services)
+        if run is not None and eff is not None and pidx is not None:
+            choice = _decoded(sub, model, run, by_key, eff, pidx)
+            if choice is not None:
+                optima[svc.index] = choice
+    return total + sum(exact.get(svc.index, cheap[svc.index]) for svc in services), optima
+
+
+def _decoded(
+    sub: inputs.FleetProblem,
+    model: formulation.Model,
+    run: highs.Run,
+    by_key: Mapping[inputs.CandidateKey, int],
+    eff: NDArray[np.float64],
+    pidx: NDArray[np.int64],
+) -> _Choice | None:
+    """A one-service MILP's solution as a plan with its effective devices per pool (None if unusable)."""
+    try:
+        plan = stages.decode(sub, model, run, stages=1, seconds=0.0).services[0]
+    except inputs.SolverError:
+        return None
+    usage: dict[int, float] = defaultdict(float)
+    for k, cand in enumerate(model.candidates):
+        n = round(float(run.x[model.n_index[k]]))
+        if n > 0:
+            i = by_key[cand.key]
+            usage[int(pidx[i])] += n * float(eff[i])
+    short = sum(
+        sub.services[0].bucket_rps[b] * min(1.0, max(0.0, float(run.x[col])))
+        for (_sid, b), col in model.u_index.items()
+        if (_sid, b) not in model.uncoverable
+    )
+    return _Choice(plan, dict(usage), short)
+
+
+def _remember(svc: _Svc, choice: _Choice) -> None:
+    """Keep a plan of the service as a column for the master (the one serving most for its replicas)."""
+    key = tuple(sorted(choice.usage_key))
+    old = svc.columns.get(key)
+    if old is None or choice.short < old.short:
+        svc.columns[key] = choice
+
+
+@dataclass
+class _MasterModel:
+    """The master over the remembered plans: the offered plans per service and the HiGHS model."""
+
+    offered: list[list[_Choice]]
+    first: NDArray[np.int64]  # column of each service's current plan
+    cost: NDArray[np.float64]
+    weight: float
+    highs: Any
+
+
+def _master_model(
+    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions
+) -> _MasterModel | None:
+    """The set-partitioning master (see `_master`); None when a service has no plan yet."""
+    import highspy  # the official HiGHS binding: the master starts from the heuristic's plan
+
+    offered: list[list[_Choice]] = []
+    for svc in services:
+        if svc.plan is None:
+            return None
+        tol = allocation.unmet_tolerance(svc.demand)
+        current = _Choice(svc.plan, svc.usage or {}, svc.short)
+        here = tuple(sorted(current.usage_key))
+        offered.append(
+            [current]
+            + [c for key, c in sorted(svc.columns.items()) if c.short <= svc.short + tol and key != here]
+        )
+    dearest = max(
+        (c.plan.price_per_hour / c.plan.served_rps for m in offered for c in m if c.plan.served_rps > 0.0),
+        default=1.0,
+    )
+    weight = UNMET_WEIGHT * max(dearest, 1.0)
+    cost: list[float] = []
+    index: list[int] = []
+    value: list[float] = []
+    starts = [0]
+    n_services = len(offered)
+    for j, m in enumerate(offered):
+        for c in m:
+            cost.append(c.plan.price_per_hour + weight * c.short)
+            pools = sorted(c.usage)
+            index += [j, *(n_services + p for p in pools)]
+            value += [1.0, *(c.usage[p] for p in pools)]
+            starts.append(len(index))
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    lp = highspy.HighsLp()
+    lp.num_col_ = len(cost)
+    lp.num_row_ = n_services + capacity.size
+    lp.col_cost_ = np.asarray(cost)
+    lp.col_lower_ = np.zeros(len(cost))
+    lp.col_upper_ = np.ones(len(cost))
+    lp.row_lower_ = np.concatenate([np.ones(n_services), np.full(capacity.size, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([np.ones(n_services), capacity + inputs.FEASIBILITY_TOLERANCE])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.asarray(starts, dtype=np.int32)
+    lp.a_matrix_.index_ = np.asarray(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.asarray(value, dtype=np.float64)
+    with highs._quiet_stdout():
+        h.passModel(lp)
+        h.setOptionValue("mip_rel_gap", options.mip_rel_gap)
+        h.setOptionValue("mip_max_nodes", MASTER_NODE_LIMIT)
+    first = np.cumsum([0] + [len(m) for m in offered])[:-1].astype(np.int64)
+    return _MasterModel(offered, first, np.asarray(cost), weight, h)
+
+
+def _master_prices(
+    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions, deadline: float
+) -> NDArray[np.float64] | None:
+    """The pool prices (<= 0, $/h per device) of the master's LP relaxation: Dantzig-Wolfe's duals."""
+    master = _master_model(services, capacity, options)
+    if master is None:
+        return None
+    h = master.highs
+    with highs._quiet_stdout():
+        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
+        h.run()
+    solution = h.getSolution()
+    if not solution.dual_valid:
+        return None
+    # HiGHS's row duals of a minimisation: <= 0 on a binding upper bound.
+    duals = np.asarray(solution.row_dual, dtype=np.float64)[len(master.offered) :]
+    out: NDArray[np.float64] = np.minimum(duals, 0.0)
+    return out
+
+
+def _master(
+    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions, deadline: float
+) -> bool:
+    """Choose one remembered plan per service under pool capacity (effective devices), cheapest first.
+
+    A set-partitioning MILP over every plan the heuristic met (price-and-branch): binary lambda[s, k],
+    sum_k lambda[s, k] = 1 per service, sum usage[p, s, k] lambda[s, k] <= capacity[p] per pool, minimising
+    $/h + UNMET_WEIGHT x the dearest $/(req/s) x unserved coverable req/s. Only plans serving no less than
+    the service's current one are offered, so no priority loses anything; HiGHS (highspy) starts from the
+    current plan and stops within MASTER_NODE_LIMIT nodes. Returns True when it changed the plan.
+    """
+    import highspy
+
+    master = _master_model(services, capacity, options)
+    if master is None or all(len(m) == 1 for m in master.offered):
+        return False
+    h = master.highs
+    n = master.cost.size
+    h.changeColsIntegrality(
+        n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kInteger, dtype=np.uint8)
+    )
+    with highs._quiet_stdout():
+        start = np.zeros(n)
+        start[master.first] = 1.0
+        h.setSolution(n, np.arange(n, dtype=np.int32), start)
+        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
+        h.run()
+    solution = h.getSolution()
+    if not solution.value_valid or h.getInfo().primal_solution_status == 0:
+        return False
+    x = np.asarray(solution.col_value)
+    chosen = []
+    for j, m in enumerate(master.offered):
+        block = x[master.first[j] : master.first[j] + len(m)]
+        chosen.append(m[int(np.argmax(block))])
+    before = float(master.cost[master.first].sum())
+    after = sum(c.plan.price_per_hour + master.weight * c.short for c in chosen)
+    use = np.zeros(capacity.size)
+    for c in chosen:
+        for p, d in c.usage.items():
+            use[p] += d
+    if after >= before - 1e-9 * max(1.0, before) or (use > capacity + inputs.FEASIBILITY_TOLERANCE).any():
+        return False
+    for svc, c in zip(services, chosen, strict=True):
+        svc.plan, svc.usage, svc.short = c.plan, c.usage, c.short
+    return True
 
 
 def _cheap_bound(
