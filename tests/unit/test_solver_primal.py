@@ -283,3 +283,57 @@ def test_the_milp_starts_from_the_current_placement_and_never_ends_worse() -> No
     # With a penalty above the saving per device, a stays where it is.
     plan = solve.solve(problem, inputs.SolveOptions(method="milp", move_penalty_per_device_hour=5.0))
     assert plan.price_per_hour == pytest.approx(start_price)
+
+
+def _specialists_fleet() -> inputs.FleetProblem:
+    """Services whose cheapest plan splits three buckets over three specialist pools (the exact one-service
+    MILP finds it; the vectorised single or primary + filler plan cannot), with a generalist pool too."""
+    pools = (pool("a", 8, 1, 1.0), pool("b", 8, 1, 1.0), pool("c", 8, 1, 1.0), pool("g", 8, 2, 1.0))
+    services = tuple(inputs.ServiceDemand(f"s{i}", (1.0 + 0.2 * i, 0.9, 0.8 + 0.1 * i)) for i in range(4))
+    cands = tuple(
+        c
+        for s in services
+        for c in (
+            cand(s.id, "a", [4.0, 0.0, 0.0], 0.5),
+            cand(s.id, "b", [0.0, 4.0, 0.0], 0.5),
+            cand(s.id, "c", [0.0, 0.0, 4.0], 0.5),
+            cand(s.id, "g", [1.2, 1.2, 1.2], 1.0),
+        )
+    )
+    return inputs.FleetProblem(services, pools, cands)
+
+
+def _fingerprint(plan: allocation.Plan) -> list[tuple[str, str, int, tuple[float, ...]]]:
+    return [
+        (a.service, a.pool, a.replicas, tuple(round(r, 9) for r in a.bucket_rps))
+        for sp in plan.services
+        for a in sp.assignments
+    ]
+
+
+def test_the_heuristic_is_deterministic_however_slow_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work limits, not wall-clock caps: on a machine where every step seems to take 20 s (a loaded
+    machine, in the extreme) the heuristic gives the very plan and bound it gives on a quiet one, as long
+    as the time limit (the safety net) is not reached."""
+    problem = _specialists_fleet()
+    options = inputs.SolveOptions(method="primal", time_limit_s=1e9)
+    quiet = primal.solve(problem, options)
+    again = primal.solve(problem, options)
+    assert _fingerprint(again) == _fingerprint(quiet) and again.bound == quiet.bound
+    # Specialists: one replica per bucket on a, b and c ($1.50/h a service) beat the generalist (3 replicas
+    # of g, or one specialist and 2 of g): the exact plans found it.
+    assert quiet.price_per_hour == pytest.approx(4 * 1.5)
+    real = time.perf_counter
+    calls = [0]
+
+    def slow() -> float:
+        calls[0] += 1
+        return real() + 20.0 * calls[0]
+
+    monkeypatch.setattr(time, "perf_counter", slow)
+    loaded = primal.solve(problem, options)
+    monkeypatch.undo()
+    assert calls[0] > 10
+    _check_feasible(problem, loaded)
+    assert _fingerprint(loaded) == _fingerprint(quiet)
+    assert loaded.price_per_hour == quiet.price_per_hour and loaded.bound == quiet.bound
