@@ -73,6 +73,11 @@ POLISH_NODE_LIMIT = 500
 MASTER_NODE_LIMIT = 5000
 # Pricing rounds (Dantzig-Wolfe on the master's LP prices) before the master MILP.
 PRICE_ROUNDS = 3
+# A plan leaving services short still gets a bound when each is short only by its own limits (budget,
+# ceiling, pool size), proven by its own MILP within this many nodes at this gap; at most this many.
+LIMITED_NODE_LIMIT = 2000
+LIMITED_MIP_GAP = 1e-9
+LIMITED_MAX_SERVICES = 100
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -257,24 +262,27 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # at those prices (a column), and the Lagrangian bound at them (the best over the rounds is kept).
     tp = np.array([c.tp for c in cands], dtype=np.float64)
     cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] = {}
-    for svc in services:
+    vectorised = [svc for svc in services if not _must_exact(problem, svc, options)]
+    for svc in vectorised:
         _remember(svc, _vector_plan(problem, svc, price, eff, pidx, capacity.copy()))
-    lagrangian = -math.inf
+    best_bound: _Lagrangian | None = None
     pi = duals
     for _round in range(PRICE_ROUNDS):
         at = price - pi[pidx] * tp
-        value, optima = lagrangian_bound(problem, services, pi, at, options, deadline, eff, pidx, cache)
-        lagrangian = max(lagrangian, value)
-        for svc in services:
+        round_bound = lagrangian_bound(problem, services, pi, at, options, deadline, eff, pidx, cache)
+        if best_bound is None or round_bound.value > best_bound.value:
+            best_bound = round_bound
+        for svc in vectorised:
             _remember(svc, _vector_plan(problem, svc, at, eff, pidx, capacity.copy()))
-            if svc.index in optima:
-                _remember(svc, optima[svc.index])
-        _trace(f"round {_round}: bound {value:.2f}", services)
-        nxt = _master_prices(services, capacity, options, deadline)
+        for svc in services:
+            if svc.index in round_bound.optima:
+                _remember(svc, round_bound.optima[svc.index])
+        _trace(f"round {_round}: bound {round_bound.value:.2f}", services)
+        nxt = _master_prices(problem, services, capacity, options, deadline)
         if nxt is None or np.allclose(nxt, pi) or time.perf_counter() > deadline:
             break
         pi = nxt
-    if _master(services, capacity, options, deadline):
+    if _master(problem, services, capacity, options, deadline):
         _trace("master", services)
         left = capacity.copy()
         for svc in services:
@@ -297,7 +305,15 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         _trace(f"polish {sum(p.price_per_hour for p in plans):.2f}", services)
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
     source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
-    if served_all and lagrangian > (-math.inf if math.isnan(bound) else bound):
+    lagrangian = best_bound.value if best_bound is not None else -math.inf
+    if not served_all and best_bound is not None:
+        # Services left short: a bound still holds if each is short only by what it must be (its own
+        # budget, ceiling or the pools' size), over the plans that serve every service all it can.
+        lagrangian = _bound_with_limits(problem, services, best_bound, options, deadline, cache)
+        _trace(f"bound with limits {lagrangian:.2f}", services)
+    if (served_all or not math.isnan(lagrangian)) and lagrangian > (
+        -math.inf if math.isnan(bound) else bound
+    ):
         bound, source = lagrangian, "lagrangian"
     return allocation.assemble(
         pools,
@@ -443,22 +459,17 @@ def _place(
     if svc.usage:
         for p, d in svc.usage.items():
             left[p] += d
-    # A budget, or a stability penalty on what runs, is only known to the exact one-service MILP.
-    must_exact = (
-        svc.demand.max_dollars_per_hour is not None
-        or options.on_demand_floor > 0.0
-        or (
-            options.move_penalty_per_device_hour > 0.0
-            and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
-        )
-    )
+    must_exact = _must_exact(problem, svc, options)
     choice = None
     if must_exact or (exact and work.exact_left > 0):
         work.exact_left -= 1
         choice = _exact_plan(problem, svc, score, price, eff, pidx, left, options, work.deadline)
     if choice is None:
         choice = _vector_plan(problem, svc, score, eff, pidx, left)
-    _remember(svc, choice)
+        if not must_exact:
+            _remember(svc, choice)
+    else:
+        _remember(svc, choice)
     old = None if first or svc.plan is None else _Choice(svc.plan, svc.usage or {}, svc.short)
     tol = allocation.unmet_tolerance(svc.demand)
     if old is not None and not (
@@ -469,6 +480,19 @@ def _place(
     for p, d in choice.usage.items():
         left[p] -= d
     svc.plan, svc.usage, svc.short = choice.plan, choice.usage, choice.short
+
+
+def _must_exact(problem: inputs.FleetProblem, svc: _Svc, options: inputs.SolveOptions) -> bool:
+    """A budget, an on-demand floor, or a stability penalty on what runs: only the exact one-service MILP
+    (formulation.build) knows them, so the vectorised plans are no plans for this service."""
+    return (
+        svc.demand.max_dollars_per_hour is not None
+        or options.on_demand_floor > 0.0
+        or (
+            options.move_penalty_per_device_hour > 0.0
+            and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
+        )
+    )
 
 
 def _fits(
@@ -779,7 +803,7 @@ def lagrangian_bound(
     eff: NDArray[np.float64] | None = None,
     pidx: NDArray[np.int64] | None = None,
     cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] | None = None,
-) -> tuple[float, dict[int, _Choice]]:
+) -> _Lagrangian:
     """A lower bound on every plan serving all coverable demand: pool capacity relaxed at prices pi.
 
     For any pi <= 0, L(pi) = pi . capacity + sum_s v_s(pi), v_s(pi) the least a service can pay alone with
@@ -791,7 +815,9 @@ def lagrangian_bound(
     within BOUND_NODE_LIMIT nodes: a work limit, so the bound does not depend on the machine's load), else
     `_cheap_bound` (closed form).
 
-    Also returns, per service index, the plan those MILPs found (with `eff` and `pidx`, its effective
+    Returns the bound, its parts (pi . capacity, and v_s per service index: `_limited_bound` replaces
+    those of services that cannot be served in full even alone), and, per service index, the plan those
+    MILPs found (with `eff` and `pidx`, its effective
     devices per pool): the service's best plan at these prices, a column for the master.
     """
     capacity = np.array([float(p.devices_total) for p in problem.pools])
@@ -812,17 +838,7 @@ def lagrangian_bound(
     for svc in ranked[:BOUND_MAX_MILPS]:
         if time.perf_counter() > deadline:
             break
-        if cache is not None and svc.index in cache:
-            built = cache[svc.index]
-        else:
-            s = svc.demand
-            sub = inputs.FleetProblem((s,), problem.pools, tuple(problem.candidates[i] for i in owned[s.id]))
-            try:
-                built = (sub, formulation.build(sub, opts))
-            except inputs.PlacementError:
-                built = None
-            if cache is not None:
-                cache[svc.index] = built
+        built = _one_service_model(problem, svc, owned[svc.demand.id], opts, cache)
         if built is None:
             continue
         sub, model = built
@@ -839,7 +855,120 @@ def lagrangian_bound(
             choice = _decoded(sub, model, run, by_key, eff, pidx)
             if choice is not None:
                 optima[svc.index] = choice
-    return total + sum(exact.get(svc.index, cheap[svc.index]) for svc in services), optima
+    parts = {svc.index: exact.get(svc.index, cheap[svc.index]) for svc in services}
+    return _Lagrangian(total + sum(parts.values()), total, parts, optima, shadow)
+
+
+@dataclass(frozen=True)
+class _Lagrangian:
+    """A Lagrangian bound: its value = base + sum(parts), at the candidate prices `shadow`."""
+
+    value: float
+    base: float  # pi . capacity
+    parts: dict[int, float]  # service index -> lower bound on its cost alone at `shadow`
+    optima: dict[int, _Choice]
+    shadow: NDArray[np.float64]
+
+
+def _bound_with_limits(
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    bound: _Lagrangian,
+    options: inputs.SolveOptions,
+    deadline: float,
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None],
+) -> float:
+    """The Lagrangian bound with each short service's part over the plans serving it all it can; NaN when
+    a service is short by more than its own limits (or more than LIMITED_MAX_SERVICES are short)."""
+    short = [svc for svc in services if svc.short > allocation.unmet_tolerance(svc.demand)]
+    if len(short) > LIMITED_MAX_SERVICES:
+        return math.nan
+    owned: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(problem.candidates):
+        owned[c.service].append(i)
+    parts = dict(bound.parts)
+    for svc in short:
+        part = _limited_bound(problem, svc, owned[svc.demand.id], bound.shadow, options, deadline, cache)
+        if part is None:
+            return math.nan
+        parts[svc.index] = min(part, parts[svc.index])
+    return bound.base + sum(parts.values())
+
+
+def _one_service_model(
+    problem: inputs.FleetProblem,
+    svc: _Svc,
+    owned: Sequence[int],
+    opts: inputs.SolveOptions,
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] | None,
+) -> tuple[inputs.FleetProblem, formulation.Model] | None:
+    """The service's own MILP over all its candidates (built once per solve: `cache`)."""
+    if cache is not None and svc.index in cache:
+        return cache[svc.index]
+    sub = inputs.FleetProblem((svc.demand,), problem.pools, tuple(problem.candidates[i] for i in owned))
+    built: tuple[inputs.FleetProblem, formulation.Model] | None
+    try:
+        built = (sub, formulation.build(sub, opts))
+    except inputs.PlacementError:
+        built = None
+    if cache is not None:
+        cache[svc.index] = built
+    return built
+
+
+def _limited_bound(
+    problem: inputs.FleetProblem,
+    svc: _Svc,
+    owned: Sequence[int],
+    shadow: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None],
+) -> float | None:
+    """For a service the plan leaves short: a lower bound on its cost at `shadow` prices over the plans
+    serving it as much as it can be served at all, when the plan serves it that much; else None.
+
+    First its own MILP over all its candidates with whole pools to itself, minimising unserved req/s,
+    proves the least it must leave unserved (its budget, replica ceiling or the pools' size
+    forbid more; None unless HiGHS proves it within LIMITED_NODE_LIMIT nodes). Every plan of the fleet
+    leaves it at least that unserved, so if this plan leaves no more, the Lagrangian bound may take, for
+    this service, the least it pays at `shadow` prices with unserved req/s at most that (HiGHS's dual bound
+    of the same MILP with that row): the bound then covers every plan serving every service all it can.
+    """
+    opts = replace(options, max_candidates_per_bucket=None, mip_rel_gap=LIMITED_MIP_GAP)
+    built = _one_service_model(problem, svc, owned, opts, cache)
+    if built is None:
+        return None
+    _sub, model = built
+    s = svc.demand
+    unmet = np.zeros(model.c.size)
+    var_hi = model.var_hi.copy()
+    for (_sid, b), col in model.u_index.items():
+        var_hi[col] = 1.0
+        if (s.id, b) not in model.uncoverable:
+            unmet[col] = s.bucket_rps[b]
+    try:
+        least = highs.run(model, unmet, var_hi, (), opts, deadline, LIMITED_NODE_LIMIT)
+    except inputs.SolverError:
+        return None
+    if least is None or not least.optimal:
+        return None
+    # Proven: no plan serves more than this (within HiGHS's tolerances, which the allowance covers).
+    floor = float(unmet @ least.x)
+    tol = allocation.unmet_tolerance(s)
+    if svc.short > floor + tol:
+        return None  # the plan leaves it shorter than it must be: capacity, not its own limits
+    by_key = {c.key: i for i, c in enumerate(problem.candidates)}
+    cost = model.c.copy()
+    for k, cand in enumerate(model.candidates):
+        cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
+    try:
+        run = highs.run(model, cost, var_hi, [(unmet, floor + tol)], opts, deadline, LIMITED_NODE_LIMIT)
+    except inputs.SolverError:
+        return 0.0  # costs are never negative at these prices
+    if run is None or not math.isfinite(run.bound):
+        return 0.0
+    return max(0.0, run.bound)
 
 
 def _decoded(
@@ -889,9 +1018,15 @@ class _MasterModel:
 
 
 def _master_model(
-    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    problem: inputs.FleetProblem,
 ) -> _MasterModel | None:
-    """The set-partitioning master (see `_master`); None when a service has no plan yet."""
+    """The set-partitioning master (see `_master`); None when a service has no plan yet.
+
+    A service whose running replicas carry a stability penalty keeps its plan (the master prices $/h only).
+    """
     import highspy  # the official HiGHS binding: the master starts from the heuristic's plan
 
     offered: list[list[_Choice]] = []
@@ -901,6 +1036,11 @@ def _master_model(
         tol = allocation.unmet_tolerance(svc.demand)
         current = _Choice(svc.plan, svc.usage or {}, svc.short)
         here = tuple(sorted(current.usage_key))
+        if options.move_penalty_per_device_hour > 0.0 and any(
+            problem.candidates[i].key in problem.current_replicas for i in svc.all_cands
+        ):
+            offered.append([current])
+            continue
         offered.append(
             [current]
             + [c for key, c in sorted(svc.columns.items()) if c.short <= svc.short + tol and key != here]
@@ -945,10 +1085,14 @@ def _master_model(
 
 
 def _master_prices(
-    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions, deadline: float
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
 ) -> NDArray[np.float64] | None:
     """The pool prices (<= 0, $/h per device) of the master's LP relaxation: Dantzig-Wolfe's duals."""
-    master = _master_model(services, capacity, options)
+    master = _master_model(services, capacity, options, problem)
     if master is None:
         return None
     h = master.highs
@@ -965,7 +1109,11 @@ def _master_prices(
 
 
 def _master(
-    services: Sequence[_Svc], capacity: NDArray[np.float64], options: inputs.SolveOptions, deadline: float
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
 ) -> bool:
     """Choose one remembered plan per service under pool capacity (effective devices), cheapest first.
 
@@ -977,7 +1125,7 @@ def _master(
     """
     import highspy
 
-    master = _master_model(services, capacity, options)
+    master = _master_model(services, capacity, options, problem)
     if master is None or all(len(m) == 1 for m in master.offered):
         return False
     h = master.highs

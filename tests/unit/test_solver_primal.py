@@ -91,9 +91,17 @@ def test_the_heuristic_plan_is_feasible_and_never_below_the_direct_milp(problem:
     plan = primal.solve(problem, inputs.SolveOptions(method="primal", time_limit_s=20))
     _check_feasible(problem, plan)
     if not math.isnan(plan.bound):
-        # A bound is claimed only for a plan serving everything coverable, and it is below its price.
+        # A bound is claimed only for a plan serving every service all it can be served even alone (its
+        # budget or ceiling may forbid more), and it is below its price.
         assert plan.bound <= plan.price_per_hour * (1 + 1e-9) + 1e-9
-        assert all(s.status == "served" for s in plan.services)
+        for sp in plan.services:
+            if sp.status != "served":
+                s = next(x for x in problem.services if x.id == sp.service)
+                alone = inputs.FleetProblem(
+                    (s,), problem.pools, tuple(c for c in problem.candidates if c.service == s.id)
+                )
+                best_alone = stages.solve_milp(alone, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9))
+                assert sp.served_rps >= best_alone.services[0].served_rps - 1e-6 * max(1.0, sp.demand_rps)
     exact = stages.solve_milp(problem, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9, time_limit_s=20))
     # The MILP's priority pins may give up inputs.UNMET_NOISE of a level's demand: that much slack.
     slack = inputs.UNMET_NOISE * max(1.0, sum(s.requests_per_second for s in problem.services))
@@ -337,3 +345,41 @@ def test_the_heuristic_is_deterministic_however_slow_the_clock(monkeypatch: pyte
     _check_feasible(problem, loaded)
     assert _fingerprint(loaded) == _fingerprint(quiet)
     assert loaded.price_per_hour == quiet.price_per_hour and loaded.bound == quiet.bound
+
+
+def test_a_service_short_only_by_its_own_budget_still_gets_a_bound() -> None:
+    """Demand no plan can serve (here: a budget buys two replicas of the three the traffic needs) is set
+    apart from the gap: the bound covers the plans serving every service all it can, and holds."""
+    pools = (pool("a", 8, 1, 1.0), pool("b", 8, 1, 2.0))
+    services = (
+        inputs.ServiceDemand("capped", (2.5, 0.4), max_dollars_per_hour=2.0),
+        inputs.ServiceDemand("free", (1.5, 0.8)),
+        inputs.ServiceDemand("other", (0.7, 1.9)),
+    )
+    cands = tuple(cand(s.id, p.id, [1.0, 1.0], p.price_per_device_hour) for s in services for p in pools)
+    problem = inputs.FleetProblem(services, pools, cands)
+    plan = primal.solve(problem, inputs.SolveOptions(method="primal", mip_rel_gap=1e-9))
+    _check_feasible(problem, plan)
+    capped = plan.service("capped")
+    assert capped.status == "partial" and capped.served_rps == pytest.approx(2.0, rel=1e-5)
+    assert not math.isnan(plan.bound)
+    exact = stages.solve_milp(problem, inputs.SolveOptions(method="milp", mip_rel_gap=1e-9))
+    assert exact.service("capped").served_rps == pytest.approx(2.0, rel=1e-5)
+    assert plan.bound <= exact.price_per_hour * (1 + 1e-9)
+    assert plan.price_per_hour == pytest.approx(exact.price_per_hour)
+
+
+def test_no_bound_when_a_service_is_short_by_capacity_it_could_have_had() -> None:
+    """A service short because the pools are full (not by its own limits) gets no bound claimed: the
+    plan is then not comparable with the plans serving everything."""
+    pools = (pool("a", 1, 2, 1.0),)
+    services = (
+        inputs.ServiceDemand("high", (1.5,), priority=100),
+        inputs.ServiceDemand("low", (1.5,)),
+    )
+    cands = tuple(cand(s.id, "a", [1.0], 1.0) for s in services)
+    problem = inputs.FleetProblem(services, pools, cands)
+    plan = primal.solve(problem, inputs.SolveOptions(method="primal"))
+    _check_feasible(problem, plan)
+    assert plan.service("high").status == "served" and plan.service("low").status == "unserved"
+    assert math.isnan(plan.bound) and plan.bound_source == "none"
