@@ -14,13 +14,25 @@ services x 41 pools, no incumbent in 60 s). This builds one directly:
 3. Repair and improvement: a service left short has other services moved off its pools (when they can
    go elsewhere whole); then each service in turn is planned again at the true prices in what the others
    leave, keeping the new plan only when it serves no less and costs less.
-4. Polish (up to POLISH_MAX_SERVICES): HiGHS, through highspy (scipy's milp takes no start), runs the
-   all-served MILP over the LP's columns and the plan's own, started from the plan; kept only if cheaper.
-5. Bound: the Lagrangian bound (`lagrangian_bound`: pool capacity relaxed at the LP's shadow prices, each
-   service's integer optimum bounded alone), or the LP bound when that is higher. Claimed only for a plan
-   that serves every coverable request (it bounds those plans); otherwise the gap is unknown (NaN).
+4. Pricing rounds and the master (price-and-branch): every plan of a service met so far is a column;
+   more come from each service's cheapest plan alone at the true prices, and, per round, at the pool
+   prices of the round (the LP's duals first, then the master LP's: Dantzig-Wolfe): its vectorised plan
+   and, for the BOUND_MAX_MILPS services with most at stake, its exact one-service MILP over all its
+   candidates, whose dual bounds give the round's Lagrangian bound. A set-partitioning MILP (one column
+   per service, pool capacity; highspy, started from the heuristic's plan) then picks the cheapest
+   combination that serves every service no less than the heuristic did.
+5. Polish (up to POLISH_MAX_SERVICES): HiGHS runs the all-served MILP over the LP's columns and the plan's
+   own, started from the plan; kept only if cheaper.
+6. Bound: the best Lagrangian bound of the rounds (pool capacity relaxed at the round's prices, each
+   service's integer optimum bounded alone), or the LP bound when that is higher. Claimed for a plan that
+   serves every coverable request; or, when services are short, if each is short only by its own limits
+   (its budget, replica ceiling or the pools' size: its own MILP proves it cannot be served more even
+   with every pool to itself: `_least_unmet`), over the plans serving every service all it can.
+   Otherwise the gap is unknown (NaN).
 
-Every exact step has a time share and a cap in seconds (the time limit is wall-clock).
+Work limits, not wall-clock caps (node limits per MILP, counted one-service MILPs, fixed rounds): the
+same input gives the same plan and bound however busy the machine is. The time limit is a safety net
+only; a solve that reaches it is cut short and is no longer reproducible.
 
 Pool capacity: a pool whose TP sizes do not pack by device count (12-core nodes with TP 8) counts each
 replica as dpn / floor(dpn / tp) devices (a TP-8 replica takes a whole 12-core node), which packs by
@@ -262,6 +274,16 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # at those prices (a column), and the Lagrangian bound at them (the best over the rounds is kept).
     tp = np.array([c.tp for c in cands], dtype=np.float64)
     cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] = {}
+    ctx = _BoundContext(problem, options, deadline, eff, pidx, cache)
+    # Services still short: the least each must leave unserved even with every pool to itself (its own
+    # budget, ceiling or the pools' size), proven by its own MILP. The bound is then over the plans serving
+    # every service all it can; it is claimed only if this plan is one of them.
+    floors: dict[int, float] = {}
+    short_ones = [svc for svc in services if svc.short > allocation.unmet_tolerance(svc.demand)]
+    for svc in short_ones[:LIMITED_MAX_SERVICES]:
+        least = _least_unmet(ctx, svc)
+        if least is not None:
+            floors[svc.index] = least
     vectorised = [svc for svc in services if not _must_exact(problem, svc, options)]
     for svc in vectorised:
         _remember(svc, _vector_plan(problem, svc, price, eff, pidx, capacity.copy()))
@@ -269,7 +291,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     pi = duals
     for _round in range(PRICE_ROUNDS):
         at = price - pi[pidx] * tp
-        round_bound = lagrangian_bound(problem, services, pi, at, options, deadline, eff, pidx, cache)
+        round_bound = lagrangian_bound(ctx, services, pi, at, floors)
         if best_bound is None or round_bound.value > best_bound.value:
             best_bound = round_bound
         for svc in vectorised:
@@ -306,14 +328,12 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
     source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
     lagrangian = best_bound.value if best_bound is not None else -math.inf
-    if not served_all and best_bound is not None:
-        # Services left short: a bound still holds if each is short only by what it must be (its own
-        # budget, ceiling or the pools' size), over the plans that serve every service all it can.
-        lagrangian = _bound_with_limits(problem, services, best_bound, options, deadline, cache)
-        _trace(f"bound with limits {lagrangian:.2f}", services)
-    if (served_all or not math.isnan(lagrangian)) and lagrangian > (
-        -math.inf if math.isnan(bound) else bound
-    ):
+    # The Lagrangian bound covers the plans serving every service all it can (no more than its floor
+    # unserved): claimed when this plan is one of them.
+    all_it_can = all(
+        svc.short <= floors.get(svc.index, 0.0) + allocation.unmet_tolerance(svc.demand) for svc in services
+    )
+    if all_it_can and lagrangian > (-math.inf if math.isnan(bound) else bound):
         bound, source = lagrangian, "lagrangian"
     return allocation.assemble(
         pools,
@@ -793,18 +813,41 @@ def _evict_for(
         t.plan, t.usage, t.short = before[id(t)]
 
 
+@dataclass(frozen=True)
+class _BoundContext:
+    """What the one-service MILPs of the bound share within one solve."""
+
+    problem: inputs.FleetProblem
+    options: inputs.SolveOptions
+    deadline: float
+    eff: NDArray[np.float64]
+    pidx: NDArray[np.int64]
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None]
+    by_key: dict[inputs.CandidateKey, int] = field(default_factory=dict)
+    owned: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i, c in enumerate(self.problem.candidates):
+            self.by_key[c.key] = i
+            self.owned.setdefault(c.service, []).append(i)
+
+    @property
+    def opts(self) -> inputs.SolveOptions:
+        return replace(
+            self.options,
+            max_candidates_per_bucket=None,
+            mip_rel_gap=max(self.options.mip_rel_gap, EXACT_MIP_GAP),
+        )
+
+
 def lagrangian_bound(
-    problem: inputs.FleetProblem,
+    ctx: _BoundContext,
     services: Sequence[_Svc],
     duals: NDArray[np.float64],
     shadow: NDArray[np.float64],
-    options: inputs.SolveOptions,
-    deadline: float,
-    eff: NDArray[np.float64] | None = None,
-    pidx: NDArray[np.int64] | None = None,
-    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] | None = None,
+    floors: Mapping[int, float],
 ) -> _Lagrangian:
-    """A lower bound on every plan serving all coverable demand: pool capacity relaxed at prices pi.
+    """A lower bound on every plan serving every service all it can: pool capacity relaxed at prices pi.
 
     For any pi <= 0, L(pi) = pi . capacity + sum_s v_s(pi), v_s(pi) the least a service can pay alone with
     its replicas priced at price_c - pi_p tp_c, bounds the fleet's optimum from below (Lagrangian
@@ -813,162 +856,110 @@ def lagrangian_bound(
     one. v_s is bounded from below two ways: HiGHS's dual bound on the service's own MILP over all its
     candidates (largest gap between its plan and its closed form first, BOUND_MAX_MILPS of them, each
     within BOUND_NODE_LIMIT nodes: a work limit, so the bound does not depend on the machine's load), else
-    `_cheap_bound` (closed form).
+    `_cheap_bound` (closed form). A service in `floors` (it cannot be served in full even alone) may leave
+    that many req/s unserved: its MILP says so (it always runs), and 0 is its closed form.
 
-    Returns the bound, its parts (pi . capacity, and v_s per service index: `_limited_bound` replaces
-    those of services that cannot be served in full even alone), and, per service index, the plan those
-    MILPs found (with `eff` and `pidx`, its effective
-    devices per pool): the service's best plan at these prices, a column for the master.
+    Returns the bound and, per service index, the plan those MILPs found (with its effective devices per
+    pool): the service's best plan at these prices, a column for the master.
     """
+    problem = ctx.problem
     capacity = np.array([float(p.devices_total) for p in problem.pools])
     total = float(duals @ capacity)
-    by_key = {c.key: i for i, c in enumerate(problem.candidates)}
-    owned: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(problem.candidates):
-        owned[c.service].append(i)
-    cheap = {svc.index: _cheap_bound(problem, svc, owned[svc.demand.id], shadow) for svc in services}
+    cheap = {
+        svc.index: 0.0
+        if svc.index in floors
+        else _cheap_bound(problem, svc, ctx.owned.get(svc.demand.id, []), shadow)
+        for svc in services
+    }
     exact: dict[int, float] = {}
-    opts = replace(
-        options, max_candidates_per_bucket=None, mip_rel_gap=max(options.mip_rel_gap, EXACT_MIP_GAP)
-    )
     optima: dict[int, _Choice] = {}
-    ranked = sorted(
-        services, key=lambda t: (-((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index]), t.index)
-    )
-    for svc in ranked[:BOUND_MAX_MILPS]:
-        if time.perf_counter() > deadline:
+    ranked = [svc for svc in services if svc.index in floors] + sorted(
+        (svc for svc in services if svc.index not in floors),
+        key=lambda t: (-((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index]), t.index),
+    )[:BOUND_MAX_MILPS]
+    for svc in ranked:
+        if time.perf_counter() > ctx.deadline:
             break
-        built = _one_service_model(problem, svc, owned[svc.demand.id], opts, cache)
+        built = _one_service_model(ctx, svc)
         if built is None:
             continue
         sub, model = built
         cost = model.c.copy()
         for k, cand in enumerate(model.candidates):
-            cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
+            cost[model.n_index[k]] += float(shadow[ctx.by_key[cand.key]] - cand.price_per_hour)
+        var_hi = model.var_hi
+        rows: list[tuple[NDArray[np.float64], float]] = []
+        if svc.index in floors:
+            unmet, var_hi = _unmet_vector(svc, model)
+            rows.append((unmet, floors[svc.index] + allocation.unmet_tolerance(svc.demand)))
         try:
-            run = highs.run(model, cost, model.var_hi, (), opts, deadline, BOUND_NODE_LIMIT)
+            run = highs.run(model, cost, var_hi, rows, ctx.opts, ctx.deadline, BOUND_NODE_LIMIT)
         except inputs.SolverError:
             continue
         if run is not None and math.isfinite(run.bound):
             exact[svc.index] = max(run.bound, cheap[svc.index])
-        if run is not None and eff is not None and pidx is not None:
-            choice = _decoded(sub, model, run, by_key, eff, pidx)
+        if run is not None:
+            choice = _decoded(sub, model, run, ctx.by_key, ctx.eff, ctx.pidx)
             if choice is not None:
                 optima[svc.index] = choice
     parts = {svc.index: exact.get(svc.index, cheap[svc.index]) for svc in services}
-    return _Lagrangian(total + sum(parts.values()), total, parts, optima, shadow)
+    return _Lagrangian(total + sum(parts.values()), optima)
 
 
 @dataclass(frozen=True)
 class _Lagrangian:
-    """A Lagrangian bound: its value = base + sum(parts), at the candidate prices `shadow`."""
+    """A Lagrangian bound, and the plans its one-service MILPs found."""
 
     value: float
-    base: float  # pi . capacity
-    parts: dict[int, float]  # service index -> lower bound on its cost alone at `shadow`
     optima: dict[int, _Choice]
-    shadow: NDArray[np.float64]
 
 
-def _bound_with_limits(
-    problem: inputs.FleetProblem,
-    services: Sequence[_Svc],
-    bound: _Lagrangian,
-    options: inputs.SolveOptions,
-    deadline: float,
-    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None],
-) -> float:
-    """The Lagrangian bound with each short service's part over the plans serving it all it can; NaN when
-    a service is short by more than its own limits (or more than LIMITED_MAX_SERVICES are short)."""
-    short = [svc for svc in services if svc.short > allocation.unmet_tolerance(svc.demand)]
-    if len(short) > LIMITED_MAX_SERVICES:
-        return math.nan
-    owned: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(problem.candidates):
-        owned[c.service].append(i)
-    parts = dict(bound.parts)
-    for svc in short:
-        part = _limited_bound(problem, svc, owned[svc.demand.id], bound.shadow, options, deadline, cache)
-        if part is None:
-            return math.nan
-        parts[svc.index] = min(part, parts[svc.index])
-    return bound.base + sum(parts.values())
-
-
-def _one_service_model(
-    problem: inputs.FleetProblem,
-    svc: _Svc,
-    owned: Sequence[int],
-    opts: inputs.SolveOptions,
-    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] | None,
-) -> tuple[inputs.FleetProblem, formulation.Model] | None:
-    """The service's own MILP over all its candidates (built once per solve: `cache`)."""
-    if cache is not None and svc.index in cache:
-        return cache[svc.index]
-    sub = inputs.FleetProblem((svc.demand,), problem.pools, tuple(problem.candidates[i] for i in owned))
+def _one_service_model(ctx: _BoundContext, svc: _Svc) -> tuple[inputs.FleetProblem, formulation.Model] | None:
+    """The service's own MILP over all its candidates (built once per solve)."""
+    if svc.index in ctx.cache:
+        return ctx.cache[svc.index]
+    owned = ctx.owned.get(svc.demand.id, [])
+    sub = inputs.FleetProblem(
+        (svc.demand,), ctx.problem.pools, tuple(ctx.problem.candidates[i] for i in owned)
+    )
     built: tuple[inputs.FleetProblem, formulation.Model] | None
     try:
-        built = (sub, formulation.build(sub, opts))
+        built = (sub, formulation.build(sub, ctx.opts))
     except inputs.PlacementError:
         built = None
-    if cache is not None:
-        cache[svc.index] = built
+    ctx.cache[svc.index] = built
     return built
 
 
-def _limited_bound(
-    problem: inputs.FleetProblem,
-    svc: _Svc,
-    owned: Sequence[int],
-    shadow: NDArray[np.float64],
-    options: inputs.SolveOptions,
-    deadline: float,
-    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None],
-) -> float | None:
-    """For a service the plan leaves short: a lower bound on its cost at `shadow` prices over the plans
-    serving it as much as it can be served at all, when the plan serves it that much; else None.
-
-    First its own MILP over all its candidates with whole pools to itself, minimising unserved req/s,
-    proves the least it must leave unserved (its budget, replica ceiling or the pools' size
-    forbid more; None unless HiGHS proves it within LIMITED_NODE_LIMIT nodes). Every plan of the fleet
-    leaves it at least that unserved, so if this plan leaves no more, the Lagrangian bound may take, for
-    this service, the least it pays at `shadow` prices with unserved req/s at most that (HiGHS's dual bound
-    of the same MILP with that row): the bound then covers every plan serving every service all it can.
-    """
-    opts = replace(options, max_candidates_per_bucket=None, mip_rel_gap=LIMITED_MIP_GAP)
-    built = _one_service_model(problem, svc, owned, opts, cache)
-    if built is None:
-        return None
-    _sub, model = built
-    s = svc.demand
+def _unmet_vector(svc: _Svc, model: formulation.Model) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Unserved coverable req/s as a row over the one-service model's columns, and its column bounds with
+    every unmet share free."""
     unmet = np.zeros(model.c.size)
     var_hi = model.var_hi.copy()
     for (_sid, b), col in model.u_index.items():
         var_hi[col] = 1.0
-        if (s.id, b) not in model.uncoverable:
-            unmet[col] = s.bucket_rps[b]
+        if (svc.demand.id, b) not in model.uncoverable:
+            unmet[col] = svc.demand.bucket_rps[b]
+    return unmet, var_hi
+
+
+def _least_unmet(ctx: _BoundContext, svc: _Svc) -> float | None:
+    """The least coverable req/s the service must leave unserved even with every pool to itself (its
+    budget, replica ceiling or the pools' size forbid more), proven by its own MILP over all its
+    candidates within LIMITED_NODE_LIMIT nodes; None when not proven."""
+    built = _one_service_model(ctx, svc)
+    if built is None:
+        return None
+    _sub, model = built
+    unmet, var_hi = _unmet_vector(svc, model)
+    opts = replace(ctx.opts, mip_rel_gap=LIMITED_MIP_GAP)
     try:
-        least = highs.run(model, unmet, var_hi, (), opts, deadline, LIMITED_NODE_LIMIT)
+        least = highs.run(model, unmet, var_hi, (), opts, ctx.deadline, LIMITED_NODE_LIMIT)
     except inputs.SolverError:
         return None
     if least is None or not least.optimal:
         return None
-    # Proven: no plan serves more than this (within HiGHS's tolerances, which the allowance covers).
-    floor = float(unmet @ least.x)
-    tol = allocation.unmet_tolerance(s)
-    if svc.short > floor + tol:
-        return None  # the plan leaves it shorter than it must be: capacity, not its own limits
-    by_key = {c.key: i for i, c in enumerate(problem.candidates)}
-    cost = model.c.copy()
-    for k, cand in enumerate(model.candidates):
-        cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
-    try:
-        run = highs.run(model, cost, var_hi, [(unmet, floor + tol)], opts, deadline, LIMITED_NODE_LIMIT)
-    except inputs.SolverError:
-        return 0.0  # costs are never negative at these prices
-    if run is None or not math.isfinite(run.bound):
-        return 0.0
-    return max(0.0, run.bound)
+    return max(0.0, float(unmet @ least.x))
 
 
 def _decoded(
