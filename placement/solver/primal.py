@@ -383,6 +383,7 @@ def _services(
                     for k in _shortlist(caps[sub], price[idx][sub], rates * ok[role], per_rps[sub])
                 }
             picked |= {k for k, i in enumerate(idx) if problem.candidates[i].key in running}
+            picked |= {k for k, i in enumerate(idx) if problem.candidates[i].key in problem.replica_bounds}
             kept[role] = [idx[k] for k in sorted(picked)]
         agg_ok = ok["aggregated"]
         pd_ok = ok["prefill"] & ok["decode"]
@@ -503,11 +504,13 @@ def _place(
 
 
 def _must_exact(problem: inputs.FleetProblem, svc: _Svc, options: inputs.SolveOptions) -> bool:
-    """A budget, an on-demand floor, or a stability penalty on what runs: only the exact one-service MILP
-    (formulation.build) knows them, so the vectorised plans are no plans for this service."""
+    """A budget, an on-demand floor, per-configuration replica bounds (FleetProblem.replica_bounds), or a
+    stability penalty on what runs: only the exact one-service MILP (formulation.build) knows them, so the
+    vectorised plans are no plans for this service."""
     return (
         svc.demand.max_dollars_per_hour is not None
         or options.on_demand_floor > 0.0
+        or any(key.service == svc.demand.id for key in problem.replica_bounds)
         or (
             options.move_penalty_per_device_hour > 0.0
             and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
@@ -704,6 +707,7 @@ def _exact_plan(
         problem.pools,
         tuple(cands),
         {k: v for k, v in problem.current_replicas.items() if k.service == s.id},
+        {k: v for k, v in problem.replica_bounds.items() if k.service == s.id},
     )
     opts = replace(
         options,
@@ -919,8 +923,12 @@ def _one_service_model(ctx: _BoundContext, svc: _Svc) -> tuple[inputs.FleetProbl
     if svc.index in ctx.cache:
         return ctx.cache[svc.index]
     owned = ctx.owned.get(svc.demand.id, [])
+    # Its own replica bounds (FleetProblem.replica_bounds) too: they only restrict it, so the bound holds.
     sub = inputs.FleetProblem(
-        (svc.demand,), ctx.problem.pools, tuple(ctx.problem.candidates[i] for i in owned)
+        (svc.demand,),
+        ctx.problem.pools,
+        tuple(ctx.problem.candidates[i] for i in owned),
+        replica_bounds={k: v for k, v in ctx.problem.replica_bounds.items() if k.service == svc.demand.id},
     )
     built: tuple[inputs.FleetProblem, formulation.Model] | None
     try:

@@ -383,3 +383,24 @@ def test_no_bound_when_a_service_is_short_by_capacity_it_could_have_had() -> Non
     _check_feasible(problem, plan)
     assert plan.service("high").status == "served" and plan.service("low").status == "unserved"
     assert math.isnan(plan.bound) and plan.bound_source == "none"
+
+
+@pytest.mark.parametrize("method", ["primal", "dantzig-wolfe"])
+def test_per_configuration_replica_bounds_bind_in_the_heuristic_and_dantzig_wolfe(method: str) -> None:
+    """FleetProblem.replica_bounds (the operator's repair pins) hold in every method, not only the MILP."""
+    key = {p: inputs.CandidateKey("a", "aggregated", p, "bf16", 1) for p in ("p", "q")}
+
+    def replicas(bounds: dict[str, tuple[int, int | None]]) -> dict[str, int]:
+        problem = inputs.FleetProblem(
+            (inputs.ServiceDemand("a", (2.5,)),),
+            (pool("p", 4, 1, 1.0), pool("q", 4, 1, 5.0)),
+            (cand("a", "p", [1.0], 1.0), cand("a", "q", [1.0], 5.0)),
+            replica_bounds={key[p]: b for p, b in bounds.items()},
+        )
+        plan = solve.solve(problem, inputs.SolveOptions(method=method))  # type: ignore[arg-type]
+        _check_feasible(problem, plan)
+        return {a.pool: a.replicas for a in plan.service("a").assignments if a.replicas}
+
+    assert replicas({}) == {"p": 3}
+    assert replicas({"q": (2, 2)}) == {"p": 1, "q": 2}
+    assert replicas({"p": (0, 2)}) == {"p": 2, "q": 1}
