@@ -43,6 +43,8 @@ bound uses the plain device count (a relaxation), so it stays valid.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -156,15 +158,13 @@ def _effective_sizes(problem: inputs.FleetProblem) -> dict[tuple[str, int], floa
 
 
 def _trace(label: str, services: Sequence[_Svc]) -> None:
-    import os
-    import sys
-
+    """With CHIPFIT_PRIMAL_TRACE set: the plan's $/h and shortfall after each step, CPU seconds, on stderr
+    (how benchmarks/REPORT_solver.md (e) traced where the gap closes)."""
     if os.environ.get("CHIPFIT_PRIMAL_TRACE"):
         cost = sum(s.plan.price_per_hour for s in services if s.plan is not None)
         short = sum(s.short for s in services)
-        print(
-            f"[primal] {label}: cpu {time.process_time():.1f} ${cost:.2f} short {short:.3f}", file=sys.stderr
-        )
+        cpu = time.process_time()
+        print(f"[primal] {label}: cpu {cpu:.1f} ${cost:.2f} short {short:.3f}", file=sys.stderr)
 
 
 def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocation.Plan:
