@@ -297,6 +297,9 @@ class LoadPrediction:
     step_ms: float
     ttft_mean_ms: float = 0.0
     itl_mean_ms: float = 0.0
+    # MLPerf's TPOT p99: the 99th percentile over requests of each request's mean inter-token time
+    # (_tpot_p99_v); 0.0 where not modelled (prefill-only replicas).
+    tpot_p99_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -988,6 +991,8 @@ class _Loads:
     # percentiles).
     ttft_mean: FloatArray
     itl_mean: FloatArray
+    # p99 over requests of each request's mean inter-token time (MLPerf's TPOT; see _tpot_p99_v).
+    tpot_p99: FloatArray
 
 
 def _steady_v(r: _Rows, rate: FloatArray, with_prefill: bool) -> tuple[BoolArray, FloatArray, FloatArray]:
@@ -1165,6 +1170,46 @@ def _own_prefill_v(
     return out
 
 
+def _tpot_p99_v(
+    r: _Rows,
+    rate: FloatArray,
+    batch: FloatArray | float,
+    step: FloatArray,
+    budget: FloatArray | float,
+    batch_varies: bool = True,
+) -> FloatArray:
+    """p99 over requests of each request's mean inter-token time (MLPerf's TPOT), seconds.
+
+    A request's TPOT averages the iterations it decodes in, so it moves with what those iterations carry
+    on average over its own lifetime, not with one iteration's tail (that is ITL p99):
+
+    - the running batch: with Poisson arrivals each holding a slot for about `output` iterations, the batch
+      is the population of an M/G/inf system (Poisson, mean B); its average over a window as long as the
+      holding time has variance 2B/3 (autocovariance B (1 - tau / H) for a fixed holding time H), capped
+      at the slot limit. A closed loop (`batch_varies` False) holds the batch fixed;
+    - the prompt tokens riding those iterations: compound Poisson per iteration (mean λ t E[L], variance
+      λ t E[L²]), averaged over the request's `output` iterations, capped by the prefill budget.
+
+    The two independent deviations, each taken at its p99 through the iteration time, add in quadrature
+    on top of the mean iteration `step`.
+    """
+    running = np.maximum(batch, 1.0)
+    prefill = np.minimum(rate * step * r.prompt, np.maximum(budget, 0.0))
+    base = _decode_step_v(r, running, prefill, prefill / r.prompt)
+    spread = Z_P99 * np.sqrt(rate * step * r.second_moment / np.maximum(r.output, 1.0))
+    prefill_hi = np.minimum(prefill + spread, np.maximum(budget, prefill))
+    from_prefill = _decode_step_v(r, running, prefill_hi, prefill_hi / r.prompt) - base
+    if batch_varies:
+        batch_hi = np.minimum(
+            running + Z_P99 * np.sqrt(2.0 * np.maximum(batch, 0.0) / 3.0), np.maximum(r.limit, running)
+        )
+        from_batch = _decode_step_v(r, batch_hi, prefill, prefill / r.prompt) - base
+    else:
+        from_batch = np.zeros_like(from_prefill)
+    out: FloatArray = step + np.sqrt(np.maximum(from_prefill, 0.0) ** 2 + np.maximum(from_batch, 0.0) ** 2)
+    return out
+
+
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
     """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
     running = np.maximum(batch, 1.0)
@@ -1211,8 +1256,9 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     itl_p99 = _decode_step_v(r, running, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step_v(r, running, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
+    tpot_p99 = _tpot_p99_v(r, rate, batch, step, budget)
     # The mean gap is the mean iteration: the steady state's step already carries the mean prefill load.
-    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99)
 
 
 def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
@@ -1236,6 +1282,7 @@ def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArra
         zero,
         admit_mean + step,
         step,
+        _tpot_p99_v(r, rate, batch, step, 0.0),
     )
 
 
@@ -1304,15 +1351,63 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     batch = np.broadcast_to(pre.prompts_per_batch, shape)
     step = np.broadcast_to(pre.batch_s, shape)
     return _Loads(
-        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero
+        np.broadcast_to(ok, shape),
+        rate,
+        batch,
+        step,
+        ttft_p50,
+        ttft_p99,
+        zero,
+        zero,
+        rho,
+        ttft_mean,
+        zero,
+        zero,
     )
 
 
+# The steady batch at a given rate: a grid over the slot range, then bisection within the first cell that
+# holds a root (2^-60 of a cell: exact to double precision).
+STEADY_GRID_POINTS: Final = 16
+STEADY_BISECTION_STEPS: Final = 60
+
+
+def _steady_batch_v(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, FloatArray]:
+    """(stable, B): the smallest decode batch with B = λ · output · t(B) within the slot limit, per row.
+
+    In the explicit steady state (_search_step) a batch B sustains the rate B / (output · t(B)); the root is
+    where that equals λ. A grid over (0, limit] finds the first load at which sequences leave at least as
+    fast as they arrive, bisection pins the root between it and the grid point before. Stable where the
+    root lies within the slot limit. Unlike a damped iteration this converges near saturation, where the
+    rate a batch sustains flattens (dλ/dB -> 0) and the batch climbs steeply with the rate: there an
+    iteration stopped after a fixed number of steps sits well below the batch, and so below the ITL and
+    TTFT, the engine reaches.
+    """
+    top = np.maximum(r.limit, 1.0)
+    demand = rate * r.output
+    fractions = np.arange(1, STEADY_GRID_POINTS + 1, dtype=np.float64).reshape(1, -1) / STEADY_GRID_POINTS
+    grid = top * fractions
+    keeps_up = grid - demand * _search_step(r, role, grid) >= 0.0
+    stable = keeps_up.any(axis=1, keepdims=True)
+    first = np.argmax(keeps_up, axis=1).reshape(-1, 1)
+    hi = np.take_along_axis(grid, first, axis=1)
+    lo = np.where(first > 0, np.take_along_axis(grid, np.maximum(first - 1, 0), axis=1), 0.0)
+    for _ in range(STEADY_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        behind = mid - demand * _search_step(r, role, mid) < 0.0
+        lo = np.where(behind, mid, lo)
+        hi = np.where(behind, hi, mid)
+    # No arrivals: nothing decodes (the bisection would only approach 0).
+    batch = np.where(demand <= 0.0, 0.0, np.where(stable, hi, top))
+    return stable & (batch <= r.limit), batch
+
+
 def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:
-    """Latencies of rows of one role at arrival rates `rate` (the steady state found by iteration)."""
+    """Latencies of rows of one role at arrival rates `rate` (the steady state of _steady_batch_v)."""
     if role == "prefill":
         return _prefill_loads(r, _prefill_rows(r), rate)
-    stable, batch, step = _steady_v(r, rate, with_prefill=role != "decode")
+    stable, batch = _steady_batch_v(r, role, rate)
+    step = _search_step(r, role, batch)
     loads = (
         _aggregated_loads(r, rate, batch, step) if role != "decode" else _decode_loads(r, rate, batch, step)
     )
@@ -1334,6 +1429,7 @@ def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
         step_ms=float(loads.step[i, j]) * 1e3,
         ttft_mean_ms=float(np.broadcast_to(loads.ttft_mean, loads.ok.shape)[i, j]) * 1e3,
         itl_mean_ms=float(np.broadcast_to(loads.itl_mean, loads.ok.shape)[i, j]) * 1e3,
+        tpot_p99_ms=float(np.broadcast_to(loads.tpot_p99, loads.ok.shape)[i, j]) * 1e3,
     )
 
 
@@ -1454,7 +1550,10 @@ def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Lo
     itl_p50 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p50, tokens_p50 / r.prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
     ok = np.broadcast_to(r.limit >= 1.0, users.shape)
-    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    tpot_p99 = _tpot_p99_v(r, rate, running, step, budget, batch_varies=False)
+    return _Loads(
+        ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99
+    )
 
 
 def latency_at_concurrency(
@@ -1591,6 +1690,15 @@ def latency_over_run(
     at_tail = closed(config, workload, first_waiting + queued(tail_at))
     assert at_mean is not None and at_tail is not None
     steady = _open_loop(config, workload, rate_rps, efficiency, max_num_seqs) if rate_rps < capacity else None
+    if steady is not None:
+        steady = _still_filling(
+            _with_max_num_seqs(_physics(config, efficiency), max_num_seqs),
+            workload,
+            rate_rps,
+            steady,
+            warmup_s,
+            duration_s,
+        )
     if steady is not None and request_overhead_s > 0.0:
         extra_ms = request_overhead_s * 1e3
         steady = dataclasses.replace(
@@ -1611,6 +1719,69 @@ def latency_over_run(
         ttft_mean_ms=min(steady.ttft_mean_ms, at_mean.ttft_mean_ms),
         ttft_p50_ms=min(steady.ttft_p50_ms, at_mean.ttft_p50_ms),
         ttft_p99_ms=min(steady.ttft_p99_ms, at_tail.ttft_p99_ms),
+    )
+
+
+# Integration steps of the batch's build-up from an idle engine over a finite run (semi-implicit Euler,
+# stable at any step; 2,000 steps resolve a holding time in 10+ steps for runs up to 200 holding times).
+FILL_STEPS: Final = 2000
+
+
+def _still_filling(
+    phys: _Physics,
+    workload: RequestSizes,
+    rate_rps: float,
+    steady: LoadPrediction,
+    warmup_s: float,
+    duration_s: float,
+) -> LoadPrediction:
+    """`steady` with the batch a finite run from an idle engine has actually reached (below capacity).
+
+    From idle the decode batch fills as a fluid: dB/dt = λ - B / (output · t(B)), arrivals in and finished
+    sequences out, each iteration also carrying the λ t prompt tokens that arrived during the last one. It
+    relaxes to the steady state B* with time constant output · t / (1 - B t'(B) / t), the holding time
+    divided by how far the iteration time is from growing as fast as the batch: a few holding times at
+    moderate load, but near saturation (t' B / t -> 1) far longer than a benchmark's run. Means and p50s
+    are read at the batch averaged over the measured arrivals' window (warmup_s .. warmup_s + duration_s),
+    p99s at the last arrivals' batch; once the batch has reached B* (within 1%) the steady state stands.
+    """
+    target = steady.batch
+    end = warmup_s + (1.0 - TAIL_PROBABILITY) * duration_s
+    if target <= 1.0 or end <= 0.0:
+        return steady
+    dt = end / FILL_STEPS
+    batch, step = 0.0, _decode_step(phys, 1.0, workload, 0.0, 0.0)
+    window_sum, window_n = 0.0, 0
+    for k in range(1, FILL_STEPS + 1):
+        step = _decode_step(
+            phys, max(batch, 1.0), workload, rate_rps * workload.prompt_tokens * step, rate_rps * step
+        )
+        # Semi-implicit: the departures use the new batch, so the update never overshoots B*.
+        batch = (batch + rate_rps * dt) / (1.0 + dt / (workload.output_tokens * step))
+        if k * dt >= warmup_s:
+            window_sum += batch
+            window_n += 1
+    at_tail = min(batch, target)
+    at_mean = min(window_sum / window_n if window_n else batch, target)
+    if at_mean >= 0.99 * target:
+        return steady
+    rows = _Rows.of([(phys, workload)])
+    rate = np.full((1, 1), float(rate_rps))
+    with np.errstate(all="ignore"):
+        loads = [
+            _aggregated_loads(
+                rows, rate, np.full((1, 1), b), _search_step(rows, "aggregated", np.full((1, 1), b))
+            )
+            for b in (at_mean, at_tail)
+        ]
+    mean, tail = _prediction(loads[0]), _prediction(loads[1])
+    if mean is None or tail is None:
+        return steady
+    return dataclasses.replace(
+        mean,
+        ttft_p99_ms=tail.ttft_p99_ms,
+        itl_p99_ms=tail.itl_p99_ms,
+        tpot_p99_ms=tail.tpot_p99_ms,
     )
 
 
@@ -2423,7 +2594,7 @@ def _meets(
     role: str, loads: _Loads, ttft_slo_ms: FloatArray, itl_slo_ms: FloatArray, tpot: BoolArray
 ) -> BoolArray:
     """Where both objectives hold (a prefill replica has no ITL, a decode replica's TTFT is not its own)."""
-    itl = np.where(tpot, loads.step, loads.itl_p99)
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99)
     ttft_ok = (loads.ttft_p99 * 1e3 <= ttft_slo_ms) if role != "decode" else True
     itl_ok = (itl * 1e3 <= itl_slo_ms) if role != "prefill" else True
     out: BoolArray = loads.ok & ttft_ok & itl_ok
@@ -2465,7 +2636,7 @@ def _batch_at_rate(
 
     Newton starts from `start` where given (positive, within the slot limit), else from the batch the
     zero-load step gives. Stable where the root exists within the slot limit. Rows Newton does not settle
-    fall back to the damped iteration of _steady_v (the same fixed point).
+    fall back to the grid and bisection of _steady_batch_v (the same fixed point).
     """
     demand = rate * r.output
     batch = demand * _search_step(r, role, np.zeros_like(demand))
@@ -2497,7 +2668,7 @@ def _batch_at_rate(
     unsettled = ~settled & (batch <= r.limit)
     if unsettled.any():
         rows = np.nonzero(unsettled[:, 0])[0]
-        fallback, fallback_batch, _ = _steady_v(r.take(rows), rate[rows], with_prefill=role != "decode")
+        fallback, fallback_batch = _steady_batch_v(r.take(rows), role, rate[rows])
         stable[rows] = fallback
         batch[rows] = fallback_batch
     return stable, batch
@@ -2537,7 +2708,11 @@ def _secant_guess(
         objectives.append((at_lo.ttft_p99, at_hi.ttft_p99, ttft_slo_ms))
     if role != "prefill":
         objectives.append(
-            (np.where(tpot, at_lo.step, at_lo.itl_p99), np.where(tpot, at_hi.step, at_hi.itl_p99), itl_slo_ms)
+            (
+                np.where(tpot, at_lo.tpot_p99, at_lo.itl_p99),
+                np.where(tpot, at_hi.tpot_p99, at_hi.itl_p99),
+                itl_slo_ms,
+            )
         )
     for lat_lo, lat_hi, bound in objectives:
         s_lo = (bound / (lat_lo * 1e3) - 1.0)[:, 0]
@@ -2553,7 +2728,7 @@ def _min_slack(
 ) -> FloatArray:
     """min over the objectives of objective / latency - 1: >= 0 exactly where _meets holds, -1 where the
     replica cannot keep up."""
-    itl = np.where(tpot, loads.step, loads.itl_p99) * 1e3
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99) * 1e3
     slack_itl = itl_slo_ms / itl - 1.0
     slack_ttft = ttft_slo_ms / (loads.ttft_p99 * 1e3) - 1.0
     slack = (
@@ -2760,7 +2935,9 @@ def _search_arrays(r: _Rows, role: str, ttft_slo: FloatArray, itl_slo: FloatArra
         above_ok & (above.ttft_p99[:, 0] * 1e3 > ttft_slo[:, 0]) if role != "decode" else above_ok & False
     )
     itl_binds = (
-        above_ok & (above.itl_p99[:, 0] * 1e3 > itl_slo[:, 0]) if role != "prefill" else above_ok & False
+        above_ok & (np.where(tpot, above.tpot_p99, above.itl_p99)[:, 0] * 1e3 > itl_slo[:, 0])
+        if role != "prefill"
+        else above_ok & False
     )
     found.code[live] = np.where(ttft_binds, 1, np.where(itl_binds, 2, 0))
     found.rate[live] = best.rate[:, 0]
