@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,12 @@ def solve_main(argv: list[str]) -> None:
         ]
     from placement.solver import inputs, solve
 
-    problem = pickle.loads(Path(argv[0]).read_bytes())
+    loaded = pickle.loads(Path(argv[0]).read_bytes())
+    # Rebuilt through the constructor: a problem pickled before a field was added (--problems keeps
+    # pickles) then gets that field's default instead of an AttributeError.
+    problem = inputs.FleetProblem(
+        **{f.name: getattr(loaded, f.name) for f in fields(inputs.FleetProblem) if hasattr(loaded, f.name)}
+    )
     options = inputs.SolveOptions(time_limit_s=float(argv[1]))
     wall, cpu = time.perf_counter(), time.process_time()
     relaxed = False
