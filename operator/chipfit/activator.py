@@ -96,6 +96,12 @@ class ActivatorMetrics:
             labels,
             registry=self.registry,
         )
+        self.services = Gauge(
+            f"{PREFIX}_services",
+            "Services this activator tracks (a shared one adds each on its first request); its presence "
+            "tells the autoscaler an activator is up.",
+            registry=self.registry,
+        )
         self._timeouts = Counter(
             f"{PREFIX}_hold_timeouts",
             "Requests answered 503 because no replica became ready within the hold timeout.",
@@ -106,6 +112,7 @@ class ActivatorMetrics:
     def service(self, namespace: str, name: str) -> ServiceMetrics:
         """The series of one service (created at zero, so the autoscaler sees a zero rate, not nothing)."""
         values = (namespace, name)
+        self.services.inc()
         return ServiceMetrics(
             requests=self._requests.labels(*values),
             pending=self._pending.labels(*values),

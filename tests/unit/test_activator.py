@@ -126,14 +126,16 @@ def test_holds_until_ready_then_forwards_and_reports_the_cold_start():
 
 def test_the_autoscaler_reads_the_activators_series_as_demand():
     """The names the activator exports are the names observe queries (one place each)."""
-    rate_q, pending_q, cold_q = observe.gateway_queries("ml", "chat", "1m")
+    rate_q, pending_q, cold_q, up_q = observe.gateway_queries("ml", "chat", "1m")
     assert observe.GATEWAY_REQUESTS in rate_q and 'inference_service="chat"' in rate_q
     assert observe.GATEWAY_PENDING in pending_q and observe.GATEWAY_COLD_START in cold_q
+    assert observe.GATEWAY_SERVICES in up_q
     registry = activator.ActivatorMetrics()
     registry.service("ml", "chat")
     text = generate_latest(registry.registry).decode()
     for name in (observe.GATEWAY_REQUESTS, observe.GATEWAY_PENDING, observe.GATEWAY_COLD_START):
         assert f'{name}{{inference_namespace="ml",inference_service="chat"}}' in text
+    assert f"{observe.GATEWAY_SERVICES} 1.0" in text
 
 
 def test_a_service_at_zero_with_requests_at_the_activator_is_not_missing():
@@ -291,3 +293,21 @@ def test_bad_activator_flags_fail_fast_naming_the_flag(args, message, capsys):
 
     assert cli.main(["activator", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_activator_up_without_a_services_series_reads_as_zero_requests_not_missing():
+    """A shared activator makes a service's series on its first request: before it, with the activator
+    scraped (its unlabelled services gauge present), the service had no request: rate 0. Without any
+    activator series the data is missing (the autoscaler holds)."""
+    queries = observe.gateway_queries("ml", "chat", "1m")
+
+    def activator_up(promql: str) -> list[dict[str, Any]]:
+        return [{"metric": {}, "value": [0, "3"]}] if promql == queries[3] else []
+
+    up = observe.read_gateway(activator_up, queries)
+    assert (up.requests_per_second, up.pending) == (0.0, 0.0)
+    from placement import autoscale
+
+    assert not observe.with_gateway(autoscale.Observation(requests_per_second=None), up).missing
+    nothing = observe.read_gateway(lambda promql: [], queries)
+    assert (nothing.requests_per_second, nothing.pending) == (None, None)
