@@ -655,9 +655,11 @@ def decide(
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
             mode[sid] = "idle"
-        elif not mine and t.scale_to_zero and rate <= 0.0:
-            # At zero with no demand (the activator counts none): an opted-in service stays at zero; the
-            # replica floor would otherwise wake it for one idle period.
+        elif not mine and t.scale_to_zero and rate <= 0.0 and not (obs.waiting or 0.0) > 0.0:
+            # At zero with no demand (the activator counts none and holds none): an opted-in service stays
+            # at zero; the replica floor would otherwise wake it for one idle period. A held request is
+            # demand even when no rate shows yet (a counter born at its first request has no increase
+            # for rate() to see).
             held[sid] = "no demand and no replica: stays at zero"
             continue
         elif pending and rate <= capacity:
