@@ -703,6 +703,7 @@ def test_scales_to_zero_and_back_on_the_first_request(
         # The cold start is the time the request was held: part of what the client waited, and it spans
         # a real engine start (the engine started after the request arrived).
         assert 0.0 < status <= waited
+        print(f"cold start {status:.1f} s in status; the client waited {waited:.1f} s")
         (start,) = [e for e in kubelet.events if e.what == "start"]
         (ready,) = [e for e in kubelet.events if e.what == "ready"]
         assert sent < start.time_s < ready.time_s and start.pool == CHEAP
