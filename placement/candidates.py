@@ -341,6 +341,8 @@ class ServiceSpec:
     output_mean_tokens: float | None = None
     # The engine release the service runs (None: not stated; see placement.engine_version).
     engine_version: str | None = None
+    # The service names its own engine image (spec.overrides.image): any release deploys on any vendor.
+    own_image: bool = False
 
     def __hash__(self) -> int:
         """Hash of every field, computed once (specs key the candidate cache across re-plans)."""
@@ -388,8 +390,13 @@ def _family(accelerator: str) -> str:
     return accelerator.split("/", 1)[0]
 
 
-def pool_allowed(spec: ServiceSpec, pool: inputs.Pool) -> str | None:
-    """Why the service's placement constraints rule this pool out (None when allowed)."""
+def pool_allowed(
+    spec: ServiceSpec, pool: inputs.Pool, declared: Mapping[str, catalog.Accelerator] | None = None
+) -> str | None:
+    """Why the service's placement constraints, or its engine release, rule this pool out (None: allowed).
+
+    `declared` holds the chips pools declared by their specs (other ids are looked up in the catalog).
+    """
     acc = pool.accelerator
     if pool.id in spec.excluded_pools:
         return f"pool {pool.id} is in excludedPools"
@@ -403,6 +410,14 @@ def pool_allowed(spec: ServiceSpec, pool: inputs.Pool) -> str | None:
         return f"{acc} is not in allowedAccelerators"
     if pool.spot and not spec.spot_allowed:
         return f"pool {pool.id} is spot and spotAllowed is false"
+    known = declared or {}
+    chip = known.get(acc) or known.get(_family(acc)) or catalog.ACCELERATORS.get(_family(acc))
+    if chip is not None:
+        why = engine_version.undeployable_release(
+            spec.engine, chip.vendor, spec.engine_version, spec.own_image
+        )
+        if why is not None:
+            return f"pool {pool.id}: {why}"
     return None
 
 
@@ -508,7 +523,7 @@ def build(
         allowed = []
         ruled_out = []
         for pool in pools:
-            why = pool_allowed(spec, pool)
+            why = pool_allowed(spec, pool, declared)
             if why is None:
                 allowed.append(pool)
             else:

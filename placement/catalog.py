@@ -39,6 +39,24 @@ ENGINE_VENDORS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     }
 )
 
+# Image lines that hold one engine release only: their registries tag images by date or by SDK bundle, not
+# by the engine's release, so no image of another release can be named for them (chipfit.engines pins the
+# images; every other (engine, vendor) line is tagged by release, so any release deploys there). A service
+# that names another release (spec.engineVersion) without its own image (spec.overrides.image) is never
+# planned onto these vendors: placement.engine_version.undeployable_release, read by the planner, the
+# renderer and `chipfit validate`.
+LOCKED_RELEASES: Final[Mapping[tuple[str, str], str]] = MappingProxyType(
+    {
+        ("vllm", "amd"): "0.10.1",  # rocm/vllm:rocm6.4.1_vllm_0.10.1_20250909 (AMD's dated builds)
+        ("vllm", "aws"): "0.9.1",  # Neuron DLC pytorch-inference-vllm-neuronx:0.9.1-...-sdk2.25.0
+        ("neuron", "aws"): "0.9.1",  # the same DLC
+        (
+            "sglang",
+            "amd",
+        ): "0.5.1.post3",  # lmsysorg/sglang:v0.5.1.post3-rocm630-mi30x (ROCm- and chip-suffixed)
+    }
+)
+
 # Which engines split prefill and decode onto separate replicas, on which vendors (a KV-transfer path exists
 # there): vLLM's NixlConnector and SGLang's NIXL backend on CUDA and ROCm, TensorRT-LLM's cache transceiver
 # on CUDA. vLLM on Neuron, TGI and the Neuron engine serve aggregated replicas only. The planner (through

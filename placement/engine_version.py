@@ -95,3 +95,21 @@ def same_release(a: str | None, b: str | None) -> bool:
     """True when two versions name the same release, or either is unknown (then nothing contradicts)."""
     ra, rb = release(a), release(b)
     return ra is None or rb is None or ra == rb
+
+
+def undeployable_release(
+    engine: str, vendor: str, version: str | None, own_image: bool = False
+) -> str | None:
+    """Why `engine` at `version` cannot be deployed on `vendor`'s chips (None when it can).
+
+    Only image lines that hold one release (catalog.LOCKED_RELEASES) refuse, and only a release other than
+    theirs; a service that brings its own image (spec.overrides.image) runs what it names.
+    """
+    locked = catalog.LOCKED_RELEASES.get((engine, vendor))
+    if own_image or version is None or locked is None or release(version) == release(locked):
+        return None
+    return (
+        f"{engine} {version} cannot be deployed on {vendor} chips: chipfit's {engine} image there holds "
+        f"release {locked} only (its registry tags images by date, not release); set spec.overrides.image "
+        f"to an image of {engine} {version}"
+    )

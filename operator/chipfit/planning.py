@@ -145,6 +145,7 @@ def to_spec(service: v1alpha1.InferenceService) -> candidates.ServiceSpec:
         workload=wl,
         engine=spec.engine,
         engine_version=spec.engine_version,
+        own_image=bool(spec.overrides is not None and spec.overrides.image),
         serving=spec.serving,
         min_replicas=replicas.min,
         max_replicas=replicas.max,
@@ -360,10 +361,12 @@ REPAIR_TIME_LIMIT_S: Final = 5.0
 def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.CandidateSet:
     """The candidate set with each pinned service offered only the configurations it runs now.
 
-    The operator's repair after capacity loss: the services the loss did not touch stay where they run (the
-    solver may still size their replicas), only the others are placed anew, in what is left; the MILP is
-    then small, and nothing untouched moves. A pinned service that runs no configuration still offered
-    (none placed yet, or its candidates changed) keeps all of them.
+    The operator's repair after capacity loss: the services the loss did not touch stay where they run, at
+    the replica count each of their configurations runs (FleetProblem.replica_bounds), and only the others
+    are placed anew, in what is left; the MILP is then small, and nothing untouched moves. A pinned service
+    that runs no configuration still offered (none placed yet, or its candidates changed) keeps all of
+    them; one whose running counts per role fall outside its replica bounds keeps its configurations but
+    may resize them.
     """
     if not pinned:
         return cset
@@ -374,17 +377,26 @@ def pin(cset: candidates.CandidateSet, pinned: Collection[str]) -> candidates.Ca
         if c.service in pinned and c.key in running:
             offered.setdefault(c.service, []).append(c.key)
     kept = tuple(c for c in problem.candidates if c.service not in offered or c.key in running)
-    # One configuration: its replica count stays too (the solver would otherwise resize it to the
-    # cheapest count for its rate, a change the capacity loss did not call for).
-    services = tuple(
-        dataclasses.replace(s, min_replicas=running[keys[0]], max_replicas=running[keys[0]])
-        if len(keys := offered.get(s.id, [])) == 1 and running[keys[0]] >= s.min_replicas
-        else s
-        for s in problem.services
-    )
-    if kept == problem.candidates and services == problem.services:
+    # The replica counts stay too (the solver would otherwise resize a configuration to the cheapest count
+    # for its rate, or shift replicas between two configurations: changes the capacity loss did not call
+    # for), when every role's total is one its bounds allow.
+    demand = {s.id: s for s in problem.services}
+    bounds = dict(problem.replica_bounds)
+    for sid, keys in offered.items():
+        per_role: dict[str, int] = {}
+        for key in keys:
+            per_role[key.role] = per_role.get(key.role, 0) + running[key]
+        s = demand[sid]
+        if all(
+            s.min_replicas <= total and (s.max_replicas is None or total <= s.max_replicas)
+            for total in per_role.values()
+        ):
+            bounds.update({key: (running[key], running[key]) for key in keys})
+    if kept == problem.candidates and bounds == problem.replica_bounds:
         return cset
-    return dataclasses.replace(cset, problem=dataclasses.replace(problem, candidates=kept, services=services))
+    return dataclasses.replace(
+        cset, problem=dataclasses.replace(problem, candidates=kept, replica_bounds=bounds)
+    )
 
 
 class Planner:

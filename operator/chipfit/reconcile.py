@@ -483,16 +483,31 @@ def _repels(pool: v1alpha1.AcceleratorPool, node: Mapping[str, Any]) -> bool:
 def node_owners(
     pools: Sequence[v1alpha1.AcceleratorPool], nodes: Sequence[Mapping[str, Any]]
 ) -> dict[str, str]:
-    """Node name -> the pool whose nodeSelector matches it most specifically (most labels; then name).
+    """Node name -> the one pool it counts in: of the pools whose pods may land on it, the narrowest.
 
-    Selectors nest in practice (a spot pool adds a capacity-type label to the on-demand pool's selector):
-    a node belongs to one pool only, so its devices are never counted twice.
+    A pool's pods require its nodeSelector's labels and its declared chip's node label
+    (render.node_labels, the same labels their node affinity names).
+
+    A node belongs to one pool only, so its devices are never counted twice. Narrowest: the pool whose
+    selector matches the fewest of `nodes`, then the one with the most selector labels, then by name.
+    Selectors overlap in two ways, and both give the node to the pool whose nodes are a subset of the
+    other's:
+    - nested: a spot pool adds a capacity-type label to the on-demand pool's selector;
+    - not nested: a pool selecting {chipfit.io/pool: team-l4} and another selecting the instance type and
+      GPU product that those nodes (and others) also carry. Counting labels alone gave every such node to
+      the broader pool (two labels beat one) and left the narrower pool with no nodes at all.
     """
+    # The labels a pool's pods require (its nodeSelector and its declared chip's node label): the nodes it
+    # can use are the nodes its pods can land on.
+    selectors = {p.metadata.name: render.node_labels(p) for p in pools}
+    matched = {name: sum(1 for node in nodes if _matches(sel, node)) for name, sel in selectors.items()}
+    ranked = sorted(
+        pools, key=lambda p: (matched[p.metadata.name], -len(selectors[p.metadata.name]), p.metadata.name)
+    )
     owners: dict[str, str] = {}
-    ranked = sorted(pools, key=lambda p: (-len(p.spec.node_selector), p.metadata.name))
     for node in nodes:
         for pool in ranked:
-            if _matches(pool.spec.node_selector, node):
+            if _matches(selectors[pool.metadata.name], node):
                 owners[node["metadata"]["name"]] = pool.metadata.name
                 break
     return owners
@@ -505,14 +520,15 @@ def pool_capacity(
     nodes: Sequence[Mapping[str, Any]],
     owners: Mapping[str, str] | None = None,
 ) -> PoolCapacity:
-    """Ready, schedulable nodes of the pool (per `owners`, else by its nodeSelector) and their devices."""
+    """Ready, schedulable nodes of the pool (per `owners`, else by the labels its pods require) and their
+    devices."""
     ready_nodes = 0
     devices = 0
     for node in nodes:
         if owners is not None:
             if owners.get(node["metadata"]["name"]) != pool.metadata.name:
                 continue
-        elif not _matches(pool.spec.node_selector, node):
+        elif not _matches(render.node_labels(pool), node):
             continue
         if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node) or _repels(pool, node):
             continue

@@ -347,6 +347,10 @@ def launch_request(
         cores_per_device=chip.resource_units_per_device,
         role=placement.role,
         sizing=sizing,
+        # The release the plan priced (spec.engineVersion) picks the image, unless the service brings its own.
+        release=None
+        if service.spec.overrides is not None and service.spec.overrides.image
+        else service.spec.engine_version,
     )
 
 
@@ -367,6 +371,8 @@ def render_deployment(
     chip = pool_chip(pool)
     try:
         launch = engines.launch(launch_request(service, placement, chip, sizing))
+    except engines.UnsupportedReleaseError as exc:
+        raise RenderError("spec.engineVersion", str(exc)) from None
     except engines.UnsupportedLaunchError as exc:
         raise RenderError("spec.engine", str(exc)) from None
     name = service.metadata.name

@@ -29,7 +29,7 @@ import pydantic
 from chipfit import manifests, planning, rules
 from chipfit.api import crd, v1alpha1
 from chipfit.manifests import Document, Problem
-from placement import catalog
+from placement import catalog, engine_version
 
 _KIND_MODELS: dict[str, type[pydantic.BaseModel]] = {
     "InferenceService": v1alpha1.InferenceService,
@@ -364,6 +364,16 @@ def service_problems(
                 f"({', '.join(c.id for c in allowed[:8])}{', ...' if len(allowed) > 8 else ''})",
             )
         )
+        return errors
+    own_image = spec.overrides is not None and bool(spec.overrides.image)
+    refused = [
+        why
+        for c in usable
+        if (why := engine_version.undeployable_release(spec.engine, c.vendor, spec.engine_version, own_image))
+    ]
+    if len(refused) == len(usable):
+        # The planner rules out the same chips (placement.candidates.pool_allowed): nothing could be placed.
+        errors.append(FieldError("spec.engineVersion", refused[0]))
         return errors
     if spec.serving == "disaggregated" and not any(
         catalog.engine_supports(spec.engine, c, "prefill") for c in usable

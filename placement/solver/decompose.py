@@ -38,8 +38,11 @@ DECOMPOSE_PRICE_STEP = 0.1
 
 def decomposable(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> bool:
     """Services are independent but for pool capacity: no replica ceilings, budgets or stability penalty,
-    and every pool's TP sizes pack by device count (any serving mode, replica floors allowed)."""
+    and every pool's TP sizes pack by device count (any serving mode, replica floors allowed); no
+    configuration held at its own replica bounds."""
     if options.move_penalty_per_device_hour > 0.0 and problem.current_replicas:
+        return False
+    if problem.replica_bounds:
         return False
     if options.one_accelerator_per_service or options.on_demand_floor > 0.0:
         return False

@@ -195,7 +195,9 @@ def build(
     """
     options = options or inputs.SolveOptions()
     inputs.validate(problem)
-    pruned = colgen.prune(problem, options, keep)
+    # A configuration held at a replica floor (replica_bounds) keeps its column whatever pruning finds.
+    held = frozenset(key for key, (least, _most) in problem.replica_bounds.items() if least > 0)
+    pruned = colgen.prune(problem, options, keep | held)
     candidates = pruned.candidates
     services = {s.id: s for s in problem.services}
     pools = {p.id: p for p in problem.pools}
@@ -207,10 +209,16 @@ def build(
     #   n_c <= nodes * floor(devices_per_node / tp_c)   (the pool's slots for this size),
     #   n_c <= max_replicas_s                            (the role's ceiling),
     #   n_c <= floor(max_dollars_per_hour_s / price_c)   (the service's budget).
-    n_index = tuple(
-        b.var(c.price_per_hour, 0.0, _replica_bound(c, services[c.service], pools[c.pool]), True)
-        for c in candidates
-    )
+    # and held within the configuration's own replica_bounds, if any: lo_c <= n_c <= hi_c (a least above
+    # what the pool, ceiling or budget allow makes the problem infeasible, as it should).
+    def bounds(c: inputs.Candidate) -> tuple[float, float]:
+        most = _replica_bound(c, services[c.service], pools[c.pool])
+        least, hi = problem.replica_bounds.get(c.key, (0, None))
+        if hi is not None:
+            most = min(most, float(hi))
+        return float(least), max(most, float(least))
+
+    n_index = tuple(b.var(c.price_per_hour, *bounds(c), True) for c in candidates)
 
     # f[c, b] in [0, 1]: share of service bucket b's requests routed to candidate c.
     f_index: dict[tuple[int, int], int] = {}

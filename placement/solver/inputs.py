@@ -198,6 +198,10 @@ class FleetProblem:
     candidates: tuple[Candidate, ...]
     # Replicas running now per configuration (the stability penalty's reference point).
     current_replicas: Mapping[CandidateKey, int] = field(default_factory=dict)
+    # Per configuration: (least, most or None) replicas the plan may give it, on top of the service's own
+    # bounds (the operator's repair keeps what a capacity loss did not touch at the counts it runs).
+    # A configuration with a least above 0 must be a candidate.
+    replica_bounds: Mapping[CandidateKey, tuple[int, int | None]] = field(default_factory=dict)
 
 
 # Step 0: validation and candidate pruning (pure, no solver).
@@ -267,6 +271,15 @@ def validate(problem: FleetProblem) -> None:
     for key, replicas in problem.current_replicas.items():
         if replicas < 0:
             raise InvalidProblemError(f"current_replicas[{key}]: must be >= 0")
+    for key, (least, most) in problem.replica_bounds.items():
+        if least < 0:
+            raise InvalidProblemError(f"replica_bounds[{key}]: the least must be >= 0, got {least}")
+        if most is not None and most < least:
+            raise InvalidProblemError(
+                f"replica_bounds[{key}]: the most ({most}) is below the least ({least})"
+            )
+        if least > 0 and key not in seen:
+            raise InvalidProblemError(f"replica_bounds[{key}]: at least {least} replicas of no candidate")
 
 
 def without_noise(problem: FleetProblem) -> FleetProblem:

