@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
@@ -11,6 +12,8 @@ from chipfit.api import v1alpha1
 from chipfit.profiling import calibrate
 from placement import baselines, candidates, catalog, explain, perf, profile_fit, profiles, workload
 from placement.solver import allocation, inputs, solve
+
+logger = logging.getLogger("chipfit.operator")
 
 
 class PlanningError(ValueError):
@@ -530,6 +533,9 @@ class Planner:
                 # services, load average 25) HiGHS had no incumbent after 5 s. The repair again with the
                 # whole limit, rather than a fresh solve of the fleet that moves services the loss did not
                 # touch (77 of 300 there, whose rollouts then waited on each other's devices).
+                logger.info(
+                    "the repair found no plan in its time; trying again for %.0f s", patient.time_limit_s
+                )
                 options = patient
                 plan = solve.solve(cset.problem, options)
             self._last = (cset.problem, options, plan)
