@@ -15,6 +15,7 @@ grows with the fleet.
 Run:
   .venv/bin/python benchmarks/plan_speed.py --services 100 1000 10000 --previous 2ce3912 --json OUT
   .venv/bin/python benchmarks/plan_speed.py --services 100 --profile      # cProfile of this tree's run
+  .venv/bin/python benchmarks/plan_speed.py candidates 150 0d08719 2   # candidates alone, one process
 The previous code is capped at --previous-cap-s seconds per size: when it would take longer, it runs on the
 first --previous-subset services and its candidate-building time is extrapolated linearly in services (each
 service's candidates are independent), which is a LOWER bound on its real time (its solve is not included).
@@ -31,6 +32,7 @@ import os
 import pstats
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -371,6 +373,32 @@ def run_replan(fleet_path: Path, time_limit_s: float) -> dict[str, Any]:
     }
 
 
+def run_candidates(fleet_path: Path, limit: int) -> dict[str, Any]:
+    """candidates.build alone, in one process, as the Planner calls it (profile table empty, the model's
+    fallback): CPU seconds and how many candidates (`plan_speed.py candidates`)."""
+    from chipfit import handlers, planning
+    from chipfit.api import v1alpha1
+    from placement import candidates
+
+    fleet = json.loads(fleet_path.read_text())
+    pools = [v1alpha1.AcceleratorPool.model_validate(p) for p in fleet["pools"]]
+    specs = [planning.to_spec(handlers.parse_service(b)) for b in fleet["services"][:limit]]
+    c0 = _cpu_s()
+    cset = candidates.build(
+        specs,
+        [planning.to_pool(p) for p in pools],
+        oracle=candidates.profile_oracle([], fallback=candidates.perf_oracle),
+        workers=1,
+        accelerators=planning.fleet_accelerators(pools),
+    )
+    return {
+        "services": len(specs),
+        "candidates": len(cset.problem.candidates),
+        "rejections": len(cset.rejections),
+        "candidates_cpu_s": _cpu_s() - c0,
+    }
+
+
 def _max_rss_mb() -> float:
     """Peak resident memory of this process and its largest finished child (worker processes), MB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -394,6 +422,9 @@ def _worker_main(argv: list[str]) -> None:
             f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))
         ]
     fleet, limit, time_limit = Path(argv[0]), int(argv[1]), float(argv[2])
+    if time_limit < 0:  # `candidates` mode: candidate building alone
+        print(json.dumps(run_candidates(fleet, limit)))
+        return
     print(json.dumps(run_plan(fleet, limit or None, time_limit)))
 
 
@@ -405,13 +436,20 @@ def _run_subprocess(
     env["PYTHONPATH"] = f"{tree}{os.pathsep}{tree / 'operator'}"
     env["CHIPFIT_TREE"] = str(tree)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_run", str(fleet), str(limit), str(time_limit_s)]
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=cap_s, check=True)
-    except subprocess.TimeoutExpired:
-        return None
-    except subprocess.CalledProcessError as error:
-        raise RuntimeError(f"run in {tree} failed:\n{error.stderr[-3000:]}") from error
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # Its own process group: on timeout the run's worker processes are stopped with it (killing only the
+    # run left them pricing, orphaned, stealing the CPU of the runs measured after it).
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=cap_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return None
+    if proc.returncode != 0:
+        raise RuntimeError(f"run in {tree} failed:\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return result
 
 
@@ -448,6 +486,20 @@ def main() -> None:
             seed = int(sys.argv[3]) if len(sys.argv) > 3 else SEED
             fleet.write_text(json.dumps({"pools": generate_pools(n), "services": generate_services(n, seed)}))
             print(json.dumps(run_replan(fleet, 60.0)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "candidates":
+        # `plan_speed.py candidates N COMMIT [REPEAT] [FLEET_SIZE]`: candidate building alone, first N
+        # services of the FLEET_SIZE-service fleet, one process, this tree and COMMIT in turn, REPEAT times.
+        n, commit = int(sys.argv[2]), sys.argv[3]
+        repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+        size = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
+        with previous_tree(commit) as prev, tempfile.TemporaryDirectory(prefix="chipfit-fleet-") as tmp:
+            fleet = Path(tmp) / "fleet.json"
+            fleet.write_text(json.dumps({"pools": generate_pools(size), "services": generate_services(size)}))
+            for _ in range(repeat):
+                for label, tree in (("current", REPO), (commit, prev)):
+                    row = _run_subprocess(tree, fleet, n, -1.0, 3600.0)
+                    print(f"{label}: {json.dumps(row)}", flush=True)
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

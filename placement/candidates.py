@@ -649,14 +649,54 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
     serves the most traffic with the fewest replicas (the engine default unless another saves at least
     perf.PREFILL_CHUNK_MIN_GAIN).
     """
-    shapes: dict[_Shape, None] = {}
+    shapes: dict[_Shape, inputs.Pool] = {}
     for i, (spec, pools) in enumerate(work):
         for pool in pools:
             for role in _roles(spec.serving):
                 for precision in spec.precisions:
                     for tp in spec.tp_degrees:
                         if tp <= _max_tp(pool, context.declared):
-                            shapes[(i, pool.accelerator, role, precision, tp)] = None
+                            shapes.setdefault((i, pool.accelerator, role, precision, tp), pool)
+    # The performance model's shapes go through the block path (arrays per configuration); the rest (measured
+    # profiles, calibrated or test oracles) are asked query by query.
+    made = _price_blocks(work, shapes, oracle, context)
+    generic = [shape for shape in shapes if shape not in made]
+    for shape, (priced, chosen) in _price_queries(work, generic, oracle, context).items():
+        spec = work[shape[0]][0]
+        _, _, role, precision, tp = shape
+        made[shape] = _candidate(spec, shapes[shape], role, precision, tp, priced, chosen, context)
+    out: list[list[PoolResults]] = []
+    for i, (spec, pools) in enumerate(work):
+        per_pool: list[PoolResults] = []
+        for pool in pools:
+            results = []
+            for role in _roles(spec.serving):
+                for precision in spec.precisions:
+                    for tp in spec.tp_degrees:
+                        if tp > _max_tp(pool, context.declared):
+                            continue
+                        results.append(_for_pool(made[(i, pool.accelerator, role, precision, tp)], pool))
+            per_pool.append(tuple(results))
+        out.append(per_pool)
+    return out
+
+
+def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    """Whether a chunk scoring `score` (traffic served, replicas per traffic) beats the best so far: more
+    traffic, or as much with PREFILL_CHUNK_MIN_GAIN fewer replicas (chunks are tried largest first)."""
+    return (
+        best is None
+        or score[0] > best[0] + 1e-12
+        or (score[0] >= best[0] - 1e-12 and score[1] * (1.0 + perf.PREFILL_CHUNK_MIN_GAIN) < best[1])
+    )
+
+
+def _price_queries(
+    work: Work, shapes: Sequence[_Shape], oracle: CapacityOracle, context: _Context
+) -> dict[_Shape, tuple[list[Capacity], int | None]]:
+    """Each shape's answers per bucket and its chunk, asking the oracle query by query (see _price)."""
+    if not shapes:
+        return {}
     first = _ask_shapes(work, [(shape, None) for shape in shapes], oracle, context)
     answers = {shape: first[(shape, None)] for shape in shapes}
     # Shapes whose buckets chose different chunks: price every bucket at each of them.
@@ -686,40 +726,391 @@ def _price(work: Work, oracle: CapacityOracle, context: _Context) -> list[list[P
             final[shape] = (answers[shape], chunks.pop() if len(chunks) == 1 else None)
             continue
         best: tuple[list[Capacity], int | None] | None = None
-        best_score = (0.0, math.inf)
+        best_score: tuple[float, float] | None = None
         for chunk in options[shape]:
             priced = fixed[(shape, chunk)]
             score = _score(spec, _effective(spec, priced))
-            if (
-                best is None
-                or score[0] > best_score[0] + 1e-12
-                or (
-                    score[0] >= best_score[0] - 1e-12
-                    and score[1] * (1.0 + perf.PREFILL_CHUNK_MIN_GAIN) < best_score[1]
-                )
-            ):
+            if _better(score, best_score):
                 best, best_score = (priced, chunk), score
         assert best is not None
         final[shape] = best
-    out: list[list[PoolResults]] = []
-    made: dict[_Shape, Result] = {}
-    for i, (spec, pools) in enumerate(work):
-        per_pool: list[PoolResults] = []
-        for pool in pools:
-            results = []
-            for role in _roles(spec.serving):
-                for precision in spec.precisions:
-                    for tp in spec.tp_degrees:
-                        if tp > _max_tp(pool, context.declared):
-                            continue
-                        shape = (i, pool.accelerator, role, precision, tp)
-                        if shape not in made:
-                            priced, chosen = final[shape]
-                            made[shape] = _candidate(spec, pool, role, precision, tp, priced, chosen, context)
-                        results.append(_for_pool(made[shape], pool))
-            per_pool.append(tuple(results))
-        out.append(per_pool)
+    return final
+
+
+# --- the performance model's shapes as blocks ---------------------------------------------------------------
+#
+# _price_queries asks one Query per (shape, bucket, chunk) and gets a Capacity back: ~1,000 questions per
+# service, each crossing Query -> RateQuestion -> RatePrediction -> Capacity. Where the performance model
+# answers (perf_oracle, directly or as a profile table's fallback where the table has no row), a shape's
+# buckets are asked as one perf.RateBlock instead and read back as rows; Python objects are made only for
+# the candidates and rejections. Same waves, same masks, same chunk choice as _price_queries
+# (tests/unit/test_candidate_blocks.py compares the two on generated fleets).
+
+
+@dataclass(frozen=True)
+class _SpecSizes:
+    """A service's buckets as the model is asked about them (computed once per service)."""
+
+    # Per bucket: (mean prompt, mean output, prompt p99, output p99) tokens, as _Questions builds them.
+    rows: tuple[tuple[float, float, float, float], ...]
+    # Buckets smallest first (prompt + output upper edges, then index), as _ask_shapes orders them.
+    order: tuple[int, ...]
+    # Per bucket: its (prompt, output) upper edges, and the buckets before it in `order` it is at least
+    # as large as (a failure there rules it out: _effective).
+    edges: tuple[tuple[int, int], ...]
+    below: tuple[tuple[int, ...], ...]
+
+
+def _spec_sizes(spec: ServiceSpec) -> _SpecSizes | None:
+    """The service's bucket sizes (None when one is not a valid size: the query path reports it)."""
+    buckets = spec.workload.buckets
+    rows = []
+    for b in buckets:
+        prompt_mean = b.prompt_mean or float(b.prompt_tokens)
+        output_mean = b.output_mean_tokens or float(b.output_tokens)
+        row = (
+            max(1.0, prompt_mean),
+            max(1.0, output_mean),
+            max(float(b.prompt_tokens), prompt_mean, 1.0),
+            max(float(b.output_tokens), output_mean, 1.0),
+        )
+        if not all(math.isfinite(x) for x in row):
+            return None
+        rows.append(row)
+    order = tuple(
+        sorted(range(len(buckets)), key=lambda k: (buckets[k].prompt_tokens + buckets[k].output_tokens, k))
+    )
+    edges = tuple((b.prompt_tokens, b.output_tokens) for b in buckets)
+    rank = {k: n for n, k in enumerate(order)}
+    below = tuple(
+        tuple(j for j in order[: rank[k]] if edges[k][0] >= edges[j][0] and edges[k][1] >= edges[j][1])
+        for k in range(len(buckets))
+    )
+    return _SpecSizes(tuple(rows), order, edges, below)
+
+
+@dataclass
+class _Block:
+    """One shape priced as a block: the question's parts and what its answers made of it."""
+
+    spec: ServiceSpec
+    pool: inputs.Pool
+    role: inputs.Role
+    precision: str
+    tp: int
+    config: perf.ReplicaConfig
+    slo: perf.LatencySlo
+    versioned: engine_version.VersionedEfficiency
+    sizes: _SpecSizes
+    infeasible: str | None = None
+
+
+# Per bucket: the model's answer, None where a failure at a smaller size rules the bucket out.
+_Answers = list[perf.RowAnswer | None]
+
+
+def _block_eligible(oracle: CapacityOracle) -> Callable[[ServiceSpec, _Shape], bool] | None:
+    """Which shapes the performance model answers for this oracle (None: none, ask query by query)."""
+    if type(oracle) is PerfOracle:
+        return lambda spec, shape: True
+    if type(oracle) is ProfileOracle and type(oracle.fallback) is PerfOracle:
+        index = oracle.index
+        # A profile row for the configuration answers (or annotates) it: those go query by query.
+        return lambda spec, shape: (spec.model, shape[1], shape[3], shape[4], shape[2]) not in index
+    return None
+
+
+def _price_blocks(
+    work: Work, shapes: Mapping[_Shape, inputs.Pool], oracle: CapacityOracle, context: _Context
+) -> dict[_Shape, Result]:
+    """The candidate or rejection of every shape the performance model answers (see the section comment)."""
+    eligible = _block_eligible(oracle)
+    if eligible is None:
+        return {}
+    configs: dict[
+        tuple[object, ...], tuple[perf.ReplicaConfig, engine_version.VersionedEfficiency] | None
+    ] = {}
+    slos: dict[tuple[float, float], perf.LatencySlo | None] = {}
+    sizes: dict[int, _SpecSizes | None] = {}
+    blocks: dict[_Shape, _Block] = {}
+    for shape, pool in shapes.items():
+        i, accelerator, role, precision, tp = shape
+        spec = work[i][0]
+        if not eligible(spec, shape):
+            continue
+        if i not in sizes:
+            sizes[i] = _spec_sizes(spec)
+        spec_sizes = sizes[i]
+        model: str | catalog.ModelArch = spec.model_arch if spec.model_arch is not None else spec.model
+        chip: str | catalog.Accelerator = context.declared.get(accelerator) or accelerator
+        key = (model, chip, precision, tp, role, spec.engine, spec.engine_version)
+        if key not in configs:
+            try:
+                config = perf.ReplicaConfig(model, chip, precision, tp, role, spec.engine)
+                perf.infeasibility(config)
+                versioned = engine_version.efficiency(
+                    config.accelerator_spec, spec.engine, spec.engine_version
+                )
+                configs[key] = (config, versioned)
+            except (catalog.UnknownIdError, perf.InvalidConfigError, ValueError):
+                configs[key] = None  # malformed: the query path says why, bucket by bucket
+        slo_key = (spec.ttft_p99_ms, spec.itl_p99_ms)
+        if slo_key not in slos:
+            try:
+                slos[slo_key] = perf.LatencySlo(*slo_key)
+            except ValueError:
+                slos[slo_key] = None
+        made, slo = configs[key], slos[slo_key]
+        if made is None or slo is None or spec_sizes is None or not spec_sizes.rows:
+            continue
+        blocks[shape] = _Block(spec, pool, role, precision, tp, made[0], slo, made[1], spec_sizes)
+    if not blocks:
+        return {}
+    items = list(blocks.values())
+    answers = _ask_blocks(items, [None] * len(items), None)
+    # Shapes whose buckets chose different chunks: every bucket priced again at each (as _price_queries).
+    final: list[tuple[_Answers, list[bool], int | None]] = []
+    fixed_items: list[tuple[int, int]] = []
+    effective = [_block_effective(b, a) for b, a in zip(items, answers, strict=True)]
+    options: dict[int, tuple[int, ...]] = {}
+    for n, (rows, mask) in enumerate(zip(answers, effective, strict=True)):
+        chunks = {
+            a.prefill_chunk_tokens for a, m in zip(rows, mask, strict=True) if m and a and a.max_rps > 0
+        }
+        if len(chunks) > 1 and None not in chunks:
+            options[n] = tuple(sorted((c for c in chunks if c is not None), reverse=True))
+            fixed_items.extend((n, c) for c in options[n])
+    fixed = _ask_blocks(
+        [items[n] for n, _ in fixed_items],
+        [c for _, c in fixed_items],
+        [
+            [
+                a if a is not None and a.max_rps > 0.0 and a.prefill_chunk_tokens == c else None
+                for a in answers[n]
+            ]
+            for n, c in fixed_items
+        ],
+    )
+    at_chunk = {item: rows for item, rows in zip(fixed_items, fixed, strict=True)}
+    for n, block in enumerate(items):
+        if n not in options:
+            rows, mask = answers[n], effective[n]
+            chunks = {
+                a.prefill_chunk_tokens for a, m in zip(rows, mask, strict=True) if m and a and a.max_rps > 0
+            }
+            final.append((rows, mask, chunks.pop() if len(chunks) == 1 else None))
+            continue
+        best: tuple[_Answers, list[bool], int | None] | None = None
+        best_score: tuple[float, float] | None = None
+        for chunk in options[n]:
+            rows = at_chunk[(n, chunk)]
+            mask = _block_effective(block, rows)
+            score = _block_score(block.spec, rows, mask)
+            if _better(score, best_score):
+                best, best_score = (rows, mask, chunk), score
+        assert best is not None
+        final.append(best)
+    results = [
+        _block_candidate(block, rows, mask, chunk, context)
+        for block, (rows, mask, chunk) in zip(items, final, strict=True)
+    ]
+    _explain_misses(results, items)
+    return {
+        shape: (cand, rejection, confidence)
+        for shape, (cand, rejection, confidence, _) in zip(blocks, results, strict=True)
+    }
+
+
+def _ask_blocks(
+    items: Sequence[_Block], chunks: Sequence[int | None], known: Sequence[_Answers] | None
+) -> list[_Answers]:
+    """Each block's answer per bucket at a chunk (None: the model chooses), in _ask_shapes' two waves: the
+    smallest bucket first, then the buckets a failure there does not rule out; answers in `known` are used
+    as they are."""
+    out: list[_Answers] = [[None] * len(b.sizes.rows) for b in items]
+    for wave in (0, 1):
+        asked: list[perf.RateBlock] = []
+        slots: list[tuple[int, list[int]]] = []
+        for n, block in enumerate(items):
+            order = block.sizes.order
+            if wave == 0:
+                wanted = list(order[:1])
+            elif block.infeasible is not None:
+                continue
+            else:
+                first = out[n][order[0]]
+                assert first is not None
+                if first.max_rps <= 0.0:
+                    p, o = block.sizes.edges[order[0]]
+                    edges = block.sizes.edges
+                    wanted = [k for k in order[1:] if not (edges[k][0] >= p and edges[k][1] >= o)]
+                else:
+                    wanted = list(order[1:])
+            given = known[n] if known is not None else None
+            if given is not None:
+                for k in wanted:
+                    out[n][k] = given[k]
+                wanted = [k for k in wanted if given[k] is None]
+            if wanted:
+                rows = block.sizes.rows
+                asked.append(
+                    perf.RateBlock(
+                        block.config,
+                        block.slo,
+                        [rows[k] for k in wanted],
+                        block.versioned.efficiency,
+                        chunks[n],
+                    )
+                )
+                slots.append((n, wanted))
+        for (n, wanted), answer in zip(slots, perf.block_rates(asked), strict=True):
+            items[n].infeasible = answer.infeasible
+            for k, row in zip(wanted, answer.rows, strict=True):
+                out[n][k] = row
     return out
+
+
+def _block_effective(block: _Block, rows: _Answers) -> list[bool]:
+    """The buckets _effective keeps: asked, and not at least as large as a smaller bucket that failed (every
+    bucket but the smallest when the configuration cannot run at all)."""
+    if block.infeasible is not None:
+        smallest = block.sizes.order[0]
+        return [k == smallest for k in range(len(rows))]
+    failed = [a is not None and a.max_rps <= 0.0 for a in rows]
+    if not any(failed):
+        return [a is not None for a in rows]
+    below = block.sizes.below
+    return [a is not None and not any(failed[j] for j in below[k]) for k, a in enumerate(rows)]
+
+
+def _block_score(spec: ServiceSpec, rows: _Answers, mask: Sequence[bool]) -> tuple[float, float]:
+    """_score of a block's answers."""
+    served = 0.0
+    load = 0.0
+    for f, a, m in zip(spec.workload.fractions, rows, mask, strict=True):
+        if m and a is not None and a.max_rps > 0.0:
+            served += f
+            load += f / a.max_rps
+    return served, load
+
+
+# A block's result before the explanations of its misses: (candidate, rejection, trust, bucket to explain).
+_BlockResult = tuple[inputs.Candidate | None, Rejection | None, trust.Trust | None, int | None]
+
+
+def _block_candidate(
+    block: _Block, rows: _Answers, mask: Sequence[bool], chunk: int | None, context: _Context
+) -> _BlockResult:
+    """_candidate for a block (the rejection's zero-load latencies are filled in by _explain_misses)."""
+    spec, pool, role = block.spec, block.pool, block.role
+    buckets = spec.workload.buckets
+    rates = spec.workload.bucket_rps
+    served = [m and a is not None and a.max_rps > 0.0 for a, m in zip(rows, mask, strict=True)]
+    caps = [0.0] * len(rows)
+    ttfts: list[float | None] = [None] * len(rows)
+    itls: list[float | None] = [None] * len(rows)
+    least: trust.Trust | None = None
+    if any(served):
+        index = [k for k, ok in enumerate(served) if ok]
+        sizes = block.sizes.rows
+        said = trust.assess_sizes(
+            block.config, [sizes[k][0] for k in index], [sizes[k][1] for k in index], block.versioned
+        )
+        worst_error, least_k = -math.inf, index[0]
+        for k, (error, derate) in zip(index, said, strict=True):
+            a = rows[k]
+            assert a is not None
+            caps[k] = a.max_rps * (derate if context.headroom else 1.0)
+            ttfts[k] = a.ttft_p99_ms if role != "decode" else None
+            itls[k] = a.itl_p99_ms if role != "prefill" else None
+            if error > worst_error:
+                worst_error, least_k = error, k
+        least = trust.assess(block.config, sizes[least_k][0], sizes[least_k][1], block.versioned)
+    runnable = block.infeasible is None
+    if any(c > 0.0 for c in caps) or (spec.min_replicas > 0 and sum(rates) == 0.0 and runnable):
+        return (
+            inputs.Candidate(
+                service=spec.id,
+                role=role,
+                pool=pool.id,
+                accelerator=pool.accelerator,
+                precision=block.precision,
+                tp=block.tp,
+                max_rps_per_bucket=tuple(caps),
+                price_per_hour=pool.price_per_device_hour * block.tp,
+                ttft_p99_ms_per_bucket=tuple(ttfts),
+                itl_p99_ms_per_bucket=tuple(itls),
+                engine=spec.engine,
+                source="perf",
+                engine_config=_engine_config(
+                    spec,
+                    context.declared.get(pool.accelerator) or pool.accelerator,
+                    role,
+                    block.precision,
+                    block.tp,
+                    chunk,
+                    True,
+                ),
+            ),
+            None,
+            least,
+            None,
+        )
+    first_miss: int | None = None
+    for k in block.sizes.order:
+        a = rows[k]
+        if (
+            mask[k]
+            and a is not None
+            and a.max_rps <= 0.0
+            and (first_miss is None or (rates[first_miss] <= 0.0 < rates[k]))
+        ):
+            first_miss = k
+    worst = rows[first_miss] if first_miss is not None else None
+    reason = worst.reason if worst is not None and worst.reason else "SLO not met"
+    return (
+        None,
+        Rejection(
+            service=spec.id,
+            role=role,
+            pool=pool.id,
+            accelerator=pool.accelerator,
+            precision=block.precision,
+            tp=block.tp,
+            reason=reason,
+            prompt_tokens=buckets[first_miss].prompt_tokens if first_miss is not None else None,
+        ),
+        None,
+        first_miss if runnable else None,
+    )
+
+
+def _explain_misses(results: list[_BlockResult], items: Sequence[_Block]) -> None:
+    """Rejections' latencies at (near) zero load for the request that missed (PerfOracle.batch's), in one
+    call to the model; in place."""
+    misses = [
+        (n, k) for n, (_, rejection, _, k) in enumerate(results) if rejection is not None and k is not None
+    ]
+    loads = perf.latencies_at(
+        [
+            (
+                items[n].config,
+                perf.RequestSizes(
+                    items[n].spec.workload.buckets[k].prompt_tokens,
+                    items[n].spec.workload.buckets[k].output_tokens,
+                ),
+                ZERO_LOAD_RPS,
+            )
+            for n, k in misses
+        ]
+    )
+    for (n, _), load in zip(misses, loads, strict=True):
+        cand, rejection, confidence, k = results[n]
+        if load is not None and rejection is not None:
+            rejection = replace(
+                rejection, zero_load_ttft_p99_ms=load.ttft_p99_ms, zero_load_itl_p99_ms=load.itl_p99_ms
+            )
+        results[n] = (cand, rejection, confidence, k)
 
 
 def _for_pool(result: Result, pool: inputs.Pool) -> Result:

@@ -30,7 +30,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -297,6 +297,9 @@ class LoadPrediction:
     step_ms: float
     ttft_mean_ms: float = 0.0
     itl_mean_ms: float = 0.0
+    # MLPerf's TPOT p99: the 99th percentile over requests of each request's mean inter-token time
+    # (_tpot_p99_v); 0.0 where not modelled (prefill-only replicas).
+    tpot_p99_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,6 +601,12 @@ class _Rows:
         sizes = np.array(
             [(w.prompt_tokens, w.output_tokens, w.prompt_p99) for _, w in items], dtype=np.float64
         ).reshape(len(items), 3)
+        return cls.from_arrays(phys, sizes)
+
+    @classmethod
+    def from_arrays(cls, phys: FloatArray, sizes: FloatArray) -> _Rows:
+        """Columns from a (Q, len(_PHYSICS_COLUMNS)) physics matrix (rows of _physics_vector) and a (Q, 3)
+        matrix of (prompt mean, output mean, prompt p99) tokens."""
         columns: dict[str, Any] = {name: phys[:, k : k + 1] for k, name in enumerate(_PHYSICS_COLUMNS)}
         flags: dict[str, Any] = {
             name: columns.pop(name) > 0.5
@@ -982,6 +991,8 @@ class _Loads:
     # percentiles).
     ttft_mean: FloatArray
     itl_mean: FloatArray
+    # p99 over requests of each request's mean inter-token time (MLPerf's TPOT; see _tpot_p99_v).
+    tpot_p99: FloatArray
 
 
 def _steady_v(r: _Rows, rate: FloatArray, with_prefill: bool) -> tuple[BoolArray, FloatArray, FloatArray]:
@@ -1159,6 +1170,46 @@ def _own_prefill_v(
     return out
 
 
+def _tpot_p99_v(
+    r: _Rows,
+    rate: FloatArray,
+    batch: FloatArray | float,
+    step: FloatArray,
+    budget: FloatArray | float,
+    batch_varies: bool = True,
+) -> FloatArray:
+    """p99 over requests of each request's mean inter-token time (MLPerf's TPOT), seconds.
+
+    A request's TPOT averages the iterations it decodes in, so it moves with what those iterations carry
+    on average over its own lifetime, not with one iteration's tail (that is ITL p99):
+
+    - the running batch: with Poisson arrivals each holding a slot for about `output` iterations, the batch
+      is the population of an M/G/inf system (Poisson, mean B); its average over a window as long as the
+      holding time has variance 2B/3 (autocovariance B (1 - tau / H) for a fixed holding time H), capped
+      at the slot limit. A closed loop (`batch_varies` False) holds the batch fixed;
+    - the prompt tokens riding those iterations: compound Poisson per iteration (mean λ t E[L], variance
+      λ t E[L²]), averaged over the request's `output` iterations, capped by the prefill budget.
+
+    The two independent deviations, each taken at its p99 through the iteration time, add in quadrature
+    on top of the mean iteration `step`.
+    """
+    running = np.maximum(batch, 1.0)
+    prefill = np.minimum(rate * step * r.prompt, np.maximum(budget, 0.0))
+    base = _decode_step_v(r, running, prefill, prefill / r.prompt)
+    spread = Z_P99 * np.sqrt(rate * step * r.second_moment / np.maximum(r.output, 1.0))
+    prefill_hi = np.minimum(prefill + spread, np.maximum(budget, prefill))
+    from_prefill = _decode_step_v(r, running, prefill_hi, prefill_hi / r.prompt) - base
+    if batch_varies:
+        batch_hi = np.minimum(
+            running + Z_P99 * np.sqrt(2.0 * np.maximum(batch, 0.0) / 3.0), np.maximum(r.limit, running)
+        )
+        from_batch = _decode_step_v(r, batch_hi, prefill, prefill / r.prompt) - base
+    else:
+        from_batch = np.zeros_like(from_prefill)
+    out: FloatArray = step + np.sqrt(np.maximum(from_prefill, 0.0) ** 2 + np.maximum(from_batch, 0.0) ** 2)
+    return out
+
+
 def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
     """Continuous batching with chunked prefill at a steady state (rate, batch, step)."""
     running = np.maximum(batch, 1.0)
@@ -1205,8 +1256,9 @@ def _aggregated_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: Float
     itl_p99 = _decode_step_v(r, running, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step_v(r, running, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
+    tpot_p99 = _tpot_p99_v(r, rate, batch, step, budget)
     # The mean gap is the mean iteration: the steady state's step already carries the mean prefill load.
-    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    return _Loads(ok, rate, batch, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99)
 
 
 def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArray) -> _Loads:
@@ -1230,6 +1282,7 @@ def _decode_loads(r: _Rows, rate: FloatArray, batch: FloatArray, step: FloatArra
         zero,
         admit_mean + step,
         step,
+        _tpot_p99_v(r, rate, batch, step, 0.0),
     )
 
 
@@ -1298,15 +1351,63 @@ def _prefill_loads(r: _Rows, pre: _PrefillRows, rate: FloatArray) -> _Loads:
     batch = np.broadcast_to(pre.prompts_per_batch, shape)
     step = np.broadcast_to(pre.batch_s, shape)
     return _Loads(
-        np.broadcast_to(ok, shape), rate, batch, step, ttft_p50, ttft_p99, zero, zero, rho, ttft_mean, zero
+        np.broadcast_to(ok, shape),
+        rate,
+        batch,
+        step,
+        ttft_p50,
+        ttft_p99,
+        zero,
+        zero,
+        rho,
+        ttft_mean,
+        zero,
+        zero,
     )
 
 
+# The steady batch at a given rate: a grid over the slot range, then bisection within the first cell that
+# holds a root (2^-60 of a cell: exact to double precision).
+STEADY_GRID_POINTS: Final = 16
+STEADY_BISECTION_STEPS: Final = 60
+
+
+def _steady_batch_v(r: _Rows, role: str, rate: FloatArray) -> tuple[BoolArray, FloatArray]:
+    """(stable, B): the smallest decode batch with B = λ · output · t(B) within the slot limit, per row.
+
+    In the explicit steady state (_search_step) a batch B sustains the rate B / (output · t(B)); the root is
+    where that equals λ. A grid over (0, limit] finds the first load at which sequences leave at least as
+    fast as they arrive, bisection pins the root between it and the grid point before. Stable where the
+    root lies within the slot limit. Unlike a damped iteration this converges near saturation, where the
+    rate a batch sustains flattens (dλ/dB -> 0) and the batch climbs steeply with the rate: there an
+    iteration stopped after a fixed number of steps sits well below the batch, and so below the ITL and
+    TTFT, the engine reaches.
+    """
+    top = np.maximum(r.limit, 1.0)
+    demand = rate * r.output
+    fractions = np.arange(1, STEADY_GRID_POINTS + 1, dtype=np.float64).reshape(1, -1) / STEADY_GRID_POINTS
+    grid = top * fractions
+    keeps_up = grid - demand * _search_step(r, role, grid) >= 0.0
+    stable = keeps_up.any(axis=1, keepdims=True)
+    first = np.argmax(keeps_up, axis=1).reshape(-1, 1)
+    hi = np.take_along_axis(grid, first, axis=1)
+    lo = np.where(first > 0, np.take_along_axis(grid, np.maximum(first - 1, 0), axis=1), 0.0)
+    for _ in range(STEADY_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        behind = mid - demand * _search_step(r, role, mid) < 0.0
+        lo = np.where(behind, mid, lo)
+        hi = np.where(behind, hi, mid)
+    # No arrivals: nothing decodes (the bisection would only approach 0).
+    batch = np.where(demand <= 0.0, 0.0, np.where(stable, hi, top))
+    return stable & (batch <= r.limit), batch
+
+
 def _loads_at_rate(r: _Rows, role: str, rate: FloatArray) -> _Loads:
-    """Latencies of rows of one role at arrival rates `rate` (the steady state found by iteration)."""
+    """Latencies of rows of one role at arrival rates `rate` (the steady state of _steady_batch_v)."""
     if role == "prefill":
         return _prefill_loads(r, _prefill_rows(r), rate)
-    stable, batch, step = _steady_v(r, rate, with_prefill=role != "decode")
+    stable, batch = _steady_batch_v(r, role, rate)
+    step = _search_step(r, role, batch)
     loads = (
         _aggregated_loads(r, rate, batch, step) if role != "decode" else _decode_loads(r, rate, batch, step)
     )
@@ -1328,6 +1429,7 @@ def _prediction(loads: _Loads, i: int = 0, j: int = 0) -> LoadPrediction | None:
         step_ms=float(loads.step[i, j]) * 1e3,
         ttft_mean_ms=float(np.broadcast_to(loads.ttft_mean, loads.ok.shape)[i, j]) * 1e3,
         itl_mean_ms=float(np.broadcast_to(loads.itl_mean, loads.ok.shape)[i, j]) * 1e3,
+        tpot_p99_ms=float(np.broadcast_to(loads.tpot_p99, loads.ok.shape)[i, j]) * 1e3,
     )
 
 
@@ -1448,7 +1550,10 @@ def _closed_loads(r: _Rows, users: FloatArray, extra_path_s: float = 0.0) -> _Lo
     itl_p50 = _decode_step_v(r, np.maximum(running, 1.0), tokens_p50, tokens_p50 / r.prompt)
     itl_p99 = np.maximum(itl_p99, itl_p50)
     ok = np.broadcast_to(r.limit >= 1.0, users.shape)
-    return _Loads(ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step)
+    tpot_p99 = _tpot_p99_v(r, rate, running, step, budget, batch_varies=False)
+    return _Loads(
+        ok, rate, running, step, ttft_p50, ttft_p99, itl_p50, itl_p99, rho, ttft_mean, step, tpot_p99
+    )
 
 
 def latency_at_concurrency(
@@ -1585,6 +1690,15 @@ def latency_over_run(
     at_tail = closed(config, workload, first_waiting + queued(tail_at))
     assert at_mean is not None and at_tail is not None
     steady = _open_loop(config, workload, rate_rps, efficiency, max_num_seqs) if rate_rps < capacity else None
+    if steady is not None:
+        steady = _still_filling(
+            _with_max_num_seqs(_physics(config, efficiency), max_num_seqs),
+            workload,
+            rate_rps,
+            steady,
+            warmup_s,
+            duration_s,
+        )
     if steady is not None and request_overhead_s > 0.0:
         extra_ms = request_overhead_s * 1e3
         steady = dataclasses.replace(
@@ -1605,6 +1719,69 @@ def latency_over_run(
         ttft_mean_ms=min(steady.ttft_mean_ms, at_mean.ttft_mean_ms),
         ttft_p50_ms=min(steady.ttft_p50_ms, at_mean.ttft_p50_ms),
         ttft_p99_ms=min(steady.ttft_p99_ms, at_tail.ttft_p99_ms),
+    )
+
+
+# Integration steps of the batch's build-up from an idle engine over a finite run (semi-implicit Euler,
+# stable at any step; 2,000 steps resolve a holding time in 10+ steps for runs up to 200 holding times).
+FILL_STEPS: Final = 2000
+
+
+def _still_filling(
+    phys: _Physics,
+    workload: RequestSizes,
+    rate_rps: float,
+    steady: LoadPrediction,
+    warmup_s: float,
+    duration_s: float,
+) -> LoadPrediction:
+    """`steady` with the batch a finite run from an idle engine has actually reached (below capacity).
+
+    From idle the decode batch fills as a fluid: dB/dt = λ - B / (output · t(B)), arrivals in and finished
+    sequences out, each iteration also carrying the λ t prompt tokens that arrived during the last one. It
+    relaxes to the steady state B* with time constant output · t / (1 - B t'(B) / t), the holding time
+    divided by how far the iteration time is from growing as fast as the batch: a few holding times at
+    moderate load, but near saturation (t' B / t -> 1) far longer than a benchmark's run. Means and p50s
+    are read at the batch averaged over the measured arrivals' window (warmup_s .. warmup_s + duration_s),
+    p99s at the last arrivals' batch; once the batch has reached B* (within 1%) the steady state stands.
+    """
+    target = steady.batch
+    end = warmup_s + (1.0 - TAIL_PROBABILITY) * duration_s
+    if target <= 1.0 or end <= 0.0:
+        return steady
+    dt = end / FILL_STEPS
+    batch, step = 0.0, _decode_step(phys, 1.0, workload, 0.0, 0.0)
+    window_sum, window_n = 0.0, 0
+    for k in range(1, FILL_STEPS + 1):
+        step = _decode_step(
+            phys, max(batch, 1.0), workload, rate_rps * workload.prompt_tokens * step, rate_rps * step
+        )
+        # Semi-implicit: the departures use the new batch, so the update never overshoots B*.
+        batch = (batch + rate_rps * dt) / (1.0 + dt / (workload.output_tokens * step))
+        if k * dt >= warmup_s:
+            window_sum += batch
+            window_n += 1
+    at_tail = min(batch, target)
+    at_mean = min(window_sum / window_n if window_n else batch, target)
+    if at_mean >= 0.99 * target:
+        return steady
+    rows = _Rows.of([(phys, workload)])
+    rate = np.full((1, 1), float(rate_rps))
+    with np.errstate(all="ignore"):
+        loads = [
+            _aggregated_loads(
+                rows, rate, np.full((1, 1), b), _search_step(rows, "aggregated", np.full((1, 1), b))
+            )
+            for b in (at_mean, at_tail)
+        ]
+    mean, tail = _prediction(loads[0]), _prediction(loads[1])
+    if mean is None or tail is None:
+        return steady
+    return dataclasses.replace(
+        mean,
+        ttft_p99_ms=tail.ttft_p99_ms,
+        itl_p99_ms=tail.itl_p99_ms,
+        tpot_p99_ms=tail.tpot_p99_ms,
     )
 
 
@@ -1798,12 +1975,22 @@ def prefill_chunk_candidates(engine: EngineTraits) -> tuple[int, ...]:
 
 
 def _with_chunk(phys: _Physics, chunk_tokens: int) -> _Physics:
-    """The same replica run with a different chunked-prefill budget."""
+    """The same replica run with a different chunked-prefill budget (memoized per physics object)."""
     if chunk_tokens == phys.engine.prefill_chunk_tokens:
         return phys
-    return dataclasses.replace(
+    hit = _WITH_CHUNK.get((id(phys), chunk_tokens))
+    if hit is not None and hit[0] is phys:
+        return hit[1]
+    out = dataclasses.replace(
         phys, engine=dataclasses.replace(phys.engine, prefill_chunk_tokens=chunk_tokens)
     )
+    if len(_WITH_CHUNK) > 65536:
+        _WITH_CHUNK.clear()
+    _WITH_CHUNK[(id(phys), chunk_tokens)] = (phys, out)
+    return out
+
+
+_WITH_CHUNK: dict[tuple[int, int], tuple[_Physics, _Physics]] = {}
 
 
 # --- the highest SLO-meeting rate, for many questions at once ----------------------------------------------
@@ -1864,7 +2051,10 @@ SECANT_PAIR_HALF_WIDTH: Final = RATE_RELATIVE_TOLERANCE * 0.25
 def clear_rate_cache() -> None:
     """Forget every cached answer and physics (the catalog or efficiency factors changed)."""
     _RATE_CACHE.clear()
+    _BLOCK_CACHE.clear()
+    _BLOCK_CACHE_ROWS[0] = 0
     _PHYSICS_VECTORS.clear()
+    _WITH_CHUNK.clear()
     _physics.cache_clear()
     _physics_cached.cache_clear()
     _infeasibility_cached.cache_clear()
@@ -1947,18 +2137,23 @@ def _checked(
     if isinstance(known, RatePrediction):
         return known
     phys = known
-    context = workload.prompt_p99 + workload.output_p99
+    too_long = _sequence_misfit(phys, config.role, workload.prompt_p99 + workload.output_p99)
+    return _zero(too_long) if too_long is not None else phys
+
+
+def _sequence_misfit(phys: _Physics, role: str, context: float) -> str | None:
+    """Why a sequence of `context` tokens (p99 prompt + p99 output) cannot run here (None: it can)."""
     if context > phys.model.max_context_tokens:
-        return _zero(
+        return (
             f"a {context:.0f}-token sequence exceeds the {phys.model.max_context_tokens}-token context "
             f"of {phys.model.id}"
         )
-    if config.role != "prefill" and phys.kv_capacity_tokens < context:
-        return _zero(
+    if role != "prefill" and phys.kv_capacity_tokens < context:
+        return (
             f"a {context:.0f}-token sequence needs more KV than the {phys.kv_capacity_tokens:.0f} tokens "
             f"{phys.model.id} leaves on {phys.acc.id} x{phys.tp}"
         )
-    return phys
+    return None
 
 
 def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, RatePrediction]) -> None:
@@ -2028,6 +2223,281 @@ def _solve_rates(questions: Sequence[RateQuestion], cache: dict[RateQuestion, Ra
         cache[p.question] = p.best
 
 
+# --- capacity questions in blocks (placement.candidates' path) ---------------------------------------------
+#
+# A service asks about every (chip, role, precision, tp) it may run on for each of its request-size buckets:
+# ~1,000 questions per service that differ, within one configuration, only in their sizes. block_rates
+# answers a block of such questions (one configuration, SLO, efficiency and chunk policy; its sizes as an
+# (n, 4) array) with the same search and chunk rounds as max_rates (_search_arrays, _floors_met: the one
+# implementation), but without a RateQuestion, a hash of it and a RatePrediction per question. Answers are
+# cached per row under what determines them — configuration, efficiency, SLO, the row's sizes and the
+# chunked-prefill budget (or "chosen") — and shared across services, re-plans and the autoscaler.
+
+
+class RowAnswer(NamedTuple):
+    """One row's answer: max_rate_under_slo's fields the candidates read (see RatePrediction)."""
+
+    max_rps: float
+    ttft_p99_ms: float
+    itl_p99_ms: float
+    max_batch: int
+    prefill_chunk_tokens: int | None
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RateBlock:
+    """Capacity questions sharing everything but their request sizes, asked as one."""
+
+    config: ReplicaConfig
+    slo: LatencySlo
+    # Rows of (mean prompt, mean output, p99 prompt, p99 output) tokens: RequestSizes' four fields.
+    sizes: Sequence[tuple[float, float, float, float]]
+    efficiency: perf_efficiency.Efficiency | None = None
+    # A fixed chunked-prefill budget; None lets the model choose (RateQuestion's choose_prefill_chunk).
+    prefill_chunk_tokens: int | None = None
+    itl_is_tpot: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRates:
+    """A block's answers, one per row, and why its configuration cannot run at all (None: it can)."""
+
+    rows: tuple[RowAnswer, ...]
+    infeasible: str | None
+
+
+# Budget keys of the row cache: the engine default (None), a fixed budget, or the model's choice.
+_CHOSEN: Final = -1
+_DEFAULT_BUDGET: Final = 0
+_BlockKey = tuple[object, ...]
+_RowKey = tuple[float, float, float, float, int]
+_BLOCK_CACHE: dict[_BlockKey, dict[_RowKey, RowAnswer]] = {}
+_BLOCK_CACHE_ROWS = [0]
+
+
+def _budget_key(budget: int | None) -> int:
+    """The row cache's key for a budget (None: the engine's own)."""
+    return _DEFAULT_BUDGET if budget is None else budget
+
+
+def _zero_row(reason: str) -> RowAnswer:
+    """A row no rate serves (see _zero)."""
+    return RowAnswer(0.0, 0.0, 0.0, 0, None, reason)
+
+
+@dataclasses.dataclass
+class _BlockRow:
+    """A row still to answer: its block, physics, budgets, the block's cache and the row's sizes."""
+
+    block: RateBlock
+    phys: _Physics
+    budgets: tuple[int | None, ...]
+    cache: dict[_RowKey, RowAnswer]
+    size: tuple[float, float, float, float]
+    best: RowAnswer
+    # The call's table of blocks (physics columns, then TTFT and ITL objectives and TPOT) and this row's.
+    table: FloatArray
+    slot: int
+
+
+def block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
+    """max_rates' answers for blocks of questions (the same answers: tests/unit/test_candidate_blocks.py).
+
+    Raises InvalidConfigError (or catalog.UnknownIdError) for a malformed configuration or budget.
+    """
+    with np.errstate(all="ignore"):
+        return _block_rates(blocks)
+
+
+def _block_rates(blocks: Sequence[RateBlock]) -> list[BlockRates]:
+    """See block_rates."""
+    answers: list[list[RowAnswer | None]] = []
+    infeasible: list[str | None] = []
+    todo: list[tuple[int, int, _BlockRow]] = []
+    table_rows: list[tuple[float, ...]] = []
+    table = np.zeros((0, len(_PHYSICS_COLUMNS) + 3))
+    for b, block in enumerate(blocks):
+        config = block.config
+        if block.prefill_chunk_tokens is not None:
+            _validate_chunk(config, block.prefill_chunk_tokens)
+        reason = infeasibility(config)
+        infeasible.append(reason)
+        if reason is not None:
+            answers.append([_zero_row(reason)] * len(block.sizes))
+            continue
+        phys = _physics(config, block.efficiency)
+        budgets: tuple[int | None, ...]
+        if block.prefill_chunk_tokens is not None:
+            budgets = (block.prefill_chunk_tokens,)
+        elif config.role != "decode":
+            budgets = prefill_chunk_candidates(phys.engine) or (None,)
+        else:
+            budgets = (None,)
+        final = _CHOSEN if len(budgets) > 1 else _budget_key(budgets[0])
+        outer = (config, block.efficiency, block.slo.ttft_p99_ms, block.slo.itl_p99_ms, block.itl_is_tpot)
+        cache = _BLOCK_CACHE.get(outer)
+        if cache is None:
+            cache = _BLOCK_CACHE[outer] = {}
+        rows: list[RowAnswer | None] = []
+        slot = len(table_rows)
+        slo = block.slo
+        table_rows.append((*_physics_vector(phys), slo.ttft_p99_ms, slo.itl_p99_ms, float(block.itl_is_tpot)))
+        longest = min(
+            float(phys.model.max_context_tokens),
+            math.inf if config.role == "prefill" else phys.kv_capacity_tokens,
+        )
+        for i, size in enumerate(block.sizes):
+            p, o, pp, op = size
+            if pp + op > longest:
+                misfit = _sequence_misfit(phys, config.role, pp + op)
+                if misfit is not None:
+                    rows.append(_zero_row(misfit))
+                    continue
+            hit = cache.get((p, o, pp, op, final))
+            rows.append(hit)
+            if hit is None:
+                todo.append(
+                    (
+                        b,
+                        i,
+                        _BlockRow(block, phys, budgets, cache, (p, o, pp, op), _PLACEHOLDER_ROW, table, slot),
+                    )
+                )
+        answers.append(rows)
+    if todo:
+        table = np.array(table_rows, dtype=np.float64)
+        for _, _, row in todo:
+            row.table = table
+        _solve_block_rows([row for _, _, row in todo])
+        for b, i, row in todo:
+            answers[b][i] = row.best
+    if _BLOCK_CACHE_ROWS[0] > RATE_CACHE_MAX_ENTRIES:
+        _BLOCK_CACHE.clear()
+        _BLOCK_CACHE_ROWS[0] = 0
+    return [
+        BlockRates(tuple(a for a in rows if a is not None), reason)
+        for rows, reason in zip(answers, infeasible, strict=True)
+    ]
+
+
+_PLACEHOLDER_ROW: Final = _zero_row("not searched")
+
+
+def _solve_block_rows(rows: Sequence[_BlockRow]) -> None:
+    """Each row's answer into row.best and its caches: _solve_rates' rounds over rows (see there)."""
+    for row, answer in zip(rows, _rows_at([(row, row.budgets[0]) for row in rows]), strict=True):
+        row.best = answer
+    live = [row for row in rows if len(row.budgets) > 1]
+    for round_index in range(1, max((len(row.budgets) for row in live), default=0)):
+        live = [r for r in live if round_index < len(r.budgets) and _row_may_win(r)]
+        if not live:
+            break
+        # A budget already answered is compared as it is; rows whose best is positive search the budget only
+        # when it meets the SLO at that rate; the others search it.
+        tests: list[tuple[_BlockRow, int | None]] = []
+        wanted: list[tuple[_BlockRow, int | None]] = []
+        for r in live:
+            budget = r.budgets[round_index]
+            hit = r.cache.get((*r.size, _budget_key(budget)))
+            if hit is not None:
+                if hit.max_rps > r.best.max_rps:
+                    r.best = hit
+            elif r.best.max_rps > 0.0:
+                tests.append((r, budget))
+            else:
+                wanted.append((r, budget))
+        passed = _block_floors_met(tests)
+        wanted.extend(t for t in tests if id(t[0]) in passed)
+        for (r, _), answer in zip(wanted, _rows_at(wanted), strict=True):
+            if answer.max_rps > r.best.max_rps:
+                r.best = answer
+    for row in rows:
+        if len(row.budgets) > 1:
+            row.cache[(*row.size, _CHOSEN)] = row.best
+            _BLOCK_CACHE_ROWS[0] += 1
+
+
+def _row_may_win(row: _BlockRow) -> bool:
+    """_smaller_chunk_may_win for a row."""
+    best = row.best
+    if row.block.itl_is_tpot:
+        return True
+    if best.max_rps > 0.0:
+        return best.reason == _BINDING_REASONS[2]
+    reason = best.reason or ""
+    return "ITL" in reason or not reason.startswith("TTFT")
+
+
+def _block_rows(
+    items: Sequence[tuple[_BlockRow, int | None]],
+) -> tuple[_Rows, FloatArray, FloatArray, BoolArray]:
+    """_Rows of rows at budgets (None: the engine's own) and their SLO columns."""
+    table = items[0][0].table
+    columns = table[np.fromiter((r.slot for r, _ in items), dtype=np.intp, count=len(items))]
+    width = len(_PHYSICS_COLUMNS)
+    sizes = np.array([r.size for r, _ in items], dtype=np.float64).reshape(len(items), 4)
+    rows = _Rows.from_arrays(columns[:, :width], sizes[:, :3])
+    chunk = np.array([math.nan if c is None else float(c) for _, c in items]).reshape(-1, 1)
+    if not np.isnan(chunk).all():
+        rows = rows.with_chunk(np.where(np.isnan(chunk), rows.chunk, chunk))
+    return (
+        rows,
+        columns[:, width : width + 1],
+        columns[:, width + 1 : width + 2],
+        columns[:, width + 2 :] > 0.5,
+    )
+
+
+def _rows_at(items: Sequence[tuple[_BlockRow, int | None]]) -> list[RowAnswer]:
+    """Each row's full search at its budget: from its cache, else searched (by role) and cached."""
+    out: list[RowAnswer | None] = [r.cache.get((*r.size, _budget_key(c))) for r, c in items]
+    for role in ("aggregated", "decode", "prefill"):
+        index = [k for k, (r, _) in enumerate(items) if out[k] is None and r.block.config.role == role]
+        if not index:
+            continue
+        group = [items[k] for k in index]
+        rows, ttft, itl, tpot = _block_rows(group)
+        found = _search_arrays(rows, role, ttft, itl, tpot)
+        rates, t99, i99 = found.rate.tolist(), found.ttft_p99_ms.tolist(), found.itl_p99_ms.tolist()
+        batches, chunks, codes = found.batch.tolist(), rows.chunk[:, 0].tolist(), found.code.tolist()
+        for j, k in enumerate(index):
+            if codes[j] < 0:
+                answer = _zero_row(found.why[j])
+            else:
+                chunk = chunks[j]
+                answer = RowAnswer(
+                    rates[j],
+                    t99[j],
+                    i99[j],
+                    max(1, round(batches[j])),
+                    None if role == "decode" or math.isnan(chunk) else int(chunk),
+                    _BINDING_REASONS[codes[j]],
+                )
+            r, budget = items[k]
+            r.cache[(*r.size, _budget_key(budget))] = answer
+            _BLOCK_CACHE_ROWS[0] += 1
+            out[k] = answer
+    return [a for a in out if a is not None]
+
+
+def _block_floors_met(tests: Sequence[tuple[_BlockRow, int | None]]) -> set[int]:
+    """ids of the rows that meet their SLO at their best rate so far, at the budget given (_meet_floors)."""
+    passed: set[int] = set()
+    for role in ("aggregated", "decode", "prefill"):
+        group = [t for t in tests if t[0].block.config.role == role]
+        if not group:
+            continue
+        rows, ttft, itl, tpot = _block_rows(group)
+        floors = np.array([r.best.max_rps for r, _ in group]).reshape(-1, 1)
+        start = np.array(
+            [r.best.max_batch * r.best.max_rps / r.best.max_rps for r, _ in group], dtype=np.float64
+        ).reshape(-1, 1)
+        meets = _floors_met(rows, role, ttft, itl, tpot, floors, start)
+        passed.update(id(r) for (r, _), m in zip(group, meets.tolist(), strict=True) if m)
+    return passed
+
+
 def _slo_columns(questions: Sequence[RateQuestion]) -> tuple[FloatArray, FloatArray, BoolArray]:
     """(TTFT SLO ms, ITL SLO ms, ITL read as TPOT) of the questions as (Q, 1) columns."""
     ttft = np.array([q.slo.ttft_p99_ms for q in questions]).reshape(-1, 1)
@@ -2068,22 +2538,38 @@ def _meet_floors(tests: Sequence[tuple[RateQuestion, _Pending, float]]) -> set[R
         r = _rows_at_chunks([(k, p.phys) for k, p, _ in items])
         ttft_slo, itl_slo, tpot = _slo_columns([k for k, _, _ in items])
         floors = np.array([f for _, _, f in items]).reshape(-1, 1)
-        pre = _prefill_rows(r) if role == "prefill" else None
-        ceiling = _ceiling(r, role, pre)
-        if pre is not None:
-            at = _prefill_loads(r, pre, floors)
-            ok = at.ok
-        else:
-            # Newton from the best answer's batch scaled to the floor (the budget barely moves the step).
-            start = np.array(
-                [p.best.max_batch * f / p.best.max_rps for _, p, f in items], dtype=np.float64
-            ).reshape(-1, 1)
-            stable, batch = _batch_at_rate(r, role, floors, start)
-            at = _loads_at(r, role, batch, pre)
-            ok = at.ok & stable
-        meets = _meets(role, dataclasses.replace(at, ok=ok), ttft_slo, itl_slo, tpot) & (floors < ceiling)
-        passed.update(k for (k, _, _), m in zip(items, meets[:, 0].tolist(), strict=True) if m)
+        start = np.array(
+            [p.best.max_batch * f / p.best.max_rps for _, p, f in items], dtype=np.float64
+        ).reshape(-1, 1)
+        meets = _floors_met(r, role, ttft_slo, itl_slo, tpot, floors, start)
+        passed.update(k for (k, _, _), m in zip(items, meets.tolist(), strict=True) if m)
     return passed
+
+
+def _floors_met(
+    r: _Rows,
+    role: str,
+    ttft_slo: FloatArray,
+    itl_slo: FloatArray,
+    tpot: BoolArray,
+    floors: FloatArray,
+    start: FloatArray,
+) -> BoolArray:
+    """Where each row meets its SLO at its floor rate ((Q,) booleans; `start`: the batch Newton starts from,
+    the best answer's batch scaled to the floor)."""
+    pre = _prefill_rows(r) if role == "prefill" else None
+    ceiling = _ceiling(r, role, pre)
+    if pre is not None:
+        at = _prefill_loads(r, pre, floors)
+        ok = at.ok
+    else:
+        # Newton from the best answer's batch scaled to the floor (the budget barely moves the step).
+        stable, batch = _batch_at_rate(r, role, floors, start)
+        at = _loads_at(r, role, batch, pre)
+        ok = at.ok & stable
+    meets = _meets(role, dataclasses.replace(at, ok=ok), ttft_slo, itl_slo, tpot) & (floors < ceiling)
+    out: BoolArray = meets[:, 0]
+    return out
 
 
 def _smaller_chunk_may_win(p: _Pending) -> bool:
@@ -2108,7 +2594,7 @@ def _meets(
     role: str, loads: _Loads, ttft_slo_ms: FloatArray, itl_slo_ms: FloatArray, tpot: BoolArray
 ) -> BoolArray:
     """Where both objectives hold (a prefill replica has no ITL, a decode replica's TTFT is not its own)."""
-    itl = np.where(tpot, loads.step, loads.itl_p99)
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99)
     ttft_ok = (loads.ttft_p99 * 1e3 <= ttft_slo_ms) if role != "decode" else True
     itl_ok = (itl * 1e3 <= itl_slo_ms) if role != "prefill" else True
     out: BoolArray = loads.ok & ttft_ok & itl_ok
@@ -2150,7 +2636,7 @@ def _batch_at_rate(
 
     Newton starts from `start` where given (positive, within the slot limit), else from the batch the
     zero-load step gives. Stable where the root exists within the slot limit. Rows Newton does not settle
-    fall back to the damped iteration of _steady_v (the same fixed point).
+    fall back to the grid and bisection of _steady_batch_v (the same fixed point).
     """
     demand = rate * r.output
     batch = demand * _search_step(r, role, np.zeros_like(demand))
@@ -2182,7 +2668,7 @@ def _batch_at_rate(
     unsettled = ~settled & (batch <= r.limit)
     if unsettled.any():
         rows = np.nonzero(unsettled[:, 0])[0]
-        fallback, fallback_batch, _ = _steady_v(r.take(rows), rate[rows], with_prefill=role != "decode")
+        fallback, fallback_batch = _steady_batch_v(r.take(rows), role, rate[rows])
         stable[rows] = fallback
         batch[rows] = fallback_batch
     return stable, batch
@@ -2222,7 +2708,11 @@ def _secant_guess(
         objectives.append((at_lo.ttft_p99, at_hi.ttft_p99, ttft_slo_ms))
     if role != "prefill":
         objectives.append(
-            (np.where(tpot, at_lo.step, at_lo.itl_p99), np.where(tpot, at_hi.step, at_hi.itl_p99), itl_slo_ms)
+            (
+                np.where(tpot, at_lo.tpot_p99, at_lo.itl_p99),
+                np.where(tpot, at_hi.tpot_p99, at_hi.itl_p99),
+                itl_slo_ms,
+            )
         )
     for lat_lo, lat_hi, bound in objectives:
         s_lo = (bound / (lat_lo * 1e3) - 1.0)[:, 0]
@@ -2238,7 +2728,7 @@ def _min_slack(
 ) -> FloatArray:
     """min over the objectives of objective / latency - 1: >= 0 exactly where _meets holds, -1 where the
     replica cannot keep up."""
-    itl = np.where(tpot, loads.step, loads.itl_p99) * 1e3
+    itl = np.where(tpot, loads.tpot_p99, loads.itl_p99) * 1e3
     slack_itl = itl_slo_ms / itl - 1.0
     slack_ttft = ttft_slo_ms / (loads.ttft_p99 * 1e3) - 1.0
     slack = (
@@ -2252,11 +2742,53 @@ def _min_slack(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """A search's answers as arrays over its rows, (Q,) each; `code` -1 where even a vanishing load misses
+    the SLO (`why` holds the reason), else the index of the binding reason in _BINDING_REASONS."""
+
+    rate: FloatArray
+    ttft_p99_ms: FloatArray
+    itl_p99_ms: FloatArray
+    ttft_p50_ms: FloatArray
+    itl_p50_ms: FloatArray
+    batch: FloatArray
+    chunk: FloatArray
+    code: npt.NDArray[np.int64]
+    why: dict[int, str]
+
+    def prediction(self, i: int, role: str, output_tokens: float) -> RatePrediction:
+        """Row `i` as a RatePrediction (what max_rates caches)."""
+        if self.code[i] < 0:
+            return _zero(self.why[i])
+        rate = float(self.rate[i])
+        chunk = float(self.chunk[i])
+        return RatePrediction(
+            max_rps=rate,
+            ttft_p99_ms=float(self.ttft_p99_ms[i]),
+            itl_p99_ms=float(self.itl_p99_ms[i]),
+            max_batch=max(1, round(float(self.batch[i]))),
+            output_tokens_per_s=rate * output_tokens if role != "prefill" else 0.0,
+            reason=_BINDING_REASONS[int(self.code[i])],
+            ttft_p50_ms=float(self.ttft_p50_ms[i]),
+            itl_p50_ms=float(self.itl_p50_ms[i]),
+            prefill_chunk_tokens=None if role == "decode" or math.isnan(chunk) else int(chunk),
+        )
+
+
 def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[RatePrediction]:
     """Highest SLO-meeting rate of each row, searched from a vanishing load (max_rps 0.0 and the reason when
     even that misses)."""
-    n = len(questions)
     ttft_slo, itl_slo, tpot = _slo_columns(questions)
+    found = _search_arrays(r, role, ttft_slo, itl_slo, tpot)
+    outputs = r.output[:, 0].tolist()
+    return [found.prediction(i, role, outputs[i]) for i in range(len(questions))]
+
+
+def _search_arrays(r: _Rows, role: str, ttft_slo: FloatArray, itl_slo: FloatArray, tpot: BoolArray) -> _Found:
+    """_search over rows with their SLO columns ((Q, 1) each), answers as arrays (the one implementation)."""
+    n = ttft_slo.shape[0]
+    all_ttft_slo, all_itl_slo = ttft_slo[:, 0].tolist(), itl_slo[:, 0].tolist()
     pre = _prefill_rows(r) if role == "prefill" else None
     ceiling = _ceiling(r, role, pre)
     low_rate = ceiling * 1e-6
@@ -2267,12 +2799,28 @@ def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[Rate
         low = _loads_at(r, role, batch, pre)
         low = dataclasses.replace(low, ok=low.ok & stable)
     low_meets = _meets(role, low, ttft_slo, itl_slo, tpot)
-    results: list[RatePrediction] = [_ZERO_PLACEHOLDER] * n
-    for i in np.nonzero(~low_meets[:, 0])[0]:
-        results[i] = _zero(_why_not(role, questions[int(i)].slo, _prediction(low, int(i))))
+    found = _Found(
+        rate=np.zeros(n),
+        ttft_p99_ms=np.zeros(n),
+        itl_p99_ms=np.zeros(n),
+        ttft_p50_ms=np.zeros(n),
+        itl_p50_ms=np.zeros(n),
+        batch=np.zeros(n),
+        chunk=np.full(n, math.nan),
+        code=np.full(n, -1, dtype=np.int64),
+        why={},
+    )
+    missed = np.nonzero(~low_meets[:, 0])[0]
+    if missed.size:
+        shape = low_meets.shape
+        kept = np.broadcast_to(low.ok, shape)[missed, 0].tolist()
+        ttft_ms = (np.broadcast_to(low.ttft_p99, shape)[missed, 0] * 1e3).tolist()
+        itl_ms = (np.broadcast_to(low.itl_p99, shape)[missed, 0] * 1e3).tolist()
+        for i, ok, ttft, itl in zip(missed.tolist(), kept, ttft_ms, itl_ms, strict=True):
+            found.why[i] = _why_not(role, all_ttft_slo[i], all_itl_slo[i], (ttft, itl) if ok else None)
     live = np.nonzero(low_meets[:, 0])[0]
     if live.size == 0:
-        return results
+        return found
     r = r.take(live)
     pre = None if pre is None else _take_prefill(pre, live)
     ttft_slo, itl_slo, tpot = ttft_slo[live], itl_slo[live], tpot[live]
@@ -2387,32 +2935,19 @@ def _search(r: _Rows, role: str, questions: Sequence[RateQuestion]) -> list[Rate
         above_ok & (above.ttft_p99[:, 0] * 1e3 > ttft_slo[:, 0]) if role != "decode" else above_ok & False
     )
     itl_binds = (
-        above_ok & (above.itl_p99[:, 0] * 1e3 > itl_slo[:, 0]) if role != "prefill" else above_ok & False
+        above_ok & (np.where(tpot, above.tpot_p99, above.itl_p99)[:, 0] * 1e3 > itl_slo[:, 0])
+        if role != "prefill"
+        else above_ok & False
     )
-    reasons = np.where(ttft_binds, 1, np.where(itl_binds, 2, 0)).tolist()
-    rates = best.rate[:, 0].tolist()
-    ttft99 = (best.ttft_p99[:, 0] * 1e3).tolist()
-    itl99 = (best.itl_p99[:, 0] * 1e3).tolist()
-    ttft50 = (best.ttft_p50[:, 0] * 1e3).tolist()
-    itl50 = (best.itl_p50[:, 0] * 1e3).tolist()
-    batches = best.batch[:, 0].tolist()
-    outputs = r.output[:, 0].tolist()
-    chunks = r.chunk[:, 0].tolist()
-    for k, row in enumerate(live.tolist()):
-        lo_rate = rates[k]
-        chunk = chunks[k]
-        results[row] = RatePrediction(
-            max_rps=lo_rate,
-            ttft_p99_ms=ttft99[k],
-            itl_p99_ms=itl99[k],
-            max_batch=max(1, round(batches[k])),
-            output_tokens_per_s=lo_rate * outputs[k] if role != "prefill" else 0.0,
-            reason=_BINDING_REASONS[reasons[k]],
-            ttft_p50_ms=ttft50[k],
-            itl_p50_ms=itl50[k],
-            prefill_chunk_tokens=None if role == "decode" or math.isnan(chunk) else int(chunk),
-        )
-    return results
+    found.code[live] = np.where(ttft_binds, 1, np.where(itl_binds, 2, 0))
+    found.rate[live] = best.rate[:, 0]
+    found.ttft_p99_ms[live] = best.ttft_p99[:, 0] * 1e3
+    found.itl_p99_ms[live] = best.itl_p99[:, 0] * 1e3
+    found.ttft_p50_ms[live] = best.ttft_p50[:, 0] * 1e3
+    found.itl_p50_ms[live] = best.itl_p50[:, 0] * 1e3
+    found.batch[live] = best.batch[:, 0]
+    found.chunk[live] = r.chunk[:, 0]
+    return found
 
 
 def _take_prefill(pre: _PrefillRows, index: npt.NDArray[np.intp]) -> _PrefillRows:
@@ -2460,15 +2995,17 @@ def _zero(reason: str) -> RatePrediction:
 _ZERO_PLACEHOLDER: Final = _zero("not searched")
 
 
-def _why_not(role: str, slo: LatencySlo, load: LoadPrediction | None) -> str:
-    """Explain why even a vanishing rate misses the SLO."""
-    if load is None:
+def _why_not(role: str, ttft_slo_ms: float, itl_slo_ms: float, load_ms: tuple[float, float] | None) -> str:
+    """Explain why even a vanishing rate misses the SLO (`load_ms`: TTFT and ITL p99 there, None when the
+    replica cannot keep up even there)."""
+    if load_ms is None:
         return "the replica cannot hold even one request of this size"
+    ttft_ms, itl_ms = load_ms
     parts = []
-    if role != "decode" and load.ttft_p99_ms > slo.ttft_p99_ms:
-        parts.append(f"TTFT p99 {load.ttft_p99_ms:.0f} ms > {slo.ttft_p99_ms:.0f} ms at zero load")
-    if role != "prefill" and load.itl_p99_ms > slo.itl_p99_ms:
-        parts.append(f"ITL p99 {load.itl_p99_ms:.1f} ms > {slo.itl_p99_ms:.1f} ms at zero load")
+    if role != "decode" and ttft_ms > ttft_slo_ms:
+        parts.append(f"TTFT p99 {ttft_ms:.0f} ms > {ttft_slo_ms:.0f} ms at zero load")
+    if role != "prefill" and itl_ms > itl_slo_ms:
+        parts.append(f"ITL p99 {itl_ms:.1f} ms > {itl_slo_ms:.1f} ms at zero load")
     return "; ".join(parts) or "SLO not met at zero load"
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 from placement import calibration, engine_version, perf
@@ -138,6 +138,28 @@ def assess(
             error += OUT_OF_RANGE_EXTRA_ERROR
             notes = (*notes, "outside the calibrated range: " + ", ".join(outside))
     return Trust(level, in_range, notes, round(error, 4))
+
+
+def assess_sizes(
+    config: perf.ReplicaConfig,
+    prompt_tokens: Sequence[float],
+    output_tokens: Sequence[float],
+    versioned: engine_version.VersionedEfficiency | None = None,
+) -> list[tuple[float, float]]:
+    """(typical error, derate) of `assess` for each size, without building a Trust per size (candidates
+    read these for every bucket and build the Trust of the least trusted one)."""
+    level, error, _, span = _assess_config(config, versioned)
+    trusted = level in ("measured", "calibrated", "engine-derived")
+    out = []
+    for prompt, output in zip(prompt_tokens, output_tokens, strict=True):
+        outside = span is not None and not (
+            span.prompt_tokens[0] <= prompt <= span.prompt_tokens[1]
+            and span.output_tokens[0] <= output <= span.output_tokens[1]
+            and span.tp[0] <= config.tp <= span.tp[1]
+        )
+        typical = round(error + OUT_OF_RANGE_EXTRA_ERROR if outside else error, 4)
+        out.append((typical, 1.0 if trusted else 1.0 / (1.0 + typical)))
+    return out
 
 
 @functools.lru_cache(maxsize=16384)

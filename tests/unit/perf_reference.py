@@ -277,6 +277,7 @@ class LoadPrediction:
     step_ms: float
     ttft_mean_ms: float = 0.0
     itl_mean_ms: float = 0.0
+    tpot_p99_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,27 +760,53 @@ def _prefill_budget(phys: _Physics, running: float) -> float | None:
     return float(chunk) - running if phys.engine.budget_counts_decode else float(chunk)
 
 
+STEADY_GRID_POINTS: Final = 16
+STEADY_BISECTION_STEPS: Final = 60
+
+
 def _steady_batch(
     phys: _Physics, workload: RequestSizes, rate: float, with_prefill: bool
 ) -> tuple[float, float] | None:
-    """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable."""
+    """Fixed point of Little's law B = λ · output · t(B): (batch, mean step seconds), None if unstable.
+
+    In steady state B decoding sequences share every iteration with the B / output prompts that replace
+    the finished ones, so t(B) is explicit; the smallest root within the slot limit is bracketed on a grid
+    and bisected.
+    """
     limit = _batch_limit(
         phys, workload.prompt_tokens, workload.output_tokens, phys.engine.reserves_full_sequence
     )
-    batch = 1.0
-    step = _decode_step(phys, batch, workload, 0.0, 0.0)
-    for _ in range(FIXED_POINT_STEPS):
-        prefill = rate * workload.prompt_tokens * step if with_prefill else 0.0
-        prompts = rate * step if with_prefill else 0.0
-        new_step = _decode_step(phys, max(batch, 1.0), workload, prefill, prompts)
-        new_batch = rate * workload.output_tokens * new_step
-        if new_batch > limit:
-            return None
-        if abs(new_batch - batch) <= 1e-6 * max(batch, 1.0) and abs(new_step - step) <= 1e-9:
-            return new_batch, new_step
-        batch, step = 0.5 * (batch + new_batch), new_step
-    # A slowly converging iteration means λ sits at the edge of stability: treat as unstable if it drifts.
-    return (batch, step) if batch <= limit else None
+
+    def step_at(batch: float) -> float:
+        if not with_prefill:
+            return _decode_step(phys, max(batch, 1.0), workload, 0.0, 0.0)
+        return _decode_step(
+            phys,
+            max(batch, 1.0),
+            workload,
+            batch * workload.prompt_tokens / workload.output_tokens,
+            batch / workload.output_tokens,
+        )
+
+    top = max(limit, 1.0)
+    demand = rate * workload.output_tokens
+    if demand <= 0.0:
+        return 0.0, step_at(0.0)
+    lo = 0.0
+    for k in range(1, STEADY_GRID_POINTS + 1):
+        hi = top * k / STEADY_GRID_POINTS
+        if hi - demand * step_at(hi) >= 0.0:
+            break
+        lo = hi
+    else:
+        return None
+    for _ in range(STEADY_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if mid - demand * step_at(mid) < 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return (hi, step_at(hi)) if hi <= limit else None
 
 
 def _queue_tail(
@@ -854,6 +881,9 @@ def _admission_wait(slots: float, offered: float, hold_s: float) -> tuple[float,
             return 0.0, 0.0
         p_wait = 1.0 / (1.0 + beta * _STANDARD_NORMAL.cdf(beta) / density)
     drain_rate = servers / hold_s - offered / hold_s
+    if drain_rate <= 0.0:
+        # Offered load within rounding of the slots: saturated, as the vectorized division by zero says.
+        return math.inf, math.inf
 
     def quantile(tail: float) -> float:
         return math.log(p_wait / tail) / drain_rate if p_wait > tail else 0.0
@@ -869,6 +899,37 @@ def _own_prefill(
     own = prompt / chunks
     tokens = own + min(others, max(budget - own, 0.0))
     return chunks * _decode_step(phys, running, workload, tokens, tokens / workload.prompt_tokens)
+
+
+def _tpot_p99(
+    phys: _Physics,
+    workload: RequestSizes,
+    rate: float,
+    batch: float,
+    step: float,
+    budget: float,
+    limit: float,
+    batch_varies: bool = True,
+) -> float:
+    """MLPerf's TPOT p99 (p99 over requests of each one's mean inter-token time), seconds (scalar twin).
+
+    The request-averaged batch (M/G/inf population averaged over one holding time: variance 2B/3, capped
+    at the slot limit) and the request-averaged prompt tokens per iteration (compound Poisson, variance
+    λ t E[L²] / output, capped by the budget), each at its p99 through the iteration time, in quadrature.
+    """
+    running = max(batch, 1.0)
+    prefill = min(rate * step * workload.prompt_tokens, max(budget, 0.0))
+    base = _decode_step(phys, running, workload, prefill, prefill / workload.prompt_tokens)
+    spread = Z_P99 * math.sqrt(rate * step * workload.prompt_second_moment / max(workload.output_tokens, 1.0))
+    prefill_hi = min(prefill + spread, max(budget, prefill))
+    from_prefill = (
+        _decode_step(phys, running, workload, prefill_hi, prefill_hi / workload.prompt_tokens) - base
+    )
+    from_batch = 0.0
+    if batch_varies:
+        batch_hi = min(running + Z_P99 * math.sqrt(2.0 * max(batch, 0.0) / 3.0), max(limit, running))
+        from_batch = _decode_step(phys, batch_hi, workload, prefill, prefill / workload.prompt_tokens) - base
+    return step + math.sqrt(max(from_prefill, 0.0) ** 2 + max(from_batch, 0.0) ** 2)
 
 
 def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPrediction | None:
@@ -918,6 +979,7 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
     itl_p99 = _decode_step(phys, running, workload, tokens_p99, tokens_p99 / mean_prompt)
     itl_p50 = _decode_step(phys, running, workload, tokens_p50, tokens_p50 / mean_prompt)
     itl_p99 = max(itl_p99, itl_p50)
+    tpot_p99 = _tpot_p99(phys, workload, rate, batch, step, budget, limit)
     return LoadPrediction(
         rate_rps=rate,
         batch=batch,
@@ -927,6 +989,7 @@ def _aggregated_load(phys: _Physics, workload: RequestSizes, rate: float) -> Loa
         itl_p99_ms=itl_p99 * 1e3,
         prefill_utilization=rho,
         step_ms=step * 1e3,
+        tpot_p99_ms=tpot_p99 * 1e3,
     )
 
 
@@ -1047,6 +1110,7 @@ def _decode_load(phys: _Physics, workload: RequestSizes, rate: float) -> LoadPre
         itl_p99_ms=step_p99 * 1e3,
         prefill_utilization=0.0,
         step_ms=step * 1e3,
+        tpot_p99_ms=_tpot_p99(phys, workload, rate, batch, step, 0.0, limit) * 1e3,
     )
 
 
@@ -1323,7 +1387,7 @@ def _search_rate(
         if load is None:
             return False
         ttft_ok = config.role == "decode" or load.ttft_p99_ms <= slo.ttft_p99_ms
-        itl_ms = load.step_ms if itl_is_tpot else load.itl_p99_ms
+        itl_ms = load.tpot_p99_ms if itl_is_tpot else load.itl_p99_ms
         itl_ok = config.role == "prefill" or itl_ms <= slo.itl_p99_ms
         return ttft_ok and itl_ok
 

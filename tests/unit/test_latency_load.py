@@ -141,3 +141,64 @@ def test_finite_run_inputs_are_checked() -> None:
         perf.latency_over_run(CONFIG, SIZES, -1.0, 10.0)
     with pytest.raises(perf.InvalidConfigError, match="concurrency"):
         perf.latency_at_concurrency(CONFIG, SIZES, 0)
+
+
+def test_mlperf_tpot_p99_is_above_the_mean_iteration_and_rises_with_load() -> None:
+    answers = [load(r) for r in (1.0, 10.0, 20.0, 30.0)]
+    for a in answers:
+        # A request's mean gap varies with the batch and the prompts its iterations carried.
+        assert a.tpot_p99_ms > a.step_ms
+    tpots = [a.tpot_p99_ms for a in answers]
+    assert tpots == sorted(tpots) and tpots[-1] > tpots[0]
+
+
+def test_tpot_p99_averages_out_over_longer_outputs() -> None:
+    """More iterations per request average more of the batch and prompt fluctuations away."""
+    spreads = []
+    for output in (50, 200, 800):
+        sizes = perf.RequestSizes(1000, output, prompt_tokens_p99=3000)
+        a = perf.latency_at_rate(CONFIG, sizes, 1000.0 / output)
+        assert a is not None
+        spreads.append(a.tpot_p99_ms / a.step_ms - 1.0)
+    assert spreads == sorted(spreads, reverse=True) and spreads[-1] < 0.5 * spreads[0]
+
+
+def test_a_decode_replica_s_tpot_p99_counts_the_batch_fluctuation() -> None:
+    config = perf.ReplicaConfig("llama-3.1-8b", "h100", "fp8", 1, "decode", engine="vllm")
+    a = perf.latency_at_rate(config, SIZES, 20.0)
+    assert a is not None
+    assert a.step_ms < a.tpot_p99_ms < a.itl_p99_ms
+
+
+def test_a_tpot_limit_binds_on_the_tpot_p99_not_on_the_mean_iteration() -> None:
+    """MLPerf's TPOT limit (itl_is_tpot): at the answer the TPOT p99 sits at the limit, the mean below it."""
+    limit_ms = 1.25 * load(1e-3).step_ms
+    slo = perf.LatencySlo(1e6, limit_ms)
+    answer = perf.max_rate_under_slo(
+        CONFIG, 1000, 200, slo, prompt_tokens_p99=3000, output_tokens_p99=600, itl_is_tpot=True
+    )
+    assert answer.reason == "itl_p99 binds"
+    at = load(answer.max_rps)
+    assert at.tpot_p99_ms <= limit_ms * (1 + 1e-3)
+    assert at.tpot_p99_ms == pytest.approx(limit_ms, rel=0.01)
+    assert at.step_ms < 0.99 * limit_ms
+    # Reading the limit as the mean iteration would have admitted a higher rate.
+    above = load(answer.max_rps * 1.02)
+    assert above.tpot_p99_ms > limit_ms
+
+
+def test_near_capacity_a_short_run_has_not_filled_the_batch_that_a_long_run_reaches() -> None:
+    """From idle the batch relaxes to its steady state slowly near saturation (time constant: the holding
+    time over 1 - B t'/t): a run of a few seconds measures a smaller batch and ITL than the steady state; a
+    long run the steady state itself; at half load a short run after a warm-up of a few holding times has
+    filled."""
+    capacity = perf.latency_at_concurrency(CONFIG, SIZES, 10_000).rate_rps  # type: ignore[union-attr]
+    rate = 0.97 * capacity
+    steady = load(rate)
+    short = perf.latency_over_run(CONFIG, SIZES, rate, 5.0, warmup_s=30.0)
+    long = perf.latency_over_run(CONFIG, SIZES, rate, 3000.0, warmup_s=1000.0)
+    assert short is not None and long is not None
+    assert short.batch < 0.9 * steady.batch and short.itl_mean_ms < steady.itl_mean_ms
+    assert long.batch == pytest.approx(steady.batch) and long.itl_mean_ms == pytest.approx(steady.itl_mean_ms)
+    half = perf.latency_over_run(CONFIG, SIZES, 0.5 * capacity, 5.0, warmup_s=30.0)
+    assert half is not None and half.itl_mean_ms == pytest.approx(load(0.5 * capacity).itl_mean_ms)
