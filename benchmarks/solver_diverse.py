@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,12 @@ def solve_main(argv: list[str]) -> None:
         ]
     from placement.solver import inputs, solve
 
-    problem = pickle.loads(Path(argv[0]).read_bytes())
+    loaded = pickle.loads(Path(argv[0]).read_bytes())
+    # Rebuilt through the constructor: a problem pickled before a field was added (--problems keeps
+    # pickles) then gets that field's default instead of an AttributeError.
+    problem = inputs.FleetProblem(
+        **{f.name: getattr(loaded, f.name) for f in fields(inputs.FleetProblem) if hasattr(loaded, f.name)}
+    )
     options = inputs.SolveOptions(time_limit_s=float(argv[1]))
     wall, cpu = time.perf_counter(), time.process_time()
     relaxed = False
@@ -131,20 +136,41 @@ def main() -> None:
     parser.add_argument("--previous", default=None, help="commit of the previous solver")
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--problems",
+        type=Path,
+        default=None,
+        help="directory keeping the pickled FleetProblems (problem-N.pickle): built once, reused after",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="solves of the current tree per fleet")
     args = parser.parse_args()
     rows = []
     with contextlib.ExitStack() as stack:
         prev = stack.enter_context(plan_speed.previous_tree(args.previous)) if args.previous else None
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chipfit-solver-")))
+        if args.problems is not None:
+            args.problems.mkdir(parents=True, exist_ok=True)
+            work = args.problems
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chipfit-solver-")))
         for n in args.services:
-            problem = work / f"problem-{n}.pickle"
-            row: dict[str, Any] = {"n": n, "fleet": build_problem(n, args.seed, problem)}
+            problem = work / f"problem-{n}-{args.seed}.pickle"
+            fleet_file = problem.with_suffix(".json")
+            if problem.exists() and fleet_file.exists():
+                fleet = json.loads(fleet_file.read_text())
+            else:
+                fleet = build_problem(n, args.seed, problem)
+                fleet_file.write_text(json.dumps(fleet))
+            row: dict[str, Any] = {"n": n, "fleet": fleet}
             print(f"[{n}] fleet: {json.dumps(row['fleet'])}", flush=True)
             if prev is not None:
                 row["previous"] = _run(prev, problem, args.time_limit)
                 print(f"[{n}] previous ({args.previous}): {json.dumps(row['previous'])}", flush=True)
-            row["current"] = _run(REPO, problem, args.time_limit)
-            print(f"[{n}] current: {json.dumps(row['current'])}", flush=True)
+            runs = [_run(REPO, problem, args.time_limit) for _ in range(args.runs)]
+            row["current"] = runs[0]
+            if len(runs) > 1:
+                row["current_runs"] = runs
+            for run in runs:
+                print(f"[{n}] current: {json.dumps(run)}", flush=True)
             rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

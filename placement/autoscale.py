@@ -419,15 +419,21 @@ def _solve(
     current: Mapping[inputs.CandidateKey, int],
     policy: Policy,
     penalty: float,
+    base: inputs.SolveOptions | None,
 ) -> allocation.Plan:
     """The fleet solve at the sized demand, warm-started from (and charged `penalty` per device-hour for
-    leaving) `current`, the surge of make-before-break priced."""
+    leaving) `current`, the surge of make-before-break priced.
+
+    `base`: how the planner solves (its method, gap, utilization cap, one chip per service...): the same
+    rules as the fleet's plan; only time, churn, surge and the on-demand floor are the policy's."""
     sized = replace(problem, services=tuple(demands), current_replicas=dict(current))
-    options = inputs.SolveOptions(
+    base = base or inputs.SolveOptions()
+    options = replace(
+        base,
         time_limit_s=policy.solve_time_limit_s,
         move_penalty_per_device_hour=penalty,
         surge_shortfall_price_factor=policy.surge_shortfall_price_factor,
-        on_demand_floor=policy.on_demand_floor,
+        on_demand_floor=max(base.on_demand_floor, policy.on_demand_floor),
     )
     return solve.solve(sized, options)
 
@@ -440,14 +446,15 @@ def _layout(
     penalty: float,
     only_running: bool,
     starting: bool,
+    base: inputs.SolveOptions | None = None,
 ) -> allocation.Plan:
     """The plan for one group of services (see decide: scale-down keeps to what runs unless a layout
     from scratch saves rebalance_min_saving; growth keeps what runs unless likewise)."""
     if only_running:
         kept = replace(sub, candidates=tuple(c for c in sub.candidates if mine.get(c.key, 0) > 0))
-        fresh = _solve(sub, group, mine, policy, 0.0)
+        fresh = _solve(sub, group, mine, policy, 0.0, base)
         try:
-            plan = _solve(kept, group, mine, policy, 0.0)
+            plan = _solve(kept, group, mine, policy, 0.0, base)
         except inputs.PlacementError:
             return fresh
         return (
@@ -455,12 +462,12 @@ def _layout(
             if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving)
             else plan
         )
-    plan = _solve(sub, group, mine, policy, penalty)
+    plan = _solve(sub, group, mine, policy, penalty, base)
     if not starting:
         # Growth from scratch too (churn cost charged): when adding to what runs leaves the fleet dearer
         # than a fresh layout by rebalance_min_saving, the fresh one is the target (new replicas first,
         # the replaced ones go once they are ready).
-        fresh = _solve(sub, group, mine, policy, policy.move_penalty_per_device_hour)
+        fresh = _solve(sub, group, mine, policy, policy.move_penalty_per_device_hour, base)
         if fresh.price_per_hour < plan.price_per_hour * (1.0 - policy.rebalance_min_saving):
             return fresh
     return plan
@@ -553,6 +560,7 @@ def decide(
     policy: Policy | None = None,
     *,
     starting: Mapping[inputs.CandidateKey, int] | None = None,
+    options: inputs.SolveOptions | None = None,
 ) -> Decision:
     """One autoscaling decision for the fleet.
 
@@ -567,6 +575,9 @@ def decide(
     more, the services that change are re-solved together on what the others leave free, warm-started
     from (and charged the move penalty for leaving) what runs. Decreases wait while replicas of the
     service are starting and for `reversal_window_s` after its last increase.
+
+    `options`: how the planner solves (the operator passes its planner's, so a decision follows the same
+    rules as the spec-sized plan); the policy sets time limit, churn cost, surge price and on-demand floor.
     """
     policy = policy or Policy()
     starting = starting or {}
@@ -644,9 +655,11 @@ def decide(
         if idle and mine:
             notes[sid].append(f"no traffic for {policy.idle_to_zero_s:.0f} s: scale to zero")
             mode[sid] = "idle"
-        elif not mine and t.scale_to_zero and rate <= 0.0:
-            # At zero with no demand (the activator counts none): an opted-in service stays at zero; the
-            # replica floor would otherwise wake it for one idle period.
+        elif not mine and t.scale_to_zero and rate <= 0.0 and not (obs.waiting or 0.0) > 0.0:
+            # At zero with no demand (the activator counts none and holds none): an opted-in service stays
+            # at zero; the replica floor would otherwise wake it for one idle period. A held request is
+            # demand even when no rate shows yet (a counter born at its first request has no increase
+            # for rate() to see).
             held[sid] = "no demand and no replica: stays at zero"
             continue
         elif pending and rate <= capacity:
@@ -753,6 +766,7 @@ def decide(
                     penalty,
                     only_running,
                     starting_now[group[0].id],
+                    options,
                 )
             except inputs.PlacementError as error:
                 failure = str(error)

@@ -305,7 +305,16 @@ class Autoscaler:
         for key, n in lost.items():
             logger.info("%s: %d replica(s) on %s lost their nodes (reclaimed?)", key.service, n, key.pool)
         decision = autoscale.decide(
-            cset.problem, traits, self.state, observations, current, now_s, self.policy, starting=starting
+            cset.problem,
+            traits,
+            self.state,
+            observations,
+            current,
+            now_s,
+            self.policy,
+            starting=starting,
+            # The planner's solve rules (the fleet's: chipfit.handlers.solve_options), the policy's churn.
+            options=self.planner.options,
         )
         self.state = decision.state
         cands = {c.key: c for c in cset.problem.candidates}

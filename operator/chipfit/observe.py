@@ -323,6 +323,10 @@ def read_role(query: QueryFn, q: Queries) -> RoleSignals:
 GATEWAY_REQUESTS = "chipfit_activator_requests_total"
 GATEWAY_PENDING = "chipfit_activator_pending_requests"
 GATEWAY_COLD_START = "chipfit_activator_last_cold_start_seconds"
+# Unlabelled gauge every activator exports (the services it tracks): Prometheus has it while an activator
+# is scraped. A shared activator makes a service's series on its first request, so with an activator up
+# and no series of a service, no request for it has come: a zero rate, not missing data.
+GATEWAY_SERVICES = "chipfit_activator_services"
 GATEWAY_NAMESPACE_LABEL = "inference_namespace"
 GATEWAY_SERVICE_LABEL = "inference_service"
 
@@ -337,22 +341,27 @@ class GatewaySignals:
     error: str | None = None
 
 
-def gateway_queries(namespace: str, service: str, window: str = DEFAULT_WINDOW) -> tuple[str, str, str]:
-    """PromQL of (request rate, held requests, last cold start) at the service's activator."""
+def gateway_queries(namespace: str, service: str, window: str = DEFAULT_WINDOW) -> tuple[str, str, str, str]:
+    """PromQL of (request rate, held requests, last cold start, activators up) at the service's
+    activator."""
     sel = f'{GATEWAY_NAMESPACE_LABEL}="{namespace}", {GATEWAY_SERVICE_LABEL}="{service}"'
     return (
         f"sum(rate({GATEWAY_REQUESTS}{{{sel}}}[{window}]))",
         f"sum({GATEWAY_PENDING}{{{sel}}})",
         f"max({GATEWAY_COLD_START}{{{sel}}})",
+        f"count({GATEWAY_SERVICES})",
     )
 
 
-def read_gateway(query: QueryFn, queries_: tuple[str, str, str]) -> GatewaySignals:
-    """Run the activator's queries; an I/O error is reported, never raised."""
+def read_gateway(query: QueryFn, queries_: tuple[str, str, str, str]) -> GatewaySignals:
+    """Run the activator's queries; an I/O error is reported, never raised. With an activator up but no
+    series of this service (no request for it since the activator started), the rate is zero."""
     try:
-        rate, pending, cold = (_scalar(query(q)) for q in queries_)
+        rate, pending, cold, up = (_scalar(query(q)) for q in queries_)
     except Exception as error:
         return GatewaySignals(error=f"{type(error).__name__}: {error}"[:300])
+    if rate is None and pending is None and up:
+        rate, pending = 0.0, 0.0
     return GatewaySignals(rate, pending, cold if cold else None)
 
 

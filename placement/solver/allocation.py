@@ -112,8 +112,9 @@ class Plan:
     # "restricted-milp": HiGHS's bound on the pruned MILP only (not a bound for the full problem);
     # "per-service": decompose's sum of per-service bounds (capacity ignored: valid, weaker);
     # "dantzig-wolfe": the master LP over per-service plans plus the pricing bounds (dantzig_wolfe);
-    # "lagrangian": pool capacity relaxed at the LP's shadow prices, each service's integer optimum
-    # bounded alone (primal.lagrangian_bound: at least the full LP bound).
+    # "lagrangian": pool capacity relaxed at pool prices (the LP's, then the heuristic master's LP's), each
+    # service's integer optimum bounded alone (primal.lagrangian_bound). Over the plans serving every
+    # service all it can: a service its own budget, ceiling or the pools' size keeps short counts as served.
     bound_source: BoundSource = "milp"
 
     def service(self, service_id: str) -> ServiceAllocation:

@@ -120,6 +120,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             problem.pools,
             tuple(by_service[s.id]),
             {k: v for k, v in problem.current_replicas.items() if k.service == s.id},
+            {k: v for k, v in problem.replica_bounds.items() if k.service == s.id},
         )
         model = formulation.build(sub, exact)
         unmet = np.zeros_like(model.c)

@@ -64,8 +64,14 @@ def run(
     extra_rows: Sequence[tuple[NDArray[np.float64], float]],
     options: inputs.SolveOptions,
     deadline: float,
+    node_limit: int | None = None,
 ) -> Run | None:
-    """Solve with these objective and upper bounds; None when infeasible, SolverError when HiGHS fails."""
+    """Solve with these objective and upper bounds; None when infeasible, SolverError when HiGHS fails.
+
+    `node_limit` (branch-and-bound nodes) is a deterministic work limit: the same input then gives the
+    same answer however busy the machine is, as long as the wall-clock `deadline` (a safety net) is not
+    reached first.
+    """
     if c.size == 0:
         # Nothing to decide (no traffic, no candidates): the empty plan is optimal.
         return Run(x=np.zeros(0), objective=0.0, bound=0.0, optimal=True)
@@ -73,13 +79,20 @@ def run(
     for row, hi in extra_rows:
         constraints.append(LinearConstraint(row.reshape(1, -1), -math.inf, hi))
     remaining = max(deadline - time.perf_counter(), 1.0)
+    settings: dict[str, float | bool | int] = {
+        "time_limit": remaining,
+        "mip_rel_gap": options.mip_rel_gap,
+        "presolve": True,
+    }
+    if node_limit is not None:
+        settings["node_limit"] = node_limit
     with _quiet_stdout():
         res: OptimizeResult = milp(
             c,
             constraints=constraints,
             integrality=model.integrality,
             bounds=Bounds(model.var_lo, var_hi),
-            options={"time_limit": remaining, "mip_rel_gap": options.mip_rel_gap, "presolve": True},
+            options=settings,
         )
     if res.status == MILP_INFEASIBLE:
         return None
@@ -101,11 +114,13 @@ def run_from(
     start: Sequence[tuple[int, float]],
     options: inputs.SolveOptions,
     deadline: float,
+    node_limit: int | None = None,
 ) -> Run | None:
     """The MILP from a known plan: HiGHS (highspy, which takes a start; scipy's milp takes none) completes
     the partial solution `start` (column, value) by an LP and improves on it until the deadline.
 
-    As `run`: None when the problem is infeasible, SolverError when HiGHS stops without a solution.
+    As `run`: None when the problem is infeasible, SolverError when HiGHS stops without a solution;
+    `node_limit` is the deterministic work limit.
     """
     import highspy  # the official HiGHS binding: a warm start is what it adds to scipy's interface
 
@@ -135,6 +150,8 @@ def run_from(
         h.setSolution(len(cols), cols, values)
         h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
         h.setOptionValue("mip_rel_gap", options.mip_rel_gap)
+        if node_limit is not None:
+            h.setOptionValue("mip_max_nodes", node_limit)
         h.run()
     info = h.getInfo()
     solution = h.getSolution()

@@ -14,13 +14,25 @@ services x 41 pools, no incumbent in 60 s). This builds one directly:
 3. Repair and improvement: a service left short has other services moved off its pools (when they can
    go elsewhere whole); then each service in turn is planned again at the true prices in what the others
    leave, keeping the new plan only when it serves no less and costs less.
-4. Polish (up to POLISH_MAX_SERVICES): HiGHS, through highspy (scipy's milp takes no start), runs the
-   all-served MILP over the LP's columns and the plan's own, started from the plan; kept only if cheaper.
-5. Bound: the Lagrangian bound (`lagrangian_bound`: pool capacity relaxed at the LP's shadow prices, each
-   service's integer optimum bounded alone), or the LP bound when that is higher. Claimed only for a plan
-   that serves every coverable request (it bounds those plans); otherwise the gap is unknown (NaN).
+4. Pricing rounds and the master (price-and-branch): every plan of a service met so far is a column;
+   more come from each service's cheapest plan alone at the true prices, and, per round, at the pool
+   prices of the round (the LP's duals first, then the master LP's: Dantzig-Wolfe): its vectorised plan
+   and, for the BOUND_MAX_MILPS services with most at stake, its exact one-service MILP over all its
+   candidates, whose dual bounds give the round's Lagrangian bound. A set-partitioning MILP (one column
+   per service, pool capacity; highspy, started from the heuristic's plan) then picks the cheapest
+   combination that serves every service no less than the heuristic did.
+5. Polish (up to POLISH_MAX_SERVICES): HiGHS runs the all-served MILP over the LP's columns and the plan's
+   own, started from the plan; kept only if cheaper.
+6. Bound: the best Lagrangian bound of the rounds (pool capacity relaxed at the round's prices, each
+   service's integer optimum bounded alone), or the LP bound when that is higher. Claimed for a plan that
+   serves every coverable request; or, when services are short, if each is short only by its own limits
+   (its budget, replica ceiling or the pools' size: its own MILP proves it cannot be served more even
+   with every pool to itself: `_least_unmet`), over the plans serving every service all it can.
+   Otherwise the gap is unknown (NaN).
 
-Every exact step has a time share and a cap in seconds (the time limit is wall-clock).
+Work limits, not wall-clock caps (node limits per MILP, counted one-service MILPs, fixed rounds): the
+same input gives the same plan and bound however busy the machine is. The time limit is a safety net
+only; a solve that reaches it is cut short and is no longer reproducible.
 
 Pool capacity: a pool whose TP sizes do not pack by device count (12-core nodes with TP 8) counts each
 replica as dpn / floor(dpn / tp) devices (a TP-8 replica takes a whole 12-core node), which packs by
@@ -31,10 +43,13 @@ bound uses the plain device count (a relaxation), so it stays valid.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,10 +60,13 @@ from placement.solver import allocation, colgen, decompose, formulation, highs, 
 # whole-replica single plans, and per bucket the cheapest per req/s and the cheapest to carry it alone.
 SHORTLIST_SINGLES = 4
 SHORTLIST_PER_BUCKET = 2
-# Share of the time limit the exact one-service MILPs may use (the rest is the LP, the vectorised plans and
-# the improvement pass); and a cap in seconds, since a plan in seconds is the point of this path.
-EXACT_TIME_SHARE = 0.25
-EXACT_TIME_CAP_S = 10.0
+# Work limits, not wall-clock caps: the same input gives the same plan however busy the machine is. The
+# time limit stays a safety net only (every step stops at it; a plan cut short there is not reproducible).
+# Branch-and-bound nodes per one-service MILP (a service's own MILP over its shortlist solves in a few
+# hundred nodes at most; at the limit HiGHS returns its incumbent).
+EXACT_NODE_LIMIT = 500
+# One-service MILPs the placement, repair and improvement may run in all (then vectorised plans only).
+EXACT_MAX_MILPS = 400
 # Relative gap of each one-service MILP (a service's own optimum; the fleet's bound is the LP's).
 EXACT_MIP_GAP = 1e-3
 # Services get the exact MILP, largest LP cost first, until this share of the fleet's LP cost is covered.
@@ -56,14 +74,24 @@ EXACT_COST_SHARE = 0.9
 # Unmet req/s in a one-service MILP that cannot serve everything costs this multiple of the dearest
 # $/(req/s) of its candidates: it serves what fits first, then saves.
 UNMET_WEIGHT = 100.0
-# The Lagrangian bound's exact one-service MILPs (all candidates) get this share of the time limit, capped.
-BOUND_TIME_SHARE = 0.25
-BOUND_TIME_CAP_S = 10.0
+# The Lagrangian bound's exact one-service MILPs (all candidates), largest gap first: at most this many,
+# each with this node limit (the rest use the closed form).
+BOUND_MAX_MILPS = 400
+BOUND_NODE_LIMIT = 200
 # Up to this many services, HiGHS polishes the heuristic plan (the MILP over the columns the LP keeps and
-# the plan's own, started from the plan: highspy) for this share of the time limit.
-POLISH_MAX_SERVICES = 500
-POLISH_TIME_SHARE = 0.4
-POLISH_TIME_CAP_S = 10.0
+# the plan's own, started from the plan: highspy) for this many branch-and-bound nodes.
+POLISH_MAX_SERVICES = 30
+POLISH_NODE_LIMIT = 500
+# The master over every plan the heuristic met (one per service, pool capacity; highspy from the plan):
+# branch-and-bound nodes.
+MASTER_NODE_LIMIT = 5000
+# Pricing rounds (Dantzig-Wolfe on the master's LP prices) before the master MILP.
+PRICE_ROUNDS = 3
+# A plan leaving services short still gets a bound when each is short only by its own limits (budget,
+# ceiling, pool size), proven by its own MILP within this many nodes at this gap; at most this many.
+LIMITED_NODE_LIMIT = 2000
+LIMITED_MIP_GAP = 1e-9
+LIMITED_MAX_SERVICES = 100
 # Placement passes at most (each puts the services the previous one left short first in their level).
 PLACEMENT_PASSES = 4
 
@@ -87,6 +115,16 @@ class _Svc:
     # Buckets each mode can serve (an aggregated replica, or a prefill and a decode one).
     agg_ok: NDArray[np.bool_] | None = None
     pd_ok: NDArray[np.bool_] | None = None
+    # Every plan of this service met on the way (by its replicas), for the master (`_master`).
+    columns: dict[tuple[tuple[str, str, str, int, int], ...], _Choice] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    """What is left of the deterministic work budget, and the wall-clock safety net."""
+
+    exact_left: int
+    deadline: float
 
 
 def applicable(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> bool:
@@ -117,6 +155,16 @@ def _effective_sizes(problem: inputs.FleetProblem) -> dict[tuple[str, int], floa
         else:
             out.update({(p.id, t): float(dpn) for t in tps})  # one replica per node
     return out
+
+
+def _trace(label: str, services: Sequence[_Svc]) -> None:
+    """With CHIPFIT_PRIMAL_TRACE set: the plan's $/h and shortfall after each step, CPU seconds, on stderr
+    (how benchmarks/REPORT_solver.md (e) traced where the gap closes)."""
+    if os.environ.get("CHIPFIT_PRIMAL_TRACE"):
+        cost = sum(s.plan.price_per_hour for s in services if s.plan is not None)
+        short = sum(s.short for s in services)
+        cpu = time.process_time()
+        print(f"[primal] {label}: cpu {cpu:.1f} ${cost:.2f} short {short:.3f}", file=sys.stderr)
 
 
 def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocation.Plan:
@@ -154,7 +202,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
         reserved = np.where(outside, np.inf, shadow)
 
     services = _services(problem, price, options.on_demand_floor > 0.0)
-    exact_deadline = started + min(EXACT_TIME_SHARE * options.time_limit_s, EXACT_TIME_CAP_S)
+    work = _Work(EXACT_MAX_MILPS, deadline)
     # Who gets the exact MILP: budgets first (a budget binds only there), then the largest, until
     # EXACT_COST_SHARE of the fleet's cost is covered.
     total = sum(s.lp_cost for s in services) or 1.0
@@ -184,11 +232,10 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             ),
         )
         for svc in order:
-            use_exact = svc.exact and time.perf_counter() < exact_deadline
-            _place(problem, svc, reserved, price, eff, pidx, left, options, use_exact, deadline, True)
+            _place(problem, svc, reserved, price, eff, pidx, left, options, svc.exact, work, True)
             if svc.short > allocation.unmet_tolerance(svc.demand):
                 # Its LP pools are full: any pool, at the shadow prices.
-                _place(problem, svc, shadow, price, eff, pidx, left, options, use_exact, deadline, False)
+                _place(problem, svc, shadow, price, eff, pidx, left, options, svc.exact, work, False)
         short = sum(svc.short for svc in services)
         cost = sum(svc.plan.price_per_hour for svc in services if svc.plan is not None)
         if best is None or (short, cost) < best[:2]:
@@ -201,6 +248,7 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
             break
         first_of |= late
     assert best is not None
+    _trace(f"passes: best ${best[1]:.2f} short {best[0]:.3f}", services)
     left = capacity.copy()
     for svc, (chosen,) in zip(services, best[2], strict=True):
         if chosen is not None:
@@ -211,32 +259,82 @@ def solve(problem: inputs.FleetProblem, options: inputs.SolveOptions) -> allocat
     # elsewhere whole.
     for svc in sorted(services, key=lambda s: (-s.demand.priority, s.index)):
         if svc.short > allocation.unmet_tolerance(svc.demand) and time.perf_counter() < deadline:
-            _evict_for(problem, svc, services, price, eff, pidx, left, options, deadline)
+            _evict_for(problem, svc, services, price, eff, pidx, left, options, work)
     # Improvement at the true prices, largest first, in what the others leave.
     for svc in sorted(services, key=lambda s: -s.lp_cost):
         if time.perf_counter() > deadline:
             break
-        _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, deadline, False)
+        _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
 
+    _trace("improved", services)
+    # More plans per service for the master: the cheapest alone at the true and at the shadow prices (pool
+    # capacity is the master's to enforce), and each service's exact optimum at the shadow prices (the
+    # Lagrangian bound's one-service MILPs, over all candidates).
+    # Then rounds of Dantzig-Wolfe pricing: the master LP's pool prices give every service its best plan
+    # at those prices (a column), and the Lagrangian bound at them (the best over the rounds is kept).
+    tp = np.array([c.tp for c in cands], dtype=np.float64)
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None] = {}
+    ctx = _BoundContext(problem, options, deadline, eff, pidx, cache)
+    # Services still short: the least each must leave unserved even with every pool to itself (its own
+    # budget, ceiling or the pools' size), proven by its own MILP. The bound is then over the plans serving
+    # every service all it can; it is claimed only if this plan is one of them.
+    floors: dict[int, float] = {}
+    short_ones = [svc for svc in services if svc.short > allocation.unmet_tolerance(svc.demand)]
+    for svc in short_ones[:LIMITED_MAX_SERVICES]:
+        least = _least_unmet(ctx, svc)
+        if least is not None:
+            floors[svc.index] = least
+    vectorised = [svc for svc in services if not _must_exact(problem, svc, options)]
+    for svc in vectorised:
+        _remember(svc, _vector_plan(problem, svc, price, eff, pidx, capacity.copy()))
+    best_bound: _Lagrangian | None = None
+    pi = duals
+    for _round in range(PRICE_ROUNDS):
+        at = price - pi[pidx] * tp
+        round_bound = lagrangian_bound(ctx, services, pi, at, floors)
+        if best_bound is None or round_bound.value > best_bound.value:
+            best_bound = round_bound
+        for svc in vectorised:
+            _remember(svc, _vector_plan(problem, svc, at, eff, pidx, capacity.copy()))
+        for svc in services:
+            if svc.index in round_bound.optima:
+                _remember(svc, round_bound.optima[svc.index])
+        _trace(f"round {_round}: bound {round_bound.value:.2f}", services)
+        nxt = _master_prices(problem, services, capacity, options, deadline)
+        if nxt is None or np.allclose(nxt, pi) or time.perf_counter() > deadline:
+            break
+        pi = nxt
+    if _master(problem, services, capacity, options, deadline):
+        _trace("master", services)
+        left = capacity.copy()
+        for svc in services:
+            for p, d in (svc.usage or {}).items():
+                left[p] -= d
+        # The master may have freed room: one more improvement pass at the true prices.
+        for svc in sorted(services, key=lambda s: -s.lp_cost):
+            if time.perf_counter() > deadline:
+                break
+            _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
+
+    _trace("after master", services)
     plans = [svc.plan for svc in services if svc.plan is not None]
     # The LP bound is a bound on plans serving every coverable request: claimed only for such a plan.
     served_all = all(svc.short <= allocation.unmet_tolerance(svc.demand) for svc in services)
     if served_all and len(services) <= POLISH_MAX_SERVICES:
-        polish_deadline = min(
-            deadline, time.perf_counter() + min(POLISH_TIME_SHARE * options.time_limit_s, POLISH_TIME_CAP_S)
-        )
-        better = _polish(problem, pruned, plans, options, polish_deadline)
+        better = _polish(problem, pruned, plans, options, deadline)
         if better is not None:
             plans = better
+        _trace(f"polish {sum(p.price_per_hour for p in plans):.2f}", services)
     bound = pruned.full_lp_bound if pruned.full_lp_bound is not None and served_all else math.nan
     source: allocation.BoundSource = "full-lp" if not math.isnan(bound) else "none"
-    if not math.isnan(bound):
-        bound_deadline = time.perf_counter() + min(BOUND_TIME_SHARE * options.time_limit_s, BOUND_TIME_CAP_S)
-        lagrangian = lagrangian_bound(
-            problem, services, duals, shadow, options, min(deadline, bound_deadline)
-        )
-        if lagrangian > bound:
-            bound, source = lagrangian, "lagrangian"
+    lagrangian = best_bound.value if best_bound is not None else -math.inf
+    # The Lagrangian bound covers the plans serving every service all it can (no more than its floor
+    # unserved): claimed when this plan is one of them.
+    all_it_can = all(
+        svc.short <= floors.get(svc.index, 0.0) + allocation.unmet_tolerance(svc.demand) for svc in services
+    )
+    if all_it_can and lagrangian > (-math.inf if math.isnan(bound) else bound):
+        bound, source = lagrangian, "lagrangian"
     return allocation.assemble(
         pools,
         plans,
@@ -285,6 +383,7 @@ def _services(
                     for k in _shortlist(caps[sub], price[idx][sub], rates * ok[role], per_rps[sub])
                 }
             picked |= {k for k, i in enumerate(idx) if problem.candidates[i].key in running}
+            picked |= {k for k, i in enumerate(idx) if problem.candidates[i].key in problem.replica_bounds}
             kept[role] = [idx[k] for k in sorted(picked)]
         agg_ok = ok["aggregated"]
         pd_ok = ok["prefill"] & ok["decode"]
@@ -358,6 +457,11 @@ class _Choice:
     usage: dict[int, float]
     short: float
 
+    @property
+    def usage_key(self) -> list[tuple[str, str, str, int, int]]:
+        """The plan's replicas per configuration (pool, role, precision, tp, replicas): its identity."""
+        return [(a.pool, a.role, a.precision, a.tp, a.replicas) for a in self.plan.assignments]
+
 
 def _place(
     problem: inputs.FleetProblem,
@@ -369,27 +473,24 @@ def _place(
     left: NDArray[np.float64],
     options: inputs.SolveOptions,
     exact: bool,
-    deadline: float,
+    work: _Work,
     first: bool,
 ) -> None:
     """Plan one service in what is left of the pools (first time), or re-plan it and keep the better."""
     if svc.usage:
         for p, d in svc.usage.items():
             left[p] += d
-    # A budget, or a stability penalty on what runs, is only known to the exact one-service MILP.
-    must_exact = (
-        svc.demand.max_dollars_per_hour is not None
-        or options.on_demand_floor > 0.0
-        or (
-            options.move_penalty_per_device_hour > 0.0
-            and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
-        )
-    )
+    must_exact = _must_exact(problem, svc, options)
     choice = None
-    if exact or must_exact:
-        choice = _exact_plan(problem, svc, score, price, eff, pidx, left, options, deadline)
+    if must_exact or (exact and work.exact_left > 0):
+        work.exact_left -= 1
+        choice = _exact_plan(problem, svc, score, price, eff, pidx, left, options, work.deadline)
     if choice is None:
         choice = _vector_plan(problem, svc, score, eff, pidx, left)
+        if not must_exact:
+            _remember(svc, choice)
+    else:
+        _remember(svc, choice)
     old = None if first or svc.plan is None else _Choice(svc.plan, svc.usage or {}, svc.short)
     tol = allocation.unmet_tolerance(svc.demand)
     if old is not None and not (
@@ -400,6 +501,21 @@ def _place(
     for p, d in choice.usage.items():
         left[p] -= d
     svc.plan, svc.usage, svc.short = choice.plan, choice.usage, choice.short
+
+
+def _must_exact(problem: inputs.FleetProblem, svc: _Svc, options: inputs.SolveOptions) -> bool:
+    """A budget, an on-demand floor, per-configuration replica bounds (FleetProblem.replica_bounds), or a
+    stability penalty on what runs: only the exact one-service MILP (formulation.build) knows them, so the
+    vectorised plans are no plans for this service."""
+    return (
+        svc.demand.max_dollars_per_hour is not None
+        or options.on_demand_floor > 0.0
+        or any(key.service == svc.demand.id for key in problem.replica_bounds)
+        or (
+            options.move_penalty_per_device_hour > 0.0
+            and any(problem.candidates[i].key in problem.current_replicas for i in svc.all_cands)
+        )
+    )
 
 
 def _fits(
@@ -591,6 +707,7 @@ def _exact_plan(
         problem.pools,
         tuple(cands),
         {k: v for k, v in problem.current_replicas.items() if k.service == s.id},
+        {k: v for k, v in problem.replica_bounds.items() if k.service == s.id},
     )
     opts = replace(
         options,
@@ -619,9 +736,9 @@ def _exact_plan(
     for (_sid, b), col in model.u_index.items():
         if (s.id, b) not in model.uncoverable:
             unmet[col] = s.bucket_rps[b]
-    end = min(deadline, time.perf_counter() + max(1.0, options.time_limit_s))
+    end = deadline
     try:
-        run = highs.run(model, c, var_hi, extra, opts, end)
+        run = highs.run(model, c, var_hi, extra, opts, end, EXACT_NODE_LIMIT)
         if run is None:
             # Not everything fits (or a budget rules it out): serve what fits first, then save.
             var_hi = var_hi.copy()
@@ -633,7 +750,15 @@ def _exact_plan(
                 dearest = float(
                     np.max(np.where(caps > 0.0, prices[:, None] / np.where(caps > 0.0, caps, 1.0), 0.0))
                 )
-            run = highs.run(model, c + UNMET_WEIGHT * max(dearest, 1.0) * unmet, var_hi, extra, opts, end)
+            run = highs.run(
+                model,
+                c + UNMET_WEIGHT * max(dearest, 1.0) * unmet,
+                var_hi,
+                extra,
+                opts,
+                end,
+                EXACT_NODE_LIMIT,
+            )
     except inputs.SolverError:
         return None
     if run is None:
@@ -661,7 +786,7 @@ def _evict_for(
     pidx: NDArray[np.int64],
     left: NDArray[np.float64],
     options: inputs.SolveOptions,
-    deadline: float,
+    work: _Work,
 ) -> None:
     """Move other services off the pools `svc` can use, then plan `svc` again.
 
@@ -677,13 +802,13 @@ def _evict_for(
     movers.sort(key=lambda t: t.lp_cost)
     elsewhere = np.where(closed, np.inf, price)
     for t in movers:
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > work.deadline:
             break
         was = t.short
-        _place(problem, t, elsewhere, price, eff, pidx, left, options, t.exact, deadline, False)
+        _place(problem, t, elsewhere, price, eff, pidx, left, options, t.exact, work, False)
         if t.short > was + allocation.unmet_tolerance(t.demand):
             continue  # _place keeps the old plan when the new one serves less
-    _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, deadline, False)
+    _place(problem, svc, price, price, eff, pidx, left, options, svc.exact, work, False)
     if svc.short < old_short - allocation.unmet_tolerance(svc.demand):
         return
     # No gain: undo every move.
@@ -692,53 +817,346 @@ def _evict_for(
         t.plan, t.usage, t.short = before[id(t)]
 
 
+@dataclass(frozen=True)
+class _BoundContext:
+    """What the one-service MILPs of the bound share within one solve."""
+
+    problem: inputs.FleetProblem
+    options: inputs.SolveOptions
+    deadline: float
+    eff: NDArray[np.float64]
+    pidx: NDArray[np.int64]
+    cache: dict[int, tuple[inputs.FleetProblem, formulation.Model] | None]
+    by_key: dict[inputs.CandidateKey, int] = field(default_factory=dict)
+    owned: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i, c in enumerate(self.problem.candidates):
+            self.by_key[c.key] = i
+            self.owned.setdefault(c.service, []).append(i)
+
+    @property
+    def opts(self) -> inputs.SolveOptions:
+        return replace(
+            self.options,
+            max_candidates_per_bucket=None,
+            mip_rel_gap=max(self.options.mip_rel_gap, EXACT_MIP_GAP),
+        )
+
+
 def lagrangian_bound(
-    problem: inputs.FleetProblem,
+    ctx: _BoundContext,
     services: Sequence[_Svc],
     duals: NDArray[np.float64],
     shadow: NDArray[np.float64],
-    options: inputs.SolveOptions,
-    deadline: float,
-) -> float:
-    """A lower bound on every plan serving all coverable demand: pool capacity relaxed at prices pi.
+    floors: Mapping[int, float],
+) -> _Lagrangian:
+    """A lower bound on every plan serving every service all it can: pool capacity relaxed at prices pi.
 
     For any pi <= 0, L(pi) = pi . capacity + sum_s v_s(pi), v_s(pi) the least a service can pay alone with
     its replicas priced at price_c - pi_p tp_c, bounds the fleet's optimum from below (Lagrangian
     relaxation of the pools' device counts, which every plan obeys). pi = the LP's pool duals makes it at
     least the LP bound once v_s is the service's integer optimum: it knows that 0.3 of a replica costs
     one. v_s is bounded from below two ways: HiGHS's dual bound on the service's own MILP over all its
-    candidates (largest services first, while time lasts), else `_cheap_bound` (closed form).
+    candidates (largest gap between its plan and its closed form first, BOUND_MAX_MILPS of them, each
+    within BOUND_NODE_LIMIT nodes: a work limit, so the bound does not depend on the machine's load), else
+    `_cheap_bound` (closed form). A service in `floors` (it cannot be served in full even alone) may leave
+    that many req/s unserved: its MILP says so (it always runs), and 0 is its closed form.
+
+    Returns the bound and, per service index, the plan those MILPs found (with its effective devices per
+    pool): the service's best plan at these prices, a column for the master.
     """
+    problem = ctx.problem
     capacity = np.array([float(p.devices_total) for p in problem.pools])
     total = float(duals @ capacity)
-    by_key = {c.key: i for i, c in enumerate(problem.candidates)}
-    owned: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(problem.candidates):
-        owned[c.service].append(i)
-    cheap = {svc.index: _cheap_bound(problem, svc, owned[svc.demand.id], shadow) for svc in services}
+    cheap = {
+        svc.index: 0.0
+        if svc.index in floors
+        else _cheap_bound(problem, svc, ctx.owned.get(svc.demand.id, []), shadow)
+        for svc in services
+    }
     exact: dict[int, float] = {}
-    opts = replace(
-        options, max_candidates_per_bucket=None, mip_rel_gap=max(options.mip_rel_gap, EXACT_MIP_GAP)
-    )
-    for svc in sorted(services, key=lambda t: -((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index])):
-        if time.perf_counter() > deadline:
+    optima: dict[int, _Choice] = {}
+    ranked = [svc for svc in services if svc.index in floors] + sorted(
+        (svc for svc in services if svc.index not in floors),
+        key=lambda t: (-((t.plan.price_per_hour if t.plan else 0.0) - cheap[t.index]), t.index),
+    )[:BOUND_MAX_MILPS]
+    for svc in ranked:
+        if time.perf_counter() > ctx.deadline:
             break
-        s = svc.demand
-        sub = inputs.FleetProblem((s,), problem.pools, tuple(problem.candidates[i] for i in owned[s.id]))
-        try:
-            model = formulation.build(sub, opts)
-        except inputs.PlacementError:
+        built = _one_service_model(ctx, svc)
+        if built is None:
             continue
+        sub, model = built
         cost = model.c.copy()
         for k, cand in enumerate(model.candidates):
-            cost[model.n_index[k]] += float(shadow[by_key[cand.key]] - cand.price_per_hour)
+            cost[model.n_index[k]] += float(shadow[ctx.by_key[cand.key]] - cand.price_per_hour)
+        var_hi = model.var_hi
+        rows: list[tuple[NDArray[np.float64], float]] = []
+        if svc.index in floors:
+            unmet, var_hi = _unmet_vector(svc, model)
+            rows.append((unmet, floors[svc.index] + allocation.unmet_tolerance(svc.demand)))
         try:
-            run = highs.run(model, cost, model.var_hi, (), opts, deadline)
+            run = highs.run(model, cost, var_hi, rows, ctx.opts, ctx.deadline, BOUND_NODE_LIMIT)
         except inputs.SolverError:
             continue
         if run is not None and math.isfinite(run.bound):
             exact[svc.index] = max(run.bound, cheap[svc.index])
-    return total + sum(exact.get(svc.index, cheap[svc.index]) for svc in services)
+        if run is not None:
+            choice = _decoded(sub, model, run, ctx.by_key, ctx.eff, ctx.pidx)
+            if choice is not None:
+                optima[svc.index] = choice
+    parts = {svc.index: exact.get(svc.index, cheap[svc.index]) for svc in services}
+    return _Lagrangian(total + sum(parts.values()), optima)
+
+
+@dataclass(frozen=True)
+class _Lagrangian:
+    """A Lagrangian bound, and the plans its one-service MILPs found."""
+
+    value: float
+    optima: dict[int, _Choice]
+
+
+def _one_service_model(ctx: _BoundContext, svc: _Svc) -> tuple[inputs.FleetProblem, formulation.Model] | None:
+    """The service's own MILP over all its candidates (built once per solve)."""
+    if svc.index in ctx.cache:
+        return ctx.cache[svc.index]
+    owned = ctx.owned.get(svc.demand.id, [])
+    # Its own replica bounds (FleetProblem.replica_bounds) too: they only restrict it, so the bound holds.
+    sub = inputs.FleetProblem(
+        (svc.demand,),
+        ctx.problem.pools,
+        tuple(ctx.problem.candidates[i] for i in owned),
+        replica_bounds={k: v for k, v in ctx.problem.replica_bounds.items() if k.service == svc.demand.id},
+    )
+    built: tuple[inputs.FleetProblem, formulation.Model] | None
+    try:
+        built = (sub, formulation.build(sub, ctx.opts))
+    except inputs.PlacementError:
+        built = None
+    ctx.cache[svc.index] = built
+    return built
+
+
+def _unmet_vector(svc: _Svc, model: formulation.Model) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Unserved coverable req/s as a row over the one-service model's columns, and its column bounds with
+    every unmet share free."""
+    unmet = np.zeros(model.c.size)
+    var_hi = model.var_hi.copy()
+    for (_sid, b), col in model.u_index.items():
+        var_hi[col] = 1.0
+        if (svc.demand.id, b) not in model.uncoverable:
+            unmet[col] = svc.demand.bucket_rps[b]
+    return unmet, var_hi
+
+
+def _least_unmet(ctx: _BoundContext, svc: _Svc) -> float | None:
+    """The least coverable req/s the service must leave unserved even with every pool to itself (its
+    budget, replica ceiling or the pools' size forbid more), proven by its own MILP over all its
+    candidates within LIMITED_NODE_LIMIT nodes; None when not proven."""
+    built = _one_service_model(ctx, svc)
+    if built is None:
+        return None
+    _sub, model = built
+    unmet, var_hi = _unmet_vector(svc, model)
+    opts = replace(ctx.opts, mip_rel_gap=LIMITED_MIP_GAP)
+    try:
+        least = highs.run(model, unmet, var_hi, (), opts, ctx.deadline, LIMITED_NODE_LIMIT)
+    except inputs.SolverError:
+        return None
+    if least is None or not least.optimal:
+        return None
+    return max(0.0, float(unmet @ least.x))
+
+
+def _decoded(
+    sub: inputs.FleetProblem,
+    model: formulation.Model,
+    run: highs.Run,
+    by_key: Mapping[inputs.CandidateKey, int],
+    eff: NDArray[np.float64],
+    pidx: NDArray[np.int64],
+) -> _Choice | None:
+    """A one-service MILP's solution as a plan with its effective devices per pool (None if unusable)."""
+    try:
+        plan = stages.decode(sub, model, run, stages=1, seconds=0.0).services[0]
+    except inputs.SolverError:
+        return None
+    usage: dict[int, float] = defaultdict(float)
+    for k, cand in enumerate(model.candidates):
+        n = round(float(run.x[model.n_index[k]]))
+        if n > 0:
+            i = by_key[cand.key]
+            usage[int(pidx[i])] += n * float(eff[i])
+    short = sum(
+        sub.services[0].bucket_rps[b] * min(1.0, max(0.0, float(run.x[col])))
+        for (_sid, b), col in model.u_index.items()
+        if (_sid, b) not in model.uncoverable
+    )
+    return _Choice(plan, dict(usage), short)
+
+
+def _remember(svc: _Svc, choice: _Choice) -> None:
+    """Keep a plan of the service as a column for the master (the one serving most for its replicas)."""
+    key = tuple(sorted(choice.usage_key))
+    old = svc.columns.get(key)
+    if old is None or choice.short < old.short:
+        svc.columns[key] = choice
+
+
+@dataclass
+class _MasterModel:
+    """The master over the remembered plans: the offered plans per service and the HiGHS model."""
+
+    offered: list[list[_Choice]]
+    first: NDArray[np.int64]  # column of each service's current plan
+    cost: NDArray[np.float64]
+    weight: float
+    highs: Any
+
+
+def _master_model(
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    problem: inputs.FleetProblem,
+) -> _MasterModel | None:
+    """The set-partitioning master (see `_master`); None when a service has no plan yet.
+
+    A service whose running replicas carry a stability penalty keeps its plan (the master prices $/h only).
+    """
+    import highspy  # the official HiGHS binding: the master starts from the heuristic's plan
+
+    offered: list[list[_Choice]] = []
+    for svc in services:
+        if svc.plan is None:
+            return None
+        tol = allocation.unmet_tolerance(svc.demand)
+        current = _Choice(svc.plan, svc.usage or {}, svc.short)
+        here = tuple(sorted(current.usage_key))
+        if options.move_penalty_per_device_hour > 0.0 and any(
+            problem.candidates[i].key in problem.current_replicas for i in svc.all_cands
+        ):
+            offered.append([current])
+            continue
+        offered.append(
+            [current]
+            + [c for key, c in sorted(svc.columns.items()) if c.short <= svc.short + tol and key != here]
+        )
+    dearest = max(
+        (c.plan.price_per_hour / c.plan.served_rps for m in offered for c in m if c.plan.served_rps > 0.0),
+        default=1.0,
+    )
+    weight = UNMET_WEIGHT * max(dearest, 1.0)
+    cost: list[float] = []
+    index: list[int] = []
+    value: list[float] = []
+    starts = [0]
+    n_services = len(offered)
+    for j, m in enumerate(offered):
+        for c in m:
+            cost.append(c.plan.price_per_hour + weight * c.short)
+            pools = sorted(c.usage)
+            index += [j, *(n_services + p for p in pools)]
+            value += [1.0, *(c.usage[p] for p in pools)]
+            starts.append(len(index))
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    lp = highspy.HighsLp()
+    lp.num_col_ = len(cost)
+    lp.num_row_ = n_services + capacity.size
+    lp.col_cost_ = np.asarray(cost)
+    lp.col_lower_ = np.zeros(len(cost))
+    lp.col_upper_ = np.ones(len(cost))
+    lp.row_lower_ = np.concatenate([np.ones(n_services), np.full(capacity.size, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([np.ones(n_services), capacity + inputs.FEASIBILITY_TOLERANCE])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.asarray(starts, dtype=np.int32)
+    lp.a_matrix_.index_ = np.asarray(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.asarray(value, dtype=np.float64)
+    with highs._quiet_stdout():
+        h.passModel(lp)
+        h.setOptionValue("mip_rel_gap", options.mip_rel_gap)
+        h.setOptionValue("mip_max_nodes", MASTER_NODE_LIMIT)
+    first = np.cumsum([0] + [len(m) for m in offered])[:-1].astype(np.int64)
+    return _MasterModel(offered, first, np.asarray(cost), weight, h)
+
+
+def _master_prices(
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> NDArray[np.float64] | None:
+    """The pool prices (<= 0, $/h per device) of the master's LP relaxation: Dantzig-Wolfe's duals."""
+    master = _master_model(services, capacity, options, problem)
+    if master is None:
+        return None
+    h = master.highs
+    with highs._quiet_stdout():
+        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
+        h.run()
+    solution = h.getSolution()
+    if not solution.dual_valid:
+        return None
+    # HiGHS's row duals of a minimisation: <= 0 on a binding upper bound.
+    duals = np.asarray(solution.row_dual, dtype=np.float64)[len(master.offered) :]
+    out: NDArray[np.float64] = np.minimum(duals, 0.0)
+    return out
+
+
+def _master(
+    problem: inputs.FleetProblem,
+    services: Sequence[_Svc],
+    capacity: NDArray[np.float64],
+    options: inputs.SolveOptions,
+    deadline: float,
+) -> bool:
+    """Choose one remembered plan per service under pool capacity (effective devices), cheapest first.
+
+    A set-partitioning MILP over every plan the heuristic met (price-and-branch): binary lambda[s, k],
+    sum_k lambda[s, k] = 1 per service, sum usage[p, s, k] lambda[s, k] <= capacity[p] per pool, minimising
+    $/h + UNMET_WEIGHT x the dearest $/(req/s) x unserved coverable req/s. Only plans serving no less than
+    the service's current one are offered, so no priority loses anything; HiGHS (highspy) starts from the
+    current plan and stops within MASTER_NODE_LIMIT nodes. Returns True when it changed the plan.
+    """
+    import highspy
+
+    master = _master_model(services, capacity, options, problem)
+    if master is None or all(len(m) == 1 for m in master.offered):
+        return False
+    h = master.highs
+    n = master.cost.size
+    h.changeColsIntegrality(
+        n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kInteger, dtype=np.uint8)
+    )
+    with highs._quiet_stdout():
+        start = np.zeros(n)
+        start[master.first] = 1.0
+        h.setSolution(n, np.arange(n, dtype=np.int32), start)
+        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.5))
+        h.run()
+    solution = h.getSolution()
+    if not solution.value_valid or h.getInfo().primal_solution_status == 0:
+        return False
+    x = np.asarray(solution.col_value)
+    chosen = []
+    for j, m in enumerate(master.offered):
+        block = x[master.first[j] : master.first[j] + len(m)]
+        chosen.append(m[int(np.argmax(block))])
+    before = float(master.cost[master.first].sum())
+    after = sum(c.plan.price_per_hour + master.weight * c.short for c in chosen)
+    use = np.zeros(capacity.size)
+    for c in chosen:
+        for p, d in c.usage.items():
+            use[p] += d
+    if after >= before - 1e-9 * max(1.0, before) or (use > capacity + inputs.FEASIBILITY_TOLERANCE).any():
+        return False
+    for svc, c in zip(services, chosen, strict=True):
+        svc.plan, svc.usage, svc.short = c.plan, c.usage, c.short
+    return True
 
 
 def _cheap_bound(

@@ -144,6 +144,21 @@ def test_an_opted_in_service_at_zero_without_demand_stays_at_zero():
     assert back[1].targets == {} and sum(back[2].targets.values()) == 1
 
 
+def test_a_request_held_at_zero_wakes_the_service_before_any_rate_shows():
+    """Found by the e2e test with the shared activator: its counter for a service is born at the first
+    request, so rate() shows no increase for it; the held request (waiting) is the demand."""
+    policy = autoscale.Policy(headroom=0.0, idle_to_zero_s=120.0)
+    opted = {SVC: autoscale.ServiceTraits(1000.0, 50.0, scale_to_zero=True)}
+    problem = _problem(spec_rps=0.0)
+    state, current = autoscale.State(), {}
+    for i, waiting in enumerate([0.0, 0.0, 1.0]):
+        obs = {SVC: autoscale.Observation(requests_per_second=0.0, waiting=waiting)}
+        d = autoscale.decide(problem, opted, state, obs, current, i * policy.interval_s, policy)
+        state, current = d.state, dict(d.targets)
+        assert sum(current.values()) == (1 if waiting else 0), (i, d.services[0].reason)
+    assert d.services[0].direction == "up"
+
+
 def test_within_tolerance_nothing_changes():
     decisions = _run([20.0] + [19.0] * 20)
     assert all(d.targets == {_key(CHEAP): 2} for d in decisions)

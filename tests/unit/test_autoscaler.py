@@ -368,3 +368,37 @@ def test_status_writes_go_onto_the_version_read_and_only_when_something_changed(
     cluster.conflict = True
     autoscaler._apply_tick(scaler, worker, None, 2.0)
     assert len(cluster.writes) == 1
+
+
+def test_decisions_solve_by_the_planners_rules(fleet):
+    """One rule, one place: the autoscaler solves with its planner's SolveOptions (the operator gives it the
+    fleet worker's), the policy setting only time, churn, surge and the on-demand floor. A planner that
+    loads replicas to half their capacity makes the same observed rate need more replicas."""
+    from placement.solver import inputs
+
+    services, pools = fleet
+    rate = services[0].spec.workload.requests_per_second * 20
+
+    def replicas(scaler: autoscaler.Autoscaler) -> int:
+        [report] = scaler.tick(services, pools, [], _answer(rate), 0.0)
+        assert report.outcome is not None
+        return sum(p.replicas for p in report.outcome.placements)
+
+    default = replicas(autoscaler.Autoscaler())
+    halved = replicas(
+        autoscaler.Autoscaler(planner=planning.Planner(inputs.SolveOptions(max_utilization=0.5)))
+    )
+    assert halved >= 2 * default - 1 and halved > default, (default, halved)
+
+
+def test_the_operator_gives_the_autoscaler_the_fleets_solve_rules():
+    import argparse
+
+    from chipfit import handlers
+    from chipfit.commands import operator
+
+    args = argparse.Namespace(
+        prometheus_url="http://prometheus:9090", autoscaling_policy=[], autoscaling_rate_window=None
+    )
+    scaler = operator._autoscaler(args)
+    assert scaler.planner.options == handlers.solve_options()

@@ -378,6 +378,10 @@ def test_rbac_can_be_left_to_the_cluster_admin(helm: pathlib.Path, tmp_path: pat
         ({"metrics": {"port": 8080}}, "metrics.port: 8080 is also health.port"),
         ({"podDisruptionBudget": {"enabled": True}}, "podDisruptionBudget.enabled: needs replicaCount >= 2"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: required when serviceAccount.create"),
+        (
+            {"autoscaling": {"prometheusUrl": "http://p:9090", "activator": {"port": 9091}}},
+            "autoscaling.activator.metricsPort: 9091 is also autoscaling.activator.port",
+        ),
     ],
     ids=[
         "replicas-without-election",
@@ -385,6 +389,7 @@ def test_rbac_can_be_left_to_the_cluster_admin(helm: pathlib.Path, tmp_path: pat
         "port-clash",
         "pdb-one-replica",
         "no-sa-name",
+        "activator-port-clash",
     ],
 )
 def test_contradictory_values_fail_with_a_clear_message(
@@ -442,9 +447,7 @@ def test_autoscaling_policy_values_become_operator_flags_the_operator_accepts(
             "rateWindow": "30s",
         }
     }
-    args = one(render(helm, tmp_path, values), "Deployment")["spec"]["template"]["spec"]["containers"][0][
-        "args"
-    ]
+    args = one_operator(render(helm, tmp_path, values))["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--autoscaling-rate-window=30s" in args
     policy_flags = [a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-policy=")]
     assert sorted(policy_flags) == ["headroom=0.3", "interval_s=15"]
@@ -453,6 +456,114 @@ def test_autoscaling_policy_values_become_operator_flags_the_operator_accepts(
     bad = {"autoscaling": {"prometheusUrl": "", "policy": {"intervl_s": 15}}}
     result = run_helm(helm, "template", RELEASE, str(CHART_DIR), values=bad, tmp=tmp_path)
     assert result.returncode != 0 and "interval_s" in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The activator (scale from zero): deployed with autoscaling, its flags the ones `chipfit activator` takes
+# ---------------------------------------------------------------------------------------------------------
+
+AUTOSCALING_VALUES: Final[dict[str, Any]] = {
+    "autoscaling": {"prometheusUrl": "http://prometheus-operated.monitoring.svc:9090"},
+    "serviceMonitor": {"enabled": True},
+}
+
+
+def component(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The single document of a kind labelled app.kubernetes.io/component=name."""
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["labels"]["app.kubernetes.io/component"] == name]
+    assert len(found) == 1, f"{kind} of {name}: {len(found)} documents"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def autoscaling_docs(helm: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The chart rendered with autoscaling on (a Prometheus URL) and a ServiceMonitor."""
+    return render(helm, tmp_path_factory.mktemp("autoscaling"), AUTOSCALING_VALUES)
+
+
+def test_the_activator_comes_with_autoscaling_only(
+    default_docs: list[dict[str, Any]],
+    autoscaling_docs: list[dict[str, Any]],
+    helm: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    def activators(docs: list[dict[str, Any]]) -> list[str]:
+        return [
+            f"{d['kind']}/{d['metadata']['name']}"
+            for d in docs
+            if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "activator"
+        ]
+
+    # Without Prometheus nothing reads the activator's demand: nothing scales from zero, no activator.
+    assert activators(default_docs) == []
+    assert sorted(activators(autoscaling_docs)) == [
+        "Deployment/chipfit-activator",
+        "Service/chipfit-activator",
+        "ServiceMonitor/chipfit-activator",
+    ]
+    off = {"autoscaling": {**AUTOSCALING_VALUES["autoscaling"], "activator": {"enabled": False}}}
+    assert activators(render(helm, tmp_path, off)) == []
+    result = run_helm(helm, "lint", "--strict", str(CHART_DIR), values=AUTOSCALING_VALUES, tmp=tmp_path)
+    assert result.returncode == 0 and "[WARNING]" not in result.stdout, result.stdout + result.stderr
+    for doc in autoscaling_docs:
+        if doc["kind"] in ("Deployment", "Service"):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_activator_deployment_runs_flags_chipfit_activator_accepts(
+    autoscaling_docs: list[dict[str, Any]],
+) -> None:
+    from chipfit import activator, cli
+    from chipfit.commands import activator as command
+
+    deployment = component(autoscaling_docs, "Deployment", "activator")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The operator's image, its entrypoint overridden; the flags parsed as the CLI parses them.
+    assert (
+        container["image"]
+        == one_operator(autoscaling_docs)["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert container["command"] == ["chipfit", "activator"]
+    args = cli.build_parser().parse_args(container["command"][1:] + container["args"])
+    service, template = command._service(args)
+    assert service is None and template == activator.DEFAULT_UPSTREAM_TEMPLATE  # shared, by path
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert command._address("--listen", args.listen)[1] == ports["http"]
+    assert command._address("--metrics-listen", args.metrics_listen)[1] == ports["metrics"]
+    assert (args.hold_timeout, args.max_services) == (activator.DEFAULT_HOLD_TIMEOUT_S, 1000)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": activator.HEALTH_PATH, "port": "http"}
+    # A held request may wait the whole hold timeout: a rollout lets it finish.
+    assert pod["terminationGracePeriodSeconds"] > args.hold_timeout
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Prometheus finds the metrics port (kubernetes-pods annotations, or the ServiceMonitor via the Service).
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    service = component(autoscaling_docs, "Service", "activator")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http",
+        "metrics": "metrics",
+    }
+    monitor = component(autoscaling_docs, "ServiceMonitor", "activator")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # The operator's own Service and ServiceMonitor select the operator only, never the activator.
+    operator_monitor = component(autoscaling_docs, "ServiceMonitor", "operator")
+    assert (
+        not operator_monitor["spec"]["selector"]["matchLabels"].items()
+        <= service["metadata"]["labels"].items()
+    )
+    operator_service = component(autoscaling_docs, "Service", "operator")
+    assert not operator_service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def one_operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's Deployment."""
+    return component(docs, "Deployment", "operator")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,6 +33,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* Labels selecting the activator pods (the scale-from-zero front); distinct from the operator's. */}}
+{{- define "chipfit.activatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "chipfit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: activator
+{{- end }}
+
+{{/* Labels on the activator's objects. */}}
+{{- define "chipfit.activatorLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "chipfit.activatorSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: chipfit
+{{- end }}
+
 {{/* The ServiceAccount the operator runs as. */}}
 {{- define "chipfit.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -64,6 +80,11 @@ values.schema.json checks each key alone; these are the rules that span keys.
 {{- end }}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.health.port)) }}
 {{- fail (printf "metrics.port: %d is also health.port; the two endpoints need different ports" (int .Values.metrics.port)) }}
+{{- end }}
+{{- with .Values.autoscaling.activator }}
+{{- if and .enabled (eq (int .port) (int .metricsPort)) }}
+{{- fail (printf "autoscaling.activator.metricsPort: %d is also autoscaling.activator.port; the two endpoints need different ports" (int .port)) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (lt (int .Values.replicaCount) 2) }}
 {{- fail "podDisruptionBudget.enabled: needs replicaCount >= 2, or the budget blocks every node drain" }}

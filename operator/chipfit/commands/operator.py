@@ -97,7 +97,12 @@ def _autoscaler(args: argparse.Namespace) -> Any:
         window = observe.check_window(args.autoscaling_rate_window or observe.DEFAULT_WINDOW)
     except ValueError as error:
         raise ValueError(f"--autoscaling-rate-window: {error}") from None
-    return autoscaler.Autoscaler(policy=policy, rate_window=window)
+    from chipfit import handlers, planning
+
+    # Priced and solved by the fleet worker's rules (its SolveOptions): what plan prices is what scales.
+    return autoscaler.Autoscaler(
+        policy=policy, rate_window=window, planner=planning.Planner(handlers.solve_options())
+    )
 
 
 def run(args: argparse.Namespace) -> int:
