@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
@@ -11,6 +12,8 @@ from chipfit.api import v1alpha1
 from chipfit.profiling import calibrate
 from placement import baselines, candidates, catalog, explain, perf, profile_fit, profiles, workload
 from placement.solver import allocation, inputs, solve
+
+logger = logging.getLogger("chipfit.operator")
 
 
 class PlanningError(ValueError):
@@ -501,6 +504,8 @@ class Planner:
         step("predicting capacity")
         cset = pin(self.build_inputs(services, pools, performance_profiles), pinned)
         options = self.options
+        # A repair's second chance: the whole time limit (see below).
+        patient: inputs.SolveOptions | None = None
         if pinned:
             # A repair: most services have one configuration left, so one MILP is small; the per-service
             # decomposition would still solve a sub-problem for every pinned service.
@@ -508,11 +513,30 @@ class Planner:
             options = dataclasses.replace(
                 base, method="milp", time_limit_s=min(base.time_limit_s, REPAIR_TIME_LIMIT_S)
             )
+            if base.time_limit_s > options.time_limit_s:
+                patient = dataclasses.replace(options, time_limit_s=base.time_limit_s)
         step("solving the fleet MILP")
         last = self._last
-        if last is not None and last[0] == cset.problem and last[1] == options:
+        if (
+            last is not None
+            and last[0] == cset.problem
+            and (last[1] == options or (patient is not None and last[1] == patient))
+        ):
             plan = last[2]
         else:
-            plan = solve.solve(cset.problem, options)
+            try:
+                plan = solve.solve(cset.problem, options)
+            except inputs.SolverError:
+                if patient is None:
+                    raise
+                # No plan at all within the repair's limit, which is wall time: on a loaded machine (300
+                # services, load average 25) HiGHS had no incumbent after 5 s. The repair again with the
+                # whole limit, rather than a fresh solve of the fleet that moves services the loss did not
+                # touch (77 of 300 there, whose rollouts then waited on each other's devices).
+                logger.info(
+                    "the repair found no plan in its time; trying again for %.0f s", patient.time_limit_s
+                )
+                options = patient
+                plan = solve.solve(cset.problem, options)
             self._last = (cset.problem, options, plan)
         return _finish(cset, plan, options, with_baseline, step)

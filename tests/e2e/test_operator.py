@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -315,12 +316,28 @@ def test_replan_without_changes_writes_nothing(cluster: Cluster, operator: Opera
             out[f"pool/{pool['metadata']['name']}"] = pool["metadata"]["resourceVersion"]
         return out
 
-    before = versions()
-    done = operator.fleet_reconciles()
-    # A node label no pool selects: a fleet change for the operator (it re-plans), none for the plan.
-    cluster.kubectl("label", "node", CPU_NODE, f"chipfit-e2e/touch={int(done) + 1}", "--overwrite")
-    wait_for(operator, "a fleet re-plan", lambda: operator.fleet_reconciles() > done)
+    # The claim is about a re-plan whose inputs did not change. Under load the cluster can still be settling
+    # after the services turned Ready (earlier tests' nodes going away, pools' counts catching up): a
+    # re-plan that had to price new (service, pool) pairs saw changed inputs and may rightly move services
+    # (seen once in CI at load 22). Such a re-plan is not this test's subject: touch again, up to three
+    # times, and judge the first one whose inputs were unchanged (the operator logs the pairs it priced).
+    for _ in range(3):
+        before = versions()
+        done = operator.fleet_reconciles()
+        # A node label no pool selects: a fleet change for the operator (it re-plans), none for the plan.
+        cluster.kubectl("label", "node", CPU_NODE, f"chipfit-e2e/touch={int(done) + 1}", "--overwrite")
+        wait_for(operator, "a fleet re-plan", lambda: operator.fleet_reconciles() > done)  # noqa: B023
+        priced = last_replan_priced(operator)
+        if priced == 0:
+            break
+    assert priced == 0, f"every re-plan priced new pairs: the fleet never settled\n{operator.log_tail()}"
     assert versions() == before
+
+
+def last_replan_priced(operator: Operator) -> int | None:
+    """How many (service, pool) pairs the operator's last re-plan priced (None: no re-plan logged yet)."""
+    found = re.findall(r"re-plan: .*?, (\d+) pairs priced", operator.log_tail())
+    return int(found[-1]) if found else None
 
 
 def test_losing_a_pools_nodes_moves_only_the_services_on_it(
@@ -526,24 +543,34 @@ def _series(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
 
 def test_metrics_report_the_plan_and_ready_replicas(cluster: Cluster, operator: Operator) -> None:
     names = example_services()
-    services = wait_for(operator, "every example service Ready", lambda: all_converged(cluster, names))
-    text = wait_for(
-        operator,
-        "per-service series on /metrics",
-        lambda: (lambda t: t if "chipfit_service_ready_replicas{" in t else None)(operator.metrics_text()),
-    )
-    for metric in ("chipfit_service_desired_replicas", "chipfit_service_ready_replicas"):
-        series = {tuple(sorted(labels.items())): value for labels, value in _series(text, metric)}
-        for name in names:
-            for p in services[name]["status"]["placement"]:
-                key = {
-                    "namespace": NAMESPACE,
-                    "service": name,
-                    "role": p["role"],
-                    "accelerator": p["accelerator"],
-                }
-                key["pool"] = p["pool"]
-                assert tuple(sorted(key.items())) in series, (metric, key)
+
+    def unreported(services: Mapping[str, Any], text: str) -> list[tuple[str, dict[str, str]]]:
+        """(metric, labels) of every placement in status that /metrics has no series for."""
+        out = []
+        for metric in ("chipfit_service_desired_replicas", "chipfit_service_ready_replicas"):
+            series = {tuple(sorted(labels.items())) for labels, _ in _series(text, metric)}
+            for name in names:
+                for p in services[name]["status"]["placement"]:
+                    key = {
+                        "namespace": NAMESPACE,
+                        "service": name,
+                        "role": p["role"],
+                        "accelerator": p["accelerator"],
+                        "pool": p["pool"],
+                    }
+                    if tuple(sorted(key.items())) not in series:
+                        out.append((metric, key))
+        return out
+
+    def agreeing() -> tuple[Mapping[str, Any], str] | None:
+        # Status and /metrics are read a moment apart: a re-plan in between (the previous test restarted the
+        # operator, whose first re-plan may move services) makes them disagree for that moment only.
+        services = all_converged(cluster, names)
+        text = operator.metrics_text()
+        return (services, text) if services is not None and not unreported(services, text) else None
+
+    # Fails (with the operator's log) unless status and /metrics come to agree within the converge timeout.
+    _, text = wait_for(operator, "every placement in status reported on /metrics", agreeing)
     solves = [line for line in text.splitlines() if line.startswith("chipfit_solver_runs_total{")]
     assert any(float(line.split()[-1]) > 0 for line in solves if "optimal" in line or "feasible" in line)
 

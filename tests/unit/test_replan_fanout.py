@@ -315,3 +315,43 @@ def test_pinning_leaves_counts_free_when_they_break_the_service_bounds() -> None
 def _replicas(plan: Any, service: str) -> dict[str, int]:
     (sp,) = (sp for sp in plan.services if sp.service == service)
     return {a.pool: a.replicas for a in sp.assignments if a.replicas}
+
+
+def test_a_repair_without_a_plan_in_its_short_limit_gets_the_whole_limit_before_a_fresh_solve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HiGHS's limit is wall time: on a loaded machine the repair's 5 s can pass with no incumbent. The repair
+    is then tried again with the operator's whole limit (still pinned), not replaced by a fresh solve."""
+    problem = inputs.FleetProblem(
+        services=(inputs.ServiceDemand("a", (1.0,)), inputs.ServiceDemand("b", (1.0,))),
+        pools=(inputs.Pool("p", "l4", 8, 1, 1.0), inputs.Pool("q", "h100", 8, 1, 5.0)),
+        candidates=tuple(
+            inputs.Candidate(service, "aggregated", pool, acc, "bf16", 1, (1.0,), price)
+            for service in ("a", "b")
+            for pool, acc, price in (("p", "l4", 1.0), ("q", "h100", 5.0))
+        ),
+        current_replicas={inputs.CandidateKey("a", "aggregated", "q", "bf16", 1): 1},
+    )
+    cset = candidates.CandidateSet(problem=problem, specs={}, rejections=())
+    planner = planning.Planner(inputs.SolveOptions(time_limit_s=30.0))
+    monkeypatch.setattr(planner, "build_inputs", lambda *_args: cset)
+    monkeypatch.setattr(planning, "_finish", lambda _cset, plan, options, *_rest: (plan, options))
+    real = solve.solve
+    limits: list[float] = []
+
+    def slow_machine(p: inputs.FleetProblem, options: inputs.SolveOptions) -> Any:
+        limits.append(options.time_limit_s)
+        if options.time_limit_s <= planning.REPAIR_TIME_LIMIT_S:
+            raise inputs.SolverError("solver: HiGHS stopped without a solution (Time limit reached)")
+        return real(p, options)
+
+    monkeypatch.setattr(solve, "solve", slow_machine)
+    plan, options = planner.plan([], [], pinned={"a"})
+    assert limits == [planning.REPAIR_TIME_LIMIT_S, 30.0]
+    assert options.method == "milp"
+    assert _replicas(plan, "a") == {"q": 1}  # still the repair: "a" stays where it runs
+    # Without a longer limit to give (the operator's own is as short), the error is the caller's to handle.
+    short = planning.Planner(inputs.SolveOptions(time_limit_s=planning.REPAIR_TIME_LIMIT_S))
+    monkeypatch.setattr(short, "build_inputs", lambda *_args: cset)
+    with pytest.raises(inputs.SolverError):
+        short.plan([], [], pinned={"a"})
