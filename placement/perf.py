@@ -2420,13 +2420,7 @@ def _solve_block_rows(rows: Sequence[_BlockRow]) -> None:
 
 def _row_may_win(row: _BlockRow) -> bool:
     """_smaller_chunk_may_win for a row."""
-    best = row.best
-    if row.block.itl_is_tpot:
-        return True
-    if best.max_rps > 0.0:
-        return best.reason == _BINDING_REASONS[2]
-    reason = best.reason or ""
-    return "ITL" in reason or not reason.startswith("TTFT")
+    return _chunk_may_help(row.best.max_rps, row.best.reason, row.block.itl_is_tpot)
 
 
 def _block_rows(
@@ -2582,12 +2576,17 @@ def _smaller_chunk_may_win(p: _Pending) -> bool:
     compares the two).
     """
     best = p.best
-    if best is None or p.question.itl_is_tpot:
+    return best is None or _chunk_may_help(best.max_rps, best.reason, p.question.itl_is_tpot)
+
+
+def _chunk_may_help(max_rps: float, reason: str | None, itl_is_tpot: bool) -> bool:
+    """The rule of _smaller_chunk_may_win on the best answer's rate and reason (shared by the block path)."""
+    if itl_is_tpot:
         return True
-    if best.max_rps > 0.0:
-        return best.reason == _BINDING_REASONS[2]
-    reason = best.reason or ""
-    return "ITL" in reason or not reason.startswith("TTFT")
+    if max_rps > 0.0:
+        return reason == _BINDING_REASONS[2]
+    why = reason or ""
+    return "ITL" in why or not why.startswith("TTFT")
 
 
 def _meets(

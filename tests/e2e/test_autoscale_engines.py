@@ -36,7 +36,7 @@ import threading
 import time
 import types
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import httpx
@@ -96,6 +96,22 @@ PROMPT_TOKENS, OUTPUT_TOKENS = 1024, 256
 ENGINE_READY_TIMEOUT_S: Final = 420.0
 SETTLE_TIMEOUT_S: Final = 180.0
 POLL_S: Final = 1.0
+
+
+def _service_pod_lister(kube_api: Any, namespace: str) -> Callable[[], list[dict[str, Any]]]:
+    """The service's pods as plain dicts (what the engine kubelet reads); skips (fails on CI) without the
+    real Prometheus server both tests scrape the engines with."""
+    if not os.access(PROMETHEUS_BIN, os.X_OK):
+        unavailable(f"{PROMETHEUS_BIN} not found: run e2e/install-prometheus.sh (tests/run.sh does)")
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(kube_api)
+
+    def list_pods() -> list[dict[str, Any]]:
+        pods = core.list_namespaced_pod(namespace, label_selector=f"chipfit.io/service={SERVICE}")
+        return [kube_api.sanitize_for_serialization(p) for p in pods.items]
+
+    return list_pods
 
 
 def _free_port() -> int:
@@ -373,15 +389,7 @@ def test_scales_real_engines_across_two_pools(
     engine_install: harness.EngineInstall,
     tmp_path: pathlib.Path,
 ) -> None:
-    if not os.access(PROMETHEUS_BIN, os.X_OK):
-        unavailable(f"{PROMETHEUS_BIN} not found: run e2e/install-prometheus.sh (tests/run.sh does)")
-    import kubernetes
-
-    core = kubernetes.client.CoreV1Api(kube_api)
-
-    def list_pods() -> list[dict[str, Any]]:
-        pods = core.list_namespaced_pod(namespace, label_selector=f"chipfit.io/service={SERVICE}")
-        return [kube_api.sanitize_for_serialization(p) for p in pods.items]
+    list_pods = _service_pod_lister(kube_api, namespace)
 
     capacity = replica_capacity_rps(namespace)
     scale = PEAK_OF_CAPACITY * capacity / max(TRACE_RPS)
@@ -620,15 +628,7 @@ def test_scales_to_zero_and_back_on_the_first_request(
     engine_install: harness.EngineInstall,
     tmp_path: pathlib.Path,
 ) -> None:
-    if not os.access(PROMETHEUS_BIN, os.X_OK):
-        unavailable(f"{PROMETHEUS_BIN} not found: run e2e/install-prometheus.sh (tests/run.sh does)")
-    import kubernetes
-
-    core = kubernetes.client.CoreV1Api(kube_api)
-
-    def list_pods() -> list[dict[str, Any]]:
-        pods = core.list_namespaced_pod(namespace, label_selector=f"chipfit.io/service={SERVICE}")
-        return [kube_api.sanitize_for_serialization(p) for p in pods.items]
+    list_pods = _service_pod_lister(kube_api, namespace)
 
     work = tmp_path / "prometheus"
     work.mkdir()
